@@ -1,0 +1,75 @@
+"""Error kinds shared by every plugin, and the exceptions the kernel understands."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class ErrorKind(enum.StrEnum):
+    """Why an attempt failed. The first six are the seed's; the policy plugins
+    decide from the kind alone whether another attempt can succeed."""
+
+    API_RATE_LIMIT = "API_RATE_LIMIT"
+    TIMEOUT = "TIMEOUT"
+    TEMPORARY_ERROR = "TEMPORARY_ERROR"
+    INVALID_INPUT = "INVALID_INPUT"
+    AUTH_ERROR = "AUTH_ERROR"
+    QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
+    #: A plugin raised something that is not a ProviderError: a bug, never retried.
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+
+
+class ProviderError(Exception):
+    """Raised by a provider (or a job type) when an attempt fails.
+
+    ``retry_after`` is the server's hint in seconds, if it gave one; ``input_tokens``
+    and ``output_tokens`` are what the failed attempt still consumed (and costs).
+    """
+
+    def __init__(
+        self,
+        kind: ErrorKind,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+    ) -> None:
+        super().__init__(message)
+        self.kind = ErrorKind(kind)
+        self.message = message
+        self.retry_after = retry_after
+        self.input_tokens = input_tokens
+        self.output_tokens = output_tokens
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message}"
+
+
+class UsageError(Exception):
+    """Bad input or usage: the CLI prints the message alone and exits 2."""
+
+
+@dataclass(frozen=True)
+class Location:
+    file: str
+    line: int | None = None  # 1-based
+    column: int | None = None  # 1-based
+
+    def __str__(self) -> str:
+        if self.line is None:
+            return self.file
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+class ConfigError(UsageError):
+    """A job or settings file is wrong. Says where (file:line:column and the path
+    inside the document) and what was expected."""
+
+    def __init__(self, location: Location | str, path: str, message: str) -> None:
+        self.location = location if isinstance(location, Location) else Location(location)
+        self.path = path
+        self.message = message
+        where = f" at {path}" if path else ""
+        super().__init__(f"{self.location}:{where}: {message}" if where else f"{self.location}: {message}")

@@ -1,0 +1,234 @@
+"""Every hook storyloom calls, documented where it is declared.
+
+Hooks are plain, synchronous functions (pluggy has no async support). Anything
+asynchronous -- a provider's ``complete``, a sink's ``run`` -- lives in the
+objects the hooks register, and the kernel awaits them in its own nursery.
+
+Call hooks with keyword arguments; an implementation may accept fewer arguments
+than its spec, so specs can grow. Implementations run last-registered first:
+never make behaviour depend on that order. Choose things by name instead, which
+is what the ``loom_register_*`` hooks are for.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+import pluggy
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .job import Item, Job, Plan
+    from .kernel import Outcome, Summary
+
+hookspec = pluggy.HookspecMarker("storyloom")
+
+
+# -------------------------------------------------------------------------
+# Start-up and shut-down
+# -------------------------------------------------------------------------
+
+
+@hookspec
+def loom_configure(config: "Config") -> None:
+    """Configure a plugin once everything is loaded.
+
+    Called once per :class:`storyloom.config.Config`, after the bundled,
+    entry-point, ``-p`` and ``plugins:`` plugins are registered and the
+    settings are read. A plugin may register further plugins here
+    (``config.pluginmanager.register``), as pytest's terminal reporter does.
+
+    :param config: the run's configuration: settings, command-line options,
+        plugin manager and a ``stash`` dict for plugin state.
+
+    May raise :class:`storyloom.UsageError` to refuse a configuration (exit 2).
+    """
+
+
+@hookspec
+def loom_unconfigure(config: "Config") -> None:
+    """Undo :func:`loom_configure`: close files, unregister objects.
+
+    Called once, when the config is closed, also after a failed or interrupted run.
+
+    :param config: the same config that was configured.
+
+    Should not raise; an exception is reported and the others still run.
+    """
+
+
+# -------------------------------------------------------------------------
+# Registries: things chosen by name in configuration
+# -------------------------------------------------------------------------
+
+
+@hookspec
+def loom_register_providers(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    """Register model providers, chosen by ``provider:`` under ``models:``.
+
+    Called once when the registries are first needed.
+
+    :param register: ``register(name, factory)``; ``factory(spec)`` takes a
+        :class:`storyloom.settings.ModelSpec` and returns a
+        :class:`storyloom.provider.Provider`. It is called once per model per batch.
+
+    Registering a name another plugin already registered raises
+    :class:`storyloom.UsageError` naming both plugins.
+    """
+
+
+@hookspec
+def loom_register_job_types(register: Callable[[Any], None]) -> None:
+    """Register job types, chosen by a job's ``job_type:``.
+
+    Called once when the registries are first needed.
+
+    :param register: ``register(job_type)``, where ``job_type`` follows
+        :class:`storyloom.jobtype.JobType` (its ``name`` is the key).
+
+    Duplicate names raise :class:`storyloom.UsageError`.
+    """
+
+
+@hookspec
+def loom_register_strategies(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    """Register routing strategies, chosen by ``routing: {strategy: NAME}``.
+
+    Called once when the registries are first needed.
+
+    :param register: ``register(name, factory)``; ``factory(options, plan)``
+        receives the ``routing:`` mapping and the :class:`storyloom.job.Plan`,
+        and returns a :class:`storyloom.routing.Strategy`. It may raise
+        :class:`storyloom.UsageError` for bad options.
+
+    Duplicate names raise :class:`storyloom.UsageError`.
+    """
+
+
+@hookspec
+def loom_register_retry_policies(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    """Register retry policies, chosen by ``retry_config: {policy: NAME}``.
+
+    Called once when the registries are first needed.
+
+    :param register: ``register(name, factory)``; ``factory(retry_config)``
+        returns a :class:`storyloom.retry.RetryPolicy`.
+
+    Duplicate names raise :class:`storyloom.UsageError`.
+    """
+
+
+@hookspec
+def loom_register_sinks(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    """Register progress sinks, chosen by ``progress: [NAME, ...]``.
+
+    Called once when the registries are first needed.
+
+    :param register: ``register(name, factory)``; ``factory(config, plan)``
+        returns a :class:`storyloom.events.Sink`, or None to sit this batch
+        out (a terminal view when ``--quiet`` is given, say).
+
+    Duplicate names raise :class:`storyloom.UsageError`.
+    """
+
+
+@hookspec
+def loom_register_renderers(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    """Register report renderers, chosen by ``reports: [NAME, ...]``.
+
+    Called once when the registries are first needed.
+
+    :param register: ``register(name, renderer)``; ``renderer(report)`` takes
+        the report mapping (see ``storyloom.report.build_report``) and returns
+        ``(file_name, text)``.
+
+    Duplicate names raise :class:`storyloom.UsageError`.
+    """
+
+
+# -------------------------------------------------------------------------
+# Loading jobs
+# -------------------------------------------------------------------------
+
+
+@hookspec
+def loom_validate_job(job: "Job", config: "Config") -> None:
+    """Check a job beyond its schema.
+
+    Called by ``storyloom validate`` and before a job is stored, after the
+    schema and the kernel's own checks (known job type, models, strategy) passed.
+
+    :param job: the loaded job.
+    :param config: the run's configuration.
+
+    Raise :class:`storyloom.ConfigError` (or :class:`storyloom.UsageError`) to
+    reject the job; nothing has been written yet.
+    """
+
+
+# -------------------------------------------------------------------------
+# Running a batch
+# -------------------------------------------------------------------------
+
+
+@hookspec
+def loom_batch_started(job: "Job", plan: "Plan") -> None:
+    """A batch begins: the job is stored and dispatch is about to start.
+
+    Called once per run or resume, on the kernel's trio thread.
+
+    :param job: the job.
+    :param plan: its resolved limits, models and retry settings.
+
+    Must be quick and must not block. An exception is reported on stderr and
+    does not stop the batch.
+    """
+
+
+@hookspec
+def loom_item_started(job: "Job", item: "Item", attempt: int, model: str) -> None:
+    """An attempt at an item starts.
+
+    Called on the kernel's trio thread just before the provider is called.
+
+    :param job: the job.
+    :param item: the item.
+    :param attempt: 1 for the first attempt, 2 for the first retry, ...
+    :param model: the model name the router chose.
+
+    Must be quick; an exception is reported and does not stop the batch.
+    """
+
+
+@hookspec
+def loom_item_finished(job: "Job", item: "Item", outcome: "Outcome") -> None:
+    """An attempt ended and its outcome is committed to the store.
+
+    Called after the commit, so a plugin may rely on the store already
+    showing the item's new state. ``outcome.state`` is ``completed``,
+    ``failed`` (terminal) or ``retrying`` (the item went back to pending).
+    The seed's ``on_item_complete``: chain a next step from here.
+
+    :param job: the job.
+    :param item: the item.
+    :param outcome: state, attempt, model, error kind and message, tokens,
+        cost, elapsed time and the result.
+
+    Must be quick; an exception is reported and does not stop the batch.
+    """
+
+
+@hookspec
+def loom_batch_finished(job: "Job", summary: "Summary") -> None:
+    """The batch ended: completed, paused, interrupted or failed.
+
+    Called once per run, after the last item's outcome is committed and the
+    sinks are closed. The seed's ``on_batch_complete``: write reports,
+    notify, clean up.
+
+    :param job: the job.
+    :param summary: counts by state, cost, duration and ``summary.status``
+        (``completed``, ``failed``, ``paused`` or ``interrupted``).
+
+    An exception is reported and does not change the exit code.
+    """

@@ -1,0 +1,95 @@
+"""Settings: what `storyloom.yaml` holds, with the seed's defaults.
+
+Job values override settings; command-line flags override both (see
+``storyloom.config.effective_limits``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ErrorKind
+
+
+@dataclass(frozen=True)
+class Price:
+    """USD per million tokens."""
+
+    input: float = 0.0
+    output: float = 0.0
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        return (input_tokens * self.input + output_tokens * self.output) / 1_000_000
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One entry under ``models:``; ``name`` is what jobs and routing tables use."""
+
+    name: str
+    provider: str
+    model: str  # the provider's own id
+    base_url: str | None = None
+    api_key_env: str | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    max_parallel: int | None = None
+    price: Price = Price()
+    #: Provider-specific options (everything else on the entry), e.g. the
+    #: simulated provider's latency_ms, errors and seed.
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RetryDelay:
+    initial: float = 10.0
+    multiplier: float = 2.0
+    max: float = 120.0
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    """The seed's ``retry_config``."""
+
+    max_retries: int = 3
+    retry_delay: RetryDelay = RetryDelay()
+    retryable_errors: frozenset[ErrorKind] = frozenset(
+        {ErrorKind.API_RATE_LIMIT, ErrorKind.TIMEOUT, ErrorKind.TEMPORARY_ERROR}
+    )
+    non_retryable_errors: frozenset[ErrorKind] = frozenset(
+        {ErrorKind.INVALID_INPUT, ErrorKind.AUTH_ERROR, ErrorKind.QUOTA_EXCEEDED, ErrorKind.INTERNAL_ERROR}
+    )
+    policy: str = "exponential"
+
+
+@dataclass(frozen=True)
+class BatchLimit:
+    """A job type's ``batch_limits`` entry; None means "the job type's default"."""
+
+    max_parallel: int | None = None
+    timeout_per_item: float | None = None
+
+
+#: Built in so that a job runs with no settings file, no key and no network.
+BUILTIN_MODELS: dict[str, ModelSpec] = {
+    "simulated": ModelSpec(name="simulated", provider="simulated", model="simulated"),
+}
+DEFAULT_MODELS: tuple[str, ...] = ("simulated",)
+
+
+@dataclass(frozen=True)
+class Settings:
+    path: str | None = None  # the storyloom.yaml it came from, if any
+    batch_limits: dict[str, BatchLimit] = field(default_factory=dict)
+    retry_config: RetryConfig = RetryConfig()
+    models: dict[str, ModelSpec] = field(default_factory=lambda: dict(BUILTIN_MODELS))
+    default_models: tuple[str, ...] = DEFAULT_MODELS
+    routing: dict[str, Any] = field(default_factory=lambda: {"strategy": "round_robin"})
+    plugins: tuple[str, ...] = ()
+    progress: tuple[str, ...] = ("plain",)
+    reports: tuple[str, ...] = ()
+    grace_period: float = 10.0
+    #: sqlite ``synchronous``: NORMAL (default, durable across process crashes)
+    #: or FULL (also across power loss).
+    synchronous: str = "NORMAL"

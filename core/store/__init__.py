@@ -1,0 +1,33 @@
+"""Durable state: the Store protocol and its backends."""
+
+from .protocol import (
+    ITEM_STATES,
+    JOB_STATES,
+    TERMINAL_STATES,
+    AttemptRecord,
+    ClaimedItem,
+    CostTotals,
+    ItemRow,
+    JobExists,
+    JobRow,
+    NewItem,
+    RunningRow,
+    StartRecord,
+    Store,
+)
+
+__all__ = [
+    "ITEM_STATES",
+    "JOB_STATES",
+    "TERMINAL_STATES",
+    "AttemptRecord",
+    "ClaimedItem",
+    "CostTotals",
+    "ItemRow",
+    "JobExists",
+    "JobRow",
+    "NewItem",
+    "RunningRow",
+    "StartRecord",
+    "Store",
+]

@@ -1,0 +1,174 @@
+"""The store behind the kernel: jobs, items, attempts and results.
+
+Every backend implements :class:`Store` and passes the conformance suite in
+``tests/store_conformance.py``. Methods are async so that a networked backend
+(PostgreSQL) fits; the SQLite backend answers without awaiting.
+
+Item states: ``pending`` (waiting, possibly until ``not_before``), ``running``
+(claimed by an owner), and the terminal ``completed``, ``failed``, ``skipped``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
+
+ITEM_STATES = ("pending", "running", "completed", "failed", "skipped")
+TERMINAL_STATES = ("completed", "failed", "skipped")
+#: running: being processed; paused: stopped by policy or budget (resume continues);
+#: interrupted: stopped by a signal; completed / failed: every item is terminal.
+JOB_STATES = ("pending", "running", "paused", "interrupted", "completed", "failed", "cancelled")
+
+
+class JobExists(Exception):
+    """``add_job`` was given a job_id the store already holds."""
+
+
+@dataclass(frozen=True)
+class JobRow:
+    job_id: str
+    job_type: str
+    state: str
+    #: The job as ``storyloom.job.job_to_dict`` wrote it: enough to resume
+    #: without the job file.
+    definition: dict[str, Any]
+    created_at: float
+    updated_at: float
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class NewItem:
+    item_id: str
+    level: int  # storyloom.job.Priority value: 0 critical ... 3 low
+    state: str  # pending or skipped
+    definition: dict[str, Any]  # storyloom.job.item_to_dict
+
+
+@dataclass(frozen=True)
+class ClaimedItem:
+    item_id: str
+    definition: dict[str, Any]
+    attempts: int  # attempts already made
+    last_model: str | None
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One finished attempt, and the item state it leads to.
+
+    ``state`` is the item's next state: ``completed``, ``failed``, or
+    ``pending`` (a retry, not before ``not_before``). The attempt row, the
+    item's state change and (when completed) the result commit together.
+    """
+
+    job_id: str
+    item_id: str
+    attempt: int
+    state: str
+    model: str | None
+    started_at: float
+    finished_at: float
+    error_kind: str | None = None
+    error: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    not_before: float = 0.0
+    route: dict[str, Any] | None = None
+    result_text: str | None = None
+    result_data: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class StartRecord:
+    """An attempt began on ``model``: shown by ``storyloom status``."""
+
+    job_id: str
+    item_id: str
+    model: str
+    started_at: float
+
+
+@dataclass(frozen=True)
+class RunningRow:
+    item_id: str
+    model: str | None
+    started_at: float
+    attempts: int
+    owner: str
+
+
+@dataclass(frozen=True)
+class ItemRow:
+    item_id: str
+    state: str
+    attempts: int
+    last_model: str | None
+    error_kind: str | None
+    error: str | None
+    definition: dict[str, Any]
+
+
+@dataclass
+class CostTotals:
+    cost_usd: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    attempts: int = 0
+    by_model: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+class Store(Protocol):
+    async def add_job(self, job: JobRow, items: Sequence[NewItem]) -> None:
+        """Insert a job and its items in one transaction. Raise JobExists."""
+
+    async def get_job(self, job_id: str) -> JobRow | None: ...
+
+    async def list_jobs(self) -> list[JobRow]: ...
+
+    async def set_job_state(self, job_id: str, state: str, reason: str | None = None) -> None: ...
+
+    async def recover(self, job_id: str, owner_alive: Any) -> int:
+        """Put items left ``running`` by a dead owner back to ``pending``.
+
+        ``owner_alive(owner) -> bool`` says whether an owner string is a live
+        process. Returns how many items were recovered."""
+
+    async def claim(self, job_id: str, limit: int, now: float, owner: str) -> list[ClaimedItem]:
+        """Move up to ``limit`` ready pending items (``not_before <= now``) to
+        ``running`` for ``owner``, highest level first, FIFO within a level
+        (insertion order), and return them. One transaction."""
+
+    async def next_ready_at(self, job_id: str) -> float | None:
+        """The earliest ``not_before`` among pending items, or None if none is pending."""
+
+    async def record(
+        self, records: Sequence[AttemptRecord], owner: str, started: Sequence[StartRecord] = ()
+    ) -> list[bool]:
+        """Commit finished attempts, and the models of started ones, in one
+        transaction (group commit). ``started`` rows only set the running
+        item's model and start time.
+
+        Each record applies only if its item is still ``running`` for
+        ``owner``; the returned list says which applied. This is what keeps a
+        completed item from ever completing twice."""
+
+    async def release(self, job_id: str, owner: str) -> int:
+        """Put every item ``owner`` holds ``running`` back to ``pending``.
+        Returns how many."""
+
+    async def counts(self, job_id: str) -> dict[str, int]:
+        """Items per state; every state in ITEM_STATES is a key."""
+
+    async def running(self, job_id: str) -> list[RunningRow]: ...
+
+    async def items(self, job_id: str, state: str | None = None) -> list[ItemRow]: ...
+
+    async def result(self, job_id: str, item_id: str) -> tuple[str, dict[str, Any] | None] | None:
+        """The stored result text and data of a completed item."""
+
+    async def costs(self, job_id: str) -> CostTotals:
+        """Totals over every attempt, failed ones included."""
+
+    async def aclose(self) -> None: ...
