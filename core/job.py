@@ -94,3 +94,87 @@ class Plan:
     retry: RetryConfig
     models: tuple[str, ...]
     routing: dict[str, Any]
+
+
+# -- serialisation: the store keeps jobs and items as JSON so that a job can
+# be resumed without its file.
+
+
+def _dt(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _parse_dt(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def item_to_dict(item: Item) -> dict[str, Any]:
+    return {
+        "item_id": item.item_id,
+        "project_id": item.project_id,
+        "chapter_num": item.chapter_num,
+        "status": item.status,
+        "priority": item.priority.name.lower() if item.priority is not None else None,
+        "deadline": _dt(item.deadline),
+        "model": item.model,
+        "fields": item.fields,
+    }
+
+
+def item_from_dict(data: dict[str, Any]) -> Item:
+    return Item(
+        item_id=data["item_id"],
+        project_id=data.get("project_id"),
+        chapter_num=data.get("chapter_num"),
+        status=data.get("status", "pending"),
+        priority=Priority[data["priority"].upper()] if data.get("priority") else None,
+        deadline=_parse_dt(data.get("deadline")),
+        model=data.get("model"),
+        fields=dict(data.get("fields") or {}),
+    )
+
+
+def job_to_dict(job: Job, *, with_items: bool = False) -> dict[str, Any]:
+    """The job without its items by default: items live in their own rows."""
+    out: dict[str, Any] = {
+        "job_id": job.job_id,
+        "job_type": job.job_type,
+        "priority": job.priority.name.lower(),
+        "created_at": _dt(job.created_at),
+        "deadline": _dt(job.deadline),
+        "config": {
+            "max_parallel": job.config.max_parallel,
+            "timeout_per_item": job.config.timeout_per_item,
+            "retry_on_failure": job.config.retry_on_failure,
+            "max_retries": job.config.max_retries,
+            "model_rotation": job.config.model_rotation,
+            "max_tokens": job.config.max_tokens,
+        },
+        "models": list(job.models),
+        "routing": job.routing,
+        "budget_usd": job.budget_usd,
+        "language": job.language,
+        "source": job.source,
+        "vars": job.vars,
+    }
+    if with_items:
+        out["items"] = [item_to_dict(i) for i in job.items]
+    return out
+
+
+def job_from_dict(data: dict[str, Any], items: tuple[Item, ...] = ()) -> Job:
+    return Job(
+        job_id=data["job_id"],
+        job_type=data["job_type"],
+        items=items or tuple(item_from_dict(i) for i in data.get("items", ())),
+        priority=Priority[data.get("priority", "normal").upper()],
+        created_at=_parse_dt(data.get("created_at")),
+        deadline=_parse_dt(data.get("deadline")),
+        config=JobConfig(**data.get("config", {})),
+        models=tuple(data.get("models", ())),
+        routing=dict(data.get("routing") or {}),
+        budget_usd=data.get("budget_usd"),
+        language=data.get("language"),
+        source=data.get("source"),
+        vars=dict(data.get("vars") or {}),
+    )

@@ -1,0 +1,1 @@
+"""Bundled plugins: the behaviour of storyloom, one module per plugin."""

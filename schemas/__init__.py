@@ -1,0 +1,1 @@
+"""JSON Schemas: the contracts for job files, settings, events and reports."""
