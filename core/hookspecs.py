@@ -19,7 +19,7 @@ import pluggy
 if TYPE_CHECKING:
     from .config import Config
     from .job import Item, Job, Plan
-    from .kernel import Outcome, Summary
+    from .kernel import BatchControl, Outcome, Summary
 
 hookspec = pluggy.HookspecMarker("storyloom")
 
@@ -172,13 +172,15 @@ def loom_validate_job(job: "Job", config: "Config") -> None:
 
 
 @hookspec
-def loom_batch_started(job: "Job", plan: "Plan") -> None:
+def loom_batch_started(job: "Job", plan: "Plan", control: "BatchControl") -> None:
     """A batch begins: the job is stored and dispatch is about to start.
 
     Called once per run or resume, on the kernel's trio thread.
 
     :param job: the job.
     :param plan: its resolved limits, models and retry settings.
+    :param control: a handle to pause the batch (``control.pause(reason)``)
+        or send ``notify`` / ``escalate`` events; keep it for later hooks.
 
     Must be quick and must not block. An exception is reported on stderr and
     does not stop the batch.

@@ -1,0 +1,138 @@
+"""Running jobs from Python: ``await run_job(...)`` inside trio,
+``run_job_sync(...)`` outside it."""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import AsyncIterator, Iterator, Sequence
+
+import trio
+
+from .config import Config, Options, make_config
+from .errors import UsageError
+from .job import Job, item_to_dict, job_from_dict, job_to_dict
+from .kernel import Batch, Summary
+from .store import JobExists, JobRow, NewItem, Store
+from .store.sqlite import SQLiteStore
+
+
+async def run_job(
+    job: str | os.PathLike | Job,
+    *,
+    options: Options = Options(),
+    config: Config | None = None,
+    store: Store | None = None,
+    plugins: Sequence[object] = (),
+    handle_signals: bool = False,
+) -> Summary:
+    """Validate, store and run a job to its end; return its :class:`Summary`.
+
+    ``job`` is a job file's path or a loaded :class:`storyloom.job.Job`.
+    Bad input raises :class:`storyloom.UsageError` (a ConfigError for a bad
+    file) before anything is written. Cancelling the surrounding scope stops
+    the batch cleanly: running items go back to pending, and
+    :func:`resume_job` continues. ``plugins`` are plugin objects to register
+    for this run; ``store`` defaults to SQLite in the state folder.
+    """
+    job_file = None if isinstance(job, Job) else job
+    with _configured(config, options, job_file, plugins) as config:
+        if isinstance(job, Job):
+            loaded = job
+            config.hook.loom_validate_job(job=job, config=config)
+        else:
+            loaded = config.load_job(job)
+        batch = Batch(config, config.plan(loaded), handle_signals=handle_signals)
+        async with _opened(store, config) as store:
+            await add_job(store, loaded)
+            return await batch.run(store)
+
+
+async def resume_job(
+    job_id: str,
+    *,
+    options: Options = Options(),
+    config: Config | None = None,
+    store: Store | None = None,
+    plugins: Sequence[object] = (),
+    handle_signals: bool = False,
+) -> Summary:
+    """Continue a stored job: paused, interrupted, or left by a killed process.
+
+    Items left running by a dead process go back to pending; completed items
+    never run again. Settings are found from the job file's folder if it
+    still exists, else from the working folder.
+    """
+    async with _opened(store, config, options) as probe:
+        row = await probe.get_job(job_id)
+    if row is None:
+        raise UsageError(f"no job {job_id!r} in {options.state_path() if store is None else 'the store'}")
+    loaded = job_from_dict(row.definition)
+    source = Path(loaded.source) if loaded.source and Path(loaded.source).exists() else None
+    if config is None:
+        config = make_config(options, job_file=source, start_dir=".", extra_plugins=plugins)
+    with _configured(config, options, None, ()) as config:
+        batch = Batch(config, config.plan(loaded), handle_signals=handle_signals)
+        async with _opened(store, config) as store:
+            return await batch.run(store)
+
+
+def run_job_sync(job: str | os.PathLike | Job, **kwargs) -> Summary:
+    """:func:`run_job` for code that is not already inside trio."""
+    return trio.run(functools.partial(run_job, job, **kwargs))
+
+
+def resume_job_sync(job_id: str, **kwargs) -> Summary:
+    """:func:`resume_job` for code that is not already inside trio."""
+    return trio.run(functools.partial(resume_job, job_id, **kwargs))
+
+
+async def add_job(store: Store, job: Job) -> None:
+    """Store a job and its items as pending (skipped where the file says so)."""
+    now = time.time()
+    row = JobRow(job_id=job.job_id, job_type=job.job_type, state="pending", definition=job_to_dict(job),
+                 created_at=job.created_at.timestamp() if job.created_at else now, updated_at=now)
+    items = [
+        NewItem(item_id=item.item_id, level=int(item.priority if item.priority is not None else job.priority),
+                state="skipped" if item.status == "skipped" else "pending", definition=item_to_dict(item))
+        for item in job.items
+    ]
+    try:
+        await store.add_job(row, items)
+    except JobExists:
+        existing = await store.get_job(job.job_id)
+        state = existing.state if existing else "unknown"
+        raise UsageError(
+            f"job {job.job_id!r} already exists (state: {state}); continue it with "
+            f"`storyloom resume {job.job_id}`, or give the job a new job_id") from None
+
+
+@contextmanager
+def _configured(config: Config | None, options: Options, job_file: str | os.PathLike | None,
+                plugins: Sequence[object]) -> Iterator[Config]:
+    """The caller's config as it is, or a new one configured for this call."""
+    if config is not None:
+        config.configure()
+        yield config
+        return
+    with make_config(options, job_file=job_file, extra_plugins=plugins) as config:
+        yield config
+
+
+@asynccontextmanager
+async def _opened(store: Store | None, config: Config | None, options: Options | None = None) -> AsyncIterator[Store]:
+    """The caller's store as it is, or the SQLite store in the state folder, closed after."""
+    if store is not None:
+        yield store
+        return
+    if config is not None:
+        own = SQLiteStore.open(config.state_dir, config.settings.synchronous)
+    else:
+        own = SQLiteStore.open((options or Options()).state_path())
+    try:
+        yield own
+    finally:
+        await own.aclose()

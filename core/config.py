@@ -1,0 +1,169 @@
+"""A run's configuration: plugins, settings, command-line options, registries.
+
+``Config`` is what hooks receive as ``config``. Build one with
+:func:`make_config`; close it with :meth:`Config.close` (or use it as a
+context manager) so ``loom_unconfigure`` runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Sequence
+
+import pluggy
+
+from . import loader
+from .errors import UsageError
+from .job import Job, Plan
+from .pluginmanager import check, import_plugin, make_plugin_manager
+from .registry import Registries, collect
+from .settings import Settings
+
+
+@dataclass(frozen=True)
+class Options:
+    """Command-line flags (or ``run_job`` keyword arguments). None = not given;
+    these override the job, which overrides the settings."""
+
+    plugins: tuple[str, ...] = ()
+    state_dir: str | None = None
+    out_dir: str | None = None
+    settings_file: str | None = None
+    max_parallel: int | None = None
+    timeout_per_item: float | None = None
+    max_retries: int | None = None
+    models: tuple[str, ...] | None = None
+    budget_usd: float | None = None
+    grace_period: float | None = None
+    progress: tuple[str, ...] | None = None
+    quiet: bool = False
+    autoload: bool | None = None
+
+    def state_path(self) -> Path:
+        """``--state-dir``, else ``$STORYLOOM_HOME``, else ``.storyloom`` in the working folder."""
+        return Path(self.state_dir or os.environ.get("STORYLOOM_HOME") or ".storyloom")
+
+
+@dataclass
+class Config:
+    pluginmanager: pluggy.PluginManager
+    settings: Settings
+    options: Options
+    registries: Registries
+    #: Plugin state, keyed by a name the plugin owns (pytest's stash, simply).
+    stash: dict[str, Any] = field(default_factory=dict)
+    _configured: bool = False
+
+    @property
+    def hook(self) -> Any:
+        return self.pluginmanager.hook
+
+    @property
+    def state_dir(self) -> Path:
+        return self.options.state_path()
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.options.out_dir or "storyloom-out")
+
+    @property
+    def grace_period(self) -> float:
+        return self.options.grace_period if self.options.grace_period is not None else self.settings.grace_period
+
+    def known_names(self) -> loader.KnownNames:
+        r = self.registries
+        return loader.KnownNames(
+            job_types=set(r.job_types),
+            providers=set(r.providers),
+            strategies=set(r.strategies),
+            retry_policies=set(r.retry_policies),
+            sinks=set(r.sinks),
+            renderers=set(r.renderers),
+        )
+
+    def load_job(self, path: str | os.PathLike, now: datetime | None = None) -> Job:
+        """Load and fully validate a job file, including plugin checks."""
+        doc = loader.parse_document(Path(path))
+        job = loader.load_job_document(doc, self.settings, self.known_names(), now=now)
+        self.hook.loom_validate_job(job=job, config=self)
+        return job
+
+    def plan(self, job: Job) -> Plan:
+        """Resolve limits: command line, then job, then settings, then the job type."""
+        job_type = self.registries.job_types.get(job.job_type)
+        if job_type is None:
+            raise UsageError(f"unknown job type {job.job_type!r} (known: {', '.join(sorted(self.registries.job_types))})")
+        limit = self.settings.batch_limits.get(job.job_type)
+        opts, cfg = self.options, job.config
+
+        def pick(*values: Any) -> Any:
+            return next(v for v in values if v is not None)
+
+        max_parallel = pick(opts.max_parallel, cfg.max_parallel, limit and limit.max_parallel, job_type.max_parallel)
+        timeout = pick(opts.timeout_per_item, cfg.timeout_per_item, limit and limit.timeout_per_item,
+                       job_type.timeout_per_item)
+        retry = self.settings.retry_config
+        max_retries = pick(opts.max_retries, cfg.max_retries, retry.max_retries)
+        if not cfg.retry_on_failure:
+            max_retries = 0
+        models = tuple(opts.models or job.models or self.settings.default_models)
+        for name in models:
+            if name not in self.settings.models:
+                raise UsageError(f"unknown model {name!r} (known: {', '.join(sorted(self.settings.models))})")
+        routing = {**self.settings.routing, **job.routing}
+        if opts.budget_usd is not None:
+            job = dataclasses.replace(job, budget_usd=opts.budget_usd)
+        return Plan(job=job, max_parallel=max_parallel, timeout_per_item=timeout, max_retries=max_retries,
+                    retry=retry, models=models, routing=routing)
+
+    def configure(self) -> None:
+        if not self._configured:
+            self._configured = True
+            self.hook.loom_configure(config=self)
+
+    def close(self) -> None:
+        if self._configured:
+            self._configured = False
+            self.hook.loom_unconfigure(config=self)
+
+    def __enter__(self) -> "Config":
+        self.configure()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def make_config(options: Options = Options(), *, job_file: str | os.PathLike | None = None,
+                start_dir: str | os.PathLike | None = None, extra_plugins: Sequence[object] = ()) -> Config:
+    """Plugins and settings for a run.
+
+    The settings file is ``options.settings_file`` if given, else the first
+    ``storyloom.yaml`` found walking up from the job file's folder (or
+    ``start_dir``, or the working folder). ``plugins:`` listed in the settings
+    and in the job are imported before the job is validated.
+    ``extra_plugins`` are plugin objects to register (for embedding and tests).
+    """
+    pm = make_plugin_manager(options.plugins, autoload=options.autoload)
+    for plugin in extra_plugins:
+        pm.register(plugin)
+
+    if options.settings_file:
+        settings_path: Path | None = Path(options.settings_file)
+    else:
+        base = Path(job_file).resolve().parent if job_file else Path(start_dir or ".").resolve()
+        settings_path = loader.find_settings(base)
+    if settings_path is not None:
+        for name, where in loader.peek_plugins(loader.parse_document(settings_path)):
+            import_plugin(pm, name, where, "plugins")
+    if job_file is not None:
+        for name, where in loader.peek_plugins(loader.parse_document(Path(job_file))):
+            import_plugin(pm, name, where, "plugins")
+    check(pm)
+    registries = collect(pm)
+    settings = loader.load_settings(settings_path)
+    return Config(pluginmanager=pm, settings=settings, options=options, registries=registries)

@@ -1,0 +1,59 @@
+"""Name -> object tables filled by the ``loom_register_*`` hooks.
+
+Things are chosen by name in configuration, never by registration order, so
+two plugins registering the same name is an error that names both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from .errors import UsageError
+
+#: registry attribute -> (hook name, what a user calls it)
+REGISTRY_HOOKS = {
+    "providers": ("loom_register_providers", "provider"),
+    "job_types": ("loom_register_job_types", "job type"),
+    "strategies": ("loom_register_strategies", "routing strategy"),
+    "retry_policies": ("loom_register_retry_policies", "retry policy"),
+    "sinks": ("loom_register_sinks", "progress sink"),
+    "renderers": ("loom_register_renderers", "report renderer"),
+}
+
+
+@dataclass
+class Registries:
+    providers: dict[str, Any] = field(default_factory=dict)
+    job_types: dict[str, Any] = field(default_factory=dict)
+    strategies: dict[str, Any] = field(default_factory=dict)
+    retry_policies: dict[str, Any] = field(default_factory=dict)
+    sinks: dict[str, Any] = field(default_factory=dict)
+    renderers: dict[str, Any] = field(default_factory=dict)
+    #: (registry, name) -> the plugin name that registered it, for errors and listings.
+    owners: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+def collect(pm: pluggy.PluginManager) -> Registries:
+    """Call every register hook, one implementation at a time so each entry
+    is attributed to its plugin."""
+    registries = Registries()
+    for attr, (hook_name, noun) in REGISTRY_HOOKS.items():
+        table: dict[str, Any] = getattr(registries, attr)
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():
+            plugin_name = pm.get_name(impl.plugin) or repr(impl.plugin)
+
+            def register(name: Any, obj: Any = None, *, _plugin: str = plugin_name, _table=table,
+                         _attr=attr, _noun=noun) -> None:
+                if obj is None:  # register(job_type): the object carries its name
+                    name, obj = name.name, name
+                if name in _table:
+                    first = registries.owners[(_attr, name)]
+                    raise UsageError(f"{_noun} {name!r} is registered by both plugin {first!r} and plugin {_plugin!r}")
+                _table[name] = obj
+                registries.owners[(_attr, name)] = _plugin
+
+            impl.function(**{arg: register for arg in impl.argnames})
+    return registries

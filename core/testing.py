@@ -1,0 +1,120 @@
+"""A pytest plugin for testing job files and plugins (like pytest's pytester).
+
+Installed with storyloom (entry point ``pytest11``), so a studio's own test
+suite can do::
+
+    def test_my_job(loom):
+        loom.write("storyloom.yaml", SETTINGS)
+        result = loom.run(JOB_YAML)
+        result.assert_outcomes(completed=12)
+
+Everything lives under the test's ``tmp_path``; nothing reaches the network.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from . import hookimpl
+from .api import resume_job, run_job
+from .config import Options
+from .kernel import Summary
+from .store.sqlite import SQLiteStore
+
+
+class HookRecorder:
+    """A plugin that records every batch hook call: ``calls[name] -> [kwargs]``."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, list[dict[str, Any]]] = {}
+
+    def _record(self, name: str, **kwargs: Any) -> None:
+        self.calls.setdefault(name, []).append(kwargs)
+
+    @hookimpl
+    def loom_batch_started(self, job, plan, control):
+        self._record("loom_batch_started", job=job, plan=plan, control=control)
+
+    @hookimpl
+    def loom_item_started(self, job, item, attempt, model):
+        self._record("loom_item_started", job=job, item=item, attempt=attempt, model=model)
+
+    @hookimpl
+    def loom_item_finished(self, job, item, outcome):
+        self._record("loom_item_finished", job=job, item=item, outcome=outcome)
+
+    @hookimpl
+    def loom_batch_finished(self, job, summary):
+        self._record("loom_batch_finished", job=job, summary=summary)
+
+
+@dataclass
+class RunResult:
+    summary: Summary
+    recorder: HookRecorder
+    items: dict[str, Any] = field(default_factory=dict)  # item_id -> storyloom.store.ItemRow
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return self.summary.counts
+
+    def assert_outcomes(self, **expected: int) -> None:
+        """``assert_outcomes(completed=3, failed=1)``: states not named must be 0."""
+        wanted = {state: expected.get(state, 0) for state in self.summary.counts}
+        assert self.summary.counts == wanted, f"counts {self.summary.counts} != expected {wanted}"
+
+
+class Loom:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.state_dir = path / ".storyloom"
+        self.out_dir = path / "storyloom-out"
+
+    def write(self, name: str, text: str) -> Path:
+        target = self.path / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(textwrap.dedent(text), encoding="utf-8")
+        return target
+
+    def options(self, **overrides: Any) -> Options:
+        base: dict[str, Any] = dict(state_dir=str(self.state_dir), out_dir=str(self.out_dir), quiet=True,
+                                    autoload=False)
+        base.update(overrides)
+        return Options(**base)
+
+    def run(self, job_yaml: str, *, name: str = "job.yaml", plugins: tuple = (), **overrides: Any) -> RunResult:
+        """Write ``job_yaml`` to a file and run it to its end in-process."""
+        path = self.write(name, job_yaml)
+        recorder = HookRecorder()
+        summary = trio.run(lambda: run_job(path, options=self.options(**overrides), plugins=(recorder, *plugins)))
+        return RunResult(summary, recorder, self.items(summary.job_id))
+
+    def resume(self, job_id: str, *, plugins: tuple = (), **overrides: Any) -> RunResult:
+        recorder = HookRecorder()
+        summary = trio.run(lambda: resume_job(job_id, options=self.options(**overrides),
+                                              plugins=(recorder, *plugins)))
+        return RunResult(summary, recorder, self.items(job_id))
+
+    def items(self, job_id: str) -> dict[str, Any]:
+        async def read() -> dict[str, Any]:
+            store = SQLiteStore.open(self.state_dir)
+            try:
+                return {row.item_id: row for row in await store.items(job_id)}
+            finally:
+                await store.aclose()
+
+        return trio.run(read)
+
+
+@pytest.fixture
+def loom(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Loom:
+    """A scratch studio folder: write settings and jobs, run them, read the store."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("STORYLOOM_HOME", raising=False)
+    return Loom(tmp_path)

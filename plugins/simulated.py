@@ -1,0 +1,110 @@
+"""The ``simulated`` provider: offline, seeded, with latency, usage and faults.
+
+It is the embedded default, so ``storyloom run jobs/demo.yaml`` needs no key
+and no network. Its text says it is simulated, in the item's language.
+Options sit on the model entry::
+
+    models:
+      sim:
+        provider: simulated
+        latency_ms: 200        # mean; each attempt draws from an exponential-ish jitter
+        output_tokens: 400     # mean output length
+        errors: {API_RATE_LIMIT: 0.05, TIMEOUT: 0.01}   # probability per attempt
+        retry_after: 1         # seconds suggested with a simulated rate limit
+        hang: 0.0              # probability that an attempt never answers
+        seed: 7
+
+Outcomes are a pure function of (seed, item_id, attempt): reruns and resumes
+see the same faults in the same places, whatever the concurrency.
+"""
+
+from __future__ import annotations
+
+import difflib
+import random
+from typing import Any
+
+import trio
+
+from storyloom import ConfigError, ErrorKind, ProviderError, hookimpl
+from storyloom.provider import Request, Response
+from storyloom.settings import ModelSpec
+
+OPTIONS = {"latency_ms": 200.0, "output_tokens": 400, "errors": {}, "retry_after": 1.0, "hang": 0.0, "seed": 0}
+
+TEXT = {
+    "th": "(ข้อความจำลองจาก storyloom: ไม่ได้เรียกใช้โมเดลจริง) ",
+    "en": "(Simulated by storyloom: no real model was called.) ",
+}
+FILLER = {"th": "ฝนตกพรำ ๆ ทั้งคืน ", "en": "The rain kept on all night. "}
+
+ERROR_MESSAGES = {
+    ErrorKind.API_RATE_LIMIT: "simulated rate limit (429)",
+    ErrorKind.TIMEOUT: "simulated upstream timeout (504)",
+    ErrorKind.TEMPORARY_ERROR: "simulated server error (503)",
+    ErrorKind.INVALID_INPUT: "simulated invalid request (400)",
+    ErrorKind.AUTH_ERROR: "simulated invalid API key (401)",
+    ErrorKind.QUOTA_EXCEEDED: "simulated quota exhausted",
+}
+
+
+def _options(spec: ModelSpec) -> dict[str, Any]:
+    where = f"models.{spec.name}"
+    for key in spec.options:
+        if key not in OPTIONS:
+            close = difflib.get_close_matches(key, OPTIONS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(OPTIONS)})"
+            raise ConfigError("settings", where, f"unknown option {key!r} for the simulated provider{hint}")
+    opts = {**OPTIONS, **spec.options}
+    errors = {}
+    for kind, rate in dict(opts["errors"]).items():
+        if kind not in ERROR_MESSAGES:
+            raise ConfigError("settings", f"{where}.errors", f"unknown error kind {kind!r} (known: {', '.join(ERROR_MESSAGES)})")
+        if not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+            raise ConfigError("settings", f"{where}.errors.{kind}", f"expected a probability from 0 to 1, got {rate!r}")
+        errors[ErrorKind(kind)] = float(rate)
+    opts["errors"] = errors
+    return opts
+
+
+class SimulatedProvider:
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.opts = _options(spec)
+
+    async def complete(self, request: Request) -> Response:
+        meta = request.metadata
+        rng = random.Random(f"{self.opts['seed']}:{meta.get('item_id')}:{meta.get('attempt')}")
+        latency = self.opts["latency_ms"] / 1000 * rng.uniform(0.5, 1.5)
+        if latency > 0:
+            await trio.sleep(latency)
+        else:
+            await trio.lowlevel.checkpoint()
+        if rng.random() < self.opts["hang"]:
+            await trio.sleep_forever()
+        input_tokens = sum(_estimate_tokens(m["content"]) for m in request.messages)
+        draw = rng.random()
+        for kind, rate in self.opts["errors"].items():
+            if draw < rate:
+                # Rejected requests consume nothing; an upstream timeout may have read the prompt.
+                raise ProviderError(kind, ERROR_MESSAGES[kind],
+                                    retry_after=self.opts["retry_after"] if kind is ErrorKind.API_RATE_LIMIT else None)
+            draw -= rate
+        language = "th" if meta.get("language") == "th" else "en"
+        output_tokens = min(request.max_tokens, max(1, int(self.opts["output_tokens"] * rng.uniform(0.8, 1.2))))
+        text = TEXT[language] + FILLER[language] * max(1, output_tokens // 8)
+        return Response(text=text, input_tokens=input_tokens, output_tokens=output_tokens, model=self.spec.model)
+
+    async def aclose(self) -> None:
+        pass
+
+
+def _estimate_tokens(text: str) -> int:
+    # Rough: Thai and other non-Latin scripts cost about a token a character.
+    non_ascii = sum(1 for ch in text if ord(ch) > 127)
+    return max(1, (len(text) - non_ascii) // 4 + non_ascii)
+
+
+@hookimpl
+def loom_register_providers(register):
+    register("simulated", SimulatedProvider)
