@@ -1,0 +1,1 @@
+"""Bundled model providers over HTTP (httpx): one module per API."""
