@@ -14,6 +14,7 @@ from .protocol import (
     RunningRow,
     StartRecord,
     Store,
+    StoreVersionError,
 )
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "RunningRow",
     "StartRecord",
     "Store",
+    "StoreVersionError",
 ]

@@ -11,7 +11,9 @@ Item states: ``pending`` (waiting, possibly until ``not_before``), ``running``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
+
+from ..errors import UsageError
 
 ITEM_STATES = ("pending", "running", "completed", "failed", "skipped")
 TERMINAL_STATES = ("completed", "failed", "skipped")
@@ -22,6 +24,10 @@ JOB_STATES = ("pending", "running", "paused", "interrupted", "completed", "faile
 
 class JobExists(Exception):
     """``add_job`` was given a job_id the store already holds."""
+
+
+class StoreVersionError(UsageError):
+    """The store was written by a newer storyloom, with a schema this one does not know."""
 
 
 @dataclass(frozen=True)
@@ -116,27 +122,34 @@ class CostTotals:
     input_tokens: int = 0
     output_tokens: int = 0
     attempts: int = 0
-    by_model: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: model -> cost_usd, input_tokens, output_tokens, attempts, completed
+    #: (attempts that never reached a model are in the totals only).
+    by_model: dict[str, dict[str, float | int]] = field(default_factory=dict)
 
 
 class Store(Protocol):
     async def add_job(self, job: JobRow, items: Sequence[NewItem]) -> None:
-        """Insert a job and its items in one transaction. Raise JobExists."""
+        """Insert a job and its items in one transaction. Raise JobExists; raise
+        ValueError for a duplicate item_id or an item state other than pending
+        or skipped. On any error nothing is written."""
 
     async def get_job(self, job_id: str) -> JobRow | None: ...
 
     async def list_jobs(self) -> list[JobRow]: ...
 
-    async def set_job_state(self, job_id: str, state: str, reason: str | None = None) -> None: ...
+    async def set_job_state(self, job_id: str, state: str, reason: str | None = None) -> None:
+        """Raise KeyError for an unknown job, ValueError for a state not in JOB_STATES."""
 
-    async def recover(self, job_id: str, owner_alive: Any) -> int:
+    async def recover(self, job_id: str, owner_alive: Callable[[str], bool]) -> int:
         """Put items left ``running`` by a dead owner back to ``pending``.
 
         ``owner_alive(owner) -> bool`` says whether an owner string is a live
         process. Returns how many items were recovered."""
 
     async def claim(self, job_id: str, limit: int, now: float, owner: str) -> list[ClaimedItem]:
-        """Move up to ``limit`` ready pending items (``not_before <= now``) to
+        """``now`` is wall-clock time (``time.time()``), stored as ``started_at``.
+
+        Move up to ``limit`` ready pending items (``not_before <= now``) to
         ``running`` for ``owner``, highest level first, FIFO within a level
         (insertion order), and return them. One transaction."""
 
@@ -152,7 +165,10 @@ class Store(Protocol):
 
         Each record applies only if its item is still ``running`` for
         ``owner``; the returned list says which applied. This is what keeps a
-        completed item from ever completing twice."""
+        completed item from ever completing twice. A record whose state is not
+        completed, failed or pending raises ValueError and nothing is written.
+        The attempt row keeps the record's state, so ``pending`` there means
+        "this attempt led to a retry"."""
 
     async def release(self, job_id: str, owner: str) -> int:
         """Put every item ``owner`` holds ``running`` back to ``pending``.

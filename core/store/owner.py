@@ -1,0 +1,57 @@
+"""Who holds a running item: owner strings and whether their process lives.
+
+An owner is ``"{hostname}:{pid}:{random hex}"``. The store records it on
+every item a kernel claims; after a crash, ``recover`` asks
+:func:`owner_alive` which owners are gone and puts their items back to pending.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import sys
+
+
+def make_owner() -> str:
+    """A fresh owner string for this process.
+
+    The random part tells apart two kernels in one process (or a pid reused
+    after a reboot), so that one never completes an item the other claimed.
+    """
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(8)}"
+
+
+def owner_alive(owner: str) -> bool:
+    """Whether the process behind ``owner`` may still be running.
+
+    Errs on "alive": wrongly calling an owner dead lets two processes run
+    the same item, while wrongly calling it alive only leaves its items
+    running until the owner exits or its host comes back.
+
+    - Another host: we cannot see its processes, so assume alive.
+    - This host: alive if the pid exists (even if owned by another user).
+      A pid reused by an unrelated process also reads as alive.
+    - A string not in the ``make_owner`` format: assume alive.
+    """
+    parts = owner.rsplit(":", 2)
+    if len(parts) != 3:
+        return True
+    host, pid_text, _token = parts
+    if host != socket.gethostname():
+        return True
+    try:
+        pid = int(pid_text)
+    except ValueError:
+        return True
+    if pid <= 0:  # os.kill(0, ...) would mean "my process group"
+        return True
+    if sys.platform == "win32":  # os.kill(pid, 0) terminates the process there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, but belongs to another user
+        return True
+    return True

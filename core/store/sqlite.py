@@ -1,0 +1,451 @@
+"""The SQLite backend: one file, ``<state_dir>/storyloom.db``, in WAL mode.
+
+Methods are ``async`` to fit :class:`~storyloom.store.protocol.Store`, but
+they call :mod:`sqlite3` directly and never await: each call is a short
+transaction on the caller's thread. Every write runs in ``BEGIN IMMEDIATE``
+... ``COMMIT``, so a second process (``storyloom status``, or another run)
+waits on the busy timeout instead of failing, and readers never block.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from .protocol import (
+    ITEM_STATES,
+    JOB_STATES,
+    AttemptRecord,
+    ClaimedItem,
+    CostTotals,
+    ItemRow,
+    JobExists,
+    JobRow,
+    NewItem,
+    RunningRow,
+    StartRecord,
+    StoreVersionError,
+)
+
+DB_NAME = "storyloom.db"
+#: Stored in ``PRAGMA user_version``; bump it (and add a migration) when the schema changes.
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 10.0
+SYNCHRONOUS_MODES = ("NORMAL", "FULL")
+#: States an AttemptRecord may move an item to.
+RECORD_STATES = ("completed", "failed", "pending")
+#: States an item may start in.
+NEW_ITEM_STATES = ("pending", "skipped")
+
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS jobs (
+        job_id TEXT PRIMARY KEY,
+        job_type TEXT NOT NULL,
+        state TEXT NOT NULL,
+        definition TEXT NOT NULL,
+        reason TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS items (
+        job_id TEXT NOT NULL REFERENCES jobs(job_id),
+        item_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        level INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_model TEXT,
+        owner TEXT,
+        started_at REAL,
+        not_before REAL NOT NULL DEFAULT 0,
+        error_kind TEXT,
+        error TEXT,
+        definition TEXT NOT NULL,
+        route TEXT,
+        PRIMARY KEY (job_id, item_id)
+    )""",
+    # claim walks this in order; with not_before in it, the ready check
+    # needs no table lookup.
+    "CREATE INDEX IF NOT EXISTS items_claim ON items (job_id, state, level, seq, not_before)",
+    # next_ready_at: the earliest not_before without scanning every pending item.
+    "CREATE INDEX IF NOT EXISTS items_ready ON items (job_id, state, not_before)",
+    "CREATE INDEX IF NOT EXISTS items_seq ON items (job_id, seq)",
+    """CREATE TABLE IF NOT EXISTS attempts (
+        job_id TEXT NOT NULL,
+        item_id TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        model TEXT,
+        state TEXT NOT NULL,
+        error_kind TEXT,
+        error TEXT,
+        input_tokens INTEGER NOT NULL DEFAULT 0,
+        output_tokens INTEGER NOT NULL DEFAULT 0,
+        cost_usd REAL NOT NULL DEFAULT 0,
+        started_at REAL NOT NULL,
+        finished_at REAL NOT NULL,
+        route TEXT,
+        FOREIGN KEY (job_id, item_id) REFERENCES items (job_id, item_id)
+    )""",
+    "CREATE INDEX IF NOT EXISTS attempts_item ON attempts (job_id, item_id, attempt)",
+    """CREATE TABLE IF NOT EXISTS results (
+        job_id TEXT NOT NULL,
+        item_id TEXT NOT NULL,
+        text TEXT NOT NULL,
+        data TEXT,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (job_id, item_id),
+        FOREIGN KEY (job_id, item_id) REFERENCES items (job_id, item_id)
+    )""",
+)
+
+# INDEXED BY: walking items_claim in order beats items_ready plus a sort,
+# whatever the planner's statistics say.
+_CLAIM = """
+UPDATE items SET state = 'running', owner = ?, started_at = ?
+WHERE rowid IN (
+    SELECT rowid FROM items INDEXED BY items_claim
+    WHERE job_id = ? AND state = 'pending' AND not_before <= ?
+    ORDER BY level, seq LIMIT ?
+)
+RETURNING level, seq, item_id, definition, attempts, last_model
+"""
+_START = """
+UPDATE items SET last_model = ?, started_at = ?
+WHERE job_id = ? AND item_id = ? AND state = 'running' AND owner = ?
+"""
+_FINISH = """
+UPDATE items SET state = ?, attempts = ?, last_model = COALESCE(?, last_model), not_before = ?,
+    error_kind = ?, error = ?, route = ?, owner = NULL
+WHERE job_id = ? AND item_id = ? AND state = 'running' AND owner = ?
+"""
+_INSERT_ATTEMPT = """
+INSERT INTO attempts (job_id, item_id, attempt, model, state, error_kind, error,
+    input_tokens, output_tokens, cost_usd, started_at, finished_at, route)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+_INSERT_RESULT = """
+INSERT OR REPLACE INTO results (job_id, item_id, text, data, created_at) VALUES (?, ?, ?, ?, ?)
+"""
+_INSERT_ITEM = """
+INSERT INTO items (job_id, item_id, seq, level, state, definition) VALUES (?, ?, ?, ?, ?, ?)
+"""
+_JOB_COLUMNS = "job_id, job_type, state, definition, created_at, updated_at, reason"
+
+
+# One encoder for every call: json.dumps with options builds a new one each time.
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def _dumps(value: Any) -> str | None:
+    return None if value is None else _encode(value)
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _job_row(row: tuple) -> JobRow:
+    job_id, job_type, state, definition, created_at, updated_at, reason = row
+    return JobRow(job_id, job_type, state, json.loads(definition), created_at, updated_at, reason)
+
+
+class SQLiteStore:
+    """A :class:`~storyloom.store.protocol.Store` on one SQLite file.
+
+    Open it with :meth:`open`; close it with ``await store.aclose()`` (or
+    :meth:`close`). Use it from the thread that opened it.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        #: The database file.
+        self.path = path
+
+    @classmethod
+    def open(cls, state_dir: str | os.PathLike[str], synchronous: str = "NORMAL") -> "SQLiteStore":
+        """Open (creating if needed) ``state_dir/storyloom.db``.
+
+        ``synchronous`` is ``NORMAL`` (durable across process crashes) or
+        ``FULL`` (also across power loss); anything else is a ValueError.
+        Raises :class:`StoreVersionError` if the file has a newer schema.
+        """
+        mode = synchronous.upper() if isinstance(synchronous, str) else synchronous
+        if mode not in SYNCHRONOUS_MODES:
+            raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, not {synchronous!r}")
+        folder = Path(state_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / DB_NAME
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            _check_version(conn, path)
+            journal = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if journal.lower() != "wal":
+                raise RuntimeError(f"{path}: cannot use WAL journal mode (got {journal!r})")
+            conn.execute(f"PRAGMA synchronous = {mode}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            _create_schema(conn, path)
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, path)
+
+    # -- transactions
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Cursor]:
+        """One write transaction; rolled back if anything raises."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn.cursor()
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    # -- jobs
+
+    async def add_job(self, job: JobRow, items: Sequence[NewItem]) -> None:
+        """Insert the job and its items (``seq`` = position in ``items``) in
+        one transaction. Raises JobExists, or ValueError for a duplicate
+        item_id or a bad item state; either way nothing is written."""
+        if job.state not in JOB_STATES:
+            raise ValueError(f"unknown job state {job.state!r}")
+        for item in items:
+            if item.state not in NEW_ITEM_STATES:
+                raise ValueError(f"item {item.item_id!r}: state must be pending or skipped, not {item.state!r}")
+        job_id = job.job_id
+        with self._write() as cur:
+            if cur.execute("SELECT 1 FROM jobs WHERE job_id = ?", (job_id,)).fetchone():
+                raise JobExists(job_id)
+            cur.execute(
+                f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (job_id, job.job_type, job.state, _dumps(job.definition),
+                 job.created_at, job.updated_at, job.reason),
+            )
+            rows = (
+                (job_id, item.item_id, seq, int(item.level), item.state, _dumps(item.definition))
+                for seq, item in enumerate(items)
+            )
+            try:
+                cur.executemany(_INSERT_ITEM, rows)
+            except sqlite3.IntegrityError as exc:
+                what = "duplicate item_id" if "UNIQUE" in str(exc) else "bad item"
+                raise ValueError(f"job {job_id!r}: {what} ({exc})") from None
+
+    async def get_job(self, job_id: str) -> JobRow | None:
+        row = self._conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return _job_row(row) if row else None
+
+    async def list_jobs(self) -> list[JobRow]:
+        """Every job, oldest first."""
+        rows = self._conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY created_at, job_id")
+        return [_job_row(row) for row in rows]
+
+    async def set_job_state(self, job_id: str, state: str, reason: str | None = None) -> None:
+        """Set the state (one of JOB_STATES) and reason; KeyError for an unknown job."""
+        if state not in JOB_STATES:
+            raise ValueError(f"unknown job state {state!r}")
+        with self._write() as cur:
+            cur.execute(
+                "UPDATE jobs SET state = ?, reason = ?, updated_at = ? WHERE job_id = ?",
+                (state, reason, time.time(), job_id),
+            )
+            if cur.rowcount != 1:
+                raise KeyError(job_id)
+
+    # -- claiming and recording
+
+    async def recover(self, job_id: str, owner_alive: Callable[[str], bool]) -> int:
+        """Put items ``running`` for owners that ``owner_alive`` calls dead back to pending."""
+        owners = [
+            owner
+            for (owner,) in self._conn.execute(
+                "SELECT DISTINCT owner FROM items WHERE job_id = ? AND state = 'running'", (job_id,)
+            )
+        ]
+        dead = [owner for owner in owners if not owner_alive(owner)]
+        if not dead:
+            return 0
+        return self._release(job_id, dead)
+
+    async def release(self, job_id: str, owner: str) -> int:
+        """Put every item ``owner`` holds running back to pending."""
+        return self._release(job_id, [owner])
+
+    def _release(self, job_id: str, owners: list[str]) -> int:
+        count = 0
+        with self._write() as cur:
+            for owner in owners:
+                cur.execute(
+                    "UPDATE items SET state = 'pending', owner = NULL "
+                    "WHERE job_id = ? AND state = 'running' AND owner = ?",
+                    (job_id, owner),
+                )
+                count += cur.rowcount
+        return count
+
+    async def claim(self, job_id: str, limit: int, now: float, owner: str) -> list[ClaimedItem]:
+        """Claim up to ``limit`` ready pending items for ``owner``: lowest
+        level first, then insertion order. ``now`` is wall-clock time
+        (it becomes the items' ``started_at``)."""
+        if limit <= 0:
+            return []
+        with self._write() as cur:
+            rows = cur.execute(_CLAIM, (owner, now, job_id, now, limit)).fetchall()
+        # RETURNING gives rows in no particular order.
+        rows.sort()
+        loads = json.loads
+        return [
+            ClaimedItem(item_id, loads(definition), attempts, last_model)
+            for _level, _seq, item_id, definition, attempts, last_model in rows
+        ]
+
+    async def next_ready_at(self, job_id: str) -> float | None:
+        row = self._conn.execute(
+            "SELECT MIN(not_before) FROM items WHERE job_id = ? AND state = 'pending'", (job_id,)
+        ).fetchone()
+        return row[0]
+
+    async def record(
+        self, records: Sequence[AttemptRecord], owner: str, started: Sequence[StartRecord] = ()
+    ) -> list[bool]:
+        """Commit started attempts' models and finished attempts in one
+        transaction. A record applies only if its item is running for
+        ``owner``; the result says which did. ValueError for a record whose
+        state is not completed, failed or pending (nothing is written)."""
+        for rec in records:
+            if rec.state not in RECORD_STATES:
+                raise ValueError(f"item {rec.item_id!r}: cannot record state {rec.state!r}")
+        applied: list[bool] = []
+        attempt_rows = []
+        result_rows = []
+        now = time.time()
+        with self._write() as cur:
+            if started:
+                cur.executemany(
+                    _START, [(s.model, s.started_at, s.job_id, s.item_id, owner) for s in started]
+                )
+            for rec in records:
+                route = _dumps(rec.route)
+                cur.execute(
+                    _FINISH,
+                    (rec.state, rec.attempt, rec.model, rec.not_before, rec.error_kind, rec.error,
+                     route, rec.job_id, rec.item_id, owner),
+                )
+                ok = cur.rowcount == 1
+                applied.append(ok)
+                if not ok:
+                    continue
+                attempt_rows.append(
+                    (rec.job_id, rec.item_id, rec.attempt, rec.model, rec.state, rec.error_kind, rec.error,
+                     rec.input_tokens, rec.output_tokens, rec.cost_usd, rec.started_at, rec.finished_at, route)
+                )
+                if rec.state == "completed":
+                    text = rec.result_text if rec.result_text is not None else ""
+                    result_rows.append((rec.job_id, rec.item_id, text, _dumps(rec.result_data), now))
+            if attempt_rows:
+                cur.executemany(_INSERT_ATTEMPT, attempt_rows)
+            if result_rows:
+                cur.executemany(_INSERT_RESULT, result_rows)
+        return applied
+
+    # -- reading
+
+    async def counts(self, job_id: str) -> dict[str, int]:
+        out = dict.fromkeys(ITEM_STATES, 0)
+        for state, n in self._conn.execute(
+            "SELECT state, COUNT(*) FROM items WHERE job_id = ? GROUP BY state", (job_id,)
+        ):
+            out[state] = n
+        return out
+
+    async def running(self, job_id: str) -> list[RunningRow]:
+        """Items running now, longest-running first."""
+        rows = self._conn.execute(
+            "SELECT item_id, last_model, started_at, attempts, owner FROM items "
+            "WHERE job_id = ? AND state = 'running' ORDER BY started_at, seq",
+            (job_id,),
+        )
+        return [RunningRow(*row) for row in rows]
+
+    async def items(self, job_id: str, state: str | None = None) -> list[ItemRow]:
+        """The job's items in insertion order, optionally only those in ``state``."""
+        sql = "SELECT item_id, state, attempts, last_model, error_kind, error, definition FROM items WHERE job_id = ?"
+        params: tuple = (job_id,)
+        if state is not None:
+            sql += " AND state = ?"
+            params = (job_id, state)
+        rows = self._conn.execute(sql + " ORDER BY seq", params)
+        return [ItemRow(i, s, a, m, ek, e, json.loads(d)) for i, s, a, m, ek, e, d in rows]
+
+    async def result(self, job_id: str, item_id: str) -> tuple[str, dict[str, Any] | None] | None:
+        row = self._conn.execute(
+            "SELECT text, data FROM results WHERE job_id = ? AND item_id = ?", (job_id, item_id)
+        ).fetchone()
+        return (row[0], _loads(row[1])) if row else None
+
+    async def costs(self, job_id: str) -> CostTotals:
+        """Totals over every attempt, failed ones included. ``by_model`` leaves
+        out attempts that never reached a model (their tokens still count)."""
+        totals = CostTotals()
+        rows = self._conn.execute(
+            "SELECT model, SUM(cost_usd), SUM(input_tokens), SUM(output_tokens), COUNT(*), "
+            "SUM(state = 'completed') FROM attempts WHERE job_id = ? GROUP BY model",
+            (job_id,),
+        )
+        for model, cost, tokens_in, tokens_out, attempts, completed in rows:
+            totals.cost_usd += cost
+            totals.input_tokens += tokens_in
+            totals.output_tokens += tokens_out
+            totals.attempts += attempts
+            if model is not None:
+                totals.by_model[model] = {
+                    "cost_usd": cost,
+                    "input_tokens": tokens_in,
+                    "output_tokens": tokens_out,
+                    "attempts": attempts,
+                    "completed": completed,
+                }
+        return totals
+
+    async def aclose(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        self._conn.close()
+
+
+def _check_version(conn: sqlite3.Connection, path: Path) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise StoreVersionError(
+            f"{path} has state schema version {version}, but this storyloom only knows "
+            f"version {SCHEMA_VERSION}: upgrade storyloom (or use another state directory)"
+        )
+
+
+def _create_schema(conn: sqlite3.Connection, path: Path) -> None:
+    if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # Another process may have created it while we waited for the lock.
+        _check_version(conn, path)
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise

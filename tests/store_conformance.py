@@ -1,0 +1,516 @@
+"""The conformance suite every Store backend must pass.
+
+Not collected on its own (the name does not start with ``test_``):
+``tests/test_store.py`` star-imports these tests next to a ``store`` fixture
+parametrised over the backends, so each test runs once per backend. The
+fixture gives a fresh, empty store.
+
+Tests are sync functions wrapped by :func:`trio_test`, which runs the async
+body with ``trio.run`` (the project does not use pytest-trio).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Awaitable, Callable
+
+import pytest
+import trio
+
+from storyloom.store.protocol import (
+    ITEM_STATES,
+    AttemptRecord,
+    JobExists,
+    JobRow,
+    NewItem,
+    StartRecord,
+)
+
+__all__ = []  # filled in by trio_test: only the tests leave with `import *`
+
+JOB = "job-1"
+OWNER = "host-a:100:aaaa"
+OTHER = "host-b:200:bbbb"
+NOW = 1_000_000.0
+THAI = "บทที่หนึ่ง: เจ้าหญิงกับมังกร"
+
+
+def trio_test(fn: Callable[[Any], Awaitable[None]]) -> Callable[[Any], None]:
+    """Turn ``async def test_x(store)`` into a sync pytest test."""
+
+    def test(store: Any) -> None:
+        trio.run(fn, store)
+
+    test.__name__ = test.__qualname__ = fn.__name__
+    test.__doc__ = fn.__doc__
+    test.__module__ = fn.__module__
+    __all__.append(fn.__name__)
+    return test
+
+
+# -- builders
+
+
+def job_row(job_id: str = JOB, *, state: str = "running", created_at: float = NOW, **definition: Any) -> JobRow:
+    data = {"job_id": job_id, "job_type": "chapter", "vars": {"title": THAI}, **definition}
+    return JobRow(job_id, "chapter", state, data, created_at, created_at)
+
+
+def new_items(*ids: str, level: int = 2, state: str = "pending") -> list[NewItem]:
+    return [NewItem(i, level, state, {"item_id": i, "fields": {"title": f"{THAI} {i}"}}) for i in ids]
+
+
+def rec(item_id: str, state: str = "completed", *, attempt: int = 1, model: str | None = "m1",
+        job_id: str = JOB, **kw: Any) -> AttemptRecord:
+    kw.setdefault("started_at", NOW)
+    kw.setdefault("finished_at", NOW + 1)
+    return AttemptRecord(job_id=job_id, item_id=item_id, attempt=attempt, state=state, model=model, **kw)
+
+
+async def add(store: Any, *ids: str, job_id: str = JOB, level: int = 2) -> None:
+    await store.add_job(job_row(job_id), new_items(*ids, level=level))
+
+
+async def claim_ids(store: Any, limit: int = 100, now: float = NOW, owner: str = OWNER, job_id: str = JOB) -> list[str]:
+    return [c.item_id for c in await store.claim(job_id, limit, now, owner)]
+
+
+# -- jobs
+
+
+@trio_test
+async def test_add_job_roundtrips_definition_with_unicode(store):
+    definition = {"nested": {"list": [1, 2.5, None, True]}, "language": "th", "title": THAI}
+    job = job_row(**definition)
+    await store.add_job(job, new_items("a"))
+    got = await store.get_job(JOB)
+    assert got == job
+    assert got.definition["title"] == THAI
+    assert got.definition["vars"] == {"title": THAI}
+    assert [j.job_id for j in await store.list_jobs()] == [JOB]
+
+
+@trio_test
+async def test_get_job_unknown_is_none(store):
+    assert await store.get_job("nope") is None
+    assert await store.list_jobs() == []
+
+
+@trio_test
+async def test_add_job_twice_raises_and_writes_nothing(store):
+    await store.add_job(job_row(marker="first"), new_items("a", "b"))
+    with pytest.raises(JobExists):
+        await store.add_job(job_row(marker="second"), new_items("c", "d", "e"))
+    assert (await store.get_job(JOB)).definition["marker"] == "first"
+    assert [i.item_id for i in await store.items(JOB)] == ["a", "b"]
+    assert (await store.counts(JOB))["pending"] == 2
+    assert len(await store.list_jobs()) == 1
+
+
+@trio_test
+async def test_add_job_with_duplicate_item_ids_writes_nothing(store):
+    with pytest.raises(ValueError):
+        await store.add_job(job_row(), new_items("a", "b", "a"))
+    assert await store.get_job(JOB) is None
+    assert await store.items(JOB) == []
+
+
+@trio_test
+async def test_add_job_keeps_skipped_items_out_of_claims(store):
+    await store.add_job(job_row(), new_items("a") + new_items("s", state="skipped") + new_items("b"))
+    assert await claim_ids(store) == ["a", "b"]
+    counts = await store.counts(JOB)
+    assert counts["skipped"] == 1 and counts["running"] == 2
+
+
+@trio_test
+async def test_set_job_state_roundtrip(store):
+    await add(store, "a")
+    before = (await store.get_job(JOB)).updated_at
+    await store.set_job_state(JOB, "paused", "budget reached: ถึงงบแล้ว")
+    got = await store.get_job(JOB)
+    assert (got.state, got.reason) == ("paused", "budget reached: ถึงงบแล้ว")
+    assert got.updated_at >= before
+    assert got.created_at == NOW
+    await store.set_job_state(JOB, "running")
+    got = await store.get_job(JOB)
+    assert (got.state, got.reason) == ("running", None)
+    assert (await store.list_jobs())[0].state == "running"
+
+
+@trio_test
+async def test_set_job_state_of_unknown_job_raises(store):
+    with pytest.raises(KeyError):
+        await store.set_job_state("nope", "paused")
+
+
+@trio_test
+async def test_list_jobs_oldest_first(store):
+    await store.add_job(job_row("late", created_at=NOW + 10), new_items("a"))
+    await store.add_job(job_row("early", created_at=NOW), new_items("a"))
+    assert [j.job_id for j in await store.list_jobs()] == ["early", "late"]
+
+
+# -- claim
+
+
+@trio_test
+async def test_claim_order_is_level_then_insertion_order(store):
+    layout = [("a", 2), ("b", 0), ("c", 3), ("d", 0), ("e", 1), ("f", 2), ("g", 1)]
+    await store.add_job(job_row(), [NewItem(i, lvl, "pending", {"item_id": i}) for i, lvl in layout])
+    got = []
+    for _ in range(4):  # order holds across batches too
+        got += await claim_ids(store, limit=2)
+    assert got == ["b", "d", "e", "g", "a", "f", "c"]
+
+
+@trio_test
+async def test_claim_returns_definition_and_attempt_history(store):
+    await add(store, "a")
+    [first] = await store.claim(JOB, 10, NOW, OWNER)
+    assert (first.item_id, first.attempts, first.last_model) == ("a", 0, None)
+    assert first.definition == {"item_id": "a", "fields": {"title": f"{THAI} a"}}
+    await store.record([rec("a", "pending", model="m1", error_kind="TIMEOUT")], OWNER)
+    [again] = await store.claim(JOB, 10, NOW, OWNER)
+    assert (again.attempts, again.last_model) == (1, "m1")
+
+
+@trio_test
+async def test_claim_respects_limit(store):
+    await add(store, *"abcde")
+    assert await claim_ids(store, limit=3) == ["a", "b", "c"]
+    assert await claim_ids(store, limit=0) == []
+    assert await claim_ids(store, limit=10) == ["d", "e"]
+
+
+@trio_test
+async def test_claim_never_returns_an_item_twice(store):
+    ids = [f"i{n:03d}" for n in range(50)]
+    await add(store, *ids)
+    seen = []
+    for turn in range(20):
+        seen += await claim_ids(store, limit=7, owner=(OWNER, OTHER)[turn % 2])
+    assert sorted(seen) == ids  # each exactly once
+    assert await claim_ids(store) == []
+    assert (await store.counts(JOB))["running"] == 50
+
+
+@trio_test
+async def test_claim_only_touches_its_job(store):
+    await add(store, "a", "b", job_id="one")
+    await add(store, "a", "c", job_id="two")
+    assert await claim_ids(store, job_id="one") == ["a", "b"]
+    assert (await store.counts("two"))["pending"] == 2
+    assert await claim_ids(store, job_id="two") == ["a", "c"]
+    assert await store.record([rec("a", job_id="one")], OWNER) == [True]
+    assert (await store.counts("two"))["running"] == 2
+    assert await store.result("two", "a") is None
+
+
+@trio_test
+async def test_claim_respects_not_before(store):
+    await add(store, "a", "b")
+    await claim_ids(store, limit=1)
+    await store.record([rec("a", "pending", not_before=NOW + 60)], OWNER)
+    assert await claim_ids(store, now=NOW + 1) == ["b"]
+    assert await claim_ids(store, now=NOW + 59.9) == []
+    assert await claim_ids(store, now=NOW + 60) == ["a"]  # not_before <= now
+
+
+@trio_test
+async def test_ready_retry_keeps_its_level(store):
+    """A retried critical item, once ready, goes before normal ones."""
+    await store.add_job(job_row(), new_items("crit", level=0) + new_items("n1", "n2", level=2))
+    assert await claim_ids(store, limit=1) == ["crit"]
+    await store.record([rec("crit", "pending", not_before=NOW + 5)], OWNER)
+    assert await claim_ids(store, limit=1, now=NOW + 1) == ["n1"]
+    assert await claim_ids(store, limit=5, now=NOW + 5) == ["crit", "n2"]
+
+
+@trio_test
+async def test_next_ready_at(store):
+    assert await store.next_ready_at(JOB) is None
+    await add(store, "a", "b")
+    assert await store.next_ready_at(JOB) == 0.0
+    await claim_ids(store)
+    assert await store.next_ready_at(JOB) is None  # nothing pending
+    await store.record([rec("a", "pending", not_before=NOW + 30), rec("b", "pending", not_before=NOW + 20)], OWNER)
+    assert await store.next_ready_at(JOB) == NOW + 20
+    await claim_ids(store, now=NOW + 20)
+    assert await store.next_ready_at(JOB) == NOW + 30
+
+
+# -- record
+
+
+@trio_test
+async def test_record_completed_stores_result(store):
+    await add(store, "a", "b")
+    await claim_ids(store)
+    applied = await store.record(
+        [rec("a", result_text=f"เนื้อเรื่อง {THAI}", result_data={"words": 3, "ภาษา": "ไทย"},
+             route={"strategy": "round_robin", "picked": "m1"})],
+        OWNER,
+    )
+    assert applied == [True]
+    assert await store.result(JOB, "a") == (f"เนื้อเรื่อง {THAI}", {"words": 3, "ภาษา": "ไทย"})
+    assert await store.result(JOB, "b") is None
+    assert await store.result(JOB, "missing") is None
+    [row] = await store.items(JOB, "completed")
+    assert (row.item_id, row.attempts, row.last_model, row.error_kind) == ("a", 1, "m1", None)
+
+
+@trio_test
+async def test_record_result_without_data(store):
+    await add(store, "a")
+    await claim_ids(store)
+    await store.record([rec("a", result_text="plain")], OWNER)
+    assert await store.result(JOB, "a") == ("plain", None)
+
+
+@trio_test
+async def test_record_failed_keeps_error_and_no_result(store):
+    await add(store, "a")
+    await claim_ids(store)
+    assert await store.record([rec("a", "failed", error_kind="AUTH_ERROR", error="bad key")], OWNER) == [True]
+    [row] = await store.items(JOB)
+    assert (row.state, row.attempts, row.error_kind, row.error) == ("failed", 1, "AUTH_ERROR", "bad key")
+    assert await store.result(JOB, "a") is None
+    assert await store.running(JOB) == []
+
+
+@trio_test
+async def test_record_retry_goes_pending_with_error(store):
+    await add(store, "a")
+    await claim_ids(store)
+    await store.record([rec("a", "pending", error_kind="API_RATE_LIMIT", error="429", not_before=NOW + 9)], OWNER)
+    [row] = await store.items(JOB)
+    assert (row.state, row.attempts, row.error_kind, row.error) == ("pending", 1, "API_RATE_LIMIT", "429")
+    assert await store.running(JOB) == []
+    assert await store.next_ready_at(JOB) == NOW + 9
+    # the next attempt can complete it
+    await claim_ids(store, now=NOW + 9)
+    assert await store.record([rec("a", attempt=2, model="m2")], OWNER) == [True]
+    [row] = await store.items(JOB)
+    assert (row.state, row.attempts, row.last_model, row.error_kind) == ("completed", 2, "m2", None)
+
+
+@trio_test
+async def test_record_only_applies_for_the_owner(store):
+    await add(store, "a")
+    await claim_ids(store, owner=OWNER)
+    assert await store.record([rec("a")], OTHER) == [False]
+    assert (await store.counts(JOB))["running"] == 1
+    assert (await store.costs(JOB)).attempts == 0
+    assert await store.result(JOB, "a") is None
+    assert [r.owner for r in await store.running(JOB)] == [OWNER]
+
+
+@trio_test
+async def test_record_for_an_unclaimed_item_changes_nothing(store):
+    await add(store, "a")
+    assert await store.record([rec("a"), rec("ghost")], OWNER) == [False, False]
+    assert (await store.counts(JOB))["pending"] == 1
+    assert (await store.costs(JOB)).attempts == 0
+
+
+@trio_test
+async def test_no_double_completion(store):
+    await add(store, "a", "b")
+    await claim_ids(store)
+    assert await store.record([rec("a", result_text="first", cost_usd=0.5)], OWNER) == [True]
+    # the same item again, later or in the same batch: ignored
+    assert await store.record([rec("a", result_text="second", cost_usd=0.5)], OWNER) == [False]
+    assert await store.record(
+        [rec("b", result_text="one"), rec("b", "failed", result_text="two", attempt=2)], OWNER
+    ) == [True, False]
+    assert await store.result(JOB, "a") == ("first", None)
+    assert await store.result(JOB, "b") == ("one", None)
+    costs = await store.costs(JOB)
+    assert (costs.attempts, costs.cost_usd) == (2, 0.5)
+    counts = await store.counts(JOB)
+    assert (counts["completed"], counts["failed"]) == (2, 0)
+
+
+@trio_test
+async def test_record_batch_mixes_applied_and_not(store):
+    await add(store, "a", "b", "c")
+    await claim_ids(store, limit=2)  # a, b
+    got = await store.record([rec("a"), rec("c"), rec("b", "failed")], OWNER)
+    assert got == [True, False, True]
+    counts = await store.counts(JOB)
+    assert (counts["completed"], counts["failed"], counts["pending"]) == (1, 1, 1)
+
+
+@trio_test
+async def test_record_rejects_an_unknown_state(store):
+    await add(store, "a")
+    await claim_ids(store)
+    with pytest.raises(ValueError):
+        await store.record([rec("a"), rec("a", "running")], OWNER)
+    # the whole batch is refused: the good record did not apply either
+    assert (await store.counts(JOB))["running"] == 1
+
+
+@trio_test
+async def test_start_record_shows_model_in_running(store):
+    await add(store, "a", "b")
+    await claim_ids(store)
+    await store.record([], OWNER, started=[StartRecord(JOB, "a", "m2", NOW + 3)])
+    await store.record([], OTHER, started=[StartRecord(JOB, "b", "m9", NOW + 4)])  # not its item
+    rows = {r.item_id: r for r in await store.running(JOB)}
+    assert (rows["a"].model, rows["a"].started_at, rows["a"].owner) == ("m2", NOW + 3, OWNER)
+    assert (rows["b"].model, rows["b"].started_at) == (None, NOW)
+
+
+@trio_test
+async def test_start_and_finish_in_one_batch(store):
+    await add(store, "a", "b")
+    await claim_ids(store)
+    applied = await store.record([rec("a", model="m1")], OWNER, started=[StartRecord(JOB, "b", "m2", NOW + 1)])
+    assert applied == [True]
+    [running] = await store.running(JOB)
+    assert (running.item_id, running.model) == ("b", "m2")
+
+
+@trio_test
+async def test_running_is_ordered_by_start(store):
+    await add(store, "a", "b", "c")
+    await claim_ids(store, limit=1, now=NOW + 5)  # a
+    await claim_ids(store, limit=1, now=NOW + 1)  # b
+    await claim_ids(store, limit=1, now=NOW + 3)  # c
+    rows = await store.running(JOB)
+    assert [(r.item_id, r.started_at, r.attempts) for r in rows] == [
+        ("b", NOW + 1, 0), ("c", NOW + 3, 0), ("a", NOW + 5, 0)
+    ]
+
+
+# -- counts, costs, items
+
+
+@trio_test
+async def test_counts_has_every_state(store):
+    assert await store.counts(JOB) == dict.fromkeys(ITEM_STATES, 0)
+    await store.add_job(job_row(), new_items(*"abcde") + new_items("s", state="skipped"))
+    await claim_ids(store, limit=3)
+    await store.record([rec("a"), rec("b", "failed")], OWNER)
+    assert await store.counts(JOB) == {"pending": 2, "running": 1, "completed": 1, "failed": 1, "skipped": 1}
+
+
+@trio_test
+async def test_costs_include_failed_attempts(store):
+    assert (await store.costs(JOB)).attempts == 0
+    await add(store, "a", "b")
+    await claim_ids(store)
+    await store.record([
+        rec("a", "pending", model="m1", input_tokens=10, output_tokens=0, cost_usd=0.25, error_kind="TIMEOUT"),
+        rec("b", "failed", model="m1", input_tokens=5, output_tokens=1, cost_usd=0.125, error_kind="INVALID_INPUT"),
+    ], OWNER)
+    await claim_ids(store)
+    await store.record([rec("a", attempt=2, model="m2", input_tokens=100, output_tokens=50, cost_usd=0.5)], OWNER)
+    costs = await store.costs(JOB)
+    assert costs.cost_usd == pytest.approx(0.875)
+    assert (costs.input_tokens, costs.output_tokens, costs.attempts) == (115, 51, 3)
+    assert costs.by_model["m1"] == {
+        "cost_usd": pytest.approx(0.375), "input_tokens": 15, "output_tokens": 1, "attempts": 2, "completed": 0
+    }
+    assert costs.by_model["m2"] == {
+        "cost_usd": pytest.approx(0.5), "input_tokens": 100, "output_tokens": 50, "attempts": 1, "completed": 1
+    }
+    assert set(costs.by_model) == {"m1", "m2"}
+
+
+@trio_test
+async def test_items_in_order_and_filtered(store):
+    await store.add_job(
+        job_row(), new_items("z", level=3) + new_items("y", level=0) + new_items("x", state="skipped")
+    )
+    await claim_ids(store, limit=1)  # y
+    await store.record([rec("y", "failed", error="boom")], OWNER)
+    everything = await store.items(JOB)
+    assert [(i.item_id, i.state) for i in everything] == [("z", "pending"), ("y", "failed"), ("x", "skipped")]
+    assert everything[0].definition == {"item_id": "z", "fields": {"title": f"{THAI} z"}}
+    assert [i.item_id for i in await store.items(JOB, "failed")] == ["y"]
+    assert [i.item_id for i in await store.items(JOB, "pending")] == ["z"]
+    assert await store.items(JOB, "completed") == []
+    assert await store.items("other-job") == []
+
+
+# -- release and recover
+
+
+@trio_test
+async def test_release_returns_only_that_owners_items(store):
+    await add(store, *"abcde")
+    await claim_ids(store, limit=3, owner=OWNER)
+    await claim_ids(store, limit=2, owner=OTHER)
+    assert await store.release(JOB, OWNER) == 3
+    counts = await store.counts(JOB)
+    assert (counts["pending"], counts["running"]) == (3, 2)
+    assert {r.owner for r in await store.running(JOB)} == {OTHER}
+    # the released owner can no longer record them
+    assert await store.record([rec("a")], OWNER) == [False]
+    assert await store.release(JOB, OWNER) == 0
+    # and they are claimable again, in their old order
+    assert await claim_ids(store, owner=OTHER) == ["a", "b", "c"]
+
+
+@trio_test
+async def test_release_keeps_attempt_count(store):
+    await add(store, "a")
+    await claim_ids(store)
+    await store.record([rec("a", "pending")], OWNER)
+    await claim_ids(store)
+    await store.release(JOB, OWNER)
+    [item] = await store.claim(JOB, 1, NOW, OWNER)
+    assert item.attempts == 1
+
+
+@trio_test
+async def test_recover_dead_owner_only(store):
+    dead, live = "host:1:dead", "host:2:live"
+    await add(store, *"abcd")
+    await claim_ids(store, limit=2, owner=dead)
+    await claim_ids(store, limit=1, owner=live)
+    asked = []
+
+    def owner_alive(owner: str) -> bool:
+        asked.append(owner)
+        return owner != dead
+
+    assert await store.recover(JOB, owner_alive) == 2
+    assert set(asked) == {dead, live}
+    counts = await store.counts(JOB)
+    assert (counts["pending"], counts["running"]) == (3, 1)
+    assert [r.owner for r in await store.running(JOB)] == [live]
+    assert await store.record([rec("a")], dead) == [False]
+    assert await claim_ids(store, owner=live) == ["a", "b", "d"]
+    assert await store.recover(JOB, lambda owner: True) == 0
+
+
+@trio_test
+async def test_recover_only_touches_its_job(store):
+    await add(store, "a", job_id="one")
+    await add(store, "a", job_id="two")
+    await claim_ids(store, job_id="one")
+    await claim_ids(store, job_id="two")
+    assert await store.recover("one", lambda owner: False) == 1
+    assert (await store.counts("two"))["running"] == 1
+
+
+# -- scale
+
+
+@trio_test
+async def test_hundred_thousand_items(store):
+    n = 100_000
+    items = [NewItem(f"i{k:06d}", 3 - k % 4, "pending", {"item_id": f"i{k:06d}"}) for k in range(n)]
+    started = time.perf_counter()
+    await store.add_job(job_row(), items)
+    assert time.perf_counter() - started < 30  # generous: this is a smoke check, not a benchmark
+    assert (await store.counts(JOB))["pending"] == n
+    started = time.perf_counter()
+    got = await claim_ids(store, limit=256)
+    assert time.perf_counter() - started < 2
+    assert got[:3] == ["i000003", "i000007", "i000011"]  # level 0 items, in order
+    assert len(got) == 256
