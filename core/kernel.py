@@ -10,7 +10,6 @@ hear of an outcome only after it is on disk.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import signal
 import sys
@@ -21,11 +20,13 @@ from typing import Any
 
 import trio
 
+from .atomic import write_atomic
 from .config import Config
 from .errors import ErrorKind, ProviderError, UsageError
 from .events import Event
 from .job import Item, Job, Plan, item_from_dict
 from .jobtype import Result
+from .report import build_report
 from .routing import Choice, RouteContext
 from .store import AttemptRecord, ClaimedItem, StartRecord, Store
 from .store.owner import make_owner, owner_alive
@@ -187,6 +188,7 @@ class Batch:
                     "budget_usd": self.job.budget_usd}))
                 await self._pipeline()
                 summary = await self._finish(started, recovered)
+                await self._write_reports(summary)
                 outer.cancel_scope.cancel()  # only the signal watcher is left
         finally:
             with trio.CancelScope(shield=True):
@@ -288,12 +290,11 @@ class Batch:
                     "attempt": attempt, "model": model, "project_id": item.project_id,
                     "chapter_num": item.chapter_num}))
                 try:
-                    outcome = await self._attempt(item, attempt, model, t0)
+                    outcome = await self._attempt(item, attempt, model, t0, route)
                 finally:
                     self.running_by_model[model] -= 1
-            except ProviderError as exc:  # routing or request building failed
-                outcome = self._failure(exc, attempt, model, t0)
-            outcome = dataclasses.replace(outcome, route=route)
+            except ProviderError as exc:  # routing failed
+                outcome = self._failure(exc, attempt, model, t0, route)
             record = AttemptRecord(
                 job_id=self.job.job_id, item_id=item.item_id, attempt=attempt,
                 state="pending" if outcome.state == "retrying" else outcome.state, model=model,
@@ -309,7 +310,7 @@ class Batch:
         finally:
             self.limiter.release_on_behalf_of(token)
 
-    async def _attempt(self, item: Item, attempt: int, model: str, t0: float) -> Outcome:
+    async def _attempt(self, item: Item, attempt: int, model: str, t0: float, route: dict[str, Any]) -> Outcome:
         spec = self.config.settings.models[model]
         provider = self.providers[model]
         response = None
@@ -326,17 +327,18 @@ class Batch:
         except ProviderError as exc:
             if response is not None and not (exc.input_tokens or exc.output_tokens):
                 exc.input_tokens, exc.output_tokens = response.input_tokens, response.output_tokens
-            return self._failure(exc, attempt, model, t0)
+            return self._failure(exc, attempt, model, t0, route)
         except Exception as exc:  # a plugin bug must not take the batch down
             traceback.print_exc(file=sys.stderr)
             return self._failure(ProviderError(ErrorKind.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"),
-                                 attempt, model, t0)
+                                 attempt, model, t0, route)
         return Outcome(
             state="completed", attempt=attempt, model=model, elapsed=trio.current_time() - t0,
             input_tokens=response.input_tokens, output_tokens=response.output_tokens,
-            cost_usd=spec.price.cost(response.input_tokens, response.output_tokens), result=result)
+            cost_usd=spec.price.cost(response.input_tokens, response.output_tokens), result=result, route=route)
 
-    def _failure(self, exc: ProviderError, attempt: int, model: str | None, t0: float) -> Outcome:
+    def _failure(self, exc: ProviderError, attempt: int, model: str | None, t0: float,
+                 route: dict[str, Any]) -> Outcome:
         decision = self.policy.decide(exc, attempt, self.plan.max_retries)
         cost = self.config.settings.models[model].price.cost(exc.input_tokens, exc.output_tokens) if model else 0.0
         return Outcome(
@@ -344,7 +346,7 @@ class Batch:
             elapsed=trio.current_time() - t0, input_tokens=exc.input_tokens, output_tokens=exc.output_tokens,
             cost_usd=cost, error_kind=exc.kind,
             error=exc.message if decision.retry or not decision.reason else f"{exc.message} ({decision.reason})",
-            retry_delay=decision.delay if decision.retry else None)
+            retry_delay=decision.delay if decision.retry else None, route=route)
 
     async def _writer(self, receive: trio.MemoryReceiveChannel[Any]) -> None:
         """Group commit: whatever is waiting goes into one transaction."""
@@ -376,6 +378,18 @@ class Batch:
         if outcome.error_kind is not None:
             data.update(error_kind=str(outcome.error_kind), error=outcome.error, retry_delay=outcome.retry_delay)
         self.emit(Event("item_finished", self.job.job_id, done.item.item_id, data=data))
+
+    async def _write_reports(self, summary: Summary) -> None:
+        if not self.config.settings.reports:
+            return
+        report = await build_report(self.store, self.job, summary)
+        for name in self.config.settings.reports:
+            try:
+                file_name, text = _lookup(self.config.registries.renderers, name, "report renderer")(report)
+                write_atomic(self.config.out_dir / self.job.job_id / file_name, text)
+            except Exception:
+                print(f"storyloom: report renderer {name!r} failed:", file=sys.stderr)
+                traceback.print_exc(file=sys.stderr)
 
     # -- plumbing ------------------------------------------------------
 
@@ -430,8 +444,9 @@ def _lookup(table: dict[str, Any], name: str, noun: str) -> Any:
 def _with_metadata(request: Any, *, item: Item, job: Job, attempt: int) -> Any:
     language = item.fields.get("language") or job.language
     meta = {"job_id": job.job_id, "item_id": item.item_id, "attempt": attempt, "language": language,
-            **request.metadata}
-    return dataclasses.replace(request, metadata=meta)
+            **request.metadata}  # what the job type set wins
+    request.metadata.update(meta)
+    return request
 
 
 def _result_data(result: Result) -> dict[str, Any]:

@@ -21,6 +21,7 @@ _env = jinja2.Environment(
     loader=jinja2.PackageLoader("storyloom.plugins", "templates"),
     undefined=jinja2.StrictUndefined,  # a template naming a missing field is a bug to see, not a blank
     keep_trailing_newline=True,
+    auto_reload=False,  # bundled templates never change under a run; skips a stat() per render
     autoescape=False,  # prompts are plain text, not HTML
 )
 

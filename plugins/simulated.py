@@ -100,8 +100,10 @@ class SimulatedProvider:
 
 
 def _estimate_tokens(text: str) -> int:
-    # Rough: Thai and other non-Latin scripts cost about a token a character.
-    non_ascii = sum(1 for ch in text if ord(ch) > 127)
+    # Rough: Latin text is ~4 characters a token; Thai and other scripts ~1.
+    if text.isascii():
+        return max(1, len(text) // 4)
+    non_ascii = len(text) - len(text.encode("ascii", "ignore"))
     return max(1, (len(text) - non_ascii) // 4 + non_ascii)
 
 

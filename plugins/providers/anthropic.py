@@ -1,0 +1,134 @@
+"""The ``anthropic`` provider: the Messages API, ``POST {base_url}/v1/messages``.
+
+::
+
+    models:
+      haiku:
+        provider: anthropic
+        model: claude-haiku-4-5
+        base_url: https://api.anthropic.com   # the default; without /v1
+        api_key_env: ANTHROPIC_API_KEY        # the default
+        anthropic_version: "2023-06-01"       # the default
+
+System messages become the top-level ``system`` field (joined by blank
+lines). Input tokens include cache writes and reads. Streaming reads usage
+from ``message_start`` (input) and ``message_delta`` (output, cumulative).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from storyloom import ConfigError, ErrorKind, ProviderError, hookimpl
+from storyloom.provider import Request
+
+from .http import COMMON_RULES, HTTPProvider, Reply, Rule, SSEEvent
+
+#: First match wins; docs/providers.md repeats this table (a test compares them).
+RULES: tuple[Rule, ...] = (
+    Rule("2xx", "finish=max_tokens", ErrorKind.OUTPUT_TRUNCATED),
+    Rule("2xx", "finish=refusal", ErrorKind.INVALID_INPUT),
+    Rule("529", "", ErrorKind.TEMPORARY_ERROR),
+    Rule("400,403", "type=billing_error", ErrorKind.QUOTA_EXCEEDED),
+    Rule("400,403", "message~credit balance", ErrorKind.QUOTA_EXCEEDED),
+    Rule("400,403", "message~billing", ErrorKind.QUOTA_EXCEEDED),
+    Rule("400,403", "message~usage limits", ErrorKind.QUOTA_EXCEEDED),
+    *COMMON_RULES,
+)
+
+#: The status each error ``type`` comes with, for error events inside a stream.
+TYPE_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 400,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "overloaded_error": 529,
+}
+
+
+class AnthropicProvider(HTTPProvider):
+    name = "anthropic"
+    default_base_url = "https://api.anthropic.com"
+    default_key_env = "ANTHROPIC_API_KEY"
+    options = {"anthropic_version": "2023-06-01"}
+    rules = RULES
+    stop_reasons = frozenset({"end_turn", "stop_sequence"})
+
+    def validate_options(self, opts: dict[str, Any], where: str) -> None:
+        if not isinstance(opts["anthropic_version"], str) or not opts["anthropic_version"]:
+            raise ConfigError("settings", f"{where}.anthropic_version",
+                              f"expected a version string like 2023-06-01, got {opts['anthropic_version']!r}")
+
+    def headers(self, key: str) -> dict[str, str]:
+        return {"x-api-key": key, "anthropic-version": self.opts["anthropic_version"]}
+
+    def url(self, request: Request) -> str:
+        # Tolerate a base_url that already ends in /v1.
+        return f"{self.base_url}/messages" if self.base_url.endswith("/v1") else f"{self.base_url}/v1/messages"
+
+    def build_body(self, request: Request) -> dict[str, Any]:
+        system = [m["content"] for m in request.messages if m["role"] in ("system", "developer")]
+        body: dict[str, Any] = {
+            "model": self.spec.model,
+            "max_tokens": request.max_tokens,
+            "messages": [{"role": m["role"], "content": m["content"]}
+                         for m in request.messages if m["role"] not in ("system", "developer")],
+        }
+        if system:
+            body["system"] = "\n\n".join(system)
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.stream:
+            body["stream"] = True
+        return body
+
+    def parse_reply(self, data: Any, reply: Reply) -> None:
+        if not isinstance(data, dict):
+            raise ProviderError(ErrorKind.TEMPORARY_ERROR, f"{self.name}: unexpected reply (not an object)")
+        for block in data.get("content") or []:
+            if block.get("type") == "text":
+                reply.parts.append(block.get("text") or "")
+        reply.finish = data.get("stop_reason")
+        reply.model = data.get("model")
+        self._usage(data.get("usage"), reply)
+
+    def on_event(self, event: SSEEvent, reply: Reply) -> None:
+        data = self._json(event.data.encode(), "stream event")
+        if not isinstance(data, dict):
+            return
+        kind = data.get("type") or event.event
+        if kind == "message_start":
+            message = data.get("message") or {}
+            reply.model = message.get("model")
+            self._usage(message.get("usage"), reply)
+        elif kind == "content_block_delta":
+            delta = data.get("delta") or {}
+            if delta.get("type") == "text_delta":
+                reply.parts.append(delta.get("text") or "")
+        elif kind == "message_delta":
+            reply.finish = (data.get("delta") or {}).get("stop_reason") or reply.finish
+            self._usage(data.get("usage"), reply)  # cumulative counts
+        elif kind == "message_stop":
+            reply.done = True
+        elif kind == "error":
+            err_type = (data.get("error") or {}).get("type")
+            raise self.error_from_body(TYPE_STATUS.get(err_type, 500), data)
+
+    @staticmethod
+    def _usage(usage: Any, reply: Reply) -> None:
+        if not isinstance(usage, dict):
+            return
+        if "input_tokens" in usage:
+            reply.input_tokens = sum(usage.get(k) or 0 for k in (
+                "input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"))
+        if "output_tokens" in usage:
+            reply.output_tokens = usage["output_tokens"]
+
+
+@hookimpl
+def loom_register_providers(register):
+    register("anthropic", AnthropicProvider)

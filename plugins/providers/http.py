@@ -1,0 +1,497 @@
+"""What the HTTP providers share: the client, keys, options, error mapping, SSE.
+
+A provider module subclasses :class:`HTTPProvider` and fills in the wire
+format (URL, headers, body, reply and stream-event parsing) and its table of
+:class:`Rule` s. Everything else -- one pooled ``httpx.AsyncClient`` per
+model, timeouts, reading the key, turning statuses and transport failures
+into :class:`storyloom.ErrorKind` s, ``retry-after``, SSE -- lives here once.
+
+Timeouts are per phase, never overall (the kernel owns the overall timeout
+with ``trio.fail_after``). Options on the model entry::
+
+    connect_timeout: 10        # seconds to open a connection
+    read_timeout: 600          # without streaming: the whole generation happens before the first byte
+    stream_read_timeout: 120   # with streaming: the longest silence between bytes
+
+httpx runs on trio through anyio, so these providers work inside the kernel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import email.utils
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable, ClassVar, Mapping
+
+import httpx
+import trio
+
+from storyloom import ConfigError, ErrorKind, ProviderError
+from storyloom.provider import Request, Response
+from storyloom.settings import ModelSpec
+from storyloom.tokens import estimate_request_tokens, estimate_tokens
+
+log = logging.getLogger("storyloom.providers")
+
+#: Connections per model when the model entry sets no ``max_parallel``.
+DEFAULT_MAX_PARALLEL = 100
+COMMON_OPTIONS: dict[str, Any] = {"connect_timeout": 10.0, "read_timeout": 600.0, "stream_read_timeout": 120.0}
+#: Longest provider error message kept in a ProviderError.
+MAX_MESSAGE = 500
+
+# ---------------------------------------------------------------------------
+# Error mapping: a table of rules per provider, first match wins
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """What a failed (or suspicious) reply says, normalised across providers.
+
+    ``code``, ``type``, ``status`` and ``message`` are the fields of the
+    provider's error object (Gemini's ``status`` is e.g. ``RESOURCE_EXHAUSTED``);
+    ``details`` is Gemini's ``error.details`` as JSON text; ``finish`` is the
+    finish / stop reason of a 2xx reply.
+    """
+
+    http_status: int
+    code: str = ""
+    type: str = ""
+    status: str = ""
+    message: str = ""
+    details: str = ""
+    finish: str = ""
+
+
+_FIELDS = {f.name for f in dataclasses.fields(ErrorInfo)} - {"http_status"}
+_STATUS_ITEM = re.compile(r"^(?:[1-5]\d\d|[1-5]xx)$")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One row of a provider's error table.
+
+    ``status``: ``"429"``, ``"400,403"``, ``"4xx"``, or ``"other"`` (any status
+    that is not 2xx). ``when``: ``""`` (always), ``"FIELD=A,B"`` (the
+    :class:`ErrorInfo` field equals one of the values, case-insensitively) or
+    ``"FIELD~text"`` (the field contains the text, case-insensitively).
+    """
+
+    status: str
+    when: str
+    kind: ErrorKind
+
+    def __post_init__(self) -> None:
+        if self.status != "other" and not all(_STATUS_ITEM.match(s) for s in self.status.split(",")):
+            raise ValueError(f"bad status {self.status!r}")
+        if self.when:
+            name, op, _ = self._condition()
+            if name not in _FIELDS or op not in "=~":
+                raise ValueError(f"bad condition {self.when!r}")
+
+    def _condition(self) -> tuple[str, str, str]:
+        match = re.match(r"^(\w+)([=~])(.+)$", self.when)
+        if not match:
+            raise ValueError(f"bad condition {self.when!r}")
+        return match.group(1), match.group(2), match.group(3)
+
+    def status_matches(self, status: int) -> bool:
+        if self.status == "other":
+            return not 200 <= status < 300
+        code = str(status)
+        return any(item == code or (item.endswith("xx") and code[0] == item[0] and len(code) == 3)
+                   for item in self.status.split(","))
+
+    def matches(self, info: ErrorInfo) -> bool:
+        if not self.status_matches(info.http_status):
+            return False
+        if not self.when:
+            return True
+        name, op, text = self._condition()
+        value = str(getattr(info, name) or "").lower()
+        if op == "=":
+            return value in {v.strip().lower() for v in text.split(",")}
+        return text.lower() in value
+
+
+#: Rows every provider ends with, after its own.
+COMMON_RULES: tuple[Rule, ...] = (
+    Rule("402", "", ErrorKind.QUOTA_EXCEEDED),
+    Rule("408", "", ErrorKind.TIMEOUT),
+    Rule("429", "", ErrorKind.API_RATE_LIMIT),
+    Rule("401,403", "", ErrorKind.AUTH_ERROR),
+    Rule("400,404,422", "", ErrorKind.INVALID_INPUT),
+    Rule("4xx", "", ErrorKind.INVALID_INPUT),
+    Rule("504", "", ErrorKind.TIMEOUT),
+    Rule("5xx", "", ErrorKind.TEMPORARY_ERROR),
+    Rule("other", "", ErrorKind.TEMPORARY_ERROR),
+)
+
+
+def classify(rules: tuple[Rule, ...], info: ErrorInfo) -> ErrorKind | None:
+    """The kind of the first matching rule; None means "not an error" (a 2xx
+    reply no rule objects to)."""
+    for rule in rules:
+        if rule.matches(info):
+            return rule.kind
+    return None
+
+
+#: Failures below HTTP, first match (by isinstance) wins.
+TRANSPORT_ERRORS: tuple[tuple[type[Exception], ErrorKind], ...] = (
+    (httpx.TimeoutException, ErrorKind.TIMEOUT),
+    (httpx.UnsupportedProtocol, ErrorKind.INVALID_INPUT),
+    (httpx.TransportError, ErrorKind.TEMPORARY_ERROR),
+    (httpx.DecodingError, ErrorKind.TEMPORARY_ERROR),
+    (httpx.RequestError, ErrorKind.TEMPORARY_ERROR),
+)
+
+
+def transport_error_kind(exc: Exception) -> ErrorKind:
+    """The kind for an httpx exception raised while sending or reading."""
+    for cls, kind in TRANSPORT_ERRORS:
+        if isinstance(exc, cls):
+            return kind
+    return ErrorKind.TEMPORARY_ERROR
+
+
+def error_info(status: int, body: Any) -> ErrorInfo:
+    """Read the error object of any of the three APIs (and common
+    OpenAI-compatible servers) into an :class:`ErrorInfo`."""
+    if isinstance(body, list) and body and isinstance(body[0], dict):
+        body = body[0]  # Gemini's non-SSE stream endpoint wraps errors in a list
+    if not isinstance(body, dict):
+        return ErrorInfo(status)
+    err = body.get("error", body)
+    if isinstance(err, str):
+        return ErrorInfo(status, message=err)
+    if not isinstance(err, dict):
+        return ErrorInfo(status)
+    message = err.get("message") or err.get("detail") or ""
+    details = err.get("details")
+    return ErrorInfo(
+        status,
+        code=_text(err.get("code")),
+        type=_text(err.get("type")),
+        status=_text(err.get("status")),
+        message=message if isinstance(message, str) else json.dumps(message, ensure_ascii=False),
+        details=json.dumps(details, ensure_ascii=False) if details else "",
+    )
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+# ---------------------------------------------------------------------------
+# Headers
+# ---------------------------------------------------------------------------
+
+
+def retry_after(headers: Mapping[str, str], wall_clock: Callable[[], float] = time.time) -> float | None:
+    """The server's wait hint in seconds: ``retry-after-ms`` (milliseconds), else
+    ``retry-after`` (seconds or an HTTP date); None if absent or unreadable."""
+    value = headers.get("retry-after-ms")
+    if value is not None:
+        try:
+            return max(0.0, float(value) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - wall_clock())
+
+
+def google_retry_delay(details: str) -> float | None:
+    """``retryDelay`` ("23s", "1.5s") from Gemini's ``google.rpc.RetryInfo`` detail."""
+    match = re.search(r'"retryDelay":\s*"(\d+(?:\.\d+)?)s"', details)
+    return float(match.group(1)) if match else None
+
+
+# ---------------------------------------------------------------------------
+# Server-sent events
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SSEEvent:
+    event: str
+    data: str
+
+
+async def iter_sse(response: httpx.Response) -> AsyncIterator[SSEEvent]:
+    """Parse a ``text/event-stream`` body into events (``event`` defaults to
+    ``"message"``; multi-line ``data`` is joined with newlines; comments skipped)."""
+    event, data = "", []
+    async for line in response.aiter_lines():
+        if not line:
+            if data:
+                yield SSEEvent(event or "message", "\n".join(data))
+            event, data = "", []
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if name == "event":
+            event = value
+        elif name == "data":
+            data.append(value)
+    if data:
+        yield SSEEvent(event or "message", "\n".join(data))
+
+
+#: After a stream's end marker, how long to wait for the body to end so the
+#: connection can be reused (servers end it at once; a stuck one is dropped).
+DRAIN_SECONDS = 1.0
+
+
+async def _drain(events: AsyncIterator[SSEEvent]) -> None:
+    with trio.move_on_after(DRAIN_SECONDS):
+        try:
+            async for _ in events:
+                pass
+        except httpx.HTTPError:
+            pass  # the reply is complete; only the connection is lost
+
+
+# ---------------------------------------------------------------------------
+# The provider base class
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    """A reply being read, from one JSON body or many stream events."""
+
+    parts: list[str] = field(default_factory=list)
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    finish: str | None = None
+    model: str | None = None
+    done: bool = False  # stop reading the stream (its end marker arrived)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+class HTTPProvider:
+    """Base of the HTTP providers. ``Subclass(spec)`` is the registered factory;
+    tests may pass ``transport=httpx.MockTransport(...)``.
+
+    Set :attr:`on_headers` to receive every response's headers (the kernel's
+    rate limiter reads ``x-ratelimit-*`` from them).
+    """
+
+    name: ClassVar[str]
+    default_base_url: ClassVar[str]
+    default_key_env: ClassVar[str]
+    #: The provider's own options and their defaults (besides COMMON_OPTIONS).
+    options: ClassVar[dict[str, Any]] = {}
+    #: Error table, first match wins; ends with COMMON_RULES.
+    rules: ClassVar[tuple[Rule, ...]]
+    #: Finish reasons of a normal end, reported as ``finish_reason="stop"``.
+    stop_reasons: ClassVar[frozenset[str]]
+
+    def __init__(self, spec: ModelSpec, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.spec = spec
+        self.opts = self._check_options(spec)
+        self.base_url = (spec.base_url or self.default_base_url).rstrip("/")
+        url = httpx.URL(self.base_url)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ConfigError("settings", f"models.{spec.name}.base_url",
+                              f"expected an http(s) URL, got {self.base_url!r}")
+        self.key_env = spec.api_key_env or self.default_key_env
+        self._key = os.environ.get(self.key_env) or None
+        self.max_parallel = spec.max_parallel or DEFAULT_MAX_PARALLEL
+        self.on_headers: Callable[[httpx.Headers], None] | None = None
+        timeout = dict(connect=self.opts["connect_timeout"], write=self.opts["read_timeout"], pool=None)
+        self._timeout = httpx.Timeout(read=self.opts["read_timeout"], **timeout)
+        self._stream_timeout = httpx.Timeout(read=self.opts["stream_read_timeout"], **timeout)
+        self._client = httpx.AsyncClient(
+            headers=self.headers(self._key) if self._key else {},
+            timeout=self._timeout,
+            # A connection per allowed request in flight; waiting for one is
+            # bounded by the kernel's timeout, not a pool timeout.
+            limits=httpx.Limits(max_connections=self.max_parallel, max_keepalive_connections=self.max_parallel),
+            transport=transport,
+        )
+
+    # -- what subclasses provide ---------------------------------------------
+
+    def headers(self, key: str) -> dict[str, str]:
+        """Headers on every request, including the key."""
+        raise NotImplementedError
+
+    def url(self, request: Request) -> str:
+        raise NotImplementedError
+
+    def build_body(self, request: Request) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def parse_reply(self, data: Any, reply: Reply) -> None:
+        """Fill ``reply`` from a non-streaming 2xx JSON body."""
+        raise NotImplementedError
+
+    def on_event(self, event: SSEEvent, reply: Reply) -> None:
+        """Fold one stream event into ``reply``; set ``reply.done`` at the end
+        marker; raise (see :meth:`error_from_body`) on an error event."""
+        raise NotImplementedError
+
+    def validate_options(self, opts: dict[str, Any], where: str) -> None:
+        """Check the provider's own options; raise ConfigError."""
+
+    # -- the Provider protocol -----------------------------------------------
+
+    async def complete(self, request: Request) -> Response:
+        """Send one request; raise ProviderError with a kind from :attr:`rules`."""
+        if self._key is None:
+            raise ProviderError(ErrorKind.AUTH_ERROR,
+                                f"{self.name}: no API key: set the environment variable {self.key_env}")
+        reply = Reply()
+        try:
+            if request.stream:
+                await self._stream(request, reply)
+            else:
+                await self._post(request, reply)
+        except httpx.RequestError as exc:
+            kind = transport_error_kind(exc)
+            detail = str(exc) or "no detail"
+            raise ProviderError(kind, self._redact(f"{self.name}: {type(exc).__name__}: {detail}"),
+                                input_tokens=reply.input_tokens or 0,
+                                output_tokens=reply.output_tokens or 0) from exc
+        except ProviderError as exc:
+            # A stream that failed half-way still consumed what it reported.
+            if not (exc.input_tokens or exc.output_tokens):
+                exc.input_tokens, exc.output_tokens = reply.input_tokens or 0, reply.output_tokens or 0
+            raise
+        return self._response(request, reply)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def __repr__(self) -> str:
+        return (f"<{type(self).__name__} model={self.spec.model!r} base_url={self.base_url!r} "
+                f"key_env={self.key_env!r} key={'set' if self._key else 'missing'}>")
+
+    # -- internals -------------------------------------------------------------
+
+    async def _post(self, request: Request, reply: Reply) -> None:
+        response = await self._client.post(self.url(request), json=self.build_body(request))
+        self._saw(response)
+        if not 200 <= response.status_code < 300:
+            raise self._http_error(response)
+        data = self._json(response.content, "reply")
+        if not isinstance(data, (dict, list)):
+            raise ProviderError(ErrorKind.TEMPORARY_ERROR, f"{self.name}: unexpected reply: {str(data)[:100]}")
+        self.parse_reply(data, reply)
+        if reply.finish is None:
+            reply.finish = "stop"  # some compatible servers leave it out of complete replies
+
+    async def _stream(self, request: Request, reply: Reply) -> None:
+        async with self._client.stream("POST", self.url(request), json=self.build_body(request),
+                                       timeout=self._stream_timeout) as response:
+            self._saw(response)
+            if not 200 <= response.status_code < 300:
+                await response.aread()
+                raise self._http_error(response)
+            events = iter_sse(response)
+            async for event in events:
+                self.on_event(event, reply)
+                if reply.done:
+                    break
+            if reply.done:
+                await _drain(events)
+        if reply.finish is None:
+            raise ProviderError(ErrorKind.TEMPORARY_ERROR,
+                                f"{self.name}: the stream ended before the reply finished")
+
+    def _response(self, request: Request, reply: Reply) -> Response:
+        input_tokens = reply.input_tokens if reply.input_tokens is not None else estimate_request_tokens(request)
+        output_tokens = reply.output_tokens if reply.output_tokens is not None else estimate_tokens(reply.text)
+        finish = reply.finish or "stop"
+        kind = classify(self.rules, ErrorInfo(200, finish=finish))
+        if kind is ErrorKind.OUTPUT_TRUNCATED:
+            raise ProviderError(kind, f"{self.name}: the reply hit the length limit ({finish}) after "
+                                      f"{output_tokens} tokens (max_tokens {request.max_tokens})",
+                                input_tokens=input_tokens, output_tokens=output_tokens)
+        if kind is not None:
+            raise ProviderError(kind, f"{self.name}: the reply was stopped ({finish})",
+                                input_tokens=input_tokens, output_tokens=output_tokens)
+        return Response(text=reply.text, input_tokens=input_tokens, output_tokens=output_tokens,
+                        finish_reason="stop" if finish in self.stop_reasons else finish.lower(),
+                        model=reply.model or self.spec.model)
+
+    def _saw(self, response: httpx.Response) -> None:
+        if self.on_headers is not None:
+            self.on_headers(response.headers)
+
+    def _http_error(self, response: httpx.Response) -> ProviderError:
+        try:
+            body = json.loads(response.content)
+        except ValueError:
+            body = None
+        return self.error_from_body(response.status_code, body, response.headers,
+                                    fallback=response.content.decode("utf-8", "replace"))
+
+    def error_from_body(self, status: int, body: Any, headers: Mapping[str, str] | None = None,
+                        fallback: str = "") -> ProviderError:
+        """The ProviderError for an error reply (or a stream's error event,
+        with the status it stands for)."""
+        info = error_info(status, body)
+        kind = classify(self.rules, info) or ErrorKind.TEMPORARY_ERROR
+        wait = retry_after(headers) if headers is not None else None
+        if wait is None and info.details:
+            wait = google_retry_delay(info.details)
+        label = info.code if info.code and info.code != str(status) else (info.type or info.status)
+        message = (info.message or fallback).strip()[:MAX_MESSAGE]
+        text = f"{self.name}: HTTP {status}" + (f" {label}" if label else "") + (f": {message}" if message else "")
+        log.debug("%s %s -> %s (%s)", self.name, self.spec.model, status, kind)
+        return ProviderError(kind, self._redact(text), retry_after=wait)
+
+    def _json(self, content: bytes, what: str) -> Any:
+        try:
+            return json.loads(content)
+        except ValueError:
+            raise ProviderError(ErrorKind.TEMPORARY_ERROR, f"{self.name}: unreadable {what} (not JSON)") from None
+
+    def _redact(self, text: str) -> str:
+        if self._key:
+            text = text.replace(self._key, "[redacted]")
+        return text
+
+    def _check_options(self, spec: ModelSpec) -> dict[str, Any]:
+        known = {**COMMON_OPTIONS, **self.options}
+        where = f"models.{spec.name}"
+        for key in spec.options:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(known)})"
+                raise ConfigError("settings", where, f"unknown option {key!r} for the {self.name} provider{hint}")
+        opts = {**known, **spec.options}
+        for key in COMMON_OPTIONS:
+            value = opts[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigError("settings", f"{where}.{key}", f"expected a positive number of seconds, got {value!r}")
+            opts[key] = float(value)
+        self.validate_options(opts, where)
+        return opts

@@ -1,0 +1,109 @@
+"""The ``openai`` provider: any OpenAI-compatible ``POST {base_url}/chat/completions``.
+
+::
+
+    models:
+      gpt4o:
+        provider: openai
+        model: gpt-4o
+        base_url: https://api.openai.com/v1     # the default; include the /v1
+        api_key_env: OPENAI_API_KEY             # the default
+        max_tokens_param: max_completion_tokens # or max_tokens, for older compatible servers
+
+Bodies follow the published ``CreateChatCompletionRequest`` schema. Streaming
+asks for ``stream_options.include_usage`` so the last event carries the usage.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from storyloom import ConfigError, ErrorKind, ProviderError, hookimpl
+from storyloom.provider import Request
+
+from .http import COMMON_RULES, HTTPProvider, Reply, Rule, SSEEvent
+
+#: First match wins; docs/providers.md repeats this table (a test compares them).
+RULES: tuple[Rule, ...] = (
+    Rule("2xx", "finish=length", ErrorKind.OUTPUT_TRUNCATED),
+    Rule("2xx", "finish=content_filter", ErrorKind.INVALID_INPUT),
+    Rule("429", "code=insufficient_quota", ErrorKind.QUOTA_EXCEEDED),
+    Rule("429", "type=insufficient_quota", ErrorKind.QUOTA_EXCEEDED),
+    Rule("429", "message~per day", ErrorKind.QUOTA_EXCEEDED),
+    *COMMON_RULES,
+)
+
+MAX_TOKENS_PARAMS = ("max_completion_tokens", "max_tokens")
+
+
+class OpenAIProvider(HTTPProvider):
+    name = "openai"
+    default_base_url = "https://api.openai.com/v1"
+    default_key_env = "OPENAI_API_KEY"
+    options = {"max_tokens_param": "max_completion_tokens"}
+    rules = RULES
+    stop_reasons = frozenset({"stop"})
+
+    def validate_options(self, opts: dict[str, Any], where: str) -> None:
+        if opts["max_tokens_param"] not in MAX_TOKENS_PARAMS:
+            raise ConfigError("settings", f"{where}.max_tokens_param",
+                              f"expected one of {', '.join(MAX_TOKENS_PARAMS)}, got {opts['max_tokens_param']!r}")
+
+    def headers(self, key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"}
+
+    def url(self, request: Request) -> str:
+        return f"{self.base_url}/chat/completions"
+
+    def build_body(self, request: Request) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.spec.model,
+            "messages": [{"role": m["role"], "content": m["content"]} for m in request.messages],
+            self.opts["max_tokens_param"]: request.max_tokens,
+        }
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    def parse_reply(self, data: Any, reply: Reply) -> None:
+        if not isinstance(data, dict):
+            raise ProviderError(ErrorKind.TEMPORARY_ERROR, f"{self.name}: unexpected reply (not an object)")
+        choice = (data.get("choices") or [{}])[0]
+        reply.parts.append((choice.get("message") or {}).get("content") or "")
+        reply.finish = choice.get("finish_reason")
+        self._usage(data, reply)
+
+    def on_event(self, event: SSEEvent, reply: Reply) -> None:
+        if event.data.strip() == "[DONE]":
+            reply.done = True
+            return
+        chunk = self._json(event.data.encode(), "stream event")
+        if not isinstance(chunk, dict):
+            return
+        if chunk.get("error"):
+            raise self.error_from_body(500, chunk)  # failed mid-reply: the server's fault
+        for choice in chunk.get("choices") or []:
+            if choice.get("index", 0) != 0:
+                continue
+            content = (choice.get("delta") or {}).get("content")
+            if content:
+                reply.parts.append(content)
+            if choice.get("finish_reason"):
+                reply.finish = choice["finish_reason"]
+        self._usage(chunk, reply)
+
+    @staticmethod
+    def _usage(data: dict[str, Any], reply: Reply) -> None:
+        usage = data.get("usage")
+        if isinstance(usage, dict):
+            reply.input_tokens = usage.get("prompt_tokens", reply.input_tokens)
+            reply.output_tokens = usage.get("completion_tokens", reply.output_tokens)
+        reply.model = data.get("model") or reply.model
+
+
+@hookimpl
+def loom_register_providers(register):
+    register("openai", OpenAIProvider)

@@ -1,0 +1,131 @@
+"""A plugin implementing every hook, for tests/test_hooks.py.
+
+``test_every_hookspec_is_implemented_here`` fails when a new hookspec has no
+implementation below, and ``test_every_hook_fires`` when one is never called.
+"""
+
+from __future__ import annotations
+
+import storyloom
+from storyloom.jobtype import Result
+from storyloom.provider import Request, Response
+from storyloom.retry import RetryDecision
+from storyloom.routing import Choice
+
+CALLS: dict[str, list[dict]] = {}
+
+
+def _record(name: str, **kwargs) -> None:
+    CALLS.setdefault(name, []).append(kwargs)
+
+
+class EchoProvider:
+    def __init__(self, spec):
+        self.spec = spec
+
+    async def complete(self, request: Request) -> Response:
+        return Response(text=request.messages[-1]["content"].upper(), input_tokens=3, output_tokens=5)
+
+    async def aclose(self) -> None:
+        _record("provider.aclose")
+
+
+class ShoutJobType:
+    name = "shout"
+    max_parallel = 2
+    timeout_per_item = 5.0
+
+    def build_request(self, item, job):
+        return Request(messages=({"role": "user", "content": item.fields.get("title", item.item_id)},))
+
+    def handle_result(self, item, job, response):
+        return Result(text=response.text, file_name=f"{item.item_id}.txt")
+
+
+class LastModel:
+    def choose(self, item, ctx):
+        return Choice(ctx.usable[-1], {"strategy": "last"})
+
+
+class NeverRetry:
+    def decide(self, error, attempt, max_retries):
+        return RetryDecision(False, reason="never")
+
+
+class CountingSink:
+    async def run(self, events):
+        async for event in events:
+            _record("sink.event", kind=event.kind)
+
+
+@storyloom.hookimpl
+def loom_configure(config):
+    _record("loom_configure", config=config)
+
+
+@storyloom.hookimpl
+def loom_unconfigure(config):
+    _record("loom_unconfigure", config=config)
+
+
+@storyloom.hookimpl
+def loom_register_providers(register):
+    _record("loom_register_providers")
+    register("echo", EchoProvider)
+
+
+@storyloom.hookimpl
+def loom_register_job_types(register):
+    _record("loom_register_job_types")
+    register(ShoutJobType())
+
+
+@storyloom.hookimpl
+def loom_register_strategies(register):
+    _record("loom_register_strategies")
+    register("last", lambda options, plan: LastModel())
+
+
+@storyloom.hookimpl
+def loom_register_retry_policies(register):
+    _record("loom_register_retry_policies")
+    register("never", lambda retry_config: NeverRetry())
+
+
+@storyloom.hookimpl
+def loom_register_sinks(register):
+    _record("loom_register_sinks")
+    register("counting", lambda config, plan: CountingSink())
+
+
+@storyloom.hookimpl
+def loom_register_renderers(register):
+    _record("loom_register_renderers")
+    register("count", lambda report: ("count.txt", str(report.get("counts"))))
+
+
+@storyloom.hookimpl
+def loom_validate_job(job, config):
+    _record("loom_validate_job", job=job)
+    if job.vars.get("reject"):
+        raise storyloom.ConfigError(job.source, "vars.reject", "rejected by the every_hook plugin")
+
+
+@storyloom.hookimpl
+def loom_batch_started(job, plan, control):
+    _record("loom_batch_started", job=job, plan=plan, control=control)
+
+
+@storyloom.hookimpl
+def loom_item_started(job, item, attempt, model):
+    _record("loom_item_started", item_id=item.item_id, attempt=attempt, model=model)
+
+
+@storyloom.hookimpl
+def loom_item_finished(job, item, outcome):
+    _record("loom_item_finished", item_id=item.item_id, outcome=outcome)
+
+
+@storyloom.hookimpl
+def loom_batch_finished(job, summary):
+    _record("loom_batch_finished", summary=summary)

@@ -1,0 +1,189 @@
+"""The storyloom command in a subprocess: exit codes, messages, signals, crashes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SETTINGS = """
+models:
+  sim:
+    provider: simulated
+    latency_ms: {latency}
+    output_tokens: 50
+    seed: 3
+    price: {{input: 1.0, output: 2.0}}
+default_models: [sim]
+retry_config: {{max_retries: 2, retry_delay: {{initial: 0.05s, max: 0.1s}}}}
+"""
+
+JOB = """
+job_id: {job_id}
+job_type: chapter_writing
+language: th
+config: {{max_parallel: {parallel}}}
+items:
+  - {{project_id: rain, chapters: 1-{n}, genre: fantasy}}
+"""
+
+
+def cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("STORYLOOM_")}
+    environ["STORYLOOM_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    environ.update(env or {})
+    return subprocess.run([sys.executable, "-m", "storyloom.cli", *args], cwd=cwd, env=environ,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def popen(*args: str, cwd: Path) -> subprocess.Popen:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("STORYLOOM_")}
+    environ["STORYLOOM_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    return subprocess.Popen([sys.executable, "-m", "storyloom.cli", *args], cwd=cwd, env=environ,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def project(tmp_path: Path, *, n: int = 6, latency: int = 0, parallel: int = 3, job_id: str = "cli-job") -> Path:
+    (tmp_path / "storyloom.yaml").write_text(SETTINGS.format(latency=latency))
+    (tmp_path / "jobs").mkdir(exist_ok=True)
+    job = tmp_path / "jobs" / f"{job_id}.yaml"
+    job.write_text(JOB.format(job_id=job_id, n=n, parallel=parallel))
+    return job
+
+
+def wait_for_completed(db: Path, job_id: str, at_least: int, timeout: float = 30) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if db.exists():
+            try:
+                with sqlite3.connect(db, timeout=5) as conn:
+                    (done,) = conn.execute("SELECT COUNT(*) FROM items WHERE job_id=? AND state='completed'",
+                                           (job_id,)).fetchone()
+                if done >= at_least:
+                    return done
+            except sqlite3.OperationalError:
+                pass  # tables not created yet
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {at_least} items completed within {timeout}s")
+
+
+def test_version(tmp_path):
+    out = cli("--version", cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout.startswith("storyloom ")
+
+
+def test_run_then_status(tmp_path):
+    project(tmp_path)
+    out = cli("run", "jobs/cli-job.yaml", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "cli-job: completed" in out.stdout and "6/6 completed" in out.stdout
+    assert "[cli-job] 100% 6/6 done" in out.stderr  # the plain progress sink
+    files = sorted(p.name for p in (tmp_path / "storyloom-out" / "cli-job").iterdir())
+    assert files == [f"rain-ch{i}.md" for i in range(1, 7)]
+    text = (tmp_path / "storyloom-out" / "cli-job" / "rain-ch1.md").read_text(encoding="utf-8")
+    assert "ข้อความจำลอง" in text  # simulated, and says so in Thai
+    status = cli("status", "cli-job", "--json", cwd=tmp_path)
+    data = json.loads(status.stdout)
+    assert data["state"] == "completed"
+    assert data["counts"] == {"pending": 0, "running": 0, "completed": 6, "failed": 0, "skipped": 0}
+    assert data["cost_usd"] > 0 and data["attempts"] == 6
+    listing = cli("status", cwd=tmp_path)
+    assert "cli-job  chapter_writing  completed  6 completed" in listing.stdout
+
+
+def test_finished_with_failures_exits_1(tmp_path):
+    project(tmp_path)
+    settings = (tmp_path / "storyloom.yaml").read_text().replace("seed: 3", "seed: 3\n    errors: {INVALID_INPUT: 0.5}")
+    (tmp_path / "storyloom.yaml").write_text(settings)
+    out = cli("run", "jobs/cli-job.yaml", "-q", cwd=tmp_path)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "failed" in out.stdout
+
+
+def test_bad_input_exits_2_with_one_clean_message_and_writes_nothing(tmp_path):
+    job = project(tmp_path)
+    job.write_text(job.read_text().replace("chapter_writing", "chapter_writng"))
+    out = cli("run", "jobs/cli-job.yaml", cwd=tmp_path)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert "jobs/cli-job.yaml:3:11" in out.stderr and "chapter_writing" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / ".storyloom").exists() and not (tmp_path / "storyloom-out").exists()
+
+
+def test_validate_checks_many_files(tmp_path):
+    good = project(tmp_path)
+    bad = tmp_path / "jobs" / "bad.yaml"
+    bad.write_text("job_id: ../x\njob_type: export\nitems: [{item_id: a}]\n")
+    out = cli("validate", str(good), str(bad), cwd=tmp_path)
+    assert out.returncode == 2
+    assert "cli-job.yaml: ok (chapter_writing, 6 items)" in out.stdout
+    assert "bad.yaml:1:9" in out.stderr and "job_id" in out.stderr
+    assert not (tmp_path / ".storyloom").exists()
+
+
+def test_usage_errors_exit_2(tmp_path):
+    assert cli("run", cwd=tmp_path).returncode == 2
+    out = cli("run", "missing.yaml", cwd=tmp_path)
+    assert out.returncode == 2 and "missing.yaml" in out.stderr and "Traceback" not in out.stderr
+    out = cli("resume", "nope", cwd=tmp_path)
+    assert out.returncode == 2 and "no job 'nope'" in out.stderr
+    out = cli("run", "x.yaml", "--max-parallel", "0", cwd=tmp_path)
+    assert out.returncode == 2 and "--max-parallel" in out.stderr
+
+
+@pytest.mark.slow
+def test_sigint_puts_running_items_back_and_exits_130(tmp_path):
+    project(tmp_path, n=40, latency=300, parallel=4)
+    proc = popen("run", "jobs/cli-job.yaml", "--grace-period", "0.1s", cwd=tmp_path)
+    wait_for_completed(tmp_path / ".storyloom" / "storyloom.db", "cli-job", 4)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stdout + stderr
+    assert "storyloom resume cli-job" in stderr
+    assert "Traceback" not in stderr
+    with sqlite3.connect(tmp_path / ".storyloom" / "storyloom.db") as conn:
+        states = dict(conn.execute("SELECT state, COUNT(*) FROM items GROUP BY state").fetchall())
+        (job_state,) = conn.execute("SELECT state FROM jobs").fetchone()
+    assert "running" not in states and states.get("pending", 0) > 0
+    assert job_state == "interrupted"
+    out = cli("resume", "cli-job", "-q", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "40/40 completed" in out.stdout
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_completes_every_item_exactly_once(tmp_path):
+    project(tmp_path, n=60, latency=100, parallel=6)
+    proc = popen("run", "jobs/cli-job.yaml", "-q", cwd=tmp_path)
+    db = tmp_path / ".storyloom" / "storyloom.db"
+    wait_for_completed(db, "cli-job", 10)
+    proc.kill()  # SIGKILL: no cleanup at all
+    proc.wait(timeout=10)
+    with sqlite3.connect(db) as conn:
+        (running,) = conn.execute("SELECT COUNT(*) FROM items WHERE state='running'").fetchone()
+        (done_before,) = conn.execute("SELECT COUNT(*) FROM items WHERE state='completed'").fetchone()
+    assert running > 0  # the kill really left work in flight
+    assert done_before < 60
+    out = cli("resume", "cli-job", "-q", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    with sqlite3.connect(db) as conn:
+        per_item = conn.execute(
+            "SELECT item_id, COUNT(*) FROM attempts WHERE state='completed' GROUP BY item_id").fetchall()
+        (results,) = conn.execute("SELECT COUNT(*) FROM results").fetchone()
+        states = dict(conn.execute("SELECT state, COUNT(*) FROM items GROUP BY state").fetchall())
+    assert states == {"completed": 60}
+    assert len(per_item) == 60 and all(count == 1 for _item, count in per_item)
+    assert results == 60
+    leftovers = [p.name for p in (tmp_path / "storyloom-out" / "cli-job").iterdir() if "tmp" in p.name]
+    assert leftovers == []

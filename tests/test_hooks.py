@@ -1,0 +1,91 @@
+"""Every hookspec has an implementation in tests/sample_plugins/every_hook.py that a
+test sees fire, and a section in docs/hooks.md (datasette's meta-tests)."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+
+from storyloom import hookspecs
+from sample_plugins import every_hook
+
+ROOT = Path(__file__).resolve().parent.parent
+HOOKS = sorted(name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("loom_"))
+
+SETTINGS = """
+models:
+  echo-a: {provider: echo}
+  echo-b: {provider: echo}
+progress: [counting]
+reports: [count]
+retry_config: {policy: never}
+"""
+
+JOB = """
+job_id: every-hook
+job_type: shout
+models: [echo-a, echo-b]
+routing: {strategy: last}
+items:
+  - {item_id: a, title: hello}
+  - {item_id: b, title: สวัสดี}
+"""
+
+
+def test_hookspecs_are_found():
+    assert len(HOOKS) >= 13, HOOKS
+
+
+@pytest.mark.parametrize("name", HOOKS)
+def test_every_hookspec_is_implemented_by_the_test_plugin(name):
+    assert callable(getattr(every_hook, name, None)), f"tests/sample_plugins/every_hook.py does not implement {name}"
+
+
+@pytest.mark.parametrize("name", HOOKS)
+def test_every_hookspec_is_documented(name):
+    docs = (ROOT / "docs" / "hooks.md").read_text(encoding="utf-8")
+    assert re.search(rf"^### {name}$", docs, re.M), f"docs/hooks.md has no '### {name}' section"
+    doc = inspect.getdoc(getattr(hookspecs, name))
+    assert doc and ":param" in doc or "register" in doc, f"{name}'s docstring documents no parameters"
+
+
+def test_docs_name_no_unknown_hooks():
+    docs = (ROOT / "docs" / "hooks.md").read_text(encoding="utf-8")
+    assert set(re.findall(r"^### (loom_\w+)$", docs, re.M)) == set(HOOKS)
+
+
+@pytest.fixture
+def calls():
+    every_hook.CALLS.clear()
+    yield every_hook.CALLS
+    every_hook.CALLS.clear()
+
+
+def test_every_hook_fires(loom, calls):
+    loom.write("storyloom.yaml", SETTINGS)
+    result = loom.run(JOB, plugins=(every_hook,))
+    result.assert_outcomes(completed=2)
+    assert set(HOOKS) <= set(calls), f"never called: {sorted(set(HOOKS) - set(calls))}"
+    # Registered objects were used, chosen by name.
+    assert {c["model"] for c in calls["loom_item_started"]} == {"echo-b"}  # the 'last' strategy
+    assert (loom.out_dir / "every-hook" / "b.txt").read_text(encoding="utf-8") == "สวัสดี".upper()
+    assert (loom.out_dir / "every-hook" / "count.txt").exists()
+    assert [c["kind"] for c in calls["sink.event"]][0] == "batch_started"
+    assert [c["kind"] for c in calls["sink.event"]][-1] == "batch_finished"
+    assert len(calls["provider.aclose"]) == 2
+    assert calls["loom_batch_finished"][0]["summary"].status == "completed"
+    finished = {c["item_id"]: c["outcome"] for c in calls["loom_item_finished"]}
+    assert finished["a"].state == "completed" and finished["a"].result.text == "HELLO"
+
+
+def test_validate_hook_can_reject_a_job_before_anything_is_written(loom, calls):
+    loom.write("storyloom.yaml", SETTINGS)
+    with pytest.raises(Exception) as info:
+        loom.run(JOB + "vars: {reject: true}\n", plugins=(every_hook,))
+    assert "rejected by the every_hook plugin" in str(info.value)
+    assert "vars.reject" in str(info.value)
+    assert not loom.state_dir.exists()
+

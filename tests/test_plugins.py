@@ -1,0 +1,163 @@
+"""Plugin loading: bundled, entry points, -p, -p no:, the autoload switch, plugins:."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from storyloom.errors import UsageError
+from storyloom.pluginmanager import DEFAULT_PLUGINS, ESSENTIAL_PLUGINS, make_plugin_manager
+
+ROOT = Path(__file__).resolve().parent.parent
+
+THIRD_PARTY = '''
+import storyloom
+from storyloom.routing import Choice
+
+class Alphabetical:
+    def choose(self, item, ctx):
+        return Choice(sorted(ctx.usable)[0], {"strategy": "alphabetical"})
+
+@storyloom.hookimpl
+def loom_register_strategies(register):
+    register("alphabetical", lambda options, plan: Alphabetical())
+'''
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    """A folder that looks like site-packages with one installed plugin
+    distribution, ``loom-alpha``, declaring an entry point in group ``storyloom``."""
+    site = tmp_path / "site"
+    (site / "loom_alpha-1.0.dist-info").mkdir(parents=True)
+    (site / "loom_alpha.py").write_text(THIRD_PARTY)
+    (site / "loom_alpha-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: loom-alpha\nVersion: 1.0\n")
+    (site / "loom_alpha-1.0.dist-info" / "entry_points.txt").write_text("[storyloom]\nalpha = loom_alpha\n")
+    return site
+
+
+def storyloom(*args: str, cwd: Path, site: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("STORYLOOM_")}
+    if site is not None:
+        environ["PYTHONPATH"] = str(site)
+    environ.update(env or {})
+    return subprocess.run([sys.executable, "-m", "storyloom.cli", *args], cwd=cwd, env=environ,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_bundled_plugins_are_registered_by_name():
+    pm = make_plugin_manager(autoload=False)
+    for name in DEFAULT_PLUGINS:
+        assert pm.get_plugin(name) is not None, name
+
+
+def test_no_name_blocks_a_bundled_plugin():
+    pm = make_plugin_manager(["no:simulated"], autoload=False)
+    assert pm.get_plugin("simulated") is None
+    assert pm.is_blocked("simulated")
+
+
+@pytest.mark.parametrize("name", ESSENTIAL_PLUGINS)
+def test_essential_plugins_cannot_be_blocked(name):
+    with pytest.raises(UsageError, match="essential"):
+        make_plugin_manager([f"no:{name}"], autoload=False)
+
+
+def test_p_imports_a_module_and_bad_names_are_usage_errors():
+    pm = make_plugin_manager(["sample_plugins.scripted"], autoload=False)
+    assert pm.get_plugin("sample_plugins.scripted") is not None
+    with pytest.raises(UsageError, match="cannot import plugin 'no_such_plugin'"):
+        make_plugin_manager(["no_such_plugin"], autoload=False)
+
+
+def test_plugins_command_lists_entry_point_plugins_and_their_hooks(tmp_path, site):
+    out = storyloom("plugins", cwd=tmp_path, site=site)
+    assert out.returncode == 0, out.stderr
+    assert "alpha  (" in out.stdout
+    assert "loom_register_strategies" in out.stdout
+    assert "alphabetical [alpha]" in out.stdout
+    assert "round_robin [routing]" in out.stdout
+
+
+def test_autoload_switch_skips_entry_points(tmp_path, site):
+    out = storyloom("plugins", cwd=tmp_path, site=site, env={"STORYLOOM_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    assert out.returncode == 0, out.stderr
+    assert "alpha" not in out.stdout
+    assert "simulated" in out.stdout
+
+
+def test_p_no_blocks_an_entry_point_plugin(tmp_path, site):
+    out = storyloom("plugins", "-p", "no:alpha", cwd=tmp_path, site=site)
+    assert out.returncode == 0, out.stderr
+    assert "alphabetical" not in out.stdout
+
+
+def test_third_party_strategy_runs_a_job_chosen_by_name(tmp_path, site):
+    (tmp_path / "storyloom.yaml").write_text(textwrap.dedent("""
+        models:
+          zeta: {provider: simulated, latency_ms: 0}
+          alpha: {provider: simulated, latency_ms: 0}
+    """))
+    (tmp_path / "job.yaml").write_text(textwrap.dedent("""
+        job_id: third-party
+        job_type: qc_processing
+        models: [zeta, alpha]
+        routing: {strategy: alphabetical}
+        items:
+          - {project_id: p1, chapters: 1-4}
+    """))
+    out = storyloom("run", "job.yaml", "-q", cwd=tmp_path, site=site)
+    assert out.returncode == 0, out.stdout + out.stderr
+    status = storyloom("status", "third-party", "--json", cwd=tmp_path, site=site)
+    assert '"alpha"' in status.stdout and '"zeta"' not in status.stdout
+
+
+def test_plugins_listed_in_settings_are_loaded(tmp_path):
+    (tmp_path / "myplug.py").write_text(THIRD_PARTY.replace("alphabetical", "from-settings"))
+    (tmp_path / "storyloom.yaml").write_text("plugins: [myplug]\n")
+    out = storyloom("plugins", cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    assert "from-settings [myplug]" in out.stdout
+
+
+def test_an_unimportable_plugin_in_settings_names_file_and_line(tmp_path):
+    (tmp_path / "storyloom.yaml").write_text("grace_period: 5s\nplugins:\n  - not_a_module_anywhere\n")
+    out = storyloom("plugins", cwd=tmp_path)
+    assert out.returncode == 2
+    assert "storyloom.yaml:3:" in out.stderr and "not_a_module_anywhere" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_duplicate_registration_names_both_plugins():
+    import storyloom as sl
+    from storyloom.registry import collect
+
+    class Twin:
+        @sl.hookimpl
+        def loom_register_strategies(self, register):
+            register("round_robin", lambda options, plan: None)
+
+    pm = make_plugin_manager(autoload=False)
+    pm.register(Twin(), name="twin")
+    with pytest.raises(UsageError, match="'round_robin' is registered by both plugin 'routing' and plugin 'twin'"):
+        collect(pm)
+
+
+def test_a_misspelt_hook_is_caught_by_check_pending():
+    import storyloom as sl
+    from storyloom.pluginmanager import check
+
+    class Typo:
+        @sl.hookimpl
+        def loom_item_finsihed(self, outcome):
+            pass
+
+    pm = make_plugin_manager(autoload=False)
+    pm.register(Typo(), name="typo")
+    with pytest.raises(UsageError, match="loom_item_finsihed"):
+        check(pm)
