@@ -16,6 +16,8 @@ class ErrorKind(enum.StrEnum):
     INVALID_INPUT = "INVALID_INPUT"
     AUTH_ERROR = "AUTH_ERROR"
     QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
+    #: The reply hit max_tokens; a job type may retry with more room.
+    OUTPUT_TRUNCATED = "OUTPUT_TRUNCATED"
     #: A plugin raised something that is not a ProviderError: a bug, never retried.
     INTERNAL_ERROR = "INTERNAL_ERROR"
 

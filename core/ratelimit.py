@@ -1,0 +1,236 @@
+"""A per-model limiter that keeps requests under RPM and TPM before they are sent.
+
+Each budget (requests, tokens) is a GCRA -- a token bucket kept as one
+number, the "theoretical arrival time" (TAT). The bucket holds
+``burst_seconds`` worth of the per-minute rate (one second's worth by
+default, because providers enforce per-minute limits in about one-second
+slices) and refills continuously at ``rate / 60`` per second.
+
+A request that needs more than the bucket can ever hold is let through when
+the bucket is full, and the overdraft is paid back before anyone else goes:
+big requests never deadlock and the long-run rate still holds.
+
+Waiters are served first come, first served: one waiter at a time (the head)
+watches the clock; the others queue behind it on a fair lock. Use one
+limiter per model; the kernel holds them. ``clock`` must be trio's clock (or
+read it): waiting uses :func:`trio.sleep_until`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from datetime import datetime
+from typing import Callable, Mapping
+
+import trio
+
+__all__ = ["RateLimiter", "parse_reset"]
+
+#: Float sums of intervals drift; a nanosecond early is on time.
+_EPSILON = 1e-9
+
+
+class _Budget:
+    """One GCRA: ``rate`` units a minute, holding at most ``capacity`` units."""
+
+    def __init__(self, per_minute: float, burst_seconds: float, minimum: float) -> None:
+        self.interval = 60.0 / per_minute  # seconds per unit
+        self.capacity = max(minimum, per_minute * burst_seconds / 60.0)
+        self.tat = -math.inf
+
+    def ready_at(self, units: float) -> float:
+        """Earliest time ``units`` may go (capped at the capacity so that huge
+        requests wait only for a full bucket)."""
+        need = min(units, self.capacity)
+        return self.tat - (self.capacity - need) * self.interval
+
+    def take(self, units: float, now: float) -> None:
+        self.tat = max(self.tat, now) + units * self.interval
+
+    def adjust(self, units: float, now: float) -> None:
+        """Charge (positive) or refund (negative) units already sent."""
+        if units > 0:
+            self.tat = max(self.tat, now) + units * self.interval
+        elif self.tat > now:
+            # A refund cannot make the bucket fuller than full.
+            self.tat = max(now, self.tat + units * self.interval)
+
+
+class RateLimiter:
+    """Enforces one model's ``rpm`` and ``tpm`` (either may be None: no limit).
+
+    ``await acquire(tokens)`` before each request with its estimated TPM
+    cost; ``reconcile(reserved, actual)`` once usage is known; ``cool_down``
+    after a 429; ``update_from_headers`` with every response's headers.
+    """
+
+    def __init__(
+        self,
+        rpm: int | None,
+        tpm: int | None,
+        burst_seconds: float = 1.0,
+        clock: Callable[[], float] = trio.current_time,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        if burst_seconds <= 0:
+            raise ValueError("burst_seconds must be positive")
+        for name, value in (("rpm", rpm), ("tpm", tpm)):
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive or None")
+        self.rpm, self.tpm, self.burst_seconds = rpm, tpm, burst_seconds
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._requests = _Budget(rpm, burst_seconds, 1.0) if rpm else None
+        self._tokens = _Budget(tpm, burst_seconds, 1.0) if tpm else None
+        self._cool_until = -math.inf
+        self._lock = trio.Lock()  # trio's Lock is fair: FIFO among waiters
+        self._changed = trio.Event()
+        self._queued_requests = 0
+        self._queued_tokens = 0
+
+    # -- sending ---------------------------------------------------------
+
+    async def acquire(self, tokens: int) -> None:
+        """Wait until one request of ``tokens`` fits both budgets, then take it.
+
+        FIFO-fair; cancellation while waiting takes nothing.
+        """
+        tokens = max(0, int(tokens))
+        self._queued_requests += 1
+        self._queued_tokens += tokens
+        try:
+            async with self._lock:
+                while True:
+                    now = self._clock()
+                    ready = self._ready_at(tokens)
+                    if ready <= now + _EPSILON:
+                        break
+                    changed = self._changed
+                    with trio.move_on_at(ready):
+                        await changed.wait()  # a refund or cool-down moves the goalposts
+                now = self._clock()
+                if self._requests is not None:
+                    self._requests.take(1, now)
+                if self._tokens is not None:
+                    self._tokens.take(tokens, now)
+        finally:
+            self._queued_requests -= 1
+            self._queued_tokens -= tokens
+
+    def reconcile(self, reserved: int, actual: int) -> None:
+        """Usage is known: charge ``actual - reserved`` tokens (a refund when negative)."""
+        if self._tokens is None or actual == reserved:
+            return
+        self._tokens.adjust(actual - reserved, self._clock())
+        self._wake()
+
+    def cool_down(self, seconds: float) -> None:
+        """Send nothing more through this limiter for ``seconds`` (from now).
+
+        Only extends: a shorter cool-down never cuts a longer one short."""
+        if seconds is None or seconds <= 0:
+            return
+        self._cool_until = max(self._cool_until, self._clock() + seconds)
+        self._wake()
+
+    def update_from_headers(self, headers: Mapping[str, str]) -> None:
+        """Read the server's rate-limit headers; when it says nothing is left,
+        cool down until its reset.
+
+        Understands OpenAI's ``x-ratelimit-remaining-{requests,tokens}`` with
+        ``x-ratelimit-reset-{requests,tokens}`` (``1s``, ``6m0s``, ``20ms``) and
+        Anthropic's ``anthropic-ratelimit-{requests,tokens,input-tokens,
+        output-tokens}-{remaining,reset}`` (RFC 3339 times).
+        """
+        lower = {k.lower(): v for k, v in headers.items()}
+        pairs = [
+            (f"x-ratelimit-remaining-{what}", f"x-ratelimit-reset-{what}") for what in ("requests", "tokens")
+        ] + [
+            (f"anthropic-ratelimit-{what}-remaining", f"anthropic-ratelimit-{what}-reset")
+            for what in ("requests", "tokens", "input-tokens", "output-tokens")
+        ]
+        for remaining_name, reset_name in pairs:
+            remaining = lower.get(remaining_name)
+            if remaining is None:
+                continue
+            try:
+                left = float(remaining)
+            except ValueError:
+                continue
+            if left > 0:
+                continue
+            seconds = parse_reset(lower.get(reset_name), self._wall_clock)
+            # Told "none left" without a reset time: wait one slice.
+            self.cool_down(seconds if seconds is not None else self.burst_seconds)
+
+    # -- routing ---------------------------------------------------------
+
+    def next_free_at(self, tokens: int = 0) -> float:
+        """When a request of ``tokens`` could go, on this limiter's clock, if it
+        joined the queue now (counting the waiters ahead of it)."""
+        ready = self._cool_until
+        if self._requests is not None:
+            ahead = self._requests.tat
+            if self._queued_requests:
+                ahead = max(ahead, self._clock()) + self._queued_requests * self._requests.interval
+            ready = max(ready, ahead - (self._requests.capacity - 1) * self._requests.interval)
+        if self._tokens is not None:
+            ahead = self._tokens.tat
+            if self._queued_tokens:
+                ahead = max(ahead, self._clock()) + self._queued_tokens * self._tokens.interval
+            need = min(max(0, tokens), self._tokens.capacity)
+            ready = max(ready, ahead - (self._tokens.capacity - need) * self._tokens.interval)
+        return max(ready, self._clock())
+
+    @property
+    def waiting(self) -> int:
+        """Requests queued in :meth:`acquire`."""
+        return self._queued_requests
+
+    # -- internals -------------------------------------------------------
+
+    def _ready_at(self, tokens: int) -> float:
+        ready = self._cool_until
+        if self._requests is not None:
+            ready = max(ready, self._requests.ready_at(1))
+        if self._tokens is not None:
+            ready = max(ready, self._tokens.ready_at(tokens))
+        return ready
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def __repr__(self) -> str:
+        return f"RateLimiter(rpm={self.rpm}, tpm={self.tpm}, burst_seconds={self.burst_seconds})"
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+def parse_reset(value: str | None, wall_clock: Callable[[], float] = time.time) -> float | None:
+    """Seconds until a rate-limit reset, from ``"1s"``, ``"6m0s"``, ``"250ms"``,
+    ``"1h2m3.5s"``, a bare number of seconds, or an RFC 3339 time. None if unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    parts = _DURATION_PART.findall(value)
+    if parts and "".join(n + u for n, u in parts) == value:
+        scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+        return sum(float(n) * scale[u] for n, u in parts)
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - wall_clock())

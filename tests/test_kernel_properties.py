@@ -1,0 +1,77 @@
+"""Property tests: the kernel's invariants hold at random fault rates and limits."""
+
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from storyloom.testing import Loom
+
+KINDS = ["API_RATE_LIMIT", "TIMEOUT", "TEMPORARY_ERROR", "INVALID_INPUT", "AUTH_ERROR", "QUOTA_EXCEEDED"]
+
+rates = st.fixed_dictionaries({kind: st.sampled_from([0.0, 0.05, 0.2, 0.5]) for kind in KINDS})
+
+
+def max_overlap(intervals: list[tuple[float, float]]) -> int:
+    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals], key=lambda x: (x[0], x[1]))
+    best = now = 0
+    for _t, step in events:
+        now += step
+        best = max(best, now)
+    return best
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(1, 30),
+    max_parallel=st.integers(1, 6),
+    max_retries=st.integers(0, 3),
+    error_rates=rates,
+    hang=st.sampled_from([0.0, 0.1]),
+    skipped=st.sets(st.integers(0, 29), max_size=3),
+    seed=st.integers(0, 1000),
+)
+def test_kernel_invariants(n, max_parallel, max_retries, error_rates, hang, skipped, seed):
+    # Keep the total fault rate a probability.
+    total = sum(error_rates.values())
+    if total > 0.9:
+        error_rates = {k: v * 0.9 / total for k, v in error_rates.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        loom = Loom(Path(tmp))
+        loom.write("storyloom.yaml", f"""
+            models:
+              sim: {{provider: simulated, latency_ms: 2, output_tokens: 20, seed: {seed},
+                     hang: {hang}, retry_after: 0.001, errors: {error_rates}}}
+            default_models: [sim]
+            retry_config: {{max_retries: {max_retries}, retry_delay: {{initial: 0.001s, max: 0.004s}}}}
+        """)
+        items = "".join(
+            f"  - {{item_id: i{i}{', status: skipped' if i in skipped else ''}}}\n" for i in range(n))
+        result = loom.run(f"job_id: prop\njob_type: qc_processing\n"
+                          f"config: {{max_parallel: {max_parallel}, timeout_per_item: 0.05s}}\nitems:\n{items}")
+
+        counts = result.counts
+        assert counts["pending"] == 0 and counts["running"] == 0
+        assert counts["completed"] + counts["failed"] + counts["skipped"] == n
+        assert counts["skipped"] == len([i for i in skipped if i < n])
+        assert result.summary.status == ("failed" if counts["failed"] else "completed")
+
+        with sqlite3.connect(loom.state_dir / "storyloom.db") as conn:
+            attempts = conn.execute("SELECT item_id, attempt, state, started_at, finished_at FROM attempts").fetchall()
+            results = conn.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+        per_item: dict[str, list] = {}
+        for item_id, attempt, state, *_ in attempts:
+            per_item.setdefault(item_id, []).append((attempt, state))
+        for item_id, rows in per_item.items():
+            assert len(rows) <= max_retries + 1, (item_id, rows)
+            assert sorted(a for a, _ in rows) == list(range(1, len(rows) + 1))  # no attempt twice
+            assert [s for _, s in rows].count("completed") <= 1  # never completes twice
+            terminal = [s for _, s in sorted(rows)][-1]
+            assert terminal == result.items[item_id].state  # one terminal state, the last attempt's
+            assert all(s == "pending" for _, s in sorted(rows)[:-1])  # earlier attempts were retries
+        assert results == counts["completed"]
+        assert max_overlap([(s, e) for *_, s, e in attempts]) <= max_parallel

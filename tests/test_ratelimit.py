@@ -1,0 +1,298 @@
+"""The per-model rate limiter, on trio's MockClock (no real sleeping)."""
+
+from __future__ import annotations
+
+import functools
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import trio
+import trio.testing
+
+from storyloom.ratelimit import RateLimiter, parse_reset
+
+
+def mock_trio(fn):
+    """Run an async test under trio with a clock that jumps whenever all tasks wait."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return trio.run(functools.partial(fn, *args, **kwargs), clock=trio.testing.MockClock(autojump_threshold=0))
+
+    return wrapper
+
+
+async def admissions(limiter: RateLimiter, tokens: int, seconds: float, workers: int = 20) -> list[float]:
+    """Times at which requests of ``tokens`` got through during ``seconds``, with
+    ``workers`` tasks acquiring as fast as they are let."""
+    times: list[float] = []
+    start = trio.current_time()
+
+    async def worker():
+        while True:
+            await limiter.acquire(tokens)
+            times.append(trio.current_time() - start)
+
+    with trio.move_on_after(seconds):
+        async with trio.open_nursery() as nursery:
+            for _ in range(workers):
+                nursery.start_soon(worker)
+    return sorted(t for t in times if t < seconds)
+
+
+@mock_trio
+async def test_requests_per_minute_hold_within_one_burst():
+    limiter = RateLimiter(rpm=600, tpm=None)
+    times = await admissions(limiter, 0, 60)
+    burst = 600 / 60
+    assert 600 <= len(times) <= 600 + burst
+
+
+@mock_trio
+async def test_tokens_per_minute_hold_within_one_burst():
+    limiter = RateLimiter(rpm=None, tpm=60_000)
+    times = await admissions(limiter, 100, 60)
+    tokens = 100 * len(times)
+    assert 60_000 - 100 <= tokens <= 60_000 + 60_000 / 60
+
+
+@mock_trio
+async def test_the_tighter_budget_wins():
+    # 6000 rpm would allow 100 a second; 60_000 tpm at 1000 tokens allows 1.
+    limiter = RateLimiter(rpm=6000, tpm=60_000)
+    times = await admissions(limiter, 1000, 60)
+    assert 59 <= len(times) <= 61
+
+
+@pytest.mark.parametrize("burst_seconds,burst", [(1.0, 10), (0.5, 5), (2.0, 20)])
+def test_the_burst_is_capped(burst_seconds, burst):
+    @mock_trio
+    async def check():
+        limiter = RateLimiter(rpm=600, tpm=None, burst_seconds=burst_seconds)
+        times = await admissions(limiter, 0, 10, workers=3 * burst)
+        assert sum(1 for t in times if t == 0) == burst  # at once, then one per 0.1 s
+        # Any window of one second sees at most the burst plus a second's refill.
+        for i, t in enumerate(times):
+            in_window = sum(1 for u in times[i:] if u < t + 1.0)
+            assert in_window <= burst + 10 + 1
+        gaps = [b - a for a, b in zip(times[burst:], times[burst + 1:])]
+        assert min(gaps) == pytest.approx(0.1)
+
+    check()
+
+
+@mock_trio
+async def test_a_low_rate_still_allows_one_request():
+    limiter = RateLimiter(rpm=6, tpm=None)  # one every 10 s; the burst cannot be below one request
+    times = await admissions(limiter, 0, 60, workers=3)
+    assert times == pytest.approx([0, 10, 20, 30, 40, 50])
+
+
+@mock_trio
+async def test_cool_down_delays_only_that_limiter():
+    slow, other = RateLimiter(rpm=600, tpm=None), RateLimiter(rpm=600, tpm=None)
+    slow.cool_down(30)
+    done = {}
+
+    async def send(name, limiter):
+        await limiter.acquire(1)
+        done[name] = trio.current_time()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send, "slow", slow)
+        nursery.start_soon(send, "other", other)
+    assert done["other"] == 0
+    assert done["slow"] == pytest.approx(30)
+
+
+@mock_trio
+async def test_cool_down_while_waiting_moves_the_waiter():
+    limiter = RateLimiter(rpm=60, tpm=None)
+    await limiter.acquire(0)  # the next one may go at t=1
+    done = []
+
+    async def waiter():
+        await limiter.acquire(0)
+        done.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await trio.sleep(0.5)
+        limiter.cool_down(5)  # a 429 arrives while it waits
+        limiter.cool_down(1)  # a shorter one does not cut it short
+    assert done == [pytest.approx(5.5)]
+
+
+@mock_trio
+async def test_a_request_bigger_than_the_burst_goes_through():
+    limiter = RateLimiter(rpm=None, tpm=6000)  # 100 tokens a second, bucket of 100
+    with trio.fail_after(1):
+        await limiter.acquire(10_000)  # a full bucket lets it through at once
+    assert trio.current_time() == 0
+    with trio.fail_after(200):
+        await limiter.acquire(10)  # ... and the overdraft is paid back first
+    assert trio.current_time() == pytest.approx((10_000 - 100 + 10) / 100)
+
+
+@mock_trio
+async def test_a_huge_request_waits_for_a_full_bucket_not_for_ever():
+    limiter = RateLimiter(rpm=None, tpm=6000)
+    await limiter.acquire(100)  # empties the bucket
+    with trio.fail_after(10):
+        await limiter.acquire(50_000)
+    assert trio.current_time() == pytest.approx(1.0)  # refilled after one second
+
+
+@mock_trio
+async def test_waiters_are_served_first_come_first_served():
+    limiter = RateLimiter(rpm=60, tpm=6000)
+    await limiter.acquire(0)
+    order = []
+
+    async def send(name, tokens):
+        await limiter.acquire(tokens)
+        order.append(name)
+
+    async with trio.open_nursery() as nursery:
+        # A big request first: the small ones behind it must not overtake it.
+        for name, tokens in (("big", 5000), ("a", 1), ("b", 1), ("c", 1)):
+            nursery.start_soon(send, name, tokens)
+            await trio.sleep(0.001)
+    assert order == ["big", "a", "b", "c"]
+
+
+@mock_trio
+async def test_a_cancelled_waiter_takes_nothing():
+    limiter = RateLimiter(rpm=60, tpm=None)
+    await limiter.acquire(0)
+    with trio.move_on_after(0.5):
+        await limiter.acquire(0)  # gives up before its turn at t=1
+    await limiter.acquire(0)
+    assert trio.current_time() == pytest.approx(1.0)
+
+
+@mock_trio
+async def test_reconcile_refunds_and_charges():
+    async def second_request_at(actual):
+        limiter = RateLimiter(rpm=None, tpm=6000)  # 100 tokens a second
+        start = trio.current_time()
+        await limiter.acquire(1000)
+        limiter.reconcile(1000, actual)
+        await limiter.acquire(100)
+        return trio.current_time() - start
+
+    as_reserved = await second_request_at(1000)
+    refunded = await second_request_at(200)
+    charged = await second_request_at(3000)
+    assert as_reserved == pytest.approx(10.0)  # (1000 - 100 + 100) / 100
+    assert refunded == pytest.approx(2.0)
+    assert charged == pytest.approx(30.0)
+
+
+@mock_trio
+async def test_a_refund_never_overfills_the_bucket():
+    limiter = RateLimiter(rpm=None, tpm=6000)
+    await limiter.acquire(100)
+    await trio.sleep(60)
+    limiter.reconcile(100, 0)  # long paid for already
+    times = await admissions(limiter, 100, 2.5, workers=5)
+    assert times == pytest.approx([0, 1, 2])
+
+
+@mock_trio
+async def test_a_refund_wakes_the_waiting_head():
+    limiter = RateLimiter(rpm=None, tpm=6000)
+    await limiter.acquire(1000)  # the next 100 would wait 10 s
+    done = []
+
+    async def waiter():
+        await limiter.acquire(100)
+        done.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await trio.sleep(1)
+        limiter.reconcile(1000, 100)  # the reply was short
+    assert done == [pytest.approx(1.0)]
+
+
+@mock_trio
+async def test_headers_saying_nothing_left_cool_down_until_the_reset():
+    limiter = RateLimiter(rpm=6000, tpm=None)
+    limiter.update_from_headers({"x-ratelimit-remaining-requests": "12", "x-ratelimit-reset-requests": "6m0s"})
+    assert limiter.next_free_at() == 0
+    limiter.update_from_headers({"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "1m30s"})
+    assert limiter.next_free_at() == pytest.approx(90)
+    await limiter.acquire(1)
+    assert trio.current_time() == pytest.approx(90)
+
+
+@mock_trio
+async def test_anthropic_headers():
+    wall = 1_700_000_000.0
+    reset = datetime.fromtimestamp(wall + 20, timezone.utc).isoformat().replace("+00:00", "Z")
+    limiter = RateLimiter(rpm=None, tpm=None, wall_clock=lambda: wall)
+    limiter.update_from_headers({"Anthropic-Ratelimit-Requests-Remaining": "0",
+                                 "anthropic-ratelimit-requests-reset": reset})
+    assert limiter.next_free_at() == pytest.approx(20)
+
+
+@mock_trio
+async def test_none_left_without_a_reset_waits_one_slice():
+    limiter = RateLimiter(rpm=None, tpm=None)
+    limiter.update_from_headers({"x-ratelimit-remaining-requests": "0"})
+    assert limiter.next_free_at() == pytest.approx(1.0)
+
+
+@mock_trio
+async def test_next_free_at_for_routing():
+    limiter = RateLimiter(rpm=60, tpm=None)
+    assert limiter.next_free_at() == 0
+    await limiter.acquire(0)
+    assert limiter.next_free_at() == pytest.approx(1.0)
+    limiter.cool_down(7)
+    assert limiter.next_free_at() == pytest.approx(7.0)
+
+
+@mock_trio
+async def test_next_free_at_counts_the_queue():
+    limiter = RateLimiter(rpm=60, tpm=None)
+    await limiter.acquire(0)
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(limiter.acquire, 0)
+        await trio.sleep(0.1)
+        assert limiter.waiting == 3
+        assert limiter.next_free_at() == pytest.approx(4.0)  # after the three waiting
+    assert limiter.waiting == 0
+
+
+@mock_trio
+async def test_no_limits_never_wait():
+    limiter = RateLimiter(rpm=None, tpm=None)
+    for _ in range(1000):
+        await limiter.acquire(1_000_000)
+    assert trio.current_time() == 0
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError):
+        RateLimiter(rpm=0, tpm=None)
+    with pytest.raises(ValueError):
+        RateLimiter(rpm=10, tpm=None, burst_seconds=0)
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("1s", 1.0), ("6m0s", 360.0), ("20ms", 0.02), ("1h2m3.5s", 3723.5), ("2.5", 2.5), ("7", 7.0),
+    ("", None), (None, None), ("later", None), ("1x", None),
+])
+def test_parse_reset(value, expected):
+    assert parse_reset(value) == (pytest.approx(expected) if expected is not None else None)
+
+
+def test_parse_reset_timestamps():
+    wall = 1_700_000_000.0
+    ahead = datetime.fromtimestamp(wall, timezone.utc) + timedelta(seconds=12)
+    assert parse_reset(ahead.isoformat(), lambda: wall) == pytest.approx(12)
+    assert parse_reset(ahead.isoformat(), lambda: wall + 60) == 0.0
+    assert parse_reset("2025-01-01T00:00:00", lambda: wall) is None  # no zone: ambiguous
