@@ -15,19 +15,21 @@ import signal
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import trio
 
 from .atomic import write_atomic
+from .attempt import Outcome, Stop, run_attempt
+from .budget import Budget
 from .config import Config
-from .errors import ErrorKind, ProviderError, UsageError
+from .errors import UsageError
 from .events import Event
 from .job import Item, Job, Plan, item_from_dict
 from .jobtype import Result
+from .pool import ModelPool
 from .report import build_report
-from .routing import Choice, RouteContext
 from .store import AttemptRecord, ClaimedItem, StartRecord, Store
 from .store.owner import make_owner, owner_alive
 
@@ -37,24 +39,6 @@ COMMIT_BATCH = 512
 SINK_BUFFER = 4096
 
 EXIT_CODES = {"completed": 0, "failed": 1, "paused": 3, "interrupted": 130}
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How one attempt ended. ``state`` is completed, failed or retrying."""
-
-    state: str
-    attempt: int
-    model: str | None
-    elapsed: float
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float = 0.0
-    error_kind: ErrorKind | None = None
-    error: str | None = None
-    retry_delay: float | None = None
-    result: Result | None = None
-    route: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -106,6 +90,13 @@ class _Finished:
     record: AttemptRecord
 
 
+@dataclass
+class _Released:
+    """An item that never started (the batch is pausing): back to pending."""
+
+    item_id: str
+
+
 class Batch:
     def __init__(self, config: Config, plan: Plan, *, handle_signals: bool = False) -> None:
         self.config = config
@@ -116,9 +107,9 @@ class Batch:
         reg = config.registries
         self.job_type = reg.job_types[self.job.job_type]
         self.limiter = trio.CapacityLimiter(plan.max_parallel)
-        self.in_flight = 0
-        self.running_by_model: dict[str, int] = {}
-        self.cost_usd = 0.0
+        self.in_flight = 0  # claimed and not yet committed
+        self.pool = ModelPool({name: config.settings.models[name] for name in plan.models})
+        self.budget = Budget(plan.job.budget_usd, 0.0)
         self._status: str | None = None  # set when stopping early: paused | interrupted
         self._reason: str | None = None
         self._changed = trio.Event()
@@ -172,6 +163,7 @@ class Batch:
         """Run the stored job to its end, a pause or an interruption."""
         self.store = store
         started = time.time()
+        self.budget = Budget(self.job.budget_usd, (await store.costs(self.job.job_id)).cost_usd)
         recovered = await self.store.recover(self.job.job_id, owner_alive)
         await self.store.set_job_state(self.job.job_id, "running")
         summary: Summary | None = None
@@ -180,7 +172,7 @@ class Batch:
                 self._start_sinks(outer)
                 if self.handle_signals:
                     outer.start_soon(self._watch_signals)
-                self._call_hook("loom_batch_started", job=self.job, plan=self.plan, control=self.control)
+                self.call_hook("loom_batch_started", job=self.job, plan=self.plan, control=self.control)
                 counts = await self.store.counts(self.job.job_id)
                 self.emit(Event("batch_started", self.job.job_id, data={
                     "job_type": self.job.job_type, "total": sum(counts.values()), "counts": counts,
@@ -200,7 +192,7 @@ class Batch:
                         await provider.aclose()
                     except Exception:
                         traceback.print_exc()
-        self._call_hook("loom_batch_finished", job=self.job, summary=summary)
+        self.call_hook("loom_batch_finished", job=self.job, summary=summary)
         return summary
 
     async def _pipeline(self) -> None:
@@ -261,48 +253,24 @@ class Batch:
             with trio.move_on_after(wait):
                 await changed.wait()
 
-    def _route(self, item: Item, claimed: ClaimedItem) -> Choice:
-        usable = [item.model] if item.model else list(self.plan.models)
-        if self.job.config.model_rotation and claimed.last_model in usable and len(usable) > 1:
-            usable.remove(claimed.last_model)
-        ctx = RouteContext(usable=usable, attempt=claimed.attempts, previous_model=claimed.last_model,
-                           in_flight=dict(self.running_by_model))
-        choice = self.strategy.choose(item, ctx)
-        if choice.model not in usable:
-            raise ProviderError(ErrorKind.INTERNAL_ERROR,
-                                f"routing strategy chose {choice.model!r}, which is not usable ({', '.join(usable)})")
-        return choice
-
     async def _run_item(self, claimed: ClaimedItem, token: object) -> None:
         try:
             item = item_from_dict(claimed.definition)
-            attempt = claimed.attempts + 1
-            started_wall, t0 = time.time(), trio.current_time()
-            model: str | None = None
-            route: dict[str, Any] = {}
+            started_wall = time.time()
             try:
-                choice = self._route(item, claimed)
-                model, route = choice.model, choice.reason
-                await self._outcomes.send(StartRecord(self.job.job_id, item.item_id, model, started_wall))
-                self.running_by_model[model] = self.running_by_model.get(model, 0) + 1
-                self._call_hook("loom_item_started", job=self.job, item=item, attempt=attempt, model=model)
-                self.emit(Event("item_started", self.job.job_id, item.item_id, data={
-                    "attempt": attempt, "model": model, "project_id": item.project_id,
-                    "chapter_num": item.chapter_num}))
-                try:
-                    outcome = await self._attempt(item, attempt, model, t0, route)
-                finally:
-                    self.running_by_model[model] -= 1
-            except ProviderError as exc:  # routing failed
-                outcome = self._failure(exc, attempt, model, t0, route)
+                outcome = await run_attempt(self, claimed, item)
+            except Stop as stop:
+                self.pause(stop.reason)
+                await self._outcomes.send(_Released(item.item_id))
+                return
             record = AttemptRecord(
-                job_id=self.job.job_id, item_id=item.item_id, attempt=attempt,
-                state="pending" if outcome.state == "retrying" else outcome.state, model=model,
+                job_id=self.job.job_id, item_id=item.item_id, attempt=outcome.attempt,
+                state="pending" if outcome.state == "retrying" else outcome.state, model=outcome.model,
                 started_at=started_wall, finished_at=time.time(), error_kind=outcome.error_kind,
                 error=outcome.error, input_tokens=outcome.input_tokens, output_tokens=outcome.output_tokens,
                 cost_usd=outcome.cost_usd,
                 not_before=time.time() + outcome.retry_delay if outcome.retry_delay else 0.0,
-                route=route or None,
+                free=outcome.free, route=outcome.route or None,
                 result_text=outcome.result.text if outcome.result else None,
                 result_data=_result_data(outcome.result) if outcome.result else None,
             )
@@ -310,43 +278,9 @@ class Batch:
         finally:
             self.limiter.release_on_behalf_of(token)
 
-    async def _attempt(self, item: Item, attempt: int, model: str, t0: float, route: dict[str, Any]) -> Outcome:
-        spec = self.config.settings.models[model]
-        provider = self.providers[model]
-        response = None
-        try:
-            request = self.job_type.build_request(item, self.job)
-            request = _with_metadata(request, item=item, job=self.job, attempt=attempt)
-            try:
-                with trio.fail_after(self.plan.timeout_per_item):
-                    response = await provider.complete(request)
-            except trio.TooSlowError:
-                raise ProviderError(ErrorKind.TIMEOUT,
-                                    f"no reply within timeout_per_item ({self.plan.timeout_per_item:g}s)") from None
-            result = self.job_type.handle_result(item, self.job, response)
-        except ProviderError as exc:
-            if response is not None and not (exc.input_tokens or exc.output_tokens):
-                exc.input_tokens, exc.output_tokens = response.input_tokens, response.output_tokens
-            return self._failure(exc, attempt, model, t0, route)
-        except Exception as exc:  # a plugin bug must not take the batch down
-            traceback.print_exc(file=sys.stderr)
-            return self._failure(ProviderError(ErrorKind.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"),
-                                 attempt, model, t0, route)
-        return Outcome(
-            state="completed", attempt=attempt, model=model, elapsed=trio.current_time() - t0,
-            input_tokens=response.input_tokens, output_tokens=response.output_tokens,
-            cost_usd=spec.price.cost(response.input_tokens, response.output_tokens), result=result, route=route)
-
-    def _failure(self, exc: ProviderError, attempt: int, model: str | None, t0: float,
-                 route: dict[str, Any]) -> Outcome:
-        decision = self.policy.decide(exc, attempt, self.plan.max_retries)
-        cost = self.config.settings.models[model].price.cost(exc.input_tokens, exc.output_tokens) if model else 0.0
-        return Outcome(
-            state="retrying" if decision.retry else "failed", attempt=attempt, model=model,
-            elapsed=trio.current_time() - t0, input_tokens=exc.input_tokens, output_tokens=exc.output_tokens,
-            cost_usd=cost, error_kind=exc.kind,
-            error=exc.message if decision.retry or not decision.reason else f"{exc.message} ({decision.reason})",
-            retry_delay=decision.delay if decision.retry else None, route=route)
+    async def started(self, record: StartRecord) -> None:
+        """Queue an attempt's start for the next group commit."""
+        await self._outcomes.send(record)
 
     async def _writer(self, receive: trio.MemoryReceiveChannel[Any]) -> None:
         """Group commit: whatever is waiting goes into one transaction."""
@@ -360,7 +294,11 @@ class Batch:
                         break
                 starts = [m for m in batch if isinstance(m, StartRecord)]
                 finished = [m for m in batch if isinstance(m, _Finished)]
+                released = [m.item_id for m in batch if isinstance(m, _Released)]
                 applied = await self.store.record([f.record for f in finished], self.owner, starts)
+                if released:
+                    await self.store.release(self.job.job_id, self.owner, released)
+                    self.in_flight -= len(released)
                 for done, ok in zip(finished, applied):
                     self.in_flight -= 1
                     if ok:
@@ -370,8 +308,7 @@ class Batch:
 
     def _acknowledge(self, done: _Finished) -> None:
         outcome = done.outcome
-        self.cost_usd += outcome.cost_usd
-        self._call_hook("loom_item_finished", job=self.job, item=done.item, outcome=outcome)
+        self.call_hook("loom_item_finished", job=self.job, item=done.item, outcome=outcome)
         data = {"state": outcome.state, "attempt": outcome.attempt, "model": outcome.model,
                 "elapsed": outcome.elapsed, "input_tokens": outcome.input_tokens,
                 "output_tokens": outcome.output_tokens, "cost_usd": outcome.cost_usd}
@@ -397,7 +334,10 @@ class Batch:
         providers = {}
         for name in self.plan.models:
             spec = self.config.settings.models[name]
-            providers[name] = _lookup(self.config.registries.providers, spec.provider, f"provider (model {name!r})")(spec)
+            provider = _lookup(self.config.registries.providers, spec.provider, f"provider (model {name!r})")(spec)
+            if hasattr(provider, "on_headers"):  # HTTP providers report rate-limit headers
+                provider.on_headers = self.pool[name].limiter.update_from_headers
+            providers[name] = provider
         return providers
 
     def _start_sinks(self, nursery: trio.Nursery) -> None:
@@ -412,7 +352,8 @@ class Batch:
             self._sinks.append(send)
             nursery.start_soon(_run_sink, name, sink, receive)
 
-    def _call_hook(self, name: str, **kwargs: Any) -> None:
+    def call_hook(self, name: str, **kwargs: Any) -> None:
+        """Call a notification hook; a plugin that raises is reported, not fatal."""
         try:
             getattr(self.config.hook, name)(**kwargs)
         except Exception:

@@ -186,6 +186,11 @@ class RateLimiter:
         return max(ready, self._clock())
 
     @property
+    def cooling_until(self) -> float:
+        """Until when (this limiter's clock) a cool-down holds; -inf if none."""
+        return self._cool_until
+
+    @property
     def waiting(self) -> int:
         """Requests queued in :meth:`acquire`."""
         return self._queued_requests

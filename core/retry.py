@@ -16,5 +16,10 @@ class RetryDecision:
 
 
 class RetryPolicy(Protocol):
-    def decide(self, error: ProviderError, attempt: int, max_retries: int) -> RetryDecision:
-        """``attempt`` is the 1-based number of the attempt that just failed."""
+    def decide(self, error: ProviderError, attempt: int, max_retries: int, elapsed: float = 0.0) -> RetryDecision:
+        """Decide after a failed attempt.
+
+        ``attempt`` counts the attempts that use up the retry budget, the one
+        that just failed included (1 after the first); rate-limit rejections
+        do not count. ``elapsed`` is the seconds since the item's first
+        attempt began, which bounds rate-limit retries instead."""

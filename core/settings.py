@@ -54,13 +54,17 @@ class RetryConfig:
 
     max_retries: int = 3
     retry_delay: RetryDelay = RetryDelay()
+    #: The seed's three, and a reply cut off at max_tokens (retried with more room).
     retryable_errors: frozenset[ErrorKind] = frozenset(
-        {ErrorKind.API_RATE_LIMIT, ErrorKind.TIMEOUT, ErrorKind.TEMPORARY_ERROR}
+        {ErrorKind.API_RATE_LIMIT, ErrorKind.TIMEOUT, ErrorKind.TEMPORARY_ERROR, ErrorKind.OUTPUT_TRUNCATED}
     )
     non_retryable_errors: frozenset[ErrorKind] = frozenset(
         {ErrorKind.INVALID_INPUT, ErrorKind.AUTH_ERROR, ErrorKind.QUOTA_EXCEEDED, ErrorKind.INTERNAL_ERROR}
     )
     policy: str = "exponential"
+    #: Rate-limit rejections do not use up max_retries; an item stops being
+    #: retried for them once this long has passed since its first attempt.
+    rate_limit_timeout: float = 600.0
 
 
 @dataclass(frozen=True)

@@ -514,3 +514,42 @@ async def test_hundred_thousand_items(store):
     assert time.perf_counter() - started < 2
     assert got[:3] == ["i000003", "i000007", "i000011"]  # level 0 items, in order
     assert len(got) == 256
+
+
+# -- retry bookkeeping, partial release, definitions
+
+
+@trio_test
+async def test_free_attempts_first_start_and_last_error_kind_come_back_with_a_claim(store):
+    await add(store, "a")
+    await claim_ids(store)
+    await store.record([rec("a", "pending", attempt=1, free=True, error_kind="API_RATE_LIMIT",
+                            started_at=NOW + 5)], OWNER)
+    await claim_ids(store, now=NOW + 10)
+    await store.record([rec("a", "pending", attempt=2, error_kind="TIMEOUT", started_at=NOW + 20)], OWNER)
+    (claimed,) = await store.claim(JOB, 1, NOW + 30, OWNER)
+    assert claimed.attempts == 2
+    assert claimed.free_attempts == 1  # only the first attempt was free
+    assert claimed.first_started_at == NOW + 5  # the first attempt's start, kept
+    assert claimed.last_error_kind == "TIMEOUT"
+
+
+@trio_test
+async def test_release_named_items_only(store):
+    await add(store, "a", "b", "c")
+    await claim_ids(store)
+    assert await store.release(JOB, OWNER, ["b"]) == 1
+    assert await store.release(JOB, OTHER, ["a"]) == 0  # not the holder
+    counts = await store.counts(JOB)
+    assert counts["running"] == 2 and counts["pending"] == 1
+    assert await claim_ids(store) == ["b"]
+
+
+@trio_test
+async def test_set_job_definition_replaces_it(store):
+    await add(store, "a")
+    await store.set_job_definition(JOB, {"job_id": JOB, "budget_usd": 12.5, "title": THAI})
+    row = await store.get_job(JOB)
+    assert row.definition == {"job_id": JOB, "budget_usd": 12.5, "title": THAI}
+    with pytest.raises(KeyError):
+        await store.set_job_definition("nope", {})

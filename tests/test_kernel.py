@@ -81,13 +81,37 @@ def test_retryable_error_then_success(loom):
     assert times[1] - times[0] >= 0.025
 
 
-@pytest.mark.parametrize("kind", ["INVALID_INPUT", "AUTH_ERROR", "QUOTA_EXCEEDED"])
+@pytest.mark.parametrize("kind", ["INVALID_INPUT", "INTERNAL_ERROR"])
 def test_non_retryable_errors_fail_at_once(loom, kind):
     loom.write("storyloom.yaml", settings({"it-0": [kind, "ok"]}))
     result = loom.run(job(1), plugins=(scripted,))
     result.assert_outcomes(failed=1)
     assert result.items["it-0"].attempts == 1
     assert result.items["it-0"].error_kind == kind
+
+
+@pytest.mark.parametrize("kind", ["AUTH_ERROR", "QUOTA_EXCEEDED"])
+def test_auth_and_quota_errors_take_the_model_out_and_the_item_moves_on(loom, kind):
+    loom.write("storyloom.yaml", settings({"it-0": [kind]}))
+    result = loom.run(job(4, extra="models: [s1, s2]\nconfig: {max_parallel: 1}\n"), plugins=(scripted,))
+    result.assert_outcomes(completed=4)
+    calls = scripted.STATS["calls"]
+    assert calls[0][:3] == ("it-0", 1, "s1")
+    assert {model for (_i, _a, model, _t) in calls[1:]} == {"s2"}  # s1 is out for the rest of the batch
+    assert result.items["it-0"].attempts == 2
+
+
+@pytest.mark.parametrize("kind", ["AUTH_ERROR", "QUOTA_EXCEEDED"])
+def test_no_model_left_pauses_the_batch_and_says_why(loom, kind):
+    loom.write("storyloom.yaml", settings({"it-1": [kind]}))
+    result = loom.run(job(3, extra="config: {max_parallel: 1}\n"), plugins=(scripted,))
+    assert result.summary.status == "paused" and result.summary.exit_code == 3
+    assert "no model left" in result.summary.reason and f"scripted {kind}" in result.summary.reason
+    assert result.counts["failed"] == 0 and result.counts["running"] == 0
+    assert result.counts["completed"] + result.counts["pending"] == 3
+    # Once the key is fixed, resume finishes the job.
+    resumed = loom.resume("k1", plugins=(scripted,))
+    resumed.assert_outcomes(completed=3)
 
 
 def test_retry_on_failure_false_means_one_attempt(loom):

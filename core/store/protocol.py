@@ -57,6 +57,11 @@ class ClaimedItem:
     definition: dict[str, Any]
     attempts: int  # attempts already made
     last_model: str | None
+    #: Attempts that did not count against max_retries (rate-limit rejections,
+    #: a model taken out of the batch).
+    free_attempts: int = 0
+    first_started_at: float | None = None  # wall clock of the first attempt
+    last_error_kind: str | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,8 @@ class AttemptRecord:
     output_tokens: int = 0
     cost_usd: float = 0.0
     not_before: float = 0.0
+    #: True if this attempt does not count against max_retries.
+    free: bool = False
     route: dict[str, Any] | None = None
     result_text: str | None = None
     result_data: dict[str, Any] | None = None
@@ -137,6 +144,9 @@ class Store(Protocol):
 
     async def list_jobs(self) -> list[JobRow]: ...
 
+    async def set_job_definition(self, job_id: str, definition: dict[str, Any]) -> None:
+        """Replace a job's stored definition. KeyError for an unknown job."""
+
     async def set_job_state(self, job_id: str, state: str, reason: str | None = None) -> None:
         """Raise KeyError for an unknown job, ValueError for a state not in JOB_STATES."""
 
@@ -170,9 +180,9 @@ class Store(Protocol):
         The attempt row keeps the record's state, so ``pending`` there means
         "this attempt led to a retry"."""
 
-    async def release(self, job_id: str, owner: str) -> int:
-        """Put every item ``owner`` holds ``running`` back to ``pending``.
-        Returns how many."""
+    async def release(self, job_id: str, owner: str, item_ids: Sequence[str] | None = None) -> int:
+        """Put the items ``owner`` holds ``running`` (every one, or those in
+        ``item_ids``) back to ``pending``. Returns how many."""
 
     async def counts(self, job_id: str) -> dict[str, int]:
         """Items per state; every state in ITEM_STATES is a key."""

@@ -60,6 +60,8 @@ _SCHEMA = (
         level INTEGER NOT NULL,
         state TEXT NOT NULL,
         attempts INTEGER NOT NULL DEFAULT 0,
+        free_attempts INTEGER NOT NULL DEFAULT 0,
+        first_started_at REAL,
         last_model TEXT,
         owner TEXT,
         started_at REAL,
@@ -113,14 +115,15 @@ WHERE rowid IN (
     WHERE job_id = ? AND state = 'pending' AND not_before <= ?
     ORDER BY level, seq LIMIT ?
 )
-RETURNING level, seq, item_id, definition, attempts, last_model
+RETURNING level, seq, item_id, definition, attempts, last_model, free_attempts, first_started_at, error_kind
 """
 _START = """
 UPDATE items SET last_model = ?, started_at = ?
 WHERE job_id = ? AND item_id = ? AND state = 'running' AND owner = ?
 """
 _FINISH = """
-UPDATE items SET state = ?, attempts = ?, last_model = COALESCE(?, last_model), not_before = ?,
+UPDATE items SET state = ?, attempts = ?, free_attempts = free_attempts + ?,
+    first_started_at = COALESCE(first_started_at, ?), last_model = COALESCE(?, last_model), not_before = ?,
     error_kind = ?, error = ?, route = ?, owner = NULL
 WHERE job_id = ? AND item_id = ? AND state = 'running' AND owner = ?
 """
@@ -262,6 +265,14 @@ class SQLiteStore:
             if cur.rowcount != 1:
                 raise KeyError(job_id)
 
+    async def set_job_definition(self, job_id: str, definition: dict[str, Any]) -> None:
+        """Replace the stored definition (a resume that raised the budget, say)."""
+        with self._write() as cur:
+            cur.execute("UPDATE jobs SET definition = ?, updated_at = ? WHERE job_id = ?",
+                        (_dumps(definition), time.time(), job_id))
+            if cur.rowcount != 1:
+                raise KeyError(job_id)
+
     # -- claiming and recording
 
     async def recover(self, job_id: str, owner_alive: Callable[[str], bool]) -> int:
@@ -277,9 +288,17 @@ class SQLiteStore:
             return 0
         return self._release(job_id, dead)
 
-    async def release(self, job_id: str, owner: str) -> int:
-        """Put every item ``owner`` holds running back to pending."""
-        return self._release(job_id, [owner])
+    async def release(self, job_id: str, owner: str, item_ids: Sequence[str] | None = None) -> int:
+        """Put the items ``owner`` holds running (all, or only ``item_ids``) back to pending."""
+        if item_ids is None:
+            return self._release(job_id, [owner])
+        with self._write() as cur:
+            cur.executemany(
+                "UPDATE items SET state = 'pending', owner = NULL "
+                "WHERE job_id = ? AND item_id = ? AND state = 'running' AND owner = ?",
+                [(job_id, item_id, owner) for item_id in item_ids],
+            )
+            return cur.rowcount
 
     def _release(self, job_id: str, owners: list[str]) -> int:
         count = 0
@@ -305,8 +324,8 @@ class SQLiteStore:
         rows.sort()
         loads = json.loads
         return [
-            ClaimedItem(item_id, loads(definition), attempts, last_model)
-            for _level, _seq, item_id, definition, attempts, last_model in rows
+            ClaimedItem(item_id, loads(definition), attempts, last_model, free, first, error_kind)
+            for _level, _seq, item_id, definition, attempts, last_model, free, first, error_kind in rows
         ]
 
     async def next_ready_at(self, job_id: str) -> float | None:
@@ -338,8 +357,8 @@ class SQLiteStore:
                 route = _dumps(rec.route)
                 cur.execute(
                     _FINISH,
-                    (rec.state, rec.attempt, rec.model, rec.not_before, rec.error_kind, rec.error,
-                     route, rec.job_id, rec.item_id, owner),
+                    (rec.state, rec.attempt, int(rec.free), rec.started_at, rec.model, rec.not_before,
+                     rec.error_kind, rec.error, route, rec.job_id, rec.item_id, owner),
                 )
                 ok = cur.rowcount == 1
                 applied.append(ok)

@@ -1,0 +1,182 @@
+"""One attempt at one item: route, reserve budget, respect the model's rate
+limit, call the provider under ``trio.fail_after``, and say how it ended.
+
+The order matters: an item first waits for a usable model, then for budget,
+then for the model's rate limit; ``timeout_per_item`` covers only the
+provider call, so waiting for a limit is never mistaken for a slow reply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .errors import ErrorKind, ProviderError
+from .events import Event
+from .job import Item
+from .jobtype import Result
+from .pool import NoModelLeft
+from .provider import Request
+from .routing import RouteContext
+from .store import ClaimedItem, StartRecord
+from .tokens import estimate_request_tokens
+
+if TYPE_CHECKING:
+    from .kernel import Batch
+
+#: The budget reserves the prompt estimate times this, plus max_tokens: the
+#: estimate is calibrated per model, but a reservation must not fall short.
+BUDGET_PROMPT_MARGIN = 1.25
+#: A reply cut off at max_tokens is retried with max_tokens times this.
+MORE_ROOM = 2
+#: Errors that take a model out of the batch rather than fail the item.
+MODEL_ERRORS = (ErrorKind.AUTH_ERROR, ErrorKind.QUOTA_EXCEEDED)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one attempt ended. ``state`` is completed, failed or retrying."""
+
+    state: str
+    attempt: int
+    model: str | None
+    elapsed: float
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    error_kind: ErrorKind | None = None
+    error: str | None = None
+    retry_delay: float | None = None
+    result: Result | None = None
+    route: dict[str, Any] = field(default_factory=dict)
+    #: True if this attempt does not use up the item's retries (a rate-limit
+    #: rejection, or a model taken out of the batch).
+    free: bool = False
+
+
+class Stop(Exception):
+    """The item cannot start now and goes back to pending; the batch pauses."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+async def run_attempt(batch: "Batch", claimed: ClaimedItem, item: Item) -> Outcome:
+    """Run one attempt. Raises :class:`Stop` when the batch must pause first."""
+    job, plan, pool = batch.job, batch.plan, batch.pool
+    attempt = claimed.attempts + 1
+    t0 = trio.current_time()
+    model: str | None = None
+    route: dict[str, Any] = {}
+    reserved = cost = 0.0
+    response = None
+    try:
+        request = _request(batch, claimed, item, attempt)
+        candidates = [item.model] if item.model else list(plan.models)
+        try:
+            usable = await pool.wait_for_usable(candidates)
+        except NoModelLeft as exc:
+            if item.model and not pool.all_disabled(list(plan.models)):
+                kind, why = pool[item.model].disabled
+                raise ProviderError(kind, f"model {item.model!r} was taken out of the batch: {why}") from None
+            raise Stop(f"no model left: {exc}") from None
+        model, route = _route(batch, item, claimed, usable)
+        state = pool[model]
+        spec = state.spec
+        estimated_prompt = estimate_request_tokens(request)
+        prompt = state.calibrator.apply(estimated_prompt)
+        tpm_cost = prompt + request.max_tokens
+        worst = spec.price.cost(math.ceil(prompt * BUDGET_PROMPT_MARGIN), request.max_tokens)
+        if not await batch.budget.reserve(worst):
+            raise Stop("budget reached")
+        reserved = worst
+        await state.limiter.acquire(tpm_cost)
+
+        await batch.started(StartRecord(job.job_id, item.item_id, model, time.time()))
+        batch.call_hook("loom_item_started", job=job, item=item, attempt=attempt, model=model)
+        batch.emit(Event("item_started", job.job_id, item.item_id, data={
+            "attempt": attempt, "model": model, "project_id": item.project_id, "chapter_num": item.chapter_num}))
+        state.in_flight += 1
+        try:
+            with trio.fail_after(plan.timeout_per_item):
+                response = await batch.providers[model].complete(request)
+        except trio.TooSlowError:
+            raise ProviderError(ErrorKind.TIMEOUT,
+                                f"no reply within timeout_per_item ({plan.timeout_per_item:g}s)") from None
+        finally:
+            state.in_flight -= 1
+        state.limiter.reconcile(tpm_cost, response.input_tokens + response.output_tokens)
+        state.calibrator.observe(estimated_prompt, response.input_tokens)
+        cost = spec.price.cost(response.input_tokens, response.output_tokens)
+        result = batch.job_type.handle_result(item, job, response)
+        return Outcome(state="completed", attempt=attempt, model=model, elapsed=trio.current_time() - t0,
+                       input_tokens=response.input_tokens, output_tokens=response.output_tokens,
+                       cost_usd=cost, result=result, route=route)
+    except ProviderError as exc:
+        if response is not None and not (exc.input_tokens or exc.output_tokens):
+            exc.input_tokens, exc.output_tokens = response.input_tokens, response.output_tokens
+        if model is not None:
+            cost = pool[model].spec.price.cost(exc.input_tokens, exc.output_tokens)
+        return _failure(batch, exc, claimed, attempt, model, t0, route, cost)
+    except Stop:
+        raise
+    except Exception as exc:  # a plugin bug must not take the batch down
+        traceback.print_exc(file=sys.stderr)
+        error = ProviderError(ErrorKind.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+        return _failure(batch, error, claimed, attempt, model, t0, route, cost)
+    finally:
+        batch.budget.settle(reserved, cost)
+
+
+def _request(batch: "Batch", claimed: ClaimedItem, item: Item, attempt: int) -> Request:
+    job = batch.job
+    request = batch.job_type.build_request(item, job)
+    language = item.fields.get("language") or job.language
+    for key, value in (("job_id", job.job_id), ("item_id", item.item_id), ("attempt", attempt),
+                       ("language", language)):
+        request.metadata.setdefault(key, value)  # what the job type set wins
+    if claimed.last_error_kind == ErrorKind.OUTPUT_TRUNCATED:
+        request = dataclasses.replace(request, max_tokens=request.max_tokens * MORE_ROOM)
+    return request
+
+
+def _route(batch: "Batch", item: Item, claimed: ClaimedItem, usable: list[str]) -> tuple[str, dict[str, Any]]:
+    if batch.job.config.model_rotation and claimed.last_model in usable and len(usable) > 1:
+        usable = [m for m in usable if m != claimed.last_model]
+    ctx = RouteContext(usable=usable, attempt=claimed.attempts, previous_model=claimed.last_model,
+                       in_flight=batch.pool.in_flight(), capacity=batch.pool.capacity())
+    choice = batch.strategy.choose(item, ctx)
+    if choice.model not in usable:
+        raise ProviderError(ErrorKind.INTERNAL_ERROR,
+                            f"routing strategy chose {choice.model!r}, which is not usable ({', '.join(usable)})")
+    return choice.model, {**choice.reason, "usable": usable}
+
+
+def _failure(batch: "Batch", exc: ProviderError, claimed: ClaimedItem, attempt: int, model: str | None,
+             t0: float, route: dict[str, Any], cost: float) -> Outcome:
+    common = dict(attempt=attempt, model=model, elapsed=trio.current_time() - t0, input_tokens=exc.input_tokens,
+                  output_tokens=exc.output_tokens, cost_usd=cost, error_kind=exc.kind, route=route)
+    if model is not None and exc.kind is ErrorKind.API_RATE_LIMIT:
+        batch.pool.cool_down(model, exc.retry_after if exc.retry_after is not None else 1.0)
+    if model is not None and exc.kind in MODEL_ERRORS:
+        # The key or the account is the problem, not the item: take the model
+        # out of the batch and let the item try another one.
+        if batch.pool.disable(model, exc.kind, exc.message):
+            batch.control.escalate(f"model {model!r} taken out of the batch: {exc}", model=model,
+                                   error_kind=str(exc.kind))
+        return Outcome(state="retrying", error=exc.message, retry_delay=0.0, free=True, **common)
+    elapsed = time.time() - (claimed.first_started_at or time.time())
+    counted = attempt - claimed.free_attempts
+    decision = batch.policy.decide(exc, counted, batch.plan.max_retries, elapsed)
+    message = exc.message if decision.retry or not decision.reason else f"{exc.message} ({decision.reason})"
+    return Outcome(state="retrying" if decision.retry else "failed", error=message,
+                   retry_delay=decision.delay if decision.retry else None,
+                   free=exc.kind is ErrorKind.API_RATE_LIMIT, **common)

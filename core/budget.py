@@ -1,0 +1,36 @@
+"""A job's ``budget_usd`` at run time."""
+
+from __future__ import annotations
+
+import math
+
+import trio
+
+
+class Budget:
+    """A job's ``budget_usd``: reserve each attempt's worst case before it is
+    sent, settle with the real cost after. Spent plus reserved never passes
+    the limit."""
+
+    def __init__(self, limit: float | None, spent: float) -> None:
+        self.limit = math.inf if limit is None else limit
+        self.spent = spent
+        self.reserved = 0.0
+        self._changed = trio.Event()
+
+    async def reserve(self, amount: float) -> bool:
+        """Wait until ``amount`` fits; False if it cannot fit even once every
+        attempt in flight has settled (the budget is reached)."""
+        while self.spent + self.reserved + amount > self.limit:
+            if self.reserved <= 0:
+                return False
+            changed = self._changed
+            await changed.wait()
+        self.reserved += amount
+        return True
+
+    def settle(self, reserved: float, actual: float) -> None:
+        self.reserved = max(0.0, self.reserved - reserved)
+        self.spent += actual
+        self._changed.set()
+        self._changed = trio.Event()

@@ -1,0 +1,92 @@
+"""The models of one batch at run time: rate limiters, token calibration,
+load, and which models are usable now.
+
+A 429 cools down that model alone; an auth or quota error takes it out of the
+batch. Routing strategies only ever see the usable ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import trio
+
+from .errors import ErrorKind
+from .ratelimit import RateLimiter
+from .settings import ModelSpec
+from .tokens import TokenCalibrator
+
+
+@dataclass
+class ModelState:
+    spec: ModelSpec
+    limiter: RateLimiter
+    calibrator: TokenCalibrator = field(default_factory=TokenCalibrator)
+    in_flight: int = 0
+    #: (error kind, message) once the model is taken out of the batch.
+    disabled: tuple[ErrorKind, str] | None = None
+
+    @property
+    def capacity(self) -> int:
+        return self.spec.max_parallel or 0
+
+
+class NoModelLeft(Exception):
+    """Every model of the batch was taken out (auth or quota errors)."""
+
+
+class ModelPool:
+    def __init__(self, specs: dict[str, ModelSpec]) -> None:
+        self.models = {
+            name: ModelState(spec, RateLimiter(spec.rpm, spec.tpm)) for name, spec in specs.items()
+        }
+        self._changed = trio.Event()
+
+    def __getitem__(self, name: str) -> ModelState:
+        return self.models[name]
+
+    def usable(self, candidates: list[str]) -> list[str]:
+        """Candidates neither taken out nor cooling down after a 429."""
+        now = trio.current_time()
+        return [n for n in candidates if not self.models[n].disabled and self.models[n].limiter.cooling_until <= now]
+
+    async def wait_for_usable(self, candidates: list[str]) -> list[str]:
+        """The usable candidates, waiting for the earliest cool-down to end if
+        there are none. Raises NoModelLeft if none can ever come back."""
+        while True:
+            usable = self.usable(candidates)
+            if usable:
+                return usable
+            alive = [self.models[n] for n in candidates if not self.models[n].disabled]
+            if not alive:
+                raise NoModelLeft("; ".join(f"{n}: {self.models[n].disabled[1]}" for n in candidates))
+            changed = self._changed
+            with trio.move_on_at(min(m.limiter.cooling_until for m in alive)):
+                await changed.wait()
+
+    def disable(self, name: str, kind: ErrorKind, reason: str) -> bool:
+        """Take a model out of the batch; False if it already was."""
+        state = self.models[name]
+        if state.disabled:
+            return False
+        state.disabled = (kind, reason)
+        self._wake()
+        return True
+
+    def cool_down(self, name: str, seconds: float) -> None:
+        self.models[name].limiter.cool_down(seconds)
+        self._wake()
+
+    def all_disabled(self, candidates: list[str]) -> bool:
+        return all(self.models[n].disabled for n in candidates)
+
+    def in_flight(self) -> dict[str, int]:
+        return {n: m.in_flight for n, m in self.models.items()}
+
+    def capacity(self) -> dict[str, int]:
+        return {n: m.capacity for n, m in self.models.items()}
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
