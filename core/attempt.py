@@ -145,6 +145,8 @@ def _request(batch: "Batch", claimed: ClaimedItem, item: Item, attempt: int) -> 
         request.metadata.setdefault(key, value)  # what the job type set wins
     if claimed.last_error_kind == ErrorKind.OUTPUT_TRUNCATED:
         request = dataclasses.replace(request, max_tokens=request.max_tokens * MORE_ROOM)
+    if job.config.stream and not request.stream:
+        request = dataclasses.replace(request, stream=True)
     return request
 
 

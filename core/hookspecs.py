@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .config import Config
     from .job import Item, Job, Plan
     from .kernel import BatchControl, Outcome, Summary
+    from .store import Store
 
 hookspec = pluggy.HookspecMarker("storyloom")
 
@@ -221,7 +222,7 @@ def loom_item_finished(job: "Job", item: "Item", outcome: "Outcome") -> None:
 
 
 @hookspec
-def loom_batch_finished(job: "Job", summary: "Summary") -> None:
+def loom_batch_finished(job: "Job", summary: "Summary", store: "Store") -> None:
     """The batch ended: completed, paused, interrupted or failed.
 
     Called once per run, after the last item's outcome is committed and the
@@ -231,6 +232,12 @@ def loom_batch_finished(job: "Job", summary: "Summary") -> None:
     :param job: the job.
     :param summary: counts by state, cost, duration and ``summary.status``
         (``completed``, ``failed``, ``paused`` or ``interrupted``).
+    :param store: the job's :class:`storyloom.store.Store`, still open. Its
+        methods are async, so read it from the returned callable.
+    :returns: None, or an async callable taking no arguments (work that needs
+        the store, such as ``await storyloom.report.build_report(store, job,
+        summary)``); the kernel awaits each one before the run returns.
 
-    An exception is reported and does not change the exit code.
+    An exception, here or in the returned callable, is reported and does not
+    change the exit code.
     """

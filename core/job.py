@@ -63,6 +63,9 @@ class JobConfig:
     max_retries: int | None = None
     model_rotation: bool = False
     max_tokens: int | None = None
+    #: Ask providers to stream (server-sent events): tokens show as they
+    #: arrive, and an idle stream times out rather than a long one.
+    stream: bool = False
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,7 @@ def job_to_dict(job: Job, *, with_items: bool = False) -> dict[str, Any]:
             "max_retries": job.config.max_retries,
             "model_rotation": job.config.model_rotation,
             "max_tokens": job.config.max_tokens,
+            "stream": job.config.stream,
         },
         "models": list(job.models),
         "routing": job.routing,

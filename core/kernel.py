@@ -192,7 +192,7 @@ class Batch:
                         await provider.aclose()
                     except Exception:
                         traceback.print_exc()
-        self.call_hook("loom_batch_finished", job=self.job, summary=summary)
+        await self._batch_finished(summary)
         return summary
 
     async def _pipeline(self) -> None:
@@ -351,6 +351,22 @@ class Batch:
             send, receive = trio.open_memory_channel[Event](SINK_BUFFER)
             self._sinks.append(send)
             nursery.start_soon(_run_sink, name, sink, receive)
+
+    async def _batch_finished(self, summary: Summary) -> None:
+        try:
+            finishers = self.config.hook.loom_batch_finished(job=self.job, summary=summary, store=self.store)
+        except Exception:
+            print("storyloom: a loom_batch_finished hook raised:", file=sys.stderr)
+            traceback.print_exc(file=sys.stderr)
+            return
+        for finish in finishers:
+            if finish is None:
+                continue
+            try:
+                await finish()
+            except Exception:
+                print("storyloom: work returned by a loom_batch_finished hook failed:", file=sys.stderr)
+                traceback.print_exc(file=sys.stderr)
 
     def call_hook(self, name: str, **kwargs: Any) -> None:
         """Call a notification hook; a plugin that raises is reported, not fatal."""

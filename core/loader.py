@@ -38,6 +38,7 @@ from jsonschema.exceptions import ValidationError, best_match
 from .durations import expand_chapters, parse_duration
 from .errors import ConfigError, ErrorKind, Location
 from .job import Item, Job, JobConfig, Priority
+from .pricing import default_price
 from .settings import BUILTIN_MODELS, BatchLimit, ModelSpec, Price, RetryConfig, RetryDelay, Settings
 
 __all__ = [
@@ -661,17 +662,21 @@ def _model_spec(doc: Document, name: str, entry: dict[str, Any]) -> ModelSpec:
         if name not in BUILTIN_MODELS:
             raise _error(doc, ("models", name), "missing required key 'provider' (which provider calls this model?)")
         provider = BUILTIN_MODELS[name].provider
-    price = entry.get("price", {})
+    model_id = entry.get("model", name)
+    if "price" in entry:
+        price = Price(input=float(entry["price"].get("input", 0.0)), output=float(entry["price"].get("output", 0.0)))
+    else:  # the bundled list price of a known model, or free (a local or simulated one)
+        price = default_price(model_id) or Price()
     return ModelSpec(
         name=name,
         provider=provider,
-        model=entry.get("model", name),
+        model=model_id,
         base_url=entry.get("base_url"),
         api_key_env=entry.get("api_key_env"),
         rpm=_int_or_none(entry.get("rpm")),
         tpm=_int_or_none(entry.get("tpm")),
         max_parallel=_int_or_none(entry.get("max_parallel")),
-        price=Price(input=float(price.get("input", 0.0)), output=float(price.get("output", 0.0))),
+        price=price,
         options={key: value for key, value in entry.items() if key not in _MODEL_KEYS},
     )
 
@@ -850,6 +855,7 @@ class _JobBuilder:
             max_retries=_int_or_none(data.get("max_retries")),
             model_rotation=data.get("model_rotation", False),
             max_tokens=_int_or_none(data.get("max_tokens")),
+            stream=data.get("stream", False),
         )
 
     def items(self, job_level: Priority, job_deadline: datetime | None, models: tuple[str, ...]) -> tuple[Item, ...]:

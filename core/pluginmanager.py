@@ -18,8 +18,18 @@ from . import hookspecs
 from .errors import ConfigError, Location, UsageError
 
 ENTRY_POINT_GROUP = "storyloom"
-#: Bundled plugins, registered under these short names from ``storyloom.plugins``.
-DEFAULT_PLUGINS = ("simulated", "jobtypes", "retry", "routing", "outputs", "progress")
+#: Bundled plugins: short name (what ``-p no:NAME`` blocks) -> module.
+DEFAULT_PLUGINS = {
+    "simulated": "storyloom.plugins.simulated",
+    "openai": "storyloom.plugins.providers.openai",
+    "anthropic": "storyloom.plugins.providers.anthropic",
+    "gemini": "storyloom.plugins.providers.gemini",
+    "jobtypes": "storyloom.plugins.jobtypes",
+    "retry": "storyloom.plugins.retry",
+    "routing": "storyloom.plugins.routing",
+    "outputs": "storyloom.plugins.outputs",
+    "progress": "storyloom.plugins.progress",
+}
 #: Without these the kernel cannot dispatch at all, so ``-p no:`` cannot block them.
 ESSENTIAL_PLUGINS = ("retry", "routing")
 
@@ -43,9 +53,9 @@ def make_plugin_manager(plugin_args: Iterable[str] = (), *, autoload: bool | Non
                 raise UsageError(f"plugin {name!r} is essential and cannot be blocked")
             pm.set_blocked(name)
 
-    for name in DEFAULT_PLUGINS:
+    for name, module in DEFAULT_PLUGINS.items():
         if not pm.is_blocked(name):
-            pm.register(importlib.import_module(f"storyloom.plugins.{name}"), name=name)
+            pm.register(importlib.import_module(module), name=name)
 
     if autoload is None:
         autoload = not os.environ.get("STORYLOOM_DISABLE_PLUGIN_AUTOLOAD")

@@ -50,8 +50,8 @@ class HookRecorder:
         self._record("loom_item_finished", job=job, item=item, outcome=outcome)
 
     @hookimpl
-    def loom_batch_finished(self, job, summary):
-        self._record("loom_batch_finished", job=job, summary=summary)
+    def loom_batch_finished(self, job, summary, store):
+        self._record("loom_batch_finished", job=job, summary=summary, store=store)
 
 
 @dataclass

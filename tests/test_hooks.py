@@ -77,6 +77,7 @@ def test_every_hook_fires(loom, calls):
     assert [c["kind"] for c in calls["sink.event"]][-1] == "batch_finished"
     assert len(calls["provider.aclose"]) == 2
     assert calls["loom_batch_finished"][0]["summary"].status == "completed"
+    assert calls["batch_finished.results"][0]["counts"]["completed"] == 2  # the returned callable was awaited
     finished = {c["item_id"]: c["outcome"] for c in calls["loom_item_finished"]}
     assert finished["a"].state == "completed" and finished["a"].result.text == "HELLO"
 

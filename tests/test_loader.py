@@ -204,7 +204,7 @@ def test_unknown_key_points_at_the_key_and_suggests(tmp_path):
     path = write(tmp_path, BASE + "config:\n  max_parallel: 2\n  max_retires: 3\n")
     assert job_error(path) == (
         f"{path}:8:3: at config.max_retires: unknown key 'max_retires'; did you mean 'max_retries'? "
-        "(known: max_parallel, max_retries, max_tokens, model_rotation, retry_on_failure, timeout_per_item)"
+        "(known: max_parallel, max_retries, max_tokens, model_rotation, retry_on_failure, stream, timeout_per_item)"
     )
 
 

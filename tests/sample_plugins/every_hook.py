@@ -127,5 +127,10 @@ def loom_item_finished(job, item, outcome):
 
 
 @storyloom.hookimpl
-def loom_batch_finished(job, summary):
+def loom_batch_finished(job, summary, store):
     _record("loom_batch_finished", summary=summary)
+
+    async def count_results():
+        _record("batch_finished.results", counts=await store.counts(job.job_id))
+
+    return count_results
