@@ -37,6 +37,8 @@ from .store.owner import make_owner, owner_alive
 CLAIM_BATCH = 256
 COMMIT_BATCH = 512
 SINK_BUFFER = 4096
+#: How many scheduler rounds the writer waits for more outcomes before it commits.
+LINGER_ROUNDS = 3
 
 EXIT_CODES = {"completed": 0, "failed": 1, "paused": 3, "interrupted": 130}
 
@@ -287,11 +289,14 @@ class Batch:
         async with receive:
             async for first in receive:
                 batch = [first]
-                while len(batch) < COMMIT_BATCH:
-                    try:
-                        batch.append(receive.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
+                # Let the tasks that are ready finish their attempts first, so
+                # that one commit carries many outcomes rather than one.
+                for _ in range(LINGER_ROUNDS):
+                    before = len(batch)
+                    _drain(receive, batch)
+                    if len(batch) >= COMMIT_BATCH or len(batch) == before and before > 1:
                         break
+                    await trio.lowlevel.checkpoint()
                 starts = [m for m in batch if isinstance(m, StartRecord)]
                 finished = [m for m in batch if isinstance(m, _Finished)]
                 released = [m.item_id for m in batch if isinstance(m, _Released)]
@@ -389,6 +394,14 @@ async def _run_sink(name: str, sink: Any, receive: trio.MemoryReceiveChannel[Eve
         except Exception:
             print(f"storyloom: progress sink {name!r} failed and was dropped:", file=sys.stderr)
             traceback.print_exc(file=sys.stderr)
+
+
+def _drain(receive: trio.MemoryReceiveChannel[Any], batch: list[Any]) -> None:
+    while len(batch) < COMMIT_BATCH:
+        try:
+            batch.append(receive.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return
 
 
 def _lookup(table: dict[str, Any], name: str, noun: str) -> Any:

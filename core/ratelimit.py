@@ -99,6 +99,9 @@ class RateLimiter:
         FIFO-fair; cancellation while waiting takes nothing.
         """
         tokens = max(0, int(tokens))
+        if not self._queued_requests and self._ready_at(tokens) <= self._clock() + _EPSILON:
+            self._take(tokens)  # nobody waiting and it fits: no need to queue
+            return
         self._queued_requests += 1
         self._queued_tokens += tokens
         try:
@@ -111,14 +114,17 @@ class RateLimiter:
                     changed = self._changed
                     with trio.move_on_at(ready):
                         await changed.wait()  # a refund or cool-down moves the goalposts
-                now = self._clock()
-                if self._requests is not None:
-                    self._requests.take(1, now)
-                if self._tokens is not None:
-                    self._tokens.take(tokens, now)
+                self._take(tokens)
         finally:
             self._queued_requests -= 1
             self._queued_tokens -= tokens
+
+    def _take(self, tokens: int) -> None:
+        now = self._clock()
+        if self._requests is not None:
+            self._requests.take(1, now)
+        if self._tokens is not None:
+            self._tokens.take(tokens, now)
 
     def reconcile(self, reserved: int, actual: int) -> None:
         """Usage is known: charge ``actual - reserved`` tokens (a refund when negative)."""
