@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import time
@@ -71,6 +72,10 @@ async def resume_job(
     if row is None:
         raise UsageError(f"no job {job_id!r} in {options.state_path() if store is None else 'the store'}")
     loaded = job_from_dict(row.definition)
+    if options.budget_usd is not None:  # raising the budget outlives this resume
+        loaded = dataclasses.replace(loaded, budget_usd=options.budget_usd)
+        async with _opened(store, config, options) as writable:
+            await writable.set_job_definition(job_id, job_to_dict(loaded))
     source = Path(loaded.source) if loaded.source and Path(loaded.source).exists() else None
     if config is None:
         config = make_config(options, job_file=source, start_dir=".", extra_plugins=plugins)
