@@ -14,4 +14,16 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 #: Marks a hook implementation: ``@storyloom.hookimpl def loom_...``.
 hookimpl = pluggy.HookimplMarker("storyloom")
 
-__all__ = ["ConfigError", "ErrorKind", "ProviderError", "UsageError", "hookimpl", "__version__"]
+_API = ("run_job", "run_job_sync", "resume_job", "resume_job_sync")
+
+
+def __getattr__(name: str):
+    # Lazy, so that plugins importing ``storyloom.hookimpl`` do not pull in the kernel.
+    if name in _API:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'storyloom' has no attribute {name!r}")
+
+
+__all__ = ["ConfigError", "ErrorKind", "ProviderError", "UsageError", "hookimpl", "__version__", *_API]

@@ -18,7 +18,7 @@ import trio
 from . import __version__
 from .api import resume_job, run_job
 from .config import Options, make_config
-from .errors import UsageError
+from .errors import ConfigError, UsageError
 from .kernel import Summary
 from .store.sqlite import SQLiteStore
 
@@ -221,9 +221,9 @@ def _duration(text: str) -> float:
     from .loader import parse_duration
 
     try:
-        return parse_duration(text)
-    except UsageError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        return parse_duration(text, positive=True)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
 
 
 if __name__ == "__main__":

@@ -706,6 +706,8 @@ def _retry_config(doc: Document, data: dict[str, Any]) -> RetryConfig:
         retryable_errors=retryable,
         non_retryable_errors=non_retryable,
         policy=data.get("policy", defaults.policy),
+        rate_limit_timeout=_duration(doc, ("retry_config", "rate_limit_timeout"), defaults.rate_limit_timeout,
+                                     positive=True),
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -143,11 +144,16 @@ def test_usage_errors_exit_2(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigint_puts_running_items_back_and_exits_130(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_puts_running_items_back_and_exits_130(tmp_path, signum):
     project(tmp_path, n=40, latency=300, parallel=4)
     proc = popen("run", "jobs/cli-job.yaml", "--grace-period", "0.1s", cwd=tmp_path)
     wait_for_completed(tmp_path / ".storyloom" / "storyloom.db", "cli-job", 4)
-    proc.send_signal(signal.SIGINT)
+    status = json.loads(cli("status", "cli-job", "--json", cwd=tmp_path).stdout)
+    assert status["state"] == "running"
+    assert status["running"] and all(r["model"] == "sim" for r in status["running"])
+    assert len(status["running"]) <= 4
+    proc.send_signal(signum)
     stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, stdout + stderr
     assert "storyloom resume cli-job" in stderr
@@ -187,3 +193,14 @@ def test_sigkill_mid_run_then_resume_completes_every_item_exactly_once(tmp_path)
     assert results == 60
     leftovers = [p.name for p in (tmp_path / "storyloom-out" / "cli-job").iterdir() if "tmp" in p.name]
     assert leftovers == []
+
+
+def test_the_seed_job_definition_runs_end_to_end(tmp_path):
+    """The studio's own example, exactly as the seed wrote it."""
+    shutil.copy(ROOT / "tests" / "data" / "seed_job.json", tmp_path / "seed_job.json")
+    (tmp_path / "storyloom.yaml").write_text("models: {simulated: {latency_ms: 0}}\n")
+    out = cli("run", "seed_job.json", "-q", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "batch-2025-01-15-001: completed" in out.stdout and "2/2 completed" in out.stdout
+    assert sorted(p.name for p in (tmp_path / "storyloom-out" / "batch-2025-01-15-001").glob("*.md"))[:2] == [
+        "item-001.md", "item-002.md"]

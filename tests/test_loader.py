@@ -675,3 +675,13 @@ def test_schemas_are_package_data():
 def test_aware_datetimes_everywhere():
     job = load_job(DATA / "job_full.yaml", load_settings(DATA / "settings_full.yaml"), KNOWN, now=NOW)
     assert job.created_at.utcoffset() == timedelta(0)
+
+
+def test_rate_limit_timeout_is_a_positive_duration(tmp_path):
+    path = tmp_path / "storyloom.yaml"
+    path.write_text("retry_config: {rate_limit_timeout: 5m}\n")
+    assert load_settings(path).retry_config.rate_limit_timeout == 300.0
+    path.write_text("retry_config: {rate_limit_timeout: 0s}\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert str(info.value).startswith(f"{path}:1:36: at retry_config.rate_limit_timeout: expected a duration greater")
