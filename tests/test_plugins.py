@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -161,3 +162,16 @@ def test_a_misspelt_hook_is_caught_by_check_pending():
     pm.register(Typo(), name="typo")
     with pytest.raises(UsageError, match="loom_item_finsihed"):
         check(pm)
+
+
+def test_plugins_listed_in_a_job_are_loaded_for_that_job(tmp_path):
+    (tmp_path / "jobplug.py").write_text(THIRD_PARTY.replace("alphabetical", "from-job"))
+    (tmp_path / "storyloom.yaml").write_text("models: {b: {provider: simulated, latency_ms: 0}, "
+                                             "a: {provider: simulated, latency_ms: 0}}\n")
+    (tmp_path / "job.yaml").write_text(
+        "job_id: jp\njob_type: qc_processing\nplugins: [jobplug]\nmodels: [b, a]\n"
+        "routing: {strategy: from-job}\nitems:\n  - {item_id: x}\n")
+    out = storyloom("run", "job.yaml", "-q", cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    status = json.loads(storyloom("status", "jp", "--json", cwd=tmp_path).stdout)
+    assert set(status["by_model"]) == {"a"}  # chosen by the job's own plugin
