@@ -57,6 +57,7 @@ class Config:
     #: Plugin state, keyed by a name the plugin owns (pytest's stash, simply).
     stash: dict[str, Any] = field(default_factory=dict)
     _configured: bool = False
+    _registered: list[object] = field(default_factory=list)
 
     @property
     def hook(self) -> Any:
@@ -120,6 +121,12 @@ class Config:
         return Plan(job=job, max_parallel=max_parallel, timeout_per_item=timeout, max_retries=max_retries,
                     retry=retry, models=models, routing=routing)
 
+    def register_plugin(self, plugin: object, name: str) -> None:
+        """Register a plugin object for this config's lifetime (typically from
+        ``loom_configure``); it is unregistered when the config closes."""
+        self.pluginmanager.register(plugin, name=name)
+        self._registered.append(plugin)
+
     def configure(self) -> None:
         if not self._configured:
             self._configured = True
@@ -128,7 +135,11 @@ class Config:
     def close(self) -> None:
         if self._configured:
             self._configured = False
-            self.hook.loom_unconfigure(config=self)
+            try:
+                self.hook.loom_unconfigure(config=self)
+            finally:
+                while self._registered:
+                    self.pluginmanager.unregister(self._registered.pop())
 
     def __enter__(self) -> "Config":
         self.configure()

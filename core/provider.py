@@ -6,8 +6,14 @@ built once per model per batch; the kernel owns their lifetime (``aclose``).
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, runtime_checkable
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .settings import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,17 @@ class Response:
     output_tokens: int
     finish_reason: str = "stop"
     model: str | None = None  # the provider's model id that answered
+
+
+def merge_options(spec: "ModelSpec", defaults: Mapping[str, Any], provider: str) -> dict[str, Any]:
+    """A model entry's provider options over ``defaults``; an unknown option is
+    a ConfigError that suggests the close one."""
+    for key in spec.options:
+        if key not in defaults:
+            close = difflib.get_close_matches(key, list(defaults), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(defaults)})"
+            raise ConfigError("settings", f"models.{spec.name}", f"unknown option {key!r} for the {provider} provider{hint}")
+    return {**defaults, **spec.options}
 
 
 @runtime_checkable

@@ -26,11 +26,4 @@ class OutputWriter:
 
 @hookimpl
 def loom_configure(config):
-    config.pluginmanager.register(OutputWriter(config), name="outputs-writer")
-
-
-@hookimpl
-def loom_unconfigure(config):
-    writer = config.pluginmanager.get_plugin("outputs-writer")
-    if writer is not None:
-        config.pluginmanager.unregister(writer)
+    config.register_plugin(OutputWriter(config), name="outputs-writer")

@@ -20,14 +20,13 @@ see the same faults in the same places, whatever the concurrency.
 
 from __future__ import annotations
 
-import difflib
 import random
 from typing import Any
 
 import trio
 
 from storyloom import ConfigError, ErrorKind, ProviderError, hookimpl
-from storyloom.provider import Request, Response
+from storyloom.provider import Request, Response, merge_options
 from storyloom.settings import ModelSpec
 
 OPTIONS = {"latency_ms": 200.0, "output_tokens": 400, "errors": {}, "retry_after": 1.0, "hang": 0.0, "seed": 0}
@@ -50,12 +49,7 @@ ERROR_MESSAGES = {
 
 def _options(spec: ModelSpec) -> dict[str, Any]:
     where = f"models.{spec.name}"
-    for key in spec.options:
-        if key not in OPTIONS:
-            close = difflib.get_close_matches(key, OPTIONS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(OPTIONS)})"
-            raise ConfigError("settings", where, f"unknown option {key!r} for the simulated provider{hint}")
-    opts = {**OPTIONS, **spec.options}
+    opts = merge_options(spec, OPTIONS, "simulated")
     errors = {}
     for kind, rate in dict(opts["errors"]).items():
         if kind not in ERROR_MESSAGES:

@@ -19,7 +19,6 @@ httpx runs on trio through anyio, so these providers work inside the kernel.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import email.utils
 import json
 import logging
@@ -33,7 +32,7 @@ import httpx
 import trio
 
 from storyloom import ConfigError, ErrorKind, ProviderError
-from storyloom.provider import Request, Response
+from storyloom.provider import Request, Response, merge_options
 from storyloom.settings import ModelSpec
 from storyloom.tokens import estimate_request_tokens, estimate_tokens
 
@@ -480,14 +479,8 @@ class HTTPProvider:
         return text
 
     def _check_options(self, spec: ModelSpec) -> dict[str, Any]:
-        known = {**COMMON_OPTIONS, **self.options}
         where = f"models.{spec.name}"
-        for key in spec.options:
-            if key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(known)})"
-                raise ConfigError("settings", where, f"unknown option {key!r} for the {self.name} provider{hint}")
-        opts = {**known, **spec.options}
+        opts = merge_options(spec, {**COMMON_OPTIONS, **self.options}, self.name)
         for key in COMMON_OPTIONS:
             value = opts[key]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
