@@ -28,6 +28,7 @@ import trio
 from storyloom import ConfigError, ErrorKind, ProviderError, hookimpl
 from storyloom.provider import Request, Response, merge_options
 from storyloom.settings import ModelSpec
+from storyloom.tokens import estimate_request_tokens
 
 OPTIONS = {"latency_ms": 200.0, "output_tokens": 400, "errors": {}, "retry_after": 1.0, "hang": 0.0, "seed": 0}
 
@@ -76,7 +77,9 @@ class SimulatedProvider:
             await trio.lowlevel.checkpoint()
         if rng.random() < self.opts["hang"]:
             await trio.sleep_forever()
-        input_tokens = sum(_estimate_tokens(m["content"]) for m in request.messages)
+        # The same estimate the kernel plans with: a real provider's count
+        # differs, and the kernel's per-model calibration is tested against that.
+        input_tokens = estimate_request_tokens(request)
         draw = rng.random()
         for kind, rate in self.opts["errors"].items():
             if draw < rate:
@@ -91,14 +94,6 @@ class SimulatedProvider:
 
     async def aclose(self) -> None:
         pass
-
-
-def _estimate_tokens(text: str) -> int:
-    # Rough: Latin text is ~4 characters a token; Thai and other scripts ~1.
-    if text.isascii():
-        return max(1, len(text) // 4)
-    non_ascii = len(text) - len(text.encode("ascii", "ignore"))
-    return max(1, (len(text) - non_ascii) // 4 + non_ascii)
 
 
 @hookimpl
