@@ -76,7 +76,8 @@ async def run_attempt(batch: "Batch", claimed: ClaimedItem, item: Item) -> Outco
     t0 = trio.current_time()
     model: str | None = None
     route: dict[str, Any] = {}
-    reserved = cost = 0.0
+    reserved: float | None = None
+    cost = 0.0
     response = None
     try:
         request = _request(batch, claimed, item, attempt)
@@ -88,24 +89,31 @@ async def run_attempt(batch: "Batch", claimed: ClaimedItem, item: Item) -> Outco
                 kind, why = pool[item.model].disabled
                 raise ProviderError(kind, f"model {item.model!r} was taken out of the batch: {why}") from None
             raise Stop(f"no model left: {exc}") from None
-        model, route = _route(batch, item, claimed, usable)
+        estimated_prompt = estimate_request_tokens(request)
+        model, route = _route(batch, item, claimed, usable, request, estimated_prompt)
         state = pool[model]
         spec = state.spec
-        estimated_prompt = estimate_request_tokens(request)
         prompt = state.calibrator.apply(estimated_prompt)
         tpm_cost = prompt + request.max_tokens
         worst = spec.price.cost(math.ceil(prompt * BUDGET_PROMPT_MARGIN), request.max_tokens)
-        if not await batch.budget.reserve(worst):
-            raise Stop("budget reached")
-        reserved = worst
-        await state.limiter.acquire(tpm_cost)
-
-        await batch.started(StartRecord(job.job_id, item.item_id, model, time.time()))
-        batch.call_hook("loom_item_started", job=job, item=item, attempt=attempt, model=model)
-        batch.emit(Event("item_started", job.job_id, item.item_id, data={
-            "attempt": attempt, "model": model, "project_id": item.project_id, "chapter_num": item.chapter_num}))
+        # Load-based strategies count an attempt from the moment it is routed:
+        # "reserved" until it may send, then "in flight" until the reply is in.
+        # No checkpoint between routing and counting, so concurrent routes see it.
+        state.reserved += 1
+        try:
+            if not await batch.budget.reserve(worst):
+                raise Stop("budget reached")
+            reserved = worst
+            await state.limiter.acquire(tpm_cost)
+        finally:
+            state.reserved -= 1
         state.in_flight += 1
         try:
+            await batch.started(StartRecord(job.job_id, item.item_id, model, time.time()))
+            batch.call_hook("loom_item_started", job=job, item=item, attempt=attempt, model=model)
+            batch.emit(Event("item_started", job.job_id, item.item_id, data={
+                "attempt": attempt, "model": model, "project_id": item.project_id,
+                "chapter_num": item.chapter_num}))
             with trio.fail_after(plan.timeout_per_item):
                 response = await batch.providers[model].complete(request)
         except trio.TooSlowError:
@@ -133,7 +141,8 @@ async def run_attempt(batch: "Batch", claimed: ClaimedItem, item: Item) -> Outco
         error = ProviderError(ErrorKind.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
         return _failure(batch, error, claimed, attempt, model, t0, route, cost)
     finally:
-        batch.budget.settle(reserved, cost)
+        if reserved is not None:
+            batch.budget.settle(reserved, cost)
 
 
 def _request(batch: "Batch", claimed: ClaimedItem, item: Item, attempt: int) -> Request:
@@ -150,11 +159,22 @@ def _request(batch: "Batch", claimed: ClaimedItem, item: Item, attempt: int) -> 
     return request
 
 
-def _route(batch: "Batch", item: Item, claimed: ClaimedItem, usable: list[str]) -> tuple[str, dict[str, Any]]:
+def _route(batch: "Batch", item: Item, claimed: ClaimedItem, usable: list[str], request: Request,
+           estimated_prompt: int) -> tuple[str, dict[str, Any]]:
     if batch.job.config.model_rotation and claimed.last_model in usable and len(usable) > 1:
         usable = [m for m in usable if m != claimed.last_model]
-    ctx = RouteContext(usable=usable, attempt=claimed.attempts, previous_model=claimed.last_model,
-                       in_flight=batch.pool.in_flight(), capacity=batch.pool.capacity())
+    pool = batch.pool
+    now = trio.current_time()
+    prompt = {m: pool[m].calibrator.apply(estimated_prompt) for m in usable}
+    ctx = RouteContext(
+        usable=usable, attempt=claimed.attempts, previous_model=claimed.last_model,
+        in_flight=pool.in_flight(), capacity=pool.capacity(),
+        reserved={m: s.reserved for m, s in pool.models.items()},
+        rate_wait={m: max(0.0, pool[m].limiter.next_free_at(prompt[m] + request.max_tokens) - now) for m in usable},
+        prices={m: pool[m].spec.price for m in usable},
+        prompt_tokens=prompt,
+        output_tokens={m: request.max_tokens for m in usable},
+    )
     choice = batch.strategy.choose(item, ctx)
     if choice.model not in usable:
         raise ProviderError(ErrorKind.INTERNAL_ERROR,

@@ -16,21 +16,26 @@ class Budget:
         self.limit = math.inf if limit is None else limit
         self.spent = spent
         self.reserved = 0.0
+        self._holders = 0  # reservations not yet settled
         self._changed = trio.Event()
 
     async def reserve(self, amount: float) -> bool:
         """Wait until ``amount`` fits; False if it cannot fit even once every
         attempt in flight has settled (the budget is reached)."""
         while self.spent + self.reserved + amount > self.limit:
-            if self.reserved <= 0:
+            if not self._holders:
                 return False
             changed = self._changed
             await changed.wait()
         self.reserved += amount
+        self._holders += 1
         return True
 
     def settle(self, reserved: float, actual: float) -> None:
-        self.reserved = max(0.0, self.reserved - reserved)
+        """End one reservation made by :meth:`reserve`, charging ``actual``."""
+        self._holders -= 1
+        # Float sums leave residue (0.1 * 3 - 0.1 * 3 != 0): the count decides emptiness.
+        self.reserved = max(0.0, self.reserved - reserved) if self._holders else 0.0
         self.spent += actual
         self._changed.set()
         self._changed = trio.Event()

@@ -17,9 +17,12 @@ import trio
 
 from . import __version__
 from .api import resume_job, run_job
+from .atomic import write_atomic
 from .config import Options, make_config
 from .errors import ConfigError, UsageError
+from .job import job_from_dict
 from .kernel import Summary
+from .report import build_report, snapshot
 from .store.sqlite import SQLiteStore
 
 EXIT_USAGE = 2
@@ -62,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", parents=[common], help="counts, running items and cost of a job")
     p.add_argument("job_id", nargs="?")
     p.add_argument("--json", action="store_true")
+    p = sub.add_parser("report", parents=[common], help="render a job's report (also while it runs or is paused)")
+    p.add_argument("job_id")
+    p.add_argument("--format", default="md", help="a report renderer: md (default), json, html, or a plugin's")
+    p.add_argument("--out", help="write to this file instead of standard output")
     sub.add_parser("plugins", parents=[common], help="list plugins and the hooks they implement")
     return parser
 
@@ -173,6 +180,36 @@ def _print_status(data: dict[str, Any]) -> None:
           f"{data['attempts']} attempts)")
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    options = _options(args)
+    state_dir = options.state_path()
+    if not (state_dir / "storyloom.db").exists():
+        raise UsageError(f"no store in {state_dir} (run a job first, or pass --state-dir)")
+    with make_config(options, start_dir=".") as config:
+        renderer = config.registries.renderers.get(args.format)
+        if renderer is None:
+            known = ", ".join(sorted(config.registries.renderers))
+            raise UsageError(f"unknown report format {args.format!r} (known: {known})")
+        report = trio.run(_report_data, state_dir, args.job_id)
+    _file_name, text = renderer(report)
+    if args.out:
+        write_atomic(Path(args.out), text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+async def _report_data(state_dir: Path, job_id: str) -> dict[str, Any]:
+    store = SQLiteStore.open(state_dir)
+    try:
+        row = await store.get_job(job_id)
+        if row is None:
+            raise UsageError(f"no job {job_id!r} in {state_dir}")
+        return await build_report(store, job_from_dict(row.definition), await snapshot(store, row))
+    finally:
+        await store.aclose()
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     with make_config(_options(args), start_dir=".") as config:
         pm = config.pluginmanager
@@ -190,7 +227,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "resume": cmd_resume, "status": cmd_status,
-            "plugins": cmd_plugins}
+            "report": cmd_report, "plugins": cmd_plugins}
 
 
 # -- argument types: bad values are usage errors with the flag's own words

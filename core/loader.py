@@ -39,7 +39,17 @@ from .durations import expand_chapters, parse_duration
 from .errors import ConfigError, ErrorKind, Location
 from .job import Item, Job, JobConfig, Priority
 from .pricing import default_price
-from .settings import BUILTIN_MODELS, BatchLimit, ModelSpec, Price, RetryConfig, RetryDelay, Settings
+from .settings import (
+    BUILTIN_MODELS,
+    BatchLimit,
+    FailurePolicy,
+    ModelSpec,
+    Price,
+    RetryConfig,
+    RetryDelay,
+    Settings,
+    Webhook,
+)
 
 __all__ = [
     "Document",
@@ -64,6 +74,11 @@ MAX_NODES = 100_000  # values after expanding aliases
 MAX_DEPTH = 64
 #: Items in one job after expanding chapter ranges.
 MAX_ITEMS = 100_000
+#: A job's ``input:`` JSONL file (the OpenAI Batch API's own limit for one file).
+MAX_INPUT_BYTES = 200 * 1024 * 1024
+#: What each line of an ``input:`` file holds: the Batch API's request fields.
+_INPUT_KEYS = ("custom_id", "method", "url", "body")
+_INPUT_URL = "/v1/chat/completions"
 
 PathKey = tuple[str | int, ...]
 
@@ -648,6 +663,8 @@ def settings_from_document(doc: Document) -> Settings:
         plugins=tuple(data.get("plugins", defaults.plugins)),
         progress=tuple(data.get("progress", defaults.progress)),
         reports=tuple(data.get("reports", defaults.reports)),
+        webhooks=tuple(_webhook(doc, i, entry) for i, entry in enumerate(data.get("webhooks", ()))),
+        failure_policy=_failure_policy(doc, data.get("failure_policy", {})),
         grace_period=_duration(doc, ("grace_period",), defaults.grace_period),
         synchronous=data.get("synchronous", defaults.synchronous),
     )
@@ -686,6 +703,32 @@ def _batch_limit(doc: Document, job_type: str, entry: dict[str, Any]) -> BatchLi
         max_parallel=_int_or_none(entry.get("max_parallel")),
         timeout_per_item=_duration(doc, ("batch_limits", job_type, "timeout_per_item"), None, positive=True),
     )
+
+
+def _webhook(doc: Document, index: int, entry: dict[str, Any]) -> Webhook:
+    if ("url" in entry) == ("url_env" in entry):
+        raise _error(doc, ("webhooks", index), "give either url or url_env (the variable holding the URL)")
+    defaults = Webhook()
+    return Webhook(
+        url=entry.get("url"),
+        url_env=entry.get("url_env"),
+        events=tuple(entry.get("events", defaults.events)),
+        timeout=_duration(doc, ("webhooks", index, "timeout"), defaults.timeout),
+        retries=int(entry.get("retries", defaults.retries)),
+    )
+
+
+def _failure_policy(doc: Document, data: dict[str, Any]) -> FailurePolicy:
+    defaults = FailurePolicy()
+    policy = FailurePolicy(
+        min_items=int(data.get("min_items", defaults.min_items)),
+        notify_from=float(data.get("notify_from", defaults.notify_from)),
+        pause_above=float(data.get("pause_above", defaults.pause_above)),
+    )
+    if policy.notify_from > policy.pause_above:
+        raise _error(doc, ("failure_policy", "notify_from"),
+                     f"notify_from ({policy.notify_from:g}) is above pause_above ({policy.pause_above:g})")
+    return policy
 
 
 def _retry_config(doc: Document, data: dict[str, Any]) -> RetryConfig:
@@ -811,10 +854,14 @@ class _JobBuilder:
             _check_name("routing strategy", routing["strategy"], self.known.strategies, self.fail(strategy_path))
         explicit = Priority[data.get("priority", "normal").upper()]
         deadline = self.when(("deadline",))
+        if "input" in data:
+            items = self.input_items(explicit, deadline)
+        else:
+            items = self.items(explicit, deadline, models or self.settings.default_models)
         return Job(
             job_id=data["job_id"],
             job_type=data["job_type"],
-            items=self.items(explicit, deadline, models or self.settings.default_models),
+            items=items,
             priority=Priority.from_deadline(deadline, self.now, explicit) if deadline else explicit,
             created_at=self.when(("created_at",)),
             deadline=deadline,
@@ -876,6 +923,41 @@ class _JobBuilder:
                     raise _error(self.doc, id_path, f"the job has more than {MAX_ITEMS:,} items")
         return tuple(items)
 
+    def input_items(self, job_level: Priority, job_deadline: datetime | None) -> tuple[Item, ...]:
+        """Items from ``input:``, a JSONL file in the OpenAI Batch API input
+        format: item_id is the line's custom_id, the body goes in the fields."""
+        path = Path(self.doc.file).parent / self.data["input"]
+        file = str(path)
+        try:
+            with path.open("rb") as stream:
+                raw = stream.read(MAX_INPUT_BYTES + 1)
+        except OSError as err:
+            reason = "file not found" if isinstance(err, FileNotFoundError) else err.strerror or str(err)
+            raise _error(self.doc, ("input",), f"cannot read {file}: {reason}") from None
+        if len(raw) > MAX_INPUT_BYTES:
+            raise _error(self.doc, ("input",), f"{file} is larger than {MAX_INPUT_BYTES // (1024 * 1024)} MB")
+        level = Priority.from_deadline(job_deadline, self.now, job_level) if job_deadline else job_level
+        fields = {"language": self.data["language"]} if "language" in self.data else {}
+        items: list[Item] = []
+        first_line: dict[str, int] = {}
+        # split, not splitlines: JSON strings may hold U+2028 and friends unescaped.
+        for number, line in enumerate(_decode(raw, file).split("\n"), 1):
+            if not line.strip():
+                continue
+            entry = _input_line(line, file, number)
+            custom_id = entry["custom_id"]
+            if custom_id in first_line:
+                raise ConfigError(Location(file, number, 1), "custom_id",
+                                  f"duplicate custom_id '{custom_id}' (first on line {first_line[custom_id]})")
+            first_line[custom_id] = number
+            items.append(Item(item_id=custom_id, priority=level, deadline=job_deadline,
+                              fields={**fields, "body": entry["body"]}))
+            if len(items) > MAX_ITEMS:
+                raise ConfigError(Location(file, number, 1), "", f"the job has more than {MAX_ITEMS:,} items")
+        if not items:
+            raise _error(self.doc, ("input",), f"{file} holds no requests")
+        return tuple(items)
+
     def expand(self, entry: dict[str, Any], path: PathKey, job_level: Priority,
                job_deadline: datetime | None, models: tuple[str, ...]) -> Iterable[tuple[Item, PathKey]]:
         """The item(s) one entry stands for, each with the path its id came from."""
@@ -921,7 +1003,8 @@ class _JobBuilder:
     def fields(self, entry: dict[str, Any]) -> dict[str, Any]:
         """What the item's template sees besides ids: genre, language (default:
         the job's), title, prompt, and ``vars`` kept as one nested mapping."""
-        fields = {key: entry[key] for key in ("genre", "language", "title", "prompt", "vars") if key in entry}
+        fields = {key: entry[key] for key in ("genre", "language", "title", "prompt", "messages", "vars")
+                  if key in entry}
         if "language" not in fields and "language" in self.data:
             fields["language"] = self.data["language"]
         return fields
@@ -930,6 +1013,41 @@ class _JobBuilder:
 # ---------------------------------------------------------------------------
 # Small shared helpers
 # ---------------------------------------------------------------------------
+
+
+def _input_line(line: str, file: str, number: int) -> dict[str, Any]:
+    """One request of an ``input:`` file, checked; errors name the file and line."""
+    try:
+        entry = json.loads(line)
+    except ValueError as err:
+        column = getattr(err, "colno", 1)
+        raise ConfigError(Location(file, number, column), "", f"invalid JSON: {getattr(err, 'msg', err)}") from None
+    where = Location(file, number, 1)
+    if not isinstance(entry, dict):
+        raise ConfigError(where, "", f"expected a request object ({', '.join(_INPUT_KEYS)}), got {describe(entry)}")
+    for key in entry:
+        if key not in _INPUT_KEYS:
+            raise ConfigError(where, format_path((key,)), unknown_name("key", key, _INPUT_KEYS))
+    for key in _INPUT_KEYS:
+        if key not in entry:
+            raise ConfigError(where, "", f"missing required key '{key}'")
+    identifier = schema("job.schema.json")["$defs"]["identifier"]
+    custom_id = entry["custom_id"]
+    if not isinstance(custom_id, str) or not re.fullmatch(identifier["pattern"], custom_id):
+        raise ConfigError(where, "custom_id", "custom_id becomes the item_id: "
+                          + identifier["x-message"].replace("{got}", describe(custom_id)))
+    if entry["method"] != "POST":
+        raise ConfigError(where, "method", f"expected POST, got {describe(entry['method'])}")
+    if entry["url"] != _INPUT_URL:
+        raise ConfigError(where, "url", f"expected {_INPUT_URL} (only chat requests are supported), "
+                                        f"got {describe(entry['url'])}")
+    body = entry["body"]
+    if not isinstance(body, dict):
+        raise ConfigError(where, "body", f"expected a chat completions request body, got {describe(body)}")
+    if not isinstance(body.get("messages"), list) or not body["messages"]:
+        raise ConfigError(where, "body.messages", f"expected a non-empty list of messages, got "
+                                                  f"{describe(body.get('messages'))}")
+    return entry
 
 
 def _error(doc: Document, path: PathKey, message: str) -> ConfigError:

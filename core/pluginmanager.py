@@ -25,10 +25,16 @@ DEFAULT_PLUGINS = {
     "anthropic": "storyloom.plugins.providers.anthropic",
     "gemini": "storyloom.plugins.providers.gemini",
     "jobtypes": "storyloom.plugins.jobtypes",
+    "prompts": "storyloom.plugins.prompts",
     "retry": "storyloom.plugins.retry",
     "routing": "storyloom.plugins.routing",
     "outputs": "storyloom.plugins.outputs",
     "progress": "storyloom.plugins.progress",
+    "terminal": "storyloom.plugins.terminal",
+    "eventlog": "storyloom.plugins.eventlog",
+    "webhook": "storyloom.plugins.webhook",
+    "failure_policy": "storyloom.plugins.failure_policy",
+    "reports": "storyloom.plugins.reports",
 }
 #: Without these the kernel cannot dispatch at all, so ``-p no:`` cannot block them.
 ESSENTIAL_PLUGINS = ("retry", "routing")

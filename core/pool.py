@@ -22,7 +22,8 @@ class ModelState:
     spec: ModelSpec
     limiter: RateLimiter
     calibrator: TokenCalibrator = field(default_factory=TokenCalibrator)
-    in_flight: int = 0
+    in_flight: int = 0  # requests sent, reply not yet in
+    reserved: int = 0  # routed here, waiting for budget or the rate limiter
     #: (error kind, message) once the model is taken out of the batch.
     disabled: tuple[ErrorKind, str] | None = None
 

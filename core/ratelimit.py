@@ -10,6 +10,22 @@ A request that needs more than the bucket can ever hold is let through when
 the bucket is full, and the overdraft is paid back before anyone else goes:
 big requests never deadlock and the long-run rate still holds.
 
+Two things keep a limiter set to the provider's own numbers from drawing
+429s (``bench/ratelimit.py`` measures both):
+
+* Requests reach the server later than they leave the limiter, and not all
+  by the same amount: the first burst opens new connections (a handshake,
+  a server thread), later requests reuse them. The server's bucket is then
+  drained later than ours and is short when a fast request arrives. The
+  limiter keeps ``headroom`` seconds of the bucket in hand (0.1 s: two
+  requests of a 1,200 RPM burst), which absorbs that much jitter and never
+  lowers the long-run rate.
+* OpenAI counts ``max_tokens`` against TPM when a request arrives and gives
+  back nothing when the reply is shorter; so ``reconcile`` only charges
+  (a prompt that turned out bigger than estimated) unless the limiter is
+  built with ``refund_unused=True``, for a provider that does give the
+  unused tokens back (Anthropic's output-token limit).
+
 Waiters are served first come, first served: one waiter at a time (the head)
 watches the clock; the others queue behind it on a fair lock. Use one
 limiter per model; the kernel holds them. ``clock`` must be trio's clock (or
@@ -30,21 +46,26 @@ __all__ = ["RateLimiter", "parse_reset"]
 
 #: Float sums of intervals drift; a nanosecond early is on time.
 _EPSILON = 1e-9
+#: Seconds of each bucket kept in hand for network jitter (see above).
+DEFAULT_HEADROOM = 0.1
 
 
 class _Budget:
     """One GCRA: ``rate`` units a minute, holding at most ``capacity`` units."""
 
-    def __init__(self, per_minute: float, burst_seconds: float, minimum: float) -> None:
+    def __init__(self, per_minute: float, burst_seconds: float, minimum: float, headroom: float = 0.0) -> None:
         self.interval = 60.0 / per_minute  # seconds per unit
         self.capacity = max(minimum, per_minute * burst_seconds / 60.0)
+        self.headroom = headroom
         self.tat = -math.inf
 
-    def ready_at(self, units: float) -> float:
+    def ready_at(self, units: float, tat: float | None = None) -> float:
         """Earliest time ``units`` may go (capped at the capacity so that huge
-        requests wait only for a full bucket)."""
+        requests wait only for a full bucket), keeping ``headroom`` seconds of
+        the bucket unused but never asking for more than a full bucket."""
         need = min(units, self.capacity)
-        return self.tat - (self.capacity - need) * self.interval
+        slack = max(0.0, (self.capacity - need) * self.interval - self.headroom)
+        return (self.tat if tat is None else tat) - slack
 
     def take(self, units: float, now: float) -> None:
         self.tat = max(self.tat, now) + units * self.interval
@@ -64,6 +85,8 @@ class RateLimiter:
     ``await acquire(tokens)`` before each request with its estimated TPM
     cost; ``reconcile(reserved, actual)`` once usage is known; ``cool_down``
     after a 429; ``update_from_headers`` with every response's headers.
+    ``headroom`` (seconds of the bucket kept in hand) and ``refund_unused``
+    are explained in the module's docstring.
     """
 
     def __init__(
@@ -74,17 +97,22 @@ class RateLimiter:
         clock: Callable[[], float] = trio.current_time,
         *,
         wall_clock: Callable[[], float] = time.time,
+        headroom: float = DEFAULT_HEADROOM,
+        refund_unused: bool = False,
     ) -> None:
         if burst_seconds <= 0:
             raise ValueError("burst_seconds must be positive")
+        if headroom < 0:
+            raise ValueError("headroom must not be negative")
         for name, value in (("rpm", rpm), ("tpm", tpm)):
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive or None")
         self.rpm, self.tpm, self.burst_seconds = rpm, tpm, burst_seconds
+        self.refund_unused = refund_unused
         self._clock = clock
         self._wall_clock = wall_clock
-        self._requests = _Budget(rpm, burst_seconds, 1.0) if rpm else None
-        self._tokens = _Budget(tpm, burst_seconds, 1.0) if tpm else None
+        self._requests = _Budget(rpm, burst_seconds, 1.0, headroom) if rpm else None
+        self._tokens = _Budget(tpm, burst_seconds, 1.0, headroom) if tpm else None
         self._cool_until = -math.inf
         self._lock = trio.Lock()  # trio's Lock is fair: FIFO among waiters
         self._changed = trio.Event()
@@ -127,8 +155,9 @@ class RateLimiter:
             self._tokens.take(tokens, now)
 
     def reconcile(self, reserved: int, actual: int) -> None:
-        """Usage is known: charge ``actual - reserved`` tokens (a refund when negative)."""
-        if self._tokens is None or actual == reserved:
+        """Usage is known: charge ``actual - reserved`` tokens when positive; a
+        negative difference is refunded only with ``refund_unused``."""
+        if self._tokens is None or actual == reserved or (actual < reserved and not self.refund_unused):
             return
         self._tokens.adjust(actual - reserved, self._clock())
         self._wake()
@@ -182,13 +211,12 @@ class RateLimiter:
             ahead = self._requests.tat
             if self._queued_requests:
                 ahead = max(ahead, self._clock()) + self._queued_requests * self._requests.interval
-            ready = max(ready, ahead - (self._requests.capacity - 1) * self._requests.interval)
+            ready = max(ready, self._requests.ready_at(1, ahead))
         if self._tokens is not None:
             ahead = self._tokens.tat
             if self._queued_tokens:
                 ahead = max(ahead, self._clock()) + self._queued_tokens * self._tokens.interval
-            need = min(max(0, tokens), self._tokens.capacity)
-            ready = max(ready, ahead - (self._tokens.capacity - need) * self._tokens.interval)
+            ready = max(ready, self._tokens.ready_at(max(0, tokens), ahead))
         return max(ready, self._clock())
 
     @property
@@ -216,7 +244,8 @@ class RateLimiter:
         self._changed = trio.Event()
 
     def __repr__(self) -> str:
-        return f"RateLimiter(rpm={self.rpm}, tpm={self.tpm}, burst_seconds={self.burst_seconds})"
+        return (f"RateLimiter(rpm={self.rpm}, tpm={self.tpm}, burst_seconds={self.burst_seconds}, "
+                f"refund_unused={self.refund_unused})")
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")

@@ -1,42 +1,290 @@
-"""The data every report renderer receives, built from the store."""
+"""The data every report renderer receives, built from the store.
+
+:func:`build_report` reads the job's items, attempts and costs and returns
+one plain mapping (JSON-ready; described by ``schemas/report.schema.json``):
+job information, results, performance, model usage, errors, a throughput
+timeline, failed items, and recommendations computed from all of that.
+Renderers (``loom_register_renderers``) only format it.
+"""
 
 from __future__ import annotations
 
+import math
+import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from .errors import ErrorKind
 from .job import Job
-from .store import Store
+from .settings import RetryConfig
+from .store import ITEM_STATES, Store
+from .store.protocol import AttemptRow, JobRow
+
+#: Bumped when a key changes meaning or goes away (adding keys does not bump it).
+REPORT_VERSION = 1
+#: Failed items listed one by one; ``failed_items_total`` counts them all.
+MAX_FAILED_LISTED = 200
+#: The throughput chart's resolution.
+TIMELINE_BUCKETS = 30
+_BUCKET_LADDER = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 86400)
+#: A gap this long with no attempt running (a pause before a resume) is not active time.
+IDLE_GAP_S = 300.0
+
+# Recommendation thresholds: a share of attempts, and the least attempts that make a share mean something.
+TIMEOUT_SHARE = 0.2
+RATE_LIMIT_SHARE = 0.25
+MIN_ATTEMPTS_FOR_SHARE = 3
+BUDGET_NEARLY_SPENT = 0.9
+#: What to do about failures that retrying cannot fix, by kind.
+UNFIXABLE_ADVICE = {
+    ErrorKind.INVALID_INPUT: "correct those items' inputs or the prompt template, then run them again in a new job",
+    ErrorKind.AUTH_ERROR: "check the model's API key (api_key_env) and resume",
+    ErrorKind.QUOTA_EXCEEDED: "top up or raise the provider account's quota, then resume",
+    ErrorKind.INTERNAL_ERROR: "a plugin raised an unexpected exception; see the traceback on stderr",
+}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A summary of a job read from the store (running, paused or finished):
+    what :func:`build_report` needs when no :class:`storyloom.kernel.Summary` exists."""
+
+    job_id: str
+    status: str
+    counts: dict[str, int]
+    cost_usd: float
+    started_at: float
+    finished_at: float
+    reason: str | None = None
+
+    @property
+    def duration(self) -> float:
+        return self.finished_at - self.started_at
+
+
+async def snapshot(store: Store, row: JobRow, now: float | None = None) -> Snapshot:
+    """The job as it stands: a running or pending job is reported up to ``now``."""
+    now = time.time() if now is None else now
+    attempts = await store.attempts(row.job_id)
+    started = min((a.started_at for a in attempts), default=row.created_at)
+    finished = now if row.state in ("running", "pending") else row.updated_at
+    costs = await store.costs(row.job_id)
+    return Snapshot(job_id=row.job_id, status=row.state, counts=await store.counts(row.job_id),
+                    cost_usd=costs.cost_usd, started_at=started, finished_at=max(finished, started),
+                    reason=row.reason)
 
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="seconds")
 
 
-async def build_report(store: Store, job: Job, summary: Any) -> dict[str, Any]:
-    """Job information, counts, cost and tokens per model, and failed items.
+def _share(part: float, whole: float) -> float:
+    return part / whole if whole else 0.0
 
-    Renderers (``loom_register_renderers``) turn this mapping into files."""
-    counts = summary.counts
+
+async def build_report(store: Store, job: Job, summary: Any) -> dict[str, Any]:
+    """Everything a report shows, from the store and ``summary`` (a
+    :class:`storyloom.kernel.Summary` or a :class:`Snapshot`).
+
+    Covers the whole job, earlier runs included (a resumed job reports every
+    item). Renderers (``loom_register_renderers``) turn this mapping into files.
+    """
+    job_id = job.job_id
+    counts = {state: summary.counts.get(state, 0) for state in ITEM_STATES}
     total = sum(counts.values())
-    costs = await store.costs(job.job_id)
-    failed = await store.items(job.job_id, "failed")
-    completed = counts["completed"]
-    return {
-        "job_id": job.job_id,
+    tally = _Tally(await store.attempts(job_id))
+    costs = await store.costs(job_id)
+    failed_rows = await store.items(job_id, "failed")
+
+    # A resumed job started with its first attempt, in an earlier run.
+    started = min(summary.started_at, tally.first_start if tally.first_start is not None else summary.started_at)
+    finished = max(summary.finished_at, started)
+    active = tally.active_seconds() or (finished - started)
+    done_times = tally.completed_item_seconds()
+    budget = None
+    if job.budget_usd:
+        budget = {"budget_usd": job.budget_usd, "spent_usd": costs.cost_usd,
+                  "share": _share(costs.cost_usd, job.budget_usd)}
+    failed_by_kind: dict[str, int] = {}
+    for row in failed_rows:
+        kind = row.error_kind or "UNKNOWN"
+        failed_by_kind[kind] = failed_by_kind.get(kind, 0) + 1
+    rate_limited = tally.by_kind.get(ErrorKind.API_RATE_LIMIT.value, 0)
+    report: dict[str, Any] = {
+        "report_version": REPORT_VERSION,
+        "job_id": job_id,
         "job_type": job.job_type,
         "status": summary.status,
         "reason": summary.reason,
-        "started": _iso(summary.started_at),
-        "finished": _iso(summary.finished_at),
-        "duration_s": round(summary.duration, 3),
+        "started": _iso(started),
+        "finished": _iso(finished),
+        "duration_s": round(finished - started, 3),
+        "active_s": round(active, 3),
         "total": total,
         "counts": counts,
+        "percent": {state: round(100 * _share(n, total), 1) for state, n in counts.items()},
         "cost_usd": costs.cost_usd,
-        "cost_per_item_usd": costs.cost_usd / completed if completed else None,
+        "cost_per_item_usd": costs.cost_usd / counts["completed"] if counts["completed"] else None,
         "input_tokens": costs.input_tokens,
         "output_tokens": costs.output_tokens,
         "attempts": costs.attempts,
-        "models": costs.by_model,
-        "failed_items": [{"item_id": r.item_id, "error_kind": r.error_kind, "error": r.error} for r in failed],
+        "retries": tally.retries,
+        "avg_item_s": round(sum(done_times) / len(done_times), 3) if done_times else None,
+        "throughput_per_min": (round(len(tally.finishes) / active * 60, 2)
+                               if active > 0 and tally.finishes else None),
+        "budget": budget,
+        "models": tally.models(),
+        "errors": {
+            "attempts_by_kind": dict(sorted(tally.by_kind.items())),
+            "failed_by_kind": dict(sorted(failed_by_kind.items())),
+            "rate_limited": rate_limited,
+            "rate_limited_share": round(_share(rate_limited, tally.count), 4),
+        },
+        "failed_items_total": len(failed_rows),
+        "failed_items": [_failed_item(row) for row in failed_rows[:MAX_FAILED_LISTED]],
+        "timeline": _timeline(tally.finishes, started),
     }
+    report["recommendations"] = _recommendations(report)
+    return report
+
+
+class _Tally:
+    """One pass over a job's attempts, counting what the report needs
+    (a job may have 100,000 of them: no second pass, no objects per row)."""
+
+    def __init__(self, attempts: list[AttemptRow]) -> None:
+        self.count = len(attempts)
+        self.retries = 0
+        self.first_start: float | None = None
+        self.by_kind: dict[str, int] = {}
+        self.finishes: list[tuple[float, str]] = []  # (finished_at, completed | failed)
+        self.spans: list[tuple[float, float]] = []
+        self._item_time: dict[str, float] = {}
+        self._completed: list[str] = []
+        # model -> [items, attempts, input, output, cost, timeouts, rate_limited, time of completing attempts]
+        self._models: dict[str, list[Any]] = {}
+        timeout, rate_limit = ErrorKind.TIMEOUT.value, ErrorKind.API_RATE_LIMIT.value
+        item_time, models, by_kind = self._item_time, self._models, self.by_kind
+        for item_id, _attempt, state, model, start, end, kind, _error, tokens_in, tokens_out, cost in attempts:
+            took = end - start if end > start else 0.0
+            item_time[item_id] = item_time.get(item_id, 0.0) + took
+            self.spans.append((start, end))
+            if state == "pending":
+                self.retries += 1
+            else:
+                self.finishes.append((end, state))
+                if state == "completed":
+                    self._completed.append(item_id)
+            if kind:
+                by_kind[kind] = by_kind.get(kind, 0) + 1
+            if model is None:  # never reached a model: in the totals only
+                continue
+            m = models.get(model)
+            if m is None:
+                m = models[model] = [0, 0, 0, 0, 0.0, 0, 0, 0.0]
+            m[1] += 1
+            m[2] += tokens_in
+            m[3] += tokens_out
+            m[4] += cost
+            if state == "completed":
+                m[0] += 1
+                m[7] += took
+            if kind == timeout:
+                m[5] += 1
+            elif kind == rate_limit:
+                m[6] += 1
+        if self.spans:
+            self.spans.sort()
+            self.first_start = self.spans[0][0]
+
+    def active_seconds(self) -> float:
+        """Time with an attempt running, bridging gaps up to IDLE_GAP_S (retry
+        delays, rate-limit waits) but not a pause that lasted longer."""
+        total = 0.0
+        start = end = None
+        for s, e in self.spans:
+            if start is None:
+                start, end = s, e
+            elif s - end > IDLE_GAP_S:
+                total += end - start
+                start, end = s, e
+            elif e > end:
+                end = e
+        if start is not None:
+            total += end - start
+        return total
+
+    def completed_item_seconds(self) -> list[float]:
+        """Per completed item, the time its attempts took (retries included)."""
+        return [self._item_time[item_id] for item_id in self._completed]
+
+    def models(self) -> list[dict[str, Any]]:
+        rows = []
+        for name in sorted(self._models):
+            items, attempts, tokens_in, tokens_out, cost, timeouts, limited, took = self._models[name]
+            rows.append({"name": name, "items": items, "attempts": attempts, "input_tokens": tokens_in,
+                         "output_tokens": tokens_out, "tokens": tokens_in + tokens_out, "cost_usd": cost,
+                         "timeouts": timeouts, "rate_limited": limited,
+                         "avg_s": round(took / items, 3) if items else None})
+        return rows
+
+
+def _failed_item(row: Any) -> dict[str, Any]:
+    definition = row.definition or {}
+    return {"item_id": row.item_id, "project_id": definition.get("project_id"),
+            "chapter_num": definition.get("chapter_num"), "attempts": row.attempts, "model": row.last_model,
+            "error_kind": row.error_kind, "error": row.error}
+
+
+def _timeline(finishes: list[tuple[float, str]], started: float) -> dict[str, Any]:
+    """Items finished (completed or failed) per time bucket since the start."""
+    if not finishes:
+        return {"bucket_s": 0, "buckets": []}
+    span = max(end for end, _state in finishes) - started
+    bucket = next((b for b in _BUCKET_LADDER if b * TIMELINE_BUCKETS >= span), _BUCKET_LADDER[-1])
+    n = max(1, min(math.ceil(span / bucket) if span > 0 else 1, 10 * TIMELINE_BUCKETS))
+    buckets = [{"offset_s": i * bucket, "completed": 0, "failed": 0} for i in range(n)]
+    for end, state in finishes:
+        buckets[min(max(int((end - started) // bucket), 0), n - 1)][state] += 1
+    for b in buckets:
+        b["per_min"] = round((b["completed"] + b["failed"]) * 60 / bucket, 2)
+    return {"bucket_s": bucket, "buckets": buckets}
+
+
+def _recommendations(report: dict[str, Any]) -> list[dict[str, str]]:
+    """What the numbers suggest doing, each with a code renderers may style by."""
+    out: list[dict[str, str]] = []
+    job_id = report["job_id"]
+    for m in report["models"]:
+        share = _share(m["timeouts"], m["attempts"])
+        if m["attempts"] >= MIN_ATTEMPTS_FOR_SHARE and share >= TIMEOUT_SHARE:
+            out.append({"code": "model_timeouts", "text": (
+                f"Model {m['name']} timed out on {m['timeouts']} of {m['attempts']} attempts ({share:.0%}): "
+                "raise timeout_per_item, turn on stream: true, or route long items to another model.")})
+    errors = report["errors"]
+    if report["attempts"] >= MIN_ATTEMPTS_FOR_SHARE and errors["rate_limited_share"] >= RATE_LIMIT_SHARE:
+        out.append({"code": "rate_limits", "text": (
+            f"Rate limits dominated the run: {errors['rate_limited']} of {report['attempts']} attempts "
+            f"({errors['rate_limited_share']:.0%}) were rejected with 429. Set rpm and tpm on the models to what "
+            "the accounts allow, lower max_parallel, or spread the work over more models.")})
+    budget = report["budget"]
+    if budget and budget["share"] >= BUDGET_NEARLY_SPENT:
+        out.append({"code": "budget", "text": (
+            f"The budget is nearly spent: ${budget['spent_usd']:.4f} of ${budget['budget_usd']:.2f} "
+            f"({budget['share']:.0%}). Raise it with storyloom resume {job_id} --budget-usd AMOUNT "
+            "before running more.")})
+    for kind, n in errors["failed_by_kind"].items():
+        if kind in RetryConfig().non_retryable_errors:  # the kinds no retry can fix, whatever a job's settings
+            advice = UNFIXABLE_ADVICE.get(ErrorKind(kind), "see Failed Items")
+            out.append({"code": "unfixable_failures",
+                        "text": f"{n} item(s) failed with {kind}, which retrying cannot fix: {advice}."})
+        elif kind == ErrorKind.OUTPUT_TRUNCATED:
+            out.append({"code": "truncated", "text": (
+                f"{n} item(s) were still cut off at max_tokens after retries with more room: "
+                "raise config.max_tokens for this job.")})
+    if report["status"] in ("paused", "interrupted"):
+        why = f" ({report['reason']})" if report["reason"] else ""
+        out.append({"code": "unfinished", "text": (
+            f"The job is {report['status']}{why}: continue it with storyloom resume {job_id}.")})
+    return out

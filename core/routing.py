@@ -1,9 +1,17 @@
-"""What a routing strategy is: given an item and the usable models, pick one."""
+"""What a routing strategy is: given an item and the usable models, pick one.
+
+The kernel builds a :class:`RouteContext` for every attempt and calls the
+job's strategy with it; the strategy returns a :class:`Choice`. The bundled
+strategies live in ``storyloom.plugins.routing``; ``docs/routing.md`` says how
+to write another.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence
+
+from .settings import Price
 
 if TYPE_CHECKING:
     from .job import Item
@@ -13,21 +21,39 @@ if TYPE_CHECKING:
 class Choice:
     model: str
     #: Why: the strategy's name and the inputs it used; stored with the attempt.
+    #: Keep it small and JSON-serialisable.
     reason: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class RouteContext:
-    """What a strategy may look at besides the item."""
+    """What a strategy may look at besides the item.
+
+    The mappings are keyed by model name. A strategy must cope with a model
+    missing from any of them (treat it as 0, or as "unknown").
+    """
 
     #: Models usable now, in the job's order. Never empty when ``choose`` is called.
     usable: Sequence[str]
     #: Attempts this item has made so far and the model of the last one.
     attempt: int = 0
     previous_model: str | None = None
-    #: Models in flight per name (for load-based strategies).
-    in_flight: dict[str, int] = field(default_factory=dict)
-    capacity: dict[str, int] = field(default_factory=dict)
+    #: Attempts waiting on each model's reply now.
+    in_flight: Mapping[str, int] = field(default_factory=dict)
+    #: Each model's ``max_parallel``; 0 when it has none of its own.
+    capacity: Mapping[str, int] = field(default_factory=dict)
+    #: Attempts already routed to each model that have not sent their request
+    #: yet (waiting for budget or the model's rate limiter).
+    reserved: Mapping[str, int] = field(default_factory=dict)
+    #: Seconds until each model's rate limiter could send this request
+    #: (0 or missing: it could send now).
+    rate_wait: Mapping[str, float] = field(default_factory=dict)
+    #: Each model's price (missing: free, as a model without ``price:``).
+    prices: Mapping[str, Price] = field(default_factory=dict)
+    #: This attempt's estimated prompt tokens on each model (calibrated per model).
+    prompt_tokens: Mapping[str, int] = field(default_factory=dict)
+    #: The reply tokens to expect from each model for this attempt.
+    output_tokens: Mapping[str, int] = field(default_factory=dict)
 
 
 class Strategy(Protocol):

@@ -75,6 +75,35 @@ class BatchLimit:
     timeout_per_item: float | None = None
 
 
+@dataclass(frozen=True)
+class Webhook:
+    """One entry under ``webhooks:``: where the ``webhook`` sink POSTs events.
+
+    Exactly one of ``url`` and ``url_env`` (the environment variable holding
+    the URL: a Slack webhook URL is a secret) is set.
+    """
+
+    url: str | None = None
+    url_env: str | None = None
+    events: tuple[str, ...] = ("notify", "escalate", "batch_finished")
+    timeout: float = 5.0  # seconds per request, connecting included
+    retries: int = 3  # after the first request, for timeouts, transport errors, 429 and 5xx
+
+
+@dataclass(frozen=True)
+class FailurePolicy:
+    """The seed's failure handling, over the items finished in this run.
+
+    Once ``min_items`` items have finished (completed or failed), a failure
+    rate above ``pause_above`` pauses the job and escalates; a rate from
+    ``notify_from`` up to ``pause_above`` notifies once each time it is entered.
+    """
+
+    min_items: int = 10
+    notify_from: float = 0.2
+    pause_above: float = 0.5
+
+
 #: Built in so that a job runs with no settings file, no key and no network.
 BUILTIN_MODELS: dict[str, ModelSpec] = {
     "simulated": ModelSpec(name="simulated", provider="simulated", model="simulated"),
@@ -91,8 +120,11 @@ class Settings:
     default_models: tuple[str, ...] = DEFAULT_MODELS
     routing: dict[str, Any] = field(default_factory=lambda: {"strategy": "round_robin"})
     plugins: tuple[str, ...] = ()
-    progress: tuple[str, ...] = ("plain",)
-    reports: tuple[str, ...] = ()
+    #: The live view (plain lines off a terminal), and webhooks when ``webhooks:`` lists any.
+    progress: tuple[str, ...] = ("terminal", "webhook")
+    reports: tuple[str, ...] = ("md", "json", "html")
+    webhooks: tuple[Webhook, ...] = ()
+    failure_policy: FailurePolicy = FailurePolicy()
     grace_period: float = 10.0
     #: sqlite ``synchronous``: NORMAL (default, durable across process crashes)
     #: or FULL (also across power loss).

@@ -553,3 +553,29 @@ async def test_set_job_definition_replaces_it(store):
     assert row.definition == {"job_id": JOB, "budget_usd": 12.5, "title": THAI}
     with pytest.raises(KeyError):
         await store.set_job_definition("nope", {})
+
+
+@trio_test
+async def test_attempts_are_listed_in_finish_order_for_their_job_only(store):
+    await add(store, "a", "b")
+    await store.add_job(job_row("job-2"), new_items("a"))
+    await claim_ids(store)
+    await claim_ids(store, job_id="job-2")
+    await store.record([
+        rec("b", "failed", model="m2", started_at=NOW, finished_at=NOW + 3, error_kind="INVALID_INPUT",
+            error=f"bad {THAI}", input_tokens=7, output_tokens=0, cost_usd=0.01),
+        rec("a", "pending", model="m1", started_at=NOW, finished_at=NOW + 2, error_kind="TIMEOUT"),
+        rec("a", "completed", job_id="job-2", finished_at=NOW + 1),
+    ], OWNER)
+    await claim_ids(store)
+    await store.record([rec("a", attempt=2, started_at=NOW + 4, finished_at=NOW + 6, input_tokens=100,
+                            output_tokens=50, cost_usd=0.5)], OWNER)
+    rows = await store.attempts(JOB)
+    assert [(r.item_id, r.attempt, r.state) for r in rows] == [("a", 1, "pending"), ("b", 1, "failed"),
+                                                                ("a", 2, "completed")]
+    b = rows[1]
+    assert (b.model, b.started_at, b.finished_at, b.error_kind, b.error) == ("m2", NOW, NOW + 3, "INVALID_INPUT",
+                                                                             f"bad {THAI}")
+    assert (b.input_tokens, b.output_tokens, b.cost_usd) == (7, 0, pytest.approx(0.01))
+    assert [r.item_id for r in await store.attempts("job-2")] == ["a"]
+    assert await store.attempts("other-job") == []

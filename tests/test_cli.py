@@ -90,7 +90,7 @@ def test_run_then_status(tmp_path):
     assert "cli-job: completed" in out.stdout and "6/6 completed" in out.stdout
     assert "[cli-job] 100% 6/6 done" in out.stderr  # the plain progress sink
     files = sorted(p.name for p in (tmp_path / "storyloom-out" / "cli-job").iterdir())
-    assert files == [f"rain-ch{i}.md" for i in range(1, 7)]
+    assert files == [f"rain-ch{i}.md" for i in range(1, 7)] + ["report.html", "report.json", "report.md"]
     text = (tmp_path / "storyloom-out" / "cli-job" / "rain-ch1.md").read_text(encoding="utf-8")
     assert "ข้อความจำลอง" in text  # simulated, and says so in Thai
     status = cli("status", "cli-job", "--json", cwd=tmp_path)

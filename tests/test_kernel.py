@@ -37,7 +37,7 @@ def test_items_complete_and_results_are_written(loom):
     result.assert_outcomes(completed=6)
     assert result.summary.exit_code == 0
     files = sorted(p.name for p in (loom.out_dir / "k1").iterdir())
-    assert files == [f"it-{i}.md" for i in range(6)]
+    assert files == [f"it-{i}.md" for i in range(6)] + ["report.html", "report.json", "report.md"]
     assert (loom.out_dir / "k1" / "it-0.md").read_text(encoding="utf-8") == "text for it-0"
     assert result.summary.cost_usd == 0  # scripted models have no price
 

@@ -33,8 +33,8 @@ KNOWN = KnownNames(
     providers={"simulated", "openai"},
     strategies={"round_robin", "genre"},
     retry_policies={"exponential"},
-    sinks={"plain"},
-    renderers={"markdown"},
+    sinks={"plain", "terminal", "webhook"},  # the default progress: names these
+    renderers={"markdown", "md", "json", "html"},  # and the default reports: these
 )
 BASE = """\
 job_id: j1
@@ -618,7 +618,7 @@ def test_settings_names_checked_against_plugins(tmp_path):
     path = write(tmp_path, "progress: [plian]\nretry_config: {policy: exponential}\n", "storyloom.yaml")
     with pytest.raises(ConfigError) as info:
         check_settings(load_settings(path), KNOWN)
-    assert str(info.value) == f"{path}:1:12: at progress[0]: unknown progress sink 'plian'; did you mean 'plain'? (known: plain)"
+    assert str(info.value) == f"{path}:1:12: at progress[0]: unknown progress sink 'plian'; did you mean 'plain'? (known: plain, terminal, webhook)"
 
 
 def test_only_retryable_given_moves_kinds_out_of_the_default(tmp_path):

@@ -31,8 +31,8 @@ KNOWN = KnownNames(
     providers={"simulated"},
     strategies={"round_robin"},
     retry_policies={"exponential"},
-    sinks={"plain"},
-    renderers=set(),
+    sinks={"plain", "terminal", "webhook"},  # the default progress: names these
+    renderers={"md", "json", "html"},  # and the default reports: these
 )
 FUZZ = settings(
     max_examples=200,

@@ -68,7 +68,7 @@ async def test_the_tighter_budget_wins():
 def test_the_burst_is_capped(burst_seconds, burst):
     @mock_trio
     async def check():
-        limiter = RateLimiter(rpm=600, tpm=None, burst_seconds=burst_seconds)
+        limiter = RateLimiter(rpm=600, tpm=None, burst_seconds=burst_seconds, headroom=0)
         times = await admissions(limiter, 0, 10, workers=3 * burst)
         assert sum(1 for t in times if t == 0) == burst  # at once, then one per 0.1 s
         # Any window of one second sees at most the burst plus a second's refill.
@@ -125,7 +125,7 @@ async def test_cool_down_while_waiting_moves_the_waiter():
 
 @mock_trio
 async def test_a_request_bigger_than_the_burst_goes_through():
-    limiter = RateLimiter(rpm=None, tpm=6000)  # 100 tokens a second, bucket of 100
+    limiter = RateLimiter(rpm=None, tpm=6000, headroom=0)  # 100 tokens a second, bucket of 100
     with trio.fail_after(1):
         await limiter.acquire(10_000)  # a full bucket lets it through at once
     assert trio.current_time() == 0
@@ -174,7 +174,7 @@ async def test_a_cancelled_waiter_takes_nothing():
 @mock_trio
 async def test_reconcile_refunds_and_charges():
     async def second_request_at(actual):
-        limiter = RateLimiter(rpm=None, tpm=6000)  # 100 tokens a second
+        limiter = RateLimiter(rpm=None, tpm=6000, headroom=0, refund_unused=True)  # 100 tokens a second
         start = trio.current_time()
         await limiter.acquire(1000)
         limiter.reconcile(1000, actual)
@@ -191,7 +191,7 @@ async def test_reconcile_refunds_and_charges():
 
 @mock_trio
 async def test_a_refund_never_overfills_the_bucket():
-    limiter = RateLimiter(rpm=None, tpm=6000)
+    limiter = RateLimiter(rpm=None, tpm=6000, refund_unused=True)
     await limiter.acquire(100)
     await trio.sleep(60)
     limiter.reconcile(100, 0)  # long paid for already
@@ -201,7 +201,7 @@ async def test_a_refund_never_overfills_the_bucket():
 
 @mock_trio
 async def test_a_refund_wakes_the_waiting_head():
-    limiter = RateLimiter(rpm=None, tpm=6000)
+    limiter = RateLimiter(rpm=None, tpm=6000, headroom=0, refund_unused=True)
     await limiter.acquire(1000)  # the next 100 would wait 10 s
     done = []
 
@@ -214,6 +214,51 @@ async def test_a_refund_wakes_the_waiting_head():
         await trio.sleep(1)
         limiter.reconcile(1000, 100)  # the reply was short
     assert done == [pytest.approx(1.0)]
+
+
+@mock_trio
+async def test_by_default_reconcile_charges_but_never_refunds():
+    # OpenAI counts max_tokens when the request arrives and gives nothing back.
+    async def second_request_at(actual):
+        limiter = RateLimiter(rpm=None, tpm=6000, headroom=0)
+        start = trio.current_time()
+        await limiter.acquire(1000)
+        limiter.reconcile(1000, actual)
+        await limiter.acquire(100)
+        return trio.current_time() - start
+
+    assert await second_request_at(200) == pytest.approx(10.0)  # as reserved: no refund
+    assert await second_request_at(3000) == pytest.approx(30.0)  # the extra is still charged
+
+
+@mock_trio
+async def test_headroom_trims_the_first_burst():
+    limiter = RateLimiter(rpm=600, tpm=None)  # 10 a second; 0.1 s of headroom is one request
+    times = await admissions(limiter, 0, 2, workers=30)
+    assert sum(1 for t in times if t == 0) == 9
+    assert times[9] == pytest.approx(0.1)
+
+
+@mock_trio
+async def test_headroom_keeps_the_long_run_rate():
+    with_headroom = await admissions(RateLimiter(rpm=600, tpm=None), 0, 60)
+    without = await admissions(RateLimiter(rpm=600, tpm=None, headroom=0), 0, 60)
+    # The headroom is one request of the first burst; the last may fall either side of t=60.
+    assert len(without) - 2 <= len(with_headroom) < len(without)
+    gaps = [b - a for a, b in zip(with_headroom[10:], with_headroom[11:])]
+    assert max(gaps) == pytest.approx(0.1)  # after the burst, one every 0.1 s as before
+
+
+@mock_trio
+async def test_headroom_never_holds_back_a_request_the_size_of_the_bucket():
+    limiter = RateLimiter(rpm=6, tpm=None)  # a bucket of one request: nothing to keep in hand
+    times = await admissions(limiter, 0, 35, workers=3)
+    assert times == pytest.approx([0, 10, 20, 30])
+    tokens = RateLimiter(rpm=None, tpm=6000)  # a bucket of 100 tokens
+    await tokens.acquire(100)
+    start = trio.current_time()
+    await tokens.acquire(100)
+    assert trio.current_time() - start == pytest.approx(1.0)
 
 
 @mock_trio
@@ -280,6 +325,8 @@ def test_bad_arguments():
         RateLimiter(rpm=0, tpm=None)
     with pytest.raises(ValueError):
         RateLimiter(rpm=10, tpm=None, burst_seconds=0)
+    with pytest.raises(ValueError):
+        RateLimiter(rpm=10, tpm=None, headroom=-1)
 
 
 @pytest.mark.parametrize("value,expected", [

@@ -11,7 +11,7 @@ Item states: ``pending`` (waiting, possibly until ``not_before``), ``running``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, NamedTuple, Protocol, Sequence
 
 from ..errors import UsageError
 
@@ -123,6 +123,24 @@ class ItemRow:
     definition: dict[str, Any]
 
 
+class AttemptRow(NamedTuple):
+    """One stored attempt, as reports read it. ``state`` is the item state the
+    attempt led to: ``completed``, ``failed`` or ``pending`` (a retry).
+    A tuple, because a report reads every attempt of a job (100,000 of them)."""
+
+    item_id: str
+    attempt: int
+    state: str
+    model: str | None
+    started_at: float
+    finished_at: float
+    error_kind: str | None = None
+    error: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+
 @dataclass
 class CostTotals:
     cost_usd: float = 0.0
@@ -196,5 +214,8 @@ class Store(Protocol):
 
     async def costs(self, job_id: str) -> CostTotals:
         """Totals over every attempt, failed ones included."""
+
+    async def attempts(self, job_id: str) -> list[AttemptRow]:
+        """Every finished attempt of the job, in the order they finished."""
 
     async def aclose(self) -> None: ...

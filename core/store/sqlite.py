@@ -21,6 +21,7 @@ from .protocol import (
     ITEM_STATES,
     JOB_STATES,
     AttemptRecord,
+    AttemptRow,
     ClaimedItem,
     CostTotals,
     ItemRow,
@@ -435,6 +436,15 @@ class SQLiteStore:
                     "completed": completed,
                 }
         return totals
+
+    async def attempts(self, job_id: str) -> list[AttemptRow]:
+        """Every finished attempt, by finish time (then insertion order)."""
+        rows = self._conn.execute(
+            "SELECT item_id, attempt, state, model, started_at, finished_at, error_kind, error, "
+            "input_tokens, output_tokens, cost_usd FROM attempts WHERE job_id = ? ORDER BY finished_at, rowid",
+            (job_id,),
+        )
+        return list(map(AttemptRow._make, rows))
 
     async def aclose(self) -> None:
         self.close()

@@ -1,0 +1,164 @@
+"""Rate limits and faults end to end: storyloom against the fake provider.
+
+    .venv/bin/python bench/ratelimit.py            # the three scenarios
+    .venv/bin/python bench/ratelimit.py english    # one (english, thai, faults)
+
+The fake provider (``tests/fakeprovider.py``, real HTTP on 127.0.0.1, in
+this process) enforces per-model RPM and TPM the way providers do: a bucket
+holding one second's worth, refilled continuously; a request costs its
+prompt estimate plus ``max_tokens``, and nothing is refunded. storyloom runs
+a ``prompts`` job (a Batch API input file) through ``storyloom.api.run_job``
+with the openai provider and the durable SQLite store.
+
+Scenarios (300 requests each, 200 ms latency):
+
+* ``english``: RPM 1,200 and TPM 100,000; short English prompts, so RPM binds.
+* ``thai``: the same limits with Thai prompts, which cost about three times
+  the tokens, so TPM binds.
+* ``faults``: no rate limits; 5% of requests get a 5xx and 2% hang for 20 s;
+  ``timeout_per_item`` 3 s.
+
+The lower bound for the first two: the fake admits a full bucket at once and
+then ``limit / 60`` a second, so the last of N requests costing T tokens in
+total cannot be admitted before ``max(N * 60 / RPM, T * 60 / TPM) - 1`` s;
+its reply comes one latency later. Targets: every request succeeds, 429s at
+most 1% of requests, makespan at most 1.10 x the bound (under 10 s for
+``faults``). Makespan is the batch's run, from dispatch to the last commit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from fakeprovider import FakeProviderServer  # noqa: E402
+
+from storyloom.api import run_job  # noqa: E402
+from storyloom.config import Options  # noqa: E402
+from storyloom.tokens import estimate_tokens  # noqa: E402
+
+N = 300
+RPM, TPM = 1200, 100_000
+LATENCY = 0.2
+MAX_TOKENS = 32  # the fake replies with 20 tokens
+#: The prompts job type's default. The fake runs a thread per connection in
+#: this process, sharing the GIL with the kernel: at 64 connections its
+#: threads cost three times the CPU (2 cores) and the figures measure the fake.
+MAX_PARALLEL = 32
+SYSTEM = "You are a careful copy editor."
+ENGLISH = "Fix the grammar of line {i}: the rain fall all night."
+THAI = "แก้ไวยากรณ์ของบรรทัดที่ {i}: ฝนตกทั้งคืนจนถึงเช้าและลมพัดแรงมากจนต้นไม้ล้มหลายต้นในหมู่บ้านริมแม่น้ำ"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    prompt: str
+    rpm: int | None
+    tpm: int | None
+    error_rate: float = 0.0
+    hang_rate: float = 0.0
+    timeout: float = 60.0
+    target_s: float | None = None  # an absolute target instead of the bound's ratio
+
+
+SCENARIOS = {
+    "english": Scenario("english", ENGLISH, RPM, TPM),
+    "thai": Scenario("thai", THAI, RPM, TPM),
+    "faults": Scenario("faults", ENGLISH, None, None, error_rate=0.05, hang_rate=0.02, timeout=3.0, target_s=10.0),
+}
+
+
+def requests_jsonl(prompt: str) -> str:
+    lines = []
+    for i in range(N):
+        body = {"model": "m1", "max_tokens": MAX_TOKENS,
+                "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt.format(i=i)}]}
+        lines.append(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+                                 "body": body}, ensure_ascii=False))
+    return "\n".join(lines) + "\n"
+
+
+def tpm_cost(prompt: str, i: int) -> int:
+    """What the fake charges one request: prompt estimate (content plus 4 a
+    message plus 3) and max_tokens."""
+    texts = [SYSTEM, prompt.format(i=i)]
+    return sum(estimate_tokens(t) for t in texts) + 4 * len(texts) + 3 + MAX_TOKENS
+
+
+def lower_bound(s: Scenario) -> float | None:
+    if s.rpm is None and s.tpm is None:
+        return None
+    tokens = sum(tpm_cost(s.prompt, i) for i in range(N))
+    minutes = max(N / s.rpm if s.rpm else 0.0, tokens / s.tpm if s.tpm else 0.0)
+    return minutes * 60 - 1.0 + LATENCY
+
+
+def settings(server: FakeProviderServer, s: Scenario) -> str:
+    limits = "".join(f", {k}: {v}" for k, v in (("rpm", s.rpm), ("tpm", s.tpm)) if v)
+    return (
+        "models:\n"
+        f"  m1: {{provider: openai, model: m1, base_url: '{server.base_url('openai')}', "
+        f"api_key_env: {server.key_env('openai')}{limits}, price: {{input: 0.15, output: 0.6}}}}\n"
+        "default_models: [m1]\n"
+        "progress: []\n"
+        "reports: []\n"
+        # The seed's 10 s first delay suits real outages; here a fault clears at once.
+        "retry_config: {max_retries: 3, retry_delay: {initial: 0.5s, multiplier: 2, max: 2s}}\n"
+    )
+
+
+def run(s: Scenario) -> dict:
+    folder = Path(tempfile.mkdtemp(prefix=f"storyloom-ratelimit-{s.name}-"))
+    with FakeProviderServer() as server:
+        os.environ.update(server.env())
+        server.configure("m1", rpm=s.rpm, tpm=s.tpm, latency=LATENCY, error_rate=s.error_rate,
+                         hang_rate=s.hang_rate, hang_seconds=20.0, seed=1)
+        (folder / "storyloom.yaml").write_text(settings(server, s), encoding="utf-8")
+        (folder / "requests.jsonl").write_text(requests_jsonl(s.prompt), encoding="utf-8")
+        (folder / "job.yaml").write_text(
+            f"job_id: bench-{s.name}\njob_type: prompts\ninput: requests.jsonl\n"
+            f"config: {{max_parallel: {MAX_PARALLEL}, timeout_per_item: {s.timeout}}}\n", encoding="utf-8")
+        options = Options(state_dir=str(folder / "state"), out_dir=str(folder / "out"), quiet=True, autoload=False)
+        t0 = time.perf_counter()
+        summary = trio.run(lambda: run_job(folder / "job.yaml", options=options))
+        wall = time.perf_counter() - t0
+        stats = server.stats("m1")
+    bound = lower_bound(s)
+    return {"scenario": s.name, "makespan_s": summary.duration, "wall_s": wall, "bound_s": bound,
+            "ratio": summary.duration / bound if bound else None, "requests": stats.requests,
+            "rate_limited": stats.rate_limited, "errors": stats.errors, "hangs": stats.hangs,
+            "completed": summary.counts["completed"], "failed": summary.counts["failed"],
+            "status": summary.status}
+
+
+def verdict(r: dict, s: Scenario) -> str:
+    ok = r["completed"] == N and r["rate_limited"] <= 0.01 * N
+    ok = ok and (r["makespan_s"] < s.target_s if s.target_s else r["ratio"] <= 1.10)
+    return "ok" if ok else "MISSED"
+
+
+def main() -> None:
+    names = sys.argv[1:] or list(SCENARIOS)
+    print(f"{'scenario':<9} {'makespan s':>10} {'bound s':>8} {'ratio':>6} {'429s':>5} {'5xx':>4} {'hangs':>5} "
+          f"{'failed':>6}  target")
+    for name in names:
+        s = SCENARIOS[name]
+        r = run(s)
+        bound = f"{r['bound_s']:.2f}" if r["bound_s"] else "-"
+        ratio = f"{r['ratio']:.3f}" if r["ratio"] else "-"
+        print(f"{name:<9} {r['makespan_s']:>10.2f} {bound:>8} {ratio:>6} {r['rate_limited']:>5} {r['errors']:>4} "
+              f"{r['hangs']:>5} {r['failed']:>6}  {verdict(r, s)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,257 @@
+"""The ``prompts`` job type: every item is one chat request, as written.
+
+Items are given inline, in the job file::
+
+    job_id: blurbs
+    job_type: prompts
+    vars: {system: "You write back-cover blurbs."}     # the system message (optional)
+    items:
+      - {item_id: b1, prompt: "A blurb for {{ title }}.", vars: {title: Rain}}
+      - item_id: b2
+        messages: [{role: user, content: "Say hello."}]
+
+or from an existing OpenAI Batch API input file, used as it is::
+
+    job_id: nightly
+    job_type: prompts
+    input: requests.jsonl      # one {"custom_id", "method", "url", "body"} per line
+
+An inline ``prompt`` (and the ``system`` var) is a Jinja2 template over the
+job's ``vars`` with the item's own ``vars`` on top (``{{ title }}`` or
+``{{ vars.title }}``); ``messages`` and Batch API bodies are sent as written.
+From a body, ``messages``, ``max_completion_tokens`` (or ``max_tokens``) and
+``temperature`` make the request; the job's models and routing choose the
+model, so ``model`` and ``stream`` in a body are ignored; every other field
+(``top_p``, ``stop``, ``response_format``, ...) rides along in
+``Request.metadata["extra_body"]`` for a provider that can send it.
+
+Each reply is written to ``storyloom-out/<job_id>/<item_id>.txt`` (by the
+outputs plugin), and when a batch ends ``storyloom-out/<job_id>/results.jsonl``
+is rewritten from the store in the Batch API output format: one line per
+finished item, in the items' order. Items not finished yet (a paused batch)
+are left out until a resume finishes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import jinja2
+
+from storyloom import ConfigError, ErrorKind, ProviderError, hookimpl
+from storyloom.atomic import write_atomic
+from storyloom.job import Item, Job
+from storyloom.jobtype import Result
+from storyloom.provider import Request, Response
+
+NAME = "prompts"
+RESULTS_FILE = "results.jsonl"
+#: max_tokens for a request that sets none (nor the job's config.max_tokens).
+DEFAULT_MAX_TOKENS = 1024
+ROLES = frozenset({"system", "developer", "user", "assistant"})
+#: Body fields the request is built from, or that the kernel decides instead.
+_USED = frozenset({"messages", "max_tokens", "max_completion_tokens", "temperature", "n"})
+_IGNORED = frozenset({"model", "stream", "stream_options"})
+
+_env = jinja2.Environment(
+    undefined=jinja2.StrictUndefined,  # a prompt naming a missing var is a mistake to report, not a blank
+    keep_trailing_newline=True,
+    autoescape=False,  # prompts are plain text, not HTML
+)
+
+
+@dataclass(frozen=True)
+class PromptsJobType:
+    name: str = NAME
+    #: Generic chat requests are usually short; the models' rpm/tpm bound the real rate.
+    max_parallel: int = 32
+    timeout_per_item: float = 120.0
+
+    def build_request(self, item: Item, job: Job) -> Request:
+        fields = item.fields
+        if "body" in fields:
+            return _from_body(fields["body"], job)
+        context = _context(item, job)
+        if "messages" in fields:
+            messages = _messages(fields["messages"], "messages")
+        elif "prompt" in fields:
+            messages = [{"role": "user", "content": _render(fields["prompt"], context, "prompt")}]
+            system = context.get("system")
+            if system:
+                messages.insert(0, {"role": "system", "content": _render(str(system), context, "vars.system")})
+        else:
+            raise ProviderError(ErrorKind.INVALID_INPUT, "the item has no prompt, messages or body")
+        return Request(messages=tuple(messages), max_tokens=job.config.max_tokens or DEFAULT_MAX_TOKENS)
+
+    def handle_result(self, item: Item, job: Job, response: Response) -> Result:
+        # An empty reply is a reply: a generic request has no notion of "too short".
+        return Result(text=response.text, file_name=f"{item.item_id}.txt", data={
+            "model": response.model, "finish_reason": response.finish_reason, "created": int(time.time()),
+            "input_tokens": response.input_tokens, "output_tokens": response.output_tokens})
+
+
+def _context(item: Item, job: Job) -> dict[str, Any]:
+    merged = {**job.vars, **(item.fields.get("vars") or {})}
+    return {**merged, "vars": merged, "item_id": item.item_id, "job_id": job.job_id,
+            "language": item.fields.get("language") or job.language}
+
+
+def _render(text: str, context: dict[str, Any], where: str) -> str:
+    if "{" not in text:  # nothing to render: skip compiling a template per item
+        return text
+    try:
+        return _env.from_string(text).render(context)
+    except jinja2.TemplateError as exc:
+        raise ProviderError(ErrorKind.INVALID_INPUT, f"{where}: {exc}") from None
+
+
+def _from_body(body: dict[str, Any], job: Job) -> Request:
+    def invalid(message: str) -> ProviderError:
+        return ProviderError(ErrorKind.INVALID_INPUT, message)
+
+    if body.get("n") not in (None, 1):
+        raise invalid(f"body.n is {body['n']!r}: storyloom asks for one reply per request")
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+        raise invalid(f"body.max_tokens: expected a positive integer, got {max_tokens!r}")
+    temperature = body.get("temperature")
+    if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))):
+        raise invalid(f"body.temperature: expected a number, got {temperature!r}")
+    extra = {key: value for key, value in body.items() if key not in _USED | _IGNORED}
+    return Request(
+        messages=tuple(_messages(body.get("messages"), "body.messages")),
+        max_tokens=max_tokens or job.config.max_tokens or DEFAULT_MAX_TOKENS,
+        temperature=float(temperature) if temperature is not None else None,
+        metadata={"extra_body": extra} if extra else {},
+    )
+
+
+def _messages(messages: Any, where: str) -> list[dict[str, str]]:
+    """Chat messages with text content; content given as text parts is joined."""
+    problem = message_problem(messages, where)
+    if problem:
+        raise ProviderError(ErrorKind.INVALID_INPUT, problem)
+    out = []
+    for message in messages:
+        content = message["content"]
+        if isinstance(content, list):
+            content = "\n".join(part["text"] for part in content)
+        out.append({"role": message["role"], "content": content})
+    return out
+
+
+def message_problem(messages: Any, where: str) -> str:
+    """What is wrong with a list of chat messages, or "" if nothing is."""
+    if not isinstance(messages, list) or not messages:
+        return f"{where}: expected a non-empty list of messages"
+    for i, message in enumerate(messages):
+        at = f"{where}[{i}]"
+        if not isinstance(message, dict):
+            return f"{at}: expected a mapping with role and content"
+        if message.get("role") not in ROLES:
+            return (f"{at}.role: expected one of {', '.join(sorted(ROLES))}, got {message.get('role')!r} "
+                    "(tool calls are not supported)")
+        content = message.get("content")
+        if isinstance(content, list):
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                       for p in content):
+                return f"{at}.content: only text parts ({{type: text, text: ...}}) are supported"
+        elif not isinstance(content, str):
+            return f"{at}.content: expected text, got {type(content).__name__}"
+    return ""
+
+
+# -- results.jsonl --------------------------------------------------------
+
+
+def _ids(job_id: str, item_id: str) -> str:
+    return hashlib.sha256(f"{job_id}\0{item_id}".encode()).hexdigest()[:24]
+
+
+def completed_line(job_id: str, item_id: str, text: str, data: dict[str, Any]) -> dict[str, Any]:
+    """One Batch API output line for a completed item."""
+    h = _ids(job_id, item_id)
+    prompt, completion = int(data.get("input_tokens") or 0), int(data.get("output_tokens") or 0)
+    body = {
+        "id": f"chatcmpl-{h}",
+        "object": "chat.completion",
+        "created": data.get("created") or int(time.time()),
+        "model": data.get("model"),
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
+                     "logprobs": None, "finish_reason": data.get("finish_reason") or "stop"}],
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+    }
+    return {"id": f"batch_req_{h}", "custom_id": item_id,
+            "response": {"status_code": 200, "request_id": f"req_{h}", "body": body}, "error": None}
+
+
+def failed_line(job_id: str, item_id: str, kind: str | None, message: str | None) -> dict[str, Any]:
+    """One Batch API output line for a failed item: the error kind is the code."""
+    return {"id": f"batch_req_{_ids(job_id, item_id)}", "custom_id": item_id, "response": None,
+            "error": {"code": kind or str(ErrorKind.INTERNAL_ERROR), "message": message or ""}}
+
+
+class BatchResults:
+    """Writes ``results.jsonl`` for prompts jobs when a batch ends."""
+
+    def __init__(self, config) -> None:
+        self.config = config
+
+    @hookimpl
+    def loom_batch_finished(self, job, summary, store):
+        if job.job_type != NAME:
+            return None
+
+        async def write() -> None:
+            lines = []
+            for row in await store.items(job.job_id):
+                if row.state == "completed":
+                    stored = await store.result(job.job_id, row.item_id)
+                    text, data = stored if stored is not None else ("", None)
+                    lines.append(completed_line(job.job_id, row.item_id, text, data or {}))
+                elif row.state == "failed":
+                    lines.append(failed_line(job.job_id, row.item_id, row.error_kind, row.error))
+            text = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+            write_atomic(self.config.out_dir / job.job_id / RESULTS_FILE, text)
+
+        return write
+
+
+@hookimpl
+def loom_register_job_types(register):
+    register(PromptsJobType())
+
+
+@hookimpl
+def loom_validate_job(job, config):
+    """Refuse inline items that could never make a request, before anything is stored."""
+    if job.job_type != NAME:
+        return
+    for i, item in enumerate(job.items):
+        given = [key for key in ("prompt", "messages", "body") if key in item.fields]
+        where = f"items[{i}]"
+        if not given:
+            raise ConfigError(job.source or "job", where, f"item {item.item_id!r} needs a prompt or messages")
+        if len(given) > 1:
+            raise ConfigError(job.source or "job", where,
+                              f"item {item.item_id!r} gives {' and '.join(given)}; give one")
+        if "messages" in given:
+            problem = message_problem(item.fields["messages"], "messages")
+            if problem:
+                raise ConfigError(job.source or "job", where, problem)
+
+
+@hookimpl
+def loom_configure(config):
+    config.pluginmanager.register(BatchResults(config), name="prompts-results")
+
+
+@hookimpl
+def loom_unconfigure(config):
+    writer = config.pluginmanager.get_plugin("prompts-results")
+    if writer is not None:
+        config.pluginmanager.unregister(writer)

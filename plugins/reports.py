@@ -1,0 +1,95 @@
+"""Report renderers ``md``, ``json`` and ``html``, over ``storyloom.report.build_report``.
+
+The kernel writes each renderer named in ``reports:`` (default all three)
+into ``storyloom-out/<job_id>/`` when a batch ends, as ``report.md``,
+``report.json`` and ``report.html``; ``storyloom report JOB_ID --format FMT``
+renders one at any time. Markdown follows the seed's Summary Report Template;
+JSON is the report mapping itself (``schemas/report.schema.json``); HTML is
+one self-contained file with inline SVG charts, autoescaped throughout, so a
+model's ``<script>`` shows as text.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jinja2
+
+from storyloom import hookimpl
+from storyloom.plugins import charts
+
+
+def usd(value: float | None) -> str:
+    return "-" if value is None else f"${value:,.4f}"
+
+
+def number(value: float | int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def duration(seconds: float | None) -> str:
+    """``2.3s``, ``4m 05s``, ``1h 02m 03s``."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    whole = int(round(seconds))
+    if whole < 3600:
+        return f"{whole // 60}m {whole % 60:02d}s"
+    return f"{whole // 3600}h {whole // 60 % 60:02d}m {whole % 60:02d}s"
+
+
+_MARKDOWN_ESCAPES = str.maketrans({"|": "\\|", "<": "\\<", ">": "\\>"})
+
+
+def one_line(text: Any) -> str:
+    """For a Markdown list or table: one line, no column bars, and no HTML
+    (``<script>`` from a model shows as text in a Markdown viewer too)."""
+    return " ".join(str(text if text is not None else "").split()).translate(_MARKDOWN_ESCAPES)
+
+
+def _environment(autoescape: bool) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("storyloom.plugins", "templates"),
+        undefined=jinja2.StrictUndefined,
+        autoescape=autoescape,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        auto_reload=False,
+    )
+    env.filters.update(usd=usd, number=number, duration=duration, one_line=one_line)
+    return env
+
+
+_markdown = _environment(autoescape=False)  # Markdown is text; one_line keeps tables intact
+_html = _environment(autoescape=True)  # everything from a model or a job file is escaped
+
+
+def render_md(report: dict[str, Any]) -> tuple[str, str]:
+    return "report.md", _markdown.get_template("report.md.j2").render(r=report)
+
+
+def render_json(report: dict[str, Any]) -> tuple[str, str]:
+    return "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n"
+
+
+def render_html(report: dict[str, Any]) -> tuple[str, str]:
+    figures = {
+        "throughput": charts.throughput(report["timeline"]),
+        "status": charts.status(report["counts"]),
+        "cost": charts.per_model(report["models"], "cost_usd", "usd"),
+        "tokens": charts.per_model(report["models"], "tokens", "tokens"),
+    }
+    return "report.html", _html.get_template("report.html.j2").render(r=report, charts=figures,
+                                                                      colours=charts.COLOURS)
+
+
+RENDERERS = {"md": render_md, "json": render_json, "html": render_html}
+
+
+@hookimpl
+def loom_register_renderers(register):
+    for name, renderer in RENDERERS.items():
+        register(name, renderer)

@@ -1,0 +1,251 @@
+"""The ``prompts`` job type: inline chat requests and OpenAI Batch API files,
+run against the fake provider (real HTTP), and results.jsonl."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from storyloom import ConfigError, ErrorKind, ProviderError
+from storyloom.job import Item, Job, JobConfig
+from storyloom.loader import KnownNames, load_job
+from storyloom.plugins.prompts import DEFAULT_MAX_TOKENS, PromptsJobType
+from storyloom.settings import Settings
+
+KNOWN = KnownNames(job_types={"prompts"})
+
+# As OpenAI's Batch API documentation writes them, plus the fields people add.
+BATCH_INPUT = [
+    {"custom_id": "request-1", "method": "POST", "url": "/v1/chat/completions",
+     "body": {"model": "gpt-4o-mini", "max_tokens": 100,
+              "messages": [{"role": "system", "content": "You are a helpful assistant."},
+                           {"role": "user", "content": "Hello world!"}]}},
+    {"custom_id": "request-2", "method": "POST", "url": "/v1/chat/completions",
+     "body": {"model": "gpt-4o-mini", "max_completion_tokens": 60, "temperature": 0.2, "top_p": 0.9,
+              "messages": [{"role": "developer", "content": "Answer in Thai."},
+                           {"role": "user", "content": [{"type": "text", "text": "ฝนตกไหม"},
+                                                        {"type": "text", "text": "ที่เชียงใหม่"}]}]}},
+    {"custom_id": "request-3", "method": "POST", "url": "/v1/chat/completions",
+     "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Three"},
+                                                   {"role": "assistant", "content": "Four"},
+                                                   {"role": "user", "content": "Five?"}]}},
+]
+
+
+def settings(fake, extra: str = "") -> str:
+    return (f"models:\n  m1: {{provider: openai, model: m1, base_url: '{fake.base_url('openai')}', "
+            f"api_key_env: {fake.key_env('openai')}}}\n"
+            "default_models: [m1]\nprogress: []\nreports: []\n"
+            "retry_config: {max_retries: 1, retry_delay: {initial: 0.01s, max: 0.02s}}\n" + extra)
+
+
+def write_jsonl(loom, lines: list, name: str = "requests.jsonl") -> None:
+    loom.write(name, "".join((line if isinstance(line, str) else json.dumps(line, ensure_ascii=False)) + "\n"
+                             for line in lines))
+
+
+def results(loom, job_id: str) -> list[dict]:
+    text = (loom.out_dir / job_id / "results.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines()]
+
+
+# -- Batch API files, end to end --------------------------------------------------
+
+
+def test_a_batch_api_input_file_runs_unchanged(loom, fake_provider):
+    fake_provider.configure("m1", text="Hi there.", output_tokens=7)
+    loom.write("storyloom.yaml", settings(fake_provider))
+    write_jsonl(loom, BATCH_INPUT)
+    result = loom.run("job_id: batch1\njob_type: prompts\ninput: requests.jsonl\n")
+    result.assert_outcomes(completed=3)
+
+    sent = {r.body["messages"][-1]["content"]: r.body for r in fake_provider.requests}
+    assert sent["Hello world!"]["messages"] == BATCH_INPUT[0]["body"]["messages"]
+    assert sent["Hello world!"]["max_completion_tokens"] == 100
+    second = sent["ฝนตกไหม\nที่เชียงใหม่"]  # text parts joined
+    assert second["messages"][0] == {"role": "developer", "content": "Answer in Thai."}
+    assert second["max_completion_tokens"] == 60 and second["temperature"] == 0.2
+    assert sent["Five?"]["max_completion_tokens"] == DEFAULT_MAX_TOKENS
+    assert [m["role"] for m in sent["Five?"]["messages"]] == ["user", "assistant", "user"]
+    assert all(body["model"] == "m1" for body in sent.values())  # the job's models decide
+
+    lines = results(loom, "batch1")
+    assert [line["custom_id"] for line in lines] == ["request-1", "request-2", "request-3"]
+    stats = fake_provider.stats("m1")
+    for line in lines:
+        assert line["error"] is None and line["id"].startswith("batch_req_")
+        response = line["response"]
+        assert response["status_code"] == 200 and response["request_id"]
+        body = response["body"]
+        assert body["object"] == "chat.completion" and body["model"] == "m1"
+        assert body["choices"][0]["message"] == {"role": "assistant", "content": "Hi there.", "refusal": None}
+        assert body["choices"][0]["finish_reason"] == "stop"
+        usage = body["usage"]
+        assert usage["completion_tokens"] == 7
+        assert usage["total_tokens"] == usage["prompt_tokens"] + 7
+    assert sum(line["response"]["body"]["usage"]["prompt_tokens"] for line in lines) == stats.prompt_tokens
+    # The outputs plugin still writes each reply on its own.
+    assert (loom.out_dir / "batch1" / "request-2.txt").read_text(encoding="utf-8") == "Hi there."
+
+
+def test_failed_requests_carry_the_error_kind(loom, fake_provider):
+    loom.write("storyloom.yaml", settings(fake_provider))
+    write_jsonl(loom, [
+        BATCH_INPUT[0],
+        {"custom_id": "tool-call", "method": "POST", "url": "/v1/chat/completions",
+         "body": {"messages": [{"role": "tool", "content": "42", "tool_call_id": "x"}]}},
+        {"custom_id": "two-replies", "method": "POST", "url": "/v1/chat/completions",
+         "body": {"n": 2, "messages": [{"role": "user", "content": "Twice"}]}},
+    ])
+    result = loom.run("job_id: batch2\njob_type: prompts\ninput: requests.jsonl\n")
+    result.assert_outcomes(completed=1, failed=2)
+    assert result.summary.exit_code == 1
+    lines = {line["custom_id"]: line for line in results(loom, "batch2")}
+    assert lines["request-1"]["response"]["status_code"] == 200
+    for custom_id, words in (("tool-call", "role"), ("two-replies", "body.n")):
+        assert lines[custom_id]["response"] is None
+        assert lines[custom_id]["error"]["code"] == ErrorKind.INVALID_INPUT
+        assert words in lines[custom_id]["error"]["message"]
+    assert len(fake_provider.requests) == 1  # nothing hopeless was sent
+
+
+def test_results_are_rewritten_when_a_paused_job_is_resumed(loom, fake_provider):
+    fake_provider.configure("m1", auth_fail=True)  # the only model is taken out: the batch pauses
+    loom.write("storyloom.yaml", settings(fake_provider))
+    write_jsonl(loom, BATCH_INPUT)
+    paused = loom.run("job_id: batch3\njob_type: prompts\ninput: requests.jsonl\nconfig: {max_parallel: 1}\n")
+    assert paused.summary.status == "paused"
+    assert results(loom, "batch3") == []  # nothing finished yet
+    fake_provider.configure("m1", auth_fail=False)
+    loom.resume("batch3").assert_outcomes(completed=3)
+    assert [line["custom_id"] for line in results(loom, "batch3")] == ["request-1", "request-2", "request-3"]
+
+
+def test_other_job_types_write_no_results_file(loom):
+    result = loom.run("job_id: qc\njob_type: qc_processing\nitems:\n  - {item_id: a}\n")
+    result.assert_outcomes(completed=1)
+    assert not (loom.out_dir / "qc" / "results.jsonl").exists()
+
+
+# -- inline items ---------------------------------------------------------------
+
+
+def test_inline_prompts_are_templates_and_messages_are_sent_as_written(loom, fake_provider):
+    loom.write("storyloom.yaml", settings(fake_provider))
+    result = loom.run("""
+        job_id: inline
+        job_type: prompts
+        vars: {system: "You write blurbs for {{ studio }}.", studio: Loom Books, tone: warm}
+        config: {max_tokens: 80}
+        items:
+          - {item_id: b1, prompt: "A {{ tone }} blurb for {{ vars.title }}.", vars: {title: Rain, tone: dry}}
+          - item_id: b2
+            messages: [{role: user, content: "Say {{ hello }} as written."}]
+    """)
+    result.assert_outcomes(completed=2)
+    sent = {r.body["messages"][-1]["content"]: r.body for r in fake_provider.requests}
+    first = sent["A dry blurb for Rain."]  # the item's vars win over the job's
+    assert first["messages"][0] == {"role": "system", "content": "You write blurbs for Loom Books."}
+    assert first["max_completion_tokens"] == 80
+    assert sent["Say {{ hello }} as written."]["messages"] == [
+        {"role": "user", "content": "Say {{ hello }} as written."}]
+    assert [line["custom_id"] for line in results(loom, "inline")] == ["b1", "b2"]
+
+
+def test_a_prompt_naming_a_missing_var_fails_the_item(loom, fake_provider):
+    loom.write("storyloom.yaml", settings(fake_provider))
+    result = loom.run("job_id: missing\njob_type: prompts\nitems:\n  - {item_id: a, prompt: 'Hi {{ nobody }}'}\n")
+    result.assert_outcomes(failed=1)
+    assert result.items["a"].error_kind == ErrorKind.INVALID_INPUT
+    assert "nobody" in result.items["a"].error
+    assert fake_provider.requests == []
+
+
+@pytest.mark.parametrize("item,message", [
+    ("{item_id: a, title: no prompt}", "needs a prompt or messages"),
+    ("{item_id: a, prompt: x, messages: [{role: user, content: y}]}", "gives prompt and messages"),
+    ("{item_id: a, messages: [{role: robot, content: y}]}", "messages[0].role"),
+])
+def test_inline_items_are_checked_before_anything_is_stored(loom, item, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        loom.run(f"job_id: bad\njob_type: prompts\nitems:\n  - {item}\n")
+    assert not (loom.state_dir / "storyloom.db").exists()
+
+
+def test_body_fields_become_the_request():
+    job = Job(job_id="j", job_type="prompts", items=(), config=JobConfig(max_tokens=500))
+    body = {"model": "gpt-4o", "stream": True, "max_tokens": 64, "temperature": 0, "seed": 7,
+            "response_format": {"type": "json_object"}, "messages": [{"role": "user", "content": "x"}]}
+    request = PromptsJobType().build_request(Item("a", fields={"body": body}), job)
+    assert request.max_tokens == 64 and request.temperature == 0.0 and not request.stream
+    assert request.metadata["extra_body"] == {"seed": 7, "response_format": {"type": "json_object"}}
+    no_limit = PromptsJobType().build_request(Item("b", fields={"body": {"messages": body["messages"]}}), job)
+    assert no_limit.max_tokens == 500 and no_limit.metadata == {}  # the job's max_tokens is the default
+    with pytest.raises(ProviderError, match="body.max_tokens: expected a positive integer"):
+        PromptsJobType().build_request(Item("d", fields={"body": {**body, "max_tokens": "64"}}), job)
+    with pytest.raises(ProviderError, match="only text parts"):
+        PromptsJobType().build_request(Item("c", fields={"body": {"messages": [
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}}), job)
+
+
+# -- loading input: files ------------------------------------------------------------
+
+
+def load(loom, job_text: str, lines: list | None = None):
+    if lines is not None:
+        write_jsonl(loom, lines)
+    return load_job(loom.write("job.yaml", job_text), Settings(), KNOWN)
+
+
+def test_input_lines_become_items(loom):
+    job = load(loom, "job_id: j\njob_type: prompts\nlanguage: th\npriority: high\ninput: requests.jsonl\n",
+               BATCH_INPUT[:2] + [""])  # a blank last line is fine
+    assert [item.item_id for item in job.items] == ["request-1", "request-2"]
+    assert job.items[1].fields == {"language": "th", "body": BATCH_INPUT[1]["body"]}
+    assert {item.priority.name for item in job.items} == {"HIGH"}
+
+
+def test_input_is_relative_to_the_job_file(loom):
+    write_jsonl(loom, BATCH_INPUT[:1], "batches/nightly.jsonl")
+    path = loom.write("jobs/job.yaml", "job_id: j\njob_type: prompts\ninput: ../batches/nightly.jsonl\n")
+    assert [item.item_id for item in load_job(path, Settings(), KNOWN).items] == ["request-1"]
+
+
+def line(custom_id="r1", **changes) -> dict:
+    entry = {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
+             "body": {"messages": [{"role": "user", "content": "x"}]}}
+    entry.update(changes)
+    return entry
+
+
+@pytest.mark.parametrize("lines,where,message", [
+    ([line("r1"), line("a b")], 2, "at custom_id: custom_id becomes the item_id: expected a safe name"),
+    ([line("r1"), line("r2"), line("r1")], 3, "duplicate custom_id 'r1' (first on line 1)"),
+    ([line("r1"), '{"custom_id": "r2", '], 2, "invalid JSON"),
+    ([line(url="/v1/embeddings")], 1, "at url: expected /v1/chat/completions"),
+    ([line(method="GET")], 1, "at method: expected POST"),
+    ([line(body={"prompt": "x"})], 1, "at body.messages: expected a non-empty list of messages"),
+    ([{"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions"}], 1, "missing required key 'body'"),
+    ([line(customid="x")], 1, "unknown key 'customid'"),
+    (["[1, 2]"], 1, "expected a request object"),
+])
+def test_a_bad_line_names_the_file_and_line(loom, lines, where, message):
+    with pytest.raises(ConfigError) as info:
+        load(loom, "job_id: j\njob_type: prompts\ninput: requests.jsonl\n", lines)
+    text = str(info.value)
+    assert text.startswith(f"{loom.path / 'requests.jsonl'}:{where}:"), text
+    assert message in text, text
+
+
+@pytest.mark.parametrize("job_text,message", [
+    ("job_id: j\njob_type: prompts\n", "give either items"),
+    ("job_id: j\njob_type: prompts\ninput: requests.jsonl\nitems:\n  - {item_id: a, prompt: x}\n",
+     "give either items"),
+    ("job_id: j\njob_type: prompts\ninput: nowhere.jsonl\n", "nowhere.jsonl: file not found"),
+    ("job_id: j\njob_type: prompts\ninput: requests.jsonl\n", "holds no requests"),
+])
+def test_input_or_items_but_not_both(loom, job_text, message):
+    loom.write("requests.jsonl", "\n")
+    with pytest.raises(ConfigError, match=message):
+        load(loom, job_text)

@@ -1,0 +1,533 @@
+"""Routing strategies: unit tests per strategy, property tests, and jobs run
+end to end with the simulated provider."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import trio
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import storyloom
+from sample_plugins import scripted
+from storyloom import UsageError
+from storyloom.job import Item, Job, Plan
+from storyloom.plugins import routing
+from storyloom.plugins.routing import SEED_GENRE_TABLE, Cheapest, Genre, LeastLoaded, RoundRobin
+from storyloom.provider import Response
+from storyloom.registry import Registries
+from storyloom.routing import RouteContext
+from storyloom.settings import Price, RetryConfig
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "routing.md"
+MODELS = ("gemini", "gpt-4o", "claude-haiku")
+
+
+def plan(models=MODELS, max_parallel: int = 4) -> Plan:
+    job = Job(job_id="j", job_type="qc_processing", items=())
+    return Plan(job=job, max_parallel=max_parallel, timeout_per_item=60, max_retries=3, retry=RetryConfig(),
+                models=tuple(models), routing={})
+
+
+def item(item_id: str = "i", genre: str | None = None, project_id: str | None = None) -> Item:
+    return Item(item_id=item_id, project_id=project_id, fields={"genre": genre} if genre is not None else {})
+
+
+def bundled_strategies() -> dict:
+    found = Registries().strategies
+    routing.loom_register_strategies(lambda name, factory: found.__setitem__(name, factory))
+    return found
+
+
+# -- round_robin --------------------------------------------------------------
+
+
+def test_round_robin_is_i_mod_n_while_every_model_is_usable():
+    rr = RoundRobin({}, plan())
+    ctx = RouteContext(usable=MODELS)
+    chosen = [rr.choose(item(f"i{i}"), ctx).model for i in range(7)]
+    assert chosen == [MODELS[i % 3] for i in range(7)]
+
+
+def test_round_robin_counts_retries():
+    rr = RoundRobin({}, plan())
+    first = rr.choose(item("a"), RouteContext(usable=MODELS)).model
+    retry = rr.choose(item("a"), RouteContext(usable=MODELS, attempt=1, previous_model=first)).model
+    following = rr.choose(item("b"), RouteContext(usable=MODELS)).model
+    assert (first, retry, following) == ("gemini", "gpt-4o", "claude-haiku")
+
+
+def test_round_robin_evens_out_when_a_model_comes_back():
+    rr = RoundRobin({}, plan())
+    for _ in range(4):
+        rr.choose(item(), RouteContext(usable=("gemini", "gpt-4o")))
+    back = [rr.choose(item(), RouteContext(usable=MODELS)).model for _ in range(2)]
+    assert back == ["claude-haiku", "claude-haiku"]
+    assert rr.counts == {"gemini": 2, "gpt-4o": 2, "claude-haiku": 2}
+
+
+# -- genre ----------------------------------------------------------------------
+
+
+def seed_genre(**extra) -> Genre:
+    return Genre({"table": dict(SEED_GENRE_TABLE), "default": "gemini", **extra}, plan())
+
+
+@pytest.mark.parametrize("genre, model", sorted(SEED_GENRE_TABLE.items()))
+def test_genre_follows_the_seed_table(genre, model):
+    choice = seed_genre().choose(item(genre=genre), RouteContext(usable=MODELS))
+    assert choice.model == model
+    assert choice.reason == {"strategy": "genre", "genre": genre, "from": "item", "table": model}
+
+
+def test_genre_matches_ignoring_case_and_spaces():
+    assert seed_genre().choose(item(genre=" Fantasy "), RouteContext(usable=MODELS)).model == "gpt-4o"
+
+
+def test_genre_comes_from_the_project_when_the_item_has_none():
+    strategy = seed_genre(projects={"rain": "horror", "sun": "fantasy"})
+    choice = strategy.choose(item(project_id="rain"), RouteContext(usable=MODELS))
+    assert choice.model == "claude-haiku"
+    assert choice.reason["from"] == "project" and choice.reason["genre"] == "horror"
+    # The item's own genre wins over its project's.
+    assert strategy.choose(item(genre="fantasy", project_id="rain"), RouteContext(usable=MODELS)).model == "gpt-4o"
+
+
+def test_genre_falls_back_to_the_default_and_says_why():
+    strategy = seed_genre()
+    unusable = strategy.choose(item(genre="fantasy"), RouteContext(usable=("gemini", "claude-haiku")))
+    assert unusable.model == "gemini"
+    assert unusable.reason == {"strategy": "genre", "genre": "fantasy", "from": "item", "table": "gpt-4o",
+                               "fallback": "default", "why": "gpt-4o not usable"}
+    unknown = strategy.choose(item(genre="western"), RouteContext(usable=MODELS))
+    assert (unknown.model, unknown.reason["why"]) == ("gemini", "genre not in table")
+    none = strategy.choose(item(), RouteContext(usable=MODELS))
+    assert (none.model, none.reason["why"], none.reason["genre"]) == ("gemini", "no genre", None)
+
+
+def test_genre_falls_back_to_the_first_usable_when_the_default_is_not_usable():
+    choice = seed_genre().choose(item(genre="fantasy"), RouteContext(usable=("claude-haiku",)))
+    assert choice.model == "claude-haiku"
+    assert choice.reason["fallback"] == "first usable"
+    assert choice.reason["why"] == "gpt-4o not usable; default gemini not usable"
+
+
+def test_genre_without_a_default_uses_the_first_usable():
+    strategy = Genre({"table": {"fantasy": "gpt-4o"}}, plan())
+    choice = strategy.choose(item(genre="horror"), RouteContext(usable=("claude-haiku", "gemini")))
+    assert (choice.model, choice.reason["fallback"]) == ("claude-haiku", "first usable")
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"table": {"fantasy": "gpt-5"}}, "'gpt-5' is not one of the job's models (gemini, gpt-4o, claude-haiku)"),
+    ({"table": {"fantasy": "gpt-4o"}, "default": "llama"}, "default: 'llama' is not one of the job's models"),
+    ({}, "genre routing needs a table"),
+    ({"table": ["fantasy", "gpt-4o"]}, "'table' must be a mapping"),
+    ({"table": {"fantasy": 4}}, "the value for 'fantasy' must be a name"),
+    ({"table": {"Fantasy": "gpt-4o", "fantasy": "gemini"}}, "maps 'fantasy' to both 'gpt-4o' and 'gemini'"),
+    ({"table": {"fantasy": "gpt-4o"}, "projects": {"rain": ["horror"]}}, "'projects': the value for 'rain'"),
+])
+def test_genre_rejects_bad_options_when_built(options, message):
+    with pytest.raises(UsageError) as info:
+        Genre(options, plan())
+    assert message in str(info.value)
+
+
+def test_genre_reads_project_ids_that_yaml_made_numbers():
+    strategy = Genre({"table": {"horror": "claude-haiku"}, "projects": {456: "horror"}}, plan())
+    assert strategy.choose(item(project_id="456"), RouteContext(usable=MODELS)).model == "claude-haiku"
+
+
+# -- least_loaded ---------------------------------------------------------------
+
+
+def test_least_loaded_takes_the_lowest_load_relative_to_capacity():
+    strategy = LeastLoaded({}, plan())
+    ctx = RouteContext(usable=MODELS, in_flight={"gemini": 1, "gpt-4o": 2, "claude-haiku": 1},
+                       capacity={"gemini": 1, "gpt-4o": 8, "claude-haiku": 2})
+    choice = strategy.choose(item(), ctx)
+    assert choice.model == "gpt-4o"
+    assert choice.reason["loads"] == {"gemini": 1.0, "gpt-4o": 0.25, "claude-haiku": 0.5}
+    assert choice.reason["capacity"] == {"gemini": 1, "gpt-4o": 8, "claude-haiku": 2}
+
+
+def test_least_loaded_counts_reserved_attempts():
+    strategy = LeastLoaded({}, plan())
+    ctx = RouteContext(usable=("gemini", "gpt-4o"), in_flight={"gemini": 0, "gpt-4o": 1},
+                       reserved={"gemini": 3}, capacity={"gemini": 4, "gpt-4o": 4})
+    choice = strategy.choose(item(), ctx)
+    assert choice.model == "gpt-4o"
+    assert choice.reason["busy"] == {"gemini": 3, "gpt-4o": 1}
+
+
+def test_least_loaded_uses_the_jobs_max_parallel_for_a_model_without_its_own():
+    strategy = LeastLoaded({}, plan(max_parallel=10))
+    ctx = RouteContext(usable=("gemini", "gpt-4o"), in_flight={"gemini": 3, "gpt-4o": 1},
+                       capacity={"gemini": 0, "gpt-4o": 2})
+    choice = strategy.choose(item(), ctx)
+    assert choice.model == "gemini"  # 3/10 beats 1/2
+    assert choice.reason["capacity"] == {"gemini": 10, "gpt-4o": 2}
+
+
+def test_least_loaded_counts_a_rate_held_model_as_more_loaded():
+    strategy = LeastLoaded({}, plan())
+    ctx = RouteContext(usable=("gemini", "gpt-4o"), capacity={"gemini": 4, "gpt-4o": 4},
+                       in_flight={"gemini": 1, "gpt-4o": 1}, rate_wait={"gemini": 0.5})
+    choice = strategy.choose(item(), ctx)
+    assert choice.model == "gpt-4o"
+    assert choice.reason["rate_wait"] == {"gemini": 0.5}
+    assert choice.reason["loads"] == {"gemini": 0.5, "gpt-4o": 0.25}
+
+
+def test_least_loaded_prefers_a_free_slot_over_a_full_model_even_when_rate_held():
+    strategy = LeastLoaded({}, plan())
+    # gemini: 1 of 2 busy and held (load (1+1)/2 = 1); gpt-4o: 1 of 1 busy (load 1), no free slot.
+    ctx = RouteContext(usable=("gpt-4o", "gemini"), capacity={"gemini": 2, "gpt-4o": 1},
+                       in_flight={"gemini": 1, "gpt-4o": 1}, rate_wait={"gemini": 3.0})
+    assert strategy.choose(item(), ctx).model == "gemini"
+
+
+def test_least_loaded_prefers_the_sooner_free_among_equal_loads():
+    strategy = LeastLoaded({}, plan())
+    ctx = RouteContext(usable=MODELS, capacity=dict.fromkeys(MODELS, 2),
+                       rate_wait={"gemini": 2.0, "gpt-4o": 0.5, "claude-haiku": 1.0})
+    assert strategy.choose(item(), ctx).model == "gpt-4o"
+
+
+def test_least_loaded_ties_rotate():
+    strategy = LeastLoaded({}, plan())
+    ctx = RouteContext(usable=MODELS, capacity=dict.fromkeys(MODELS, 2))
+    chosen = [strategy.choose(item(), ctx) for _ in range(6)]
+    assert [c.model for c in chosen] == list(MODELS) * 2
+    assert chosen[0].reason["tied"] == list(MODELS)
+
+
+def test_least_loaded_never_reads_a_negative_counter_as_spare_room():
+    strategy = LeastLoaded({}, plan())
+    ctx = RouteContext(usable=("gemini", "gpt-4o"), in_flight={"gemini": -3, "gpt-4o": 0},
+                       reserved={"gemini": -1}, capacity={"gemini": 2, "gpt-4o": 2})
+    chosen = [strategy.choose(item(), ctx) for _ in range(4)]
+    assert [c.model for c in chosen] == ["gemini", "gpt-4o"] * 2  # a tie, not a magnet
+    assert chosen[0].reason["busy"] == {"gemini": 0, "gpt-4o": 0}
+
+
+# -- cheapest -------------------------------------------------------------------
+
+SEED_PRICES = {"gemini": Price(0.10, 0.40), "gpt-4o": Price(2.5, 10.0), "claude-haiku": Price(1.0, 5.0)}
+
+
+def priced(usable=MODELS, prompt: int = 1000, output: int = 500, prices=None) -> RouteContext:
+    return RouteContext(usable=usable, prices=prices or SEED_PRICES, prompt_tokens=dict.fromkeys(usable, prompt),
+                        output_tokens=dict.fromkeys(usable, output))
+
+
+def test_cheapest_takes_the_lowest_expected_cost_and_shows_the_costs():
+    choice = Cheapest({}, plan()).choose(item(), priced())
+    assert choice.model == "gemini"
+    assert choice.reason == {"strategy": "cheapest",
+                             "costs": {"gemini": 0.0003, "gpt-4o": 0.0075, "claude-haiku": 0.0035}}
+
+
+def test_cheapest_only_among_the_usable():
+    assert Cheapest({}, plan()).choose(item(), priced(usable=("gpt-4o", "claude-haiku"))).model == "claude-haiku"
+
+
+def test_cheapest_weighs_prompt_and_reply_tokens():
+    prices = {"gemini": Price(1.0, 20.0), "gpt-4o": Price(5.0, 2.0)}
+    strategy = Cheapest({}, plan())
+    long_prompt = priced(usable=("gemini", "gpt-4o"), prompt=10_000, output=100, prices=prices)
+    long_reply = priced(usable=("gemini", "gpt-4o"), prompt=100, output=10_000, prices=prices)
+    assert strategy.choose(item(), long_prompt).model == "gemini"
+    assert strategy.choose(item(), long_reply).model == "gpt-4o"
+
+
+def test_cheapest_output_tokens_option_overrides_the_kernels_expectation():
+    prices = {"gemini": Price(1.0, 20.0), "gpt-4o": Price(5.0, 2.0)}
+    ctx = priced(usable=("gemini", "gpt-4o"), prompt=1000, output=10, prices=prices)
+    assert Cheapest({}, plan()).choose(item(), ctx).model == "gemini"
+    assert Cheapest({"output_tokens": 4000}, plan()).choose(item(), ctx).model == "gpt-4o"
+
+
+def test_cheapest_counts_a_model_without_a_price_as_free_and_rotates_ties():
+    strategy = Cheapest({}, plan())
+    ctx = priced(prices={"gpt-4o": Price(2.5, 10.0)})  # gemini and claude-haiku have no price
+    assert [strategy.choose(item(), ctx).model for _ in range(4)] == ["gemini", "claude-haiku"] * 2
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, "many", True])
+def test_cheapest_rejects_a_bad_output_tokens_option(bad):
+    with pytest.raises(UsageError, match="output_tokens must be a positive whole number"):
+        Cheapest({"output_tokens": bad}, plan())
+
+
+# -- properties -----------------------------------------------------------------
+
+#: Options that build each bundled strategy; a new bundled strategy must be added here.
+PROPERTY_OPTIONS = {
+    "round_robin": {},
+    "genre": {"table": dict(SEED_GENRE_TABLE), "default": "gpt-4o", "projects": {"p0": "horror"}},
+    "least_loaded": {},
+    "cheapest": {},
+}
+
+counts = st.dictionaries(st.sampled_from(MODELS), st.integers(-2, 12))
+contexts = st.builds(
+    RouteContext,
+    usable=st.lists(st.sampled_from(MODELS), min_size=1, max_size=3, unique=True),
+    attempt=st.integers(0, 5),
+    previous_model=st.none() | st.sampled_from(MODELS),
+    in_flight=counts,
+    capacity=st.dictionaries(st.sampled_from(MODELS), st.integers(0, 8)),
+    reserved=counts,
+    rate_wait=st.dictionaries(st.sampled_from(MODELS), st.floats(0, 60)),
+    prices=st.dictionaries(st.sampled_from(MODELS), st.builds(Price, st.floats(0, 100), st.floats(0, 100))),
+    prompt_tokens=st.dictionaries(st.sampled_from(MODELS), st.integers(0, 200_000)),
+    output_tokens=st.dictionaries(st.sampled_from(MODELS), st.integers(0, 64_000)),
+)
+items = st.builds(item, item_id=st.text(min_size=1, max_size=5),
+                  genre=st.none() | st.sampled_from([*SEED_GENRE_TABLE, "FANTASY", "western", ""]),
+                  project_id=st.none() | st.sampled_from(["p0", "p1"]))
+
+
+def test_every_bundled_strategy_is_property_tested():
+    assert set(bundled_strategies()) == set(PROPERTY_OPTIONS)
+
+
+@pytest.mark.parametrize("name", sorted(PROPERTY_OPTIONS))
+@settings(max_examples=150, deadline=None)
+@given(calls=st.lists(st.tuples(items, contexts), min_size=1, max_size=20))
+def test_no_strategy_returns_an_unusable_model(name, calls):
+    strategy = bundled_strategies()[name](dict(PROPERTY_OPTIONS[name]), plan())
+    for it, ctx in calls:
+        choice = strategy.choose(it, ctx)
+        assert choice.model in ctx.usable
+        assert choice.reason["strategy"] == name
+        json.dumps(choice.reason, allow_nan=False)  # stored with the attempt
+
+
+@settings(max_examples=200, deadline=None)
+@given(n_models=st.integers(1, 5), attempts=st.lists(st.integers(0, 3), max_size=60))
+def test_round_robin_shares_differ_by_at_most_one(n_models, attempts):
+    models = [f"m{i}" for i in range(n_models)]
+    rr = RoundRobin({}, plan(models))
+    shares = Counter({m: 0 for m in models})
+    previous = None
+    for i, attempt in enumerate(attempts):  # first attempts and retries alike
+        previous = rr.choose(item(f"i{i}"), RouteContext(usable=models, attempt=attempt,
+                                                         previous_model=previous)).model
+        shares[previous] += 1
+        assert max(shares.values()) - min(shares.values()) <= 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data(), capacities=st.lists(st.integers(0, 4), min_size=1, max_size=4), max_parallel=st.integers(1, 6))
+def test_least_loaded_never_queues_past_capacity_while_a_usable_model_has_room(data, capacities, max_parallel):
+    """A scheduler loop: items arrive and finish at random; a model runs up
+    to its capacity and queues the rest. Whenever an item is routed to a
+    model with no free slot, no usable model had one."""
+    models = [f"m{i}" for i in range(len(capacities))]
+    cap = {m: c or max_parallel for m, c in zip(models, capacities)}
+    strategy = LeastLoaded({}, plan(models, max_parallel))
+    running = dict.fromkeys(models, 0)
+    queued = dict.fromkeys(models, 0)
+    for _ in range(data.draw(st.integers(1, 50), label="steps")):
+        busy_models = [m for m in models if running[m]]
+        if busy_models and data.draw(st.booleans(), label="finish one"):
+            m = data.draw(st.sampled_from(busy_models), label="finishes")
+            running[m] -= 1
+            if queued[m]:
+                queued[m] -= 1
+                running[m] += 1
+            continue
+        usable = data.draw(st.lists(st.sampled_from(models), min_size=1, unique=True), label="usable")
+        usable.sort(key=models.index)
+        wait = data.draw(st.dictionaries(st.sampled_from(models), st.floats(0, 5)), label="rate wait")
+        ctx = RouteContext(usable=usable, in_flight=running, reserved=queued,
+                           capacity=dict(zip(models, capacities)), rate_wait=wait)
+        chosen = strategy.choose(item(), ctx).model
+        had_room = [m for m in usable if running[m] + queued[m] < cap[m]]
+        if running[chosen] + queued[chosen] >= cap[chosen]:
+            assert not had_room, f"{chosen} queued past its capacity while {had_room} had room"
+        if running[chosen] < cap[chosen]:
+            running[chosen] += 1
+        else:
+            queued[chosen] += 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(rounds=st.integers(1, 5), usable=st.lists(st.sampled_from(MODELS), min_size=1, unique=True))
+def test_least_loaded_ties_starve_no_model(rounds, usable):
+    strategy = LeastLoaded({}, plan())
+    ctx = RouteContext(usable=usable, capacity=dict.fromkeys(MODELS, 3))
+    chosen = Counter(strategy.choose(item(), ctx).model for _ in range(rounds * len(usable)))
+    assert chosen == Counter(dict.fromkeys(usable, rounds))
+
+
+@settings(max_examples=300, deadline=None)
+@given(ctx=contexts, option=st.none() | st.integers(1, 10_000))
+def test_cheapest_picks_a_minimum_expected_cost(ctx, option):
+    strategy = Cheapest({} if option is None else {"output_tokens": option}, plan())
+    choice = strategy.choose(item(), ctx)
+
+    def cost(m):
+        price = ctx.prices.get(m, Price())
+        output = option if option is not None else ctx.output_tokens.get(m, 0)
+        return (ctx.prompt_tokens.get(m, 0) * price.input + output * price.output) / 1_000_000
+
+    assert cost(choice.model) == pytest.approx(min(cost(m) for m in ctx.usable), rel=1e-12, abs=0)
+
+
+# -- docs -----------------------------------------------------------------------
+
+
+def test_docs_describe_every_bundled_strategy():
+    text = DOCS.read_text(encoding="utf-8")
+    for name in bundled_strategies():
+        assert f"## `{name}`" in text, name
+
+
+def test_docs_show_the_seed_genre_table():
+    text = DOCS.read_text(encoding="utf-8")
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", text, re.S)]
+    routings = [b["routing"] for b in blocks if isinstance(b, dict) and "routing" in b]
+    tables = [r["table"] for r in routings if r.get("strategy") == "genre"]
+    assert SEED_GENRE_TABLE in tables
+
+
+# -- end to end -----------------------------------------------------------------
+
+PRICED_MODELS = """\
+models:
+  gemini: {provider: simulated, latency_ms: 5, price: {input: 0.10, output: 0.40}}
+  gpt-4o: {provider: simulated, latency_ms: 5, price: {input: 2.50, output: 10.00}}
+  claude-haiku: {provider: simulated, latency_ms: 5, price: {input: 1.00, output: 5.00}}
+default_models: [gemini, gpt-4o, claude-haiku]
+"""
+
+
+def routes(result) -> list[tuple[str, str, dict]]:
+    """(item_id, model, route) of every attempt, in the order they finished."""
+    return [(c["item"].item_id, c["outcome"].model, c["outcome"].route)
+            for c in result.recorder.calls["loom_item_finished"]]
+
+
+def test_genre_routing_end_to_end(loom):
+    loom.write("storyloom.yaml", PRICED_MODELS)
+    genres = ["fantasy", "romantic-comedy", "horror", "mystery", "bl-gl", "western"]
+    items = "".join(f"  - {{item_id: g{i}, genre: {g}}}\n" for i, g in enumerate(genres))
+    result = loom.run(
+        "job_id: by-genre\njob_type: qc_processing\n"
+        "routing:\n  strategy: genre\n  default: gemini\n  projects: {rain: horror}\n"
+        f"  table: {json.dumps(SEED_GENRE_TABLE)}\n"
+        f"items:\n{items}  - {{item_id: rain-1, project_id: rain}}\n"
+    )
+    result.assert_outcomes(completed=7)
+    expected = {f"g{i}": SEED_GENRE_TABLE.get(g, "gemini") for i, g in enumerate(genres)} | {"rain-1": "claude-haiku"}
+    assert {item_id: row.last_model for item_id, row in result.items.items()} == expected
+    by_item = {item_id: route for item_id, _model, route in routes(result)}
+    assert by_item["g0"]["strategy"] == "genre" and by_item["g0"]["table"] == "gpt-4o"
+    assert by_item["g5"]["fallback"] == "default" and by_item["g5"]["why"] == "genre not in table"
+    assert by_item["rain-1"]["from"] == "project"
+    assert by_item["g0"]["usable"] == list(MODELS)  # the kernel adds what was usable
+
+
+def test_a_genre_table_naming_a_model_the_job_does_not_use_is_a_usage_error(loom):
+    loom.write("storyloom.yaml", PRICED_MODELS)
+    with pytest.raises(UsageError, match="'claude-haiku' is not one of the job's models"):
+        loom.run("job_id: narrow\njob_type: qc_processing\nmodels: [gemini, gpt-4o]\n"
+                 "routing: {strategy: genre, table: {horror: claude-haiku}}\nitems:\n  - {item_id: a}\n")
+
+
+def test_round_robin_end_to_end_counts_retries(loom):
+    loom.write("storyloom.yaml", "models:\n" + "".join(
+        f"  s{i}: {{provider: scripted, latency: 0.001, script: {{it-0: [TEMPORARY_ERROR, ok]}}}}\n" for i in (1, 2, 3)
+    ) + "retry_config: {max_retries: 2, retry_delay: {initial: 0.01s, max: 0.01s}}\n")
+    scripted.reset()
+    result = loom.run(
+        "job_id: rr\njob_type: qc_processing\nmodels: [s1, s2, s3]\nrouting: {strategy: round_robin}\n"
+        "config: {max_parallel: 1}\nitems:\n" + "".join(f"  - {{item_id: it-{i}}}\n" for i in range(6)),
+        plugins=(scripted,),
+    )
+    result.assert_outcomes(completed=6)
+    models = [model for (_item, _attempt, model, _t) in scripted.STATS["calls"]]
+    assert len(models) == 7  # it-0 retried once
+    assert models[:3] == ["s1", "s2", "s3"]
+    shares = Counter(models)
+    assert max(shares.values()) - min(shares.values()) <= 1
+    assert all(route["strategy"] == "round_robin" for _i, _m, route in routes(result))
+
+
+class Counting:
+    """A provider plugin that records each model's most requests at once."""
+
+    def __init__(self) -> None:
+        self.now: Counter = Counter()
+        self.most: Counter = Counter()
+        plugin = self
+
+        class Provider:
+            def __init__(self, spec):
+                self.name = spec.name
+
+            async def complete(self, request):
+                plugin.now[self.name] += 1
+                plugin.most[self.name] = max(plugin.most[self.name], plugin.now[self.name])
+                try:
+                    await trio.sleep(0.01)
+                finally:
+                    plugin.now[self.name] -= 1
+                return Response(text="ok", input_tokens=10, output_tokens=5, model=self.name)
+
+            async def aclose(self):
+                pass
+
+        self.provider = Provider
+
+    @storyloom.hookimpl
+    def loom_register_providers(self, register):
+        register("counting", self.provider)
+
+
+LOADED_MODELS = """\
+models:
+  one: {provider: counting, max_parallel: 1}
+  two: {provider: counting, max_parallel: 2}
+  three: {provider: counting, max_parallel: 3}
+"""
+LOADED_JOB = ("job_id: load\njob_type: qc_processing\nmodels: [one, two, three]\nrouting: {strategy: least_loaded}\n"
+              "config: {max_parallel: 6}\nitems:\n" + "".join(f"  - {{item_id: it-{i}}}\n" for i in range(60)))
+
+
+def test_least_loaded_end_to_end_shares_follow_capacity(loom):
+    loom.write("storyloom.yaml", LOADED_MODELS)
+    result = loom.run(LOADED_JOB, plugins=(Counting(),))
+    result.assert_outcomes(completed=60)
+    shares = Counter(model for _i, model, _r in routes(result))
+    assert shares["one"] < shares["two"] < shares["three"]
+    assert all(route["strategy"] == "least_loaded" and route["capacity"] == {"one": 1, "two": 2, "three": 3}
+               for _i, _m, route in routes(result))
+
+
+def test_least_loaded_end_to_end_never_sends_past_a_models_capacity(loom):
+    loom.write("storyloom.yaml", LOADED_MODELS)
+    counting = Counting()
+    loom.run(LOADED_JOB, plugins=(counting,))
+    assert counting.most == {"one": 1, "two": 2, "three": 3}
+
+
+def test_cheapest_end_to_end(loom):
+    loom.write("storyloom.yaml", PRICED_MODELS)
+    result = loom.run("job_id: cheap\njob_type: qc_processing\nrouting: {strategy: cheapest}\nitems:\n"
+                      "  - {item_id: a}\n  - {item_id: b}\n  - {item_id: pinned, model: gpt-4o}\n")
+    result.assert_outcomes(completed=3)
+    assert {i: row.last_model for i, row in result.items.items()} == {"a": "gemini", "b": "gemini",
+                                                                      "pinned": "gpt-4o"}
+    route = next(r for i, _m, r in routes(result) if i == "a")
+    assert set(route["costs"]) == set(MODELS)
+    assert min(route["costs"], key=route["costs"].get) == "gemini" and route["costs"]["gemini"] > 0

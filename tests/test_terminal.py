@@ -1,0 +1,261 @@
+"""The terminal view: drawn in a pseudo-terminal and read back from a small
+screen emulator; plain lines when the output is a pipe; the view's content."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import trio
+
+from storyloom.events import Event
+from storyloom.plugins.progress import PlainProgress
+from storyloom.plugins.terminal import LiveProgress, make_sink, view
+from storyloom.plugins.tracker import ProgressTracker
+
+T0 = 1_700_000_000.0
+SETTINGS = """
+models:
+  sim: {{provider: simulated, latency_ms: {latency}, output_tokens: 50, seed: 3, price: {{input: 1.0, output: 2.0}}}}
+default_models: [sim]
+"""
+JOB = """
+job_id: {job_id}
+job_type: chapter_writing
+budget_usd: 5
+config: {{max_parallel: 3}}
+items:
+  - {{project_id: rain, chapters: 1-{n}}}
+"""
+
+
+class Screen:
+    """Just enough of a VT100 to read back what rich draws: text, CR/LF, cursor
+    up/down/column, erase line and display; colours and modes are ignored.
+    ``frames`` counts redraws (a cursor-up that starts a new frame)."""
+
+    CSI = re.compile(r"\x1b\[([?0-9;]*)([A-Za-z])")
+    REDRAW = "\r\x1b[2K\x1b[1A"
+
+    def __init__(self) -> None:
+        self.lines: list[list[str]] = [[]]
+        self.row = self.col = 0
+        self.frames = 0
+        self.cleared_screen = False
+        self.snapshots: list[str] = []
+
+    def feed(self, text: str) -> None:
+        i = 0
+        while i < len(text):
+            if text.startswith(self.REDRAW, i):  # rich climbs back over the last frame to draw the next
+                self.frames += 1
+                self.snapshots.append(self.text())
+            match = self.CSI.match(text, i)
+            if match:
+                self._csi(match.group(1), match.group(2))
+                i = match.end()
+                continue
+            ch = text[i]
+            i += 1
+            if ch == "\r":
+                self.col = 0
+            elif ch == "\n":
+                self.row += 1
+                self.col = 0
+            elif ch == "\x1b":  # another escape (OSC, charset): skip to its end
+                end = text.find("\x07", i)
+                i = end + 1 if end != -1 and text[i:i + 1] == "]" else i + 1
+            elif ch >= " ":
+                line = self._line()
+                line.extend(" " * (self.col - len(line)))
+                if self.col < len(line):
+                    line[self.col] = ch
+                else:
+                    line.append(ch)
+                self.col += 1
+
+    def _line(self) -> list[str]:
+        while len(self.lines) <= self.row:
+            self.lines.append([])
+        return self.lines[self.row]
+
+    def _csi(self, params: str, final: str) -> None:
+        n = int(params) if params.isdigit() else 1
+        if final == "A":
+            self.row = max(0, self.row - n)
+        elif final == "B":
+            self.row += n
+        elif final == "G":
+            self.col = n - 1
+        elif final == "K":
+            line = self._line()
+            if params == "2":
+                line.clear()
+            else:
+                del line[self.col:]
+        elif final == "J" and params in ("2", "3"):
+            self.cleared_screen = True
+
+    def text(self) -> str:
+        return "\n".join("".join(line).rstrip() for line in self.lines)
+
+
+def run_in_pty(args: list[str], cwd: Path, columns: int = 100, rows: int = 50) -> tuple[int, str]:
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STORYLOOM_", "COLUMNS", "LINES"))}
+    env.update(STORYLOOM_DISABLE_PLUGIN_AUTOLOAD="1", TERM="xterm-256color")
+    env.pop("NO_COLOR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "storyloom.cli", *args], cwd=cwd, env=env,
+                            stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    out = bytearray()
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            elif proc.poll() is not None:
+                break
+    finally:
+        os.close(master)
+        code = proc.wait(timeout=30)
+    return code, out.decode("utf-8", "replace")
+
+
+def project(tmp_path: Path, n: int, latency: int, job_id: str = "tty-job") -> None:
+    (tmp_path / "storyloom.yaml").write_text(SETTINGS.format(latency=latency))
+    (tmp_path / "job.yaml").write_text(JOB.format(job_id=job_id, n=n))
+
+
+def test_the_live_view_in_a_pseudo_terminal(tmp_path):
+    # 12 chapters, 3 at a time, ~0.5 s each: about 2 s, several redraws.
+    project(tmp_path, n=12, latency=500)
+    code, output = run_in_pty(["run", "job.yaml"], tmp_path)
+    assert code == 0, output[-2000:]
+    screen = Screen()
+    screen.feed(output)
+    final = screen.text()
+    for expected in ("Batch Job: tty-job", "Type: Chapter Writing", "Started: ", "Elapsed: 0:00:0",
+                     "] 100%", "12/12 completed", "Status Breakdown:", "✅ Completed: 12", "🔄 Running: 0",
+                     "⏳ Pending: 0", "🔁 Retrying: 0", "❌ Failed: 0", "items/min", "of $5.00 budget",
+                     "Finished: completed", "tty-job: completed in"):
+        assert expected in final, f"{expected!r} not on the final screen:\n{final}"
+    assert "[████████████████████] 100%" in final
+    # Redrawn in place (no clearing the screen), at least twice a second: a 2 s run gives 4+ frames.
+    assert not screen.cleared_screen
+    assert screen.frames >= 4, screen.frames
+    assert final.count("Batch Job: tty-job") == 1  # frames overwrite each other, not scroll
+    # While it ran, the view listed the chapters in flight with their model.
+    during = "\n".join(screen.snapshots)
+    assert re.search(r"• rain/ch\d+ → sim \(\d+s\)", during), during[-1500:]
+    assert "Current Processing:" in during and "Estimated Completion: 0:00:0" in during
+
+
+def test_plain_lines_at_each_ten_percent_when_piped(tmp_path):
+    project(tmp_path, n=10, latency=20, job_id="pipe-job")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STORYLOOM_")}
+    env["STORYLOOM_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    out = subprocess.run([sys.executable, "-m", "storyloom.cli", "run", "job.yaml"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stderr.splitlines()
+    assert "\x1b[" not in out.stderr  # no escape codes in a log
+    assert lines[0].startswith("[pipe-job] started 0/10 done: 0 completed")
+    steps = [int(m.group(1)) for line in lines if (m := re.match(r"\[pipe-job\]\s+(\d+)% ", line))]
+    assert steps == list(range(10, 101, 10))
+    assert lines[-1].startswith("[pipe-job] 100% 10/10 done: 10 completed, 0 failed, 0 skipped, 0 retries, $")
+    assert re.search(r"; \d running, ETA \d:\d\d:\d\d$", lines[5])  # mid-run lines say what is left
+
+
+def test_quiet_silences_it(tmp_path):
+    project(tmp_path, n=3, latency=0, job_id="quiet-job")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STORYLOOM_")}
+    env["STORYLOOM_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    out = subprocess.run([sys.executable, "-m", "storyloom.cli", "run", "job.yaml", "-q"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stderr == ""
+
+
+def test_plain_prints_every_interval_when_nothing_steps():
+    stream = io.StringIO()
+    sink = PlainProgress(stream, interval=0.05)
+
+    async def main():
+        send, receive = trio.open_memory_channel(10)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sink.run, receive)
+            send.send_nowait(Event("batch_started", "slow", data={
+                "job_type": "export", "total": 100, "max_parallel": 2, "models": ["m"], "budget_usd": None,
+                "counts": {"pending": 100, "running": 0, "completed": 0, "failed": 0, "skipped": 0}}))
+            await trio.sleep(0.18)
+            await send.aclose()
+
+    trio.run(main)
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("[slow] started")
+    assert len(lines) >= 3 and all(line.startswith("[slow]   0% 0/100 done") for line in lines[1:])
+
+
+def test_make_sink_picks_by_terminal_and_quiet():
+    config = SimpleNamespace(options=SimpleNamespace(quiet=False))
+    assert isinstance(make_sink(config, None, stream=io.StringIO()), PlainProgress)
+    tty = io.StringIO()
+    tty.isatty = lambda: True
+    assert isinstance(make_sink(config, None, stream=tty), LiveProgress)
+    assert make_sink(SimpleNamespace(options=SimpleNamespace(quiet=True)), None, stream=tty) is None
+
+
+def test_the_view_shows_what_the_issue_asks_for():
+    tracker = ProgressTracker()
+    tracker.apply(Event("batch_started", "batch-2025-01-15-001", data={
+        "job_type": "chapter_writing", "total": 20, "max_parallel": 3, "models": ["gemini"], "budget_usd": 4.0,
+        "counts": {"pending": 20, "running": 0, "completed": 0, "failed": 0, "skipped": 0}}, time=T0))
+    for i in range(12):
+        tracker.apply(Event("item_started", "b", f"i{i}", {"attempt": 1, "model": "gemini", "project_id": "p",
+                                                           "chapter_num": i}, time=T0 + i))
+        tracker.apply(Event("item_finished", "b", f"i{i}", {"state": "completed", "attempt": 1, "model": "gemini",
+                                                            "elapsed": 3.0, "input_tokens": 100,
+                                                            "output_tokens": 400, "cost_usd": 0.1}, time=T0 + i + 3))
+    tracker.apply(Event("item_finished", "b", "i12", {"state": "failed", "attempt": 1, "model": "gemini",
+                                                      "elapsed": 1.0, "input_tokens": 0, "output_tokens": 0,
+                                                      "cost_usd": 0.0, "error_kind": "INVALID_INPUT", "error": "x"},
+                        time=T0 + 15))
+    tracker.apply(Event("item_finished", "b", "proj-456-ch9", {"state": "retrying", "attempt": 1, "model": "gpt-4o",
+                                                               "elapsed": 2.0, "input_tokens": 900,
+                                                               "output_tokens": 300, "cost_usd": 0.0,
+                                                               "error_kind": "TIMEOUT", "error": "slow",
+                                                               "retry_delay": 10}, time=T0 + 15))
+    tracker.apply(Event("item_started", "b", "proj-456-ch9", {"attempt": 2, "model": "gpt-4o",
+                                                              "project_id": "proj-456", "chapter_num": 9},
+                        time=T0 + 16))
+    tracker.apply(Event("notify", "b", data={"message": "elevated failure rate 25%"}, time=T0 + 16))
+    text = "\n".join(line for line, _style in view(tracker, T0 + 20))
+    for expected in ("Batch Job: batch-2025-01-15-001", "Type: Chapter Writing", "Elapsed: 0:00:20",
+                     "Progress: [█████████████░░░░░░░] 65%", "12/20 completed", "✅ Completed: 12",
+                     "🔄 Running: 1", "⏳ Pending: 6", "🔁 Retrying: 0", "❌ Failed: 1",
+                     "• proj-456/ch9 → gpt-4o (4s, attempt 2, 1,200 tokens so far)",
+                     "Cost: $1.2000 of $4.00 budget (30%)", "tokens 2,100 in / 5,100 out",
+                     "Estimated Completion: 0:00:", "⚠ notify: elevated failure rate 25%"):
+        assert expected in text, f"{expected!r} missing from:\n{text}"
+    rate = tracker.throughput(T0 + 20)
+    assert f"Throughput: {rate * 60:.1f} items/min" in text
