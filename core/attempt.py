@@ -186,8 +186,13 @@ def _failure(batch: "Batch", exc: ProviderError, claimed: ClaimedItem, attempt: 
              t0: float, route: dict[str, Any], cost: float) -> Outcome:
     common = dict(attempt=attempt, model=model, elapsed=trio.current_time() - t0, input_tokens=exc.input_tokens,
                   output_tokens=exc.output_tokens, cost_usd=cost, error_kind=exc.kind, route=route)
+    another_model_free = False
     if model is not None and exc.kind is ErrorKind.API_RATE_LIMIT:
         batch.pool.cool_down(model, exc.retry_after if exc.retry_after is not None else 1.0)
+        # The cool-down keeps this model out; another usable one can take the item now.
+        pinned = claimed.definition.get("model")
+        another_model_free = not pinned and bool(
+            batch.pool.usable([m for m in batch.plan.models if m != model]))
     if model is not None and exc.kind in MODEL_ERRORS:
         # The key or the account is the problem, not the item: take the model
         # out of the batch and let the item try another one.
@@ -199,6 +204,6 @@ def _failure(batch: "Batch", exc: ProviderError, claimed: ClaimedItem, attempt: 
     counted = attempt - claimed.free_attempts
     decision = batch.policy.decide(exc, counted, batch.plan.max_retries, elapsed)
     message = exc.message if decision.retry or not decision.reason else f"{exc.message} ({decision.reason})"
-    return Outcome(state="retrying" if decision.retry else "failed", error=message,
-                   retry_delay=decision.delay if decision.retry else None,
+    delay = (0.0 if another_model_free else decision.delay) if decision.retry else None
+    return Outcome(state="retrying" if decision.retry else "failed", error=message, retry_delay=delay,
                    free=exc.kind is ErrorKind.API_RATE_LIMIT, **common)

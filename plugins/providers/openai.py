@@ -66,6 +66,9 @@ class OpenAIProvider(HTTPProvider):
         if request.stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
+        # Fields a Batch API file carried (response_format, seed, top_p, ...), sent as they were.
+        for key, value in request.metadata.get("extra_body", {}).items():
+            body.setdefault(key, value)
         return body
 
     def parse_reply(self, data: Any, reply: Reply) -> None:
