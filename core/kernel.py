@@ -37,6 +37,8 @@ from .store.owner import make_owner, owner_alive
 CLAIM_BATCH = 256
 COMMIT_BATCH = 512
 SINK_BUFFER = 4096
+#: After the batch ends, how long sinks may take to drain their last events.
+SINK_GRACE = 2.0
 #: How many scheduler rounds the writer waits for more outcomes before it commits.
 LINGER_ROUNDS = 3
 
@@ -172,8 +174,9 @@ class Batch:
         try:
             async with trio.open_nursery() as outer:
                 self._start_sinks(outer)
+                signals = trio.CancelScope()
                 if self.handle_signals:
-                    outer.start_soon(self._watch_signals)
+                    outer.start_soon(self._watch_signals, signals)
                 self.call_hook("loom_batch_started", job=self.job, plan=self.plan, control=self.control)
                 counts = await self.store.counts(self.job.job_id)
                 self.emit(Event("batch_started", self.job.job_id, data={
@@ -183,7 +186,9 @@ class Batch:
                 await self._pipeline()
                 summary = await self._finish(started, recovered)
                 await self._write_reports(summary)
-                outer.cancel_scope.cancel()  # only the signal watcher is left
+                signals.cancel()
+                # Sinks drain what is left in their (now closed) channels, within limits.
+                outer.cancel_scope.deadline = trio.current_time() + SINK_GRACE
         finally:
             with trio.CancelScope(shield=True):
                 await self.store.release(self.job.job_id, self.owner)
@@ -381,8 +386,8 @@ class Batch:
             print(f"storyloom: a {name} hook raised; the batch goes on:", file=sys.stderr)
             traceback.print_exc(file=sys.stderr)
 
-    async def _watch_signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    async def _watch_signals(self, scope: trio.CancelScope) -> None:
+        with scope, trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for _ in signals:
                 self.interrupt()
 

@@ -10,9 +10,10 @@ from .events import Event
 def buffered(events: trio.MemoryReceiveChannel[Event]) -> list[Event]:
     """The events already waiting in ``events``, taken without blocking.
 
-    The kernel cancels its sinks as soon as the batch has ended, and the last
-    events (``batch_finished`` among them) may still sit in the channel then.
-    Call this in a sink's ``finally`` so that nothing the kernel sent is lost.
+    After the batch ends the kernel closes the sinks' channels and gives them
+    ``storyloom.kernel.SINK_GRACE`` seconds to drain before cancelling them; a
+    sink cancelled then may still have events (``batch_finished`` among them)
+    waiting. Call this in a sink's ``finally`` so that nothing sent is lost.
     """
     out: list[Event] = []
     while True:
