@@ -247,11 +247,4 @@ def loom_validate_job(job, config):
 
 @hookimpl
 def loom_configure(config):
-    config.pluginmanager.register(BatchResults(config), name="prompts-results")
-
-
-@hookimpl
-def loom_unconfigure(config):
-    writer = config.pluginmanager.get_plugin("prompts-results")
-    if writer is not None:
-        config.pluginmanager.unregister(writer)
+    config.register_plugin(BatchResults(config), name="prompts-results")
