@@ -149,6 +149,9 @@ def verdict(r: dict, s: Scenario) -> str:
 
 def main() -> None:
     names = sys.argv[1:] or list(SCENARIOS)
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        sys.exit(f"usage: bench/ratelimit.py [{' | '.join(SCENARIOS)} ...]; unknown: {', '.join(unknown)}")
     print(f"{'scenario':<9} {'makespan s':>10} {'bound s':>8} {'ratio':>6} {'429s':>5} {'5xx':>4} {'hangs':>5} "
           f"{'failed':>6}  target")
     for name in names:
