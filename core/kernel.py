@@ -29,6 +29,7 @@ from .events import Event
 from .job import Item, Job, Plan, item_from_dict
 from .jobtype import Result
 from .pool import ModelPool
+from .settings import DEFAULT_PROGRESS, DEFAULT_REPORTS
 from .report import build_report
 from .store import AttemptRecord, ClaimedItem, StartRecord, Store
 from .store.owner import make_owner, owner_alive
@@ -217,6 +218,8 @@ class Batch:
         with trio.CancelScope(shield=True):
             released = await self.store.release(self.job.job_id, self.owner)
             counts = await self.store.counts(self.job.job_id)
+            if self._status == "paused" and not counts["pending"] and not counts["running"]:
+                self._status = None  # paused as the last item finished: nothing is left to resume
             if self._status is None:
                 self._status = "failed" if counts["failed"] else "completed"
             elif self._status == "interrupted" and released:
@@ -327,10 +330,11 @@ class Batch:
         self.emit(Event("item_finished", self.job.job_id, done.item.item_id, data=data))
 
     async def _write_reports(self, summary: Summary) -> None:
-        if not self.config.settings.reports:
+        names = _chosen(self.config.settings.reports, DEFAULT_REPORTS, self.config.registries.renderers)
+        if not names:
             return
         report = await build_report(self.store, self.job, summary)
-        for name in self.config.settings.reports:
+        for name in names:
             try:
                 file_name, text = _lookup(self.config.registries.renderers, name, "report renderer")(report)
                 write_atomic(self.config.out_dir / self.job.job_id / file_name, text)
@@ -353,7 +357,7 @@ class Batch:
     def _start_sinks(self, nursery: trio.Nursery) -> None:
         names = self.config.options.progress
         if names is None:
-            names = self.config.settings.progress
+            names = _chosen(self.config.settings.progress, DEFAULT_PROGRESS, self.config.registries.sinks)
         for name in names:
             sink = _lookup(self.config.registries.sinks, name, "progress sink")(self.config, self.plan)
             if sink is None:
@@ -407,6 +411,14 @@ def _drain(receive: trio.MemoryReceiveChannel[Any], batch: list[Any]) -> None:
             batch.append(receive.receive_nowait())
         except (trio.WouldBlock, trio.EndOfChannel):
             return
+
+
+def _chosen(names: tuple[str, ...], defaults: tuple[str, ...], registered: dict[str, Any]) -> tuple[str, ...]:
+    """The names to use: defaults whose plugin is blocked drop out; names the
+    user gave stay, so a missing one is an error."""
+    if names == defaults:
+        return tuple(n for n in names if n in registered)
+    return names
 
 
 def _lookup(table: dict[str, Any], name: str, noun: str) -> Any:

@@ -41,6 +41,8 @@ from .job import Item, Job, JobConfig, Priority
 from .pricing import default_price
 from .settings import (
     BUILTIN_MODELS,
+    DEFAULT_PROGRESS,
+    DEFAULT_REPORTS,
     BatchLimit,
     FailurePolicy,
     ModelSpec,
@@ -792,10 +794,12 @@ def check_settings(settings: Settings, known: KnownNames) -> None:
         _check_name("provider", spec.provider, known.providers, at(("models", name, "provider")))
     _check_name("routing strategy", settings.routing.get("strategy", ""), known.strategies, at(("routing", "strategy")))
     _check_name("retry policy", settings.retry_config.policy, known.retry_policies, at(("retry_config", "policy")))
-    for i, sink in enumerate(settings.progress):
-        _check_name("progress sink", sink, known.sinks, at(("progress", i)))
-    for i, renderer in enumerate(settings.reports):
-        _check_name("report renderer", renderer, known.renderers, at(("reports", i)))
+    if settings.progress != DEFAULT_PROGRESS:
+        for i, sink in enumerate(settings.progress):
+            _check_name("progress sink", sink, known.sinks, at(("progress", i)))
+    if settings.reports != DEFAULT_REPORTS:
+        for i, renderer in enumerate(settings.reports):
+            _check_name("report renderer", renderer, known.renderers, at(("reports", i)))
 
 
 def _settings_location(settings: Settings, path: PathKey) -> Location:

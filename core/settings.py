@@ -104,6 +104,11 @@ class FailurePolicy:
     pause_above: float = 0.5
 
 
+#: Used when the settings name none. A default whose plugin is blocked
+#: (``-p no:terminal``) is skipped; a name the settings give must exist.
+DEFAULT_PROGRESS: tuple[str, ...] = ("terminal", "webhook")
+DEFAULT_REPORTS: tuple[str, ...] = ("md", "json", "html")
+
 #: Built in so that a job runs with no settings file, no key and no network.
 BUILTIN_MODELS: dict[str, ModelSpec] = {
     "simulated": ModelSpec(name="simulated", provider="simulated", model="simulated"),
@@ -121,8 +126,8 @@ class Settings:
     routing: dict[str, Any] = field(default_factory=lambda: {"strategy": "round_robin"})
     plugins: tuple[str, ...] = ()
     #: The live view (plain lines off a terminal), and webhooks when ``webhooks:`` lists any.
-    progress: tuple[str, ...] = ("terminal", "webhook")
-    reports: tuple[str, ...] = ("md", "json", "html")
+    progress: tuple[str, ...] = DEFAULT_PROGRESS
+    reports: tuple[str, ...] = DEFAULT_REPORTS
     webhooks: tuple[Webhook, ...] = ()
     failure_policy: FailurePolicy = FailurePolicy()
     grace_period: float = 10.0

@@ -175,3 +175,22 @@ def test_plugins_listed_in_a_job_are_loaded_for_that_job(tmp_path):
     assert out.returncode == 0, out.stderr
     status = json.loads(storyloom("status", "jp", "--json", cwd=tmp_path).stdout)
     assert set(status["by_model"]) == {"a"}  # chosen by the job's own plugin
+
+
+def test_blocking_a_default_sink_or_renderer_just_leaves_it_out(tmp_path):
+    (tmp_path / "job.yaml").write_text("job_id: nb\njob_type: qc_processing\nitems:\n  - {item_id: x}\n")
+    out = storyloom("run", "job.yaml", "-p", "no:terminal", "-p", "no:reports", cwd=tmp_path,
+                    env={"STORYLOOM_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    assert out.returncode == 0, out.stderr
+    assert "nb: completed" in out.stdout
+    assert not (tmp_path / "storyloom-out" / "nb" / "report.md").exists()  # the md renderer is blocked
+    assert (tmp_path / "storyloom-out" / "nb" / "x.md").exists()
+
+
+def test_a_sink_named_in_the_settings_must_exist(tmp_path):
+    (tmp_path / "storyloom.yaml").write_text("progress: [terminal]\n")
+    (tmp_path / "job.yaml").write_text("job_id: nb\njob_type: qc_processing\nitems:\n  - {item_id: x}\n")
+    out = storyloom("run", "job.yaml", "-p", "no:terminal", cwd=tmp_path,
+                    env={"STORYLOOM_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    assert out.returncode == 2
+    assert "storyloom.yaml:1:" in out.stderr and "unknown progress sink 'terminal'" in out.stderr
