@@ -349,8 +349,10 @@ class Batch:
         for name in self.plan.models:
             spec = self.config.settings.models[name]
             provider = _lookup(self.config.registries.providers, spec.provider, f"provider (model {name!r})")(spec)
+            limiter = self.pool[name].limiter
             if hasattr(provider, "on_headers"):  # HTTP providers report rate-limit headers
-                provider.on_headers = self.pool[name].limiter.update_from_headers
+                provider.on_headers = limiter.update_from_headers
+            limiter.refund_unused = bool(getattr(provider, "refunds_unused_tokens", False))
             providers[name] = provider
         return providers
 

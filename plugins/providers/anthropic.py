@@ -57,6 +57,9 @@ class AnthropicProvider(HTTPProvider):
     options = {"anthropic_version": "2023-06-01"}
     rules = RULES
     stop_reasons = frozenset({"end_turn", "stop_sequence"})
+    #: Anthropic charges output-token limits by max_tokens up front and gives
+    #: the unused part back when the reply ends; the kernel's limiter follows.
+    refunds_unused_tokens = True
 
     def validate_options(self, opts: dict[str, Any], where: str) -> None:
         if not isinstance(opts["anthropic_version"], str) or not opts["anthropic_version"]:
