@@ -96,6 +96,14 @@ def _options(args: argparse.Namespace) -> Options:
     )
 
 
+def _existing_state_dir(options: Options) -> Path:
+    """The state folder, which must already hold a store (commands that only read)."""
+    state_dir = options.state_path()
+    if not (state_dir / "storyloom.db").exists():
+        raise UsageError(f"no store in {state_dir} (run a job first, or pass --state-dir)")
+    return state_dir
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     summary = trio.run(lambda: run_job(args.file, options=_options(args), handle_signals=True))
     return _report(summary)
@@ -131,9 +139,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    state_dir = _options(args).state_path()
-    if not (state_dir / "storyloom.db").exists():
-        raise UsageError(f"no store in {state_dir} (run a job first, or pass --state-dir)")
+    state_dir = _existing_state_dir(_options(args))
     data = trio.run(_status, state_dir, args.job_id)
     if args.json:
         print(json.dumps(data, indent=2, ensure_ascii=False))
@@ -182,9 +188,7 @@ def _print_status(data: dict[str, Any]) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     options = _options(args)
-    state_dir = options.state_path()
-    if not (state_dir / "storyloom.db").exists():
-        raise UsageError(f"no store in {state_dir} (run a job first, or pass --state-dir)")
+    state_dir = _existing_state_dir(options)
     with make_config(options, start_dir=".") as config:
         renderer = config.registries.renderers.get(args.format)
         if renderer is None:
