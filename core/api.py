@@ -16,7 +16,8 @@ import trio
 from .config import Config, Options, make_config
 from .errors import UsageError
 from .job import Job, item_to_dict, job_from_dict, job_to_dict
-from .kernel import Batch, Summary
+from .kernel import Batch
+from .summary import Summary
 from .store import JobExists, JobRow, NewItem, Store
 from .store.sqlite import SQLiteStore
 

@@ -21,7 +21,7 @@ from .atomic import write_atomic
 from .config import Options, make_config
 from .errors import ConfigError, UsageError
 from .job import job_from_dict
-from .kernel import Summary
+from .summary import Summary
 from .report import build_report, snapshot
 from .store.sqlite import SQLiteStore
 

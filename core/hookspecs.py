@@ -19,7 +19,9 @@ import pluggy
 if TYPE_CHECKING:
     from .config import Config
     from .job import Item, Job, Plan
-    from .kernel import BatchControl, Outcome, Summary
+    from .attempt import Outcome
+    from .kernel import BatchControl
+    from .summary import Summary
     from .store import Store
 
 hookspec = pluggy.HookspecMarker("storyloom")

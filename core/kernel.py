@@ -33,6 +33,7 @@ from .settings import DEFAULT_PROGRESS, DEFAULT_REPORTS
 from .report import build_report
 from .store import AttemptRecord, ClaimedItem, StartRecord, Store
 from .store.owner import make_owner, owner_alive
+from .summary import Summary
 
 #: Most items claimed, and most outcomes committed, in one transaction.
 CLAIM_BATCH = 256
@@ -42,29 +43,6 @@ SINK_BUFFER = 4096
 SINK_GRACE = 2.0
 #: How many scheduler rounds the writer waits for more outcomes before it commits.
 LINGER_ROUNDS = 3
-
-EXIT_CODES = {"completed": 0, "failed": 1, "paused": 3, "interrupted": 130}
-
-
-@dataclass
-class Summary:
-    job_id: str
-    status: str  # completed | failed | paused | interrupted
-    counts: dict[str, int]
-    cost_usd: float
-    started_at: float
-    finished_at: float
-    reason: str | None = None
-    recovered: int = 0
-
-    @property
-    def duration(self) -> float:
-        return self.finished_at - self.started_at
-
-    @property
-    def exit_code(self) -> int:
-        return EXIT_CODES[self.status]
-
 
 class BatchControl:
     """What plugins may do to a running batch (given to ``loom_batch_started``)."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -20,6 +19,7 @@ from .job import Job
 from .settings import RetryConfig
 from .store import ITEM_STATES, Store
 from .store.protocol import AttemptRow, JobRow
+from .summary import Summary
 
 #: Bumped when a key changes meaning or goes away (adding keys does not bump it).
 REPORT_VERSION = 1
@@ -45,32 +45,14 @@ UNFIXABLE_ADVICE = {
 }
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    """A summary of a job read from the store (running, paused or finished):
-    what :func:`build_report` needs when no :class:`storyloom.kernel.Summary` exists."""
-
-    job_id: str
-    status: str
-    counts: dict[str, int]
-    cost_usd: float
-    started_at: float
-    finished_at: float
-    reason: str | None = None
-
-    @property
-    def duration(self) -> float:
-        return self.finished_at - self.started_at
-
-
-async def snapshot(store: Store, row: JobRow, now: float | None = None) -> Snapshot:
+async def snapshot(store: Store, row: JobRow, now: float | None = None) -> Summary:
     """The job as it stands: a running or pending job is reported up to ``now``."""
     now = time.time() if now is None else now
     attempts = await store.attempts(row.job_id)
     started = min((a.started_at for a in attempts), default=row.created_at)
     finished = now if row.state in ("running", "pending") else row.updated_at
     costs = await store.costs(row.job_id)
-    return Snapshot(job_id=row.job_id, status=row.state, counts=await store.counts(row.job_id),
+    return Summary(job_id=row.job_id, status=row.state, counts=await store.counts(row.job_id),
                     cost_usd=costs.cost_usd, started_at=started, finished_at=max(finished, started),
                     reason=row.reason)
 
@@ -83,9 +65,9 @@ def _share(part: float, whole: float) -> float:
     return part / whole if whole else 0.0
 
 
-async def build_report(store: Store, job: Job, summary: Any) -> dict[str, Any]:
-    """Everything a report shows, from the store and ``summary`` (a
-    :class:`storyloom.kernel.Summary` or a :class:`Snapshot`).
+async def build_report(store: Store, job: Job, summary: Summary) -> dict[str, Any]:
+    """Everything a report shows, from the store and ``summary`` (what the
+    batch returned, or :func:`snapshot` of a job still going).
 
     Covers the whole job, earlier runs included (a resumed job reports every
     item). Renderers (``loom_register_renderers``) turn this mapping into files.

@@ -24,7 +24,7 @@ import trio
 from . import hookimpl
 from .api import resume_job, run_job
 from .config import Options
-from .kernel import Summary
+from .summary import Summary
 from .store.sqlite import SQLiteStore
 
 

@@ -21,7 +21,8 @@ from jsonschema import Draft202012Validator
 from storyloom.api import add_job
 from storyloom.job import Item, Job
 from storyloom.plugins.reports import duration, render_html, render_json, render_md
-from storyloom.report import Snapshot, build_report
+from storyloom.report import build_report
+from storyloom.summary import Summary
 from storyloom.store import AttemptRecord
 from storyloom.store.sqlite import SQLiteStore
 
@@ -77,7 +78,7 @@ def fixed_report(tmp_path: Path) -> dict:
         try:
             await fill(store)
             counts = await store.counts("rep-1")
-            summary = Snapshot(job_id="rep-1", status="paused", counts=counts, cost_usd=0.047, started_at=T,
+            summary = Summary(job_id="rep-1", status="paused", counts=counts, cost_usd=0.047, started_at=T,
                                finished_at=T + 3660, reason="budget reached")
             return await build_report(store, fixed_job(), summary)
         finally:
