@@ -46,7 +46,7 @@ def job_yaml(n: int) -> str:
 def one(n: int) -> dict:
     from storyloom.api import add_job
     from storyloom.config import Options, make_config
-    from storyloom.kernel import Batch
+    from storyloom.kernel import Worker
     from storyloom.store.sqlite import SQLiteStore
 
     folder = Path(tempfile.mkdtemp(prefix="storyloom-bench-"))
@@ -59,12 +59,12 @@ def one(n: int) -> dict:
         t0 = time.perf_counter()
         with make_config(options, job_file=folder / "job.yaml") as config:
             job = config.load_job(folder / "job.yaml")
-            batch = Batch(config, config.plan(job))
+            worker = Worker(config, only=config.plan(job))
             store = SQLiteStore.open(config.state_dir)
             await add_job(store, job)
             del job  # from here on, items stream from the store
             t1 = time.perf_counter()
-            summary = await batch.run(store)
+            summary, = await worker.run(store)
             t2 = time.perf_counter()
             counts = await store.counts("bench")
             await store.aclose()

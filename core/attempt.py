@@ -29,7 +29,7 @@ from .store import ClaimedItem, StartRecord
 from .tokens import estimate_request_tokens
 
 if TYPE_CHECKING:
-    from .kernel import Batch
+    from .jobrun import JobRun as Batch
 
 #: The budget reserves the prompt estimate times this, plus max_tokens: the
 #: estimate is calibrated per model, but a reservation must not fall short.
@@ -62,7 +62,8 @@ class Outcome:
 
 
 class Stop(Exception):
-    """The item cannot start now and goes back to pending; the batch pauses."""
+    """The item cannot start now (the budget is reached): it goes back to
+    pending and its job pauses."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -85,10 +86,12 @@ async def run_attempt(batch: "Batch", claimed: ClaimedItem, item: Item) -> Outco
         try:
             usable = await pool.wait_for_usable(candidates)
         except NoModelLeft as exc:
-            if item.model and not pool.all_disabled(list(plan.models)):
-                kind, why = pool[item.model].disabled
-                raise ProviderError(kind, f"model {item.model!r} was taken out of the batch: {why}") from None
-            raise Stop(f"no model left: {exc}") from None
+            # None of the item's models can ever come back in this run: the
+            # item fails with the reason; the failure policy pauses the job
+            # if this happens to most of its items.
+            kind = pool[candidates[0]].disabled[0]
+            return Outcome(state="failed", attempt=attempt, model=None, elapsed=trio.current_time() - t0,
+                           error_kind=kind, error=f"no model left: {exc}", free=True)
         estimated_prompt = estimate_request_tokens(request)
         model, route = _route(batch, item, claimed, usable, request, estimated_prompt)
         state = pool[model]

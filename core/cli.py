@@ -1,7 +1,8 @@
 """The ``storyloom`` command.
 
 Exit codes: 0 all completed, 1 finished with failed items, 2 bad input or
-usage, 3 paused by policy or budget, 130 interrupted.
+usage, 3 paused (by policy, budget or an operator), 4 cancelled, 130
+interrupted.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from typing import Any, Sequence
 import trio
 
 from . import __version__
-from .api import resume_job, run_job
+from .api import cancel_job, pause_job, requeue_job, resume_job, run_job, submit_job, work
 from .atomic import write_atomic
 from .config import Options, make_config
 from .errors import ConfigError, UsageError
-from .job import job_from_dict
+from .job import Priority, job_from_dict
+from .jobrun import chosen
+from .settings import DEFAULT_PROGRESS
 from .summary import Summary
 from .report import build_report, snapshot
 from .store.sqlite import SQLiteStore
@@ -60,10 +63,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p = sub.add_parser("validate", parents=[common], help="check job files without running them")
     p.add_argument("files", nargs="+")
-    p = sub.add_parser("resume", parents=[common, running], help="continue a paused or interrupted job")
+    p = sub.add_parser("resume", parents=[common, running],
+                       help="continue a paused or interrupted job (here, or with --detach in a worker)")
+    p.add_argument("job_id")
+    p.add_argument("--detach", action="store_true", help="only put it back in the queue for `storyloom work`")
+    p = sub.add_parser("submit", parents=[common], help="validate a job file and queue it for `storyloom work`")
+    p.add_argument("file")
+    p = sub.add_parser("work", parents=[common, running], help="work through the queue of every submitted job")
+    p.add_argument("--burst", action="store_true", help="exit once nothing is left to run")
+    p = sub.add_parser("queue", parents=[common], help="what waits, by level; `queue position ITEM_ID`")
+    p.add_argument("what", nargs="*", metavar="position ITEM_ID")
+    p.add_argument("--job", help="the job of ITEM_ID (needed when several jobs have an item of that id)")
+    p.add_argument("--limit", type=_positive_int, default=10, help="waiting items to list (default 10)")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("cancel", parents=[common], help="cancel a job: its pending and running items are skipped")
+    p.add_argument("job_id")
+    p = sub.add_parser("pause", parents=[common], help="hold a job: no worker takes its items; running ones finish")
     p.add_argument("job_id")
     p = sub.add_parser("status", parents=[common], help="counts, running items and cost of a job")
     p.add_argument("job_id", nargs="?")
+    p.add_argument("--items", action="store_true", help="every item with its model and why it was routed there")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("report", parents=[common], help="render a job's report (also while it runs or is paused)")
     p.add_argument("job_id")
@@ -110,8 +129,114 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    summary = trio.run(lambda: resume_job(args.job_id, options=_options(args), handle_signals=True))
+    options = _options(args)
+    if args.detach:
+        _existing_state_dir(options)
+        trio.run(lambda: requeue_job(args.job_id, options=options))
+        print(f"{args.job_id}: back in the queue")
+        return 0
+    summary = trio.run(lambda: resume_job(args.job_id, options=options, handle_signals=True))
     return _report(summary)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    job = trio.run(lambda: submit_job(args.file, options=_options(args)))
+    print(f"{job.job_id}: queued, {len(job.items)} items at {job.priority.name.lower()}")
+    return 0
+
+
+def cmd_work(args: argparse.Namespace) -> int:
+    options = _options(args)
+
+    async def main() -> list[Summary]:
+        with make_config(options, start_dir=".") as config:
+            progress = options.progress
+            if progress is None:
+                # One live view cannot show many jobs at once: each job gets plain lines.
+                names = chosen(config.settings.progress, DEFAULT_PROGRESS, config.registries.sinks)
+                progress = tuple(dict.fromkeys("plain" if n == "terminal" else n for n in names))
+            return await work(burst=args.burst, config=config, handle_signals=True, progress=progress)
+
+    summaries = trio.run(main)
+    for summary in summaries:
+        _report(summary)
+    return 130 if any(s.status == "interrupted" for s in summaries) else 0
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    trio.run(_on_store, _existing_state_dir(_options(args)), lambda store: pause_job(args.job_id, store=store))
+    print(f"{args.job_id}: paused; running items finish. Continue with: storyloom resume {args.job_id}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    skipped = trio.run(_on_store, _existing_state_dir(_options(args)),
+                       lambda store: cancel_job(args.job_id, store=store))
+    print(f"{args.job_id}: cancelled; {skipped} item(s) skipped")
+    return 0
+
+
+async def _on_store(state_dir: Path, action: Any) -> Any:
+    store = SQLiteStore.open(state_dir)
+    try:
+        return await action(store)
+    finally:
+        await store.aclose()
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    state_dir = _existing_state_dir(_options(args))
+    if args.what:
+        if len(args.what) != 2 or args.what[0] != "position":
+            raise UsageError("usage: storyloom queue [position ITEM_ID [--job JOB_ID]]")
+        position = trio.run(_on_store, state_dir, lambda store: _position(store, args.what[1], args.job))
+        print(json.dumps(position) if args.json else position["position"])
+        return 0
+    data = trio.run(_on_store, state_dir, lambda store: _queue(store, args.limit))
+    if args.json:
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+        return 0
+    for level in data["levels"]:
+        jobs = ", ".join(f"{job} {n}" for job, n in level["jobs"].items())
+        print(f"{level['level']:<9} {level['waiting']:>7}" + (f"  ({jobs})" if jobs else ""))
+    for job in data["held"]:
+        print(f"held: {job['job_id']} ({job['state']}): {job['reason'] or '-'}")
+    if data["next"]:
+        print("next:")
+        for row in data["next"]:
+            print(f"  {row['level']:<9} {row['job_id']}/{row['item_id']} ({row['job_type']})")
+    return 0
+
+
+async def _queue(store: Any, limit: int) -> dict[str, Any]:
+    await store.promote(time.time(), None)  # show the levels approaching deadlines give now
+    counts = await store.queue_counts()
+    levels = [{"level": p.name.lower(), "waiting": sum(counts.get(p.value, {}).values()),
+               "jobs": counts.get(p.value, {})} for p in Priority]
+    held = [{"job_id": j.job_id, "state": j.state, "reason": j.reason}
+            for j in await store.list_jobs() if j.state in ("paused", "cancelled")
+            and (await store.counts(j.job_id))["pending"]]
+    nxt = [{"job_id": r.job_id, "item_id": r.item_id, "job_type": r.job_type, "level": Priority(r.level).name.lower()}
+           for r in await store.queued(limit)]
+    return {"levels": levels, "held": held, "next": nxt}
+
+
+async def _position(store: Any, item_id: str, job_id: str | None) -> dict[str, Any]:
+    """The seed's get_position: 1-based across levels, -1 when not queued."""
+    await store.promote(time.time(), None)
+    jobs = [job_id] if job_id else [j.job_id for j in await store.list_jobs()]
+    found = []
+    for candidate in jobs:
+        try:
+            found.append((candidate, await store.position(candidate, item_id)))
+        except KeyError:
+            continue
+    if not found:
+        raise UsageError(f"no item {item_id!r}" + (f" in job {job_id!r}" if job_id else ""))
+    if len(found) > 1:
+        raise UsageError(f"item {item_id!r} is in several jobs ({', '.join(j for j, _ in found)}); pass --job")
+    job, position = found[0]
+    return {"job_id": job, "item_id": item_id, "position": position}
 
 
 def _report(summary: Summary) -> int:
@@ -140,7 +265,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     state_dir = _existing_state_dir(_options(args))
-    data = trio.run(_status, state_dir, args.job_id)
+    data = trio.run(_status, state_dir, args.job_id, args.items)
     if args.json:
         print(json.dumps(data, indent=2, ensure_ascii=False))
     elif args.job_id is None:
@@ -152,7 +277,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _status(state_dir: Path, job_id: str | None) -> dict[str, Any]:
+async def _status(state_dir: Path, job_id: str | None, items: bool = False) -> dict[str, Any]:
     store = SQLiteStore.open(state_dir)
     try:
         if job_id is None:
@@ -170,6 +295,9 @@ async def _status(state_dir: Path, job_id: str | None) -> dict[str, Any]:
                          "attempt": r.attempts + 1} for r in await store.running(job_id)],
             "cost_usd": costs.cost_usd, "input_tokens": costs.input_tokens, "output_tokens": costs.output_tokens,
             "attempts": costs.attempts, "by_model": costs.by_model,
+            **({"items": [{"item_id": i.item_id, "state": i.state, "level": Priority(i.level).name.lower(),
+                           "attempts": i.attempts, "model": i.last_model, "route": i.route,
+                           "error_kind": i.error_kind} for i in await store.items(job_id)]} if items else {}),
         }
     finally:
         await store.aclose()
@@ -184,6 +312,16 @@ def _print_status(data: dict[str, Any]) -> None:
         print(f"  running: {r['item_id']} -> {r['model']} ({r['elapsed']:.0f}s, attempt {r['attempt']})")
     print(f"  cost: ${data['cost_usd']:.4f} ({data['input_tokens']} in / {data['output_tokens']} out tokens, "
           f"{data['attempts']} attempts)")
+    for i in data.get("items", ()):
+        print(f"  {i['item_id']}  {i['state']}  {i['level']}  {i['model'] or '-'}  {_why(i['route'])}")
+
+
+def _why(route: dict[str, Any] | None) -> str:
+    """A stored route, short: the strategy, then what it decided on."""
+    if not route:
+        return "-"
+    rest = ", ".join(f"{k}={v}" for k, v in route.items() if k not in ("strategy", "usable"))
+    return f"{route.get('strategy', '?')}: {rest}" if rest else str(route.get("strategy", "?"))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -231,7 +369,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "resume": cmd_resume, "status": cmd_status,
-            "report": cmd_report, "plugins": cmd_plugins}
+            "report": cmd_report, "plugins": cmd_plugins, "submit": cmd_submit, "work": cmd_work,
+            "queue": cmd_queue, "cancel": cmd_cancel, "pause": cmd_pause}
 
 
 # -- argument types: bad values are usage errors with the flag's own words

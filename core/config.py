@@ -95,20 +95,14 @@ class Config:
 
     def plan(self, job: Job) -> Plan:
         """Resolve limits: command line, then job, then settings, then the job type."""
-        job_type = self.registries.job_types.get(job.job_type)
-        if job_type is None:
-            raise UsageError(f"unknown job type {job.job_type!r} (known: {', '.join(sorted(self.registries.job_types))})")
+        job_type = self._job_type(job.job_type)
         limit = self.settings.batch_limits.get(job.job_type)
         opts, cfg = self.options, job.config
-
-        def pick(*values: Any) -> Any:
-            return next(v for v in values if v is not None)
-
-        max_parallel = pick(opts.max_parallel, cfg.max_parallel, limit and limit.max_parallel, job_type.max_parallel)
-        timeout = pick(opts.timeout_per_item, cfg.timeout_per_item, limit and limit.timeout_per_item,
+        max_parallel = _pick(opts.max_parallel, cfg.max_parallel, self.max_parallel(job.job_type))
+        timeout = _pick(opts.timeout_per_item, cfg.timeout_per_item, limit and limit.timeout_per_item,
                        job_type.timeout_per_item)
         retry = self.settings.retry_config
-        max_retries = pick(opts.max_retries, cfg.max_retries, retry.max_retries)
+        max_retries = _pick(opts.max_retries, cfg.max_retries, retry.max_retries)
         if not cfg.retry_on_failure:
             max_retries = 0
         models = tuple(opts.models or job.models or self.settings.default_models)
@@ -120,6 +114,19 @@ class Config:
             job = dataclasses.replace(job, budget_usd=opts.budget_usd)
         return Plan(job=job, max_parallel=max_parallel, timeout_per_item=timeout, max_retries=max_retries,
                     retry=retry, models=models, routing=routing)
+
+    def max_parallel(self, job_type: str) -> int:
+        """A job type's limit across jobs: ``--max-parallel``, then the settings'
+        ``batch_limits``, then the job type's default. A job's own
+        ``config.max_parallel`` may only lower it for that job."""
+        limit = self.settings.batch_limits.get(job_type)
+        return _pick(self.options.max_parallel, limit and limit.max_parallel, self._job_type(job_type).max_parallel)
+
+    def _job_type(self, name: str) -> Any:
+        job_type = self.registries.job_types.get(name)
+        if job_type is None:
+            raise UsageError(f"unknown job type {name!r} (known: {', '.join(sorted(self.registries.job_types))})")
+        return job_type
 
     def register_plugin(self, plugin: object, name: str) -> None:
         """Register a plugin object for this config's lifetime (typically from
@@ -147,6 +154,10 @@ class Config:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _pick(*values: Any) -> Any:
+    return next(v for v in values if v is not None)
 
 
 def make_config(options: Options = Options(), *, job_file: str | os.PathLike | None = None,

@@ -9,6 +9,10 @@ from typing import Any
 
 from .settings import RetryConfig
 
+#: Time left before a deadline under which an item is critical, or high (the loader and the store share this rule).
+CRITICAL_WITHIN_S = 24 * 3600
+HIGH_WITHIN_S = 3 * 24 * 3600
+
 
 class Priority(enum.IntEnum):
     """The seed's four levels; lower value is served first."""
@@ -24,9 +28,9 @@ class Priority(enum.IntEnum):
 
         A deadline never lowers a level that was asked for explicitly."""
         left = deadline - now
-        if left < timedelta(hours=24):
+        if left < timedelta(seconds=CRITICAL_WITHIN_S):
             level = cls.CRITICAL
-        elif left < timedelta(days=3):
+        elif left < timedelta(seconds=HIGH_WITHIN_S):
             level = cls.HIGH
         else:
             level = default

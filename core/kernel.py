@@ -1,11 +1,22 @@
-"""The trio scheduler: store -> priority order -> per-type limiter -> provider.
+"""The trio scheduler: the store's queue -> per-type limiter -> job run -> provider.
 
-One :class:`Batch` runs one job. Items stream from the store, which keeps
-them in priority order (critical, high, normal, low; FIFO within a level).
-The dispatcher claims as many as the job type's ``CapacityLimiter`` has room
-for; each attempt runs under ``trio.fail_after(timeout_per_item)``. Outcomes
-go through one writer task that commits them in groups, and hooks and sinks
-hear of an outcome only after it is on disk.
+A :class:`Worker` runs the items of many jobs at once. The store keeps every
+submitted item in one durable queue (critical, high, normal, low; FIFO within
+a level across jobs). One dispatcher per job type claims as many items as the
+type's ``CapacityLimiter`` has room for, so a type's ``max_parallel`` holds
+across jobs; a job's own ``max_parallel`` is kept by leaving it out of claims
+while it is full. Each attempt runs under ``trio.fail_after(timeout_per_item)``.
+Outcomes of every job go through one writer task that commits them in groups,
+and hooks and sinks hear of an outcome only after it is on disk.
+
+Models, their rate limits and their providers belong to the worker: a 429 or
+a revoked key is a fact about the model, whichever job met it. Plan, routing
+strategy, retry policy, budget and sinks belong to each job's
+:class:`~storyloom.jobrun.JobRun`.
+
+``storyloom run FILE`` is a worker given one job (``only``): it claims only
+that job's items and ends with it. ``storyloom work`` is a worker over the
+whole queue.
 """
 
 from __future__ import annotations
@@ -20,17 +31,14 @@ from typing import Any
 
 import trio
 
-from .atomic import write_atomic
 from .attempt import Outcome, Stop, run_attempt
-from .budget import Budget
 from .config import Config
 from .errors import UsageError
 from .events import Event
-from .job import Item, Job, Plan, item_from_dict
+from .job import Item, Plan, item_from_dict, job_from_dict
+from .jobrun import JobRun, lookup
 from .jobtype import Result
 from .pool import ModelPool
-from .settings import DEFAULT_PROGRESS, DEFAULT_REPORTS
-from .report import build_report
 from .store import AttemptRecord, ClaimedItem, StartRecord, Store
 from .store.owner import make_owner, owner_alive
 from .summary import Summary
@@ -38,35 +46,20 @@ from .summary import Summary
 #: Most items claimed, and most outcomes committed, in one transaction.
 CLAIM_BATCH = 256
 COMMIT_BATCH = 512
-SINK_BUFFER = 4096
-#: After the batch ends, how long sinks may take to drain their last events.
+#: After the worker ends, how long sinks may take to drain their last events.
 SINK_GRACE = 2.0
 #: How many scheduler rounds the writer waits for more outcomes before it commits.
 LINGER_ROUNDS = 3
-
-class BatchControl:
-    """What plugins may do to a running batch (given to ``loom_batch_started``)."""
-
-    def __init__(self, batch: "Batch") -> None:
-        self._batch = batch
-
-    @property
-    def job_id(self) -> str:
-        return self._batch.job.job_id
-
-    def pause(self, reason: str) -> None:
-        """Stop dispatching; running items finish; the job is stored as paused."""
-        self._batch.pause(reason)
-
-    def notify(self, message: str, **data: Any) -> None:
-        self._batch.emit(Event("notify", self.job_id, data={"message": message, **data}))
-
-    def escalate(self, message: str, **data: Any) -> None:
-        self._batch.emit(Event("escalate", self.job_id, data={"message": message, **data}))
+#: How often a worker re-reads its jobs' states (another process's pause or
+#: cancel) and, when it waits for work, looks for newly submitted jobs.
+POLL_INTERVAL = 1.0
+#: How often levels are re-evaluated as deadlines approach and items age.
+PROMOTE_INTERVAL = 5.0
 
 
 @dataclass
 class _Finished:
+    run: JobRun
     claimed: ClaimedItem
     item: Item
     outcome: Outcome
@@ -75,54 +68,82 @@ class _Finished:
 
 @dataclass
 class _Released:
-    """An item that never started (the batch is pausing): back to pending."""
+    """An item that never started (its job is stopping): back to pending."""
 
+    run: JobRun
     item_id: str
 
 
-class Batch:
-    def __init__(self, config: Config, plan: Plan, *, handle_signals: bool = False) -> None:
+class Worker:
+    """Run queued items until the queue is empty (``burst``), forever, or,
+    given ``only``, until that one job ends.
+
+    ``progress`` overrides the sinks each job run starts (None: the
+    options', else the settings').
+    """
+
+    def __init__(self, config: Config, *, only: Plan | None = None, burst: bool = True,
+                 handle_signals: bool = False, progress: tuple[str, ...] | None = None) -> None:
         self.config = config
-        self.plan = plan
-        self.job: Job = plan.job
+        self.burst = burst
         self.handle_signals = handle_signals
+        self.progress = config.options.progress if progress is None else progress
         self.owner = make_owner()
-        reg = config.registries
-        self.job_type = reg.job_types[self.job.job_type]
-        self.limiter = trio.CapacityLimiter(plan.max_parallel)
-        self.in_flight = 0  # claimed and not yet committed
-        self.pool = ModelPool({name: config.settings.models[name] for name in plan.models})
-        self.budget = Budget(plan.job.budget_usd, 0.0)
-        self._status: str | None = None  # set when stopping early: paused | interrupted
-        self._reason: str | None = None
+        self.pool = ModelPool(dict(config.settings.models))
+        self.providers: dict[str, Any] = {}
+        self.runs: dict[str, JobRun] = {}
+        #: How each job run ended, in the order they ended.
+        self.summaries: list[Summary] = []
+        self.interrupted = False
         self._changed = trio.Event()
-        self._sinks: list[trio.MemorySendChannel[Event]] = []
         self._dispatch_scope = trio.CancelScope()
         self._work_scope: trio.CancelScope | None = None
-        self.control = BatchControl(self)
-        # Built here, before anything is stored, so bad options fail cleanly.
-        strategy_name = plan.routing.get("strategy", "round_robin")
-        options = {k: v for k, v in plan.routing.items() if k != "strategy"}
-        self.strategy = _lookup(reg.strategies, strategy_name, "routing strategy")(options, plan)
-        self.policy = _lookup(reg.retry_policies, plan.retry.policy, "retry policy")(plan.retry)
-        self.providers = self._build_providers()
+        self._only: JobRun | None = None
+        if only is not None:  # built now, so bad options fail before anything is stored
+            self._only = JobRun(self, only)
+            self.runs[only.job.job_id] = self._only
 
-    # -- control -------------------------------------------------------
+    # -- what job runs use -------------------------------------------------
 
-    @property
-    def stopping(self) -> bool:
-        return self._status is not None
+    def providers_for(self, models: tuple[str, ...]) -> dict[str, Any]:
+        """The worker's providers, building those of ``models`` not built yet."""
+        for name in models:
+            if name in self.providers:
+                continue
+            spec = self.config.settings.models[name]
+            provider = lookup(self.config.registries.providers, spec.provider, f"provider (model {name!r})")(spec)
+            limiter = self.pool[name].limiter
+            if hasattr(provider, "on_headers"):  # HTTP providers report rate-limit headers
+                provider.on_headers = limiter.update_from_headers
+            limiter.refund_unused = bool(getattr(provider, "refunds_unused_tokens", False))
+            self.providers[name] = provider
+        return self.providers
 
-    def pause(self, reason: str) -> None:
-        if self._status is None:
-            self._status, self._reason = "paused", reason
-            self._dispatch_scope.cancel()
+    async def send(self, message: Any) -> None:
+        """Queue a start, an outcome or a release for the next group commit."""
+        await self._outcomes.send(message)
+
+    def store_state(self, job_id: str, state: str, reason: str | None) -> trio.Event:
+        """Store a job state from sync code (a plugin's ``control.pause``);
+        the returned event is set once it is written."""
+        written = trio.Event()
+
+        async def write() -> None:
+            try:
+                await self.store.set_job_state(job_id, state, reason)
+            finally:
+                written.set()
+
+        self._background.start_soon(write)
+        return written
 
     def interrupt(self) -> None:
         """First signal: stop dispatch and give running items the grace period.
         Second signal: cancel them now."""
-        if self._status != "interrupted":
-            self._status, self._reason = "interrupted", "interrupted by signal"
+        if not self.interrupted:
+            self.interrupted = True
+            for run in self.runs.values():
+                run.interrupt()
             self._dispatch_scope.cancel()
             if self._work_scope is not None:
                 self._work_scope.deadline = min(self._work_scope.deadline,
@@ -130,148 +151,171 @@ class Batch:
         elif self._work_scope is not None:
             self._work_scope.cancel()
 
-    def emit(self, event: Event) -> None:
-        for channel in list(self._sinks):
-            try:
-                channel.send_nowait(event)
-            except trio.WouldBlock:
-                # A sink that cannot keep up loses events rather than stall the kernel.
-                pass
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self._sinks.remove(channel)
+    # -- running -----------------------------------------------------------
 
-    # -- running -------------------------------------------------------
-
-    async def run(self, store: Store) -> Summary:
-        """Run the stored job to its end, a pause or an interruption."""
+    async def run(self, store: Store) -> list[Summary]:
+        """Run until done; return the summaries of the job runs that ended."""
         self.store = store
-        started = time.time()
-        self.budget = Budget(self.job.budget_usd, (await store.costs(self.job.job_id)).cost_usd)
-        recovered = await self.store.recover(self.job.job_id, owner_alive)
-        await self.store.set_job_state(self.job.job_id, "running")
-        summary: Summary | None = None
         try:
             async with trio.open_nursery() as outer:
-                self._start_sinks(outer)
-                signals = trio.CancelScope()
-                if self.handle_signals:
-                    outer.start_soon(self._watch_signals, signals)
-                self.call_hook("loom_batch_started", job=self.job, plan=self.plan, control=self.control)
-                counts = await self.store.counts(self.job.job_id)
-                self.emit(Event("batch_started", self.job.job_id, data={
-                    "job_type": self.job.job_type, "total": sum(counts.values()), "counts": counts,
-                    "max_parallel": self.plan.max_parallel, "models": list(self.plan.models),
-                    "budget_usd": self.job.budget_usd}))
+                self._background = outer
+                chores = trio.CancelScope()
+                outer.start_soon(self._chores, chores)
+                if self._only is not None:
+                    await self._only.start(store, outer)
+                else:
+                    for row in await store.list_jobs():
+                        if row.state not in ("completed", "failed", "cancelled"):
+                            await store.recover(row.job_id, owner_alive)
                 await self._pipeline()
-                summary = await self._finish(started, recovered)
-                await self._write_reports(summary)
-                signals.cancel()
+                for run in list(self.runs.values()):  # interrupted, or ended with the pipeline
+                    if not run.finishing:
+                        run.finishing = True
+                        await self._finish(run)
+                chores.cancel()
                 # Sinks drain what is left in their (now closed) channels, within limits.
                 outer.cancel_scope.deadline = trio.current_time() + SINK_GRACE
         finally:
             with trio.CancelScope(shield=True):
-                await self.store.release(self.job.job_id, self.owner)
-                if summary is None:  # cancelled from outside, or an error escaped
-                    await self.store.set_job_state(self.job.job_id, "interrupted", "the run was cancelled")
+                for run in self.runs.values():  # cancelled from outside, or an error escaped
+                    await store.release(run.job_id, self.owner)
+                    if run.summary is None:
+                        await store.set_job_state(run.job_id, "interrupted", "the run was cancelled")
                 for provider in self.providers.values():
                     try:
                         await provider.aclose()
                     except Exception:
                         traceback.print_exc()
-        await self._batch_finished(summary)
-        return summary
+        return self.summaries
 
     async def _pipeline(self) -> None:
-        send, receive = trio.open_memory_channel[Any](max(COMMIT_BATCH, self.plan.max_parallel * 2))
+        send, receive = trio.open_memory_channel[Any](max(COMMIT_BATCH, CLAIM_BATCH * 2))
         async with trio.open_nursery() as pipeline:
+            self._finishers = pipeline
             pipeline.start_soon(self._writer, receive)
             async with send:
                 self._outcomes = send
                 async with trio.open_nursery() as work:
                     self._work_scope = work.cancel_scope
                     with self._dispatch_scope:
-                        await self._dispatch(work)
+                        async with trio.open_nursery() as dispatchers:
+                            for job_type, limit in self._type_limits().items():
+                                dispatchers.start_soon(self._dispatch, job_type, trio.CapacityLimiter(limit), work)
 
-    async def _finish(self, started: float, recovered: int) -> Summary:
-        with trio.CancelScope(shield=True):
-            released = await self.store.release(self.job.job_id, self.owner)
-            counts = await self.store.counts(self.job.job_id)
-            if self._status == "paused" and not counts["pending"] and not counts["running"]:
-                self._status = None  # paused as the last item finished: nothing is left to resume
-            if self._status is None:
-                self._status = "failed" if counts["failed"] else "completed"
-            elif self._status == "interrupted" and released:
-                self._reason = f"interrupted; {released} running item(s) put back to pending"
-            await self.store.set_job_state(self.job.job_id, self._status, self._reason)
-            costs = await self.store.costs(self.job.job_id)
-        summary = Summary(job_id=self.job.job_id, status=self._status, counts=counts, cost_usd=costs.cost_usd,
-                          started_at=started, finished_at=time.time(), reason=self._reason, recovered=recovered)
-        self.emit(Event("batch_finished", self.job.job_id, data={
-            "status": summary.status, "counts": counts, "cost_usd": summary.cost_usd,
-            "duration": summary.duration, "reason": summary.reason}))
-        for channel in self._sinks:
-            channel.close()
-        return summary
+    def _type_limits(self) -> dict[str, int]:
+        if self._only is not None:
+            return {self._only.job.job_type: self._only.plan.max_parallel}
+        return {name: self.config.max_parallel(name) for name in self.config.registries.job_types}
 
-    async def _dispatch(self, work: trio.Nursery) -> None:
-        job_id = self.job.job_id
+    async def _dispatch(self, job_type: str, limiter: trio.CapacityLimiter, work: trio.Nursery) -> None:
+        """Claim items of one job type while the type has room; wait when none is ready."""
+        store, only = self.store, self._only
         while True:
             changed = self._changed
             tokens = [object()]
-            await self.limiter.acquire_on_behalf_of(tokens[0])
+            await limiter.acquire_on_behalf_of(tokens[0])
             while len(tokens) < CLAIM_BATCH:
                 token = object()
                 try:
-                    self.limiter.acquire_on_behalf_of_nowait(token)
+                    limiter.acquire_on_behalf_of_nowait(token)
                 except trio.WouldBlock:
                     break
                 tokens.append(token)
-            claimed = await self.store.claim(job_id, len(tokens), time.time(), self.owner)
+            now = time.time()
+            if only is not None:
+                claimed = [] if only.stopping else await store.claim(only.job_id, len(tokens), now, self.owner)
+            else:
+                exclude = [job_id for job_id, run in self.runs.items() if not run.accepting]
+                claimed = await store.claim_next(job_type, len(tokens), now, self.owner, exclude)
             for token in tokens[len(claimed):]:
-                self.limiter.release_on_behalf_of(token)
+                limiter.release_on_behalf_of(token)
             for item, token in zip(claimed, tokens):
-                self.in_flight += 1
-                work.start_soon(self._run_item, item, token)
+                run = await self._admit(item)
+                if run is None:
+                    await store.release(item.job_id or only.job_id, self.owner, [item.item_id])
+                    limiter.release_on_behalf_of(token)
+                    continue
+                run.in_flight += 1
+                run.active += 1
+                work.start_soon(self._run_item, run, item, limiter, token)
             if claimed:
                 continue
-            ready_at = await self.store.next_ready_at(job_id)
-            if ready_at is None and self.in_flight == 0:
-                return  # nothing pending, nothing running: done
+            if only is not None:
+                if only.stopping or only.finishing:
+                    return
+                ready_at = await store.next_ready_at(only.job_id)
+                if ready_at is None and only.in_flight == 0:
+                    return  # nothing pending, nothing running: done
+            else:
+                ready_at = await store.next_queued_at(job_type)
+                if ready_at is None and self.burst and not any(
+                        r.in_flight for r in self.runs.values() if r.job.job_type == job_type):
+                    return
             wait = math.inf if ready_at is None else max(0.0, ready_at - time.time())
+            if only is None and not self.burst:
+                wait = min(wait, POLL_INTERVAL)  # another process may submit work
             with trio.move_on_after(wait):
                 await changed.wait()
 
-    async def _run_item(self, claimed: ClaimedItem, token: object) -> None:
-        try:
-            item = item_from_dict(claimed.definition)
-            started_wall = time.time()
-            try:
-                outcome = await run_attempt(self, claimed, item)
-            except Stop as stop:
-                self.pause(stop.reason)
-                await self._outcomes.send(_Released(item.item_id))
-                return
-            record = AttemptRecord(
-                job_id=self.job.job_id, item_id=item.item_id, attempt=outcome.attempt,
-                state="pending" if outcome.state == "retrying" else outcome.state, model=outcome.model,
-                started_at=started_wall, finished_at=time.time(), error_kind=outcome.error_kind,
-                error=outcome.error, input_tokens=outcome.input_tokens, output_tokens=outcome.output_tokens,
-                cost_usd=outcome.cost_usd,
-                not_before=time.time() + outcome.retry_delay if outcome.retry_delay else 0.0,
-                free=outcome.free, route=outcome.route or None,
-                result_text=outcome.result.text if outcome.result else None,
-                result_data=_result_data(outcome.result) if outcome.result else None,
-            )
-            await self._outcomes.send(_Finished(claimed, item, outcome, record))
-        finally:
-            self.limiter.release_on_behalf_of(token)
+    async def _admit(self, claimed: ClaimedItem) -> JobRun | None:
+        """The run a claimed item belongs to, started if it is the job's first
+        here; None if the item must go back (the job is full, stopping, or
+        cannot run in this worker)."""
+        if self._only is not None:
+            run: JobRun | None = self._only
+        else:
+            run = self.runs.get(claimed.job_id)
+            if run is None:
+                run = await self._start_run(claimed.job_id)
+        if run is None or not run.accepting:
+            return None
+        return run
 
-    async def started(self, record: StartRecord) -> None:
-        """Queue an attempt's start for the next group commit."""
-        await self._outcomes.send(record)
+    async def _start_run(self, job_id: str) -> JobRun | None:
+        row = await self.store.get_job(job_id)
+        try:
+            if row is None:
+                raise UsageError("the job is not in the store")
+            run = JobRun(self, self.config.plan(job_from_dict(row.definition)))
+        except UsageError as exc:
+            # Held until an operator fixes the worker's settings and resumes it.
+            reason = f"this worker cannot run it: {exc}"
+            print(f"storyloom: job {job_id!r} paused: {reason}", file=sys.stderr)
+            if row is not None:
+                await self.store.set_job_state(job_id, "paused", reason)
+            return None
+        self.runs[job_id] = run
+        await run.start(self.store, self._background)
+        return run
+
+    async def _run_item(self, run: JobRun, claimed: ClaimedItem, limiter: trio.CapacityLimiter,
+                        token: object) -> None:
+        scope = run.item_scope()
+        try:
+            with scope:
+                if run.stopping:
+                    await self.send(_Released(run, claimed.item_id))
+                    return
+                item = item_from_dict(claimed.definition)
+                started_wall = time.time()
+                try:
+                    outcome = await run_attempt(run, claimed, item)
+                except Stop as stop:
+                    run.pause(stop.reason)
+                    await self.send(_Released(run, item.item_id))
+                    return
+                record = _record(run, item, outcome, started_wall)
+                await self.send(_Finished(run, claimed, item, outcome, record))
+            if scope.cancelled_caught:  # the job was cancelled; the store skipped the item
+                await self.send(_Released(run, claimed.item_id))
+        finally:
+            run.item_done(scope)
+            run.active -= 1
+            limiter.release_on_behalf_of(token)
 
     async def _writer(self, receive: trio.MemoryReceiveChannel[Any]) -> None:
         """Group commit: whatever is waiting goes into one transaction."""
+        store = self.store
         async with receive:
             async for first in receive:
                 batch = [first]
@@ -285,104 +329,94 @@ class Batch:
                     await trio.lowlevel.checkpoint()
                 starts = [m for m in batch if isinstance(m, StartRecord)]
                 finished = [m for m in batch if isinstance(m, _Finished)]
-                released = [m.item_id for m in batch if isinstance(m, _Released)]
-                applied = await self.store.record([f.record for f in finished], self.owner, starts)
-                if released:
-                    await self.store.release(self.job.job_id, self.owner, released)
-                    self.in_flight -= len(released)
+                released: dict[JobRun, list[str]] = {}
+                for m in batch:
+                    if isinstance(m, _Released):
+                        released.setdefault(m.run, []).append(m.item_id)
+                applied = await store.record([f.record for f in finished], self.owner, starts)
+                for run, ids in released.items():
+                    await store.release(run.job_id, self.owner, ids)
+                    run.in_flight -= len(ids)
+                touched = set(released)
                 for done, ok in zip(finished, applied):
-                    self.in_flight -= 1
+                    done.run.in_flight -= 1
+                    touched.add(done.run)
                     if ok:
-                        self._acknowledge(done)
-                self._changed.set()
-                self._changed = trio.Event()
+                        _acknowledge(done)
+                for run in touched:
+                    await self._maybe_finish(run)
+                self._wake()
 
-    def _acknowledge(self, done: _Finished) -> None:
-        outcome = done.outcome
-        self.call_hook("loom_item_finished", job=self.job, item=done.item, outcome=outcome)
-        data = {"state": outcome.state, "attempt": outcome.attempt, "model": outcome.model,
-                "elapsed": outcome.elapsed, "input_tokens": outcome.input_tokens,
-                "output_tokens": outcome.output_tokens, "cost_usd": outcome.cost_usd}
-        if outcome.error_kind is not None:
-            data.update(error_kind=str(outcome.error_kind), error=outcome.error, retry_delay=outcome.retry_delay)
-        self.emit(Event("item_finished", self.job.job_id, done.item.item_id, data=data))
+    async def _maybe_finish(self, run: JobRun) -> None:
+        if await run.done(self.store):
+            run.finishing = True
+            self._finishers.start_soon(self._finish, run)
 
-    async def _write_reports(self, summary: Summary) -> None:
-        names = _chosen(self.config.settings.reports, DEFAULT_REPORTS, self.config.registries.renderers)
-        if not names:
-            return
-        report = await build_report(self.store, self.job, summary)
-        for name in names:
-            try:
-                file_name, text = _lookup(self.config.registries.renderers, name, "report renderer")(report)
-                write_atomic(self.config.out_dir / self.job.job_id / file_name, text)
-            except Exception:
-                print(f"storyloom: report renderer {name!r} failed:", file=sys.stderr)
-                traceback.print_exc(file=sys.stderr)
+    async def _finish(self, run: JobRun) -> None:
+        self.summaries.append(await run.finish(self.store, self.owner))
+        if self.runs.get(run.job_id) is run:
+            del self.runs[run.job_id]
+        self._wake()
 
-    # -- plumbing ------------------------------------------------------
+    async def _chores(self, scope: trio.CancelScope) -> None:
+        with scope:
+            async with trio.open_nursery() as nursery:
+                if self.handle_signals:
+                    nursery.start_soon(self._watch_signals)
+                nursery.start_soon(self._promote)
+                nursery.start_soon(self._poll)
 
-    def _build_providers(self) -> dict[str, Any]:
-        providers = {}
-        for name in self.plan.models:
-            spec = self.config.settings.models[name]
-            provider = _lookup(self.config.registries.providers, spec.provider, f"provider (model {name!r})")(spec)
-            limiter = self.pool[name].limiter
-            if hasattr(provider, "on_headers"):  # HTTP providers report rate-limit headers
-                provider.on_headers = limiter.update_from_headers
-            limiter.refund_unused = bool(getattr(provider, "refunds_unused_tokens", False))
-            providers[name] = provider
-        return providers
+    async def _promote(self) -> None:
+        """Approaching deadlines and aging raise waiting items' levels."""
+        while True:
+            if await self.store.promote(time.time(), self.config.settings.aging):
+                self._wake()
+            await trio.sleep(PROMOTE_INTERVAL)
 
-    def _start_sinks(self, nursery: trio.Nursery) -> None:
-        names = self.config.options.progress
-        if names is None:
-            names = _chosen(self.config.settings.progress, DEFAULT_PROGRESS, self.config.registries.sinks)
-        for name in names:
-            sink = _lookup(self.config.registries.sinks, name, "progress sink")(self.config, self.plan)
-            if sink is None:
-                continue
-            send, receive = trio.open_memory_channel[Event](SINK_BUFFER)
-            self._sinks.append(send)
-            nursery.start_soon(_run_sink, name, sink, receive)
+    async def _poll(self) -> None:
+        """Notice pauses and cancels made by other processes (``storyloom pause``)."""
+        while True:
+            await trio.sleep(POLL_INTERVAL)
+            for run in list(self.runs.values()):
+                row = await self.store.get_job(run.job_id)
+                if row is not None and row.state in ("paused", "cancelled") and not run.finishing:
+                    run.stopped_elsewhere(row.state, row.reason)
+                    await self._maybe_finish(run)
+            self._wake()
 
-    async def _batch_finished(self, summary: Summary) -> None:
-        try:
-            finishers = self.config.hook.loom_batch_finished(job=self.job, summary=summary, store=self.store)
-        except Exception:
-            print("storyloom: a loom_batch_finished hook raised:", file=sys.stderr)
-            traceback.print_exc(file=sys.stderr)
-            return
-        for finish in finishers:
-            if finish is None:
-                continue
-            try:
-                await finish()
-            except Exception:
-                print("storyloom: work returned by a loom_batch_finished hook failed:", file=sys.stderr)
-                traceback.print_exc(file=sys.stderr)
-
-    def call_hook(self, name: str, **kwargs: Any) -> None:
-        """Call a notification hook; a plugin that raises is reported, not fatal."""
-        try:
-            getattr(self.config.hook, name)(**kwargs)
-        except Exception:
-            print(f"storyloom: a {name} hook raised; the batch goes on:", file=sys.stderr)
-            traceback.print_exc(file=sys.stderr)
-
-    async def _watch_signals(self, scope: trio.CancelScope) -> None:
-        with scope, trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    async def _watch_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for _ in signals:
                 self.interrupt()
 
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
 
-async def _run_sink(name: str, sink: Any, receive: trio.MemoryReceiveChannel[Event]) -> None:
-    async with receive:
-        try:
-            await sink.run(receive)
-        except Exception:
-            print(f"storyloom: progress sink {name!r} failed and was dropped:", file=sys.stderr)
-            traceback.print_exc(file=sys.stderr)
+
+def _acknowledge(done: _Finished) -> None:
+    run, outcome = done.run, done.outcome
+    run.call_hook("loom_item_finished", job=run.job, item=done.item, outcome=outcome)
+    data = {"state": outcome.state, "attempt": outcome.attempt, "model": outcome.model,
+            "elapsed": outcome.elapsed, "input_tokens": outcome.input_tokens,
+            "output_tokens": outcome.output_tokens, "cost_usd": outcome.cost_usd}
+    if outcome.error_kind is not None:
+        data.update(error_kind=str(outcome.error_kind), error=outcome.error, retry_delay=outcome.retry_delay)
+    run.emit(Event("item_finished", run.job_id, done.item.item_id, data=data))
+
+
+def _record(run: JobRun, item: Item, outcome: Outcome, started_wall: float) -> AttemptRecord:
+    return AttemptRecord(
+        job_id=run.job_id, item_id=item.item_id, attempt=outcome.attempt,
+        state="pending" if outcome.state == "retrying" else outcome.state, model=outcome.model,
+        started_at=started_wall, finished_at=time.time(), error_kind=outcome.error_kind,
+        error=outcome.error, input_tokens=outcome.input_tokens, output_tokens=outcome.output_tokens,
+        cost_usd=outcome.cost_usd,
+        not_before=time.time() + outcome.retry_delay if outcome.retry_delay else 0.0,
+        free=outcome.free, route=outcome.route or None,
+        result_text=outcome.result.text if outcome.result else None,
+        result_data=_result_data(outcome.result) if outcome.result else None,
+    )
 
 
 def _drain(receive: trio.MemoryReceiveChannel[Any], batch: list[Any]) -> None:
@@ -391,29 +425,6 @@ def _drain(receive: trio.MemoryReceiveChannel[Any], batch: list[Any]) -> None:
             batch.append(receive.receive_nowait())
         except (trio.WouldBlock, trio.EndOfChannel):
             return
-
-
-def _chosen(names: tuple[str, ...], defaults: tuple[str, ...], registered: dict[str, Any]) -> tuple[str, ...]:
-    """The names to use: defaults whose plugin is blocked drop out; names the
-    user gave stay, so a missing one is an error."""
-    if names == defaults:
-        return tuple(n for n in names if n in registered)
-    return names
-
-
-def _lookup(table: dict[str, Any], name: str, noun: str) -> Any:
-    try:
-        return table[name]
-    except KeyError:
-        raise UsageError(f"unknown {noun} {name!r} (known: {', '.join(sorted(table))})") from None
-
-
-def _with_metadata(request: Any, *, item: Item, job: Job, attempt: int) -> Any:
-    language = item.fields.get("language") or job.language
-    meta = {"job_id": job.job_id, "item_id": item.item_id, "attempt": attempt, "language": language,
-            **request.metadata}  # what the job type set wins
-    request.metadata.update(meta)
-    return request
 
 
 def _result_data(result: Result) -> dict[str, Any]:

@@ -668,6 +668,7 @@ def settings_from_document(doc: Document) -> Settings:
         webhooks=tuple(_webhook(doc, i, entry) for i, entry in enumerate(data.get("webhooks", ()))),
         failure_policy=_failure_policy(doc, data.get("failure_policy", {})),
         grace_period=_duration(doc, ("grace_period",), defaults.grace_period),
+        aging=_duration(doc, ("aging",), defaults.aging, positive=True),
         synchronous=data.get("synchronous", defaults.synchronous),
     )
 

@@ -78,9 +78,6 @@ class ModelPool:
         self.models[name].limiter.cool_down(seconds)
         self._wake()
 
-    def all_disabled(self, candidates: list[str]) -> bool:
-        return all(self.models[n].disabled for n in candidates)
-
     def in_flight(self) -> dict[str, int]:
         return {n: m.in_flight for n, m in self.models.items()}
 

@@ -131,6 +131,9 @@ class Settings:
     webhooks: tuple[Webhook, ...] = ()
     failure_policy: FailurePolicy = FailurePolicy()
     grace_period: float = 10.0
+    #: How long a normal or low item waits at its level before it moves up
+    #: one (never to critical): the queue's guard against starving low work.
+    aging: float = 7200.0
     #: sqlite ``synchronous``: NORMAL (default, durable across process crashes)
     #: or FULL (also across power loss).
     synchronous: str = "NORMAL"

@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 #: The CLI's exit code for each way a batch can end.
-EXIT_CODES = {"completed": 0, "failed": 1, "paused": 3, "interrupted": 130}
+EXIT_CODES = {"completed": 0, "failed": 1, "paused": 3, "cancelled": 4, "interrupted": 130}
 
 
 @dataclass
 class Summary:
     job_id: str
-    #: completed | failed | paused | interrupted; a report on a job still
+    #: completed | failed | paused | cancelled | interrupted; a report on a job still
     #: going may also see running or pending.
     status: str
     counts: dict[str, int]

@@ -22,7 +22,7 @@ import pytest
 import trio
 
 from . import hookimpl
-from .api import resume_job, run_job
+from .api import resume_job, run_job, submit_job, work
 from .config import Options
 from .summary import Summary
 from .store.sqlite import SQLiteStore
@@ -70,6 +70,13 @@ class RunResult:
         assert self.summary.counts == wanted, f"counts {self.summary.counts} != expected {wanted}"
 
 
+@dataclass
+class WorkResult:
+    #: job_id -> how its run ended, for every job the worker finished.
+    summaries: dict[str, Summary]
+    recorder: HookRecorder
+
+
 class Loom:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -100,6 +107,22 @@ class Loom:
         summary = trio.run(lambda: resume_job(job_id, options=self.options(**overrides),
                                               plugins=(recorder, *plugins)))
         return RunResult(summary, recorder, self.items(job_id))
+
+    def submit(self, job_yaml: str, *, name: str = "job.yaml", plugins: tuple = (), **overrides: Any) -> str:
+        """Write ``job_yaml`` to a file and queue it (``storyloom submit``); returns the job_id."""
+        path = self.write(name, job_yaml)
+        job = trio.run(lambda: submit_job(path, options=self.options(**overrides), plugins=plugins))
+        return job.job_id
+
+    def work(self, *, plugins: tuple = (), **overrides: Any) -> "WorkResult":
+        """Work through the whole queue until it is empty (``storyloom work --burst``),
+        with this folder's ``storyloom.yaml``."""
+        if (self.path / "storyloom.yaml").exists():
+            overrides.setdefault("settings_file", str(self.path / "storyloom.yaml"))
+        recorder = HookRecorder()
+        summaries = trio.run(lambda: work(burst=True, options=self.options(**overrides),
+                                          plugins=(recorder, *plugins)))
+        return WorkResult({s.job_id: s for s in summaries}, recorder)
 
     def items(self, job_id: str) -> dict[str, Any]:
         async def read() -> dict[str, Any]:

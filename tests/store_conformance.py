@@ -17,12 +17,14 @@ from typing import Any, Awaitable, Callable
 import pytest
 import trio
 
+from storyloom.job import CRITICAL_WITHIN_S, HIGH_WITHIN_S
 from storyloom.store.protocol import (
     ITEM_STATES,
     AttemptRecord,
     JobExists,
     JobRow,
     NewItem,
+    QueuedRow,
     StartRecord,
 )
 
@@ -33,6 +35,7 @@ OWNER = "host-a:100:aaaa"
 OTHER = "host-b:200:bbbb"
 NOW = 1_000_000.0
 THAI = "บทที่หนึ่ง: เจ้าหญิงกับมังกร"
+DAY = 24 * 3600.0
 
 
 def trio_test(fn: Callable[[Any], Awaitable[None]]) -> Callable[[Any], None]:
@@ -51,13 +54,14 @@ def trio_test(fn: Callable[[Any], Awaitable[None]]) -> Callable[[Any], None]:
 # -- builders
 
 
-def job_row(job_id: str = JOB, *, state: str = "running", created_at: float = NOW, **definition: Any) -> JobRow:
-    data = {"job_id": job_id, "job_type": "chapter", "vars": {"title": THAI}, **definition}
-    return JobRow(job_id, "chapter", state, data, created_at, created_at)
+def job_row(job_id: str = JOB, *, state: str = "running", created_at: float = NOW, job_type: str = "chapter",
+            **definition: Any) -> JobRow:
+    data = {"job_id": job_id, "job_type": job_type, "vars": {"title": THAI}, **definition}
+    return JobRow(job_id, job_type, state, data, created_at, created_at)
 
 
-def new_items(*ids: str, level: int = 2, state: str = "pending") -> list[NewItem]:
-    return [NewItem(i, level, state, {"item_id": i, "fields": {"title": f"{THAI} {i}"}}) for i in ids]
+def new_items(*ids: str, level: int = 2, state: str = "pending", deadline: float | None = None) -> list[NewItem]:
+    return [NewItem(i, level, state, {"item_id": i, "fields": {"title": f"{THAI} {i}"}}, deadline) for i in ids]
 
 
 def rec(item_id: str, state: str = "completed", *, attempt: int = 1, model: str | None = "m1",
@@ -67,12 +71,29 @@ def rec(item_id: str, state: str = "completed", *, attempt: int = 1, model: str 
     return AttemptRecord(job_id=job_id, item_id=item_id, attempt=attempt, state=state, model=model, **kw)
 
 
-async def add(store: Any, *ids: str, job_id: str = JOB, level: int = 2) -> None:
-    await store.add_job(job_row(job_id), new_items(*ids, level=level))
+async def add(store: Any, *ids: str, job_id: str = JOB, level: int = 2, job_type: str = "chapter",
+              state: str = "running") -> None:
+    await store.add_job(job_row(job_id, job_type=job_type, state=state), new_items(*ids, level=level))
+
+
+async def add_levels(store: Any, job_id: str, *layout: tuple[str, int], job_type: str = "chapter") -> None:
+    """A job whose items have the levels given: ``("a", 2), ("b", 0)``."""
+    await store.add_job(job_row(job_id, job_type=job_type),
+                        [NewItem(i, level, "pending", {"item_id": i}) for i, level in layout])
 
 
 async def claim_ids(store: Any, limit: int = 100, now: float = NOW, owner: str = OWNER, job_id: str = JOB) -> list[str]:
     return [c.item_id for c in await store.claim(job_id, limit, now, owner)]
+
+
+async def next_ids(store: Any, limit: int = 100, now: float = NOW, *, job_type: str = "chapter",
+                   exclude: Any = ()) -> list[tuple[str, str]]:
+    """What claim_next claims for OWNER, as (job_id, item_id)."""
+    return [(c.job_id, c.item_id) for c in await store.claim_next(job_type, limit, now, OWNER, exclude)]
+
+
+async def levels(store: Any, job_id: str = JOB) -> dict[str, int]:
+    return {row.item_id: row.level for row in await store.items(job_id)}
 
 
 # -- jobs
@@ -579,3 +600,283 @@ async def test_attempts_are_listed_in_finish_order_for_their_job_only(store):
     assert (b.input_tokens, b.output_tokens, b.cost_usd) == (7, 0, pytest.approx(0.01))
     assert [r.item_id for r in await store.attempts("job-2")] == ["a"]
     assert await store.attempts("other-job") == []
+
+
+# -- the queue across jobs
+
+
+@trio_test
+async def test_claim_next_serves_level_then_submission_order_across_jobs(store):
+    await add_levels(store, "one", ("a1", 2), ("a2", 3), ("a3", 2))
+    await add_levels(store, "two", ("b1", 1), ("b2", 2))
+    await add_levels(store, "three", ("c1", 0), ("c2", 2), ("c3", 1))
+    got = []
+    for _ in range(5):  # the order holds across batches too
+        got += await next_ids(store, limit=2)
+    # a later job's more urgent item goes first; equal levels are FIFO across jobs
+    assert got == [("three", "c1"), ("two", "b1"), ("three", "c3"), ("one", "a1"), ("one", "a3"),
+                   ("two", "b2"), ("three", "c2"), ("one", "a2")]
+    assert await next_ids(store) == []
+    assert (await store.counts("one"))["running"] == 3
+
+
+@trio_test
+async def test_claim_next_returns_what_claim_does(store):
+    await add(store, "a")
+    [first] = await store.claim_next("chapter", 10, NOW, OWNER)
+    assert (first.job_id, first.item_id, first.attempts, first.last_model) == (JOB, "a", 0, None)
+    assert first.definition == {"item_id": "a", "fields": {"title": f"{THAI} a"}}
+    await store.record([rec("a", "pending", model="m1", error_kind="TIMEOUT", free=True)], OWNER)
+    [again] = await store.claim_next("chapter", 10, NOW, OTHER)
+    assert (again.attempts, again.free_attempts, again.last_model, again.last_error_kind) == (1, 1, "m1", "TIMEOUT")
+    assert [r.owner for r in await store.running(JOB)] == [OTHER]
+    assert await store.release(JOB, OTHER) == 1
+    [claimed] = await store.claim(JOB, 1, NOW, OWNER)
+    assert claimed.job_id == JOB  # claim fills it too
+
+
+@trio_test
+async def test_claim_next_honours_job_type_limit_and_not_before(store):
+    await add(store, "a", "b", "c", job_id="one")
+    await add(store, "x", job_id="other", job_type="summary", level=0)
+    assert await next_ids(store, job_type="summary") == [("other", "x")]
+    assert await next_ids(store, job_type="nope") == []
+    assert await next_ids(store, limit=0) == []
+    assert await next_ids(store, limit=2) == [("one", "a"), ("one", "b")]
+    await store.record([rec("b", "pending", job_id="one", not_before=NOW + 60)], OWNER)
+    assert await next_ids(store, now=NOW + 1) == [("one", "c")]
+    assert await next_ids(store, now=NOW + 59.9) == []
+    assert await next_ids(store, now=NOW + 60) == [("one", "b")]  # not_before <= now
+
+
+@trio_test
+async def test_claim_next_leaves_out_excluded_jobs(store):
+    for job_id, item in (("one", "a"), ("two", "b"), ("three", "c")):
+        await add(store, item, job_id=job_id)
+    assert await next_ids(store, exclude={"one", "three"}) == [("two", "b")]
+    assert await next_ids(store, exclude=["two", "no-such-job"]) == [("one", "a"), ("three", "c")]
+
+
+@trio_test
+async def test_paused_and_cancelled_jobs_are_held(store):
+    await add(store, "a", "b", job_id="one")
+    await add(store, "c", job_id="two")
+    await store.set_job_state("one", "paused", "budget")
+    assert await next_ids(store) == [("two", "c")]
+    await store.set_job_state("one", "running")
+    assert await next_ids(store) == [("one", "a"), ("one", "b")]
+    await store.release("one", OWNER)
+    await store.set_job_state("one", "cancelled", "by hand")  # the state alone holds, too
+    assert await next_ids(store) == []
+    assert (await store.counts("one"))["pending"] == 2  # held, not skipped
+    await store.set_job_state("one", "interrupted")  # any other state lets go
+    assert await next_ids(store, limit=1) == [("one", "a")]
+
+
+@trio_test
+async def test_a_held_item_back_from_running_stays_held(store):
+    await add(store, "a", "b")
+    assert await claim_ids(store, limit=1) == ["a"]
+    await store.set_job_state(JOB, "paused")
+    # the worker finishes its attempt after the pause: a retry, then a release
+    assert await store.record([rec("a", "pending")], OWNER) == [True]
+    assert await next_ids(store) == []
+    assert await claim_ids(store) == []
+    await store.set_job_state(JOB, "running")
+    assert await next_ids(store) == [(JOB, "a"), (JOB, "b")]
+
+
+@trio_test
+async def test_claim_skips_held_items(store):
+    await add(store, "a", "b")
+    await store.set_job_state(JOB, "paused")
+    assert await claim_ids(store) == []
+    await store.set_job_state(JOB, "running")
+    assert await claim_ids(store) == ["a", "b"]
+
+
+@trio_test
+async def test_add_job_in_a_held_state_holds_its_items(store):
+    await add(store, "a", job_id="one", state="paused")
+    await add(store, "b", job_id="two", state="cancelled")
+    await add(store, "c", job_id="three", state="pending")
+    assert await next_ids(store) == [("three", "c")]
+    assert await claim_ids(store, job_id="one") == []
+    await store.set_job_state("one", "running")
+    assert await next_ids(store) == [("one", "a")]
+
+
+@trio_test
+async def test_cancel_skips_pending_and_running_items(store):
+    await add(store, *"abcd")
+    await add(store, "a", job_id="other")
+    await claim_ids(store, limit=3)  # a, b, c
+    await store.record([rec("a"), rec("c", "pending", error_kind="TIMEOUT", error="slow")], OWNER)
+    assert await store.cancel(JOB, "cancelled by ผู้ใช้") == 3  # b running, c and d pending
+    job = await store.get_job(JOB)
+    assert (job.state, job.reason) == ("cancelled", "cancelled by ผู้ใช้")
+    rows = {row.item_id: row for row in await store.items(JOB)}
+    assert rows["a"].state == "completed"
+    for item_id in "bcd":
+        row = rows[item_id]
+        assert (row.state, row.error_kind, row.error) == ("skipped", None, "cancelled by ผู้ใช้"), item_id
+    assert await store.running(JOB) == []
+    # the worker that ran b finds out when it records
+    assert await store.record([rec("b", "failed")], OWNER) == [False]
+    assert await store.result(JOB, "a") is not None
+    assert await next_ids(store) == [("other", "a")]
+    assert await store.cancel(JOB, "again") == 0
+    with pytest.raises(KeyError):
+        await store.cancel("nope", "why")
+
+
+@trio_test
+async def test_record_skipped_for_a_running_item(store):
+    await add(store, "a")
+    await claim_ids(store)
+    await store.set_job_state(JOB, "cancelled", "stop")
+    assert await store.record([rec("a", "skipped", error="stop", cost_usd=0.25)], OWNER) == [True]
+    [row] = await store.items(JOB)
+    assert (row.state, row.error) == ("skipped", "stop")
+    assert await store.result(JOB, "a") is None
+    assert (await store.costs(JOB)).cost_usd == 0.25  # what the attempt spent still counts
+
+
+@trio_test
+async def test_promote_by_deadline(store):
+    await store.add_job(job_row(), [
+        NewItem("none", 2, "pending", {}),
+        NewItem("far", 2, "pending", {}, NOW + 10 * DAY),
+        NewItem("soon", 3, "pending", {}, NOW + 2 * DAY),
+        NewItem("urgent", 2, "pending", {}, NOW + 23 * 3600),
+        NewItem("edge", 2, "pending", {}, NOW + CRITICAL_WITHIN_S),  # not under 24 h: high
+        NewItem("late", 1, "pending", {}, NOW - 5),  # past its deadline
+        NewItem("crit", 0, "pending", {}, NOW + 2 * DAY),  # never demoted
+    ])
+    await store.add_job(job_row("busy"), new_items("r", deadline=NOW + 60))
+    await claim_ids(store, job_id="busy")  # running items keep their level
+    assert await store.promote(NOW, None) == 4
+    assert await levels(store) == {"none": 2, "far": 2, "soon": 1, "urgent": 0, "edge": 1, "late": 0, "crit": 0}
+    assert await levels(store, "busy") == {"r": 2}
+    assert await store.promote(NOW, None) == 0
+    assert await store.promote(NOW + 1, None) == 1  # edge: now under 24 h
+    assert await store.promote(NOW + 10 * DAY - HIGH_WITHIN_S + 1, None) == 2  # far under 3 days, soon past
+    assert await levels(store) == {"none": 2, "far": 1, "soon": 0, "urgent": 0, "edge": 0, "late": 0, "crit": 0}
+    assert await store.promote(NOW + 10 * DAY - CRITICAL_WITHIN_S + 1, None) == 1  # far under 24 h
+    assert (await levels(store))["far"] == 0
+
+
+@trio_test
+async def test_promote_by_aging(store):
+    await add_levels(store, JOB, ("low", 3), ("normal", 2), ("high", 1), ("crit", 0))
+    await add_levels(store, "held", ("h", 3))
+    await store.set_job_state("held", "paused")  # held items age too: harmless
+    await add_levels(store, "busy", ("r", 3))
+    await claim_ids(store, job_id="busy")  # running: not aged
+    t0 = time.time()  # items got their level_since when added: a moment before t0
+    aging = 600.0
+    assert await store.promote(t0 + 1e6, None) == 0  # no aging asked for
+    assert await store.promote(t0 + 300, aging) == 0
+    assert await store.promote(t0 + aging, aging) == 3  # low, normal, h: one level each
+    assert await levels(store) == {"low": 2, "normal": 1, "high": 1, "crit": 0}
+    assert await levels(store, "held") == {"h": 2}
+    assert await store.promote(t0 + aging + 300, aging) == 0  # their clock restarted
+    assert await store.promote(t0 + 2 * aging, aging) == 2  # low, h
+    assert await levels(store) == {"low": 1, "normal": 1, "high": 1, "crit": 0}
+    assert await store.promote(t0 + 100 * aging, aging) == 0  # aging never makes an item critical
+    assert await levels(store, "busy") == {"r": 3}
+
+
+@trio_test
+async def test_position_across_levels_and_jobs(store):
+    await add_levels(store, "one", ("a", 2), ("b", 2))
+    await add_levels(store, "two", ("c", 1), ("d", 2))
+    await add_levels(store, "three", ("e", 0), job_type="summary")  # every job type shares the count
+    assert [await store.position(j, i) for j, i in (("three", "e"), ("two", "c"), ("one", "a"), ("one", "b"),
+                                                     ("two", "d"))] == [1, 2, 3, 4, 5]
+    await claim_ids(store, limit=1, job_id="one")  # a
+    assert await store.position("one", "a") == -1  # running
+    assert await store.position("two", "d") == 4
+    await store.record([rec("a", job_id="one")], OWNER)
+    assert await store.position("one", "a") == -1  # completed
+    await store.set_job_state("three", "paused")
+    assert await store.position("three", "e") == -1  # held
+    assert (await store.position("two", "c"), await store.position("one", "b")) == (1, 2)
+    with pytest.raises(KeyError):
+        await store.position("one", "nope")
+    with pytest.raises(KeyError):
+        await store.position("nope", "a")
+
+
+@trio_test
+async def test_queue_counts_and_queued(store):
+    assert await store.queue_counts() == {}
+    assert await store.queued(10) == []
+    await add_levels(store, "one", ("a", 2), ("b", 3), ("s", 2))
+    await store.add_job(job_row("two"), new_items("c", deadline=NOW + DAY))
+    await add_levels(store, "three", ("d", 0), job_type="summary")
+    await claim_ids(store, limit=1, job_id="one")  # a
+    await store.record([rec("a", "pending", job_id="one", not_before=NOW + 9)], OWNER)  # a retry waits in line
+    assert await store.queue_counts() == {0: {"three": 1}, 2: {"one": 2, "two": 1}, 3: {"one": 1}}
+    assert await store.queued(10) == [
+        QueuedRow("three", "d", "summary", 0, 0.0, None),
+        QueuedRow("one", "a", "chapter", 2, NOW + 9, None),
+        QueuedRow("one", "s", "chapter", 2, 0.0, None),
+        QueuedRow("two", "c", "chapter", 2, 0.0, NOW + DAY),
+        QueuedRow("one", "b", "chapter", 3, 0.0, None),
+    ]
+    assert [row.item_id for row in await store.queued(2)] == ["d", "a"]
+    assert await store.queued(0) == []
+    await store.set_job_state("two", "paused")
+    await claim_ids(store, limit=1, job_id="three")
+    assert await store.queue_counts() == {2: {"one": 2}, 3: {"one": 1}}
+    assert [row.item_id for row in await store.queued(10)] == ["a", "s", "b"]
+
+
+@trio_test
+async def test_next_queued_at(store):
+    assert await store.next_queued_at("chapter") is None
+    await add(store, "a", "b", job_id="one")
+    await add(store, "x", job_id="other", job_type="summary")
+    assert await store.next_queued_at("chapter") == 0.0
+    await next_ids(store)
+    assert await store.next_queued_at("chapter") is None  # nothing pending
+    assert await store.next_queued_at("summary") == 0.0
+    await store.record([rec("a", "pending", job_id="one", not_before=NOW + 30),
+                        rec("b", "pending", job_id="one", not_before=NOW + 20)], OWNER)
+    assert await store.next_queued_at("chapter") == NOW + 20
+    await store.set_job_state("one", "paused")
+    assert await store.next_queued_at("chapter") is None  # held
+
+
+@trio_test
+async def test_items_show_level_and_route(store):
+    await store.add_job(job_row(), new_items("a", level=3, deadline=NOW + DAY) + new_items("b", level=1))
+    assert [(row.item_id, row.level, row.route) for row in await store.items(JOB)] == [("a", 3, None),
+                                                                                      ("b", 1, None)]
+    await claim_ids(store, limit=1)  # b
+    route = {"strategy": "round_robin", "picked": "m1", "เหตุผล": THAI}
+    await store.record([rec("b", "pending", route=route)], OWNER)
+    await store.promote(NOW + 1, None)
+    rows = {row.item_id: row for row in await store.items(JOB)}
+    assert (rows["a"].level, rows["a"].route) == (0, None)
+    assert (rows["b"].level, rows["b"].route) == (1, route)
+
+
+@trio_test
+async def test_queue_of_a_hundred_thousand_items(store):
+    n = 50_000
+    for job_id in ("one", "two"):
+        await store.add_job(job_row(job_id), [
+            NewItem(f"i{k:06d}", 3 - k % 4, "pending", {"item_id": f"i{k:06d}"}, NOW + 10 * DAY + k)
+            for k in range(n)
+        ])
+    started = time.perf_counter()
+    got = await next_ids(store, limit=256, exclude={"no-such-job"})
+    assert time.perf_counter() - started < 2  # generous: these are smoke checks, not benchmarks
+    assert got[:3] == [("one", "i000003"), ("one", "i000007"), ("one", "i000011")]
+    started = time.perf_counter()
+    assert await store.promote(NOW, 3600.0) == 0  # nothing due: cheap
+    assert await store.next_queued_at("chapter") == 0.0
+    assert await store.position("two", "i000003") == n // 4 - 256 + 1
+    assert time.perf_counter() - started < 2

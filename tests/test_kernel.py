@@ -102,16 +102,17 @@ def test_auth_and_quota_errors_take_the_model_out_and_the_item_moves_on(loom, ki
 
 
 @pytest.mark.parametrize("kind", ["AUTH_ERROR", "QUOTA_EXCEEDED"])
-def test_no_model_left_pauses_the_batch_and_says_why(loom, kind):
+def test_when_no_model_can_come_back_items_fail_with_the_reason(loom, kind):
     loom.write("storyloom.yaml", settings({"it-1": [kind]}))
     result = loom.run(job(3, extra="config: {max_parallel: 1}\n"), plugins=(scripted,))
-    assert result.summary.status == "paused" and result.summary.exit_code == 3
-    assert "no model left" in result.summary.reason and f"scripted {kind}" in result.summary.reason
-    assert result.counts["failed"] == 0 and result.counts["running"] == 0
-    assert result.counts["completed"] + result.counts["pending"] == 3
-    # Once the key is fixed, resume finishes the job.
-    resumed = loom.resume("k1", plugins=(scripted,))
-    resumed.assert_outcomes(completed=3)
+    result.assert_outcomes(completed=1, failed=2)
+    assert result.summary.exit_code == 1
+    for item_id in ("it-1", "it-2"):
+        row = result.items[item_id]
+        assert row.error_kind == kind
+        assert row.error.startswith("no model left:") and f"scripted {kind}" in row.error
+    # The item whose attempt met the error was not charged a retry for it.
+    assert result.items["it-1"].attempts == 2
 
 
 def test_retry_on_failure_false_means_one_attempt(loom):

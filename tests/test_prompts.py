@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from storyloom import ConfigError, ErrorKind, ProviderError
+from storyloom import ConfigError, ErrorKind, ProviderError, hookimpl
 from storyloom.job import Item, Job, JobConfig
 from storyloom.loader import KnownNames, load_job
 from storyloom.plugins.prompts import DEFAULT_MAX_TOKENS, PromptsJobType
@@ -110,14 +110,21 @@ def test_failed_requests_carry_the_error_kind(loom, fake_provider):
     assert len(fake_provider.requests) == 1  # nothing hopeless was sent
 
 
+class PauseAtStart:
+    """Pauses the batch as it starts, as a review plugin might."""
+
+    @hookimpl
+    def loom_batch_started(self, job, plan, control):
+        control.pause("held for review")
+
+
 def test_results_are_rewritten_when_a_paused_job_is_resumed(loom, fake_provider):
-    fake_provider.configure("m1", auth_fail=True)  # the only model is taken out: the batch pauses
     loom.write("storyloom.yaml", settings(fake_provider))
     write_jsonl(loom, BATCH_INPUT)
-    paused = loom.run("job_id: batch3\njob_type: prompts\ninput: requests.jsonl\nconfig: {max_parallel: 1}\n")
-    assert paused.summary.status == "paused"
+    paused = loom.run("job_id: batch3\njob_type: prompts\ninput: requests.jsonl\nconfig: {max_parallel: 1}\n",
+                      plugins=(PauseAtStart(),))
+    assert paused.summary.status == "paused" and paused.summary.reason == "held for review"
     assert results(loom, "batch3") == []  # nothing finished yet
-    fake_provider.configure("m1", auth_fail=False)
     loom.resume("batch3").assert_outcomes(completed=3)
     assert [line["custom_id"] for line in results(loom, "batch3")] == ["request-1", "request-2", "request-3"]
 

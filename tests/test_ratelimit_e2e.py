@@ -114,13 +114,13 @@ def test_a_rate_limited_model_cools_down_alone(loom, fake_provider):
 
 def test_the_limiter_refunds_unused_tokens_only_for_providers_that_do(tmp_path):
     from storyloom.config import Options, make_config
-    from storyloom.kernel import Batch
+    from storyloom.kernel import Worker
 
     (tmp_path / "storyloom.yaml").write_text(
         "models:\n  claude: {provider: anthropic, tpm: 1000}\n  gpt: {provider: openai, tpm: 1000}\n")
     (tmp_path / "job.yaml").write_text(
         "job_id: r\njob_type: qc_processing\nmodels: [claude, gpt]\nitems:\n  - {item_id: a}\n")
     with make_config(Options(autoload=False), job_file=tmp_path / "job.yaml") as config:
-        batch = Batch(config, config.plan(config.load_job(tmp_path / "job.yaml")))
-        assert batch.pool["claude"].limiter.refund_unused is True
-        assert batch.pool["gpt"].limiter.refund_unused is False
+        worker = Worker(config, only=config.plan(config.load_job(tmp_path / "job.yaml")))
+        assert worker.pool["claude"].limiter.refund_unused is True
+        assert worker.pool["gpt"].limiter.refund_unused is False

@@ -13,16 +13,30 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from datetime import datetime, timezone
 
 import pytest
 import trio
 
 from storyloom.errors import UsageError
 from storyloom.store.owner import make_owner, owner_alive
-from storyloom.store import StoreVersionError
+from storyloom.store import NewItem, QueuedRow, StoreVersionError
 from storyloom.store.sqlite import DB_NAME, SCHEMA_VERSION, SQLiteStore
 from store_conformance import *  # noqa: F403 - the tests, collected here once per backend
-from store_conformance import JOB, NOW, OWNER, add, claim_ids, job_row, new_items, rec, trio_test
+from store_conformance import (
+    JOB,
+    NOW,
+    OWNER,
+    THAI,
+    add,
+    claim_ids,
+    job_row,
+    levels,
+    new_items,
+    next_ids,
+    rec,
+    trio_test,
+)
 
 BACKENDS = [
     "sqlite",
@@ -261,3 +275,211 @@ def test_sqlite_claim_uses_the_claim_index(tmp_path):
     finally:
         store.close()
 
+
+
+def test_sqlite_queue_statements_seek_into_indexes(tmp_path):
+    """claim_next, next_queued_at, position and promote must seek into an
+    index, not scan or sort the table: at 100k waiting items a pass with
+    little to do stays cheap."""
+    from storyloom.store import sqlite as backend
+
+    cases = [
+        (backend._CLAIM_NEXT, (OWNER, NOW, "chapter", NOW, "[]", 10),
+         "items_queue (job_type=? AND state=? AND held=?)"),
+        (backend._NEXT_QUEUED_AT, ("chapter",), "items_queue_ready (job_type=? AND state=? AND held=?)"),
+        (backend._POSITION, (JOB, "a"), "items_position (state=? AND held=?"),
+        (backend._PROMOTE_CRITICAL, (NOW, NOW), "items_deadline (state=? AND level=? AND deadline<?)"),
+        (backend._PROMOTE_HIGH, (NOW, NOW), "items_deadline (state=? AND level=? AND deadline<?)"),
+        (backend._AGE, (NOW, NOW), "items_aging (state=? AND level=? AND level_since<?)"),
+    ]
+    store = SQLiteStore.open(tmp_path)
+    try:
+        for sql, params, wanted in cases:
+            plan = [row[-1] for row in store._conn.execute("EXPLAIN QUERY PLAN " + sql, params)]
+            assert any(wanted in line for line in plan), plan
+            # json_each (claim_next's exclude list) is the one thing scanned
+            assert not [line for line in plan if line.startswith("SCAN") and "VIRTUAL TABLE" not in line], plan
+            assert not [line for line in plan if "TEMP B-TREE" in line], plan
+    finally:
+        store.close()
+
+
+# The version 1 schema exactly as storyloom 0.1 wrote it: kept here, not
+# imported, so that the migration is tested against what is really on disk.
+V1_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS jobs (
+        job_id TEXT PRIMARY KEY,
+        job_type TEXT NOT NULL,
+        state TEXT NOT NULL,
+        definition TEXT NOT NULL,
+        reason TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS items (
+        job_id TEXT NOT NULL REFERENCES jobs(job_id),
+        item_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        level INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        free_attempts INTEGER NOT NULL DEFAULT 0,
+        first_started_at REAL,
+        last_model TEXT,
+        owner TEXT,
+        started_at REAL,
+        not_before REAL NOT NULL DEFAULT 0,
+        error_kind TEXT,
+        error TEXT,
+        definition TEXT NOT NULL,
+        route TEXT,
+        PRIMARY KEY (job_id, item_id)
+    )""",
+    # claim walks this in order; with not_before in it, the ready check
+    # needs no table lookup.
+    "CREATE INDEX IF NOT EXISTS items_claim ON items (job_id, state, level, seq, not_before)",
+    # next_ready_at: the earliest not_before without scanning every pending item.
+    "CREATE INDEX IF NOT EXISTS items_ready ON items (job_id, state, not_before)",
+    "CREATE INDEX IF NOT EXISTS items_seq ON items (job_id, seq)",
+    """CREATE TABLE IF NOT EXISTS attempts (
+        job_id TEXT NOT NULL,
+        item_id TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        model TEXT,
+        state TEXT NOT NULL,
+        error_kind TEXT,
+        error TEXT,
+        input_tokens INTEGER NOT NULL DEFAULT 0,
+        output_tokens INTEGER NOT NULL DEFAULT 0,
+        cost_usd REAL NOT NULL DEFAULT 0,
+        started_at REAL NOT NULL,
+        finished_at REAL NOT NULL,
+        route TEXT,
+        FOREIGN KEY (job_id, item_id) REFERENCES items (job_id, item_id)
+    )""",
+    "CREATE INDEX IF NOT EXISTS attempts_item ON attempts (job_id, item_id, attempt)",
+    """CREATE TABLE IF NOT EXISTS results (
+        job_id TEXT NOT NULL,
+        item_id TEXT NOT NULL,
+        text TEXT NOT NULL,
+        data TEXT,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (job_id, item_id),
+        FOREIGN KEY (job_id, item_id) REFERENCES items (job_id, item_id)
+    )""",
+)
+DEADLINE = "2030-01-15T09:00:00+00:00"
+DEADLINE_S = datetime(2030, 1, 15, 9, tzinfo=timezone.utc).timestamp()
+ROUTE = {"strategy": "round_robin", "picked": "m1"}
+
+
+def write_v1_file(folder) -> None:
+    """A version 1 store: job "old" with a completed, a retried, a deadline
+    and a skipped item; a paused job; a later job with a naive deadline."""
+    folder.mkdir(parents=True, exist_ok=True)
+    raw = sqlite3.connect(folder / DB_NAME)
+    for statement in V1_SCHEMA:
+        raw.execute(statement)
+    raw.execute("PRAGMA user_version = 1")
+    jobs = [("old", "running", NOW), ("paused", "paused", NOW + 5), ("later", "running", NOW + 10)]
+    raw.executemany(
+        "INSERT INTO jobs (job_id, job_type, state, definition, reason, created_at, updated_at) "
+        "VALUES (?, 'chapter', ?, ?, NULL, ?, ?)",
+        [(job_id, state, json.dumps({"job_id": job_id, "title": THAI}), at, at) for job_id, state, at in jobs],
+    )
+    items = [  # job_id, item_id, level, state, attempts, error_kind, error, last_model, route, deadline
+        ("old", "a", 2, "completed", 1, None, None, "m1", json.dumps(ROUTE), None),
+        ("old", "b", 2, "pending", 1, "TIMEOUT", "slow", "m1", None, None),
+        ("old", "c", 1, "pending", 0, None, None, None, None, DEADLINE),
+        ("old", "d", 3, "skipped", 0, None, None, None, None, None),
+        ("paused", "e", 0, "pending", 0, None, None, None, None, None),
+        ("later", "f", 2, "pending", 0, None, None, None, None, None),
+        ("later", "g", 1, "pending", 0, None, None, None, None, "2030-01-15T09:00:00"),  # naive: UTC
+    ]
+    seqs: dict[str, int] = {}
+    for job_id, item_id, level, state, attempts, kind, error, model, route, deadline in items:
+        seq = seqs[job_id] = seqs.get(job_id, -1) + 1  # seq counts within a job
+        definition = {"item_id": item_id, "deadline": deadline, "fields": {"title": f"{THAI} {item_id}"}}
+        raw.execute(
+            "INSERT INTO items (job_id, item_id, seq, level, state, attempts, last_model, error_kind, error, "
+            "definition, route) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (job_id, item_id, seq, level, state, attempts, model, kind, error, json.dumps(definition), route),
+        )
+    raw.executemany(
+        "INSERT INTO attempts (job_id, item_id, attempt, model, state, error_kind, error, input_tokens, "
+        "output_tokens, cost_usd, started_at, finished_at, route) VALUES (?, ?, 1, 'm1', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [("old", "b", "pending", "TIMEOUT", "slow", 10, 0, 0.125, NOW, NOW + 1, None),
+         ("old", "a", "completed", None, None, 100, 50, 0.5, NOW, NOW + 2, json.dumps(ROUTE))],
+    )
+    raw.execute("INSERT INTO results (job_id, item_id, text, data, created_at) VALUES ('old', 'a', ?, ?, ?)",
+                (f"เนื้อเรื่อง {THAI}", json.dumps({"words": 3}), NOW + 2))
+    raw.commit()
+    raw.close()
+
+
+def test_sqlite_migrates_a_version_1_file(tmp_path):
+    write_v1_file(tmp_path)
+
+    async def main():
+        store = SQLiteStore.open(tmp_path)
+        try:
+            assert pragma(store, "user_version") == SCHEMA_VERSION == 2
+            # nothing lost
+            assert [(j.job_id, j.state, j.definition["title"]) for j in await store.list_jobs()] == [
+                ("old", "running", THAI), ("paused", "paused", THAI), ("later", "running", THAI)]
+            rows = {row.item_id: row for row in await store.items("old")}
+            assert [(r.item_id, r.state, r.attempts, r.level) for r in rows.values()] == [
+                ("a", "completed", 1, 2), ("b", "pending", 1, 2), ("c", "pending", 0, 1), ("d", "skipped", 0, 3)]
+            assert (rows["a"].route, rows["a"].last_model) == (ROUTE, "m1")
+            assert (rows["b"].error_kind, rows["b"].error) == ("TIMEOUT", "slow")
+            assert rows["c"].definition == {"item_id": "c", "deadline": DEADLINE, "fields": {"title": f"{THAI} c"}}
+            assert await store.result("old", "a") == (f"เนื้อเรื่อง {THAI}", {"words": 3})
+            assert [(r.item_id, r.state, r.cost_usd) for r in await store.attempts("old")] == [
+                ("b", "pending", 0.125), ("a", "completed", 0.5)]
+            assert (await store.costs("old")).by_model["m1"]["completed"] == 1
+            assert await store.counts("old") == {"pending": 2, "running": 0, "completed": 1, "failed": 0,
+                                                 "skipped": 1}
+            # the queue: job types, order and deadlines filled in; the paused job held
+            assert await store.queued(10) == [
+                QueuedRow("old", "c", "chapter", 1, 0.0, DEADLINE_S),
+                QueuedRow("later", "g", "chapter", 1, 0.0, DEADLINE_S),
+                QueuedRow("old", "b", "chapter", 2, 0.0, None),
+                QueuedRow("later", "f", "chapter", 2, 0.0, None),
+            ]
+            assert await store.position("paused", "e") == -1
+            # level_since is the job's created_at: only "old"'s pending normal item has aged
+            assert await store.promote(NOW + 3599, 3600.0) == 0
+            assert await store.promote(NOW + 3600, 3600.0) == 1
+            assert (await levels(store, "old"))["b"] == 1
+            # a job submitted now queues after every migrated item
+            await store.add_job(job_row("new"), [NewItem("n", 1, "pending", {"item_id": "n"})])
+            assert await next_ids(store) == [("old", "b"), ("old", "c"), ("later", "g"), ("new", "n"),
+                                             ("later", "f")]
+            await store.set_job_state("paused", "running")
+            assert await next_ids(store) == [("paused", "e")]
+        finally:
+            await store.aclose()
+
+    trio.run(main)
+
+
+def schema_of(path) -> tuple:
+    raw = sqlite3.connect(path)
+    try:
+        tables = [name for (name,) in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        columns = {table: raw.execute(f"PRAGMA table_info({table})").fetchall() for table in tables}
+        keys = {table: raw.execute(f"PRAGMA foreign_key_list({table})").fetchall() for table in tables}
+        indexes = raw.execute("SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'index' ORDER BY name")
+        return columns, keys, indexes.fetchall()
+    finally:
+        raw.close()
+
+
+def test_sqlite_a_migrated_file_has_the_schema_of_a_fresh_one(tmp_path):
+    write_v1_file(tmp_path / "old")
+    SQLiteStore.open(tmp_path / "old").close()
+    SQLiteStore.open(tmp_path / "new").close()
+    SQLiteStore.open(tmp_path / "old").close()  # opening again changes nothing
+    migrated, fresh = schema_of(tmp_path / "old" / DB_NAME), schema_of(tmp_path / "new" / DB_NAME)
+    assert migrated == fresh
+    assert "items_queue" in {name for name, _table, _sql in fresh[2]}

@@ -1,6 +1,7 @@
 """Durable state: the Store protocol and its backends."""
 
 from .protocol import (
+    HELD_JOB_STATES,
     ITEM_STATES,
     JOB_STATES,
     TERMINAL_STATES,
@@ -11,6 +12,7 @@ from .protocol import (
     JobExists,
     JobRow,
     NewItem,
+    QueuedRow,
     RunningRow,
     StartRecord,
     Store,
@@ -18,6 +20,7 @@ from .protocol import (
 )
 
 __all__ = [
+    "HELD_JOB_STATES",
     "ITEM_STATES",
     "JOB_STATES",
     "TERMINAL_STATES",
@@ -28,6 +31,7 @@ __all__ = [
     "JobExists",
     "JobRow",
     "NewItem",
+    "QueuedRow",
     "RunningRow",
     "StartRecord",
     "Store",

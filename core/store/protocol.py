@@ -6,12 +6,22 @@ Every backend implements :class:`Store` and passes the conformance suite in
 
 Item states: ``pending`` (waiting, possibly until ``not_before``), ``running``
 (claimed by an owner), and the terminal ``completed``, ``failed``, ``skipped``.
+
+The store is also the queue that every submitted job's items wait in: four
+levels (``storyloom.job.Priority``), and within a level the order in which
+items were submitted, across jobs. :meth:`Store.claim_next` serves one job
+type from it; :meth:`Store.promote` raises levels as deadlines near and items
+age. Items of a ``paused`` or ``cancelled`` job (HELD_JOB_STATES) are *held*:
+no claim returns them. The job's state is the one source of truth for that:
+a backend that copies it onto items changes the copy in the transaction that
+changes the state, and callers hold or release items only through
+:meth:`Store.set_job_state` and :meth:`Store.cancel`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple, Protocol, Sequence
+from typing import Any, Callable, Collection, NamedTuple, Protocol, Sequence
 
 from ..errors import UsageError
 
@@ -20,6 +30,8 @@ TERMINAL_STATES = ("completed", "failed", "skipped")
 #: running: being processed; paused: stopped by policy or budget (resume continues);
 #: interrupted: stopped by a signal; completed / failed: every item is terminal.
 JOB_STATES = ("pending", "running", "paused", "interrupted", "completed", "failed", "cancelled")
+#: Job states whose items are held: never claimed until the state changes.
+HELD_JOB_STATES = ("paused", "cancelled")
 
 
 class JobExists(Exception):
@@ -49,6 +61,9 @@ class NewItem:
     level: int  # storyloom.job.Priority value: 0 critical ... 3 low
     state: str  # pending or skipped
     definition: dict[str, Any]  # storyloom.job.item_to_dict
+    #: Epoch seconds: the item's own deadline, or its job's. promote() raises
+    #: the level as it nears.
+    deadline: float | None = None
 
 
 @dataclass(frozen=True)
@@ -62,15 +77,17 @@ class ClaimedItem:
     free_attempts: int = 0
     first_started_at: float | None = None  # wall clock of the first attempt
     last_error_kind: str | None = None
+    job_id: str = ""  # claim_next serves many jobs
 
 
 @dataclass(frozen=True)
 class AttemptRecord:
     """One finished attempt, and the item state it leads to.
 
-    ``state`` is the item's next state: ``completed``, ``failed``, or
-    ``pending`` (a retry, not before ``not_before``). The attempt row, the
-    item's state change and (when completed) the result commit together.
+    ``state`` is the item's next state: ``completed``, ``failed``,
+    ``pending`` (a retry, not before ``not_before``), or ``skipped`` (its job
+    was cancelled while it ran). The attempt row, the item's state change and
+    (when completed) the result commit together.
     """
 
     job_id: str
@@ -121,11 +138,25 @@ class ItemRow:
     error_kind: str | None
     error: str | None
     definition: dict[str, Any]
+    level: int = 2  # now, after any promotion
+    route: dict[str, Any] | None = None  # of the last finished attempt
+
+
+@dataclass(frozen=True)
+class QueuedRow:
+    """A pending item waiting in the queue (``Store.queued``)."""
+
+    job_id: str
+    item_id: str
+    job_type: str
+    level: int
+    not_before: float
+    deadline: float | None
 
 
 class AttemptRow(NamedTuple):
     """One stored attempt, as reports read it. ``state`` is the item state the
-    attempt led to: ``completed``, ``failed`` or ``pending`` (a retry).
+    attempt led to: ``completed``, ``failed``, ``pending`` (a retry) or ``skipped``.
     A tuple, because a report reads every attempt of a job (100,000 of them)."""
 
     item_id: str
@@ -166,7 +197,18 @@ class Store(Protocol):
         """Replace a job's stored definition. KeyError for an unknown job."""
 
     async def set_job_state(self, job_id: str, state: str, reason: str | None = None) -> None:
-        """Raise KeyError for an unknown job, ValueError for a state not in JOB_STATES."""
+        """Raise KeyError for an unknown job, ValueError for a state not in JOB_STATES.
+
+        ``paused`` and ``cancelled`` hold the job's items (no claim returns
+        them); any other state releases them. Items are not otherwise touched:
+        to end a job's items too, use :meth:`cancel`."""
+
+    async def cancel(self, job_id: str, reason: str) -> int:
+        """Cancel a job in one transaction: its state becomes ``cancelled``
+        (with ``reason``), and every pending or running item ``skipped`` with
+        ``error = reason``. A worker's later ``record`` for an item it was
+        running returns False. Returns how many items were skipped; KeyError
+        for an unknown job."""
 
     async def recover(self, job_id: str, owner_alive: Callable[[str], bool]) -> int:
         """Put items left ``running`` by a dead owner back to ``pending``.
@@ -177,12 +219,46 @@ class Store(Protocol):
     async def claim(self, job_id: str, limit: int, now: float, owner: str) -> list[ClaimedItem]:
         """``now`` is wall-clock time (``time.time()``), stored as ``started_at``.
 
-        Move up to ``limit`` ready pending items (``not_before <= now``) to
-        ``running`` for ``owner``, highest level first, FIFO within a level
-        (insertion order), and return them. One transaction."""
+        Move up to ``limit`` ready pending items (``not_before <= now``) of
+        the job to ``running`` for ``owner``, highest level first, FIFO within
+        a level (insertion order), and return them. Held items are left
+        alone. One transaction."""
+
+    async def claim_next(
+        self, job_type: str, limit: int, now: float, owner: str, exclude: Collection[str] = ()
+    ) -> list[ClaimedItem]:
+        """Like :meth:`claim`, across every job of ``job_type`` except those in
+        ``exclude``: the next ready, pending, unheld items in queue order
+        (lowest level, then submission order across jobs), returned in that
+        order. One transaction; the cost per item does not grow with the
+        queue."""
 
     async def next_ready_at(self, job_id: str) -> float | None:
         """The earliest ``not_before`` among pending items, or None if none is pending."""
+
+    async def next_queued_at(self, job_type: str) -> float | None:
+        """The earliest ``not_before`` among pending, unheld items of ``job_type``, or None."""
+
+    async def promote(self, now: float, aging: float | None) -> int:
+        """Promote pending items (held ones too) as time passes; returns how
+        many items changed level. A level number only ever goes down.
+
+        An item whose deadline is less than ``storyloom.job.CRITICAL_WITHIN_S``
+        away becomes critical (0), less than ``HIGH_WITHIN_S`` away high (1).
+        With ``aging`` (seconds), a low or normal item that has kept its level
+        for ``aging`` seconds moves up one level; aging never makes an item
+        critical."""
+
+    async def position(self, job_id: str, item_id: str) -> int:
+        """The item's 1-based place in the queue: among pending, unheld items
+        of every job and type, by level then submission order. -1 if it is
+        not pending or is held; KeyError if there is no such item."""
+
+    async def queue_counts(self) -> dict[int, dict[str, int]]:
+        """Pending, unheld items: level -> job_id -> count (non-zero counts only)."""
+
+    async def queued(self, limit: int) -> list[QueuedRow]:
+        """The first ``limit`` pending, unheld items in queue order."""
 
     async def record(
         self, records: Sequence[AttemptRecord], owner: str, started: Sequence[StartRecord] = ()
@@ -193,10 +269,12 @@ class Store(Protocol):
 
         Each record applies only if its item is still ``running`` for
         ``owner``; the returned list says which applied. This is what keeps a
-        completed item from ever completing twice. A record whose state is not
-        completed, failed or pending raises ValueError and nothing is written.
-        The attempt row keeps the record's state, so ``pending`` there means
-        "this attempt led to a retry"."""
+        completed item from ever completing twice, and a record for an item
+        that :meth:`cancel` skipped from applying. A record whose state is not
+        completed, failed, pending or skipped (a running item of a cancelled
+        job) raises ValueError and nothing is written. The attempt row keeps
+        the record's state, so ``pending`` there means "this attempt led to a
+        retry"."""
 
     async def release(self, job_id: str, owner: str, item_ids: Sequence[str] | None = None) -> int:
         """Put the items ``owner`` holds ``running`` (every one, or those in

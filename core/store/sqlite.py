@@ -14,10 +14,13 @@ import os
 import sqlite3
 import time
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Collection, Iterator, Sequence
 
+from ..job import CRITICAL_WITHIN_S, HIGH_WITHIN_S
 from .protocol import (
+    HELD_JOB_STATES,
     ITEM_STATES,
     JOB_STATES,
     AttemptRecord,
@@ -28,6 +31,7 @@ from .protocol import (
     JobExists,
     JobRow,
     NewItem,
+    QueuedRow,
     RunningRow,
     StartRecord,
     StoreVersionError,
@@ -35,16 +39,27 @@ from .protocol import (
 
 DB_NAME = "storyloom.db"
 #: Stored in ``PRAGMA user_version``; bump it (and add a migration) when the schema changes.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 10.0
 SYNCHRONOUS_MODES = ("NORMAL", "FULL")
 #: States an AttemptRecord may move an item to.
-RECORD_STATES = ("completed", "failed", "pending")
+RECORD_STATES = ("completed", "failed", "pending", "skipped")
 #: States an item may start in.
 NEW_ITEM_STATES = ("pending", "skipped")
 
 
-_SCHEMA = (
+# Version 2's columns of items. They come last, with the defaults that ALTER
+# TABLE ADD COLUMN needs, so that a migrated version 1 table and a fresh one
+# are the same.
+_ITEM_COLUMNS_2 = (
+    "job_type TEXT NOT NULL DEFAULT ''",
+    "qseq INTEGER NOT NULL DEFAULT 0",  # submission order, across every job
+    "deadline REAL",
+    "level_since REAL NOT NULL DEFAULT 0",  # when the item got its level: aging counts from it
+    "held INTEGER NOT NULL DEFAULT 0",  # 1 while the job is paused or cancelled (see _set_job_state)
+)
+
+_TABLES = (
     """CREATE TABLE IF NOT EXISTS jobs (
         job_id TEXT PRIMARY KEY,
         job_type TEXT NOT NULL,
@@ -54,7 +69,7 @@ _SCHEMA = (
         created_at REAL NOT NULL,
         updated_at REAL NOT NULL
     )""",
-    """CREATE TABLE IF NOT EXISTS items (
+    f"""CREATE TABLE IF NOT EXISTS items (
         job_id TEXT NOT NULL REFERENCES jobs(job_id),
         item_id TEXT NOT NULL,
         seq INTEGER NOT NULL,
@@ -71,14 +86,9 @@ _SCHEMA = (
         error TEXT,
         definition TEXT NOT NULL,
         route TEXT,
+        {', '.join(_ITEM_COLUMNS_2)},
         PRIMARY KEY (job_id, item_id)
     )""",
-    # claim walks this in order; with not_before in it, the ready check
-    # needs no table lookup.
-    "CREATE INDEX IF NOT EXISTS items_claim ON items (job_id, state, level, seq, not_before)",
-    # next_ready_at: the earliest not_before without scanning every pending item.
-    "CREATE INDEX IF NOT EXISTS items_ready ON items (job_id, state, not_before)",
-    "CREATE INDEX IF NOT EXISTS items_seq ON items (job_id, seq)",
     """CREATE TABLE IF NOT EXISTS attempts (
         job_id TEXT NOT NULL,
         item_id TEXT NOT NULL,
@@ -95,7 +105,6 @@ _SCHEMA = (
         route TEXT,
         FOREIGN KEY (job_id, item_id) REFERENCES items (job_id, item_id)
     )""",
-    "CREATE INDEX IF NOT EXISTS attempts_item ON attempts (job_id, item_id, attempt)",
     """CREATE TABLE IF NOT EXISTS results (
         job_id TEXT NOT NULL,
         item_id TEXT NOT NULL,
@@ -106,6 +115,29 @@ _SCHEMA = (
         FOREIGN KEY (job_id, item_id) REFERENCES items (job_id, item_id)
     )""",
 )
+_INDEXES = (
+    # claim walks this in order; with not_before in it, the ready check
+    # needs no table lookup.
+    "CREATE INDEX IF NOT EXISTS items_claim ON items (job_id, state, held, level, seq, not_before)",
+    # next_ready_at: the earliest not_before without scanning every pending item.
+    "CREATE INDEX IF NOT EXISTS items_ready ON items (job_id, state, not_before)",
+    "CREATE INDEX IF NOT EXISTS items_seq ON items (job_id, seq)",
+    # claim_next walks this in queue order; not_before and job_id in it make
+    # the ready and exclude checks without a table lookup.
+    "CREATE INDEX IF NOT EXISTS items_queue ON items (job_type, state, held, level, qseq, not_before, job_id)",
+    # next_queued_at, as items_ready does for one job.
+    "CREATE INDEX IF NOT EXISTS items_queue_ready ON items (job_type, state, held, not_before)",
+    # The whole queue, every job type: position counts along it, queued reads
+    # its head, queue_counts groups it (job_id makes that a covering read).
+    "CREATE INDEX IF NOT EXISTS items_position ON items (state, held, level, qseq, job_id)",
+    # promote: one seek per level for deadlines near (only items that have
+    # one), and for levels kept long.
+    "CREATE INDEX IF NOT EXISTS items_deadline ON items (state, level, deadline) WHERE deadline IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS items_aging ON items (state, level, level_since)",
+    # add_job's MAX(qseq) without a scan; unique because it is an order.
+    "CREATE UNIQUE INDEX IF NOT EXISTS items_qseq ON items (qseq)",
+    "CREATE INDEX IF NOT EXISTS attempts_item ON attempts (job_id, item_id, attempt)",
+)
 
 # INDEXED BY: walking items_claim in order beats items_ready plus a sort,
 # whatever the planner's statistics say.
@@ -113,10 +145,59 @@ _CLAIM = """
 UPDATE items SET state = 'running', owner = ?, started_at = ?
 WHERE rowid IN (
     SELECT rowid FROM items INDEXED BY items_claim
-    WHERE job_id = ? AND state = 'pending' AND not_before <= ?
+    WHERE job_id = ? AND state = 'pending' AND held = 0 AND not_before <= ?
     ORDER BY level, seq LIMIT ?
 )
 RETURNING level, seq, item_id, definition, attempts, last_model, free_attempts, first_started_at, error_kind
+"""
+# The same walk along the queue of one job type. exclude comes as one JSON
+# array, so the statement is the same whatever its length.
+_CLAIM_NEXT = """
+UPDATE items SET state = 'running', owner = ?, started_at = ?
+WHERE rowid IN (
+    SELECT rowid FROM items INDEXED BY items_queue
+    WHERE job_type = ? AND state = 'pending' AND held = 0 AND not_before <= ?
+        AND job_id NOT IN (SELECT value FROM json_each(?))
+    ORDER BY level, qseq LIMIT ?
+)
+RETURNING level, qseq, job_id, item_id, definition, attempts, last_model, free_attempts, first_started_at,
+    error_kind
+"""
+_NEXT_QUEUED_AT = """
+SELECT MIN(not_before) FROM items INDEXED BY items_queue_ready
+WHERE job_type = ? AND state = 'pending' AND held = 0
+"""
+# One statement per target level, and `level IN (...)` rather than
+# `level > ?`: each level is then its own seek into the index, so a pass
+# with nothing to do reads next to nothing however many items wait.
+_PROMOTE_CRITICAL = """
+UPDATE items INDEXED BY items_deadline SET level = 0, level_since = ?
+WHERE state = 'pending' AND level IN (1, 2, 3) AND deadline < ?
+"""
+_PROMOTE_HIGH = """
+UPDATE items INDEXED BY items_deadline SET level = 1, level_since = ?
+WHERE state = 'pending' AND level IN (2, 3) AND deadline < ?
+"""
+# Aging stops at high: critical is for deadlines only.
+_AGE = """
+UPDATE items INDEXED BY items_aging SET level = level - 1, level_since = ?
+WHERE state = 'pending' AND level IN (2, 3) AND level_since <= ?
+"""
+# One statement, so the item and the count come from one snapshot.
+_POSITION = """
+SELECT CASE WHEN item.state = 'pending' AND item.held = 0 THEN 1 + (
+    SELECT COUNT(*) FROM items AS ahead INDEXED BY items_position
+    WHERE ahead.state = 'pending' AND ahead.held = 0 AND (ahead.level, ahead.qseq) < (item.level, item.qseq)
+) ELSE -1 END
+FROM items AS item WHERE item.job_id = ? AND item.item_id = ?
+"""
+_QUEUED = """
+SELECT job_id, item_id, job_type, level, not_before, deadline FROM items INDEXED BY items_position
+WHERE state = 'pending' AND held = 0 ORDER BY level, qseq LIMIT ?
+"""
+_QUEUE_COUNTS = """
+SELECT level, job_id, COUNT(*) FROM items INDEXED BY items_position
+WHERE state = 'pending' AND held = 0 GROUP BY level, job_id
 """
 _START = """
 UPDATE items SET last_model = ?, started_at = ?
@@ -137,7 +218,8 @@ _INSERT_RESULT = """
 INSERT OR REPLACE INTO results (job_id, item_id, text, data, created_at) VALUES (?, ?, ?, ?, ?)
 """
 _INSERT_ITEM = """
-INSERT INTO items (job_id, item_id, seq, level, state, definition) VALUES (?, ?, ?, ?, ?, ?)
+INSERT INTO items (job_id, item_id, seq, level, state, definition, job_type, qseq, deadline, level_since, held)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 _JOB_COLUMNS = "job_id, job_type, state, definition, created_at, updated_at, reason"
 
@@ -219,8 +301,9 @@ class SQLiteStore:
 
     async def add_job(self, job: JobRow, items: Sequence[NewItem]) -> None:
         """Insert the job and its items (``seq`` = position in ``items``) in
-        one transaction. Raises JobExists, or ValueError for a duplicate
-        item_id or a bad item state; either way nothing is written."""
+        one transaction, queued after every item already submitted. Raises
+        JobExists, or ValueError for a duplicate item_id or a bad item state;
+        either way nothing is written."""
         if job.state not in JOB_STATES:
             raise ValueError(f"unknown job state {job.state!r}")
         for item in items:
@@ -235,8 +318,13 @@ class SQLiteStore:
                 (job_id, job.job_type, job.state, _dumps(job.definition),
                  job.created_at, job.updated_at, job.reason),
             )
+            # Read under the write lock, so two submitters cannot share a qseq.
+            (last,) = cur.execute("SELECT COALESCE(MAX(qseq), 0) FROM items").fetchone()
+            held = int(job.state in HELD_JOB_STATES)
+            now = time.time()
             rows = (
-                (job_id, item.item_id, seq, int(item.level), item.state, _dumps(item.definition))
+                (job_id, item.item_id, seq, int(item.level), item.state, _dumps(item.definition),
+                 job.job_type, last + 1 + seq, item.deadline, now, held)
                 for seq, item in enumerate(items)
             )
             try:
@@ -255,16 +343,28 @@ class SQLiteStore:
         return [_job_row(row) for row in rows]
 
     async def set_job_state(self, job_id: str, state: str, reason: str | None = None) -> None:
-        """Set the state (one of JOB_STATES) and reason; KeyError for an unknown job."""
+        """Set the state (one of JOB_STATES) and reason, holding the items of
+        a paused or cancelled job; KeyError for an unknown job."""
         if state not in JOB_STATES:
             raise ValueError(f"unknown job state {state!r}")
         with self._write() as cur:
+            _set_job_state(cur, job_id, state, reason)
+
+    async def cancel(self, job_id: str, reason: str) -> int:
+        """Cancel the job and skip its pending and running items; returns how
+        many were skipped. KeyError for an unknown job."""
+        with self._write() as cur:
+            # error_kind goes too: the reason is now why the item stopped, and
+            # a kind left from an earlier attempt would say otherwise.
             cur.execute(
-                "UPDATE jobs SET state = ?, reason = ?, updated_at = ? WHERE job_id = ?",
-                (state, reason, time.time(), job_id),
+                "UPDATE items SET state = 'skipped', error_kind = NULL, error = ?, owner = NULL "
+                "WHERE job_id = ? AND state IN ('pending', 'running')",
+                (reason, job_id),
             )
-            if cur.rowcount != 1:
-                raise KeyError(job_id)
+            skipped = cur.rowcount
+            # After the skip, so that no item is left for it to hold.
+            _set_job_state(cur, job_id, "cancelled", reason)
+        return skipped
 
     async def set_job_definition(self, job_id: str, definition: dict[str, Any]) -> None:
         """Replace the stored definition (a resume that raised the budget, say)."""
@@ -325,8 +425,25 @@ class SQLiteStore:
         rows.sort()
         loads = json.loads
         return [
-            ClaimedItem(item_id, loads(definition), attempts, last_model, free, first, error_kind)
+            ClaimedItem(item_id, loads(definition), attempts, last_model, free, first, error_kind, job_id)
             for _level, _seq, item_id, definition, attempts, last_model, free, first, error_kind in rows
+        ]
+
+    async def claim_next(
+        self, job_type: str, limit: int, now: float, owner: str, exclude: Collection[str] = ()
+    ) -> list[ClaimedItem]:
+        """Claim up to ``limit`` ready pending items of any job of
+        ``job_type`` (but those in ``exclude``) for ``owner``, in queue order:
+        lowest level first, then submission order across jobs."""
+        if limit <= 0:
+            return []
+        with self._write() as cur:
+            rows = cur.execute(_CLAIM_NEXT, (owner, now, job_type, now, _encode(list(exclude)), limit)).fetchall()
+        rows.sort()  # by level, qseq
+        loads = json.loads
+        return [
+            ClaimedItem(item_id, loads(definition), attempts, last_model, free, first, error_kind, job_id)
+            for _level, _qseq, job_id, item_id, definition, attempts, last_model, free, first, error_kind in rows
         ]
 
     async def next_ready_at(self, job_id: str) -> float | None:
@@ -335,13 +452,48 @@ class SQLiteStore:
         ).fetchone()
         return row[0]
 
+    async def next_queued_at(self, job_type: str) -> float | None:
+        return self._conn.execute(_NEXT_QUEUED_AT, (job_type,)).fetchone()[0]
+
+    async def promote(self, now: float, aging: float | None) -> int:
+        """Promote pending items whose deadline nears, then (with ``aging``)
+        low and normal items that kept their level ``aging`` seconds. An item
+        changes at most once per pass; returns how many did."""
+        changed = 0
+        with self._write() as cur:
+            cur.execute(_PROMOTE_CRITICAL, (now, now + CRITICAL_WITHIN_S))
+            changed += cur.rowcount
+            cur.execute(_PROMOTE_HIGH, (now, now + HIGH_WITHIN_S))
+            changed += cur.rowcount
+            if aging is not None:
+                cur.execute(_AGE, (now, now - aging))
+                changed += cur.rowcount
+        return changed
+
+    async def position(self, job_id: str, item_id: str) -> int:
+        row = self._conn.execute(_POSITION, (job_id, item_id)).fetchone()
+        if row is None:
+            raise KeyError(item_id)
+        return row[0]
+
+    async def queue_counts(self) -> dict[int, dict[str, int]]:
+        out: dict[int, dict[str, int]] = {}
+        for level, job_id, n in self._conn.execute(_QUEUE_COUNTS):
+            out.setdefault(level, {})[job_id] = n
+        return out
+
+    async def queued(self, limit: int) -> list[QueuedRow]:
+        if limit <= 0:  # SQLite reads a negative LIMIT as no limit
+            return []
+        return [QueuedRow(*row) for row in self._conn.execute(_QUEUED, (limit,))]
+
     async def record(
         self, records: Sequence[AttemptRecord], owner: str, started: Sequence[StartRecord] = ()
     ) -> list[bool]:
         """Commit started attempts' models and finished attempts in one
         transaction. A record applies only if its item is running for
         ``owner``; the result says which did. ValueError for a record whose
-        state is not completed, failed or pending (nothing is written)."""
+        state is not in RECORD_STATES (nothing is written)."""
         for rec in records:
             if rec.state not in RECORD_STATES:
                 raise ValueError(f"item {rec.item_id!r}: cannot record state {rec.state!r}")
@@ -399,13 +551,14 @@ class SQLiteStore:
 
     async def items(self, job_id: str, state: str | None = None) -> list[ItemRow]:
         """The job's items in insertion order, optionally only those in ``state``."""
-        sql = "SELECT item_id, state, attempts, last_model, error_kind, error, definition FROM items WHERE job_id = ?"
+        sql = ("SELECT item_id, state, attempts, last_model, error_kind, error, definition, level, route "
+               "FROM items WHERE job_id = ?")
         params: tuple = (job_id,)
         if state is not None:
             sql += " AND state = ?"
             params = (job_id, state)
         rows = self._conn.execute(sql + " ORDER BY seq", params)
-        return [ItemRow(i, s, a, m, ek, e, json.loads(d)) for i, s, a, m, ek, e, d in rows]
+        return [ItemRow(i, s, a, m, ek, e, json.loads(d), lv, _loads(r)) for i, s, a, m, ek, e, d, lv, r in rows]
 
     async def result(self, job_id: str, item_id: str) -> tuple[str, dict[str, Any] | None] | None:
         row = self._conn.execute(
@@ -463,18 +616,68 @@ def _check_version(conn: sqlite3.Connection, path: Path) -> None:
         )
 
 
+def _set_job_state(cur: sqlite3.Cursor, job_id: str, state: str, reason: str | None) -> None:
+    """Set a job's state, and its items' ``held`` to match, in the caller's transaction."""
+    row = cur.execute("SELECT state FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+    if row is None:
+        raise KeyError(job_id)
+    cur.execute("UPDATE jobs SET state = ?, reason = ?, updated_at = ? WHERE job_id = ?",
+                (state, reason, time.time(), job_id))
+    held = state in HELD_JOB_STATES
+    if held != (row[0] in HELD_JOB_STATES):
+        # Running items too, since they may come back to pending (a retry,
+        # release, recover); a terminal item never does, so its flag is
+        # never read and not worth rewriting.
+        cur.execute("UPDATE items SET held = ? WHERE job_id = ? AND state IN ('pending', 'running')",
+                    (int(held), job_id))
+
+
 def _create_schema(conn: sqlite3.Connection, path: Path) -> None:
     if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
-        # Another process may have created it while we waited for the lock.
+        # Another process may have created or migrated it while we waited for the lock.
         _check_version(conn, path)
-        for statement in _SCHEMA:
-            conn.execute(statement)
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            for statement in _TABLES + _INDEXES:
+                conn.execute(statement)
+        elif version == 1:
+            _migrate_1_to_2(conn)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
+    """Make a version 1 file the queue: the new item columns, filled in from
+    the jobs and the stored item definitions, and the new indexes."""
+    for column in _ITEM_COLUMNS_2:
+        conn.execute(f"ALTER TABLE items ADD COLUMN {column}")
+    # Version 1 inserted items in submission order, so rowid is that order.
+    conn.execute(
+        "UPDATE items SET job_type = jobs.job_type, qseq = items.rowid, level_since = jobs.created_at, "
+        "held = jobs.state IN (?, ?) FROM jobs WHERE jobs.job_id = items.job_id",
+        HELD_JOB_STATES,
+    )
+    deadlines = conn.execute(
+        "SELECT rowid, json_extract(definition, '$.deadline') FROM items "
+        "WHERE json_extract(definition, '$.deadline') IS NOT NULL"
+    ).fetchall()
+    conn.executemany("UPDATE items SET deadline = ? WHERE rowid = ?",
+                     [(_epoch(text), rowid) for rowid, text in deadlines])
+    conn.execute("DROP INDEX items_claim")  # it gained held
+    for statement in _INDEXES:
+        conn.execute(statement)
+
+
+def _epoch(text: str) -> float:
+    """An ISO 8601 deadline as ``storyloom.job.item_to_dict`` wrote it; naive means UTC, as in job files."""
+    when = datetime.fromisoformat(text)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.timestamp()

@@ -19,11 +19,11 @@ import storyloom
 from storyloom import ErrorKind, ProviderError
 from storyloom.provider import Response
 
-STATS = {"in_flight": 0, "max_in_flight": 0, "calls": []}
+STATS = {"in_flight": 0, "max_in_flight": 0, "calls": [], "by_job": {}, "max_by_job": {}}
 
 
 def reset() -> None:
-    STATS.update(in_flight=0, max_in_flight=0, calls=[])
+    STATS.update(in_flight=0, max_in_flight=0, calls=[], by_job={}, max_by_job={})
 
 
 class ScriptedProvider:
@@ -37,6 +37,9 @@ class ScriptedProvider:
         STATS["calls"].append((item_id, attempt, self.name, trio.current_time()))
         STATS["in_flight"] += 1
         STATS["max_in_flight"] = max(STATS["max_in_flight"], STATS["in_flight"])
+        job_id, by_job = request.metadata["job_id"], STATS["by_job"]
+        by_job[job_id] = by_job.get(job_id, 0) + 1
+        STATS["max_by_job"][job_id] = max(STATS["max_by_job"].get(job_id, 0), by_job[job_id])
         try:
             await trio.sleep(self.latency)
             steps = self.script.get(item_id, [])
@@ -50,6 +53,7 @@ class ScriptedProvider:
             return Response(text=f"text for {item_id}", input_tokens=100, output_tokens=50, model=self.name)
         finally:
             STATS["in_flight"] -= 1
+            by_job[job_id] -= 1
 
     async def aclose(self):
         pass

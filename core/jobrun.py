@@ -1,0 +1,286 @@
+"""One job inside a worker: what is the job's own while items of many jobs
+share the worker's models, limiters and writer.
+
+A :class:`JobRun` holds the job's plan, routing strategy, retry policy,
+budget, progress sinks and count of items in flight. It is what
+:func:`storyloom.attempt.run_attempt` sees as ``batch``. It starts when the
+worker claims the job's first item (or at once, for ``storyloom run``) and
+finishes when nothing of the job is left to run here, or it is stopped.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .atomic import write_atomic
+from .budget import Budget
+from .errors import UsageError
+from .events import Event
+from .job import Job, Plan
+from .report import build_report
+from .settings import DEFAULT_PROGRESS, DEFAULT_REPORTS
+from .store import StartRecord, Store
+from .store.owner import owner_alive
+from .summary import Summary
+
+if TYPE_CHECKING:
+    from .kernel import Worker
+
+SINK_BUFFER = 4096
+
+
+class BatchControl:
+    """What plugins may do to a running batch (given to ``loom_batch_started``)."""
+
+    def __init__(self, run: "JobRun") -> None:
+        self._run = run
+
+    @property
+    def job_id(self) -> str:
+        return self._run.job.job_id
+
+    def pause(self, reason: str) -> None:
+        """Stop dispatching; running items finish; the job is stored as paused."""
+        self._run.pause(reason)
+
+    def notify(self, message: str, **data: Any) -> None:
+        self._run.emit(Event("notify", self.job_id, data={"message": message, **data}))
+
+    def escalate(self, message: str, **data: Any) -> None:
+        self._run.emit(Event("escalate", self.job_id, data={"message": message, **data}))
+
+
+class JobRun:
+    def __init__(self, worker: "Worker", plan: Plan) -> None:
+        self.worker = worker
+        self.config = worker.config
+        self.plan = plan
+        self.job: Job = plan.job
+        reg = self.config.registries
+        self.job_type = lookup(reg.job_types, self.job.job_type, "job type")
+        # Built before anything is stored, so bad options fail cleanly.
+        strategy_name = plan.routing.get("strategy", "round_robin")
+        options = {k: v for k, v in plan.routing.items() if k != "strategy"}
+        self.strategy = lookup(reg.strategies, strategy_name, "routing strategy")(options, plan)
+        self.policy = lookup(reg.retry_policies, plan.retry.policy, "retry policy")(plan.retry)
+        self.pool = worker.pool
+        self.providers = worker.providers_for(plan.models)
+        self.budget = Budget(self.job.budget_usd, 0.0)
+        self.control = BatchControl(self)
+        #: Claimed here and not yet committed (the run ends when it is 0).
+        self.in_flight = 0
+        #: Item tasks alive now: what the job's own max_parallel limits. An
+        #: item's slot frees as its task ends, before its outcome commits,
+        #: just as the job type's limiter token does.
+        self.active = 0
+        #: Set when the run stops early: paused | interrupted | cancelled.
+        self.status: str | None = None
+        self.reason: str | None = None
+        self.started_at = time.time()
+        self.recovered = 0
+        self.summary: Summary | None = None
+        self._sinks: list[trio.MemorySendChannel[Event]] = []
+        self._scopes: set[trio.CancelScope] = set()
+        self._state_written: trio.Event | None = None
+        #: Set by the worker once it has decided to finish this run.
+        self.finishing = False
+
+    @property
+    def job_id(self) -> str:
+        return self.job.job_id
+
+    @property
+    def stopping(self) -> bool:
+        return self.status is not None
+
+    @property
+    def accepting(self) -> bool:
+        """May take another item: not stopping, finishing, or at the job's own max_parallel."""
+        return not (self.status or self.finishing) and self.active < self.plan.max_parallel
+
+    # -- life cycle ------------------------------------------------------
+
+    async def start(self, store: Store, nursery: trio.Nursery) -> None:
+        """Mark the job running, start its sinks, and tell plugins."""
+        job_id = self.job_id
+        self.budget = Budget(self.job.budget_usd, (await store.costs(job_id)).cost_usd)
+        self.recovered = await store.recover(job_id, owner_alive)
+        await store.set_job_state(job_id, "running")
+        self._start_sinks(nursery)
+        self.call_hook("loom_batch_started", job=self.job, plan=self.plan, control=self.control)
+        counts = await store.counts(job_id)
+        self.emit(Event("batch_started", job_id, data={
+            "job_type": self.job.job_type, "total": sum(counts.values()), "counts": counts,
+            "max_parallel": self.plan.max_parallel, "models": list(self.plan.models),
+            "budget_usd": self.job.budget_usd}))
+
+    async def done(self, store: Store) -> bool:
+        """Nothing of the job runs here, and it is stopped or has nothing pending."""
+        if self.in_flight or self.finishing:
+            return False
+        return self.stopping or await store.next_ready_at(self.job_id) is None
+
+    async def finish(self, store: Store, owner: str) -> Summary:
+        """Store how the job ended, write its reports and tell plugins."""
+        job_id = self.job_id
+        with trio.CancelScope(shield=True):
+            if self._state_written is not None:  # the pause's own write lands first
+                await self._state_written.wait()
+            released = await store.release(job_id, owner)
+            counts = await store.counts(job_id)
+            if self.status is None and (counts["pending"] or counts["running"]):
+                # Held by another process before this worker's poll saw it.
+                row = await store.get_job(job_id)
+                if row is not None:
+                    self.stopped_elsewhere(row.state, row.reason)
+            if self.status == "paused" and not counts["pending"] and not counts["running"]:
+                self.status = None  # paused as the last item finished: nothing is left to resume
+            if self.status is None:
+                self.status = "failed" if counts["failed"] else "completed"
+            elif self.status == "interrupted" and released:
+                self.reason = f"interrupted; {released} running item(s) put back to pending"
+            if self.status != "cancelled":  # cancel() stored it, with the operator's reason
+                await store.set_job_state(job_id, self.status, self.reason)
+            costs = await store.costs(job_id)
+        summary = Summary(job_id=job_id, status=self.status, counts=counts, cost_usd=costs.cost_usd,
+                          started_at=self.started_at, finished_at=time.time(), reason=self.reason,
+                          recovered=self.recovered)
+        self.emit(Event("batch_finished", job_id, data={
+            "status": summary.status, "counts": counts, "cost_usd": summary.cost_usd,
+            "duration": summary.duration, "reason": summary.reason}))
+        for channel in self._sinks:
+            channel.close()
+        with trio.CancelScope(shield=True):
+            await self._write_reports(store, summary)
+            await self._batch_finished(store, summary)
+        self.summary = summary
+        return summary
+
+    # -- control ---------------------------------------------------------
+
+    def pause(self, reason: str) -> None:
+        """Stop taking this job's items; running ones finish; stored as paused now,
+        so that no worker claims its items meanwhile."""
+        if self.status is None:
+            self.status, self.reason = "paused", reason
+            self._state_written = self.worker.store_state(self.job_id, "paused", reason)
+
+    def interrupt(self) -> None:
+        if self.status is None:
+            self.status, self.reason = "interrupted", "interrupted by signal"
+
+    def stopped_elsewhere(self, state: str, reason: str | None) -> None:
+        """The stored state changed under us (``storyloom pause`` or ``cancel``)."""
+        if state == "cancelled" and self.status != "cancelled":
+            self.status, self.reason = "cancelled", reason
+            for scope in self._scopes:
+                scope.cancel()
+        elif state == "paused" and self.status is None:
+            self.status, self.reason = "paused", reason
+
+    def item_scope(self) -> trio.CancelScope:
+        """A scope for one running item; cancelling the job cancels it."""
+        scope = trio.CancelScope()
+        if self.status == "cancelled":
+            scope.cancel()
+        self._scopes.add(scope)
+        return scope
+
+    def item_done(self, scope: trio.CancelScope) -> None:
+        self._scopes.discard(scope)
+
+    # -- what attempts use -----------------------------------------------
+
+    async def started(self, record: StartRecord) -> None:
+        """Queue an attempt's start for the next group commit."""
+        await self.worker.send(record)
+
+    def emit(self, event: Event) -> None:
+        for channel in list(self._sinks):
+            try:
+                channel.send_nowait(event)
+            except trio.WouldBlock:
+                # A sink that cannot keep up loses events rather than stall the kernel.
+                pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._sinks.remove(channel)
+
+    def call_hook(self, name: str, **kwargs: Any) -> None:
+        """Call a notification hook; a plugin that raises is reported, not fatal."""
+        try:
+            getattr(self.config.hook, name)(**kwargs)
+        except Exception:
+            print(f"storyloom: a {name} hook raised; the batch goes on:", file=sys.stderr)
+            traceback.print_exc(file=sys.stderr)
+
+    # -- plumbing --------------------------------------------------------
+
+    def _start_sinks(self, nursery: trio.Nursery) -> None:
+        names = self.worker.progress
+        if names is None:
+            names = chosen(self.config.settings.progress, DEFAULT_PROGRESS, self.config.registries.sinks)
+        for name in names:
+            sink = lookup(self.config.registries.sinks, name, "progress sink")(self.config, self.plan)
+            if sink is None:
+                continue
+            send, receive = trio.open_memory_channel[Event](SINK_BUFFER)
+            self._sinks.append(send)
+            nursery.start_soon(_run_sink, name, sink, receive)
+
+    async def _write_reports(self, store: Store, summary: Summary) -> None:
+        names = chosen(self.config.settings.reports, DEFAULT_REPORTS, self.config.registries.renderers)
+        if not names:
+            return
+        report = await build_report(store, self.job, summary)
+        for name in names:
+            try:
+                file_name, text = lookup(self.config.registries.renderers, name, "report renderer")(report)
+                write_atomic(self.config.out_dir / self.job_id / file_name, text)
+            except Exception:
+                print(f"storyloom: report renderer {name!r} failed:", file=sys.stderr)
+                traceback.print_exc(file=sys.stderr)
+
+    async def _batch_finished(self, store: Store, summary: Summary) -> None:
+        try:
+            finishers = self.config.hook.loom_batch_finished(job=self.job, summary=summary, store=store)
+        except Exception:
+            print("storyloom: a loom_batch_finished hook raised:", file=sys.stderr)
+            traceback.print_exc(file=sys.stderr)
+            return
+        for finish in finishers:
+            if finish is None:
+                continue
+            try:
+                await finish()
+            except Exception:
+                print("storyloom: work returned by a loom_batch_finished hook failed:", file=sys.stderr)
+                traceback.print_exc(file=sys.stderr)
+
+
+async def _run_sink(name: str, sink: Any, receive: trio.MemoryReceiveChannel[Event]) -> None:
+    async with receive:
+        try:
+            await sink.run(receive)
+        except Exception:
+            print(f"storyloom: progress sink {name!r} failed and was dropped:", file=sys.stderr)
+            traceback.print_exc(file=sys.stderr)
+
+
+def chosen(names: tuple[str, ...], defaults: tuple[str, ...], registered: dict[str, Any]) -> tuple[str, ...]:
+    """The names to use: defaults whose plugin is blocked drop out; names the
+    user gave stay, so a missing one is an error."""
+    if names == defaults:
+        return tuple(n for n in names if n in registered)
+    return names
+
+
+def lookup(table: dict[str, Any], name: str, noun: str) -> Any:
+    try:
+        return table[name]
+    except KeyError:
+        raise UsageError(f"unknown {noun} {name!r} (known: {', '.join(sorted(table))})") from None
