@@ -14,7 +14,8 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 #: Marks a hook implementation: ``@storyloom.hookimpl def loom_...``.
 hookimpl = pluggy.HookimplMarker("storyloom")
 
-_API = ("run_job", "run_job_sync", "resume_job", "resume_job_sync")
+_API = ("run_job", "run_job_sync", "resume_job", "resume_job_sync", "submit_job", "work", "cancel_job",
+        "pause_job", "requeue_job")
 
 
 def __getattr__(name: str):

@@ -108,7 +108,14 @@ class JobRun:
     async def start(self, store: Store, nursery: trio.Nursery) -> None:
         """Mark the job running, start its sinks, and tell plugins."""
         job_id = self.job_id
-        self.budget = Budget(self.job.budget_usd, (await store.costs(job_id)).cost_usd)
+        costs = await store.costs(job_id)
+        self.budget = Budget(self.job.budget_usd, costs.cost_usd)
+        if costs.by_model and hasattr(self.strategy, "resume"):
+            try:
+                self.strategy.resume({m: int(c["attempts"]) for m, c in costs.by_model.items()})
+            except Exception:
+                print("storyloom: the routing strategy's resume() raised; it starts afresh:", file=sys.stderr)
+                traceback.print_exc(file=sys.stderr)
         self.recovered = await store.recover(job_id, owner_alive)
         await store.set_job_state(job_id, "running")
         self._start_sinks(nursery)

@@ -57,5 +57,13 @@ class RouteContext:
 
 
 class Strategy(Protocol):
+    """Built once per run of a job as ``factory(options, plan)``.
+
+    A strategy may also define ``resume(attempts_by_model)``: when a job that
+    already made attempts runs again (``storyloom resume``, or a worker taking
+    it up), it is called once before the first ``choose`` with the job's
+    stored attempts per model, so that counting strategies carry on.
+    """
+
     def choose(self, item: "Item", ctx: RouteContext) -> Choice:
         """Return a model from ``ctx.usable``. Called on the kernel's thread: keep it fast."""

@@ -37,6 +37,11 @@ class RoundRobin:
     def __init__(self, options: dict[str, Any], plan: Plan) -> None:
         self.counts = {name: 0 for name in plan.models}
 
+    def resume(self, attempts_by_model: Mapping[str, int]) -> None:
+        """Carry on the job's count, so shares stay within one across resumes."""
+        for name in self.counts:
+            self.counts[name] = attempts_by_model.get(name, 0)
+
     def choose(self, item: Item, ctx: RouteContext) -> Choice:
         # The least-used usable model, ties broken by the job's order: the
         # same as i mod n while every model is usable, and still even when
