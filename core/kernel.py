@@ -96,6 +96,8 @@ class Worker:
         self.summaries: list[Summary] = []
         self.interrupted = False
         self._changed = trio.Event()
+        self._claiming = 0
+        self._recheck: set[JobRun] = set()
         self._dispatch_scope = trio.CancelScope()
         self._work_scope: trio.CancelScope | None = None
         self._only: JobRun | None = None
@@ -222,22 +224,32 @@ class Worker:
                     break
                 tokens.append(token)
             now = time.time()
-            if only is not None:
-                claimed = [] if only.stopping else await store.claim(only.job_id, len(tokens), now, self.owner)
-            else:
-                exclude = [job_id for job_id, run in self.runs.items() if not run.accepting]
-                claimed = await store.claim_next(job_type, len(tokens), now, self.owner, exclude)
-            for token in tokens[len(claimed):]:
-                limiter.release_on_behalf_of(token)
-            for item, token in zip(claimed, tokens):
-                run = await self._admit(item)
-                if run is None:
-                    await store.release(item.job_id or only.job_id, self.owner, [item.item_id])
+            # Claimed items are running in the store but not yet counted in
+            # their run's in_flight: no run may be judged done meanwhile.
+            self._claiming += 1
+            try:
+                if only is not None:
+                    claimed = [] if only.stopping else await store.claim(only.job_id, len(tokens), now, self.owner)
+                else:
+                    exclude = [job_id for job_id, run in self.runs.items() if not run.accepting]
+                    claimed = await store.claim_next(job_type, len(tokens), now, self.owner, exclude)
+                for token in tokens[len(claimed):]:
                     limiter.release_on_behalf_of(token)
-                    continue
-                run.in_flight += 1
-                run.active += 1
-                work.start_soon(self._run_item, run, item, limiter, token)
+                for item, token in zip(claimed, tokens):
+                    run = await self._admit(item)
+                    if run is None:
+                        await store.release(item.job_id, self.owner, [item.item_id])
+                        limiter.release_on_behalf_of(token)
+                        continue
+                    run.in_flight += 1
+                    run.active += 1
+                    work.start_soon(self._run_item, run, item, limiter, token)
+            finally:
+                self._claiming -= 1
+            if not self._claiming:
+                for run in self._recheck.copy():
+                    self._recheck.discard(run)
+                    await self._maybe_finish(run)
             if claimed:
                 continue
             if only is not None:
@@ -348,6 +360,9 @@ class Worker:
                 self._wake()
 
     async def _maybe_finish(self, run: JobRun) -> None:
+        if self._claiming:
+            self._recheck.add(run)  # a dispatcher checks again once its claim is counted
+            return
         if await run.done(self.store):
             run.finishing = True
             self._finishers.start_soon(self._finish, run)
