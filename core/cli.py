@@ -17,12 +17,13 @@ from typing import Any, Sequence
 import trio
 
 from . import __version__
-from .api import cancel_job, pause_job, requeue_job, resume_job, run_job, submit_job, work
+from .api import cancel_job, pause_job, requeue_job, resume_job, run_job, submit_job
 from .atomic import write_atomic
 from .config import Options, make_config
 from .errors import ConfigError, UsageError
 from .job import Priority, job_from_dict
 from .jobrun import chosen
+from .kernel import Worker
 from .settings import DEFAULT_PROGRESS
 from .summary import Summary
 from .report import build_report, snapshot
@@ -148,19 +149,24 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_work(args: argparse.Namespace) -> int:
     options = _options(args)
 
-    async def main() -> list[Summary]:
+    async def main() -> tuple[list[Summary], bool]:
         with make_config(options, start_dir=".") as config:
             progress = options.progress
             if progress is None:
                 # One live view cannot show many jobs at once: each job gets plain lines.
                 names = chosen(config.settings.progress, DEFAULT_PROGRESS, config.registries.sinks)
                 progress = tuple(dict.fromkeys("plain" if n == "terminal" else n for n in names))
-            return await work(burst=args.burst, config=config, handle_signals=True, progress=progress)
+            worker = Worker(config, burst=args.burst, handle_signals=True, progress=progress)
+            store = SQLiteStore.open(config.state_dir, config.settings.synchronous)
+            try:
+                return await worker.run(store), worker.interrupted
+            finally:
+                await store.aclose()
 
-    summaries = trio.run(main)
+    summaries, interrupted = trio.run(main)
     for summary in summaries:
         _report(summary)
-    return 130 if any(s.status == "interrupted" for s in summaries) else 0
+    return 130 if interrupted else 0
 
 
 def cmd_pause(args: argparse.Namespace) -> int:

@@ -130,10 +130,18 @@ class JobRun:
         """Nothing of the job runs here, and it is stopped or has nothing pending."""
         if self.in_flight or self.finishing:
             return False
-        return self.stopping or await store.next_ready_at(self.job_id) is None
+        if self.stopping:
+            return True
+        if await store.next_ready_at(self.job_id) is not None:
+            return False
+        # Items a dead worker left running come back now, not at the next recovery pass.
+        return not await store.recover(self.job_id, owner_alive)
 
-    async def finish(self, store: Store, owner: str) -> Summary:
-        """Store how the job ended, write its reports and tell plugins."""
+    async def finish(self, store: Store, owner: str) -> Summary | None:
+        """Store how the job ended, write its reports and tell plugins.
+
+        None when other live workers still run some of the job's items: the
+        last of them ends the job."""
         job_id = self.job_id
         with trio.CancelScope(shield=True):
             if self._state_written is not None:  # the pause's own write lands first
@@ -145,6 +153,14 @@ class JobRun:
                 row = await store.get_job(job_id)
                 if row is not None:
                     self.stopped_elsewhere(row.state, row.reason)
+            if self.status is None and counts["running"]:
+                for channel in self._sinks:
+                    channel.close()
+                if self.worker.only is not self:
+                    return None
+                self.status = "interrupted"  # not stored: the job goes on elsewhere
+                self.reason = f"{counts['running']} item(s) are running in another process, which ends the job"
+                return self._summary(counts, (await store.costs(job_id)).cost_usd)
             if self.status == "paused" and not counts["pending"] and not counts["running"]:
                 self.status = None  # paused as the last item finished: nothing is left to resume
             if self.status is None:
@@ -154,9 +170,7 @@ class JobRun:
             if self.status != "cancelled":  # cancel() stored it, with the operator's reason
                 await store.set_job_state(job_id, self.status, self.reason)
             costs = await store.costs(job_id)
-        summary = Summary(job_id=job_id, status=self.status, counts=counts, cost_usd=costs.cost_usd,
-                          started_at=self.started_at, finished_at=time.time(), reason=self.reason,
-                          recovered=self.recovered)
+        summary = self._summary(counts, costs.cost_usd)
         self.emit(Event("batch_finished", job_id, data={
             "status": summary.status, "counts": counts, "cost_usd": summary.cost_usd,
             "duration": summary.duration, "reason": summary.reason}))
@@ -165,8 +179,14 @@ class JobRun:
         with trio.CancelScope(shield=True):
             await self._write_reports(store, summary)
             await self._batch_finished(store, summary)
-        self.summary = summary
         return summary
+
+    def _summary(self, counts: dict[str, int], cost_usd: float) -> Summary:
+        assert self.status is not None
+        self.summary = Summary(job_id=self.job_id, status=self.status, counts=counts, cost_usd=cost_usd,
+                               started_at=self.started_at, finished_at=time.time(), reason=self.reason,
+                               recovered=self.recovered)
+        return self.summary
 
     # -- control ---------------------------------------------------------
 

@@ -55,6 +55,9 @@ LINGER_ROUNDS = 3
 POLL_INTERVAL = 1.0
 #: How often levels are re-evaluated as deadlines approach and items age.
 PROMOTE_INTERVAL = 5.0
+#: How often a worker over the whole queue puts back items that a dead
+#: worker process left running.
+RECOVER_INTERVAL = 10.0
 
 
 @dataclass
@@ -100,10 +103,11 @@ class Worker:
         self._recheck: set[JobRun] = set()
         self._dispatch_scope = trio.CancelScope()
         self._work_scope: trio.CancelScope | None = None
-        self._only: JobRun | None = None
+        #: The one job run of ``storyloom run`` / ``resume``; None over the whole queue.
+        self.only: JobRun | None = None
         if only is not None:  # built now, so bad options fail before anything is stored
-            self._only = JobRun(self, only)
-            self.runs[only.job.job_id] = self._only
+            self.only = JobRun(self, only)
+            self.runs[only.job.job_id] = self.only
 
     # -- what job runs use -------------------------------------------------
 
@@ -163,12 +167,10 @@ class Worker:
                 self._background = outer
                 chores = trio.CancelScope()
                 outer.start_soon(self._chores, chores)
-                if self._only is not None:
-                    await self._only.start(store, outer)
+                if self.only is not None:
+                    await self.only.start(store, outer)
                 else:
-                    for row in await store.list_jobs():
-                        if row.state not in ("completed", "failed", "cancelled"):
-                            await store.recover(row.job_id, owner_alive)
+                    await self._recover()
                 await self._pipeline()
                 for run in list(self.runs.values()):  # interrupted, or ended with the pipeline
                     if not run.finishing:
@@ -205,13 +207,13 @@ class Worker:
                                 dispatchers.start_soon(self._dispatch, job_type, trio.CapacityLimiter(limit), work)
 
     def _type_limits(self) -> dict[str, int]:
-        if self._only is not None:
-            return {self._only.job.job_type: self._only.plan.max_parallel}
+        if self.only is not None:
+            return {self.only.job.job_type: self.only.plan.max_parallel}
         return {name: self.config.max_parallel(name) for name in self.config.registries.job_types}
 
     async def _dispatch(self, job_type: str, limiter: trio.CapacityLimiter, work: trio.Nursery) -> None:
         """Claim items of one job type while the type has room; wait when none is ready."""
-        store, only = self.store, self._only
+        store, only = self.store, self.only
         while True:
             changed = self._changed
             tokens = [object()]
@@ -273,8 +275,8 @@ class Worker:
         """The run a claimed item belongs to, started if it is the job's first
         here; None if the item must go back (the job is full, stopping, or
         cannot run in this worker)."""
-        if self._only is not None:
-            run: JobRun | None = self._only
+        if self.only is not None:
+            run: JobRun | None = self.only
         else:
             run = self.runs.get(claimed.job_id)
             if run is None:
@@ -368,7 +370,9 @@ class Worker:
             self._finishers.start_soon(self._finish, run)
 
     async def _finish(self, run: JobRun) -> None:
-        self.summaries.append(await run.finish(self.store, self.owner))
+        summary = await run.finish(self.store, self.owner)
+        if summary is not None:
+            self.summaries.append(summary)
         if self.runs.get(run.job_id) is run:
             del self.runs[run.job_id]
         self._wake()
@@ -381,6 +385,14 @@ class Worker:
                 nursery.start_soon(self._promote)
                 nursery.start_soon(self._poll)
 
+    async def _recover(self) -> int:
+        """Put items of dead worker processes back in the queue."""
+        recovered = 0
+        for row in await self.store.list_jobs():
+            if row.state not in ("completed", "failed", "cancelled"):
+                recovered += await self.store.recover(row.job_id, owner_alive)
+        return recovered
+
     async def _promote(self) -> None:
         """Approaching deadlines and aging raise waiting items' levels."""
         while True:
@@ -389,9 +401,14 @@ class Worker:
             await trio.sleep(PROMOTE_INTERVAL)
 
     async def _poll(self) -> None:
-        """Notice pauses and cancels made by other processes (``storyloom pause``)."""
+        """Notice pauses and cancels made by other processes (``storyloom pause``),
+        and, over the whole queue, the items of workers that died."""
+        recovered_at = trio.current_time()
         while True:
             await trio.sleep(POLL_INTERVAL)
+            if self.only is None and trio.current_time() - recovered_at >= RECOVER_INTERVAL:
+                recovered_at = trio.current_time()
+                await self._recover()
             for run in list(self.runs.values()):
                 row = await self.store.get_job(run.job_id)
                 if row is not None and row.state in ("paused", "cancelled") and not run.finishing:

@@ -204,3 +204,36 @@ def test_the_seed_job_definition_runs_end_to_end(tmp_path):
     assert "batch-2025-01-15-001: completed" in out.stdout and "2/2 completed" in out.stdout
     assert sorted(p.name for p in (tmp_path / "storyloom-out" / "batch-2025-01-15-001").glob("*.md"))[:2] == [
         "item-001.md", "item-002.md"]
+
+
+@pytest.mark.slow
+def test_two_workers_share_the_queue_and_one_finishes_what_a_killed_one_left(tmp_path):
+    project(tmp_path, n=30, latency=100, parallel=3, job_id="first")
+    project(tmp_path, n=30, latency=100, parallel=3, job_id="second")
+    for job_id in ("first", "second"):
+        out = cli("submit", f"jobs/{job_id}.yaml", cwd=tmp_path)
+        assert out.returncode == 0 and f"{job_id}: queued, 30 items" in out.stdout, out.stderr
+    doomed = popen("work", "-q", cwd=tmp_path)
+    survivor = popen("work", "-q", cwd=tmp_path)
+    db = tmp_path / ".storyloom" / "storyloom.db"
+    wait_for_completed(db, "first", 6)
+    doomed.kill()  # SIGKILL: its running items stay claimed by a dead process
+    doomed.wait(timeout=10)
+    with sqlite3.connect(db) as conn:
+        (left,) = conn.execute("SELECT COUNT(*) FROM items WHERE state='running' AND owner LIKE ?",
+                               (f"%:{doomed.pid}:%",)).fetchone()
+    assert left > 0  # the kill really left items claimed
+    wait_for_completed(db, "first", 30, timeout=60)
+    wait_for_completed(db, "second", 30, timeout=60)
+    survivor.send_signal(signal.SIGINT)
+    stdout, stderr = survivor.communicate(timeout=30)
+    assert survivor.returncode == 130, stdout + stderr
+    assert "Traceback" not in stderr
+    with sqlite3.connect(db) as conn:
+        per_item = conn.execute(
+            "SELECT job_id, item_id, COUNT(*) FROM attempts WHERE state='completed' GROUP BY 1, 2").fetchall()
+        jobs = dict(conn.execute("SELECT job_id, state FROM jobs").fetchall())
+        owners = conn.execute("SELECT COUNT(DISTINCT owner) FROM items WHERE state='running'").fetchone()[0]
+    assert len(per_item) == 60 and all(count == 1 for *_key, count in per_item)  # exactly once
+    assert jobs == {"first": "completed", "second": "completed"}
+    assert owners == 0

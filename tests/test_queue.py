@@ -327,7 +327,7 @@ def test_per_type_and_per_job_limits_hold_for_any_mix_of_jobs(tmp_path_factory, 
         assert scripted.STATS["max_by_job"][f"j{k}"] <= min(own or limit, limit)
 
 
-@hsettings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@hsettings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(waiting=st.integers(4, 8), after=st.floats(0.0, 0.03))
 def test_a_critical_item_submitted_while_normal_items_wait_starts_before_them(tmp_path_factory, waiting, after):
     loom = Loom(tmp_path_factory.mktemp("c"))
