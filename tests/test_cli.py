@@ -216,19 +216,25 @@ def test_two_workers_share_the_queue_and_one_finishes_what_a_killed_one_left(tmp
     doomed = popen("work", "-q", cwd=tmp_path)
     survivor = popen("work", "-q", cwd=tmp_path)
     db = tmp_path / ".storyloom" / "storyloom.db"
-    wait_for_completed(db, "first", 6)
-    doomed.kill()  # SIGKILL: its running items stay claimed by a dead process
-    doomed.wait(timeout=10)
-    with sqlite3.connect(db) as conn:
-        (left,) = conn.execute("SELECT COUNT(*) FROM items WHERE state='running' AND owner LIKE ?",
-                               (f"%:{doomed.pid}:%",)).fetchone()
-    assert left > 0  # the kill really left items claimed
-    wait_for_completed(db, "first", 30, timeout=60)
-    wait_for_completed(db, "second", 30, timeout=60)
-    survivor.send_signal(signal.SIGINT)
-    stdout, stderr = survivor.communicate(timeout=30)
-    assert survivor.returncode == 130, stdout + stderr
-    assert "Traceback" not in stderr
+    try:
+        wait_for_completed(db, "first", 6)
+        doomed.kill()  # SIGKILL: its running items stay claimed by a dead process
+        doomed.wait(timeout=10)
+        with sqlite3.connect(db) as conn:
+            (left,) = conn.execute("SELECT COUNT(*) FROM items WHERE state='running' AND owner LIKE ?",
+                                   (f"%:{doomed.pid}:%",)).fetchone()
+        assert left > 0  # the kill really left items claimed
+        wait_for_completed(db, "first", 30, timeout=60)
+        wait_for_completed(db, "second", 30, timeout=60)
+        survivor.send_signal(signal.SIGINT)
+        stdout, stderr = survivor.communicate(timeout=30)
+        assert survivor.returncode == 130, stdout + stderr
+        assert "Traceback" not in stderr
+    finally:  # never leave a worker behind, whatever failed
+        for proc in (doomed, survivor):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
     with sqlite3.connect(db) as conn:
         per_item = conn.execute(
             "SELECT job_id, item_id, COUNT(*) FROM attempts WHERE state='completed' GROUP BY 1, 2").fetchall()
