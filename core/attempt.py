@@ -24,7 +24,7 @@ from .job import Item
 from .jobtype import Result
 from .pool import NoModelLeft
 from .provider import Request
-from .routing import RouteContext
+from .routing import AttrMap, LazyMap, RouteContext
 from .store import ClaimedItem, StartRecord
 from .tokens import estimate_request_tokens
 
@@ -166,17 +166,18 @@ def _route(batch: "Batch", item: Item, claimed: ClaimedItem, usable: list[str], 
            estimated_prompt: int) -> tuple[str, dict[str, Any]]:
     if batch.job.config.model_rotation and claimed.last_model in usable and len(usable) > 1:
         usable = [m for m in usable if m != claimed.last_model]
-    pool = batch.pool
-    now = trio.current_time()
-    prompt = {m: pool[m].calibrator.apply(estimated_prompt) for m in usable}
+    models = batch.pool.models
+    max_tokens = request.max_tokens
+    # Lazy: each value is computed when a strategy first reads it.
+    prompt = LazyMap(usable, lambda m: models[m].calibrator.apply(estimated_prompt))
     ctx = RouteContext(
         usable=usable, attempt=claimed.attempts, previous_model=claimed.last_model,
-        in_flight=pool.in_flight(), capacity=pool.capacity(),
-        reserved={m: s.reserved for m, s in pool.models.items()},
-        rate_wait={m: max(0.0, pool[m].limiter.next_free_at(prompt[m] + request.max_tokens) - now) for m in usable},
-        prices={m: pool[m].spec.price for m in usable},
+        in_flight=AttrMap(models, "in_flight"), capacity=AttrMap(models, "capacity"),
+        reserved=AttrMap(models, "reserved"),
+        rate_wait=LazyMap(usable, lambda m: models[m].limiter.wait_time(prompt[m] + max_tokens)),
+        prices=LazyMap(usable, lambda m: models[m].spec.price),
         prompt_tokens=prompt,
-        output_tokens={m: request.max_tokens for m in usable},
+        output_tokens=LazyMap(usable, lambda m: max_tokens),
     )
     choice = batch.strategy.choose(item, ctx)
     if choice.model not in usable:

@@ -78,12 +78,6 @@ class ModelPool:
         self.models[name].limiter.cool_down(seconds)
         self._wake()
 
-    def in_flight(self) -> dict[str, int]:
-        return {n: m.in_flight for n, m in self.models.items()}
-
-    def capacity(self) -> dict[str, int]:
-        return {n: m.capacity for n, m in self.models.items()}
-
     def _wake(self) -> None:
         self._changed.set()
         self._changed = trio.Event()

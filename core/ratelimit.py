@@ -206,18 +206,28 @@ class RateLimiter:
     def next_free_at(self, tokens: int = 0) -> float:
         """When a request of ``tokens`` could go, on this limiter's clock, if it
         joined the queue now (counting the waiters ahead of it)."""
+        return self._free_at(tokens, self._clock())
+
+    def wait_time(self, tokens: int = 0) -> float:
+        """Seconds until a request of ``tokens`` could go; exactly 0 when it
+        could go now (one clock reading, so an idle limiter never shows a
+        sliver of wait to a router)."""
+        now = self._clock()
+        return self._free_at(tokens, now) - now
+
+    def _free_at(self, tokens: int, now: float) -> float:
         ready = self._cool_until
         if self._requests is not None:
             ahead = self._requests.tat
             if self._queued_requests:
-                ahead = max(ahead, self._clock()) + self._queued_requests * self._requests.interval
+                ahead = max(ahead, now) + self._queued_requests * self._requests.interval
             ready = max(ready, self._requests.ready_at(1, ahead))
         if self._tokens is not None:
             ahead = self._tokens.tat
             if self._queued_tokens:
-                ahead = max(ahead, self._clock()) + self._queued_tokens * self._tokens.interval
+                ahead = max(ahead, now) + self._queued_tokens * self._tokens.interval
             ready = max(ready, self._tokens.ready_at(max(0, tokens), ahead))
-        return max(ready, self._clock())
+        return max(ready, now)
 
     @property
     def cooling_until(self) -> float:

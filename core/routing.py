@@ -9,7 +9,7 @@ to write another.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 from .settings import Price
 
@@ -54,6 +54,67 @@ class RouteContext:
     prompt_tokens: Mapping[str, int] = field(default_factory=dict)
     #: The reply tokens to expect from each model for this attempt.
     output_tokens: Mapping[str, int] = field(default_factory=dict)
+
+
+class LazyMap(Mapping[str, Any]):
+    """A read-only mapping over ``keys`` whose values are computed on first
+    use: the kernel fills a :class:`RouteContext` with these, so a strategy
+    pays only for what it reads (round_robin reads none of them)."""
+
+    __slots__ = ("_keys", "_value", "_cache")
+
+    def __init__(self, keys: Sequence[str], value: Callable[[str], Any]) -> None:
+        self._keys = keys
+        self._value = value
+        self._cache: dict[str, Any] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        cache = self._cache
+        if key in cache:
+            return cache[key]
+        if key not in self._keys:
+            raise KeyError(key)
+        value = cache[key] = self._value(key)
+        return value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        cache = self._cache
+        if key in cache:
+            return cache[key]
+        if key not in self._keys:
+            return default
+        value = cache[key] = self._value(key)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+class AttrMap(Mapping[str, Any]):
+    """A read-only, live view of one attribute of each value of ``objects``
+    (each model's ``in_flight``, say): nothing is copied."""
+
+    __slots__ = ("_objects", "_attr")
+
+    def __init__(self, objects: Mapping[str, Any], attr: str) -> None:
+        self._objects = objects
+        self._attr = attr
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self._objects[key], self._attr)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        obj = self._objects.get(key)
+        return default if obj is None else getattr(obj, self._attr)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._objects)
+
+    def __len__(self) -> int:
+        return len(self._objects)
 
 
 class Strategy(Protocol):

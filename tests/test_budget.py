@@ -78,8 +78,9 @@ def _within_deadline(loom: Loom, start) -> RunResult:
 
 def write_settings(loom: Loom, latency: float = 5, output: int = 50, input_price: float = 100.0,
                    output_price: float = 400.0) -> None:
-    loom.write("storyloom.yaml", SETTINGS.format(latency=latency, output=output, input_price=input_price,
-                                                 output_price=output_price))
+    # Fixed-point: YAML reads 5e-324 (no dot) as a string, and the schema rightly refuses it.
+    loom.write("storyloom.yaml", SETTINGS.format(latency=latency, output=output, input_price=f"{input_price:.9f}",
+                                                 output_price=f"{output_price:.9f}"))
 
 
 def test_at_the_limit_the_job_pauses_with_exit_code_3(loom):

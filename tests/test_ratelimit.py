@@ -299,6 +299,20 @@ async def test_next_free_at_for_routing():
     assert limiter.next_free_at() == pytest.approx(7.0)
 
 
+async def _idle_waits() -> list[float]:
+    limiter = RateLimiter(rpm=None, tpm=None)
+    busy = RateLimiter(rpm=60, tpm=None)
+    await busy.acquire(0)
+    return [limiter.wait_time(500), RateLimiter(rpm=600, tpm=100_000).wait_time(500), busy.wait_time()]
+
+
+def test_wait_time_is_exactly_zero_when_a_request_could_go_now():
+    # On the real clock: next_free_at() - current_time() would show a sliver of wait.
+    idle, roomy, busy = trio.run(_idle_waits)
+    assert idle == 0.0 and roomy == 0.0
+    assert 0.9 < busy <= 1.0
+
+
 @mock_trio
 async def test_next_free_at_counts_the_queue():
     limiter = RateLimiter(rpm=60, tpm=None)

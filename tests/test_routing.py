@@ -554,6 +554,20 @@ def test_least_loaded_end_to_end_never_sends_past_a_models_capacity(loom):
     assert counting.most == {"one": 1, "two": 2, "three": 3}
 
 
+def test_least_loaded_end_to_end_rotates_among_idle_unlimited_models(loom):
+    # Zero latency and no limits: every model is always idle, so every choice
+    # is a tie, and ties take turns. No route reports a wait that is not there.
+    loom.write("storyloom.yaml", "models:\n" + "".join(
+        f"  m{i}: {{provider: simulated, latency_ms: 0}}\n" for i in range(4)))
+    result = loom.run("job_id: idle\njob_type: qc_processing\nmodels: [m0, m1, m2, m3]\n"
+                      "routing: {strategy: least_loaded}\nconfig: {max_parallel: 1}\nitems:\n"
+                      + "".join(f"  - {{item_id: it-{i}}}\n" for i in range(8)))
+    result.assert_outcomes(completed=8)
+    assert Counter(model for _i, model, _r in routes(result)) == {"m0": 2, "m1": 2, "m2": 2, "m3": 2}
+    assert not any("rate_wait" in route for _i, _m, route in routes(result))
+    assert {route["loads"]["m1"] for _i, _m, route in routes(result)} == {0.0}
+
+
 def test_cheapest_end_to_end(loom):
     loom.write("storyloom.yaml", PRICED_MODELS)
     result = loom.run("job_id: cheap\njob_type: qc_processing\nrouting: {strategy: cheapest}\nitems:\n"

@@ -284,13 +284,14 @@ def test_sqlite_queue_statements_seek_into_indexes(tmp_path):
     from storyloom.store import sqlite as backend
 
     cases = [
-        (backend._CLAIM_NEXT, (OWNER, NOW, "chapter", NOW, "[]", 10),
-         "items_queue (job_type=? AND state=? AND held=?)"),
-        (backend._NEXT_QUEUED_AT, ("chapter",), "items_queue_ready (job_type=? AND state=? AND held=?)"),
-        (backend._POSITION, (JOB, "a"), "items_position (state=? AND held=?"),
-        (backend._PROMOTE_CRITICAL, (NOW, NOW), "items_deadline (state=? AND level=? AND deadline<?)"),
-        (backend._PROMOTE_HIGH, (NOW, NOW), "items_deadline (state=? AND level=? AND deadline<?)"),
-        (backend._AGE, (NOW, NOW), "items_aging (state=? AND level=? AND level_since<?)"),
+        # Partial indexes of pending items; COVERING: no table row is read.
+        (backend._CLAIM_NEXT, (OWNER, NOW, "chapter", NOW, "[]", 10), "COVERING INDEX items_queue (job_type=?)"),
+        (backend._CLAIM, (OWNER, NOW, JOB, NOW, 10), "COVERING INDEX items_claim (job_id=?)"),
+        (backend._NEXT_QUEUED_AT, ("chapter",), "COVERING INDEX items_queue_ready (job_type=?)"),
+        (backend._POSITION, (JOB, "a"), "COVERING INDEX items_position (level<?)"),
+        (backend._PROMOTE_CRITICAL, (NOW, NOW), "items_deadline (level=? AND deadline<?)"),
+        (backend._PROMOTE_HIGH, (NOW, NOW), "items_deadline (level=? AND deadline<?)"),
+        (backend._AGE, (NOW, NOW), "items_aging (level=? AND level_since<?)"),
     ]
     store = SQLiteStore.open(tmp_path)
     try:

@@ -115,30 +115,41 @@ _TABLES = (
         FOREIGN KEY (job_id, item_id) REFERENCES items (job_id, item_id)
     )""",
 )
+# The queue's indexes are partial: they hold only the rows they serve
+# (pending items, or running ones), so an item that moves on leaves them with
+# one delete, and finished items, most of a big store, are in none of them.
+# state and held, constant in each, come last only so that SQLite reads the
+# index alone (it checks a partial index's terms against the columns).
 _INDEXES = (
     # claim walks this in order; with not_before in it, the ready check
     # needs no table lookup.
-    "CREATE INDEX IF NOT EXISTS items_claim ON items (job_id, state, held, level, seq, not_before)",
-    # next_ready_at: the earliest not_before without scanning every pending item.
-    "CREATE INDEX IF NOT EXISTS items_ready ON items (job_id, state, not_before)",
+    "CREATE INDEX IF NOT EXISTS items_claim ON items (job_id, level, seq, not_before, state, held) "
+    "WHERE state = 'pending' AND held = 0",
+    # next_ready_at: the earliest not_before of a job's pending items, held or not.
+    "CREATE INDEX IF NOT EXISTS items_ready ON items (job_id, not_before, state) WHERE state = 'pending'",
+    # recover and running: a job's running items and their owners.
+    "CREATE INDEX IF NOT EXISTS items_running ON items (job_id, owner, state) WHERE state = 'running'",
     "CREATE INDEX IF NOT EXISTS items_seq ON items (job_id, seq)",
     # claim_next walks this in queue order; not_before and job_id in it make
     # the ready and exclude checks without a table lookup.
-    "CREATE INDEX IF NOT EXISTS items_queue ON items (job_type, state, held, level, qseq, not_before, job_id)",
+    "CREATE INDEX IF NOT EXISTS items_queue ON items (job_type, level, qseq, not_before, job_id, state, held) "
+    "WHERE state = 'pending' AND held = 0",
     # next_queued_at, as items_ready does for one job.
-    "CREATE INDEX IF NOT EXISTS items_queue_ready ON items (job_type, state, held, not_before)",
+    "CREATE INDEX IF NOT EXISTS items_queue_ready ON items (job_type, not_before, state, held) "
+    "WHERE state = 'pending' AND held = 0",
     # The whole queue, every job type: position counts along it, queued reads
     # its head, queue_counts groups it (job_id makes that a covering read).
-    "CREATE INDEX IF NOT EXISTS items_position ON items (state, held, level, qseq, job_id)",
+    "CREATE INDEX IF NOT EXISTS items_position ON items (level, qseq, job_id, state, held) "
+    "WHERE state = 'pending' AND held = 0",
     # promote: one seek per level for deadlines near (only items that have
     # one), and for levels kept long.
-    "CREATE INDEX IF NOT EXISTS items_deadline ON items (state, level, deadline) WHERE deadline IS NOT NULL",
-    "CREATE INDEX IF NOT EXISTS items_aging ON items (state, level, level_since)",
+    "CREATE INDEX IF NOT EXISTS items_deadline ON items (level, deadline) "
+    "WHERE state = 'pending' AND deadline IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS items_aging ON items (level, level_since) WHERE state = 'pending'",
     # add_job's MAX(qseq) without a scan; unique because it is an order.
     "CREATE UNIQUE INDEX IF NOT EXISTS items_qseq ON items (qseq)",
     "CREATE INDEX IF NOT EXISTS attempts_item ON attempts (job_id, item_id, attempt)",
 )
-
 # INDEXED BY: walking items_claim in order beats items_ready plus a sort,
 # whatever the planner's statistics say.
 _CLAIM = """
@@ -543,7 +554,7 @@ class SQLiteStore:
     async def running(self, job_id: str) -> list[RunningRow]:
         """Items running now, longest-running first."""
         rows = self._conn.execute(
-            "SELECT item_id, last_model, started_at, attempts, owner FROM items "
+            "SELECT item_id, last_model, started_at, attempts, owner FROM items INDEXED BY items_running "
             "WHERE job_id = ? AND state = 'running' ORDER BY started_at, seq",
             (job_id,),
         )
@@ -670,7 +681,9 @@ def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
     ).fetchall()
     conn.executemany("UPDATE items SET deadline = ? WHERE rowid = ?",
                      [(_epoch(text), rowid) for rowid, text in deadlines])
-    conn.execute("DROP INDEX items_claim")  # it gained held
+    # Version 1's full indexes become version 2's partial ones.
+    conn.execute("DROP INDEX items_claim")
+    conn.execute("DROP INDEX items_ready")
     for statement in _INDEXES:
         conn.execute(statement)
 
