@@ -225,15 +225,15 @@ def loom_item_finished(job: "Job", item: "Item", outcome: "Outcome") -> None:
 
 @hookspec
 def loom_batch_finished(job: "Job", summary: "Summary", store: "Store") -> None:
-    """The batch ended: completed, paused, interrupted or failed.
+    """The batch ended: completed, failed, paused, cancelled or interrupted.
 
-    Called once per run, after the last item's outcome is committed and the
-    sinks are closed. The seed's ``on_batch_complete``: write reports,
+    Called once per run of the job, after the last item's outcome is
+    committed and the sinks are closed, in the worker that ended it. The seed's ``on_batch_complete``: write reports,
     notify, clean up.
 
     :param job: the job.
     :param summary: counts by state, cost, duration and ``summary.status``
-        (``completed``, ``failed``, ``paused`` or ``interrupted``).
+        (``completed``, ``failed``, ``paused``, ``cancelled`` or ``interrupted``).
     :param store: the job's :class:`storyloom.store.Store`, still open. Its
         methods are async, so read it from the returned callable.
     :returns: None, or an async callable taking no arguments (work that needs
