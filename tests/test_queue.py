@@ -118,6 +118,16 @@ def test_a_job_own_max_parallel_lowers_its_share(loom):
     assert scripted.STATS["max_in_flight"] == 3
 
 
+def test_each_job_type_has_its_own_limit_and_they_run_side_by_side(loom):
+    loom.write("storyloom.yaml", scripted_settings(2) + "  export: {max_parallel: 1}\n")
+    loom.submit(job("checks", 6), name="checks.yaml", plugins=(scripted,))
+    loom.submit(job("books", 4, job_type="export"), name="books.yaml", plugins=(scripted,))
+    result = loom.work(plugins=(scripted,))
+    assert {s.status for s in result.summaries.values()} == {"completed"}
+    assert scripted.STATS["max_by_job"] == {"checks": 2, "books": 1}
+    assert scripted.STATS["max_in_flight"] == 3  # one type does not wait for the other
+
+
 def test_run_works_only_on_its_own_job(loom):
     loom.write("storyloom.yaml", SETTINGS)
     loom.submit(job("queued", 2), name="queued.yaml")
