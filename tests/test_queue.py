@@ -10,7 +10,6 @@ import sqlite3
 import time
 from datetime import datetime, timedelta, timezone
 
-import pytest
 import trio
 from hypothesis import HealthCheck, assume, given, settings as hsettings, strategies as st
 
