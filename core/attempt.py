@@ -22,7 +22,7 @@ from .errors import ErrorKind, ProviderError
 from .events import Event
 from .job import Item
 from .jobtype import Result
-from .pool import NoModelLeft
+from .pool import NoModelLeft, spend_cap_reached
 from .provider import Request
 from .routing import AttrMap, LazyMap, RouteContext
 from .store import ClaimedItem, StartRecord
@@ -78,6 +78,7 @@ async def run_attempt(batch: "Batch", claimed: ClaimedItem, item: Item) -> Outco
     model: str | None = None
     route: dict[str, Any] = {}
     reserved: float | None = None
+    model_reserved: float | None = None
     cost = 0.0
     response = None
     try:
@@ -99,6 +100,12 @@ async def run_attempt(batch: "Batch", claimed: ClaimedItem, item: Item) -> Outco
         prompt = state.calibrator.apply(estimated_prompt)
         tpm_cost = prompt + request.max_tokens
         worst = spec.price.cost(math.ceil(prompt * BUDGET_PROMPT_MARGIN), request.max_tokens)
+        if state.spend is not None:
+            # The model's own cap: when it cannot cover this attempt, the
+            # model is out and another one takes the item (a free attempt).
+            if not state.spend.try_reserve(worst):
+                raise ProviderError(ErrorKind.QUOTA_EXCEEDED, spend_cap_reached(model, state.spend))
+            model_reserved = worst
         # Load-based strategies count an attempt from the moment it is routed:
         # "reserved" until it may send, then "in flight" until the reply is in.
         # No checkpoint between routing and counting, so concurrent routes see it.
@@ -146,6 +153,8 @@ async def run_attempt(batch: "Batch", claimed: ClaimedItem, item: Item) -> Outco
     finally:
         if reserved is not None:
             batch.budget.settle(reserved, cost)
+        if model_reserved is not None:
+            pool[model].spend.settle(model_reserved, cost)
 
 
 def _request(batch: "Batch", claimed: ClaimedItem, item: Item, attempt: int) -> Request:

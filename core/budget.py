@@ -1,4 +1,4 @@
-"""A job's ``budget_usd`` at run time."""
+"""Spending limits at run time: a job's ``budget_usd``, a model's ``max_spend_usd``."""
 
 from __future__ import annotations
 
@@ -27,6 +27,14 @@ class Budget:
                 return False
             changed = self._changed
             await changed.wait()
+        self.reserved += amount
+        self._holders += 1
+        return True
+
+    def try_reserve(self, amount: float) -> bool:
+        """Reserve ``amount`` if it fits now; never waits."""
+        if self.spent + self.reserved + amount > self.limit:
+            return False
         self.reserved += amount
         self._holders += 1
         return True

@@ -167,6 +167,7 @@ class Worker:
                 self._background = outer
                 chores = trio.CancelScope()
                 outer.start_soon(self._chores, chores)
+                self.pool.cap_spend(await store.spend_by_model())
                 if self.only is not None:
                     await self.only.start(store, outer)
                 else:

@@ -673,7 +673,7 @@ def settings_from_document(doc: Document) -> Settings:
     )
 
 
-_MODEL_KEYS = {"provider", "model", "base_url", "api_key_env", "rpm", "tpm", "max_parallel", "price"}
+_MODEL_KEYS = {"provider", "model", "base_url", "api_key_env", "rpm", "tpm", "max_parallel", "max_spend_usd", "price"}
 
 
 def _model_spec(doc: Document, name: str, entry: dict[str, Any]) -> ModelSpec:
@@ -696,6 +696,7 @@ def _model_spec(doc: Document, name: str, entry: dict[str, Any]) -> ModelSpec:
         rpm=_int_or_none(entry.get("rpm")),
         tpm=_int_or_none(entry.get("tpm")),
         max_parallel=_int_or_none(entry.get("max_parallel")),
+        max_spend_usd=float(entry["max_spend_usd"]) if "max_spend_usd" in entry else None,
         price=price,
         options={key: value for key, value in entry.items() if key not in _MODEL_KEYS},
     )

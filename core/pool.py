@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from .budget import Budget
 from .errors import ErrorKind
 from .ratelimit import RateLimiter
 from .settings import ModelSpec
@@ -26,6 +27,8 @@ class ModelState:
     reserved: int = 0  # routed here, waiting for budget or the rate limiter
     #: (error kind, message) once the model is taken out of the batch.
     disabled: tuple[ErrorKind, str] | None = None
+    #: The model's ``max_spend_usd`` over the store's spend on it; None without a cap.
+    spend: Budget | None = None
 
     @property
     def capacity(self) -> int:
@@ -65,6 +68,17 @@ class ModelPool:
             with trio.move_on_at(min(m.limiter.cooling_until for m in alive)):
                 await changed.wait()
 
+    def cap_spend(self, spent_by_model: dict[str, float]) -> None:
+        """Give each model with a ``max_spend_usd`` its budget, starting from
+        what the store has spent on it; a model already at its cap is out."""
+        for name, state in self.models.items():
+            cap = state.spec.max_spend_usd
+            if cap is None:
+                continue
+            state.spend = Budget(cap, spent_by_model.get(name, 0.0))
+            if state.spend.spent >= cap:
+                self.disable(name, ErrorKind.QUOTA_EXCEEDED, spend_cap_reached(name, state.spend))
+
     def disable(self, name: str, kind: ErrorKind, reason: str) -> bool:
         """Take a model out of the batch; False if it already was."""
         state = self.models[name]
@@ -82,3 +96,7 @@ class ModelPool:
         self._changed.set()
         self._changed = trio.Event()
 
+
+
+def spend_cap_reached(name: str, spend: Budget) -> str:
+    return f"model {name!r} reached its max_spend_usd (${spend.limit:g}; ${spend.spent:.4f} spent)"

@@ -35,6 +35,8 @@ class ModelSpec:
     rpm: int | None = None
     tpm: int | None = None
     max_parallel: int | None = None
+    #: The most the store may spend on this model, over every job (None: no cap).
+    max_spend_usd: float | None = None
     price: Price = Price()
     #: Provider-specific options (everything else on the entry), e.g. the
     #: simulated provider's latency_ms, errors and seed.

@@ -442,6 +442,19 @@ async def test_costs_include_failed_attempts(store):
 
 
 @trio_test
+async def test_spend_by_model_sums_every_job(store):
+    assert await store.spend_by_model() == {}
+    await add(store, "a", "b")
+    await add(store, "c", job_id="job-2")
+    await claim_ids(store)
+    await claim_ids(store, job_id="job-2")
+    await store.record([rec("a", model="m1", cost_usd=0.25), rec("b", "failed", model="m2", cost_usd=0.5),
+                        rec("c", model="m1", cost_usd=0.125, job_id="job-2")], OWNER)
+    spend = await store.spend_by_model()
+    assert spend == {"m1": pytest.approx(0.375), "m2": pytest.approx(0.5)}
+
+
+@trio_test
 async def test_items_in_order_and_filtered(store):
     await store.add_job(
         job_row(), new_items("z", level=3) + new_items("y", level=0) + new_items("x", state="skipped")

@@ -24,6 +24,7 @@ from storyloom.provider import Response
 from storyloom.registry import Registries
 from storyloom.routing import RouteContext
 from storyloom.settings import Price, RetryConfig
+from storyloom.store.sqlite import SQLiteStore
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "routing.md"
 MODELS = ("gemini", "gpt-4o", "claude-haiku")
@@ -566,6 +567,35 @@ def test_least_loaded_end_to_end_rotates_among_idle_unlimited_models(loom):
     assert Counter(model for _i, model, _r in routes(result)) == {"m0": 2, "m1": 2, "m2": 2, "m3": 2}
     assert not any("rate_wait" in route for _i, _m, route in routes(result))
     assert {route["loads"]["m1"] for _i, _m, route in routes(result)} == {0.0}
+
+
+def test_a_model_spend_cap_holds_over_jobs_and_the_rest_goes_elsewhere(loom):
+    # scripted replies cost (100 + 50) tokens at $1,000 per million: $0.15 an attempt.
+    loom.write("storyloom.yaml", "models:\n"
+               "  capped: {provider: scripted, latency: 0.001, max_spend_usd: 0.8, price: {input: 1000, output: 1000}}\n"
+               "  open: {provider: scripted, latency: 0.001, price: {input: 1000, output: 1000}}\n")
+    scripted.reset()
+    spent_on = {}
+    for job_id in ("first", "second"):
+        result = loom.run(
+            f"job_id: {job_id}\njob_type: qc_processing\nmodels: [capped, open]\n"
+            "routing: {strategy: round_robin}\nconfig: {max_parallel: 1, max_tokens: 100}\nitems:\n"
+            + "".join(f"  - {{item_id: it-{i}}}\n" for i in range(10)), name=f"{job_id}.yaml", plugins=(scripted,))
+        result.assert_outcomes(completed=10)
+        spent_on[job_id] = sum(1 for _i, model, _r in routes(result) if model == "capped")
+    calls = Counter(model for (_item, _attempt, model, _t) in scripted.STATS["calls"])
+    assert calls["capped"] * 0.15 <= 0.8  # the cap held over both jobs (worst cases reserved ahead)
+    assert spent_on["first"] >= 2 and calls["open"] >= 10  # capped took its share until its cap, open the rest
+    assert spent_on["second"] < spent_on["first"]  # the second job started from what the first had spent
+
+    async def spend():
+        store = SQLiteStore.open(loom.state_dir)
+        try:
+            return await store.spend_by_model()
+        finally:
+            await store.aclose()
+
+    assert trio.run(spend)["capped"] <= 0.8
 
 
 def test_cheapest_end_to_end(loom):

@@ -293,6 +293,10 @@ class Store(Protocol):
     async def costs(self, job_id: str) -> CostTotals:
         """Totals over every attempt, failed ones included."""
 
+    async def spend_by_model(self) -> dict[str, float]:
+        """USD spent on each model over every job's attempts (a model's
+        ``max_spend_usd`` counts against this)."""
+
     async def attempts(self, job_id: str) -> list[AttemptRow]:
         """Every finished attempt of the job, in the order they finished."""
 

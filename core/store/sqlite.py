@@ -601,6 +601,11 @@ class SQLiteStore:
                 }
         return totals
 
+    async def spend_by_model(self) -> dict[str, float]:
+        rows = self._conn.execute(
+            "SELECT model, SUM(cost_usd) FROM attempts WHERE model IS NOT NULL GROUP BY model")
+        return dict(rows.fetchall())
+
     async def attempts(self, job_id: str) -> list[AttemptRow]:
         """Every finished attempt, by finish time (then insertion order)."""
         rows = self._conn.execute(
