@@ -42,11 +42,7 @@ async def run_job(
     """
     job_file = None if isinstance(job, Job) else job
     with _configured(config, options, job_file, plugins) as config:
-        if isinstance(job, Job):
-            loaded = job
-            config.hook.loom_validate_job(job=job, config=config)
-        else:
-            loaded = config.load_job(job)
+        loaded = _load(config, job)
         worker = Worker(config, only=config.plan(loaded), handle_signals=handle_signals)
         async with _opened(store, config) as store:
             await add_job(store, loaded)
@@ -114,11 +110,7 @@ async def submit_job(
     """
     job_file = None if isinstance(job, Job) else job
     with _configured(config, options, job_file, plugins) as config:
-        if isinstance(job, Job):
-            loaded = job
-            config.hook.loom_validate_job(job=job, config=config)
-        else:
-            loaded = config.load_job(job)
+        loaded = _load(config, job)
         config.plan(loaded)  # unknown models or strategies fail here, not in the worker
         async with _opened(store, config) as store:
             await add_job(store, loaded)
@@ -147,21 +139,13 @@ async def work(
 async def cancel_job(job_id: str, reason: str = "cancelled by an operator", *, store: Store) -> int:
     """Cancel a job: its pending and running items are skipped with ``reason``
     (a worker running them stops them within a second). Returns how many."""
-    row = await store.get_job(job_id)
-    if row is None:
-        raise UsageError(f"no job {job_id!r}")
-    if row.state in ("completed", "failed", "cancelled"):
-        raise UsageError(f"job {job_id!r} already ended ({row.state})")
+    await _unfinished(store, job_id)
     return await store.cancel(job_id, reason)
 
 
 async def pause_job(job_id: str, reason: str = "paused by an operator", *, store: Store) -> None:
     """Hold a job: no worker takes its items; running ones finish. ``resume`` continues it."""
-    row = await store.get_job(job_id)
-    if row is None:
-        raise UsageError(f"no job {job_id!r}")
-    if row.state in ("completed", "failed", "cancelled"):
-        raise UsageError(f"job {job_id!r} already ended ({row.state})")
+    await _unfinished(store, job_id)
     await store.set_job_state(job_id, "paused", reason)
 
 
@@ -173,6 +157,23 @@ def run_job_sync(job: str | os.PathLike | Job, **kwargs) -> Summary:
 def resume_job_sync(job_id: str, **kwargs) -> Summary:
     """:func:`resume_job` for code that is not already inside trio."""
     return trio.run(functools.partial(resume_job, job_id, **kwargs))
+
+
+def _load(config: Config, job: str | os.PathLike | Job) -> Job:
+    """A job file loaded and validated, or a loaded Job validated by plugins."""
+    if isinstance(job, Job):
+        config.hook.loom_validate_job(job=job, config=config)
+        return job
+    return config.load_job(job)
+
+
+async def _unfinished(store: Store, job_id: str) -> None:
+    """UsageError unless the store holds the job and it has not ended."""
+    row = await store.get_job(job_id)
+    if row is None:
+        raise UsageError(f"no job {job_id!r}")
+    if row.state in ("completed", "failed", "cancelled"):
+        raise UsageError(f"job {job_id!r} already ended ({row.state})")
 
 
 def _only_summary(summaries: list[Summary], job_id: str) -> Summary:
