@@ -163,6 +163,31 @@ def job_state(loom: Loom, job_id: str) -> str | None:
     return row[0] if row else None
 
 
+def work_meanwhile(loom: Loom, plugins: tuple, ready, action) -> dict:
+    """Run a burst worker; once ``ready()`` holds, ``await action(store)`` on a
+    second connection, as another process would. Returns job_id -> Summary."""
+    result = {}
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            async def worker():
+                for s in await work(burst=True, options=loom.options(), plugins=plugins):
+                    result[s.job_id] = s
+
+            nursery.start_soon(worker)
+            with trio.fail_after(10):
+                while not ready():
+                    await trio.sleep(0.01)
+            store = open_store(loom)
+            try:
+                await action(store)
+            finally:
+                store.close()
+
+    trio.run(main)
+    return result
+
+
 def _another_process(loom: Loom, action) -> None:
     """Do ``action(store)`` on a second connection, as ``storyloom pause`` would."""
     store = open_store(loom)
@@ -181,26 +206,12 @@ def test_cancel_stops_running_items_and_skips_the_rest(loom):
         batch_limits: {qc_processing: {max_parallel: 2}}
     """)
     loom.submit(job("doomed", 6), name="doomed.yaml", plugins=(scripted,))
-    result = {}
 
-    async def main():
-        async with trio.open_nursery() as nursery:
-            async def worker():
-                for s in await work(burst=True, options=loom.options(), plugins=(scripted,)):
-                    result[s.job_id] = s
-
-            nursery.start_soon(worker)
-            with trio.fail_after(10):
-                while scripted.STATS["in_flight"] < 2:
-                    await trio.sleep(0.02)
-            store = open_store(loom)
-            try:
-                assert await store.cancel("doomed", "the editor dropped this book") == 6
-            finally:
-                store.close()
+    async def cancel(store):
+        assert await store.cancel("doomed", "the editor dropped this book") == 6
 
     started = time.monotonic()
-    trio.run(main)
+    result = work_meanwhile(loom, (scripted,), lambda: scripted.STATS["in_flight"] >= 2, cancel)
     assert time.monotonic() - started < 10  # the 30 s attempts were cancelled, not waited for
     summary = result["doomed"]
     assert summary.status == "cancelled" and summary.exit_code == 4
@@ -214,25 +225,11 @@ def test_pause_from_another_process_then_resume_detached(loom):
     loom.write("storyloom.yaml", SETTINGS.replace("latency_ms: 1", "latency_ms: 30"))
     loom.submit(job("held", 30), name="held.yaml")
     starts = Starts()
-    result = {}
 
-    async def main():
-        async with trio.open_nursery() as nursery:
-            async def worker():
-                for s in await work(burst=True, options=loom.options(), plugins=(starts,)):
-                    result[s.job_id] = s
+    async def pause(store):
+        await store.set_job_state("held", "paused", "waiting for the editor")
 
-            nursery.start_soon(worker)
-            with trio.fail_after(10):
-                while len(starts.order) < 3:
-                    await trio.sleep(0.01)
-            store = open_store(loom)
-            try:
-                await store.set_job_state("held", "paused", "waiting for the editor")
-            finally:
-                store.close()
-
-    trio.run(main)
+    result = work_meanwhile(loom, (starts,), lambda: len(starts.order) >= 3, pause)
     summary = result["held"]
     assert summary.status == "paused" and summary.reason == "waiting for the editor"
     assert 0 < summary.counts["completed"] < 30 and summary.counts["running"] == 0
