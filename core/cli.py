@@ -183,6 +183,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 async def _on_store(state_dir: Path, action: Any) -> Any:
+    """``await action(store)`` on the store in ``state_dir``, closed after."""
     store = SQLiteStore.open(state_dir)
     try:
         return await action(store)
@@ -271,7 +272,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     state_dir = _existing_state_dir(_options(args))
-    data = trio.run(_status, state_dir, args.job_id, args.items)
+    data = trio.run(_on_store, state_dir, lambda store: _status(store, state_dir, args.job_id, args.items))
     if args.json:
         print(json.dumps(data, indent=2, ensure_ascii=False))
     elif args.job_id is None:
@@ -283,30 +284,26 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _status(state_dir: Path, job_id: str | None, items: bool = False) -> dict[str, Any]:
-    store = SQLiteStore.open(state_dir)
-    try:
-        if job_id is None:
-            return {"jobs": [{"job_id": j.job_id, "job_type": j.job_type, "state": j.state,
-                              "counts": await store.counts(j.job_id)} for j in await store.list_jobs()]}
-        job = await store.get_job(job_id)
-        if job is None:
-            raise UsageError(f"no job {job_id!r} in {state_dir}")
-        now = time.time()
-        costs = await store.costs(job_id)
-        return {
-            "job_id": job_id, "job_type": job.job_type, "state": job.state, "reason": job.reason,
-            "counts": await store.counts(job_id),
-            "running": [{"item_id": r.item_id, "model": r.model, "elapsed": round(now - r.started_at, 1),
-                         "attempt": r.attempts + 1} for r in await store.running(job_id)],
-            "cost_usd": costs.cost_usd, "input_tokens": costs.input_tokens, "output_tokens": costs.output_tokens,
-            "attempts": costs.attempts, "by_model": costs.by_model,
-            **({"items": [{"item_id": i.item_id, "state": i.state, "level": Priority(i.level).name.lower(),
-                           "attempts": i.attempts, "model": i.last_model, "route": i.route,
-                           "error_kind": i.error_kind} for i in await store.items(job_id)]} if items else {}),
-        }
-    finally:
-        await store.aclose()
+async def _status(store: Any, state_dir: Path, job_id: str | None, items: bool = False) -> dict[str, Any]:
+    if job_id is None:
+        return {"jobs": [{"job_id": j.job_id, "job_type": j.job_type, "state": j.state,
+                          "counts": await store.counts(j.job_id)} for j in await store.list_jobs()]}
+    job = await store.get_job(job_id)
+    if job is None:
+        raise UsageError(f"no job {job_id!r} in {state_dir}")
+    now = time.time()
+    costs = await store.costs(job_id)
+    return {
+        "job_id": job_id, "job_type": job.job_type, "state": job.state, "reason": job.reason,
+        "counts": await store.counts(job_id),
+        "running": [{"item_id": r.item_id, "model": r.model, "elapsed": round(now - r.started_at, 1),
+                     "attempt": r.attempts + 1} for r in await store.running(job_id)],
+        "cost_usd": costs.cost_usd, "input_tokens": costs.input_tokens, "output_tokens": costs.output_tokens,
+        "attempts": costs.attempts, "by_model": costs.by_model,
+        **({"items": [{"item_id": i.item_id, "state": i.state, "level": Priority(i.level).name.lower(),
+                       "attempts": i.attempts, "model": i.last_model, "route": i.route,
+                       "error_kind": i.error_kind} for i in await store.items(job_id)]} if items else {}),
+    }
 
 
 def _print_status(data: dict[str, Any]) -> None:
@@ -338,7 +335,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         if renderer is None:
             known = ", ".join(sorted(config.registries.renderers))
             raise UsageError(f"unknown report format {args.format!r} (known: {known})")
-        report = trio.run(_report_data, state_dir, args.job_id)
+        report = trio.run(_on_store, state_dir, lambda store: _report_data(store, state_dir, args.job_id))
     _file_name, text = renderer(report)
     if args.out:
         write_atomic(Path(args.out), text)
@@ -347,15 +344,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _report_data(state_dir: Path, job_id: str) -> dict[str, Any]:
-    store = SQLiteStore.open(state_dir)
-    try:
-        row = await store.get_job(job_id)
-        if row is None:
-            raise UsageError(f"no job {job_id!r} in {state_dir}")
-        return await build_report(store, job_from_dict(row.definition), await snapshot(store, row))
-    finally:
-        await store.aclose()
+async def _report_data(store: Any, state_dir: Path, job_id: str) -> dict[str, Any]:
+    row = await store.get_job(job_id)
+    if row is None:
+        raise UsageError(f"no job {job_id!r} in {state_dir}")
+    return await build_report(store, job_from_dict(row.definition), await snapshot(store, row))
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
