@@ -33,6 +33,9 @@ TYPES_LAYER = {
     "storyloom.contracts": {"storyloom", "storyloom.errors", "storyloom.events", "storyloom.jobtype",
                             "storyloom.job", "storyloom.settings", "storyloom.registry"},
 }
+#: Modules a protocol module must never name: those that implement or use its protocols.
+ABOVE = {f"storyloom.{m}" for m in ("attempt", "jobrun", "kernel", "config", "pluginmanager", "api", "cli",
+                                    "testing")}
 
 
 def modules(packages: tuple[str, ...]) -> dict[str, Path]:
@@ -197,6 +200,13 @@ def test_types_layer_imports_no_behaviour(module):
     assert named <= TYPES_LAYER[module], f"{module} imports {sorted(named - TYPES_LAYER[module])}"
 
 
+@pytest.mark.parametrize("module", ["storyloom.contracts", "storyloom.roles", "storyloom.hooks"])
+def test_protocols_name_nothing_above_them(module):
+    path = modules(CORE)[module]
+    named = {target for target, _, _ in imports(module, path, type_checking=True)}
+    assert not named & ABOVE, f"{module} imports {sorted(named & ABOVE)}"
+
+
 def test_every_type_checking_import_resolves():
     missing = []
     every = modules(("storyloom", "storyloom.store", "storyloom.plugins", "storyloom.plugins.providers"))
@@ -221,3 +231,41 @@ def test_every_type_checking_import_resolves():
 def test_find_cycle_names_the_circle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+# -------------------------------------------------------------------------
+# Typed hook calls
+# -------------------------------------------------------------------------
+
+
+def _hook_methods() -> dict[str, object]:
+    from storyloom.hooks import Hooks
+
+    return {name: fn for name, fn in vars(Hooks).items() if callable(fn) and not name.startswith("_")}
+
+
+def test_every_hook_the_kernel_calls_has_a_typed_method_with_the_specs_arguments():
+    import inspect
+
+    from storyloom import hookspecs
+
+    specs = {name: fn for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
+             if name.startswith("loom_") and not name.startswith("loom_register_")}  # registries: collect()
+    methods = _hook_methods()
+    assert sorted(methods) == sorted(name.removeprefix("loom_") for name in specs)
+    for name, spec in specs.items():
+        params = inspect.signature(methods[name.removeprefix("loom_")]).parameters.values()
+        assert all(p.kind is p.KEYWORD_ONLY for p in list(params)[1:]), name
+        assert [p.name for p in list(params)[1:]] == list(inspect.signature(spec).parameters), name
+
+
+def test_the_kernel_calls_no_hook_by_name():
+    # Only storyloom.hooks touches ``pm.hook``; everything else goes through its typed methods.
+    offenders = []
+    for name, path in modules(CORE).items():
+        if name == "storyloom.hooks":
+            continue
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if ".hook.loom_" in line or "call_hook(" in line or 'hook, "loom_' in line:
+                offenders.append(f"{path.name}:{number}: {line.strip()}")
+    assert not offenders, "hooks called by name:\n" + "\n".join(offenders)
