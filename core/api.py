@@ -162,7 +162,7 @@ def resume_job_sync(job_id: str, **kwargs) -> Summary:
 def _load(config: Config, job: str | os.PathLike | Job) -> Job:
     """A job file loaded and validated, or a loaded Job validated by plugins."""
     if isinstance(job, Job):
-        config.hook.loom_validate_job(job=job, config=config)
+        config.hooks.validate_job(job=job, config=config)
         return job
     return config.load_job(job)
 

@@ -13,15 +13,14 @@ import math
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import trio
 
+from .contracts import Outcome, Stop
 from .errors import ErrorKind, ProviderError
 from .events import Event
 from .job import Item
-from .jobtype import Result
 from .pool import NoModelLeft, spend_cap_reached
 from .provider import Request
 from .routing import AttrMap, LazyMap, RouteContext
@@ -29,7 +28,7 @@ from .store import ClaimedItem, StartRecord
 from .tokens import estimate_request_tokens
 
 if TYPE_CHECKING:
-    from .jobrun import JobRun as Batch
+    from .roles import AttemptBatch as Batch
 
 #: The budget reserves the prompt estimate times this, plus max_tokens: the
 #: estimate is calibrated per model, but a reservation must not fall short.
@@ -38,36 +37,6 @@ BUDGET_PROMPT_MARGIN = 1.25
 MORE_ROOM = 2
 #: Errors that take a model out of the batch rather than fail the item.
 MODEL_ERRORS = (ErrorKind.AUTH_ERROR, ErrorKind.QUOTA_EXCEEDED)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How one attempt ended. ``state`` is completed, failed or retrying."""
-
-    state: str
-    attempt: int
-    model: str | None
-    elapsed: float
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float = 0.0
-    error_kind: ErrorKind | None = None
-    error: str | None = None
-    retry_delay: float | None = None
-    result: Result | None = None
-    route: dict[str, Any] = field(default_factory=dict)
-    #: True if this attempt does not use up the item's retries (a rate-limit
-    #: rejection, or a model taken out of the batch).
-    free: bool = False
-
-
-class Stop(Exception):
-    """The item cannot start now (the budget is reached): it goes back to
-    pending and its job pauses."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 async def run_attempt(batch: "Batch", claimed: ClaimedItem, item: Item) -> Outcome:
@@ -120,7 +89,7 @@ async def run_attempt(batch: "Batch", claimed: ClaimedItem, item: Item) -> Outco
         state.in_flight += 1
         try:
             await batch.started(StartRecord(job.job_id, item.item_id, model, time.time()))
-            batch.call_hook("loom_item_started", job=job, item=item, attempt=attempt, model=model)
+            batch.hooks.item_started(job=job, item=item, attempt=attempt, model=model)
             batch.emit(Event("item_started", job.job_id, item.item_id, data={
                 "attempt": attempt, "model": model, "project_id": item.project_id,
                 "chapter_num": item.chapter_num}))

@@ -11,6 +11,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,6 +19,7 @@ import pluggy
 
 from . import loader
 from .errors import UsageError
+from .hooks import Hooks
 from .job import Job, Plan
 from .pluginmanager import check, import_plugin, make_plugin_manager
 from .registry import Registries, collect
@@ -61,7 +63,13 @@ class Config:
 
     @property
     def hook(self) -> Any:
+        """``pluginmanager.hook``, for plugins; the kernel calls :attr:`hooks`."""
         return self.pluginmanager.hook
+
+    @cached_property
+    def hooks(self) -> Hooks:
+        """The hooks the kernel calls, with checked signatures."""
+        return Hooks(self.pluginmanager)
 
     @property
     def state_dir(self) -> Path:
@@ -90,7 +98,7 @@ class Config:
         """Load and fully validate a job file, including plugin checks."""
         doc = loader.parse_document(Path(path))
         job = loader.load_job_document(doc, self.settings, self.known_names(), now=now)
-        self.hook.loom_validate_job(job=job, config=self)
+        self.hooks.validate_job(job=job, config=self)
         return job
 
     def plan(self, job: Job) -> Plan:
@@ -137,13 +145,13 @@ class Config:
     def configure(self) -> None:
         if not self._configured:
             self._configured = True
-            self.hook.loom_configure(config=self)
+            self.hooks.configure(config=self)
 
     def close(self) -> None:
         if self._configured:
             self._configured = False
             try:
-                self.hook.loom_unconfigure(config=self)
+                self.hooks.unconfigure(config=self)
             finally:
                 while self._registered:
                     self.pluginmanager.unregister(self._registered.pop())

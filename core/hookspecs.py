@@ -17,12 +17,11 @@ from typing import TYPE_CHECKING, Any, Callable
 import pluggy
 
 if TYPE_CHECKING:
-    from .config import Config
+    from .contracts import BatchControl, Outcome
+    from .contracts import HookConfig as Config
     from .job import Item, Job, Plan
-    from .attempt import Outcome
-    from .kernel import BatchControl
     from .summary import Summary
-    from .store import Store
+    from .store.protocol import Store
 
 hookspec = pluggy.HookspecMarker("storyloom")
 

@@ -19,6 +19,7 @@ import trio
 
 from .atomic import write_atomic
 from .budget import Budget
+from .contracts import BatchControl
 from .errors import UsageError
 from .events import Event
 from .job import Job, Plan
@@ -29,36 +30,16 @@ from .store.owner import owner_alive
 from .summary import Summary
 
 if TYPE_CHECKING:
-    from .kernel import Worker
+    from .roles import RunConfig, RunWorker
 
 SINK_BUFFER = 4096
 
 
-class BatchControl:
-    """What plugins may do to a running batch (given to ``loom_batch_started``)."""
-
-    def __init__(self, run: "JobRun") -> None:
-        self._run = run
-
-    @property
-    def job_id(self) -> str:
-        return self._run.job.job_id
-
-    def pause(self, reason: str) -> None:
-        """Stop dispatching; running items finish; the job is stored as paused."""
-        self._run.pause(reason)
-
-    def notify(self, message: str, **data: Any) -> None:
-        self._run.emit(Event("notify", self.job_id, data={"message": message, **data}))
-
-    def escalate(self, message: str, **data: Any) -> None:
-        self._run.emit(Event("escalate", self.job_id, data={"message": message, **data}))
-
-
 class JobRun:
-    def __init__(self, worker: "Worker", plan: Plan) -> None:
+    def __init__(self, worker: "RunWorker", plan: Plan) -> None:
         self.worker = worker
         self.config = worker.config
+        self.hooks = self.config.hooks
         self.plan = plan
         self.job: Job = plan.job
         reg = self.config.registries
@@ -68,6 +49,8 @@ class JobRun:
         options = {k: v for k, v in plan.routing.items() if k != "strategy"}
         self.strategy = lookup(reg.strategies, strategy_name, "routing strategy")(options, plan)
         self.policy = lookup(reg.retry_policies, plan.retry.policy, "retry policy")(plan.retry)
+        self.sink_factories = progress_sinks(self.config, worker.progress)
+        self.renderers = report_renderers(self.config)
         self.pool = worker.pool
         self.providers = worker.providers_for(plan.models)
         self.budget = Budget(self.job.budget_usd, 0.0)
@@ -119,7 +102,7 @@ class JobRun:
         self.recovered = await store.recover(job_id, owner_alive)
         await store.set_job_state(job_id, "running")
         self._start_sinks(nursery)
-        self.call_hook("loom_batch_started", job=self.job, plan=self.plan, control=self.control)
+        self.hooks.batch_started(job=self.job, plan=self.plan, control=self.control)
         counts = await store.counts(job_id)
         self.emit(Event("batch_started", job_id, data={
             "job_type": self.job.job_type, "total": sum(counts.values()), "counts": counts,
@@ -237,22 +220,11 @@ class JobRun:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self._sinks.remove(channel)
 
-    def call_hook(self, name: str, **kwargs: Any) -> None:
-        """Call a notification hook; a plugin that raises is reported, not fatal."""
-        try:
-            getattr(self.config.hook, name)(**kwargs)
-        except Exception:
-            print(f"storyloom: a {name} hook raised; the batch goes on:", file=sys.stderr)
-            traceback.print_exc(file=sys.stderr)
-
     # -- plumbing --------------------------------------------------------
 
     def _start_sinks(self, nursery: trio.Nursery) -> None:
-        names = self.worker.progress
-        if names is None:
-            names = chosen(self.config.settings.progress, DEFAULT_PROGRESS, self.config.registries.sinks)
-        for name in names:
-            sink = lookup(self.config.registries.sinks, name, "progress sink")(self.config, self.plan)
+        for name, factory in self.sink_factories:
+            sink = factory(self.config, self.plan)
             if sink is None:
                 continue
             send, receive = trio.open_memory_channel[Event](SINK_BUFFER)
@@ -260,28 +232,19 @@ class JobRun:
             nursery.start_soon(_run_sink, name, sink, receive)
 
     async def _write_reports(self, store: Store, summary: Summary) -> None:
-        names = chosen(self.config.settings.reports, DEFAULT_REPORTS, self.config.registries.renderers)
-        if not names:
+        if not self.renderers:
             return
         report = await build_report(store, self.job, summary)
-        for name in names:
+        for name, renderer in self.renderers:
             try:
-                file_name, text = lookup(self.config.registries.renderers, name, "report renderer")(report)
+                file_name, text = renderer(report)
                 write_atomic(self.config.out_dir / self.job_id / file_name, text)
             except Exception:
                 print(f"storyloom: report renderer {name!r} failed:", file=sys.stderr)
                 traceback.print_exc(file=sys.stderr)
 
     async def _batch_finished(self, store: Store, summary: Summary) -> None:
-        try:
-            finishers = self.config.hook.loom_batch_finished(job=self.job, summary=summary, store=store)
-        except Exception:
-            print("storyloom: a loom_batch_finished hook raised:", file=sys.stderr)
-            traceback.print_exc(file=sys.stderr)
-            return
-        for finish in finishers:
-            if finish is None:
-                continue
+        for finish in self.hooks.batch_finished(job=self.job, summary=summary, store=store):
             try:
                 await finish()
             except Exception:
@@ -296,6 +259,22 @@ async def _run_sink(name: str, sink: Any, receive: trio.MemoryReceiveChannel[Eve
         except Exception:
             print(f"storyloom: progress sink {name!r} failed and was dropped:", file=sys.stderr)
             traceback.print_exc(file=sys.stderr)
+
+
+def progress_sinks(config: "RunConfig", progress: tuple[str, ...] | None) -> list[tuple[str, Any]]:
+    """(name, factory) of each progress sink to start: ``progress`` (the
+    command line's) if given, else the settings'. Resolved before anything
+    is stored, so that an unknown name is a clean UsageError."""
+    names = progress
+    if names is None:
+        names = chosen(config.settings.progress, DEFAULT_PROGRESS, config.registries.sinks)
+    return [(name, lookup(config.registries.sinks, name, "progress sink")) for name in names]
+
+
+def report_renderers(config: "RunConfig") -> list[tuple[str, Any]]:
+    """(name, renderer) of each report to write when a job run ends."""
+    names = chosen(config.settings.reports, DEFAULT_REPORTS, config.registries.renderers)
+    return [(name, lookup(config.registries.renderers, name, "report renderer")) for name in names]
 
 
 def chosen(names: tuple[str, ...], defaults: tuple[str, ...], registered: dict[str, Any]) -> tuple[str, ...]:

@@ -31,12 +31,13 @@ from typing import Any
 
 import trio
 
-from .attempt import Outcome, Stop, run_attempt
+from .attempt import run_attempt
 from .config import Config
+from .contracts import Outcome, Stop
 from .errors import UsageError
 from .events import Event
 from .job import Item, Plan, item_from_dict, job_from_dict
-from .jobrun import JobRun, lookup
+from .jobrun import JobRun, lookup, progress_sinks, report_renderers
 from .jobtype import Result
 from .pool import ModelPool
 from .store import AttemptRecord, ClaimedItem, StartRecord, Store
@@ -105,6 +106,10 @@ class Worker:
         self._work_scope: trio.CancelScope | None = None
         #: The one job run of ``storyloom run`` / ``resume``; None over the whole queue.
         self.only: JobRun | None = None
+        # Names every job run resolves, checked now: a typo on the command line
+        # is a UsageError before anything is stored, not a job paused for it.
+        progress_sinks(config, self.progress)
+        report_renderers(config)
         if only is not None:  # built now, so bad options fail before anything is stored
             self.only = JobRun(self, only)
             self.runs[only.job.job_id] = self.only
@@ -180,6 +185,10 @@ class Worker:
                 chores.cancel()
                 # Sinks drain what is left in their (now closed) channels, within limits.
                 outer.cancel_scope.deadline = trio.current_time() + SINK_GRACE
+        except* UsageError as group:
+            # Bad input met only once running (a sink factory refusing its
+            # options, say): callers get the plain error, and the CLI one line.
+            raise _first(group) from None
         finally:
             with trio.CancelScope(shield=True):
                 for run in self.runs.values():  # cancelled from outside, or an error escaped
@@ -429,7 +438,7 @@ class Worker:
 
 def _acknowledge(done: _Finished) -> None:
     run, outcome = done.run, done.outcome
-    run.call_hook("loom_item_finished", job=run.job, item=done.item, outcome=outcome)
+    run.hooks.item_finished(job=run.job, item=done.item, outcome=outcome)
     data = {"state": outcome.state, "attempt": outcome.attempt, "model": outcome.model,
             "elapsed": outcome.elapsed, "input_tokens": outcome.input_tokens,
             "output_tokens": outcome.output_tokens, "cost_usd": outcome.cost_usd}
@@ -450,6 +459,12 @@ def _record(run: JobRun, item: Item, outcome: Outcome, started_wall: float) -> A
         result_text=outcome.result.text if outcome.result else None,
         result_data=_result_data(outcome.result) if outcome.result else None,
     )
+
+
+def _first(group: BaseExceptionGroup[UsageError]) -> UsageError:
+    """The first error of a (possibly nested) group of nursery errors."""
+    error = group.exceptions[0]
+    return _first(error) if isinstance(error, BaseExceptionGroup) else error
 
 
 def _drain(receive: trio.MemoryReceiveChannel[Any], batch: list[Any]) -> None:

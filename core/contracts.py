@@ -1,0 +1,151 @@
+"""The types the kernel's layers share, below all behaviour.
+
+What an attempt returns (:class:`Outcome`) or raises (:class:`Stop`), what
+plugins may do to a running batch (:class:`BatchControl`), and what hooks
+receive as ``config`` (:class:`HookConfig`). Hook specs, the typed hook calls
+and the kernel's modules all refer to these, so none of them needs another
+behaviour module for its types. This module imports only errors and data
+modules, and must stay that way (``tests/test_layers.py`` checks it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .errors import ErrorKind
+from .events import Event
+from .jobtype import Result
+
+if TYPE_CHECKING:
+    import os
+
+    import pluggy
+
+    from .job import Job, Plan
+    from .registry import Registries
+    from .settings import Settings
+
+
+# -------------------------------------------------------------------------
+# Outcomes
+# -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one attempt ended. ``state`` is completed, failed or retrying."""
+
+    state: str
+    attempt: int
+    model: str | None
+    elapsed: float
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    error_kind: ErrorKind | None = None
+    error: str | None = None
+    retry_delay: float | None = None
+    result: Result | None = None
+    route: dict[str, Any] = field(default_factory=dict)
+    #: True if this attempt does not use up the item's retries (a rate-limit
+    #: rejection, or a model taken out of the batch).
+    free: bool = False
+
+
+class Stop(Exception):
+    """The item cannot start now (the budget is reached): it goes back to
+    pending and its job pauses."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+# -------------------------------------------------------------------------
+# Controls
+# -------------------------------------------------------------------------
+
+
+class Controlled(Protocol):
+    """What a :class:`BatchControl` acts on (a job run)."""
+
+    @property
+    def job_id(self) -> str: ...
+
+    def pause(self, reason: str) -> None: ...
+
+    def emit(self, event: Event) -> None: ...
+
+
+class BatchControl:
+    """What plugins may do to a running batch (given to ``loom_batch_started``)."""
+
+    def __init__(self, run: Controlled) -> None:
+        self._run = run
+
+    @property
+    def job_id(self) -> str:
+        return self._run.job_id
+
+    def pause(self, reason: str) -> None:
+        """Stop dispatching; running items finish; the job is stored as paused."""
+        self._run.pause(reason)
+
+    def notify(self, message: str, **data: Any) -> None:
+        self._run.emit(Event("notify", self.job_id, data={"message": message, **data}))
+
+    def escalate(self, message: str, **data: Any) -> None:
+        self._run.emit(Event("escalate", self.job_id, data={"message": message, **data}))
+
+
+# -------------------------------------------------------------------------
+# What hooks get
+# -------------------------------------------------------------------------
+
+
+class HookConfig(Protocol):
+    """What hooks receive as ``config``; :class:`storyloom.config.Config` is the one implementation.
+
+    A protocol, so that the hook specs name no behaviour module (the config
+    builds the plugin manager, which reads the specs)."""
+
+    @property
+    def pluginmanager(self) -> "pluggy.PluginManager": ...
+
+    @property
+    def settings(self) -> "Settings": ...
+
+    @property
+    def options(self) -> Any:
+        """The run's :class:`storyloom.config.Options` (command-line flags)."""
+
+    @property
+    def registries(self) -> "Registries": ...
+
+    #: Plugin state, keyed by a name the plugin owns.
+    @property
+    def stash(self) -> dict[str, Any]: ...
+
+    @property
+    def hook(self) -> Any:
+        """``pluginmanager.hook``: plugins call each other's hooks through it."""
+
+    @property
+    def state_dir(self) -> Path: ...
+
+    @property
+    def out_dir(self) -> Path: ...
+
+    @property
+    def grace_period(self) -> float: ...
+
+    def register_plugin(self, plugin: object, name: str) -> None:
+        """Register a plugin object until the config closes."""
+
+    def load_job(self, path: "str | os.PathLike[str]") -> "Job": ...
+
+    def plan(self, job: "Job") -> "Plan": ...
+
+    def max_parallel(self, job_type: str) -> int: ...
