@@ -70,6 +70,9 @@ class ModelConfig:
     stream_delay: float = 0.0  # between stream events
     text: str | None = None  # reply text (default: filler in the prompt's language)
     seed: int = 0
+    #: Sent with every reply past the key check, over the computed rate-limit
+    #: headers: fixtures of a vendor's headers ("remaining 0, reset in 1m30s").
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -446,6 +449,7 @@ class _Handler(BaseHTTPRequestHandler):
             max_tokens = _max_tokens(kind, body)
             decision, wait, limit_headers = fake._admit(kind, model, estimate + max_tokens)
             config = fake._config(model)
+            limit_headers = {**limit_headers, **config.headers}
             if decision == "auth":
                 return self._send_error(kind, "auth", f"Incorrect API key provided: {sent_key}.")
             if decision == "quota":
