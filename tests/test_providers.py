@@ -6,6 +6,7 @@ import functools
 import json
 import logging
 import math
+import re
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -539,3 +540,23 @@ def test_each_module_registers_its_provider():
     for module in (openai, anthropic, gemini):
         module.loom_register_providers(lambda name, factory: registered.__setitem__(name, factory))
     assert registered == CLASSES
+
+
+def _expand(pattern: str) -> set[str]:
+    """``a-{b,c}-{d,e}`` -> the four names, as the docs write header families."""
+    match = re.search(r"\{([^}]*)\}", pattern)
+    if not match:
+        return {pattern}
+    return {name for choice in match.group(1).split(",")
+            for name in _expand(pattern[:match.start()] + choice + pattern[match.end():])}
+
+
+def test_docs_list_the_rate_limit_headers_each_provider_reads():
+    text = (Path(__file__).parent.parent / "docs" / "providers.md").read_text(encoding="utf-8")
+    for kind in KINDS:
+        row = next(line for line in text.splitlines() if line.startswith(f"| `{kind}` | ") and "header" not in line
+                   and ("ratelimit" in line or "none" in line))
+        documented = set().union(*(_expand(name) for name in re.findall(r"`([a-z-]+(?:\{[^}]*\}[a-z-]*)*)`",
+                                                                          row.split("|")[2])))
+        declared = {name for pair in CLASSES[kind].rate_limit_headers for name in pair}
+        assert documented == declared, kind

@@ -20,6 +20,10 @@ reserves the same). Every reply carries ``x-ratelimit-remaining-{requests,
 tokens}`` with ``x-ratelimit-reset-{requests,tokens}`` (``1s``, ``6m0s``,
 ``20ms``); a remaining count of 0 cools the model down until the reset.
 A model without ``price:`` is priced from :data:`PRICES`.
+
+Token estimates (``storyloom.tokens``) are tuned to OpenAI's ``o200k``
+tokenizer (GPT-4o class), and their per-message overhead (4 tokens a
+message, 3 priming the reply) is how OpenAI counts chat messages.
 """
 
 from __future__ import annotations
