@@ -26,6 +26,8 @@ tokens, at least one request), refilled continuously; a request costs its
 prompt estimate plus ``max_tokens`` and may overdraw a full bucket (so a big
 request is not refused for ever). Excess gets the provider's 429 with
 ``retry-after`` (and ``x-ratelimit-*`` / ``anthropic-ratelimit-*`` headers).
+``configure(model, headers={...})`` adds fixed headers to every reply (a
+vendor's "nothing left until ..." fixtures), over the computed ones.
 
 The pytest fixture ``fake_provider`` is at the bottom; nothing here needs
 pytest otherwise, so benches can import this module.
