@@ -22,8 +22,9 @@ from .errors import UsageError
 from .hooks import Hooks
 from .job import Job, Plan
 from .pluginmanager import check, import_plugin, make_plugin_manager
+from .provider import check_factory
 from .registry import Registries, collect
-from .settings import Settings
+from .settings import Price, Settings
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,8 @@ def make_config(options: Options = Options(), *, job_file: str | os.PathLike | N
     ``start_dir``, or the working folder). ``plugins:`` listed in the settings
     and in the job are imported before the job is validated.
     ``extra_plugins`` are plugin objects to register (for embedding and tests).
+    A model entry without ``price:`` gets its provider's default price for
+    the model id (see :func:`resolve_prices`).
     """
     pm = make_plugin_manager(options.plugins, autoload=options.autoload)
     for plugin in extra_plugins:
@@ -195,5 +198,28 @@ def make_config(options: Options = Options(), *, job_file: str | os.PathLike | N
             import_plugin(pm, name, where, "plugins")
     check(pm)
     registries = collect(pm)
-    settings = loader.load_settings(settings_path)
+    settings = resolve_prices(loader.load_settings(settings_path), registries)
     return Config(pluginmanager=pm, settings=settings, options=options, registries=registries)
+
+
+def resolve_prices(settings: Settings, registries: Registries) -> Settings:
+    """The settings with every model's price resolved: its own ``price:``, else
+    its provider factory's ``default_price(model id)``, else free ``Price()``.
+
+    Each model's provider factory is checked once here (a UsageError names a
+    non-conforming one). A model whose provider is not registered keeps a free
+    price; using it fails later, naming the known providers.
+    """
+    models = {}
+    for name, spec in settings.models.items():
+        factory = registries.providers.get(spec.provider)
+        if factory is not None:
+            check_factory(factory, spec.provider, registries.owners.get(("providers", spec.provider)))
+        if spec.price is None:
+            price = factory.default_price(spec.model) if factory is not None else None
+            if price is not None and not isinstance(price, Price):
+                raise UsageError(f"provider {spec.provider!r}: default_price({spec.model!r}) returned {price!r}, "
+                                 "not a storyloom.settings.Price or None")
+            spec = dataclasses.replace(spec, price=price if price is not None else Price())
+        models[name] = spec
+    return dataclasses.replace(settings, models=models)

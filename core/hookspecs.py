@@ -70,12 +70,25 @@ def loom_register_providers(register: Callable[[str, Callable[..., Any]], None])
 
     Called once when the registries are first needed.
 
-    :param register: ``register(name, factory)``; ``factory(spec)`` takes a
-        :class:`storyloom.settings.ModelSpec` and returns a
-        :class:`storyloom.provider.Provider`. It is called once per model per batch.
+    :param register: ``register(name, factory)``; ``factory`` is a
+        :class:`storyloom.provider.ProviderFactory` (normally a subclass of
+        :class:`storyloom.provider.BaseProvider`):
+
+        * ``factory(spec)`` takes a :class:`storyloom.settings.ModelSpec` and
+          returns a :class:`storyloom.provider.Provider` (``complete``,
+          ``aclose``, ``refunds_unused_tokens``, ``bind_rate_limits``). It is
+          called once per model per worker; the kernel then checks the
+          provider's members, hands it the model's rate-limit feedback and
+          refunds unused tokens if it says its vendor does.
+        * ``factory.default_price(model_id)`` returns the provider's list
+          :class:`storyloom.settings.Price` for a model id, or None. It is
+          called when the settings are loaded, before any provider is built,
+          for each model entry without ``price:`` (None: the model is free).
 
     Registering a name another plugin already registered raises
-    :class:`storyloom.UsageError` naming both plugins.
+    :class:`storyloom.UsageError` naming both plugins. A factory (or the
+    provider it builds) that lacks a member raises a UsageError naming the
+    provider when a model uses it.
     """
 
 

@@ -40,6 +40,7 @@ from .job import Item, Plan, item_from_dict, job_from_dict
 from .jobrun import JobRun, lookup, progress_sinks, report_renderers
 from .jobtype import Result
 from .pool import ModelPool
+from .provider import check_provider
 from .store import AttemptRecord, ClaimedItem, StartRecord, Store
 from .store.owner import make_owner, owner_alive
 from .summary import Summary
@@ -117,16 +118,21 @@ class Worker:
     # -- what job runs use -------------------------------------------------
 
     def providers_for(self, models: tuple[str, ...]) -> dict[str, Any]:
-        """The worker's providers, building those of ``models`` not built yet."""
+        """The worker's providers, building those of ``models`` not built yet.
+
+        Each new provider is checked against the Provider protocol once (a
+        UsageError names it), given its model's limiter as rate-limit
+        feedback, and decides whether that limiter refunds unused tokens."""
         for name in models:
             if name in self.providers:
                 continue
             spec = self.config.settings.models[name]
-            provider = lookup(self.config.registries.providers, spec.provider, f"provider (model {name!r})")(spec)
+            registries = self.config.registries
+            provider = lookup(registries.providers, spec.provider, f"provider (model {name!r})")(spec)
+            check_provider(provider, spec.provider, name, registries.owners.get(("providers", spec.provider)))
             limiter = self.pool[name].limiter
-            if hasattr(provider, "on_headers"):  # HTTP providers report rate-limit headers
-                provider.on_headers = limiter.update_from_headers
-            limiter.refund_unused = bool(getattr(provider, "refunds_unused_tokens", False))
+            provider.bind_rate_limits(limiter)  # the limiter is the model's RateLimitFeedback
+            limiter.refund_unused = provider.refunds_unused_tokens
             self.providers[name] = provider
         return self.providers
 

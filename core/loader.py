@@ -38,7 +38,6 @@ from jsonschema.exceptions import ValidationError, best_match
 from .durations import expand_chapters, parse_duration
 from .errors import ConfigError, ErrorKind, Location
 from .job import Item, Job, JobConfig, Priority
-from .pricing import default_price
 from .settings import (
     BUILTIN_MODELS,
     DEFAULT_PROGRESS,
@@ -683,10 +682,9 @@ def _model_spec(doc: Document, name: str, entry: dict[str, Any]) -> ModelSpec:
             raise _error(doc, ("models", name), "missing required key 'provider' (which provider calls this model?)")
         provider = BUILTIN_MODELS[name].provider
     model_id = entry.get("model", name)
+    price = None  # without price: the provider's default, resolved by make_config once providers are known
     if "price" in entry:
         price = Price(input=float(entry["price"].get("input", 0.0)), output=float(entry["price"].get("output", 0.0)))
-    else:  # the bundled list price of a known model, or free (a local or simulated one)
-        price = default_price(model_id) or Price()
     return ModelSpec(
         name=name,
         provider=provider,

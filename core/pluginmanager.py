@@ -3,6 +3,10 @@
 Order, decided here only: bundled plugins (by module name, like pytest's
 ``default_plugins``), then entry points of the ``storyloom`` group, then
 ``-p`` names, then ``plugins:`` from the settings file and the job.
+
+The bundled list is not kept here: the ``storyloom.plugins`` package declares
+what it bundles (``DEFAULT_PLUGINS``, ``ESSENTIAL_PLUGINS``), and this module
+re-exports both.
 """
 
 from __future__ import annotations
@@ -16,28 +20,12 @@ import pluggy
 
 from . import hookspecs
 from .errors import ConfigError, Location, UsageError
+from .plugins import DEFAULT_PLUGINS, ESSENTIAL_PLUGINS
+
+__all__ = ["DEFAULT_PLUGINS", "ENTRY_POINT_GROUP", "ESSENTIAL_PLUGINS", "check", "import_plugin",
+           "make_plugin_manager"]
 
 ENTRY_POINT_GROUP = "storyloom"
-#: Bundled plugins: short name (what ``-p no:NAME`` blocks) -> module.
-DEFAULT_PLUGINS = {
-    "simulated": "storyloom.plugins.simulated",
-    "openai": "storyloom.plugins.providers.openai",
-    "anthropic": "storyloom.plugins.providers.anthropic",
-    "gemini": "storyloom.plugins.providers.gemini",
-    "jobtypes": "storyloom.plugins.jobtypes",
-    "prompts": "storyloom.plugins.prompts",
-    "retry": "storyloom.plugins.retry",
-    "routing": "storyloom.plugins.routing",
-    "outputs": "storyloom.plugins.outputs",
-    "progress": "storyloom.plugins.progress",
-    "terminal": "storyloom.plugins.terminal",
-    "eventlog": "storyloom.plugins.eventlog",
-    "webhook": "storyloom.plugins.webhook",
-    "failure_policy": "storyloom.plugins.failure_policy",
-    "reports": "storyloom.plugins.reports",
-}
-#: Without these the kernel cannot dispatch at all, so ``-p no:`` cannot block them.
-ESSENTIAL_PLUGINS = ("retry", "routing")
 
 
 def make_plugin_manager(plugin_args: Iterable[str] = (), *, autoload: bool | None = None) -> pluggy.PluginManager:

@@ -1,24 +1,49 @@
-"""What a model provider is: an object with an async ``complete``.
+"""What a model provider is: a registered factory and the objects it builds.
 
-Providers are registered by plugins through ``loom_register_providers`` and
-built once per model per batch; the kernel owns their lifetime (``aclose``).
+A plugin registers a **provider factory** by name through
+``loom_register_providers`` (``register(name, factory)``); ``provider:`` on a
+model entry chooses it. The factory, normally a class, is a
+:class:`ProviderFactory`:
+
+* ``factory(spec)`` builds the :class:`Provider` for one model
+  (a :class:`storyloom.settings.ModelSpec`), once per model per worker; the
+  kernel owns its lifetime (``aclose``).
+* ``factory.default_price(model_id)`` is the provider's own list price for
+  one of its model ids, or None if it has none. It is asked when the settings
+  are loaded, before any provider exists, for every model entry without
+  ``price:``; None means the model is free (a local or simulated one).
+
+What a provider knows about its vendor -- list prices, rate-limit headers,
+wire formats -- stays in its plugin: the kernel only sees the members below.
+Subclass :class:`BaseProvider` for the defaults, so that a third-party
+provider is a ``complete`` method and a ``register`` call. The kernel checks
+both contracts once (:func:`check_factory` when the settings are resolved,
+:func:`check_provider` when it builds a provider) and names the provider in a
+:class:`storyloom.UsageError` if one does not conform.
 """
 
 from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Protocol, runtime_checkable
 
-from .errors import ConfigError
+from .errors import ConfigError, UsageError
+from .pricing import lookup_price
+from .settings import Price
 
 if TYPE_CHECKING:
     from .settings import ModelSpec
 
+__all__ = ["BaseProvider", "Provider", "ProviderFactory", "RateLimitFeedback", "Request", "Response",
+           "check_factory", "check_provider", "merge_options"]
+
 
 @dataclass(frozen=True)
 class Request:
-    """One chat request. ``messages`` are OpenAI-style ``{"role", "content"}`` dicts."""
+    """One chat request. ``messages`` are ``{"role", "content"}`` dicts (roles
+    ``system``, ``user``, ``assistant``); each provider translates them into
+    its API's own format."""
 
     messages: tuple[dict[str, str], ...]
     max_tokens: int = 1024
@@ -49,7 +74,39 @@ def merge_options(spec: "ModelSpec", defaults: Mapping[str, Any], provider: str)
 
 
 @runtime_checkable
+class RateLimitFeedback(Protocol):
+    """What a provider may tell the kernel about its model's rate limits.
+
+    The kernel hands one to each provider (:meth:`Provider.bind_rate_limits`);
+    it is the model's limiter, shared by every job the worker runs. A 429 needs
+    no feedback: the kernel cools the model down from the error's
+    ``retry_after`` itself.
+    """
+
+    def exhausted(self, reset_in: float | None) -> None:
+        """The server says one of the model's budgets (requests, tokens, ...)
+        has nothing left: send nothing more to this model for ``reset_in``
+        seconds from now. None: the server did not say when it resets (the
+        limiter then waits one burst slice). Call it from ``complete`` as
+        replies arrive, successful or not; it never blocks."""
+
+
+@runtime_checkable
 class Provider(Protocol):
+    """One model's connection to its vendor, built by a :class:`ProviderFactory`."""
+
+    #: True if the vendor counts ``max_tokens`` against a token-per-minute
+    #: budget when a request arrives and gives back the unused part when the
+    #: reply ends; the model's limiter then refunds the difference too. False
+    #: (the usual case) if unused tokens stay charged.
+    refunds_unused_tokens: bool
+
+    def bind_rate_limits(self, feedback: RateLimitFeedback) -> None:
+        """Receive the model's rate-limit feedback. Called once by the kernel,
+        right after the provider is built and before any ``complete``. A
+        provider that reads rate-limit signals from its replies (headers) keeps
+        it and calls :meth:`RateLimitFeedback.exhausted`; others ignore it."""
+
     async def complete(self, request: Request) -> Response:
         """Send one request. Raise :class:`storyloom.ProviderError` with an
         :class:`storyloom.ErrorKind` on failure. Must not apply its own overall
@@ -57,3 +114,81 @@ class Provider(Protocol):
 
     async def aclose(self) -> None:
         """Release connections. Called once when the batch ends."""
+
+
+@runtime_checkable
+class ProviderFactory(Protocol):
+    """What ``loom_register_providers`` registers (normally a :class:`Provider` class)."""
+
+    def __call__(self, spec: "ModelSpec") -> Provider:
+        """Build the provider of one model entry; may raise ConfigError for bad options."""
+
+    def default_price(self, model_id: str) -> Price | None:
+        """The list price (USD per million tokens) for one of the provider's
+        model ids, or None if it knows none. Called before any provider exists."""
+
+
+class BaseProvider:
+    """The defaults of both contracts; subclass it and write ``complete``.
+
+    ``SubClass(spec)`` is the factory to register. Set ``default_prices`` to a
+    table of ``model id or family -> Price`` (matched by
+    :func:`storyloom.pricing.lookup_price`: dated and tagged ids of a family
+    share its price) and ``refunds_unused_tokens`` if the vendor gives unused
+    tokens back. The rate-limit feedback is kept as ``self.rate_limits``.
+    """
+
+    #: See :attr:`Provider.refunds_unused_tokens`.
+    refunds_unused_tokens: bool = False
+    #: Lower-case model ids or families -> list price; empty: every model is free.
+    default_prices: ClassVar[Mapping[str, Price]] = {}
+
+    def __init__(self, spec: "ModelSpec") -> None:
+        self.spec = spec
+        self.rate_limits: RateLimitFeedback | None = None
+
+    @classmethod
+    def default_price(cls, model_id: str) -> Price | None:
+        """See :meth:`ProviderFactory.default_price`: looked up in ``default_prices``."""
+        return lookup_price(cls.default_prices, model_id)
+
+    def bind_rate_limits(self, feedback: RateLimitFeedback) -> None:
+        self.rate_limits = feedback
+
+    async def complete(self, request: Request) -> Response:
+        raise NotImplementedError(f"{type(self).__name__}.complete")
+
+    async def aclose(self) -> None:
+        pass
+
+
+#: The members :class:`Provider` requires, in the order an error lists them.
+PROVIDER_MEMBERS = ("refunds_unused_tokens", "bind_rate_limits", "complete", "aclose")
+_HINT = "subclass storyloom.provider.BaseProvider for the defaults (see docs/providers.md)"
+
+
+def check_factory(factory: Any, name: str, plugin: str | None = None) -> None:
+    """Raise UsageError unless ``factory`` (registered as provider ``name``,
+    by ``plugin``) is a :class:`ProviderFactory`."""
+    missing = [what for what, ok in (("a factory(spec) call", callable(factory)),
+                                     ("default_price(model_id)", callable(getattr(factory, "default_price", None))))
+               if not ok]
+    if missing:
+        raise UsageError(f"provider {name!r}{_by(plugin)} is not a provider factory: it lacks "
+                         f"{' and '.join(missing)}; {_HINT}")
+
+
+def check_provider(provider: Any, name: str, model: str, plugin: str | None = None) -> None:
+    """Raise UsageError unless ``provider`` (built by provider ``name`` for
+    ``model``) has every :class:`Provider` member."""
+    missing = [member for member in PROVIDER_MEMBERS if not hasattr(provider, member)]
+    if missing:
+        raise UsageError(f"provider {name!r}{_by(plugin)} built a {type(provider).__name__} for model "
+                         f"{model!r} that lacks {', '.join(missing)}; {_HINT}")
+    if not isinstance(provider.refunds_unused_tokens, bool):
+        raise UsageError(f"provider {name!r}{_by(plugin)}: refunds_unused_tokens must be True or False, "
+                         f"got {provider.refunds_unused_tokens!r}")
+
+
+def _by(plugin: str | None) -> str:
+    return f" (registered by plugin {plugin!r})" if plugin else ""

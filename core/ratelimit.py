@@ -20,11 +20,11 @@ Two things keep a limiter set to the provider's own numbers from drawing
   limiter keeps ``headroom`` seconds of the bucket in hand (0.1 s: two
   requests of a 1,200 RPM burst), which absorbs that much jitter and never
   lowers the long-run rate.
-* OpenAI counts ``max_tokens`` against TPM when a request arrives and gives
-  back nothing when the reply is shorter; so ``reconcile`` only charges
-  (a prompt that turned out bigger than estimated) unless the limiter is
-  built with ``refund_unused=True``, for a provider that does give the
-  unused tokens back (Anthropic's output-token limit).
+* A provider may count ``max_tokens`` against TPM when a request arrives
+  and give back nothing when the reply is shorter; so ``reconcile`` only
+  charges (a prompt that turned out bigger than estimated) unless the
+  limiter is built with ``refund_unused=True``, for a provider that does
+  give the unused tokens back (its ``refunds_unused_tokens``).
 
 Waiters are served first come, first served: one waiter at a time (the head)
 watches the clock; the others queue behind it on a fair lock. Use one
@@ -35,14 +35,11 @@ read it): waiting uses :func:`trio.sleep_until`.
 from __future__ import annotations
 
 import math
-import re
-import time
-from datetime import datetime
-from typing import Callable, Mapping
+from typing import Callable
 
 import trio
 
-__all__ = ["RateLimiter", "parse_reset"]
+__all__ = ["RateLimiter"]
 
 #: Float sums of intervals drift; a nanosecond early is on time.
 _EPSILON = 1e-9
@@ -84,7 +81,8 @@ class RateLimiter:
 
     ``await acquire(tokens)`` before each request with its estimated TPM
     cost; ``reconcile(reserved, actual)`` once usage is known; ``cool_down``
-    after a 429; ``update_from_headers`` with every response's headers.
+    after a 429; ``exhausted`` when the server says a budget has nothing left
+    (it is the :class:`storyloom.provider.RateLimitFeedback` providers get).
     ``headroom`` (seconds of the bucket kept in hand) and ``refund_unused``
     are explained in the module's docstring.
     """
@@ -96,7 +94,6 @@ class RateLimiter:
         burst_seconds: float = 1.0,
         clock: Callable[[], float] = trio.current_time,
         *,
-        wall_clock: Callable[[], float] = time.time,
         headroom: float = DEFAULT_HEADROOM,
         refund_unused: bool = False,
     ) -> None:
@@ -110,7 +107,6 @@ class RateLimiter:
         self.rpm, self.tpm, self.burst_seconds = rpm, tpm, burst_seconds
         self.refund_unused = refund_unused
         self._clock = clock
-        self._wall_clock = wall_clock
         self._requests = _Budget(rpm, burst_seconds, 1.0, headroom) if rpm else None
         self._tokens = _Budget(tpm, burst_seconds, 1.0, headroom) if tpm else None
         self._cool_until = -math.inf
@@ -171,35 +167,11 @@ class RateLimiter:
         self._cool_until = max(self._cool_until, self._clock() + seconds)
         self._wake()
 
-    def update_from_headers(self, headers: Mapping[str, str]) -> None:
-        """Read the server's rate-limit headers; when it says nothing is left,
-        cool down until its reset.
-
-        Understands OpenAI's ``x-ratelimit-remaining-{requests,tokens}`` with
-        ``x-ratelimit-reset-{requests,tokens}`` (``1s``, ``6m0s``, ``20ms``) and
-        Anthropic's ``anthropic-ratelimit-{requests,tokens,input-tokens,
-        output-tokens}-{remaining,reset}`` (RFC 3339 times).
-        """
-        lower = {k.lower(): v for k, v in headers.items()}
-        pairs = [
-            (f"x-ratelimit-remaining-{what}", f"x-ratelimit-reset-{what}") for what in ("requests", "tokens")
-        ] + [
-            (f"anthropic-ratelimit-{what}-remaining", f"anthropic-ratelimit-{what}-reset")
-            for what in ("requests", "tokens", "input-tokens", "output-tokens")
-        ]
-        for remaining_name, reset_name in pairs:
-            remaining = lower.get(remaining_name)
-            if remaining is None:
-                continue
-            try:
-                left = float(remaining)
-            except ValueError:
-                continue
-            if left > 0:
-                continue
-            seconds = parse_reset(lower.get(reset_name), self._wall_clock)
-            # Told "none left" without a reset time: wait one slice.
-            self.cool_down(seconds if seconds is not None else self.burst_seconds)
+    def exhausted(self, reset_in: float | None) -> None:
+        """The server says a budget has nothing left until ``reset_in`` seconds
+        from now: cool down until then. Told "none left" without a reset time
+        (None), wait one burst slice."""
+        self.cool_down(reset_in if reset_in is not None else self.burst_seconds)
 
     # -- routing ---------------------------------------------------------
 
@@ -256,31 +228,3 @@ class RateLimiter:
     def __repr__(self) -> str:
         return (f"RateLimiter(rpm={self.rpm}, tpm={self.tpm}, burst_seconds={self.burst_seconds}, "
                 f"refund_unused={self.refund_unused})")
-
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-
-
-def parse_reset(value: str | None, wall_clock: Callable[[], float] = time.time) -> float | None:
-    """Seconds until a rate-limit reset, from ``"1s"``, ``"6m0s"``, ``"250ms"``,
-    ``"1h2m3.5s"``, a bare number of seconds, or an RFC 3339 time. None if unreadable."""
-    if value is None:
-        return None
-    value = value.strip()
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    parts = _DURATION_PART.findall(value)
-    if parts and "".join(n + u for n, u in parts) == value:
-        scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-        return sum(float(n) * scale[u] for n, u in parts)
-    try:
-        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - wall_clock())

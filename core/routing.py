@@ -48,7 +48,7 @@ class RouteContext:
     #: Seconds until each model's rate limiter could send this request
     #: (0 or missing: it could send now).
     rate_wait: Mapping[str, float] = field(default_factory=dict)
-    #: Each model's price (missing: free, as a model without ``price:``).
+    #: Each model's resolved price (missing: free).
     prices: Mapping[str, Price] = field(default_factory=dict)
     #: This attempt's estimated prompt tokens on each model (calibrated per model).
     prompt_tokens: Mapping[str, int] = field(default_factory=dict)

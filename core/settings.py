@@ -37,7 +37,11 @@ class ModelSpec:
     max_parallel: int | None = None
     #: The most the store may spend on this model, over every job (None: no cap).
     max_spend_usd: float | None = None
-    price: Price = Price()
+    #: USD per million tokens. None until resolved: the settings loader leaves
+    #: it None for an entry without ``price:``, and ``make_config`` fills in the
+    #: provider's default price for the model id (else a free ``Price()``), so
+    #: every spec the kernel sees has a Price.
+    price: Price | None = None
     #: Provider-specific options (everything else on the entry), e.g. the
     #: simulated provider's latency_ms, errors and seed.
     options: dict[str, Any] = field(default_factory=dict)

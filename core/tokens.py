@@ -1,8 +1,8 @@
 """Token estimates before sending, for rate limits and routing.
 
 No tokenizer is bundled: estimates are per character, by script, tuned to
-GPT-4o-class tokenizers (``o200k``) and deliberately on the high side for
-scripts the tokenizers handle poorly. A :class:`TokenCalibrator` per model
+current large-vocabulary (about 200k-token) BPE tokenizers and deliberately
+on the high side for scripts the tokenizers handle poorly. A :class:`TokenCalibrator` per model
 corrects them with the prompt sizes the provider reports back.
 
 Rates, in tokens per character:
@@ -23,7 +23,7 @@ import re
 from .provider import Request
 
 #: Tokens each chat message costs beyond its content (role and separators),
-#: and the tokens that prime the reply, as OpenAI counts them.
+#: and the tokens that prime the reply, as chat APIs commonly count them.
 MESSAGE_OVERHEAD = 4
 REPLY_OVERHEAD = 3
 
@@ -65,7 +65,8 @@ def estimate_request_tokens(request: Request) -> int:
 
 def estimate_tpm_cost(request: Request, calibrator: TokenCalibrator | None = None) -> int:
     """What a request counts against a tokens-per-minute limit before it is sent:
-    the (calibrated) prompt estimate plus ``max_tokens``, as OpenAI reserves it."""
+    the (calibrated) prompt estimate plus ``max_tokens``: a provider may reserve
+    the whole ``max_tokens`` when the request arrives, so the limiter does too."""
     prompt = estimate_request_tokens(request)
     if calibrator is not None:
         prompt = calibrator.apply(prompt)

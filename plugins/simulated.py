@@ -26,7 +26,7 @@ from typing import Any
 import trio
 
 from storyloom import ConfigError, ErrorKind, ProviderError, hookimpl
-from storyloom.provider import Request, Response, merge_options
+from storyloom.provider import BaseProvider, Request, Response, merge_options
 from storyloom.settings import ModelSpec
 from storyloom.tokens import estimate_request_tokens
 
@@ -62,9 +62,11 @@ def _options(spec: ModelSpec) -> dict[str, Any]:
     return opts
 
 
-class SimulatedProvider:
+class SimulatedProvider(BaseProvider):
+    """Free (no ``default_prices``); never reports rate limits beyond its 429s."""
+
     def __init__(self, spec: ModelSpec) -> None:
-        self.spec = spec
+        super().__init__(spec)
         self.opts = _options(spec)
 
     async def complete(self, request: Request) -> Response:
@@ -91,9 +93,6 @@ class SimulatedProvider:
         output_tokens = min(request.max_tokens, max(1, int(self.opts["output_tokens"] * rng.uniform(0.8, 1.2))))
         text = TEXT[language] + FILLER[language] * max(1, output_tokens // 8)
         return Response(text=text, input_tokens=input_tokens, output_tokens=output_tokens, model=self.spec.model)
-
-    async def aclose(self) -> None:
-        pass
 
 
 @hookimpl

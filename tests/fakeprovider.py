@@ -26,6 +26,8 @@ tokens, at least one request), refilled continuously; a request costs its
 prompt estimate plus ``max_tokens`` and may overdraw a full bucket (so a big
 request is not refused for ever). Excess gets the provider's 429 with
 ``retry-after`` (and ``x-ratelimit-*`` / ``anthropic-ratelimit-*`` headers).
+``configure(model, headers={...})`` adds fixed headers to every reply (a
+vendor's "nothing left until ..." fixtures), over the computed ones.
 
 The pytest fixture ``fake_provider`` is at the bottom; nothing here needs
 pytest otherwise, so benches can import this module.
@@ -70,6 +72,9 @@ class ModelConfig:
     stream_delay: float = 0.0  # between stream events
     text: str | None = None  # reply text (default: filler in the prompt's language)
     seed: int = 0
+    #: Sent with every reply past the key check, over the computed rate-limit
+    #: headers: fixtures of a vendor's headers ("remaining 0, reset in 1m30s").
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -446,6 +451,7 @@ class _Handler(BaseHTTPRequestHandler):
             max_tokens = _max_tokens(kind, body)
             decision, wait, limit_headers = fake._admit(kind, model, estimate + max_tokens)
             config = fake._config(model)
+            limit_headers = {**limit_headers, **config.headers}
             if decision == "auth":
                 return self._send_error(kind, "auth", f"Incorrect API key provided: {sent_key}.")
             if decision == "quota":

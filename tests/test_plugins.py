@@ -194,3 +194,14 @@ def test_a_sink_named_in_the_settings_must_exist(tmp_path):
                     env={"STORYLOOM_DISABLE_PLUGIN_AUTOLOAD": "1"})
     assert out.returncode == 2
     assert "storyloom.yaml:1:" in out.stderr and "unknown progress sink 'terminal'" in out.stderr
+
+
+def test_the_bundled_package_declares_the_bundled_list():
+    import storyloom.pluginmanager
+    import storyloom.plugins
+
+    assert storyloom.pluginmanager.DEFAULT_PLUGINS is storyloom.plugins.DEFAULT_PLUGINS
+    assert storyloom.pluginmanager.ESSENTIAL_PLUGINS is storyloom.plugins.ESSENTIAL_PLUGINS
+    assert set(storyloom.plugins.ESSENTIAL_PLUGINS) <= set(storyloom.plugins.DEFAULT_PLUGINS)
+    source = Path(storyloom.pluginmanager.__file__).read_text()
+    assert "storyloom.plugins." not in source  # core names no bundled module

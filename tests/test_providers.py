@@ -5,6 +5,10 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
+import re
+import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import jsonschema
@@ -16,6 +20,7 @@ from referencing.jsonschema import DRAFT202012
 
 from storyloom import ConfigError, ErrorKind, ProviderError
 from storyloom.plugins.providers import anthropic, gemini, openai
+from storyloom.plugins.providers.http import parse_reset
 from storyloom.provider import Provider, Request, Response
 from storyloom.ratelimit import RateLimiter
 from storyloom.settings import ModelSpec
@@ -350,21 +355,120 @@ async def test_connections_are_reused(kind, streaming, fake_provider):  # noqa: 
     assert fake_provider.connections == 1
 
 
+class Feedback:
+    """What the kernel hands a provider (a RateLimitFeedback), recording each call."""
+
+    def __init__(self) -> None:
+        self.resets: list[float | None] = []
+
+    def exhausted(self, reset_in: float | None) -> None:
+        self.resets.append(reset_in)
+
+
+WALL = 1_700_000_000.0
+#: Fixtures: each vendor's "nothing left" headers (remaining 0 with a reset).
+OPENAI_HEADERS = {"x-ratelimit-limit-requests": "600", "x-ratelimit-remaining-requests": "12",
+                  "x-ratelimit-reset-requests": "6m0s",  # some left: says nothing
+                  "x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "1m30s"}
+ANTHROPIC_HEADERS = {"Anthropic-Ratelimit-Requests-Remaining": "0",
+                     "anthropic-ratelimit-requests-reset": datetime.fromtimestamp(WALL + 20, timezone.utc)
+                     .isoformat().replace("+00:00", "Z"),
+                     "anthropic-ratelimit-output-tokens-remaining": "1000",
+                     "anthropic-ratelimit-output-tokens-reset": "2025-01-01T00:00:00Z"}
+#: Each provider reads its own vendor's headers only; Gemini sends none.
+EXPECTED_RESETS = {"openai": [90.0], "anthropic": [20.0], "gemini": []}
+
+
+@pytest.mark.parametrize("outcome", ["ok", "error"])
+@pytest.mark.parametrize("streaming", [False, True], ids=["json", "sse"])
+@pytest.mark.parametrize("kind", KINDS)
 @trio_test
-async def test_headers_reach_the_listener(fake_provider):  # noqa: F811
-    fake_provider.configure("m1", rpm=600, tpm=100_000)
-    instance = provider(fake_provider, "openai")
-    seen = []
-    instance.on_headers = seen.append
+async def test_a_vendors_rate_limit_headers_reach_the_feedback(kind, streaming, outcome, fake_provider):  # noqa: F811
+    # Both vendors' headers on every reply (a 5xx too): each provider picks out its own.
+    fake_provider.configure("m1", headers={**OPENAI_HEADERS, **ANTHROPIC_HEADERS},
+                            error_rate=1.0 if outcome == "error" else 0.0)
+    instance = provider(fake_provider, kind)
+    instance.wall_clock = lambda: WALL
+    feedback = Feedback()
+    instance.bind_rate_limits(feedback)
+    request = stream(THAI_REQUEST) if streaming else THAI_REQUEST
+    if outcome == "ok":
+        await complete(instance, request)
+    else:
+        assert (await failure(instance, request)).kind is ErrorKind.TEMPORARY_ERROR
+    assert feedback.resets == pytest.approx(EXPECTED_RESETS[kind])
+
+
+@pytest.mark.parametrize("kind,headers", [
+    ("openai", {"x-ratelimit-remaining-requests": "0"}),
+    ("openai", {"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "later"}),
+    ("anthropic", {"anthropic-ratelimit-input-tokens-remaining": "0"}),
+])
+@trio_test
+async def test_nothing_left_without_a_readable_reset_is_reported_as_unknown(kind, headers, fake_provider):  # noqa: F811
+    fake_provider.configure("m1", headers=headers)
+    instance = provider(fake_provider, kind)
+    feedback = Feedback()
+    instance.bind_rate_limits(feedback)
     await complete(instance, THAI_REQUEST)
-    assert seen[0]["x-ratelimit-limit-requests"] == "600"
-    assert int(seen[0]["x-ratelimit-remaining-requests"]) > 0
+    assert feedback.resets == [None]  # the limiter then waits one slice
+
+
+@pytest.mark.parametrize("kind,headers,cooling", [
+    ("openai", OPENAI_HEADERS, 90.0),
+    ("anthropic", {"anthropic-ratelimit-tokens-remaining": "0", "anthropic-ratelimit-tokens-reset": "RESET"}, 20.0),
+    ("openai", {"x-ratelimit-remaining-tokens": "5", "x-ratelimit-reset-tokens": "20ms"}, None),
+])
+@trio_test
+async def test_headers_saying_nothing_left_cool_the_models_limiter_down(kind, headers, cooling, fake_provider):  # noqa: F811
+    reset = datetime.fromtimestamp(time.time() + 20, timezone.utc).isoformat()
+    fake_provider.configure("m1", headers={k: v.replace("RESET", reset) for k, v in headers.items()})
+    limiter = RateLimiter(rpm=6000, tpm=None)
+    instance = provider(fake_provider, kind)
+    instance.bind_rate_limits(limiter)
+    await complete(instance, THAI_REQUEST)
+    if cooling is None:
+        assert limiter.cooling_until == -math.inf
+    else:
+        assert limiter.cooling_until - trio.current_time() == pytest.approx(cooling, abs=1.5)
+        assert limiter.wait_time() > cooling - 1.5
+
+
+@trio_test
+async def test_the_fakes_computed_headers_reach_the_feedback(fake_provider):  # noqa: F811
+    # Without fixtures the fake reports its own buckets; a drained one says 0 left.
+    fake_provider.configure("m1", rpm=60)  # a bucket of one request a second
+    instance = provider(fake_provider, "openai")
+    feedback = Feedback()
+    instance.bind_rate_limits(feedback)
+    await complete(instance, THAI_REQUEST)
+    assert len(feedback.resets) == 1 and 0 < feedback.resets[0] <= 1.1
+
+
+def test_a_provider_without_feedback_reads_no_headers(fake_provider):  # noqa: F811
+    fake_provider.configure("m1", headers=OPENAI_HEADERS)
+    trio.run(complete, provider(fake_provider, "openai"), THAI_REQUEST)  # nothing bound: nothing to tell
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("1s", 1.0), ("6m0s", 360.0), ("20ms", 0.02), ("1h2m3.5s", 3723.5), ("2.5", 2.5), ("7", 7.0),
+    ("", None), (None, None), ("later", None), ("1x", None),
+])
+def test_parse_reset(value, expected):
+    assert parse_reset(value) == (pytest.approx(expected) if expected is not None else None)
+
+
+def test_parse_reset_timestamps():
+    ahead = datetime.fromtimestamp(WALL, timezone.utc) + timedelta(seconds=12)
+    assert parse_reset(ahead.isoformat(), lambda: WALL) == pytest.approx(12)
+    assert parse_reset(ahead.isoformat(), lambda: WALL + 60) == 0.0
+    assert parse_reset("2025-01-01T00:00:00", lambda: WALL) is None  # no zone: ambiguous
 
 
 async def burst_of_requests(fake, limiter: RateLimiter | None, count: int) -> None:
     instance = provider(fake, "openai")
     if limiter is not None:
-        instance.on_headers = limiter.update_from_headers
+        instance.bind_rate_limits(limiter)
 
     async def one():
         if limiter is not None:
@@ -436,3 +540,23 @@ def test_each_module_registers_its_provider():
     for module in (openai, anthropic, gemini):
         module.loom_register_providers(lambda name, factory: registered.__setitem__(name, factory))
     assert registered == CLASSES
+
+
+def _expand(pattern: str) -> set[str]:
+    """``a-{b,c}-{d,e}`` -> the four names, as the docs write header families."""
+    match = re.search(r"\{([^}]*)\}", pattern)
+    if not match:
+        return {pattern}
+    return {name for choice in match.group(1).split(",")
+            for name in _expand(pattern[:match.start()] + choice + pattern[match.end():])}
+
+
+def test_docs_list_the_rate_limit_headers_each_provider_reads():
+    text = (Path(__file__).parent.parent / "docs" / "providers.md").read_text(encoding="utf-8")
+    for kind in KINDS:
+        row = next(line for line in text.splitlines() if line.startswith(f"| `{kind}` | ") and "header" not in line
+                   and ("ratelimit" in line or "none" in line))
+        documented = set().union(*(_expand(name) for name in re.findall(r"`([a-z-]+(?:\{[^}]*\}[a-z-]*)*)`",
+                                                                          row.split("|")[2])))
+        declared = {name for pair in CLASSES[kind].rate_limit_headers for name in pair}
+        assert documented == declared, kind

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import functools
-from datetime import datetime, timedelta, timezone
 
 import pytest
 import trio
 import trio.testing
 
-from storyloom.ratelimit import RateLimiter, parse_reset
+from storyloom.ratelimit import RateLimiter
 
 
 def mock_trio(fn):
@@ -218,7 +217,7 @@ async def test_a_refund_wakes_the_waiting_head():
 
 @mock_trio
 async def test_by_default_reconcile_charges_but_never_refunds():
-    # OpenAI counts max_tokens when the request arrives and gives nothing back.
+    # A provider that counts max_tokens when the request arrives and gives nothing back.
     async def second_request_at(actual):
         limiter = RateLimiter(rpm=None, tpm=6000, headroom=0)
         start = trio.current_time()
@@ -261,32 +260,36 @@ async def test_headroom_never_holds_back_a_request_the_size_of_the_bucket():
     assert trio.current_time() - start == pytest.approx(1.0)
 
 
+# The vendors' rate-limit headers are read by the providers (tests/test_providers.py);
+# the limiter hears only "this budget is exhausted until N seconds from now".
+
+
 @mock_trio
-async def test_headers_saying_nothing_left_cool_down_until_the_reset():
+async def test_an_exhausted_budget_cools_down_until_its_reset():
     limiter = RateLimiter(rpm=6000, tpm=None)
-    limiter.update_from_headers({"x-ratelimit-remaining-requests": "12", "x-ratelimit-reset-requests": "6m0s"})
-    assert limiter.next_free_at() == 0
-    limiter.update_from_headers({"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "1m30s"})
+    limiter.exhausted(90)
+    assert limiter.next_free_at() == pytest.approx(90)
+    limiter.exhausted(5)  # a shorter reset never cuts a longer one short
     assert limiter.next_free_at() == pytest.approx(90)
     await limiter.acquire(1)
     assert trio.current_time() == pytest.approx(90)
 
 
 @mock_trio
-async def test_anthropic_headers():
-    wall = 1_700_000_000.0
-    reset = datetime.fromtimestamp(wall + 20, timezone.utc).isoformat().replace("+00:00", "Z")
-    limiter = RateLimiter(rpm=None, tpm=None, wall_clock=lambda: wall)
-    limiter.update_from_headers({"Anthropic-Ratelimit-Requests-Remaining": "0",
-                                 "anthropic-ratelimit-requests-reset": reset})
-    assert limiter.next_free_at() == pytest.approx(20)
-
-
-@mock_trio
-async def test_none_left_without_a_reset_waits_one_slice():
+async def test_exhausted_without_a_reset_waits_one_slice():
+    assert RateLimiter(rpm=None, tpm=None).burst_seconds == 1.0
     limiter = RateLimiter(rpm=None, tpm=None)
-    limiter.update_from_headers({"x-ratelimit-remaining-requests": "0"})
+    limiter.exhausted(None)
     assert limiter.next_free_at() == pytest.approx(1.0)
+    half = RateLimiter(rpm=None, tpm=None, burst_seconds=0.5)
+    half.exhausted(None)
+    assert half.next_free_at() == pytest.approx(0.5)
+
+
+def test_the_limiter_is_the_providers_rate_limit_feedback():
+    from storyloom.provider import RateLimitFeedback
+
+    assert isinstance(RateLimiter(rpm=None, tpm=None), RateLimitFeedback)
 
 
 @mock_trio
@@ -341,19 +344,3 @@ def test_bad_arguments():
         RateLimiter(rpm=10, tpm=None, burst_seconds=0)
     with pytest.raises(ValueError):
         RateLimiter(rpm=10, tpm=None, headroom=-1)
-
-
-@pytest.mark.parametrize("value,expected", [
-    ("1s", 1.0), ("6m0s", 360.0), ("20ms", 0.02), ("1h2m3.5s", 3723.5), ("2.5", 2.5), ("7", 7.0),
-    ("", None), (None, None), ("later", None), ("1x", None),
-])
-def test_parse_reset(value, expected):
-    assert parse_reset(value) == (pytest.approx(expected) if expected is not None else None)
-
-
-def test_parse_reset_timestamps():
-    wall = 1_700_000_000.0
-    ahead = datetime.fromtimestamp(wall, timezone.utc) + timedelta(seconds=12)
-    assert parse_reset(ahead.isoformat(), lambda: wall) == pytest.approx(12)
-    assert parse_reset(ahead.isoformat(), lambda: wall + 60) == 0.0
-    assert parse_reset("2025-01-01T00:00:00", lambda: wall) is None  # no zone: ambiguous

@@ -20,7 +20,7 @@ from storyloom import UsageError, hookimpl
 from storyloom.job import Item, Job, Plan
 from storyloom.plugins import routing
 from storyloom.plugins.routing import SEED_GENRE_TABLE, Cheapest, Genre, LeastLoaded, RoundRobin
-from storyloom.provider import Response
+from storyloom.provider import BaseProvider, Response
 from storyloom.registry import Registries
 from storyloom.routing import RouteContext
 from storyloom.settings import Price, RetryConfig
@@ -505,8 +505,9 @@ class Counting:
         self.most: Counter = Counter()
         plugin = self
 
-        class Provider:
+        class Provider(BaseProvider):
             def __init__(self, spec):
+                super().__init__(spec)
                 self.name = spec.name
 
             async def complete(self, request):
@@ -517,9 +518,6 @@ class Counting:
                 finally:
                     plugin.now[self.name] -= 1
                 return Response(text="ok", input_tokens=10, output_tokens=5, model=self.name)
-
-            async def aclose(self):
-                pass
 
         self.provider = Provider
 

@@ -13,6 +13,14 @@
 System messages become the top-level ``system`` field (joined by blank
 lines). Input tokens include cache writes and reads. Streaming reads usage
 from ``message_start`` (input) and ``message_delta`` (output, cumulative).
+
+Rate limits: every reply carries ``anthropic-ratelimit-{requests,tokens,
+input-tokens,output-tokens}-{remaining,reset}`` (resets are RFC 3339 times);
+a remaining count of 0 cools the model down until the reset. Anthropic
+charges the output-token limit by ``max_tokens`` up front and gives the
+unused part back when the reply ends, so ``refunds_unused_tokens`` is True
+and the kernel's limiter refunds too. A model without ``price:`` is priced
+from :data:`PRICES`.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from typing import Any
 
 from storyloom import ConfigError, ErrorKind, ProviderError, hookimpl
 from storyloom.provider import Request
+from storyloom.settings import Price
 
 from .http import COMMON_RULES, HTTPProvider, Reply, Rule, SSEEvent
 
@@ -50,6 +59,27 @@ TYPE_STATUS = {
 }
 
 
+#: List prices, USD per million tokens (input, output), standard tier, no batch
+#: or cache discounts, as of 2025 from Anthropic's price page. Keys are model
+#: ids or families (``claude-3-5-haiku-20241022`` and ``claude-3-5-haiku@20241022``
+#: are priced as ``claude-3-5-haiku``). ``price:`` on a model always wins.
+PRICES: dict[str, Price] = {
+    "claude-3-5-haiku": Price(0.80, 4.00),
+    "claude-haiku-4-5": Price(1.00, 5.00),
+    "claude-3-5-sonnet": Price(3.00, 15.00),
+    "claude-3-7-sonnet": Price(3.00, 15.00),
+    "claude-sonnet-4": Price(3.00, 15.00),
+    "claude-sonnet-4-5": Price(3.00, 15.00),
+    "claude-opus-4": Price(15.00, 75.00),
+    "claude-opus-4-1": Price(15.00, 75.00),
+    "claude-opus-4-5": Price(5.00, 25.00),
+}
+
+#: (remaining, reset) header pairs, one per budget Anthropic enforces.
+RATE_LIMIT_HEADERS = tuple((f"anthropic-ratelimit-{what}-remaining", f"anthropic-ratelimit-{what}-reset")
+                           for what in ("requests", "tokens", "input-tokens", "output-tokens"))
+
+
 class AnthropicProvider(HTTPProvider):
     name = "anthropic"
     default_base_url = "https://api.anthropic.com"
@@ -60,6 +90,8 @@ class AnthropicProvider(HTTPProvider):
     #: Anthropic charges output-token limits by max_tokens up front and gives
     #: the unused part back when the reply ends; the kernel's limiter follows.
     refunds_unused_tokens = True
+    default_prices = PRICES
+    rate_limit_headers = RATE_LIMIT_HEADERS
 
     def validate_options(self, opts: dict[str, Any], where: str) -> None:
         if not isinstance(opts["anthropic_version"], str) or not opts["anthropic_version"]:

@@ -21,6 +21,10 @@ unless it is a daily quota (a ``QuotaFailure`` whose quota id says
 depleted prepaid credits: those are QUOTA_EXCEEDED, since no retry within a
 batch can succeed. The generic message "You exceeded your current quota"
 comes with per-minute limits too, so it decides nothing on its own.
+
+Gemini sends no rate-limit headers (``rate_limit_headers`` is empty): the
+model cools down from 429s and their ``retryDelay`` alone. A model without
+``price:`` is priced from :data:`PRICES`.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 
 from storyloom import ConfigError, ErrorKind, hookimpl
 from storyloom.provider import Request
+from storyloom.settings import Price
 
 from .http import COMMON_RULES, HTTPProvider, Reply, Rule, SSEEvent
 
@@ -45,6 +50,19 @@ RULES: tuple[Rule, ...] = (
 )
 
 
+#: List prices, USD per million tokens (input, output), standard tier, as of
+#: 2025 from Google's price page (gemini-2.5-pro: prompts up to 200k tokens;
+#: longer ones cost more). Keys are model ids or families; a ``models/``
+#: prefix is ignored. ``price:`` on a model always wins.
+PRICES: dict[str, Price] = {
+    "gemini-2.0-flash": Price(0.10, 0.40),
+    "gemini-2.0-flash-lite": Price(0.075, 0.30),
+    "gemini-2.5-flash": Price(0.30, 2.50),
+    "gemini-2.5-flash-lite": Price(0.10, 0.40),
+    "gemini-2.5-pro": Price(1.25, 10.00),
+}
+
+
 class GeminiProvider(HTTPProvider):
     name = "gemini"
     default_base_url = "https://generativelanguage.googleapis.com/v1beta"
@@ -52,6 +70,7 @@ class GeminiProvider(HTTPProvider):
     options = {"thinking_budget": None}
     rules = RULES
     stop_reasons = frozenset({"STOP"})
+    default_prices = PRICES
 
     def validate_options(self, opts: dict[str, Any], where: str) -> None:
         budget = opts["thinking_budget"]

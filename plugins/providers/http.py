@@ -1,10 +1,13 @@
 """What the HTTP providers share: the client, keys, options, error mapping, SSE.
 
 A provider module subclasses :class:`HTTPProvider` and fills in the wire
-format (URL, headers, body, reply and stream-event parsing) and its table of
-:class:`Rule` s. Everything else -- one pooled ``httpx.AsyncClient`` per
-model, timeouts, reading the key, turning statuses and transport failures
-into :class:`storyloom.ErrorKind` s, ``retry-after``, SSE -- lives here once.
+format (URL, headers, body, reply and stream-event parsing), its table of
+:class:`Rule` s, its vendor's list prices (``default_prices``) and the names
+of its vendor's rate-limit headers (``rate_limit_headers``). Everything else
+-- one pooled ``httpx.AsyncClient`` per model, timeouts, reading the key,
+turning statuses and transport failures into :class:`storyloom.ErrorKind` s,
+``retry-after``, reading rate-limit headers into the kernel's
+:class:`storyloom.provider.RateLimitFeedback`, SSE -- lives here once.
 
 Timeouts are per phase, never overall (the kernel owns the overall timeout
 with ``trio.fail_after``). Options on the model entry::
@@ -26,13 +29,14 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, AsyncIterator, Callable, ClassVar, Mapping
 
 import httpx
 import trio
 
 from storyloom import ConfigError, ErrorKind, ProviderError
-from storyloom.provider import Request, Response, merge_options
+from storyloom.provider import BaseProvider, Request, Response, merge_options
 from storyloom.settings import ModelSpec
 from storyloom.tokens import estimate_request_tokens, estimate_tokens
 
@@ -218,6 +222,55 @@ def retry_after(headers: Mapping[str, str], wall_clock: Callable[[], float] = ti
     return max(0.0, when.timestamp() - wall_clock())
 
 
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+def parse_reset(value: str | None, wall_clock: Callable[[], float] = time.time) -> float | None:
+    """Seconds until a rate-limit reset, from ``"1s"``, ``"6m0s"``, ``"250ms"``,
+    ``"1h2m3.5s"``, a bare number of seconds, or an RFC 3339 time. None if unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    parts = _DURATION_PART.findall(value)
+    if parts and "".join(n + u for n, u in parts) == value:
+        scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+        return sum(float(n) * scale[u] for n, u in parts)
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - wall_clock())
+
+
+def exhausted_budgets(headers: Mapping[str, str], pairs: tuple[tuple[str, str], ...],
+                      wall_clock: Callable[[], float] = time.time) -> list[float | None]:
+    """For each ``(remaining header, reset header)`` pair whose remaining count
+    is 0 (or less), the seconds until its reset (None if the reset is missing
+    or unreadable). Header names are matched case-insensitively; a pair whose
+    remaining header is absent or not a number says nothing."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    found: list[float | None] = []
+    for remaining_name, reset_name in pairs:
+        remaining = lower.get(remaining_name.lower())
+        if remaining is None:
+            continue
+        try:
+            left = float(remaining)
+        except ValueError:
+            continue
+        if left <= 0:
+            found.append(parse_reset(lower.get(reset_name.lower()), wall_clock))
+    return found
+
+
 def google_retry_delay(details: str) -> float | None:
     """``retryDelay`` ("23s", "1.5s") from Gemini's ``google.rpc.RetryInfo`` detail."""
     match = re.search(r'"retryDelay":\s*"(\d+(?:\.\d+)?)s"', details)
@@ -293,12 +346,14 @@ class Reply:
         return "".join(self.parts)
 
 
-class HTTPProvider:
+class HTTPProvider(BaseProvider):
     """Base of the HTTP providers. ``Subclass(spec)`` is the registered factory;
     tests may pass ``transport=httpx.MockTransport(...)``.
 
-    Set :attr:`on_headers` to receive every response's headers (the kernel's
-    rate limiter reads ``x-ratelimit-*`` from them).
+    Every response's headers (error replies too) are read for the pairs in
+    :attr:`rate_limit_headers`; a budget the server says is used up is passed
+    to the kernel's rate-limit feedback (:meth:`bind_rate_limits`) with the
+    seconds until its reset.
     """
 
     name: ClassVar[str]
@@ -310,9 +365,15 @@ class HTTPProvider:
     rules: ClassVar[tuple[Rule, ...]]
     #: Finish reasons of a normal end, reported as ``finish_reason="stop"``.
     stop_reasons: ClassVar[frozenset[str]]
+    #: The vendor's ``(remaining, reset)`` rate-limit header names; a
+    #: remaining count of 0 cools the model down until the reset (see
+    #: :func:`parse_reset` for the reset formats). Empty: it sends none.
+    rate_limit_headers: ClassVar[tuple[tuple[str, str], ...]] = ()
+    #: Reads RFC 3339 reset times; tests may replace it.
+    wall_clock: Callable[[], float] = staticmethod(time.time)
 
     def __init__(self, spec: ModelSpec, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self.spec = spec
+        super().__init__(spec)
         self.opts = self._check_options(spec)
         self.base_url = (spec.base_url or self.default_base_url).rstrip("/")
         url = httpx.URL(self.base_url)
@@ -322,7 +383,6 @@ class HTTPProvider:
         self.key_env = spec.api_key_env or self.default_key_env
         self._key = os.environ.get(self.key_env) or None
         self.max_parallel = spec.max_parallel or DEFAULT_MAX_PARALLEL
-        self.on_headers: Callable[[httpx.Headers], None] | None = None
         timeout = dict(connect=self.opts["connect_timeout"], write=self.opts["read_timeout"], pool=None)
         self._timeout = httpx.Timeout(read=self.opts["read_timeout"], **timeout)
         self._stream_timeout = httpx.Timeout(read=self.opts["stream_read_timeout"], **timeout)
@@ -441,8 +501,10 @@ class HTTPProvider:
                         model=reply.model or self.spec.model)
 
     def _saw(self, response: httpx.Response) -> None:
-        if self.on_headers is not None:
-            self.on_headers(response.headers)
+        if self.rate_limits is None or not self.rate_limit_headers:
+            return
+        for reset_in in exhausted_budgets(response.headers, self.rate_limit_headers, self.wall_clock):
+            self.rate_limits.exhausted(reset_in)
 
     def _http_error(self, response: httpx.Response) -> ProviderError:
         try:

@@ -12,6 +12,18 @@
 
 Bodies follow the published ``CreateChatCompletionRequest`` schema. Streaming
 asks for ``stream_options.include_usage`` so the last event carries the usage.
+
+Rate limits: OpenAI counts a request's prompt plus ``max_tokens`` against
+TPM when it arrives and gives nothing back when the reply is shorter, so
+``refunds_unused_tokens`` stays False (``storyloom.tokens.estimate_tpm_cost``
+reserves the same). Every reply carries ``x-ratelimit-remaining-{requests,
+tokens}`` with ``x-ratelimit-reset-{requests,tokens}`` (``1s``, ``6m0s``,
+``20ms``); a remaining count of 0 cools the model down until the reset.
+A model without ``price:`` is priced from :data:`PRICES`.
+
+Token estimates (``storyloom.tokens``) are tuned to OpenAI's ``o200k``
+tokenizer (GPT-4o class), and their per-message overhead (4 tokens a
+message, 3 priming the reply) is how OpenAI counts chat messages.
 """
 
 from __future__ import annotations
@@ -20,6 +32,7 @@ from typing import Any
 
 from storyloom import ConfigError, ErrorKind, ProviderError, hookimpl
 from storyloom.provider import Request
+from storyloom.settings import Price
 
 from .http import COMMON_RULES, HTTPProvider, Reply, Rule, SSEEvent
 
@@ -35,6 +48,31 @@ RULES: tuple[Rule, ...] = (
 
 MAX_TOKENS_PARAMS = ("max_completion_tokens", "max_tokens")
 
+#: List prices, USD per million tokens (input, output), standard tier, no batch
+#: or cache discounts, as of 2025 from OpenAI's price page. Keys are model ids
+#: or families (``gpt-4o-2024-08-06`` is priced as ``gpt-4o``; see
+#: :func:`storyloom.pricing.lookup_price`). ``price:`` on a model always wins.
+PRICES: dict[str, Price] = {
+    "gpt-4o": Price(2.50, 10.00),
+    "gpt-4o-2024-05-13": Price(5.00, 15.00),  # the first snapshot kept its launch price
+    "gpt-4o-mini": Price(0.15, 0.60),
+    "gpt-4.1": Price(2.00, 8.00),
+    "gpt-4.1-mini": Price(0.40, 1.60),
+    "gpt-4.1-nano": Price(0.10, 0.40),
+    "o1": Price(15.00, 60.00),
+    "o1-mini": Price(1.10, 4.40),
+    "o3-mini": Price(1.10, 4.40),
+    "o4-mini": Price(1.10, 4.40),
+    "o3": Price(2.00, 8.00),
+    "gpt-5": Price(1.25, 10.00),
+    "gpt-5-mini": Price(0.25, 2.00),
+    "gpt-5-nano": Price(0.05, 0.40),
+}
+
+#: (remaining, reset) header pairs; resets are Go-style durations.
+RATE_LIMIT_HEADERS = tuple((f"x-ratelimit-remaining-{what}", f"x-ratelimit-reset-{what}")
+                           for what in ("requests", "tokens"))
+
 
 class OpenAIProvider(HTTPProvider):
     name = "openai"
@@ -43,6 +81,8 @@ class OpenAIProvider(HTTPProvider):
     options = {"max_tokens_param": "max_completion_tokens"}
     rules = RULES
     stop_reasons = frozenset({"stop"})
+    default_prices = PRICES
+    rate_limit_headers = RATE_LIMIT_HEADERS
 
     def validate_options(self, opts: dict[str, Any], where: str) -> None:
         if opts["max_tokens_param"] not in MAX_TOKENS_PARAMS:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import storyloom
 from storyloom.jobtype import Result
-from storyloom.provider import Request, Response
+from storyloom.provider import BaseProvider, Request, Response
 from storyloom.retry import RetryDecision
 from storyloom.routing import Choice
 
@@ -19,10 +19,7 @@ def _record(name: str, **kwargs) -> None:
     CALLS.setdefault(name, []).append(kwargs)
 
 
-class EchoProvider:
-    def __init__(self, spec):
-        self.spec = spec
-
+class EchoProvider(BaseProvider):
     async def complete(self, request: Request) -> Response:
         return Response(text=request.messages[-1]["content"].upper(), input_tokens=3, output_tokens=5)
 

@@ -17,7 +17,7 @@ import trio
 
 import storyloom
 from storyloom import ErrorKind, ProviderError
-from storyloom.provider import Response
+from storyloom.provider import BaseProvider, Response
 
 STATS = {"in_flight": 0, "max_in_flight": 0, "calls": [], "by_job": {}, "max_by_job": {}}
 
@@ -26,8 +26,9 @@ def reset() -> None:
     STATS.update(in_flight=0, max_in_flight=0, calls=[], by_job={}, max_by_job={})
 
 
-class ScriptedProvider:
+class ScriptedProvider(BaseProvider):
     def __init__(self, spec):
+        super().__init__(spec)
         self.name = spec.name
         self.latency = float(spec.options.get("latency", 0.0))
         self.script = spec.options.get("script", {})
@@ -54,9 +55,6 @@ class ScriptedProvider:
         finally:
             STATS["in_flight"] -= 1
             by_job[job_id] -= 1
-
-    async def aclose(self):
-        pass
 
 
 @storyloom.hookimpl
