@@ -16,9 +16,9 @@ from types import SimpleNamespace
 import trio
 
 from storyloom.events import Event
-from storyloom.plugins.progress import PlainProgress
+from storyloom.plugins.support.plain import PlainProgress
+from storyloom.plugins.support.tracker import ProgressTracker
 from storyloom.plugins.terminal import LiveProgress, make_sink, view
-from storyloom.plugins.tracker import ProgressTracker
 
 T0 = 1_700_000_000.0
 SETTINGS = """
