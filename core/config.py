@@ -21,7 +21,7 @@ from .errors import UsageError
 from .job import Job, Plan
 from .pluginmanager import check, import_plugin, make_plugin_manager
 from .registry import Registries, collect
-from .settings import Settings
+from .settings import BUILTIN_MODELS, Settings
 
 
 @dataclass(frozen=True)
@@ -188,4 +188,9 @@ def make_config(options: Options = Options(), *, job_file: str | os.PathLike | N
     check(pm)
     registries = collect(pm)
     settings = loader.load_settings(settings_path)
+    # A built-in model whose provider plugin is blocked (``-p no:simulated``)
+    # drops out, like a default sink: the settings never named it.
+    for name, spec in BUILTIN_MODELS.items():
+        if settings.models.get(name) is spec and spec.provider not in registries.providers:
+            del settings.models[name]
     return Config(pluginmanager=pm, settings=settings, options=options, registries=registries)
