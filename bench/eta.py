@@ -20,7 +20,7 @@ import trio
 import storyloom
 from storyloom.api import run_job
 from storyloom.config import Options
-from storyloom.plugins.tracker import ProgressTracker
+from storyloom.plugins.support.tracker import ProgressTracker
 
 POINTS = (0.25, 0.5, 0.75, 0.9)
 #: (items, max_parallel, mean latency ms, fault rates)

@@ -24,7 +24,7 @@ from .job import Job, Plan
 from .pluginmanager import check, import_plugin, make_plugin_manager
 from .provider import check_factory
 from .registry import Registries, collect
-from .settings import Price, Settings
+from .settings import BUILTIN_MODELS, Price, Settings
 
 
 @dataclass(frozen=True)
@@ -198,7 +198,13 @@ def make_config(options: Options = Options(), *, job_file: str | os.PathLike | N
             import_plugin(pm, name, where, "plugins")
     check(pm)
     registries = collect(pm)
-    settings = resolve_prices(loader.load_settings(settings_path), registries)
+    settings = loader.load_settings(settings_path)
+    # A built-in model whose provider plugin is blocked (``-p no:simulated``)
+    # drops out, like a default sink: the settings never named it.
+    for name, spec in BUILTIN_MODELS.items():
+        if settings.models.get(name) is spec and spec.provider not in registries.providers:
+            del settings.models[name]
+    settings = resolve_prices(settings, registries)
     return Config(pluginmanager=pm, settings=settings, options=options, registries=registries)
 
 

@@ -37,13 +37,19 @@ class Registries:
 
 
 def collect(pm: pluggy.PluginManager) -> Registries:
-    """Call every register hook, one implementation at a time so each entry
-    is attributed to its plugin."""
+    """Call every register hook, one plugin at a time so each entry is
+    attributed to its plugin.
+
+    Each call goes through pluggy (a subset hook caller holding that plugin's
+    implementation alone), so ``STORYLOOM_TRACE_PLUGINS`` shows it.
+    """
     registries = Registries()
     for attr, (hook_name, noun) in REGISTRY_HOOKS.items():
         table: dict[str, Any] = getattr(registries, attr)
-        for impl in getattr(pm.hook, hook_name).get_hookimpls():
-            plugin_name = pm.get_name(impl.plugin) or repr(impl.plugin)
+        hook = getattr(pm.hook, hook_name)
+        plugins = [impl.plugin for impl in hook.get_hookimpls()]
+        for plugin in plugins:
+            plugin_name = pm.get_name(plugin) or repr(plugin)
 
             def register(name: Any, obj: Any = None, *, _plugin: str = plugin_name, _table=table,
                          _attr=attr, _noun=noun) -> None:
@@ -55,5 +61,6 @@ def collect(pm: pluggy.PluginManager) -> Registries:
                 _table[name] = obj
                 registries.owners[(_attr, name)] = _plugin
 
-            impl.function(**{arg: register for arg in impl.argnames})
+            only = pm.subset_hook_caller(hook_name, remove_plugins=[p for p in plugins if p is not plugin])
+            only(**{arg: register for arg in hook.spec.argnames})
     return registries

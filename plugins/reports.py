@@ -17,7 +17,7 @@ from typing import Any
 import jinja2
 
 from storyloom import hookimpl
-from storyloom.plugins import charts
+from storyloom.plugins.support import charts
 
 
 def usd(value: float | None) -> str:

@@ -20,8 +20,8 @@ from rich.text import Text
 
 from storyloom import hookimpl
 from storyloom.events import Event
-from storyloom.plugins.progress import PlainProgress, clock
-from storyloom.plugins.tracker import ProgressTracker
+from storyloom.plugins.support.plain import PlainProgress, clock
+from storyloom.plugins.support.tracker import ProgressTracker
 from storyloom.sinks import buffered
 
 #: Seconds between redraws: at least twice a second, as the issue asks.

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 import pytest
+import trio
 from jsonschema import Draft202012Validator
 
 import storyloom
 from sample_plugins import scripted
+from storyloom.api import cancel_job, work
 from storyloom.events import EVENT_KINDS
+from storyloom.store.sqlite import SQLiteStore
+from storyloom.summary import EXIT_CODES
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((ROOT / "schemas" / "events.schema.json").read_text(encoding="utf-8"))
@@ -88,3 +93,41 @@ def test_every_line_is_valid_and_a_resume_appends(loom):
 
 def test_schema_and_kernel_agree_on_the_event_kinds():
     assert SCHEMA["properties"]["kind"]["enum"] == list(EVENT_KINDS)
+
+
+def test_a_cancelled_job_logs_a_valid_batch_finished(loom):
+    """Cancelled from another connection, as ``storyloom cancel`` does, while items run."""
+    loom.write("storyloom.yaml", """
+        models:
+          s1: {provider: scripted, latency: 30}
+        default_models: [s1]
+        progress: [eventlog]
+    """)
+    items = "".join(f"  - {{item_id: it-{i}}}\n" for i in range(4))
+    loom.submit(f"job_id: gone\njob_type: qc_processing\nconfig: {{max_parallel: 2}}\nitems:\n{items}",
+                plugins=(scripted,))
+
+    async def main():
+        with trio.fail_after(10):  # the 30 s attempts are stopped, not waited for
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(functools.partial(work, burst=True, options=loom.options(), plugins=(scripted,)))
+                while scripted.STATS["in_flight"] < 2:
+                    await trio.sleep(0.01)
+                store = SQLiteStore.open(loom.state_dir)
+                try:
+                    await cancel_job("gone", "the editor dropped this book", store=store)
+                finally:
+                    await store.aclose()
+
+    trio.run(main)
+    events = read(loom.out_dir / "gone" / "events.jsonl")
+    end = events[-1]
+    assert end["kind"] == "batch_finished" and end["data"]["status"] == "cancelled", end
+    validator = Draft202012Validator(SCHEMA)
+    for event in events:
+        errors = [e.message for e in validator.iter_errors(event)]
+        assert not errors, (event, errors)
+
+
+def test_schema_and_summary_agree_on_how_a_run_ends():
+    assert SCHEMA["$defs"]["batchFinished"]["properties"]["status"]["enum"] == list(EXIT_CODES)

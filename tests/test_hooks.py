@@ -48,8 +48,13 @@ def test_every_hookspec_is_implemented_by_the_test_plugin(name):
 def test_every_hookspec_is_documented(name):
     docs = (ROOT / "docs" / "hooks.md").read_text(encoding="utf-8")
     assert re.search(rf"^### {name}$", docs, re.M), f"docs/hooks.md has no '### {name}' section"
-    doc = inspect.getdoc(getattr(hookspecs, name))
-    assert doc and ":param" in doc or "register" in doc, f"{name}'s docstring documents no parameters"
+    doc = inspect.getdoc(getattr(hookspecs, name)) or ""
+    # As pytest's hookspec.py does: each parameter by name, when it is called, whether it may raise.
+    params = list(inspect.signature(getattr(hookspecs, name)).parameters)
+    documented = re.findall(r"^:param (\w+):", doc, re.M)
+    assert documented == params, f"{name}'s docstring documents parameters {documented}, not {params}"
+    assert re.search(r"\bCalled\b", doc), f"{name}'s docstring does not say when it is called"
+    assert re.search(r"\b(raises?|exception)\b", doc, re.I), f"{name}'s docstring does not say whether it may raise"
 
 
 def test_docs_name_no_unknown_hooks():

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -215,6 +216,7 @@ MUTATIONS = [delete_required, change_type, insert_unknown_key, break_identifier]
 # -- the properties
 
 
+@pytest.mark.slow
 @FUZZ
 @given(job=jobs(), fmt=st.sampled_from(["yaml", "json"]))
 def test_valid_jobs_load(tmp_path, job, fmt):
@@ -227,6 +229,7 @@ def test_valid_jobs_load(tmp_path, job, fmt):
     assert titles == [i.fields["title"] for i in loaded.items if "title" in i.fields and not i.item_id.startswith("rng")]
 
 
+@pytest.mark.slow
 @FUZZ
 @given(job=jobs(), fmt=st.sampled_from(["yaml", "json"]), data=st.data())
 def test_mutated_jobs_load_or_fail_with_a_location(tmp_path, job, fmt, data):
@@ -241,6 +244,7 @@ def test_mutated_jobs_load_or_fail_with_a_location(tmp_path, job, fmt, data):
 YAML_NOISE = st.text(st.sampled_from(list("-:[]{},&*!|>'\"%@`#?~ \t\nabc01.<=") + ["\u0e01", "\ufeff", "\x85"]), max_size=20)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(job=jobs(), fmt=st.sampled_from(["yaml", "json"]), noise=YAML_NOISE, data=st.data())
 def test_yaml_noise_loads_or_fails_with_a_location(tmp_path, job, fmt, noise, data):
@@ -251,6 +255,7 @@ def test_yaml_noise_loads_or_fails_with_a_location(tmp_path, job, fmt, noise, da
     load_or_located_error(path)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(job=jobs(), fmt=st.sampled_from(["yaml", "json"]), noise=st.binary(min_size=1, max_size=8), data=st.data())
 def test_random_bytes_load_or_fail_with_a_location(tmp_path, job, fmt, noise, data):

@@ -39,7 +39,8 @@ def run(args: list[str], site: Path, cwd: Path) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_the_wheel_holds_every_package_and_its_data(wheel_site):
     pkg = wheel_site / "storyloom"
-    for path in ("plugins/jobtypes.py", "plugins/providers/openai.py", "plugins/templates/chapter_writing.j2",
+    for path in ("plugins/jobtypes.py", "plugins/providers/openai.py", "plugins/support/tracker.py",
+                 "plugins/templates/chapter_writing.j2",
                  "schemas/job.schema.json", "schemas/settings.schema.json", "store/sqlite.py", "cli.py"):
         assert (pkg / path).is_file(), path
 

@@ -10,6 +10,7 @@ import sqlite3
 import time
 from datetime import datetime, timedelta, timezone
 
+import pytest
 import trio
 from hypothesis import HealthCheck, assume, given, settings as hsettings, strategies as st
 
@@ -333,8 +334,9 @@ def test_per_type_and_per_job_limits_hold_for_any_mix_of_jobs(tmp_path_factory, 
         assert scripted.STATS["max_by_job"][f"j{k}"] <= min(own or limit, limit)
 
 
+@pytest.mark.slow
 @hsettings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(waiting=st.integers(4, 8), after=st.floats(0.0, 0.03))
+@given(waiting=st.integers(6, 10), after=st.floats(0.0, 0.03))
 def test_a_critical_item_submitted_while_normal_items_wait_starts_before_them(tmp_path_factory, waiting, after):
     loom = Loom(tmp_path_factory.mktemp("c"))
     loom.write("storyloom.yaml", SETTINGS.replace("max_parallel: 3", "max_parallel: 1")

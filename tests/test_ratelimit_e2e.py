@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 from storyloom import hookimpl
 
 LATENCY = 0.05
@@ -35,6 +37,7 @@ def run(loom, job_id: str, parallel: int = 16, plugins: tuple = ()):
     return result, time.monotonic() - start
 
 
+@pytest.mark.slow
 def test_a_job_stays_under_the_rpm_with_no_429s(loom, fake_provider):
     # 1,200 RPM is 20 a second in a bucket of 20: 60 requests need at least (60 - 20) / 20 = 2 s.
     fake_provider.configure("m1", rpm=1200, latency=LATENCY)
@@ -59,6 +62,7 @@ def test_a_job_stays_under_the_rpm_with_no_429s(loom, fake_provider):
     assert fake_provider.stats("m1").rate_limited >= 20
 
 
+@pytest.mark.slow
 def test_thai_prompts_stay_under_the_tpm(loom, fake_provider):
     # Each request costs about 100 tokens (a Thai prompt is ~1 token a character)
     # plus max_tokens 32, of which the fake replies with 20: OpenAI keeps the

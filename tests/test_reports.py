@@ -233,6 +233,7 @@ def test_reports_are_written_when_a_batch_ends_and_the_command_renders_them_agai
     assert (tmp_path / "copy.html").read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
 
 
+@pytest.mark.slow
 def test_report_of_a_paused_job_and_bad_input(tmp_path):
     (tmp_path / "storyloom.yaml").write_text(SETTINGS.format(latency=1))
     (tmp_path / "job.yaml").write_text(JOB.format(job_id="cheap", n=30).replace(

@@ -300,6 +300,7 @@ def test_every_bundled_strategy_is_property_tested():
     assert set(bundled_strategies()) == set(PROPERTY_OPTIONS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(PROPERTY_OPTIONS))
 @settings(max_examples=150, deadline=None)
 @given(calls=st.lists(st.tuples(items, contexts), min_size=1, max_size=20))
@@ -326,6 +327,7 @@ def test_round_robin_shares_differ_by_at_most_one(n_models, attempts):
         assert max(shares.values()) - min(shares.values()) <= 1
 
 
+@pytest.mark.slow
 @settings(max_examples=100, deadline=None)
 @given(data=st.data(), capacities=st.lists(st.integers(0, 4), min_size=1, max_size=4), max_parallel=st.integers(1, 6))
 def test_least_loaded_never_queues_past_capacity_while_a_usable_model_has_room(data, capacities, max_parallel):

@@ -13,12 +13,13 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import trio
 
 from storyloom.events import Event
-from storyloom.plugins.progress import PlainProgress
+from storyloom.plugins.support.plain import PlainProgress
+from storyloom.plugins.support.tracker import ProgressTracker
 from storyloom.plugins.terminal import LiveProgress, make_sink, view
-from storyloom.plugins.tracker import ProgressTracker
 
 T0 = 1_700_000_000.0
 SETTINGS = """
@@ -147,6 +148,7 @@ def project(tmp_path: Path, n: int, latency: int, job_id: str = "tty-job") -> No
     (tmp_path / "job.yaml").write_text(JOB.format(job_id=job_id, n=n))
 
 
+@pytest.mark.slow
 def test_the_live_view_in_a_pseudo_terminal(tmp_path):
     # 12 chapters, 3 at a time, ~0.5 s each: about 2 s, several redraws.
     project(tmp_path, n=12, latency=500)

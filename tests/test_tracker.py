@@ -8,7 +8,7 @@ import random
 import pytest
 
 from storyloom.events import Event
-from storyloom.plugins.tracker import ProgressTracker
+from storyloom.plugins.support.tracker import ProgressTracker
 
 T0 = 1_700_000_000.0
 

@@ -141,6 +141,7 @@ def test_a_4xx_is_not_retried(loom, hook, capsys):
     assert "gave up after 1 attempt(s): HTTP 404" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_hanging_server_holds_neither_the_items_nor_the_end(loom, hook, capsys):
     hook.answers = ["hang"]
     loom.write("storyloom.yaml", SETTINGS.format(url=hook.url, timeout="2s", retries=3))

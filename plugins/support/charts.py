@@ -1,7 +1,7 @@
 """Geometry for the HTML report's inline SVG charts.
 
 Each function turns report numbers into shapes (plain dicts of coordinates
-and labels); ``templates/report.html.j2`` draws them, so every label passes
+and labels); ``plugins/templates/report.html.j2`` draws them, so every label passes
 through the template's autoescaping and no markup is built here.
 """
 
