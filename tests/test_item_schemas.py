@@ -11,7 +11,7 @@ import pytest
 
 from storyloom import ConfigError, UsageError, hookimpl
 from storyloom.config import Options, make_config
-from storyloom.job import Item, item_from_dict, item_to_dict, job_from_dict
+from storyloom.job import item_from_dict, item_to_dict, job_from_dict
 from storyloom.jobtype import Result
 from storyloom.plugins.jobtypes import JOB_TYPES
 from storyloom.provider import Request
