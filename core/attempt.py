@@ -90,9 +90,10 @@ async def run_attempt(batch: "Batch", claimed: ClaimedItem, item: Item) -> Outco
         try:
             await batch.started(StartRecord(job.job_id, item.item_id, model, time.time()))
             batch.hooks.item_started(job=job, item=item, attempt=attempt, model=model)
+            # Besides the generic keys, the item fields its job type names (chapter_num, say).
+            shown = {name: item.fields.get(name) for name in getattr(batch.job_type, "event_fields", ())}
             batch.emit(Event("item_started", job.job_id, item.item_id, data={
-                "attempt": attempt, "model": model, "project_id": item.project_id,
-                "chapter_num": item.chapter_num}))
+                "attempt": attempt, "model": model, "project_id": item.project_id, **shown}))
             with trio.fail_after(plan.timeout_per_item):
                 response = await batch.providers[model].complete(request)
         except trio.TooSlowError:

@@ -87,7 +87,7 @@ class Config:
     def known_names(self) -> loader.KnownNames:
         r = self.registries
         return loader.KnownNames(
-            job_types=set(r.job_types),
+            job_types=dict(r.job_types),  # the objects: their item schemas and expansion
             providers=set(r.providers),
             strategies=set(r.strategies),
             retry_policies=set(r.retry_policies),

@@ -39,21 +39,25 @@ class Priority(enum.IntEnum):
 
 @dataclass(frozen=True)
 class Item:
+    """One unit of work. The attributes are the kernel's generic keys; what
+    the item says for its job type (``chapter_num``, ``genre``, ``prompt``...)
+    is in ``fields``, as the job type's item schema declares it."""
+
     item_id: str
+    #: A grouping key (the novel, the campaign) for routing and progress.
     project_id: str | None = None
-    chapter_num: int | None = None
     #: ``pending`` to run; ``skipped`` (or ``completed``) in the file means "do not run".
     status: str = "pending"
     priority: Priority | None = None
     deadline: datetime | None = None
     model: str | None = None  # pins the item to one model
-    #: Every other field of the item (genre, language, title, vars...), as the
-    #: job type's prompt template sees it.
+    #: Every other field of the item, as its job type's template sees it
+    #: (``vars`` stays one nested mapping).
     fields: dict[str, Any] = field(default_factory=dict)
 
     def as_template_vars(self) -> dict[str, Any]:
         data = dict(self.fields)
-        data.update(item_id=self.item_id, project_id=self.project_id, chapter_num=self.chapter_num)
+        data.update(item_id=self.item_id, project_id=self.project_id)
         return data
 
 
@@ -119,7 +123,6 @@ def item_to_dict(item: Item) -> dict[str, Any]:
     return {
         "item_id": item.item_id,
         "project_id": item.project_id,
-        "chapter_num": item.chapter_num,
         "status": item.status,
         "priority": item.priority.name.lower() if item.priority is not None else None,
         "deadline": _dt(item.deadline),
@@ -129,15 +132,18 @@ def item_to_dict(item: Item) -> dict[str, Any]:
 
 
 def item_from_dict(data: dict[str, Any]) -> Item:
+    fields = dict(data.get("fields") or {})
+    # Items stored before job types owned their fields kept chapter_num at the top.
+    if data.get("chapter_num") is not None:
+        fields.setdefault("chapter_num", data["chapter_num"])
     return Item(
         item_id=data["item_id"],
         project_id=data.get("project_id"),
-        chapter_num=data.get("chapter_num"),
         status=data.get("status", "pending"),
         priority=Priority[data["priority"].upper()] if data.get("priority") else None,
         deadline=_parse_dt(data.get("deadline")),
         model=data.get("model"),
-        fields=dict(data.get("fields") or {}),
+        fields=fields,
     )
 
 

@@ -1,13 +1,34 @@
-"""What a job type is: how an item becomes a request, and a reply a result."""
+"""What a job type is: which item fields it takes, how an entry becomes items,
+how an item becomes a request, and a reply a result.
+
+The kernel knows no concrete job type: a job file's generic keys (the
+envelope, ``schemas/job.schema.json``) are the kernel's; everything an item
+says beyond :data:`GENERIC_ITEM_KEYS` belongs to the job type named by
+``job_type``, which declares it with :attr:`JobType.item_schema` and may turn
+one entry into several items (:meth:`JobType.expand_item`) or read its items
+from a file (:meth:`InputReader.read_input`).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+
+from .document import Document, PathKey, error_at
+from .errors import ConfigError
+from .validation import describe, schema
 
 if TYPE_CHECKING:
     from .job import Item, Job
     from .provider import Request, Response
+
+#: The item keys the kernel reads itself; every other key of an item entry is
+#: the job type's, kept in ``Item.fields``. (The same as the properties of
+#: ``$defs/item`` in ``job.schema.json``; a test keeps them identical.)
+GENERIC_ITEM_KEYS = ("item_id", "project_id", "status", "priority", "deadline", "model")
 
 
 class JobType(Protocol):
@@ -15,12 +36,98 @@ class JobType(Protocol):
     #: Defaults used when neither settings (``batch_limits``) nor the job set them.
     max_parallel: int
     timeout_per_item: float
+    #: The JSON Schema (draft 2020-12) of an item entry's own fields: an object
+    #: schema whose ``properties`` are the fields beyond :data:`GENERIC_ITEM_KEYS`
+    #: (which the kernel validates; they may still appear in ``required`` or
+    #: ``allOf``). Unless the schema says otherwise, a field it does not list is
+    #: an error. Errors point into the job file (``items[3].chapter_num``).
+    item_schema: Mapping[str, Any]
+
+    def expand_item(self, item: "Item", entry: Mapping[str, Any], where: "ItemSite") -> Iterable[tuple["Item", PathKey]]:
+        """The item(s) one entry of ``items:`` stands for (optional: without
+        it each entry is one item, :func:`one_item`).
+
+        Called after the entry passed both schemas. ``item`` is built from the
+        generic keys (priority and deadline resolved), its ``fields`` hold the
+        entry's other keys as written. Return each item with the path, relative
+        to the entry, where its id came from (``("item_id",)``), for duplicate-id
+        errors. Raise ``where.error(...)`` for a problem the schema cannot see.
+        The kernel then checks every id is a safe name and unique in the job.
+        """
 
     def build_request(self, item: "Item", job: "Job") -> "Request":
         """Turn an item into a request. Raise ProviderError(INVALID_INPUT) if it cannot."""
 
     def handle_result(self, item: "Item", job: "Job", response: "Response") -> "Result":
         """Turn a reply into the item's result. Raise ProviderError to fail the attempt."""
+
+
+class InputReader(Protocol):
+    """Optional, for a job type that can read a job's ``input:`` file instead of ``items:``.
+
+    Without ``read_input`` a job of that type giving ``input:`` is an error
+    naming the job type.
+    """
+
+    def read_input(self, path: Path, template: "Item", where: "ItemSite") -> Iterable["Item"]:
+        """The items in the file ``path`` (``input:`` resolved against the job file's folder).
+
+        ``template`` carries the job-level priority and deadline: make items with
+        ``dataclasses.replace(template, item_id=..., fields=...)``. ``where.path``
+        is ``("input",)``: use ``where.error((), ...)`` for the file as a whole
+        (unreadable, empty) and a ``ConfigError`` at the file's own line for a bad
+        line. The kernel checks ids and the item limit as for ``items:``.
+        """
+
+
+class EventFields(Protocol):
+    """Optional: ``event_fields`` names item fields (``chapter_num``) that the
+    ``item_started`` event carries besides ``project_id``, for progress views."""
+
+    event_fields: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ItemSite:
+    """Where an item entry (or the ``input:`` key) is in its job file, so a job
+    type can raise errors located like the loader's own."""
+
+    doc: Document
+    #: ``("items", 3)`` or ``("input",)``.
+    path: PathKey
+
+    @property
+    def job(self) -> Mapping[str, Any]:
+        """The whole job document as plain values (job-level ``language``, ``vars``...)."""
+        return self.doc.data
+
+    def error(self, path: PathKey, message: str) -> ConfigError:
+        """A ConfigError at ``path`` under this entry: ``file:line:col: at items[3].chapters: ...``."""
+        return error_at(self.doc, self.path + tuple(path), message)
+
+    def check_id(self, value: str, path: PathKey, what: str = "") -> None:
+        """Refuse an id that is not a safe name (it becomes a file name).
+
+        :raises ConfigError: at ``path`` under this entry; ``what`` prefixes the message.
+        """
+        problem = identifier_problem(value)
+        if problem:
+            raise self.error(path, what + problem)
+
+
+def identifier_problem(value: Any) -> str:
+    """Why ``value`` is not a safe name (``$defs/identifier`` in job.schema.json), or ""."""
+    identifier = schema("job.schema.json")["$defs"]["identifier"]
+    # The schema's pattern ends in `$`, which Python also matches before a
+    # final newline; fullmatch does not.
+    if isinstance(value, str) and re.fullmatch(identifier["pattern"], value):
+        return ""
+    return identifier["x-message"].replace("{got}", describe(value))
+
+
+def one_item(item: "Item", entry: Mapping[str, Any], where: ItemSite) -> list[tuple["Item", PathKey]]:
+    """The default expansion: the entry is one item, as written."""
+    return [(replace(item, fields=dict(item.fields)), ("item_id",))]
 
 
 @dataclass(frozen=True)

@@ -214,8 +214,11 @@ class _Tally:
 
 def _failed_item(row: Any) -> dict[str, Any]:
     definition = row.definition or {}
+    fields = definition.get("fields") or {}
+    # chapter_num is a story job type's field; items stored before kept it at the top.
     return {"item_id": row.item_id, "project_id": definition.get("project_id"),
-            "chapter_num": definition.get("chapter_num"), "attempts": row.attempts, "model": row.last_model,
+            "chapter_num": fields.get("chapter_num", definition.get("chapter_num")), "attempts": row.attempts,
+            "model": row.last_model,
             "error_kind": row.error_kind, "error": row.error}
 
 

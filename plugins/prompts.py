@@ -25,6 +25,12 @@ model, so ``model`` and ``stream`` in a body are ignored; every other field
 (``top_p``, ``stop``, ``response_format``, ...) rides along in
 ``Request.metadata["extra_body"]`` for a provider that can send it.
 
+An item takes the fields in ``schemas/prompts-item.schema.json`` (``prompt``,
+``messages``, ``language``, ``vars``); an item without its own ``language``
+takes the job's. The schema is a JSON file, like the story job types', so it
+is a contract editors and the schema tests can read. ``chapters:`` and the
+story fields are not this job type's: they are errors here.
+
 Each reply is written to ``storyloom-out/<job_id>/<item_id>.txt`` (by the
 outputs plugin), and when a batch ends ``storyloom-out/<job_id>/results.jsonl``
 is rewritten from the store in the Batch API output format: one line per
@@ -37,18 +43,30 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import jinja2
 
 from storyloom import ConfigError, ErrorKind, ProviderError, hookimpl
 from storyloom.atomic import write_atomic
+from storyloom.document import decode_utf8
+from storyloom.errors import Location
 from storyloom.job import Item, Job
-from storyloom.jobtype import Result
+from storyloom.jobtype import ItemSite, Result, identifier_problem
 from storyloom.provider import Request, Response
+from storyloom.validation import describe, format_path, schema, unknown_name
 
 NAME = "prompts"
+#: The item fields a prompts item takes (package data: storyloom.schemas).
+ITEM_SCHEMA = schema("prompts-item.schema.json")
+#: A job's ``input:`` JSONL file (the OpenAI Batch API's own limit for one file).
+MAX_INPUT_BYTES = 200 * 1024 * 1024
+#: What each line of an ``input:`` file holds: the Batch API's request fields.
+_INPUT_KEYS = ("custom_id", "method", "url", "body")
+_INPUT_URL = "/v1/chat/completions"
 RESULTS_FILE = "results.jsonl"
 #: max_tokens for a request that sets none (nor the job's config.max_tokens).
 DEFAULT_MAX_TOKENS = 1024
@@ -70,6 +88,41 @@ class PromptsJobType:
     #: Generic chat requests are usually short; the models' rpm/tpm bound the real rate.
     max_parallel: int = 32
     timeout_per_item: float = 120.0
+    item_schema: Mapping[str, Any] = field(default_factory=lambda: ITEM_SCHEMA, compare=False, repr=False)
+
+    def expand_item(self, item: Item, entry: Mapping[str, Any], where: ItemSite) -> list[tuple[Item, tuple]]:
+        fields = dict(item.fields)
+        if "language" not in fields and "language" in where.job:
+            fields["language"] = where.job["language"]
+        return [(replace(item, fields=fields), ("item_id",))]
+
+    def read_input(self, path: Path, template: Item, where: ItemSite) -> Iterator[Item]:
+        """Items from an OpenAI Batch API input file: item_id is each line's
+        custom_id, the body goes in the fields (with the job's language)."""
+        file = str(path)
+        try:
+            with path.open("rb") as stream:
+                raw = stream.read(MAX_INPUT_BYTES + 1)
+        except OSError as err:
+            reason = "file not found" if isinstance(err, FileNotFoundError) else err.strerror or str(err)
+            raise where.error((), f"cannot read {file}: {reason}") from None
+        if len(raw) > MAX_INPUT_BYTES:
+            raise where.error((), f"{file} is larger than {MAX_INPUT_BYTES // (1024 * 1024)} MB")
+        fields = {"language": where.job["language"]} if "language" in where.job else {}
+        first_line: dict[str, int] = {}
+        # split, not splitlines: JSON strings may hold U+2028 and friends unescaped.
+        for number, line in enumerate(decode_utf8(raw, file).split("\n"), 1):
+            if not line.strip():
+                continue
+            entry = _input_line(line, file, number)
+            custom_id = entry["custom_id"]
+            if custom_id in first_line:
+                raise ConfigError(Location(file, number, 1), "custom_id",
+                                  f"duplicate custom_id '{custom_id}' (first on line {first_line[custom_id]})")
+            first_line[custom_id] = number
+            yield replace(template, item_id=custom_id, fields={**fields, "body": entry["body"]})
+        if not first_line:
+            raise where.error((), f"{file} holds no requests")
 
     def build_request(self, item: Item, job: Job) -> Request:
         fields = item.fields
@@ -92,6 +145,39 @@ class PromptsJobType:
         return Result(text=response.text, file_name=f"{item.item_id}.txt", data={
             "model": response.model, "finish_reason": response.finish_reason, "created": int(time.time()),
             "input_tokens": response.input_tokens, "output_tokens": response.output_tokens})
+
+
+def _input_line(line: str, file: str, number: int) -> dict[str, Any]:
+    """One request of an ``input:`` file, checked; errors name the file and line."""
+    try:
+        entry = json.loads(line)
+    except ValueError as err:
+        column = getattr(err, "colno", 1)
+        raise ConfigError(Location(file, number, column), "", f"invalid JSON: {getattr(err, 'msg', err)}") from None
+    where = Location(file, number, 1)
+    if not isinstance(entry, dict):
+        raise ConfigError(where, "", f"expected a request object ({', '.join(_INPUT_KEYS)}), got {describe(entry)}")
+    for key in entry:
+        if key not in _INPUT_KEYS:
+            raise ConfigError(where, format_path((key,)), unknown_name("key", key, _INPUT_KEYS))
+    for key in _INPUT_KEYS:
+        if key not in entry:
+            raise ConfigError(where, "", f"missing required key '{key}'")
+    problem = identifier_problem(entry["custom_id"])
+    if problem:
+        raise ConfigError(where, "custom_id", "custom_id becomes the item_id: " + problem)
+    if entry["method"] != "POST":
+        raise ConfigError(where, "method", f"expected POST, got {describe(entry['method'])}")
+    if entry["url"] != _INPUT_URL:
+        raise ConfigError(where, "url", f"expected {_INPUT_URL} (only chat requests are supported), "
+                                        f"got {describe(entry['url'])}")
+    body = entry["body"]
+    if not isinstance(body, dict):
+        raise ConfigError(where, "body", f"expected a chat completions request body, got {describe(body)}")
+    if not isinstance(body.get("messages"), list) or not body["messages"]:
+        raise ConfigError(where, "body.messages", f"expected a non-empty list of messages, got "
+                                                  f"{describe(body.get('messages'))}")
+    return entry
 
 
 def _context(item: Item, job: Job) -> dict[str, Any]:

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
-from storyloom import loader
-from storyloom.durations import CHAPTERS_PATTERN, DURATION_PATTERN, expand_chapters, parse_duration
+from storyloom import document, loader
+from storyloom.durations import DURATION_PATTERN, parse_duration
 from storyloom.errors import ConfigError, ErrorKind, Location, UsageError
 from storyloom.job import Priority
+from storyloom.jobtype import GENERIC_ITEM_KEYS
 from storyloom.loader import (
     KnownNames,
     check_settings,
@@ -24,12 +25,13 @@ from storyloom.loader import (
     parse_document,
     peek_plugins,
 )
+from storyloom.plugins.jobtypes import CHAPTERS_PATTERN, JOB_TYPES, expand_chapters
 from storyloom.settings import BatchLimit, Price, Settings
 
 DATA = Path(__file__).parent / "data"
 NOW = datetime(2025, 1, 15, tzinfo=timezone.utc)
 KNOWN = KnownNames(
-    job_types={"chapter_writing", "qc_processing"},
+    job_types={t.name: t for t in JOB_TYPES if t.name in ("chapter_writing", "qc_processing")},
     providers={"simulated", "openai"},
     strategies={"round_robin", "genre"},
     retry_policies={"exponential"},
@@ -309,7 +311,7 @@ def test_control_character(tmp_path):
 
 
 def test_file_size_is_capped(tmp_path, monkeypatch):
-    monkeypatch.setattr(loader, "MAX_FILE_BYTES", 10)
+    monkeypatch.setattr(document, "MAX_FILE_BYTES", 10)
     path = write(tmp_path, BASE)
     assert job_error(path) == f"{path}: the file is larger than 10 bytes"
 
@@ -341,12 +343,12 @@ def test_config_error_is_a_usage_error():
 
 
 def test_seed_job_loads_as_it_stands():
-    job = load_job(DATA / "seed_job.json", Settings(), KnownNames(job_types={"chapter_writing"}), now=NOW)
+    job = load_job(DATA / "seed_job.json", Settings(), KnownNames(job_types={"chapter_writing": KNOWN.job_types["chapter_writing"]}), now=NOW)
     assert job.job_id == "batch-2025-01-15-001"
     assert job.job_type == "chapter_writing"
     assert job.created_at == datetime(2025, 1, 15, tzinfo=timezone.utc)
     assert job.priority is Priority.NORMAL
-    assert [(i.item_id, i.project_id, i.chapter_num, i.status) for i in job.items] == [
+    assert [(i.item_id, i.project_id, i.fields["chapter_num"], i.status) for i in job.items] == [
         ("item-001", "proj-123", 5, "pending"),
         ("item-002", "proj-456", 8, "pending"),
     ]
@@ -382,7 +384,7 @@ def test_json_with_tabs_and_escapes_loads(tmp_path):
     text = '{\n\t"job_id": "j1",\n\t"job_type": "chapter_writing",\n\t"items": [\n\t\t{"item_id": "a",'
     text += ' "chapter_num": 1e2, "title": "\\ud83d\\ude00 \u2028\\u0e01 \\/"}\n\t]\n}\n'
     job = load_job(write(tmp_path, text, "job.json"), Settings(), KNOWN, now=NOW)
-    assert job.items[0].chapter_num == 100
+    assert job.items[0].fields["chapter_num"] == 100
     assert job.items[0].fields["title"] == "\U0001F600 \u2028ก /"
 
 
@@ -402,7 +404,7 @@ def test_full_job_builds_every_field():
     assert job.items[0].model == "gpt-4o"
     assert job.items[1].status == "skipped"
     coffee = job.items[2]
-    assert (coffee.project_id, coffee.chapter_num, coffee.fields["vars"]) == ("coffee", 1, {"pov": "barista"})
+    assert (coffee.project_id, coffee.fields["chapter_num"], coffee.fields["vars"]) == ("coffee", 1, {"pov": "barista"})
     assert coffee.priority is Priority.CRITICAL  # its own deadline is hours away
     assert all(i.deadline.tzinfo is not None for i in job.items)
 
@@ -463,10 +465,10 @@ def test_expand_chapters():
 def test_chapter_range_expands_into_items(tmp_path):
     path = write(tmp_path, BASE + "  - item_id: arc2\n    project_id: p\n    chapters: '10-12'\n    title: T\n")
     job = load_job(path, Settings(), KNOWN, now=NOW)
-    assert [(i.item_id, i.project_id, i.chapter_num, i.fields) for i in job.items[1:]] == [
-        ("arc2-ch10", "p", 10, {"title": "T"}),
-        ("arc2-ch11", "p", 11, {"title": "T"}),
-        ("arc2-ch12", "p", 12, {"title": "T"}),
+    assert [(i.item_id, i.project_id, i.fields) for i in job.items[1:]] == [
+        ("arc2-ch10", "p", {"title": "T", "chapter_num": 10}),
+        ("arc2-ch11", "p", {"title": "T", "chapter_num": 11}),
+        ("arc2-ch12", "p", {"title": "T", "chapter_num": 12}),
     ]
 
 
@@ -631,7 +633,8 @@ def test_only_retryable_given_moves_kinds_out_of_the_default(tmp_path):
 # -- the schemas themselves
 
 
-@pytest.mark.parametrize("name", ["job.schema.json", "settings.schema.json"])
+@pytest.mark.parametrize("name", ["job.schema.json", "settings.schema.json", "story-item.schema.json",
+                                  "prompts-item.schema.json"])
 def test_schemas_are_valid_and_documented(name):
     schema = loader.schema(name)
     Draft202012Validator.check_schema(schema)
@@ -659,7 +662,8 @@ def test_schemas_repeat_the_python_patterns_and_error_kinds():
     assert job["$defs"]["positiveDuration"] == settings["$defs"]["positiveDuration"]
     assert job["$defs"]["moduleList"] == settings["$defs"]["moduleList"]
     assert job["$defs"]["duration"]["pattern"] == DURATION_PATTERN
-    assert job["$defs"]["item"]["properties"]["chapters"]["pattern"] == CHAPTERS_PATTERN
+    assert loader.schema("story-item.schema.json")["properties"]["chapters"]["pattern"] == CHAPTERS_PATTERN
+    assert tuple(job["$defs"]["item"]["properties"]) == GENERIC_ITEM_KEYS
     shipped = json.loads(
         importlib.resources.files("storyloom.schemas").joinpath("settings.schema.json").read_text("utf-8")
     )

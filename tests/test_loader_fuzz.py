@@ -23,12 +23,13 @@ from storyloom.durations import DURATION_PATTERN, parse_duration
 from storyloom.errors import ConfigError
 from storyloom.job import Job
 from storyloom.loader import KnownNames, load_job
+from storyloom.plugins.jobtypes import JOB_TYPES
 from storyloom.settings import Settings
 
 NOW = datetime(2025, 1, 15, tzinfo=timezone.utc)
 SETTINGS = Settings()
 KNOWN = KnownNames(
-    job_types={"chapter_writing"},
+    job_types={t.name: t for t in JOB_TYPES if t.name == "chapter_writing"},
     providers={"simulated"},
     strategies={"round_robin"},
     retry_policies={"exponential"},

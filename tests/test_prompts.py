@@ -13,7 +13,7 @@ from storyloom.loader import KnownNames, load_job
 from storyloom.plugins.prompts import DEFAULT_MAX_TOKENS, PromptsJobType
 from storyloom.settings import Settings
 
-KNOWN = KnownNames(job_types={"prompts"})
+KNOWN = KnownNames(job_types={"prompts": PromptsJobType()})
 
 # As OpenAI's Batch API documentation writes them, plus the fields people add.
 BATCH_INPUT = [
@@ -170,7 +170,7 @@ def test_a_prompt_naming_a_missing_var_fails_the_item(loom, fake_provider):
 
 
 @pytest.mark.parametrize("item,message", [
-    ("{item_id: a, title: no prompt}", "needs a prompt or messages"),
+    ("{item_id: a, vars: {title: no prompt}}", "needs a prompt or messages"),
     ("{item_id: a, prompt: x, messages: [{role: user, content: y}]}", "gives prompt and messages"),
     ("{item_id: a, messages: [{role: robot, content: y}]}", "messages[0].role"),
 ])

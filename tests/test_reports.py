@@ -52,8 +52,8 @@ ATTEMPTS = [
 
 
 def fixed_job() -> Job:
-    items = [Item(item_id=f"rain-ch{n}", project_id="rain", chapter_num=n) for n in range(1, 8)]
-    items.append(Item(item_id="ghost-ch1", project_id="ghost", chapter_num=1, status="skipped"))
+    items = [Item(item_id=f"rain-ch{n}", project_id="rain", fields={"chapter_num": n}) for n in range(1, 8)]
+    items.append(Item(item_id="ghost-ch1", project_id="ghost", fields={"chapter_num": 1}, status="skipped"))
     return Job(job_id="rep-1", job_type="chapter_writing", items=tuple(items), budget_usd=0.05)
 
 

@@ -31,6 +31,9 @@ class ShoutJobType:
     name = "shout"
     max_parallel = 2
     timeout_per_item = 5.0
+    #: The item fields this job type takes besides the generic ones.
+    item_schema = {"type": "object", "required": ["item_id"],
+                   "properties": {"title": {"description": "What to shout.", "type": "string"}}}
 
     def build_request(self, item, job):
         return Request(messages=({"role": "user", "content": item.fields.get("title", item.item_id)},))

@@ -1,0 +1,367 @@
+"""Stage 1 of loading a file: YAML or JSON into plain values, with positions.
+
+:func:`parse_document` reads a job or settings file into a :class:`Document`:
+the plain values (dicts, lists, str, int, float, bool, None) plus where each
+value and key was written, so later stages can say ``file:line:column``.
+Syntax, encoding, duplicate keys and alias bombs fail here, each as a
+:class:`~storyloom.errors.ConfigError`; limits make hostile files fail fast.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .durations import parse_duration
+from .errors import ConfigError, Location
+from .wording import describe, format_path
+
+__all__ = ["MAX_DEPTH", "MAX_FILE_BYTES", "MAX_NODES", "Document", "PathKey", "decode_utf8", "duration_at",
+           "error_at", "int_or_none", "parse_document", "value_at"]
+
+#: Limits that make hostile or broken files fail fast instead of eating memory.
+MAX_FILE_BYTES = 10 * 1024 * 1024
+MAX_NODES = 100_000  # values after expanding aliases
+MAX_DEPTH = 64
+
+#: A path inside a document: ``("items", 3, "chapter_num")``.
+PathKey = tuple[str | int, ...]
+
+class Document:
+    """A parsed YAML or JSON file: plain values plus where each one was written.
+
+    ``data`` is the top-level mapping (dicts, lists, str, int, float, bool,
+    None; timestamps stay strings). ``file`` is the path as given.
+    """
+
+    def __init__(
+        self,
+        file: str,
+        data: dict[str, Any],
+        values: dict[PathKey, tuple[int, int]],
+        keys: dict[PathKey, tuple[int, int]],
+        plain: dict[PathKey, str],
+    ) -> None:
+        self.file = file
+        self.data = data
+        self._values = values
+        self._keys = keys
+        self._plain = plain
+
+    def location(self, path: Iterable[str | int] = ()) -> Location:
+        """Where the value at ``path`` starts (1-based line and column); for a
+        path that does not exist, where its nearest existing parent starts."""
+        path = tuple(path)
+        for end in range(len(path), -1, -1):
+            position = self._values.get(path[:end])
+            if position is not None:
+                return Location(self.file, *position)
+        return Location(self.file, 1, 1)
+
+    def key_location(self, path: Iterable[str | int]) -> Location:
+        """Where the mapping key ending ``path`` is written (for "unknown key")."""
+        path = tuple(path)
+        position = self._keys.get(path)
+        return Location(self.file, *position) if position else self.location(path)
+
+    def plain_text(self, path: Iterable[str | int]) -> str | None:
+        """The source text of an unquoted scalar that YAML did not read as a
+        string (``no`` -> False), so errors can suggest quoting it."""
+        return self._plain.get(tuple(path))
+
+
+def parse_document(path: Path) -> Document:
+    """Read a YAML or JSON file (JSON by a ``.json`` suffix) into a :class:`Document`.
+
+    YAML scalars resolve as with ``yaml.safe_load`` except timestamps, which stay
+    strings. Aliases are expanded, up to :data:`MAX_NODES` values and
+    :data:`MAX_DEPTH` levels; ``<<`` merge keys work.
+
+    :raises ConfigError: unreadable, larger than :data:`MAX_FILE_BYTES`, not
+        UTF-8, malformed, empty, not a mapping at the top, duplicate or
+        non-string keys, unsupported tags, too large once aliases are expanded.
+    """
+    file = str(path)
+    raw = _read_bytes(Path(path), file)
+    text = decode_utf8(raw, file)
+    is_json = Path(path).suffix.lower() == ".json"
+    if is_json:
+        text = _json_as_yaml(text)
+    root = _compose(text, file, is_json)
+    if root is None:
+        raise ConfigError(Location(file, 1, 1), "", "the file is empty; expected a mapping such as 'job_id: ...'")
+    builder = _Builder(file, is_json)
+    data = builder.build(root, (), 0)
+    if not isinstance(data, dict):
+        raise ConfigError(
+            Location(file, *_position(root)), "", f"expected a mapping of keys at the top level, got {describe(data)}"
+        )
+    return Document(file, data, builder.values, builder.keys, builder.plain)
+
+
+def _read_bytes(path: Path, file: str) -> bytes:
+    try:
+        with path.open("rb") as stream:
+            raw = stream.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(file, "", "file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(file, "", "is a directory, not a file") from None
+    except OSError as err:
+        raise ConfigError(file, "", f"cannot read the file: {err.strerror or err}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        mb, rest = divmod(MAX_FILE_BYTES, 1024 * 1024)
+        limit = f"{mb} MB" if mb and not rest else f"{MAX_FILE_BYTES:,} bytes"
+        raise ConfigError(file, "", f"the file is larger than {limit}")
+    return raw
+
+
+def decode_utf8(raw: bytes, file: str) -> str:
+    """``raw`` as text (a BOM is dropped); not UTF-8 is a ConfigError at the first bad byte."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        line_start = raw.rfind(b"\n", 0, err.start) + 1
+        column = len(raw[line_start : err.start].decode("utf-8", "replace")) + 1
+        raise ConfigError(
+            Location(file, line, column),
+            "",
+            f"the file is not valid UTF-8 (byte 0x{raw[err.start]:02x}); save it as UTF-8",
+        ) from None
+
+
+# In JSON, tabs may only appear between tokens (where a space means the same)
+# and these characters only inside strings (where the escape means the same),
+# but YAML refuses tabs there and reads the others as line breaks.
+_JSON_ESCAPE_RE = re.compile("[\x7f-\x9f\u2028\u2029]")
+
+
+def _json_as_yaml(text: str) -> str:
+    text = text.replace("\t", " ")
+    return _JSON_ESCAPE_RE.sub(lambda m: f"\\u{ord(m[0]):04x}", text)
+
+
+class _LimitError(yaml.MarkedYAMLError):
+    """The document is too deep or too large to compose (not a syntax error)."""
+
+
+class _Loader(yaml.SafeLoader):
+    """Composes nodes only, refusing documents too deep or too large up front."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._count = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        self._count += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _LimitError(problem=f"the document is nested deeper than {MAX_DEPTH} levels",
+                                  problem_mark=self.peek_event().start_mark)
+            if self._count > MAX_NODES:
+                raise _LimitError(problem=f"the document has more than {MAX_NODES:,} values",
+                                  problem_mark=self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _compose(text: str, file: str, is_json: bool) -> yaml.Node | None:
+    kind = "JSON" if is_json else "YAML"
+    loader = None
+    try:
+        loader = _Loader(text)  # the reader checks every character here already
+        return loader.get_single_node()
+    except _LimitError as err:
+        mark = err.problem_mark
+        raise ConfigError(Location(file, mark.line + 1, mark.column + 1), "", err.problem) from None
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = Location(file, mark.line + 1, mark.column + 1) if mark else Location(file, 1, 1)
+        raise ConfigError(where, "", f"invalid {kind}: {_yaml_problem(err)}") from None
+    except yaml.reader.ReaderError as err:
+        line, column = _line_column(text, err.position)
+        character = f"#x{err.character:04x}" if isinstance(err.character, int) else repr(err.character)
+        raise ConfigError(
+            Location(file, line, column), "", f"invalid {kind}: control character {character} is not allowed"
+        ) from None
+    except yaml.YAMLError as err:  # not raised by PyYAML 6 in practice; keep the promise anyway
+        raise ConfigError(Location(file, 1, 1), "", f"invalid {kind}: {err}") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def _yaml_problem(err: yaml.MarkedYAMLError) -> str:
+    problem = err.problem or "syntax error"
+    if err.context and err.context_mark and err.problem_mark:
+        return f"{problem} ({err.context} at line {err.context_mark.line + 1})"
+    return problem if not err.context else f"{err.context}: {problem}"
+
+
+def _line_column(text: str, index: int) -> tuple[int, int]:
+    line = text.count("\n", 0, index) + 1
+    return line, index - (text.rfind("\n", 0, index) + 1) + 1
+
+
+def _position(node: yaml.Node) -> tuple[int, int]:
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+_TAG = "tag:yaml.org,2002:"
+_SCALAR_TAGS = {_TAG + name for name in ("null", "bool", "int", "float", "str")}
+_TIMESTAMP_TAG = _TAG + "timestamp"
+_MERGE_TAG = _TAG + "merge"
+
+
+class _Builder:
+    """Turns composed nodes into plain values, recording each value's position."""
+
+    def __init__(self, file: str, is_json: bool) -> None:
+        self.file = file
+        self.is_json = is_json
+        self.values: dict[PathKey, tuple[int, int]] = {}
+        self.keys: dict[PathKey, tuple[int, int]] = {}
+        self.plain: dict[PathKey, str] = {}
+        self.count = 0
+        self._constructor = yaml.constructor.SafeConstructor()
+
+    def error(self, node: yaml.Node, path: PathKey, message: str) -> ConfigError:
+        return ConfigError(Location(self.file, *_position(node)), format_path(path), message)
+
+    def build(self, node: yaml.Node, path: PathKey, depth: int) -> Any:
+        self.count += 1
+        if self.count > MAX_NODES:
+            raise self.error(node, path, f"the document expands to more than {MAX_NODES:,} values "
+                             "(an alias (*name) repeating a large anchor?)")
+        if depth > MAX_DEPTH:
+            raise self.error(node, path[:8], f"the document is nested deeper than {MAX_DEPTH} levels "
+                             "(an alias inside its own anchor?)")
+        self.values[path] = _position(node)
+        if isinstance(node, yaml.ScalarNode):
+            return self.scalar(node, path)
+        if isinstance(node, yaml.SequenceNode) and node.tag == _TAG + "seq":
+            return [self.build(child, path + (i,), depth + 1) for i, child in enumerate(node.value)]
+        if isinstance(node, yaml.MappingNode) and node.tag == _TAG + "map":
+            return self.mapping(node, path, depth)
+        raise self.error(node, path, f"unsupported YAML tag {node.tag!r}")
+
+    def scalar(self, node: yaml.ScalarNode, path: PathKey) -> Any:
+        value = self._scalar_value(node, path)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.error(node, path, f"expected a finite number, got {node.value!r}")
+        if isinstance(value, str):
+            value = _join_surrogates(value)
+        elif node.style is None:
+            self.plain[path] = node.value
+        return value
+
+    def _scalar_value(self, node: yaml.ScalarNode, path: PathKey) -> Any:
+        if self.is_json and node.style is None:
+            try:
+                value = json.loads(node.value)
+            except ValueError:
+                value = ...
+            if value is ... or isinstance(value, (str, list, dict)):
+                raise self.error(node, path, f"invalid JSON value {node.value!r} (strings need double quotes)")
+            return value
+        if node.tag == _TIMESTAMP_TAG:
+            return node.value  # dates stay text: the schema decides what they mean
+        if node.tag not in _SCALAR_TAGS:
+            raise self.error(node, path, f"unsupported YAML tag {node.tag!r}")
+        try:
+            return self._constructor.yaml_constructors[node.tag](self._constructor, node)
+        except Exception:  # PyYAML raises ValueError, KeyError... for `!!int abc` and the like
+            kind = node.tag.removeprefix(_TAG)
+            raise self.error(node, path, f"cannot read {node.value!r} as {kind}") from None
+
+    def mapping(self, node: yaml.MappingNode, path: PathKey, depth: int) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        # Merged (<<) entries first, so that the mapping's own keys override them.
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                self.merge(value_node, path, depth, result)
+        seen: dict[str, yaml.Node] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                continue
+            key = self.key(key_node, path)
+            if key in seen:
+                first = seen[key].start_mark.line + 1
+                raise self.error(key_node, path + (key,), f"duplicate key '{key}' (first given on line {first})")
+            seen[key] = key_node
+            self.keys[path + (key,)] = _position(key_node)
+            result[key] = self.build(value_node, path + (key,), depth + 1)
+        return result
+
+    def merge(self, node: yaml.Node, path: PathKey, depth: int, into: dict[str, Any]) -> None:
+        sources = node.value if isinstance(node, yaml.SequenceNode) else [node]
+        # In a list of merged mappings the first one wins: apply them last to first.
+        for source in reversed(sources):
+            if not isinstance(source, yaml.MappingNode):
+                raise self.error(source, path, "a merge key (<<) needs a mapping or a list of mappings")
+            position = self.values[path]
+            merged = self.build(source, path, depth + 1)  # counted and depth-checked like any value
+            self.values[path] = position  # the mapping still starts where it is written
+            into.update(merged)
+
+    def key(self, node: yaml.Node, path: PathKey) -> str:
+        if not isinstance(node, yaml.ScalarNode):
+            raise self.error(node, path, "mapping keys must be strings, not lists or mappings")
+        self.count += 1
+        key = self._scalar_value(node, path)
+        if not isinstance(key, str):
+            raise self.error(node, path, f"mapping keys must be strings; quote the key \"{node.value}\"")
+        return _join_surrogates(key)
+
+
+def _join_surrogates(text: str) -> str:
+    """JSON writes characters outside the BMP as two \\u escapes; join them."""
+    if not any("\ud800" <= ch <= "\udfff" for ch in text):
+        return text
+    try:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16")
+    except UnicodeDecodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")  # a lone surrogate: keep it visible as '?'
+
+
+# -- located values, for the stages after parsing
+
+
+def error_at(doc: Document, path: PathKey, message: str) -> ConfigError:
+    """A ConfigError at ``path`` in ``doc``: ``file:line:col: at path: message``."""
+    return ConfigError(doc.location(path), format_path(path), message)
+
+
+def value_at(data: Any, path: PathKey) -> Any:
+    """The value at ``path`` inside ``data``, or None where there is none."""
+    for part in path:
+        if not isinstance(data, (dict, list)):
+            return None
+        try:
+            data = data[part]
+        except (KeyError, IndexError):
+            return None
+    return data
+
+
+def duration_at(doc: Document, path: PathKey, default: float | None, *, positive: bool = False) -> float | None:
+    """The duration at ``path`` in seconds, or ``default`` where none is given."""
+    value = value_at(doc.data, path)
+    if value is None:
+        return default
+    return parse_duration(value, doc.location(path), format_path(path), positive=positive)
+
+
+def int_or_none(value: Any) -> int | None:
+    # The schema's "integer" also admits 5.0.
+    return None if value is None else int(value)
