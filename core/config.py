@@ -22,6 +22,7 @@ from .job import Job, Plan
 from .pluginmanager import check, import_plugin, make_plugin_manager
 from .registry import Registries, collect
 from .settings import Settings
+from .store.opening import DEFAULT_STORE, STORE_ENV
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,8 @@ class Options:
     these override the job, which overrides the settings."""
 
     plugins: tuple[str, ...] = ()
+    #: A store URL (``--store``); see :attr:`Config.store_url`.
+    store: str | None = None
     state_dir: str | None = None
     out_dir: str | None = None
     settings_file: str | None = None
@@ -66,6 +69,15 @@ class Config:
     @property
     def state_dir(self) -> Path:
         return self.options.state_path()
+
+    @property
+    def store_url(self) -> str:
+        """``--store``, else ``$STORYLOOM_STORE``, else ``store:`` in the settings,
+        else ``sqlite`` (the SQLite store in :attr:`state_dir`). An empty
+        ``$STORYLOOM_STORE`` counts as unset; an empty ``--store`` is an error."""
+        if self.options.store is not None:
+            return self.options.store
+        return os.environ.get(STORE_ENV) or self.settings.store or DEFAULT_STORE
 
     @property
     def out_dir(self) -> Path:

@@ -35,9 +35,11 @@ DEFAULT_PLUGINS = {
     "webhook": "storyloom.plugins.webhook",
     "failure_policy": "storyloom.plugins.failure_policy",
     "reports": "storyloom.plugins.reports",
+    "sqlite": "storyloom.plugins.stores.sqlite",
 }
-#: Without these the kernel cannot dispatch at all, so ``-p no:`` cannot block them.
-ESSENTIAL_PLUGINS = ("retry", "routing")
+#: Without these the kernel cannot dispatch at all (nor run without a store),
+#: so ``-p no:`` cannot block them.
+ESSENTIAL_PLUGINS = ("retry", "routing", "sqlite")
 
 
 def make_plugin_manager(plugin_args: Iterable[str] = (), *, autoload: bool | None = None) -> pluggy.PluginManager:
