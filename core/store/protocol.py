@@ -161,6 +161,7 @@ class ItemRow:
     definition: dict[str, Any]
     level: int = 2  # now, after any promotion
     route: dict[str, Any] | None = None  # of the last finished attempt
+    free_attempts: int = 0  # of ``attempts``, those that did not count against max_retries
 
 
 @dataclass(frozen=True)

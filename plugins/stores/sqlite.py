@@ -571,14 +571,15 @@ class SQLiteStore:
 
     async def items(self, job_id: str, state: str | None = None) -> list[ItemRow]:
         """The job's items in insertion order, optionally only those in ``state``."""
-        sql = ("SELECT item_id, state, attempts, last_model, error_kind, error, definition, level, route "
-               "FROM items WHERE job_id = ?")
+        sql = ("SELECT item_id, state, attempts, last_model, error_kind, error, definition, level, route, "
+               "free_attempts FROM items WHERE job_id = ?")
         params: tuple = (job_id,)
         if state is not None:
             sql += " AND state = ?"
             params = (job_id, state)
         rows = self._conn.execute(sql + " ORDER BY seq", params)
-        return [ItemRow(i, s, a, m, ek, e, json.loads(d), lv, _loads(r)) for i, s, a, m, ek, e, d, lv, r in rows]
+        return [ItemRow(i, s, a, m, ek, e, json.loads(d), lv, _loads(r), fa)
+                for i, s, a, m, ek, e, d, lv, r, fa in rows]
 
     async def result(self, job_id: str, item_id: str) -> tuple[str, dict[str, Any] | None] | None:
         row = self._conn.execute(
