@@ -121,7 +121,7 @@ async def build_queue(folder: Path, n: int, strategy: str) -> tuple[Path, float]
     """Submit the 50 jobs; return the queue's state folder and the seconds it took."""
     from storyloom.api import submit_job
     from storyloom.config import make_config
-    from storyloom.store.sqlite import SQLiteStore
+    from storyloom.store import open_store
 
     base = folder / f"queue-{strategy}"
     (base / "jobs").mkdir(parents=True)
@@ -133,17 +133,14 @@ async def build_queue(folder: Path, n: int, strategy: str) -> tuple[Path, float]
     state = base / "state"
     t0 = time.perf_counter()
     with make_config(options_for(folder, state)) as config:
-        store = SQLiteStore.open(config.state_dir, config.settings.synchronous)
-        try:
+        async with open_store(config) as store:  # closing the last connection checkpoints the WAL into the file
             for path in files:
                 await submit_job(path, config=config, store=store)
-        finally:
-            store.close()  # the last connection checkpoints the WAL into the file
     return state, time.perf_counter() - t0
 
 
 def fresh_copy(queue: Path, folder: Path, name: str) -> Path:
-    from storyloom.store.sqlite import DB_NAME
+    from storyloom.plugins.stores.sqlite import DB_NAME  # the queue is copied as the sqlite backend's files
 
     state = folder / "copies" / name
     state.mkdir(parents=True)
@@ -154,7 +151,7 @@ def fresh_copy(queue: Path, folder: Path, name: str) -> Path:
 
 
 def query_plan(state: Path) -> list[str]:
-    from storyloom.store.sqlite import DB_NAME, _CLAIM_NEXT
+    from storyloom.plugins.stores.sqlite import DB_NAME, _CLAIM_NEXT  # the sqlite backend's own claim statement
 
     conn = sqlite3.connect(state / DB_NAME)
     try:
@@ -171,13 +168,12 @@ async def decisions(folder: Path, state: Path, n: int, claim: int, stop_after: i
     from storyloom.config import make_config
     from storyloom.job import Item, item_from_dict
     from storyloom.kernel import Worker
-    from storyloom.store.sqlite import SQLiteStore
+    from storyloom.store import open_store
     from storyloom.tokens import estimate_request_tokens
 
     clock = time.perf_counter
     with make_config(options_for(folder, state)) as config:
-        store = SQLiteStore.open(config.state_dir, config.settings.synchronous)
-        try:
+        async with open_store(config, create=False) as store:
             worker = Worker(config, burst=True)
             worker.store = store
             async with trio.open_nursery() as nursery:
@@ -230,8 +226,6 @@ async def decisions(folder: Path, state: Path, n: int, claim: int, stop_after: i
                 c = await store.counts(job_id)
                 counts["pending"] += c["pending"]
                 counts["running"] += c["running"]
-        finally:
-            store.close()
     want = n if stop_after is None else min(n, stop_after)
     assert claimed_total == want and counts == {"pending": n - want, "running": want}, (claimed_total, counts)
     return {"start_runs_s": start_runs_s, "batches": batches, "chosen": chosen}
@@ -290,9 +284,12 @@ def best(runs: list[dict]) -> dict:
 
 async def end_to_end(folder: Path, state: Path, n: int) -> dict:
     from storyloom.api import work
-    from storyloom.store.sqlite import SQLiteStore
+    from storyloom.config import make_config
+    from storyloom.store import open_store_url
 
-    store = SQLiteStore.open(state)
+    config = make_config(options_for(folder, state))  # not configured: it only locates the store
+    store = await open_store_url(config.store_url, stores=config.registries.stores, state_dir=config.state_dir,
+                                 settings=config.settings, create=False)
     sizes: list[int] = []
     claim_next = store.claim_next
 
@@ -308,7 +305,7 @@ async def end_to_end(folder: Path, state: Path, n: int) -> dict:
         wall = time.perf_counter() - t0
         completed = sum(s.counts["completed"] for s in summaries)
     finally:
-        store.close()
+        await store.aclose()
     assert len(summaries) == JOBS and completed == n, (len(summaries), completed)
     nonempty = [s for s in sizes if s]
     return {"wall_s": wall, "items_per_s": n / wall, "claims": len(nonempty),
@@ -317,7 +314,7 @@ async def end_to_end(folder: Path, state: Path, n: int) -> dict:
 
 
 def one(n: int, e2e: bool, claim: int) -> dict:
-    from storyloom.store.sqlite import DB_NAME
+    from storyloom.plugins.stores.sqlite import DB_NAME  # the queue is copied as the sqlite backend's files
 
     clock = time.perf_counter
     t = clock()

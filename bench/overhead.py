@@ -47,7 +47,7 @@ def one(n: int) -> dict:
     from storyloom.api import add_job
     from storyloom.config import Options, make_config
     from storyloom.kernel import Worker
-    from storyloom.store.sqlite import SQLiteStore
+    from storyloom.store import open_store
 
     folder = Path(tempfile.mkdtemp(prefix="storyloom-bench-"))
     (folder / "storyloom.yaml").write_text(SETTINGS)
@@ -60,14 +60,13 @@ def one(n: int) -> dict:
         with make_config(options, job_file=folder / "job.yaml") as config:
             job = config.load_job(folder / "job.yaml")
             worker = Worker(config, only=config.plan(job))
-            store = SQLiteStore.open(config.state_dir)
-            await add_job(store, job)
-            del job  # from here on, items stream from the store
-            t1 = time.perf_counter()
-            summary, = await worker.run(store)
-            t2 = time.perf_counter()
-            counts = await store.counts("bench")
-            await store.aclose()
+            async with open_store(config) as store:
+                await add_job(store, job)
+                del job  # from here on, items stream from the store
+                t1 = time.perf_counter()
+                summary, = await worker.run(store)
+                t2 = time.perf_counter()
+                counts = await store.counts("bench")
         assert counts["completed"] == n, counts
         return {"n": n, "load_and_store_s": round(t1 - t0, 2), "run_s": round(t2 - t1, 2),
                 "items_per_s": round(n / (t2 - t1)), "status": summary.status}

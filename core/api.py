@@ -9,17 +9,20 @@ import os
 import time
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import AsyncIterator, Iterator, Sequence
+from typing import Any, AsyncIterator, Iterator, Sequence
 
 import trio
 
 from .config import Config, Options, make_config
 from .errors import UsageError
-from .job import Job, item_to_dict, job_from_dict, job_to_dict
+from .job import Job, Priority, item_to_dict, job_from_dict, job_to_dict
+from .jobrun import chosen
 from .kernel import Worker
+from .registry import REGISTRY_HOOKS
+from .report import build_report, snapshot
+from .settings import DEFAULT_PROGRESS
 from .summary import Summary
-from .store import JobExists, JobRow, NewItem, Store
-from .store.sqlite import SQLiteStore
+from .store import HELD_JOB_STATES, JobExists, JobRow, NewItem, Store, StoreNotFound, open_store
 
 
 async def run_job(
@@ -38,7 +41,8 @@ async def run_job(
     file) before anything is written. Cancelling the surrounding scope stops
     the batch cleanly: running items go back to pending, and
     :func:`resume_job` continues. ``plugins`` are plugin objects to register
-    for this run; ``store`` defaults to SQLite in the state folder.
+    for this run; ``store`` defaults to the one the configuration chooses
+    (``--store``, ``$STORYLOOM_STORE``, ``store:``, else SQLite in the state folder).
     """
     job_file = None if isinstance(job, Job) else job
     with _configured(config, options, job_file, plugins) as config:
@@ -62,28 +66,28 @@ async def resume_job(
 
     The job goes back into the queue, and this call works on it until it
     ends. Items left running by a dead process go back to pending; completed
-    items never run again. Settings are found from the job file's folder if
-    it still exists, else from the working folder.
+    items never run again. The store is found from the working folder's
+    settings (or ``config``); the job then runs with the settings found from
+    its job file's folder if that still exists, else the working folder's.
     """
-    loaded = await requeue_job(job_id, options=options, config=config, store=store)
-    source = Path(loaded.source) if loaded.source and Path(loaded.source).exists() else None
-    if config is None:
-        config = make_config(options, job_file=source, start_dir=".", extra_plugins=plugins)
-    with _configured(config, options, None, ()) as config:
-        worker = Worker(config, only=config.plan(loaded), handle_signals=handle_signals)
-        async with _opened(store, config) as store:
-            return _only_summary(await worker.run(store), job_id)
+    async with _opened(store, config, options, plugins, create=False, job_id=job_id) as opened:
+        loaded = await requeue_job(job_id, options=options, store=opened)
+        source = Path(loaded.source) if loaded.source and Path(loaded.source).exists() else None
+        with _configured(config, options, source, plugins, start_dir=".") as config:
+            worker = Worker(config, only=config.plan(loaded), handle_signals=handle_signals)
+            return _only_summary(await worker.run(opened), job_id)
 
 
 async def requeue_job(job_id: str, *, options: Options = Options(), config: Config | None = None,
-                      store: Store | None = None) -> Job:
+                      store: Store | None = None, plugins: Sequence[object] = ()) -> Job:
     """Put a paused or interrupted job back in the queue for a worker to take
     (``storyloom resume --detach``); ``options.budget_usd`` raises its budget
-    for good. Returns the job. A cancelled or finished job is a UsageError."""
-    async with _opened(store, config, options) as opened:
+    for good. Returns the job. A cancelled or finished job is a UsageError;
+    so is a job that is not stored (no store is created for it)."""
+    async with _opened(store, config, options, plugins, create=False, job_id=job_id) as opened:
         row = await opened.get_job(job_id)
         if row is None:
-            raise UsageError(f"no job {job_id!r} in {options.state_path() if store is None else 'the store'}")
+            raise UsageError(f"no job {job_id!r} in {_where(opened)}")
         if row.state == "cancelled":
             raise UsageError(f"job {job_id!r} was cancelled; submit it again under a new job_id")
         loaded = job_from_dict(row.definition)
@@ -117,6 +121,13 @@ async def submit_job(
     return loaded
 
 
+class WorkSummaries(list):
+    """What :func:`work` returns: the :class:`Summary` of each job run that
+    ended, in the order they ended, and whether a signal stopped the worker."""
+
+    interrupted: bool = False
+
+
 async def work(
     *,
     burst: bool = False,
@@ -126,27 +137,160 @@ async def work(
     plugins: Sequence[object] = (),
     handle_signals: bool = False,
     progress: tuple[str, ...] | None = None,
-) -> list[Summary]:
+) -> WorkSummaries:
     """Work through the queue of every submitted job, by level, until it is
     empty (``burst``) or forever; return the summaries of the job runs that
-    ended. Cancelling the surrounding scope stops cleanly."""
+    ended (``.interrupted``: a signal stopped the worker). Cancelling the
+    surrounding scope stops cleanly.
+
+    ``progress`` names the sinks each job run starts; by default
+    ``options.progress``, else the settings' with the live terminal view
+    replaced by plain lines: one live view cannot show many jobs at once.
+    """
     with _configured(config, options, None, plugins, start_dir=".") as config:
+        if progress is None and config.options.progress is None:
+            names = chosen(config.settings.progress, DEFAULT_PROGRESS, config.registries.sinks)
+            progress = tuple(dict.fromkeys("plain" if n == "terminal" else n for n in names))
         worker = Worker(config, burst=burst, handle_signals=handle_signals, progress=progress)
         async with _opened(store, config) as store:
-            return await worker.run(store)
+            summaries = WorkSummaries(await worker.run(store))
+        summaries.interrupted = worker.interrupted
+        return summaries
 
 
-async def cancel_job(job_id: str, reason: str = "cancelled by an operator", *, store: Store) -> int:
+async def cancel_job(job_id: str, reason: str = "cancelled by an operator", *, options: Options = Options(),
+                     config: Config | None = None, store: Store | None = None) -> int:
     """Cancel a job: its pending and running items are skipped with ``reason``
     (a worker running them stops them within a second). Returns how many."""
-    await _unfinished(store, job_id)
-    return await store.cancel(job_id, reason)
+    async with _opened(store, config, options, create=False) as store:
+        await _unfinished(store, job_id)
+        return await store.cancel(job_id, reason)
 
 
-async def pause_job(job_id: str, reason: str = "paused by an operator", *, store: Store) -> None:
+async def pause_job(job_id: str, reason: str = "paused by an operator", *, options: Options = Options(),
+                    config: Config | None = None, store: Store | None = None) -> None:
     """Hold a job: no worker takes its items; running ones finish. ``resume`` continues it."""
-    await _unfinished(store, job_id)
-    await store.set_job_state(job_id, "paused", reason)
+    async with _opened(store, config, options, create=False) as store:
+        await _unfinished(store, job_id)
+        await store.set_job_state(job_id, "paused", reason)
+
+
+async def job_status(job_id: str | None = None, *, items: bool = False, options: Options = Options(),
+                     config: Config | None = None, store: Store | None = None) -> dict[str, Any]:
+    """What ``storyloom status [JOB_ID] [--items] --json`` prints.
+
+    Without ``job_id``: ``{"jobs": [{job_id, job_type, state, counts}, ...]}``.
+    With one: its state and reason, ``counts`` by state, the ``running`` items
+    (model, seconds elapsed, attempt), cost and tokens (``by_model`` too), and
+    with ``items=True`` every item's state, level, attempts, model and route.
+    Reads only: a missing store is a :class:`storyloom.store.StoreNotFound`.
+    """
+    async with _opened(store, config, options, create=False) as store:
+        if job_id is None:
+            return {"jobs": [{"job_id": j.job_id, "job_type": j.job_type, "state": j.state,
+                              "counts": await store.counts(j.job_id)} for j in await store.list_jobs()]}
+        job = await store.get_job(job_id)
+        if job is None:
+            raise UsageError(f"no job {job_id!r} in {_where(store)}")
+        now = time.time()
+        costs = await store.costs(job_id)
+        return {
+            "job_id": job_id, "job_type": job.job_type, "state": job.state, "reason": job.reason,
+            "counts": await store.counts(job_id),
+            "running": [{"item_id": r.item_id, "model": r.model, "elapsed": round(now - r.started_at, 1),
+                         "attempt": r.attempts + 1} for r in await store.running(job_id)],
+            "cost_usd": costs.cost_usd, "input_tokens": costs.input_tokens, "output_tokens": costs.output_tokens,
+            "attempts": costs.attempts, "by_model": costs.by_model,
+            **({"items": [{"item_id": i.item_id, "state": i.state, "level": Priority(i.level).name.lower(),
+                           "attempts": i.attempts, "model": i.last_model, "route": i.route,
+                           "error_kind": i.error_kind} for i in await store.items(job_id)]} if items else {}),
+        }
+
+
+async def queue_overview(limit: int = 10, *, options: Options = Options(), config: Config | None = None,
+                         store: Store | None = None) -> dict[str, Any]:
+    """What ``storyloom queue --json`` prints: ``levels`` (each level's waiting
+    count, and per job), ``held`` (paused or cancelled jobs with pending
+    items) and the ``next`` ``limit`` items in queue order. Levels approaching
+    deadlines give are applied first."""
+    async with _opened(store, config, options, create=False) as store:
+        await store.promote(time.time(), None)
+        counts = await store.queue_counts()
+        levels = [{"level": p.name.lower(), "waiting": sum(counts.get(p.value, {}).values()),
+                   "jobs": counts.get(p.value, {})} for p in Priority]
+        held = [{"job_id": j.job_id, "state": j.state, "reason": j.reason}
+                for j in await store.list_jobs() if j.state in HELD_JOB_STATES
+                and (await store.counts(j.job_id))["pending"]]
+        nxt = [{"job_id": r.job_id, "item_id": r.item_id, "job_type": r.job_type,
+                "level": Priority(r.level).name.lower()} for r in await store.queued(limit)]
+        return {"levels": levels, "held": held, "next": nxt}
+
+
+async def queue_position(item_id: str, job_id: str | None = None, *, options: Options = Options(),
+                         config: Config | None = None, store: Store | None = None) -> dict[str, Any]:
+    """An item's 1-based place in the queue across levels and jobs, -1 when it
+    is not waiting: ``{"job_id", "item_id", "position"}``. Without ``job_id``
+    the item id must be in one job only (else a UsageError naming them)."""
+    async with _opened(store, config, options, create=False) as store:
+        await store.promote(time.time(), None)
+        jobs = [job_id] if job_id else [j.job_id for j in await store.list_jobs()]
+        found = []
+        for candidate in jobs:
+            try:
+                found.append((candidate, await store.position(candidate, item_id)))
+            except KeyError:
+                continue
+        if not found:
+            raise UsageError(f"no item {item_id!r}" + (f" in job {job_id!r}" if job_id else ""))
+        if len(found) > 1:
+            raise UsageError(f"item {item_id!r} is in several jobs ({', '.join(j for j, _ in found)}); pass --job")
+        job, position = found[0]
+        return {"job_id": job, "item_id": item_id, "position": position}
+
+
+async def render_report(job_id: str, format: str = "md", *, options: Options = Options(),
+                        config: Config | None = None, store: Store | None = None,
+                        plugins: Sequence[object] = ()) -> tuple[str, str]:
+    """A stored job's report, as the renderer ``format`` (md, json, html, or a
+    plugin's) renders it: ``(file_name, text)``. Works for running and paused
+    jobs too. An unknown format or job is a UsageError."""
+    with _configured(config, options, None, plugins, start_dir=".") as config:
+        renderer = config.registries.renderers.get(format)
+        if renderer is None:
+            known = ", ".join(sorted(config.registries.renderers))
+            raise UsageError(f"unknown report format {format!r} (known: {known})")
+        async with _opened(store, config, create=False) as store:
+            row = await store.get_job(job_id)
+            if row is None:
+                raise UsageError(f"no job {job_id!r} in {_where(store)}")
+            report = await build_report(store, job_from_dict(row.definition), await snapshot(store, row))
+    return renderer(report)
+
+
+def validate_job(job_file: str | os.PathLike, *, options: Options = Options(),
+                 plugins: Sequence[object] = ()) -> Job:
+    """Load and fully check a job file (schema, plugins, models, strategy)
+    without storing anything; return the job. A bad file is a ConfigError."""
+    with make_config(options, job_file=job_file, extra_plugins=plugins) as config:
+        job = config.load_job(job_file)
+        config.plan(job)
+    return job
+
+
+def describe_plugins(*, options: Options = Options(), plugins: Sequence[object] = ()) -> dict[str, Any]:
+    """What ``storyloom plugins`` prints: ``plugins`` (name -> origin and the
+    hooks it implements, by name) and ``registries`` (registry -> name -> the
+    plugin that registered it), in the order of ``REGISTRY_HOOKS``."""
+    with make_config(options, start_dir=".", extra_plugins=plugins) as config:
+        pm = config.pluginmanager
+        found = {}
+        for name, plugin in sorted(pm.list_name_plugin(), key=lambda np: np[0]):
+            found[name] = {"origin": getattr(plugin, "__file__", None) or type(plugin).__module__,
+                           "hooks": sorted(h.name for h in pm.get_hookcallers(plugin) or ())}
+        registries = config.registries
+        tables = {attr: {n: registries.owners[(attr, n)] for n in sorted(getattr(registries, attr))}
+                  for attr in REGISTRY_HOOKS}
+    return {"plugins": found, "registries": tables}
 
 
 def run_job_sync(job: str | os.PathLike | Job, **kwargs) -> Summary:
@@ -213,17 +357,32 @@ def _configured(config: Config | None, options: Options, job_file: str | os.Path
         yield config
 
 
+def _located(config: Config | None, options: Options, plugins: Sequence[object] = ()) -> Config:
+    """The caller's config, or one (not configured: no ``loom_configure``) that
+    says which store to open: options, environment, the working folder's settings."""
+    return config if config is not None else make_config(options, start_dir=".", extra_plugins=plugins)
+
+
+def _where(store: Store) -> str:
+    return getattr(store, "location", None) or "the store"
+
+
 @asynccontextmanager
-async def _opened(store: Store | None, config: Config | None, options: Options | None = None) -> AsyncIterator[Store]:
-    """The caller's store as it is, or the SQLite store in the state folder, closed after."""
+async def _opened(store: Store | None, config: Config | None, options: Options = Options(),
+                  plugins: Sequence[object] = (), *, create: bool = True,
+                  job_id: str | None = None) -> AsyncIterator[Store]:
+    """The caller's store as it is, or the store the configuration chooses
+    (``config``'s, else one located from ``options``), closed after.
+
+    ``create=False`` opens only an existing store. With ``job_id``, a missing
+    store reads as that job missing (``storyloom resume nope``)."""
     if store is not None:
         yield store
         return
-    if config is not None:
-        own = SQLiteStore.open(config.state_dir, config.settings.synchronous)
-    else:
-        own = SQLiteStore.open((options or Options()).state_path())
     try:
-        yield own
-    finally:
-        await own.aclose()
+        async with open_store(_located(config, options, plugins), create=create) as opened:
+            yield opened
+    except StoreNotFound as exc:
+        if job_id is None:
+            raise
+        raise UsageError(f"no job {job_id!r} in {exc.location}") from None

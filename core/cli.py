@@ -10,24 +10,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import trio
 
 from . import __version__
-from .api import cancel_job, pause_job, requeue_job, resume_job, run_job, submit_job
+from . import api
 from .atomic import write_atomic
-from .config import Options, make_config
+from .config import Options
 from .errors import ConfigError, UsageError
-from .job import Priority, job_from_dict
-from .jobrun import chosen
-from .kernel import Worker
-from .settings import DEFAULT_PROGRESS
 from .summary import Summary
-from .report import build_report, snapshot
-from .store.sqlite import SQLiteStore
 
 EXIT_USAGE = 2
 
@@ -41,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-p", dest="plugins", action="append", default=[], metavar="NAME",
                         help="load plugin module NAME; -p no:NAME blocks a plugin")
+    common.add_argument("--store", metavar="URL", help="which store: sqlite:///abs/folder, sqlite:relative/folder or "
+                                                       "a plugin's scheme (default $STORYLOOM_STORE, else store: in "
+                                                       "the settings, else sqlite in the state folder)")
     common.add_argument("--state-dir", help="where the store lives (default $STORYLOOM_HOME or ./.storyloom)")
     common.add_argument("--settings", dest="settings_file", help="settings file (default: storyloom.yaml found "
                                                                   "walking up from the job file's folder)")
@@ -108,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _options(args: argparse.Namespace) -> Options:
     get = lambda name: getattr(args, name, None)  # noqa: E731 - not every command has every flag
     return Options(
-        plugins=tuple(args.plugins), state_dir=args.state_dir, settings_file=args.settings_file,
+        plugins=tuple(args.plugins), store=args.store, state_dir=args.state_dir, settings_file=args.settings_file,
         out_dir=get("out_dir"), max_parallel=get("max_parallel"), timeout_per_item=get("timeout_per_item"),
         max_retries=get("max_retries"), models=tuple(get("models")) if get("models") else None,
         budget_usd=get("budget_usd"), grace_period=get("grace_period"),
@@ -116,90 +112,55 @@ def _options(args: argparse.Namespace) -> Options:
     )
 
 
-def _existing_state_dir(options: Options) -> Path:
-    """The state folder, which must already hold a store (commands that only read)."""
-    state_dir = options.state_path()
-    if not (state_dir / "storyloom.db").exists():
-        raise UsageError(f"no store in {state_dir} (run a job first, or pass --state-dir)")
-    return state_dir
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    summary = trio.run(lambda: run_job(args.file, options=_options(args), handle_signals=True))
+    summary = trio.run(lambda: api.run_job(args.file, options=_options(args), handle_signals=True))
     return _report(summary)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     options = _options(args)
     if args.detach:
-        _existing_state_dir(options)
-        trio.run(lambda: requeue_job(args.job_id, options=options))
+        trio.run(lambda: api.requeue_job(args.job_id, options=options))
         print(f"{args.job_id}: back in the queue")
         return 0
-    summary = trio.run(lambda: resume_job(args.job_id, options=options, handle_signals=True))
+    summary = trio.run(lambda: api.resume_job(args.job_id, options=options, handle_signals=True))
     return _report(summary)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    job = trio.run(lambda: submit_job(args.file, options=_options(args)))
+    job = trio.run(lambda: api.submit_job(args.file, options=_options(args)))
     print(f"{job.job_id}: queued, {len(job.items)} items at {job.priority.name.lower()}")
     return 0
 
 
 def cmd_work(args: argparse.Namespace) -> int:
-    options = _options(args)
-
-    async def main() -> tuple[list[Summary], bool]:
-        with make_config(options, start_dir=".") as config:
-            progress = options.progress
-            if progress is None:
-                # One live view cannot show many jobs at once: each job gets plain lines.
-                names = chosen(config.settings.progress, DEFAULT_PROGRESS, config.registries.sinks)
-                progress = tuple(dict.fromkeys("plain" if n == "terminal" else n for n in names))
-            worker = Worker(config, burst=args.burst, handle_signals=True, progress=progress)
-            store = SQLiteStore.open(config.state_dir, config.settings.synchronous)
-            try:
-                return await worker.run(store), worker.interrupted
-            finally:
-                await store.aclose()
-
-    summaries, interrupted = trio.run(main)
+    summaries = trio.run(lambda: api.work(burst=args.burst, options=_options(args), handle_signals=True))
     for summary in summaries:
         _report(summary)
-    return 130 if interrupted else 0
+    return 130 if summaries.interrupted else 0
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
-    trio.run(_on_store, _existing_state_dir(_options(args)), lambda store: pause_job(args.job_id, store=store))
+    trio.run(lambda: api.pause_job(args.job_id, options=_options(args)))
     print(f"{args.job_id}: paused; running items finish. Continue with: storyloom resume {args.job_id}")
     return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    skipped = trio.run(_on_store, _existing_state_dir(_options(args)),
-                       lambda store: cancel_job(args.job_id, store=store))
+    skipped = trio.run(lambda: api.cancel_job(args.job_id, options=_options(args)))
     print(f"{args.job_id}: cancelled; {skipped} item(s) skipped")
     return 0
 
 
-async def _on_store(state_dir: Path, action: Any) -> Any:
-    """``await action(store)`` on the store in ``state_dir``, closed after."""
-    store = SQLiteStore.open(state_dir)
-    try:
-        return await action(store)
-    finally:
-        await store.aclose()
-
-
 def cmd_queue(args: argparse.Namespace) -> int:
-    state_dir = _existing_state_dir(_options(args))
+    options = _options(args)
     if args.what:
         if len(args.what) != 2 or args.what[0] != "position":
             raise UsageError("usage: storyloom queue [position ITEM_ID [--job JOB_ID]]")
-        position = trio.run(_on_store, state_dir, lambda store: _position(store, args.what[1], args.job))
+        position = trio.run(lambda: api.queue_position(args.what[1], args.job, options=options))
         print(json.dumps(position) if args.json else position["position"])
         return 0
-    data = trio.run(_on_store, state_dir, lambda store: _queue(store, args.limit))
+    data = trio.run(lambda: api.queue_overview(args.limit, options=options))
     if args.json:
         print(json.dumps(data, indent=2, ensure_ascii=False))
         return 0
@@ -213,37 +174,6 @@ def cmd_queue(args: argparse.Namespace) -> int:
         for row in data["next"]:
             print(f"  {row['level']:<9} {row['job_id']}/{row['item_id']} ({row['job_type']})")
     return 0
-
-
-async def _queue(store: Any, limit: int) -> dict[str, Any]:
-    await store.promote(time.time(), None)  # show the levels approaching deadlines give now
-    counts = await store.queue_counts()
-    levels = [{"level": p.name.lower(), "waiting": sum(counts.get(p.value, {}).values()),
-               "jobs": counts.get(p.value, {})} for p in Priority]
-    held = [{"job_id": j.job_id, "state": j.state, "reason": j.reason}
-            for j in await store.list_jobs() if j.state in ("paused", "cancelled")
-            and (await store.counts(j.job_id))["pending"]]
-    nxt = [{"job_id": r.job_id, "item_id": r.item_id, "job_type": r.job_type, "level": Priority(r.level).name.lower()}
-           for r in await store.queued(limit)]
-    return {"levels": levels, "held": held, "next": nxt}
-
-
-async def _position(store: Any, item_id: str, job_id: str | None) -> dict[str, Any]:
-    """The seed's get_position: 1-based across levels, -1 when not queued."""
-    await store.promote(time.time(), None)
-    jobs = [job_id] if job_id else [j.job_id for j in await store.list_jobs()]
-    found = []
-    for candidate in jobs:
-        try:
-            found.append((candidate, await store.position(candidate, item_id)))
-        except KeyError:
-            continue
-    if not found:
-        raise UsageError(f"no item {item_id!r}" + (f" in job {job_id!r}" if job_id else ""))
-    if len(found) > 1:
-        raise UsageError(f"item {item_id!r} is in several jobs ({', '.join(j for j, _ in found)}); pass --job")
-    job, position = found[0]
-    return {"job_id": job, "item_id": item_id, "position": position}
 
 
 def _report(summary: Summary) -> int:
@@ -260,9 +190,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     failed = 0
     for file in args.files:
         try:
-            with make_config(_options(args), job_file=file) as config:
-                job = config.load_job(file)
-                config.plan(job)
+            job = api.validate_job(file, options=_options(args))
             print(f"{file}: ok ({job.job_type}, {len(job.items)} items)")
         except UsageError as exc:
             print(f"storyloom: error: {exc}", file=sys.stderr)
@@ -271,8 +199,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    state_dir = _existing_state_dir(_options(args))
-    data = trio.run(_on_store, state_dir, lambda store: _status(store, state_dir, args.job_id, args.items))
+    data = trio.run(lambda: api.job_status(args.job_id, items=args.items, options=_options(args)))
     if args.json:
         print(json.dumps(data, indent=2, ensure_ascii=False))
     elif args.job_id is None:
@@ -282,28 +209,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         _print_status(data)
     return 0
-
-
-async def _status(store: Any, state_dir: Path, job_id: str | None, items: bool = False) -> dict[str, Any]:
-    if job_id is None:
-        return {"jobs": [{"job_id": j.job_id, "job_type": j.job_type, "state": j.state,
-                          "counts": await store.counts(j.job_id)} for j in await store.list_jobs()]}
-    job = await store.get_job(job_id)
-    if job is None:
-        raise UsageError(f"no job {job_id!r} in {state_dir}")
-    now = time.time()
-    costs = await store.costs(job_id)
-    return {
-        "job_id": job_id, "job_type": job.job_type, "state": job.state, "reason": job.reason,
-        "counts": await store.counts(job_id),
-        "running": [{"item_id": r.item_id, "model": r.model, "elapsed": round(now - r.started_at, 1),
-                     "attempt": r.attempts + 1} for r in await store.running(job_id)],
-        "cost_usd": costs.cost_usd, "input_tokens": costs.input_tokens, "output_tokens": costs.output_tokens,
-        "attempts": costs.attempts, "by_model": costs.by_model,
-        **({"items": [{"item_id": i.item_id, "state": i.state, "level": Priority(i.level).name.lower(),
-                       "attempts": i.attempts, "model": i.last_model, "route": i.route,
-                       "error_kind": i.error_kind} for i in await store.items(job_id)]} if items else {}),
-    }
 
 
 def _print_status(data: dict[str, Any]) -> None:
@@ -328,15 +233,7 @@ def _why(route: dict[str, Any] | None) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    options = _options(args)
-    state_dir = _existing_state_dir(options)
-    with make_config(options, start_dir=".") as config:
-        renderer = config.registries.renderers.get(args.format)
-        if renderer is None:
-            known = ", ".join(sorted(config.registries.renderers))
-            raise UsageError(f"unknown report format {args.format!r} (known: {known})")
-        report = trio.run(_on_store, state_dir, lambda store: _report_data(store, state_dir, args.job_id))
-    _file_name, text = renderer(report)
+    _file_name, text = trio.run(lambda: api.render_report(args.job_id, args.format, options=_options(args)))
     if args.out:
         write_atomic(Path(args.out), text)
     else:
@@ -344,26 +241,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _report_data(store: Any, state_dir: Path, job_id: str) -> dict[str, Any]:
-    row = await store.get_job(job_id)
-    if row is None:
-        raise UsageError(f"no job {job_id!r} in {state_dir}")
-    return await build_report(store, job_from_dict(row.definition), await snapshot(store, row))
-
-
 def cmd_plugins(args: argparse.Namespace) -> int:
-    with make_config(_options(args), start_dir=".") as config:
-        pm = config.pluginmanager
-        for name, plugin in sorted(pm.list_name_plugin(), key=lambda np: np[0]):
-            hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or ())
-            origin = getattr(plugin, "__file__", None) or type(plugin).__module__
-            print(f"{name}  ({origin})")
-            for hook in hooks:
-                print(f"    {hook}")
-        registries = config.registries
-        for attr in ("providers", "job_types", "strategies", "retry_policies", "sinks", "renderers"):
-            names = ", ".join(f"{n} [{registries.owners[(attr, n)]}]" for n in sorted(getattr(registries, attr)))
-            print(f"{attr.replace('_', ' ')}: {names or '-'}")
+    data = api.describe_plugins(options=_options(args))
+    for name, plugin in data["plugins"].items():
+        print(f"{name}  ({plugin['origin']})")
+        for hook in plugin["hooks"]:
+            print(f"    {hook}")
+    for attr, table in data["registries"].items():
+        names = ", ".join(f"{n} [{owner}]" for n, owner in table.items())
+        print(f"{attr.replace('_', ' ')}: {names or '-'}")
     return 0
 
 

@@ -25,6 +25,7 @@ from .pluginmanager import check, import_plugin, make_plugin_manager
 from .provider import check_factory
 from .registry import Registries, collect
 from .settings import BUILTIN_MODELS, Price, Settings
+from .store.opening import DEFAULT_STORE, STORE_ENV
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ class Options:
     these override the job, which overrides the settings."""
 
     plugins: tuple[str, ...] = ()
+    #: A store URL (``--store``); see :attr:`Config.store_url`.
+    store: str | None = None
     state_dir: str | None = None
     out_dir: str | None = None
     settings_file: str | None = None
@@ -75,6 +78,15 @@ class Config:
     @property
     def state_dir(self) -> Path:
         return self.options.state_path()
+
+    @property
+    def store_url(self) -> str:
+        """``--store``, else ``$STORYLOOM_STORE``, else ``store:`` in the settings,
+        else ``sqlite`` (the SQLite store in :attr:`state_dir`). An empty
+        ``$STORYLOOM_STORE`` counts as unset; an empty ``--store`` is an error."""
+        if self.options.store is not None:
+            return self.options.store
+        return os.environ.get(STORE_ENV) or self.settings.store or DEFAULT_STORE
 
     @property
     def out_dir(self) -> Path:

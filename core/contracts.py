@@ -136,6 +136,10 @@ class HookConfig(Protocol):
     def state_dir(self) -> Path: ...
 
     @property
+    def store_url(self) -> str:
+        """The store this run uses: ``--store``, ``$STORYLOOM_STORE``, ``store:``, else ``sqlite``."""
+
+    @property
     def out_dir(self) -> Path: ...
 
     @property

@@ -161,6 +161,28 @@ def loom_register_renderers(register: Callable[[str, Callable[..., Any]], None])
     """
 
 
+@hookspec
+def loom_register_stores(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    """Register store backends, chosen by the scheme of the store URL.
+
+    The store URL comes from ``--store``, else ``$STORYLOOM_STORE``, else
+    ``store:`` in ``storyloom.yaml``, else ``sqlite`` (the bundled SQLite
+    backend in the state folder). Called once when the registries are first
+    needed.
+
+    :param register: ``register(scheme, opener)``; ``await opener(url, *,
+        state_dir, settings, create)`` returns an open
+        :class:`storyloom.store.Store` (see
+        :class:`storyloom.store.StoreOpener`). ``url`` is the whole URL (or
+        the bare scheme, meaning the backend's default place); with
+        ``create=False`` the opener raises
+        :class:`storyloom.store.StoreNotFound` instead of creating a store.
+        Schemes are matched in lower case.
+
+    Duplicate schemes raise :class:`storyloom.UsageError`.
+    """
+
+
 # -------------------------------------------------------------------------
 # Loading jobs
 # -------------------------------------------------------------------------

@@ -21,6 +21,7 @@ REGISTRY_HOOKS = {
     "retry_policies": ("loom_register_retry_policies", "retry policy"),
     "sinks": ("loom_register_sinks", "progress sink"),
     "renderers": ("loom_register_renderers", "report renderer"),
+    "stores": ("loom_register_stores", "store backend"),
 }
 
 
@@ -32,6 +33,7 @@ class Registries:
     retry_policies: dict[str, Any] = field(default_factory=dict)
     sinks: dict[str, Any] = field(default_factory=dict)
     renderers: dict[str, Any] = field(default_factory=dict)
+    stores: dict[str, Any] = field(default_factory=dict)  # URL scheme -> storyloom.store.StoreOpener
     #: (registry, name) -> the plugin name that registered it, for errors and listings.
     owners: dict[tuple[str, str], str] = field(default_factory=dict)
 

@@ -140,6 +140,9 @@ class Settings:
     #: How long a normal or low item waits at its level before it moves up
     #: one (never to critical): the queue's guard against starving low work.
     aging: float = 7200.0
+    #: The store URL (``store:``); None: ``sqlite`` in the state folder.
+    #: ``--store`` and ``$STORYLOOM_STORE`` override it.
+    store: str | None = None
     #: sqlite ``synchronous``: NORMAL (default, durable across process crashes)
     #: or FULL (also across power loss).
     synchronous: str = "NORMAL"

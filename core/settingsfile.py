@@ -87,6 +87,7 @@ def settings_from_document(doc: Document) -> Settings:
         grace_period=_duration(doc, ("grace_period",), defaults.grace_period),
         aging=_duration(doc, ("aging",), defaults.aging, positive=True),
         synchronous=data.get("synchronous", defaults.synchronous),
+        store=data.get("store", defaults.store),
     )
 
 

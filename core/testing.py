@@ -14,18 +14,19 @@ Everything lives under the test's ``tmp_path``; nothing reaches the network.
 from __future__ import annotations
 
 import textwrap
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import pytest
 import trio
 
 from . import hookimpl
 from .api import resume_job, run_job, submit_job, work
-from .config import Options
+from .config import Options, make_config
 from .summary import Summary
-from .store.sqlite import SQLiteStore
+from .store import Store, StoreNotFound, open_store
 
 
 class HookRecorder:
@@ -124,15 +125,43 @@ class Loom:
                                           plugins=(recorder, *plugins)))
         return WorkResult({s.job_id: s for s in summaries}, recorder)
 
-    def items(self, job_id: str) -> dict[str, Any]:
-        async def read() -> dict[str, Any]:
-            store = SQLiteStore.open(self.state_dir)
-            try:
-                return {row.item_id: row for row in await store.items(job_id)}
-            finally:
-                await store.aclose()
+    @asynccontextmanager
+    async def store(self, *, create: bool = False, **overrides: Any) -> AsyncIterator[Store]:
+        """The store this folder's runs use, opened as ``storyloom status`` would
+        (through ``storyloom.store.open_store``: ``--store``, ``$STORYLOOM_STORE``,
+        ``store:``, else SQLite in :attr:`state_dir`), closed after. Use it
+        from inside trio, also next to a running worker: it is a connection of
+        its own, as another process would have. ``create=False`` (the
+        default): a missing store is a ``StoreNotFound``."""
+        config = make_config(self.options(**overrides), start_dir=self.path)  # not configured: only locates
+        async with open_store(config, create=create) as store:
+            yield store
 
-        return trio.run(read)
+    def read(self, action: Callable[[Store], Awaitable[Any]], **overrides: Any) -> Any:
+        """``await action(store)`` on :meth:`store`, from outside trio:
+        ``loom.read(lambda store: store.costs("job-1"))``."""
+        async def main() -> Any:
+            async with self.store(**overrides) as store:
+                return await action(store)
+
+        return trio.run(main)
+
+    def stored_jobs(self) -> list[str]:
+        """The ids of every stored job; [] when there is no store yet."""
+        try:
+            return self.read(lambda store: _job_ids(store))
+        except StoreNotFound:
+            return []
+
+    def items(self, job_id: str) -> dict[str, Any]:
+        async def read(store: Store) -> dict[str, Any]:
+            return {row.item_id: row for row in await store.items(job_id)}
+
+        return self.read(read)
+
+
+async def _job_ids(store: Store) -> list[str]:
+    return [row.job_id for row in await store.list_jobs()]
 
 
 @pytest.fixture
@@ -140,4 +169,5 @@ def loom(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Loom:
     """A scratch studio folder: write settings and jobs, run them, read the store."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("STORYLOOM_HOME", raising=False)
+    monkeypatch.delenv("STORYLOOM_STORE", raising=False)
     return Loom(tmp_path)

@@ -21,6 +21,8 @@ DEFAULT_PLUGINS = {
     "webhook": "storyloom.plugins.webhook",
     "failure_policy": "storyloom.plugins.failure_policy",
     "reports": "storyloom.plugins.reports",
+    "sqlite": "storyloom.plugins.stores.sqlite",
 }
-#: Without these the kernel cannot dispatch at all, so ``-p no:`` cannot block them.
-ESSENTIAL_PLUGINS = ("retry", "routing")
+#: Without these the kernel cannot dispatch at all (nor run without a store),
+#: so ``-p no:`` cannot block them.
+ESSENTIAL_PLUGINS = ("retry", "routing", "sqlite")

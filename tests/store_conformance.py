@@ -1,23 +1,32 @@
 """The conformance suite every Store backend must pass.
 
 Not collected on its own (the name does not start with ``test_``):
-``tests/test_store.py`` star-imports these tests next to a ``store`` fixture
-parametrised over the backends, so each test runs once per backend. The
-fixture gives a fresh, empty store.
+``tests/test_store.py`` star-imports these tests next to the
+``store_backend`` fixture below, parametrised over every backend registered
+through ``loom_register_stores`` (:data:`BACKENDS`), so each test runs once per
+backend. A backend is opened through the registry, from the URL
+:data:`TEST_URLS` gives for a fresh, empty store; a backend with no test URL
+(a PostgreSQL one without ``$STORYLOOM_TEST_POSTGRES``, say) is skipped.
 
-Tests are sync functions wrapped by :func:`trio_test`, which runs the async
-body with ``trio.run`` (the project does not use pytest-trio).
+Tests are sync functions wrapped by :func:`trio_test`, which opens the store
+and runs the async body inside one ``trio.run`` (the project does not use
+pytest-trio), so a backend whose connection belongs to a trio run fits.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 import pytest
 import trio
 
 from storyloom.job import CRITICAL_WITHIN_S, HIGH_WITHIN_S
+from storyloom.pluginmanager import make_plugin_manager
+from storyloom.registry import collect
+from storyloom.settings import Settings
+from storyloom.store import open_store_url
 from storyloom.store.protocol import (
     ITEM_STATES,
     AttemptRecord,
@@ -38,11 +47,51 @@ THAI = "บทที่หนึ่ง: เจ้าหญิงกับมั�
 DAY = 24 * 3600.0
 
 
-def trio_test(fn: Callable[[Any], Awaitable[None]]) -> Callable[[Any], None]:
-    """Turn ``async def test_x(store)`` into a sync pytest test."""
+#: Every registered store backend (URL scheme -> opener), bundled and entry-point ones.
+STORES = collect(make_plugin_manager()).stores
+BACKENDS = sorted(STORES)
 
-    def test(store: Any) -> None:
-        trio.run(fn, store)
+#: scheme -> URL of a fresh, empty store under the test's tmp_path (None: skip the backend).
+TEST_URLS: dict[str, Callable[[Path], str | None]] = {
+    "sqlite": lambda tmp_path: f"sqlite://{tmp_path / 'state'}",
+    # A networked backend names a throwaway database, e.g. (with a fresh schema per test)
+    # "postgresql": lambda tmp_path: os.environ.get("STORYLOOM_TEST_POSTGRES"),
+}
+
+
+class Backend:
+    """One backend under test: ``await backend.open()`` gives a fresh, empty store."""
+
+    def __init__(self, scheme: str, url: str, tmp_path: Path) -> None:
+        self.scheme, self.url, self.tmp_path = scheme, url, tmp_path
+
+    async def open(self) -> Any:
+        return await open_store_url(self.url, stores=STORES, state_dir=self.tmp_path / "state", settings=Settings(),
+                                    create=True)
+
+
+@pytest.fixture(params=BACKENDS)
+def store_backend(request, tmp_path) -> Backend:
+    """Each registered backend, by scheme."""
+    url = TEST_URLS.get(request.param, lambda _path: None)(tmp_path)
+    if url is None:
+        pytest.skip(f"no test store configured for the {request.param!r} backend")
+    return Backend(request.param, url, tmp_path)
+
+
+def trio_test(fn: Callable[[Any], Awaitable[None]]) -> Callable[[Any], None]:
+    """Turn ``async def test_x(store)`` into a sync pytest test that opens a
+    fresh store of each backend and closes it after."""
+
+    def test(store_backend: Backend) -> None:
+        async def main() -> None:
+            store = await store_backend.open()
+            try:
+                await fn(store)
+            finally:
+                await store.aclose()
+
+        trio.run(main)
 
     test.__name__ = test.__qualname__ = fn.__name__
     test.__doc__ = fn.__doc__
@@ -566,6 +615,8 @@ async def test_free_attempts_first_start_and_last_error_kind_come_back_with_a_cl
     assert claimed.free_attempts == 1  # only the first attempt was free
     assert claimed.first_started_at == NOW + 5  # the first attempt's start, kept
     assert claimed.last_error_kind == "TIMEOUT"
+    (row,) = await store.items(JOB)
+    assert (row.attempts, row.free_attempts) == (2, 1)  # items() shows them too
 
 
 @trio_test
@@ -893,3 +944,8 @@ async def test_queue_of_a_hundred_thousand_items(store):
     assert await store.next_queued_at("chapter") == 0.0
     assert await store.position("two", "i000003") == n // 4 - 256 + 1
     assert time.perf_counter() - started < 2
+
+
+@trio_test
+async def test_location_names_the_store_for_messages(store):
+    assert isinstance(store.location, str) and store.location

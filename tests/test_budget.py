@@ -8,7 +8,6 @@ residue once held one for ever) fails the test instead of hanging the suite.
 
 from __future__ import annotations
 
-import sqlite3
 import tempfile
 from pathlib import Path
 
@@ -45,11 +44,8 @@ def job(n: int, budget: float | None, *, job_id: str = "b1", max_tokens: int = 2
 
 
 def spent(loom: Loom, job_id: str) -> float:
-    """What the store says every attempt cost, read straight from SQLite."""
-    with sqlite3.connect(loom.state_dir / "storyloom.db") as conn:
-        (total,) = conn.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM attempts WHERE job_id = ?",
-                                (job_id,)).fetchone()
-    return total
+    """What the store says every attempt cost (its totals over every attempt, failed ones included)."""
+    return loom.read(lambda store: store.costs(job_id)).cost_usd
 
 
 def run(loom: Loom, job_yaml: str, *, plugins: tuple = (), **overrides) -> RunResult:

@@ -1,4 +1,7 @@
-"""The storyloom command in a subprocess: exit codes, messages, signals, crashes."""
+"""The storyloom command in a subprocess: exit codes, messages, signals, crashes.
+
+The test reads what the command stored through the store seam and the Store
+protocol (``Loom.read``), never the backend's files."""
 
 from __future__ import annotations
 
@@ -6,13 +9,15 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from storyloom.store import StoreNotFound
+from storyloom.testing import Loom
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,20 +66,48 @@ def project(tmp_path: Path, *, n: int = 6, latency: int = 0, parallel: int = 3, 
     return job
 
 
-def wait_for_completed(db: Path, job_id: str, at_least: int, timeout: float = 30) -> int:
+def read_store(folder: Path, action):
+    """``await action(store)`` on the store the command in ``folder`` uses."""
+    return Loom(folder).read(action)
+
+
+def wait_for_completed(folder: Path, job_id: str, at_least: int, timeout: float = 30) -> int:
+    async def completed(store) -> int:
+        return (await store.counts(job_id))["completed"] if await store.get_job(job_id) else 0
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if db.exists():
-            try:
-                with sqlite3.connect(db, timeout=5) as conn:
-                    (done,) = conn.execute("SELECT COUNT(*) FROM items WHERE job_id=? AND state='completed'",
-                                           (job_id,)).fetchone()
-                if done >= at_least:
-                    return done
-            except sqlite3.OperationalError:
-                pass  # tables not created yet
+        try:
+            done = read_store(folder, completed)
+            if done >= at_least:
+                return done
+        except StoreNotFound:
+            pass  # not created yet
         time.sleep(0.05)
     raise AssertionError(f"fewer than {at_least} items completed within {timeout}s")
+
+
+async def all_counts(store) -> dict[str, int]:
+    """Items per state over every job, non-zero states only."""
+    total: dict[str, int] = {}
+    for job in await store.list_jobs():
+        for state, n in (await store.counts(job.job_id)).items():
+            total[state] = total.get(state, 0) + n
+    return {state: n for state, n in total.items() if n}
+
+
+async def completed_attempts(store) -> dict[tuple[str, str], int]:
+    """(job_id, item_id) -> how many attempts completed it."""
+    per_item: dict[tuple[str, str], int] = {}
+    for job in await store.list_jobs():
+        for row in await store.attempts(job.job_id):
+            if row.state == "completed":
+                per_item[(job.job_id, row.item_id)] = per_item.get((job.job_id, row.item_id), 0) + 1
+    return per_item
+
+
+async def results(store, job_id: str) -> int:
+    return sum([await store.result(job_id, item.item_id) is not None for item in await store.items(job_id)])
 
 
 def test_version(tmp_path):
@@ -147,7 +180,7 @@ def test_usage_errors_exit_2(tmp_path):
 def test_a_signal_puts_running_items_back_and_exits_130(tmp_path, signum):
     project(tmp_path, n=40, latency=300, parallel=4)
     proc = popen("run", "jobs/cli-job.yaml", "--grace-period", "0.1s", cwd=tmp_path)
-    wait_for_completed(tmp_path / ".storyloom" / "storyloom.db", "cli-job", 4)
+    wait_for_completed(tmp_path, "cli-job", 4)
     status = json.loads(cli("status", "cli-job", "--json", cwd=tmp_path).stdout)
     assert status["state"] == "running"
     assert status["running"] and all(r["model"] == "sim" for r in status["running"])
@@ -157,9 +190,8 @@ def test_a_signal_puts_running_items_back_and_exits_130(tmp_path, signum):
     assert proc.returncode == 130, stdout + stderr
     assert "storyloom resume cli-job" in stderr
     assert "Traceback" not in stderr
-    with sqlite3.connect(tmp_path / ".storyloom" / "storyloom.db") as conn:
-        states = dict(conn.execute("SELECT state, COUNT(*) FROM items GROUP BY state").fetchall())
-        (job_state,) = conn.execute("SELECT state FROM jobs").fetchone()
+    states = read_store(tmp_path, all_counts)
+    job_state = read_store(tmp_path, lambda store: store.get_job("cli-job")).state
     assert "running" not in states and states.get("pending", 0) > 0
     assert job_state == "interrupted"
     out = cli("resume", "cli-job", "-q", cwd=tmp_path)
@@ -171,25 +203,18 @@ def test_a_signal_puts_running_items_back_and_exits_130(tmp_path, signum):
 def test_sigkill_mid_run_then_resume_completes_every_item_exactly_once(tmp_path):
     project(tmp_path, n=60, latency=100, parallel=6)
     proc = popen("run", "jobs/cli-job.yaml", "-q", cwd=tmp_path)
-    db = tmp_path / ".storyloom" / "storyloom.db"
-    wait_for_completed(db, "cli-job", 10)
+    wait_for_completed(tmp_path, "cli-job", 10)
     proc.kill()  # SIGKILL: no cleanup at all
     proc.wait(timeout=10)
-    with sqlite3.connect(db) as conn:
-        (running,) = conn.execute("SELECT COUNT(*) FROM items WHERE state='running'").fetchone()
-        (done_before,) = conn.execute("SELECT COUNT(*) FROM items WHERE state='completed'").fetchone()
-    assert running > 0  # the kill really left work in flight
-    assert done_before < 60
+    before = read_store(tmp_path, lambda store: store.counts("cli-job"))
+    assert before["running"] > 0  # the kill really left work in flight
+    assert before["completed"] < 60
     out = cli("resume", "cli-job", "-q", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    with sqlite3.connect(db) as conn:
-        per_item = conn.execute(
-            "SELECT item_id, COUNT(*) FROM attempts WHERE state='completed' GROUP BY item_id").fetchall()
-        (results,) = conn.execute("SELECT COUNT(*) FROM results").fetchone()
-        states = dict(conn.execute("SELECT state, COUNT(*) FROM items GROUP BY state").fetchall())
-    assert states == {"completed": 60}
-    assert len(per_item) == 60 and all(count == 1 for _item, count in per_item)
-    assert results == 60
+    per_item = read_store(tmp_path, completed_attempts)
+    assert read_store(tmp_path, all_counts) == {"completed": 60}
+    assert len(per_item) == 60 and all(count == 1 for count in per_item.values())
+    assert read_store(tmp_path, lambda store: results(store, "cli-job")) == 60
     leftovers = [p.name for p in (tmp_path / "storyloom-out" / "cli-job").iterdir() if "tmp" in p.name]
     assert leftovers == []
 
@@ -214,17 +239,15 @@ def test_two_workers_share_the_queue_and_one_finishes_what_a_killed_one_left(tmp
         assert out.returncode == 0 and f"{job_id}: queued, 30 items" in out.stdout, out.stderr
     doomed = popen("work", "-q", cwd=tmp_path)
     survivor = popen("work", "-q", cwd=tmp_path)
-    db = tmp_path / ".storyloom" / "storyloom.db"
     try:
-        wait_for_completed(db, "first", 6)
+        wait_for_completed(tmp_path, "first", 6)
         doomed.kill()  # SIGKILL: its running items stay claimed by a dead process
         doomed.wait(timeout=10)
-        with sqlite3.connect(db) as conn:
-            (left,) = conn.execute("SELECT COUNT(*) FROM items WHERE state='running' AND owner LIKE ?",
-                                   (f"%:{doomed.pid}:%",)).fetchone()
-        assert left > 0  # the kill really left items claimed
-        wait_for_completed(db, "first", 30, timeout=60)
-        wait_for_completed(db, "second", 30, timeout=60)
+        left = [r for job in ("first", "second") for r in read_store(tmp_path, lambda store: store.running(job))
+                if f":{doomed.pid}:" in r.owner]
+        assert left  # the kill really left items claimed
+        wait_for_completed(tmp_path, "first", 30, timeout=60)
+        wait_for_completed(tmp_path, "second", 30, timeout=60)
         survivor.send_signal(signal.SIGINT)
         stdout, stderr = survivor.communicate(timeout=30)
         assert survivor.returncode == 130, stdout + stderr
@@ -234,11 +257,8 @@ def test_two_workers_share_the_queue_and_one_finishes_what_a_killed_one_left(tmp
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=10)
-    with sqlite3.connect(db) as conn:
-        per_item = conn.execute(
-            "SELECT job_id, item_id, COUNT(*) FROM attempts WHERE state='completed' GROUP BY 1, 2").fetchall()
-        jobs = dict(conn.execute("SELECT job_id, state FROM jobs").fetchall())
-        owners = conn.execute("SELECT COUNT(DISTINCT owner) FROM items WHERE state='running'").fetchone()[0]
-    assert len(per_item) == 60 and all(count == 1 for *_key, count in per_item)  # exactly once
+    per_item = read_store(tmp_path, completed_attempts)
+    jobs = {row.job_id: row.state for row in read_store(tmp_path, lambda store: store.list_jobs())}
+    assert len(per_item) == 60 and all(count == 1 for count in per_item.values())  # exactly once
     assert jobs == {"first": "completed", "second": "completed"}
-    assert owners == 0
+    assert "running" not in read_store(tmp_path, all_counts)

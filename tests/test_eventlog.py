@@ -14,7 +14,6 @@ import storyloom
 from sample_plugins import scripted
 from storyloom.api import cancel_job, work
 from storyloom.events import EVENT_KINDS
-from storyloom.store.sqlite import SQLiteStore
 from storyloom.summary import EXIT_CODES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,11 +112,8 @@ def test_a_cancelled_job_logs_a_valid_batch_finished(loom):
                 nursery.start_soon(functools.partial(work, burst=True, options=loom.options(), plugins=(scripted,)))
                 while scripted.STATS["in_flight"] < 2:
                     await trio.sleep(0.01)
-                store = SQLiteStore.open(loom.state_dir)
-                try:
+                async with loom.store() as store:
                     await cancel_job("gone", "the editor dropped this book", store=store)
-                finally:
-                    await store.aclose()
 
     trio.run(main)
     events = read(loom.out_dir / "gone" / "events.jsonl")

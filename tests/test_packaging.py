@@ -41,7 +41,8 @@ def test_the_wheel_holds_every_package_and_its_data(wheel_site):
     pkg = wheel_site / "storyloom"
     for path in ("plugins/jobtypes.py", "plugins/providers/openai.py", "plugins/support/tracker.py",
                  "plugins/templates/chapter_writing.j2",
-                 "schemas/job.schema.json", "schemas/settings.schema.json", "store/sqlite.py", "cli.py"):
+                 "schemas/job.schema.json", "schemas/settings.schema.json", "plugins/stores/sqlite.py",
+                 "store/opening.py", "cli.py"):
         assert (pkg / path).is_file(), path
 
 

@@ -177,7 +177,7 @@ def test_a_prompt_naming_a_missing_var_fails_the_item(loom, fake_provider):
 def test_inline_items_are_checked_before_anything_is_stored(loom, item, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
         loom.run(f"job_id: bad\njob_type: prompts\nitems:\n  - {item}\n")
-    assert not (loom.state_dir / "storyloom.db").exists()
+    assert loom.stored_jobs() == []
 
 
 def test_body_fields_become_the_request():

@@ -1,12 +1,12 @@
 """The cross-job queue: submit, work, levels, per-type limits, pause, cancel.
 
 Jobs run through the real worker, store and simulated or scripted provider;
-another process is stood in for by a second store connection on the same file.
+another process is stood in for by a second store opened through the same
+seam (``loom.store()``), as ``storyloom pause`` would open it.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -18,7 +18,6 @@ from sample_plugins import scripted
 from storyloom import hookimpl
 from storyloom.api import submit_job, work
 from storyloom.cli import main
-from storyloom.store.sqlite import SQLiteStore
 from storyloom.testing import Loom
 
 SETTINGS = """
@@ -61,10 +60,6 @@ batch_limits:
 def scripted_settings(limit: int, latency: float = 0.02) -> str:
     scripted.reset()
     return SCRIPTED.replace("LIMIT", str(limit)).replace("LATENCY", str(latency))
-
-
-def open_store(loom: Loom) -> SQLiteStore:
-    return SQLiteStore.open(loom.state_dir)
 
 
 def test_work_drains_every_submitted_job_by_level(loom):
@@ -146,27 +141,24 @@ def test_work_without_burst_waits_for_new_jobs(loom):
             await trio.sleep(0.3)  # the worker is idle, waiting
             await submit_job(path, options=loom.options())
             with trio.fail_after(10):
-                while job_state(loom, "late") != "completed":
+                while await job_state(loom, "late") != "completed":
                     await trio.sleep(0.05)
             nursery.cancel_scope.cancel()
 
     trio.run(main)
-    assert job_state(loom, "late") == "completed"
+    assert loom.read(lambda store: store.get_job("late")).state == "completed"
 
 
-def job_state(loom: Loom, job_id: str) -> str | None:
-    """The stored state, read on a connection of its own (safe inside trio)."""
-    conn = sqlite3.connect(loom.state_dir / "storyloom.db")
-    try:
-        row = conn.execute("SELECT state FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-    finally:
-        conn.close()
-    return row[0] if row else None
+async def job_state(loom: Loom, job_id: str) -> str | None:
+    """The stored state, read through a store of its own (as another process would)."""
+    async with loom.store() as store:
+        row = await store.get_job(job_id)
+    return row.state if row else None
 
 
 def work_meanwhile(loom: Loom, plugins: tuple, ready, action) -> dict:
     """Run a burst worker; once ``ready()`` holds, ``await action(store)`` on a
-    second connection, as another process would. Returns job_id -> Summary."""
+    second store, as another process would. Returns job_id -> Summary."""
     result = {}
 
     async def main():
@@ -179,23 +171,16 @@ def work_meanwhile(loom: Loom, plugins: tuple, ready, action) -> dict:
             with trio.fail_after(10):
                 while not ready():
                     await trio.sleep(0.01)
-            store = open_store(loom)
-            try:
+            async with loom.store() as store:
                 await action(store)
-            finally:
-                store.close()
 
     trio.run(main)
     return result
 
 
 def _another_process(loom: Loom, action) -> None:
-    """Do ``action(store)`` on a second connection, as ``storyloom pause`` would."""
-    store = open_store(loom)
-    try:
-        trio.run(action, store)
-    finally:
-        store.close()
+    """Do ``action(store)`` on a second store, as ``storyloom pause`` would."""
+    loom.read(action)
 
 
 def test_cancel_stops_running_items_and_skips_the_rest(loom):
@@ -356,7 +341,7 @@ def test_a_critical_item_submitted_while_normal_items_wait_starts_before_them(tm
             await submit_job(urgent, options=loom.options())
             submitted["at"] = trio.current_time()
             with trio.fail_after(10):
-                while {job_state(loom, j) for j in ("normal", "urgent")} != {"completed"}:
+                while {await job_state(loom, j) for j in ("normal", "urgent")} != {"completed"}:
                     await trio.sleep(0.01)
             nursery.cancel_scope.cancel()
 

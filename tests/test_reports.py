@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -23,8 +22,8 @@ from storyloom.job import Item, Job
 from storyloom.plugins.reports import duration, render_html, render_json, render_md
 from storyloom.report import build_report
 from storyloom.summary import Summary
-from storyloom.store import AttemptRecord
-from storyloom.store.sqlite import SQLiteStore
+from storyloom.store import AttemptRecord, Store, StoreNotFound
+from storyloom.testing import Loom
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -57,7 +56,7 @@ def fixed_job() -> Job:
     return Job(job_id="rep-1", job_type="chapter_writing", items=tuple(items), budget_usd=0.05)
 
 
-async def fill(store: SQLiteStore) -> None:
+async def fill(store: Store) -> None:
     """Store the fixed job and replay its attempts, claiming each item at its start."""
     await add_job(store, fixed_job())
     for item_id, model, start, end, state, kind, error, tokens_in, tokens_out, cost in ATTEMPTS:
@@ -74,15 +73,12 @@ async def fill(store: SQLiteStore) -> None:
 
 def fixed_report(tmp_path: Path) -> dict:
     async def main():
-        store = SQLiteStore.open(tmp_path / "state")
-        try:
+        async with Loom(tmp_path).store(create=True) as store:
             await fill(store)
             counts = await store.counts("rep-1")
             summary = Summary(job_id="rep-1", status="paused", counts=counts, cost_usd=0.047, started_at=T,
                                finished_at=T + 3660, reason="budget reached")
             return await build_report(store, fixed_job(), summary)
-        finally:
-            await store.aclose()
 
     return trio.run(main)
 
@@ -249,6 +245,14 @@ def test_report_of_a_paused_job_and_bad_input(tmp_path):
     assert missing.returncode == 2 and "no job 'nope'" in missing.stderr
 
 
+def completed(job_id: str):
+    """``await completed(job_id)(store)``: the job's completed items, 0 until it is stored."""
+    async def read(store: Store) -> int:
+        return (await store.counts(job_id))["completed"] if await store.get_job(job_id) else 0
+
+    return read
+
+
 def test_report_of_a_running_job(tmp_path):
     (tmp_path / "storyloom.yaml").write_text(SETTINGS.format(latency=150))
     (tmp_path / "job.yaml").write_text(JOB.format(job_id="busy", n=400))  # a minute: it is stopped below
@@ -257,17 +261,14 @@ def test_report_of_a_running_job(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "storyloom.cli", "run", "job.yaml", "-q"], cwd=tmp_path,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        db = tmp_path / ".storyloom" / "storyloom.db"
         deadline = time.monotonic() + 30
         done = 0
         while time.monotonic() < deadline and done < 4:
             time.sleep(0.05)
-            if db.exists():
-                try:
-                    with sqlite3.connect(db, timeout=5) as conn:
-                        done = conn.execute("SELECT COUNT(*) FROM items WHERE state='completed'").fetchone()[0]
-                except sqlite3.OperationalError:
-                    pass
+            try:
+                done = Loom(tmp_path).read(completed("busy"))
+            except StoreNotFound:
+                pass  # not created yet
         out = cli("report", "busy", "--format", "json", cwd=tmp_path)
         assert out.returncode == 0, out.stderr
         report = json.loads(out.stdout)

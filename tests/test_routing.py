@@ -24,7 +24,6 @@ from storyloom.provider import BaseProvider, Response
 from storyloom.registry import Registries
 from storyloom.routing import RouteContext
 from storyloom.settings import Price, RetryConfig
-from storyloom.store.sqlite import SQLiteStore
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "routing.md"
 MODELS = ("gemini", "gpt-4o", "claude-haiku")
@@ -588,14 +587,7 @@ def test_a_model_spend_cap_holds_over_jobs_and_the_rest_goes_elsewhere(loom):
     assert spent_on["first"] >= 2 and calls["open"] >= 10  # capped took its share until its cap, open the rest
     assert spent_on["second"] < spent_on["first"]  # the second job started from what the first had spent
 
-    async def spend():
-        store = SQLiteStore.open(loom.state_dir)
-        try:
-            return await store.spend_by_model()
-        finally:
-            await store.aclose()
-
-    assert trio.run(spend)["capped"] <= 0.8
+    assert loom.read(lambda store: store.spend_by_model())["capped"] <= 0.8
 
 
 def test_cheapest_end_to_end(loom):

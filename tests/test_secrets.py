@@ -23,12 +23,15 @@ KINDS = ("openai", "anthropic", "gemini")
 
 class Spy:
     """Records every event to a file, renders a report, and snapshots every
-    file while the store is still open (its WAL not yet checkpointed away)."""
+    file while the store is still open (its WAL not yet checkpointed away),
+    and everything the store holds for the job, read through the Store
+    protocol (a backend that keeps no files here is searched too)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.events = folder / "events.jsonl"
         self.snapshot: dict[str, bytes] = {}
+        self.stored = b""
 
     @hookimpl
     def loom_register_sinks(self, register):
@@ -47,6 +50,10 @@ class Spy:
     def loom_batch_finished(self, job, summary, store):
         async def snapshot():
             self.snapshot = files(self.folder)
+            items = await store.items(job.job_id)
+            rows = [await store.get_job(job.job_id), *items, *await store.attempts(job.job_id),
+                    *[await store.result(job.job_id, item.item_id) for item in items]]
+            self.stored = "\n".join(map(repr, rows)).encode()
         return snapshot
 
 
@@ -110,10 +117,12 @@ def test_no_key_appears_in_anything_written(loom, fake_provider, monkeypatch, ca
     assert any(b"[redacted]" in blob for blob in written.values())  # the echoed keys were there to leak
     assert spy.events.exists() and spy.snapshot
     assert (loom.out_dir / "secrets" / "report.json").exists() and (loom.out_dir / "secrets" / "results.jsonl").exists()
-    assert any(name.endswith("storyloom.db-wal") for name in spy.snapshot)
+    assert b"[redacted]" in spy.stored  # the store kept the (redacted) echoed errors
+    assert any(name.endswith("storyloom.db-wal") for name in spy.snapshot)  # the default sqlite store's files
 
     out, err = capfd.readouterr()
-    everything = {**spy.snapshot, **written, "<stdout>": out.encode(), "<stderr>": err.encode(),
+    everything = {**spy.snapshot, **written, "<store>": spy.stored, "<stdout>": out.encode(),
+                  "<stderr>": err.encode(),
                   "<logs>": "\n".join(r.getMessage() for r in caplog.records).encode()}
     assert "escalate" in err  # the plain sink printed the models taken out
     assert any(r.name.startswith("httpcore") for r in caplog.records)  # debug logging was on

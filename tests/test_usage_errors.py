@@ -43,7 +43,7 @@ def test_run_with_an_unknown_progress_sink_exits_2_and_stores_nothing(studio, ca
     code = main(["run", "job.yaml", "--progress", "nosuch", "--state-dir", str(studio.state_dir)])
     assert code == 2
     _one_error_line(capsys, "unknown progress sink 'nosuch' (known: ")
-    assert studio.items("bad-names") == {}
+    assert studio.stored_jobs() == []
     # The job_id is free: had the failed run stored the job, this would be "already exists".
     studio.run(JOB).assert_outcomes(completed=2)
 

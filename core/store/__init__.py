@@ -1,4 +1,4 @@
-"""Durable state: the Store protocol and its backends."""
+"""Durable state: the Store protocol, and the one seam that opens a backend."""
 
 from .protocol import (
     HELD_JOB_STATES,
@@ -16,8 +16,11 @@ from .protocol import (
     RunningRow,
     StartRecord,
     Store,
+    StoreNotFound,
+    StoreOpener,
     StoreVersionError,
 )
+from .opening import DEFAULT_STORE, STORE_ENV, mask_url, open_store, open_store_url, url_scheme
 
 __all__ = [
     "HELD_JOB_STATES",
@@ -35,5 +38,13 @@ __all__ = [
     "RunningRow",
     "StartRecord",
     "Store",
+    "StoreNotFound",
+    "StoreOpener",
     "StoreVersionError",
+    "DEFAULT_STORE",
+    "STORE_ENV",
+    "mask_url",
+    "open_store",
+    "open_store_url",
+    "url_scheme",
 ]

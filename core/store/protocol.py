@@ -16,14 +16,24 @@ no claim returns them. The job's state is the one source of truth for that:
 a backend that copies it onto items changes the copy in the transaction that
 changes the state, and callers hold or release items only through
 :meth:`Store.set_job_state` and :meth:`Store.cancel`.
+
+Backends are plugins (``loom_register_stores``): each registers a URL scheme
+and a :class:`StoreOpener`. :func:`storyloom.store.open_store` is the one place
+that chooses a URL (``--store``, ``$STORYLOOM_STORE``, ``store:`` in the
+settings, else ``sqlite``) and calls the opener; nothing else opens a store or
+its files.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Collection, NamedTuple, Protocol, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Collection, NamedTuple, Protocol, Sequence
 
 from ..errors import UsageError
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 ITEM_STATES = ("pending", "running", "completed", "failed", "skipped")
 TERMINAL_STATES = ("completed", "failed", "skipped")
@@ -36,6 +46,17 @@ HELD_JOB_STATES = ("paused", "cancelled")
 
 class JobExists(Exception):
     """``add_job`` was given a job_id the store already holds."""
+
+
+class StoreNotFound(UsageError):
+    """An opener was asked for an existing store (``create=False``) and there is none.
+
+    ``location`` says where it looked, with no secret in it (see
+    :func:`storyloom.store.mask_url`)."""
+
+    def __init__(self, message: str, location: str) -> None:
+        super().__init__(message)
+        self.location = location
 
 
 class StoreVersionError(UsageError):
@@ -140,6 +161,7 @@ class ItemRow:
     definition: dict[str, Any]
     level: int = 2  # now, after any promotion
     route: dict[str, Any] | None = None  # of the last finished attempt
+    free_attempts: int = 0  # of ``attempts``, those that did not count against max_retries
 
 
 @dataclass(frozen=True)
@@ -184,6 +206,10 @@ class CostTotals:
 
 
 class Store(Protocol):
+    #: Where the store is, for messages ("no job 'x' in <location>"): a
+    #: folder, or a URL with its password masked. Never a secret.
+    location: str
+
     async def add_job(self, job: JobRow, items: Sequence[NewItem]) -> None:
         """Insert a job and its items in one transaction. Raise JobExists; raise
         ValueError for a duplicate item_id or an item state other than pending
@@ -301,3 +327,31 @@ class Store(Protocol):
         """Every finished attempt of the job, in the order they finished."""
 
     async def aclose(self) -> None: ...
+
+
+class StoreOpener(Protocol):
+    """What a backend registers with ``register(scheme, opener)``.
+
+    ``await opener(url, state_dir=..., settings=..., create=...)`` returns an
+    open :class:`Store`; the caller closes it with ``aclose()``.
+
+    - ``url``: the whole store URL as the user gave it, its scheme already
+      matched (lower case) to this opener: ``sqlite:///abs/dir``,
+      ``postgresql://user:pass@host/db``, or the bare scheme name
+      (``sqlite``), meaning "this backend's default place". The opener parses
+      the rest; a malformed one is a :class:`storyloom.UsageError`.
+    - ``state_dir``: the state folder (``--state-dir``, else
+      ``$STORYLOOM_HOME``, else ``./.storyloom``), for backends that keep
+      files and for the bare-scheme default.
+    - ``settings``: the run's :class:`storyloom.settings.Settings` (SQLite
+      reads ``synchronous``).
+    - ``create``: False for commands that only read or act on what is stored
+      (``status``, ``queue``, ``report``, ``pause``, ``cancel``, ``resume
+      --detach``): then raise :class:`StoreNotFound` rather than create a
+      store where there is none. True: create it if needed.
+
+    An opener must never put a password in an error message or in
+    ``Store.location``: use :func:`storyloom.store.mask_url`.
+    """
+
+    async def __call__(self, url: str, *, state_dir: Path, settings: "Settings", create: bool) -> Store: ...

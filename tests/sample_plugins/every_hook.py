@@ -104,6 +104,18 @@ def loom_register_renderers(register):
     register("count", lambda report: ("count.txt", str(report.get("counts"))))
 
 
+async def open_nowhere(url, *, state_dir, settings, create):
+    """A store backend that refuses: ``store: every-hook:`` is never used by the test run."""
+    _record("store.open", url=url)
+    raise storyloom.UsageError("the every_hook plugin keeps no store")
+
+
+@storyloom.hookimpl
+def loom_register_stores(register):
+    _record("loom_register_stores")
+    register("every-hook", open_nowhere)
+
+
 @storyloom.hookimpl
 def loom_validate_job(job, config):
     _record("loom_validate_job", job=job)

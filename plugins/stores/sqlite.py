@@ -1,4 +1,6 @@
-"""The SQLite backend: one file, ``<state_dir>/storyloom.db``, in WAL mode.
+"""The bundled ``sqlite`` store backend: one file, ``<folder>/storyloom.db``, in WAL mode.
+
+Chosen by a ``sqlite`` store URL (see :func:`folder_of`); the default store.
 
 Methods are ``async`` to fit :class:`~storyloom.store.protocol.Store`, but
 they call :mod:`sqlite3` directly and never await: each call is a short
@@ -17,9 +19,11 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Collection, Iterator, Sequence
+from urllib.parse import unquote
 
-from ..job import CRITICAL_WITHIN_S, HIGH_WITHIN_S
-from .protocol import (
+from storyloom import hookimpl
+from storyloom.job import CRITICAL_WITHIN_S, HIGH_WITHIN_S
+from storyloom.store.protocol import (
     HELD_JOB_STATES,
     ITEM_STATES,
     JOB_STATES,
@@ -34,8 +38,11 @@ from .protocol import (
     QueuedRow,
     RunningRow,
     StartRecord,
+    StoreNotFound,
     StoreVersionError,
 )
+from storyloom.errors import UsageError
+from storyloom.store.opening import mask_url
 
 DB_NAME = "storyloom.db"
 #: Stored in ``PRAGMA user_version``; bump it (and add a migration) when the schema changes.
@@ -263,6 +270,8 @@ class SQLiteStore:
         self._conn = conn
         #: The database file.
         self.path = path
+        #: The state folder, as given (``Store.location``).
+        self.location = str(path.parent)
 
     @classmethod
     def open(cls, state_dir: str | os.PathLike[str], synchronous: str = "NORMAL") -> "SQLiteStore":
@@ -562,14 +571,15 @@ class SQLiteStore:
 
     async def items(self, job_id: str, state: str | None = None) -> list[ItemRow]:
         """The job's items in insertion order, optionally only those in ``state``."""
-        sql = ("SELECT item_id, state, attempts, last_model, error_kind, error, definition, level, route "
-               "FROM items WHERE job_id = ?")
+        sql = ("SELECT item_id, state, attempts, last_model, error_kind, error, definition, level, route, "
+               "free_attempts FROM items WHERE job_id = ?")
         params: tuple = (job_id,)
         if state is not None:
             sql += " AND state = ?"
             params = (job_id, state)
         rows = self._conn.execute(sql + " ORDER BY seq", params)
-        return [ItemRow(i, s, a, m, ek, e, json.loads(d), lv, _loads(r)) for i, s, a, m, ek, e, d, lv, r in rows]
+        return [ItemRow(i, s, a, m, ek, e, json.loads(d), lv, _loads(r), fa)
+                for i, s, a, m, ek, e, d, lv, r, fa in rows]
 
     async def result(self, job_id: str, item_id: str) -> tuple[str, dict[str, Any] | None] | None:
         row = self._conn.execute(
@@ -699,3 +709,41 @@ def _epoch(text: str) -> float:
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
     return when.timestamp()
+
+
+# -- the plugin: scheme ``sqlite``
+
+
+def folder_of(url: str, state_dir: Path) -> Path:
+    """The state folder a ``sqlite`` URL names (the folder that holds ``storyloom.db``).
+
+    ``sqlite`` or ``sqlite:``: ``state_dir``. ``sqlite:///abs/folder`` (or
+    ``sqlite:/abs/folder``): an absolute folder. ``sqlite:relative/folder``:
+    relative to the working folder. ``~`` is expanded and ``%xx`` decoded. A
+    host (``sqlite://host/...``), a query or a fragment is a UsageError.
+    """
+    rest = url.partition(":")[2]
+    if "?" in rest or "#" in rest:
+        raise UsageError(f"store URL {mask_url(url)!r}: a sqlite URL takes no query or fragment")
+    if rest.startswith("//"):
+        host, slash, path = rest[2:].partition("/")
+        if host:
+            raise UsageError(f"store URL {mask_url(url)!r} names a host ({host!r}); a sqlite URL names a folder: "
+                             "sqlite:///abs/folder or sqlite:relative/folder")
+        rest = slash + path
+    if not rest:
+        return Path(state_dir)
+    return Path(unquote(rest)).expanduser()
+
+
+async def open_sqlite(url: str, *, state_dir: Path, settings: Any, create: bool) -> SQLiteStore:
+    """The :class:`~storyloom.store.StoreOpener` for ``sqlite`` URLs."""
+    folder = folder_of(url, state_dir)
+    if not create and not (folder / DB_NAME).is_file():
+        raise StoreNotFound(f"no store in {folder} (run a job first, or pass --state-dir or --store)", str(folder))
+    return SQLiteStore.open(folder, getattr(settings, "synchronous", "NORMAL"))
+
+
+@hookimpl
+def loom_register_stores(register):
+    register("sqlite", open_sqlite)
