@@ -71,10 +71,13 @@ async def resume_job(
     its job file's folder if that still exists, else the working folder's.
     """
     async with _opened(store, config, options, plugins, create=False, job_id=job_id) as opened:
-        loaded = await requeue_job(job_id, options=options, store=opened)
-        source = Path(loaded.source) if loaded.source and Path(loaded.source).exists() else None
+        stored = job_from_dict((await _resumable(opened, job_id)).definition)
+        source = Path(stored.source) if stored.source and Path(stored.source).exists() else None
         with _configured(config, options, source, plugins, start_dir=".") as config:
-            worker = Worker(config, only=config.plan(loaded), handle_signals=handle_signals)
+            # Built before the job goes back in the queue: a bad name on the
+            # command line (--progress nosuch) leaves the job as it was.
+            worker = Worker(config, only=config.plan(stored), handle_signals=handle_signals)
+            await requeue_job(job_id, options=options, store=opened)
             return _only_summary(await worker.run(opened), job_id)
 
 
@@ -85,11 +88,7 @@ async def requeue_job(job_id: str, *, options: Options = Options(), config: Conf
     for good. Returns the job. A cancelled or finished job is a UsageError;
     so is a job that is not stored (no store is created for it)."""
     async with _opened(store, config, options, plugins, create=False, job_id=job_id) as opened:
-        row = await opened.get_job(job_id)
-        if row is None:
-            raise UsageError(f"no job {job_id!r} in {_where(opened)}")
-        if row.state == "cancelled":
-            raise UsageError(f"job {job_id!r} was cancelled; submit it again under a new job_id")
+        row = await _resumable(opened, job_id)
         loaded = job_from_dict(row.definition)
         if options.budget_usd is not None:  # raising the budget outlives this resume
             loaded = dataclasses.replace(loaded, budget_usd=options.budget_usd)
@@ -97,6 +96,16 @@ async def requeue_job(job_id: str, *, options: Options = Options(), config: Conf
         if row.state in ("paused", "interrupted"):
             await opened.set_job_state(job_id, "pending", None)
     return loaded
+
+
+async def _resumable(store: Store, job_id: str) -> JobRow:
+    """The stored job's row; a UsageError if it is not stored or was cancelled."""
+    row = await store.get_job(job_id)
+    if row is None:
+        raise UsageError(f"no job {job_id!r} in {_where(store)}")
+    if row.state == "cancelled":
+        raise UsageError(f"job {job_id!r} was cancelled; submit it again under a new job_id")
+    return row
 
 
 async def submit_job(

@@ -91,3 +91,14 @@ def test_a_usage_error_inside_the_worker_is_one_line_from_the_cli(studio, capsys
                  "--state-dir", str(studio.state_dir)])
     assert code == 2
     _one_error_line(capsys, "sink 'refuses' needs an endpoint")
+
+
+def test_resume_with_an_unknown_progress_sink_leaves_the_job_as_it_was(studio, capsys):
+    studio.submit(JOB)
+    studio.read(lambda store: store.set_job_state("bad-names", "paused", "held for the test"))
+    capsys.readouterr()
+    code = main(["resume", "bad-names", "--progress", "nosuch", "--state-dir", str(studio.state_dir)])
+    assert code == 2
+    _one_error_line(capsys, "unknown progress sink 'nosuch'")
+    row = studio.read(lambda store: store.get_job("bad-names"))
+    assert (row.state, row.reason) == ("paused", "held for the test")  # not put back in the queue
