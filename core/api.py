@@ -272,7 +272,9 @@ async def render_report(job_id: str, format: str = "md", *, options: Options = O
             row = await store.get_job(job_id)
             if row is None:
                 raise UsageError(f"no job {job_id!r} in {_where(store)}")
-            report = await build_report(store, job_from_dict(row.definition), await snapshot(store, row))
+            job_type = config.registries.job_types.get(row.job_type)
+            report = await build_report(store, job_from_dict(row.definition), await snapshot(store, row),
+                                        shown_fields=getattr(job_type, "event_fields", ()))
     return renderer(report)
 
 

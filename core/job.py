@@ -131,11 +131,17 @@ def item_to_dict(item: Item) -> dict[str, Any]:
     }
 
 
+#: The keys :func:`item_to_dict` writes.
+_ITEM_KEYS = frozenset({"item_id", "project_id", "status", "priority", "deadline", "model", "fields"})
+
+
 def item_from_dict(data: dict[str, Any]) -> Item:
     fields = dict(data.get("fields") or {})
-    # Items stored before job types owned their fields kept chapter_num at the top.
-    if data.get("chapter_num") is not None:
-        fields.setdefault("chapter_num", data["chapter_num"])
+    # Items stored before job types owned their fields kept some of them at
+    # the top level of the definition: they are the job type's fields too.
+    for key, value in data.items():
+        if key not in _ITEM_KEYS and value is not None:
+            fields.setdefault(key, value)
     return Item(
         item_id=data["item_id"],
         project_id=data.get("project_id"),

@@ -234,7 +234,8 @@ class JobRun:
     async def _write_reports(self, store: Store, summary: Summary) -> None:
         if not self.renderers:
             return
-        report = await build_report(store, self.job, summary)
+        report = await build_report(store, self.job, summary,
+                                    shown_fields=getattr(self.job_type, "event_fields", ()))
         for name, renderer in self.renderers:
             try:
                 file_name, text = renderer(report)

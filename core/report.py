@@ -12,17 +12,17 @@ from __future__ import annotations
 import math
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Sequence
 
 from .errors import ErrorKind
-from .job import Job
+from .job import Job, item_from_dict
 from .settings import RetryConfig
 from .store import ITEM_STATES, Store
 from .store.protocol import AttemptRow, JobRow
 from .summary import Summary
 
 #: Bumped when a key changes meaning or goes away (adding keys does not bump it).
-REPORT_VERSION = 1
+REPORT_VERSION = 2
 #: Failed items listed one by one; ``failed_items_total`` counts them all.
 MAX_FAILED_LISTED = 200
 #: The throughput chart's resolution.
@@ -65,12 +65,15 @@ def _share(part: float, whole: float) -> float:
     return part / whole if whole else 0.0
 
 
-async def build_report(store: Store, job: Job, summary: Summary) -> dict[str, Any]:
+async def build_report(store: Store, job: Job, summary: Summary, *,
+                       shown_fields: Sequence[str] = ()) -> dict[str, Any]:
     """Everything a report shows, from the store and ``summary`` (what the
     batch returned, or :func:`snapshot` of a job still going).
 
     Covers the whole job, earlier runs included (a resumed job reports every
     item). Renderers (``loom_register_renderers``) turn this mapping into files.
+    ``shown_fields`` are the item fields a failed item's row shows besides
+    ``project_id``: the job type's ``event_fields``.
     """
     job_id = job.job_id
     counts = {state: summary.counts.get(state, 0) for state in ITEM_STATES}
@@ -124,7 +127,7 @@ async def build_report(store: Store, job: Job, summary: Summary) -> dict[str, An
             "rate_limited_share": round(_share(rate_limited, tally.count), 4),
         },
         "failed_items_total": len(failed_rows),
-        "failed_items": [_failed_item(row) for row in failed_rows[:MAX_FAILED_LISTED]],
+        "failed_items": [_failed_item(row, shown_fields) for row in failed_rows[:MAX_FAILED_LISTED]],
         "timeline": _timeline(tally.finishes, started),
     }
     report["recommendations"] = _recommendations(report)
@@ -212,14 +215,11 @@ class _Tally:
         return rows
 
 
-def _failed_item(row: Any) -> dict[str, Any]:
-    definition = row.definition or {}
-    fields = definition.get("fields") or {}
-    # chapter_num is a story job type's field; items stored before kept it at the top.
-    return {"item_id": row.item_id, "project_id": definition.get("project_id"),
-            "chapter_num": fields.get("chapter_num", definition.get("chapter_num")), "attempts": row.attempts,
-            "model": row.last_model,
-            "error_kind": row.error_kind, "error": row.error}
+def _failed_item(row: Any, shown_fields: Sequence[str]) -> dict[str, Any]:
+    item = item_from_dict({"item_id": row.item_id, **(row.definition or {})})
+    shown = {name: item.fields[name] for name in shown_fields if item.fields.get(name) is not None}
+    return {"item_id": row.item_id, "project_id": item.project_id, "fields": shown, "attempts": row.attempts,
+            "model": row.last_model, "error_kind": row.error_kind, "error": row.error}
 
 
 def _timeline(finishes: list[tuple[float, str]], started: float) -> dict[str, Any]:

@@ -281,3 +281,22 @@ def test_report_of_a_running_job(tmp_path):
             proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
     assert proc.returncode == 130  # stopped cleanly by the test
+
+
+def test_a_failed_items_row_shows_the_fields_its_job_type_names(loom):
+    loom.write("storyloom.yaml", """
+        models:
+          broken: {provider: simulated, latency_ms: 0, seed: 3, errors: {INVALID_INPUT: 1.0}}
+        default_models: [broken]
+        reports: [json, html]
+    """)
+    loom.run("job_id: story\njob_type: qc_processing\nitems:\n  - {project_id: rain, chapters: 4-5}\n")
+    loom.run("job_id: plain\njob_type: prompts\nitems:\n  - {item_id: p1, prompt: hello}\n", name="plain.yaml")
+    story = json.loads((loom.out_dir / "story" / "report.json").read_text(encoding="utf-8"))
+    assert [(f["item_id"], f["project_id"], f["fields"]) for f in story["failed_items"]] == [
+        ("rain-ch4", "rain", {"chapter_num": 4}), ("rain-ch5", "rain", {"chapter_num": 5})]
+    assert "rain / chapter_num 5" in (loom.out_dir / "story" / "report.html").read_text(encoding="utf-8")
+    plain = json.loads((loom.out_dir / "plain" / "report.json").read_text(encoding="utf-8"))
+    assert [(f["item_id"], f["fields"]) for f in plain["failed_items"]] == [("p1", {})]
+    validator = Draft202012Validator(SCHEMA)
+    assert not list(validator.iter_errors(story)) and not list(validator.iter_errors(plain))
