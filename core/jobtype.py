@@ -82,7 +82,8 @@ class InputReader(Protocol):
 
 class EventFields(Protocol):
     """Optional: ``event_fields`` names item fields (``chapter_num``) that the
-    ``item_started`` event carries besides ``project_id``, for progress views."""
+    ``item_started`` event and a report's failed-item rows show besides
+    ``project_id``, for progress views and reports."""
 
     event_fields: tuple[str, ...]
 
