@@ -584,6 +584,7 @@ async def test_recover_only_touches_its_job(store):
 # -- scale
 
 
+@pytest.mark.slow
 @trio_test
 async def test_hundred_thousand_items(store):
     n = 100_000
@@ -927,6 +928,7 @@ async def test_items_show_level_and_route(store):
     assert (rows["b"].level, rows["b"].route) == (1, route)
 
 
+@pytest.mark.slow
 @trio_test
 async def test_queue_of_a_hundred_thousand_items(store):
     n = 50_000

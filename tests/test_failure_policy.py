@@ -170,6 +170,7 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_the_pause_survives_a_restart_and_resume_continues(tmp_path):
     extra = "plugins: [sample_plugins.scripted]\n"
     (tmp_path / "storyloom.yaml").write_text(SETTINGS.format(script=script(list(range(8))), extra=extra))

@@ -41,6 +41,7 @@ def max_overlap(intervals: list[tuple[float, float]]) -> int:
     return best
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     n=st.integers(1, 30),

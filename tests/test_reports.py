@@ -208,6 +208,7 @@ default_models: [sim]
 JOB = "job_id: {job_id}\njob_type: qc_processing\nconfig: {{max_parallel: 2}}\nitems:\n  - {{project_id: p, chapters: 1-{n}}}\n"
 
 
+@pytest.mark.slow
 def test_reports_are_written_when_a_batch_ends_and_the_command_renders_them_again(tmp_path):
     (tmp_path / "storyloom.yaml").write_text(SETTINGS.format(latency=1))
     (tmp_path / "job.yaml").write_text(JOB.format(job_id="done-job", n=5))
@@ -253,6 +254,7 @@ def completed(job_id: str):
     return read
 
 
+@pytest.mark.slow
 def test_report_of_a_running_job(tmp_path):
     (tmp_path / "storyloom.yaml").write_text(SETTINGS.format(latency=150))
     (tmp_path / "job.yaml").write_text(JOB.format(job_id="busy", n=400))  # a minute: it is stopped below
