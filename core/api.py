@@ -16,6 +16,7 @@ import trio
 from .config import Config, Options, make_config
 from .errors import UsageError
 from .job import Job, Priority, item_to_dict, job_from_dict, job_to_dict
+from .jobtype import event_fields
 from .jobrun import chosen
 from .kernel import Worker
 from .registry import REGISTRY_HOOKS
@@ -274,7 +275,7 @@ async def render_report(job_id: str, format: str = "md", *, options: Options = O
                 raise UsageError(f"no job {job_id!r} in {_where(store)}")
             job_type = config.registries.job_types.get(row.job_type)
             report = await build_report(store, job_from_dict(row.definition), await snapshot(store, row),
-                                        shown_fields=getattr(job_type, "event_fields", ()))
+                                        shown_fields=event_fields(job_type))
     return renderer(report)
 
 

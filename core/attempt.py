@@ -21,6 +21,7 @@ from .contracts import Outcome, Stop
 from .errors import ErrorKind, ProviderError
 from .events import Event
 from .job import Item
+from .jobtype import event_fields
 from .pool import NoModelLeft, spend_cap_reached
 from .provider import Request
 from .routing import AttrMap, LazyMap, RouteContext
@@ -91,7 +92,7 @@ async def run_attempt(batch: "Batch", claimed: ClaimedItem, item: Item) -> Outco
             await batch.started(StartRecord(job.job_id, item.item_id, model, time.time()))
             batch.hooks.item_started(job=job, item=item, attempt=attempt, model=model)
             # Besides the generic keys, the item fields its job type names (chapter_num, say).
-            shown = {name: item.fields.get(name) for name in getattr(batch.job_type, "event_fields", ())}
+            shown = {name: item.fields.get(name) for name in event_fields(batch.job_type)}
             batch.emit(Event("item_started", job.job_id, item.item_id, data={
                 "attempt": attempt, "model": model, "project_id": item.project_id, **shown}))
             with trio.fail_after(plan.timeout_per_item):

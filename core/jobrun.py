@@ -23,6 +23,7 @@ from .contracts import BatchControl
 from .errors import UsageError
 from .events import Event
 from .job import Job, Plan
+from .jobtype import event_fields
 from .report import build_report
 from .settings import DEFAULT_PROGRESS, DEFAULT_REPORTS
 from .store import StartRecord, Store
@@ -235,7 +236,7 @@ class JobRun:
         if not self.renderers:
             return
         report = await build_report(store, self.job, summary,
-                                    shown_fields=getattr(self.job_type, "event_fields", ()))
+                                    shown_fields=event_fields(self.job_type))
         for name, renderer in self.renderers:
             try:
                 file_name, text = renderer(report)

@@ -88,6 +88,11 @@ class EventFields(Protocol):
     event_fields: tuple[str, ...]
 
 
+def event_fields(job_type: object) -> tuple[str, ...]:
+    """The job type's :class:`EventFields`, or none."""
+    return tuple(getattr(job_type, "event_fields", ()))
+
+
 @dataclass(frozen=True)
 class ItemSite:
     """Where an item entry (or the ``input:`` key) is in its job file, so a job
