@@ -11,6 +11,7 @@ from a file (:meth:`InputReader.read_input`).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -123,12 +124,17 @@ class ItemSite:
 
 def identifier_problem(value: Any) -> str:
     """Why ``value`` is not a safe name (``$defs/identifier`` in job.schema.json), or ""."""
-    identifier = schema("job.schema.json")["$defs"]["identifier"]
-    # The schema's pattern ends in `$`, which Python also matches before a
-    # final newline; fullmatch does not.
-    if isinstance(value, str) and re.fullmatch(identifier["pattern"], value):
+    if isinstance(value, str) and _identifier_pattern().fullmatch(value):
         return ""
-    return identifier["x-message"].replace("{got}", describe(value))
+    return schema("job.schema.json")["$defs"]["identifier"]["x-message"].replace("{got}", describe(value))
+
+
+@functools.cache
+def _identifier_pattern() -> re.Pattern[str]:
+    # Compiled once: every item id of a job passes here. The schema's pattern
+    # ends in `$`, which Python also matches before a final newline; the
+    # caller's fullmatch does not.
+    return re.compile(schema("job.schema.json")["$defs"]["identifier"]["pattern"])
 
 
 def one_item(item: "Item", entry: Mapping[str, Any], where: ItemSite) -> list[tuple["Item", PathKey]]:

@@ -106,10 +106,13 @@ def expand_story_item(item: Item, entry: Mapping[str, Any], where: ItemSite) -> 
     except ValueError as err:
         raise where.error(("chapters",), str(err)) from None
     prefix = item.item_id or item.project_id
+    # The ids differ only in their number, so the longest one stands for all
+    # (the kernel checks each id again as it collects them).
+    where.check_id(f"{prefix}-ch{max(numbers, key=lambda n: len(str(n)))}", ("chapters",),
+                   what="the expanded item_id: ")
     out = []
     for number in numbers:
         item_id = f"{prefix}-ch{number}"
-        where.check_id(item_id, ("chapters",), what="the expanded item_id: ")
         out.append((replace(item, item_id=item_id, fields={**fields, "chapter_num": number}), ("chapters",)))
     return out
 
