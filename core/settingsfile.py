@@ -89,6 +89,7 @@ def settings_from_document(doc: Document) -> Settings:
         aging=_duration(doc, ("aging",), defaults.aging, positive=True),
         synchronous=data.get("synchronous", defaults.synchronous),
         store=data.get("store", defaults.store),
+        input_roots=tuple(str((Path(doc.file).parent / root).resolve()) for root in data.get("input_roots", ())),
     )
 
 

@@ -45,7 +45,6 @@ import json
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -54,6 +53,7 @@ from storyloom import ConfigError, ErrorKind, ProviderError, hookimpl
 from storyloom.atomic import write_atomic
 from storyloom.document import decode_utf8
 from storyloom.errors import Location
+from storyloom.inputfile import InputFile
 from storyloom.job import Item, Job
 from storyloom.jobtype import ItemSite, Result, identifier_problem
 from storyloom.provider import Request, Response
@@ -62,8 +62,6 @@ from storyloom.validation import describe, format_path, schema, unknown_name
 NAME = "prompts"
 #: The item fields a prompts item takes (package data: storyloom.schemas).
 ITEM_SCHEMA = schema("prompts-item.schema.json")
-#: A job's ``input:`` JSONL file (the OpenAI Batch API's own limit for one file).
-MAX_INPUT_BYTES = 200 * 1024 * 1024
 #: What each line of an ``input:`` file holds: the Batch API's request fields.
 _INPUT_KEYS = ("custom_id", "method", "url", "body")
 _INPUT_URL = "/v1/chat/completions"
@@ -96,18 +94,11 @@ class PromptsJobType:
             fields["language"] = where.job["language"]
         return [(replace(item, fields=fields), ("item_id",))]
 
-    def read_input(self, path: Path, template: Item, where: ItemSite) -> Iterator[Item]:
-        """Items from an OpenAI Batch API input file: item_id is each line's
-        custom_id, the body goes in the fields (with the job's language)."""
-        file = str(path)
-        try:
-            with path.open("rb") as stream:
-                raw = stream.read(MAX_INPUT_BYTES + 1)
-        except OSError as err:
-            reason = "file not found" if isinstance(err, FileNotFoundError) else err.strerror or str(err)
-            raise where.error((), f"cannot read {file}: {reason}") from None
-        if len(raw) > MAX_INPUT_BYTES:
-            raise where.error((), f"{file} is larger than {MAX_INPUT_BYTES // (1024 * 1024)} MB")
+    def read_input(self, source: InputFile, template: Item, where: ItemSite) -> Iterator[Item]:
+        """Items from an OpenAI Batch API input file (checked and read by the
+        kernel): item_id is each line's custom_id, the body goes in the fields
+        (with the job's language)."""
+        file, raw = source.name, source.data
         fields = {"language": where.job["language"]} if "language" in where.job else {}
         first_line: dict[str, int] = {}
         # split, not splitlines: JSON strings may hold U+2028 and friends unescaped.

@@ -216,7 +216,10 @@ def test_input_lines_become_items(loom):
 def test_input_is_relative_to_the_job_file(loom):
     write_jsonl(loom, BATCH_INPUT[:1], "batches/nightly.jsonl")
     path = loom.write("jobs/job.yaml", "job_id: j\njob_type: prompts\ninput: ../batches/nightly.jsonl\n")
-    assert [item.item_id for item in load_job(path, Settings(), KNOWN).items] == ["request-1"]
+    with pytest.raises(ConfigError, match="outside the job file's folder"):  # unless the settings allow it
+        load_job(path, Settings(), KNOWN)
+    allowed = Settings(input_roots=(str(loom.path / "batches"),))
+    assert [item.item_id for item in load_job(path, allowed, KNOWN).items] == ["request-1"]
 
 
 def line(custom_id="r1", **changes) -> dict:
