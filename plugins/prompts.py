@@ -54,9 +54,11 @@ from storyloom.atomic import write_atomic
 from storyloom.document import decode_utf8
 from storyloom.errors import Location
 from storyloom.inputfile import InputFile
+from storyloom.document import error_at
 from storyloom.job import Item, Job
 from storyloom.jobtype import ItemSite, Result, identifier_problem
 from storyloom.provider import Request, Response
+from storyloom.plugins.support.templates import compiled, template_problem
 from storyloom.validation import describe, format_path, schema, unknown_name
 
 NAME = "prompts"
@@ -73,11 +75,8 @@ ROLES = frozenset({"system", "developer", "user", "assistant"})
 _USED = frozenset({"messages", "max_tokens", "max_completion_tokens", "temperature", "n"})
 _IGNORED = frozenset({"model", "stream", "stream_options"})
 
-_env = jinja2.Environment(
-    undefined=jinja2.StrictUndefined,  # a prompt naming a missing var is a mistake to report, not a blank
-    keep_trailing_newline=True,
-    autoescape=False,  # prompts are plain text, not HTML
-)
+#: The names a prompt's context holds besides the job's and the item's vars.
+CONTEXT_NAMES = ("vars", "item_id", "job_id", "language")
 
 
 @dataclass(frozen=True)
@@ -89,9 +88,15 @@ class PromptsJobType:
     item_schema: Mapping[str, Any] = field(default_factory=lambda: ITEM_SCHEMA, compare=False, repr=False)
 
     def expand_item(self, item: Item, entry: Mapping[str, Any], where: ItemSite) -> list[tuple[Item, tuple]]:
+        """The entry as one item, its templates checked (at the prompt's or
+        ``vars.system``'s own line in the job file)."""
         fields = dict(item.fields)
         if "language" not in fields and "language" in where.job:
             fields["language"] = where.job["language"]
+        for path, problem in template_problems(fields, where.job.get("vars") or {}):
+            if path[0] == "vars" and "system" not in (fields.get("vars") or {}):
+                raise error_at(where.doc, path, problem)  # the job's own vars.system
+            raise where.error(path, problem)
         return [(replace(item, fields=fields), ("item_id",))]
 
     def read_input(self, source: InputFile, template: Item, where: ItemSite) -> Iterator[Item]:
@@ -171,6 +176,21 @@ def _input_line(line: str, file: str, number: int) -> dict[str, Any]:
     return entry
 
 
+def template_problems(fields: Mapping[str, Any], job_vars: Mapping[str, Any]) -> Iterator[tuple[tuple, str]]:
+    """(path, problem) for each template of a prompt item (``prompt``, and
+    ``vars.system`` beside it) that could not render: a syntax error, an
+    unsafe attribute, a name the item's context does not give."""
+    if not isinstance(fields.get("prompt"), str):
+        return
+    merged = {**job_vars, **(fields.get("vars") or {})}
+    names = {*merged, *CONTEXT_NAMES}
+    for path, text in ((("prompt",), fields["prompt"]), (("vars", "system"), merged.get("system"))):
+        if isinstance(text, str) and "{" in text:
+            problem = template_problem(text, names, merged)
+            if problem:
+                yield path, problem
+
+
 def _context(item: Item, job: Job) -> dict[str, Any]:
     merged = {**job.vars, **(item.fields.get("vars") or {})}
     return {**merged, "vars": merged, "item_id": item.item_id, "job_id": job.job_id,
@@ -181,8 +201,8 @@ def _render(text: str, context: dict[str, Any], where: str) -> str:
     if "{" not in text:  # nothing to render: skip compiling a template per item
         return text
     try:
-        return _env.from_string(text).render(context)
-    except jinja2.TemplateError as exc:
+        return compiled(text).render(context)
+    except (jinja2.TemplateError, OverflowError) as exc:  # the sandbox's SecurityError: "... is unsafe"
         raise ProviderError(ErrorKind.INVALID_INPUT, f"{where}: {exc}") from None
 
 
@@ -320,6 +340,9 @@ def loom_validate_job(job, config):
             problem = message_problem(item.fields["messages"], "messages")
             if problem:
                 raise ConfigError(job.source or "job", where, problem)
+        # A job built in code never went through expand_item: check its templates here too.
+        for path, problem in template_problems(item.fields, job.vars):
+            raise ConfigError(job.source or "job", f"{where}.{'.'.join(path)}", problem)
 
 
 @hookimpl
