@@ -19,6 +19,10 @@ or from an existing OpenAI Batch API input file, used as it is::
 An inline ``prompt`` (and the ``system`` var) is a Jinja2 template over the
 job's ``vars`` with the item's own ``vars`` on top (``{{ title }}`` or
 ``{{ vars.title }}``); ``messages`` and Batch API bodies are sent as written.
+Templates render in the sandbox (``storyloom.plugins.support.templates``) and
+are checked as the job loads (:meth:`PromptsJobType.expand_item`, and
+``loom_validate_job`` for a job built in code): a syntax error, an unsafe
+attribute or an unknown name is a ConfigError at the template's line.
 From a body, ``messages``, ``max_completion_tokens`` (or ``max_tokens``) and
 ``temperature`` make the request; the job's models and routing choose the
 model, so ``model`` and ``stream`` in a body are ignored; every other field
