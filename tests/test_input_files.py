@@ -109,6 +109,7 @@ def test_a_file_over_the_limit_is_refused_before_it_is_read(tmp_path, monkeypatc
     assert "larger than the 100-byte limit" in text
 
 
+@pytest.mark.slow  # a subprocess: a hang must be a timeout, not a stuck test run
 def test_a_fifo_is_refused_and_validate_does_not_hang(tmp_path):
     jobs = tmp_path / "jobs"
     job = job_at(jobs, "pipe.jsonl")
