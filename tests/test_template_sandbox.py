@@ -166,3 +166,25 @@ def test_story_templates_render_in_the_sandbox_and_use_only_names_they_are_given
     item = Item("p-ch1", project_id="p", fields={"chapter_num": 1, "prompt": "{{ cycler.__init__ }}"})
     request = jobtypes.JOB_TYPES[2].build_request(item, job)
     assert "{{ cycler.__init__ }}" in request.messages[1]["content"]
+
+
+def test_a_payload_queued_before_the_check_existed_does_not_run_under_work(loom):
+    """The reported case: a prompt already in the store (queued by an older
+    storyloom) is rendered by ``storyloom work``; the sandbox stops it."""
+    import trio
+
+    from storyloom.api import add_job
+
+    job = Job(job_id="old", job_type="prompts", items=(Item("a", fields={"prompt": PAYLOADS[0]}),),
+              models=("simulated",))
+
+    async def queue_it():
+        async with loom.store(create=True) as store:
+            await add_job(store, job)
+
+    trio.run(queue_it)
+    done = loom.work()
+    assert done.summaries["old"].counts["failed"] == 1
+    row = loom.items("old")["a"]
+    assert row.error_kind == "INVALID_INPUT" and "unsafe" in row.error
+    assert not (loom.path / "MARKER").exists()
