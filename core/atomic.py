@@ -1,28 +1,45 @@
-"""Writing files so that a reader never sees half of one."""
+"""Writing files so that a reader never sees half of one.
+
+A temporary is created beside the target by :func:`tempfile.mkstemp`
+(``O_CREAT | O_EXCL``, a random name): a link planted in the folder, at any
+name, is never followed. A target that is itself a symlink is replaced by the
+new file, not written through, so a write stays in its folder. (The folder
+itself is the caller's: an output folder that is a link is taken as meant.)
+"""
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
+#: In every temporary's name (``<file>.storyloom-tmp-<random>``), so leftovers can be found.
 TMP_MARK = ".storyloom-tmp-"
+
+# mkstemp makes 0600 files; outputs get the usual 0666 less the umask, read once here
+# (os.umask can only be read by setting it, which is not safe once threads write).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file beside ``path``, then rename over it."""
+    """Write ``text`` (UTF-8) to a new temporary file beside ``path``, then rename it over ``path``."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}{TMP_MARK}")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
             f.write(text)
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)
         raise
 
 
 def remove_temporary(folder: Path) -> int:
-    """Remove temporary files left in ``folder`` (by a killed process, say)."""
+    """Remove temporary files left in ``folder`` (by a killed process, say);
+    a link there is removed itself, never what it points at."""
     removed = 0
     if folder.is_dir():
         for tmp in folder.glob(f"*{TMP_MARK}*"):

@@ -6,7 +6,8 @@ limits) is the kernel's. Each item entry is checked twice: its generic keys
 the job type's :attr:`~storyloom.jobtype.JobType.item_schema`; the first error
 in the file among both is reported. Then names are looked up, the job type
 expands each entry (:meth:`~storyloom.jobtype.JobType.expand_item`) or reads
-``input:`` (:meth:`~storyloom.jobtype.InputReader.read_input`), and the
+``input:`` (:meth:`~storyloom.jobtype.InputReader.read_input`, handed the
+file checked and read by :func:`~storyloom.inputfile.open_input`), and the
 kernel checks item ids and computes priorities.
 """
 
@@ -22,6 +23,7 @@ from jsonschema.exceptions import SchemaError
 
 from .document import Document, PathKey, duration_at, error_at, int_or_none, parse_document, value_at
 from .errors import ConfigError, UsageError
+from .inputfile import open_input
 from .job import Item, Job, JobConfig, Priority
 from .jobtype import GENERIC_ITEM_KEYS, ItemSite, JobType, identifier_problem, one_item
 from .names import KnownNames, check_name
@@ -184,7 +186,8 @@ class _JobBuilder:
         level = Priority.from_deadline(job_deadline, self.now, job_level) if job_deadline else job_level
         template = Item(item_id="", priority=level, deadline=job_deadline)
         collected = _Collector(self.doc)
-        for item in reader(Path(self.doc.file).parent / self.data["input"], template, ItemSite(self.doc, ("input",))):
+        source = open_input(self.data["input"], self.doc.file, self.settings.input_roots, self.fail(("input",)))
+        for item in reader(source, template, ItemSite(self.doc, ("input",))):
             self.check_id(item.item_id, ("input",), what=f"item_id {item.item_id!r} from the input file: ")
             collected.add(item, ("input",))
         if not collected.first_seen:

@@ -15,7 +15,6 @@ import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .document import Document, PathKey, error_at
@@ -23,6 +22,7 @@ from .errors import ConfigError
 from .validation import describe, schema
 
 if TYPE_CHECKING:
+    from .inputfile import InputFile
     from .job import Item, Job
     from .provider import Request, Response
 
@@ -70,8 +70,12 @@ class InputReader(Protocol):
     naming the job type.
     """
 
-    def read_input(self, path: Path, template: "Item", where: "ItemSite") -> Iterable["Item"]:
-        """The items in the file ``path`` (``input:`` resolved against the job file's folder).
+    def read_input(self, source: "InputFile", template: "Item", where: "ItemSite") -> Iterable["Item"]:
+        """The items in ``source``: the ``input:`` file, already checked and
+        read by the kernel (:func:`storyloom.inputfile.open_input`: a regular
+        file under the job file's folder or an ``input_roots`` folder, within
+        the size limit). Parse ``source.data`` (bytes); name ``source.name``
+        in messages.
 
         ``template`` carries the job-level priority and deadline: make items with
         ``dataclasses.replace(template, item_id=..., fields=...)``. ``where.path``

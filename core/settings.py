@@ -146,3 +146,6 @@ class Settings:
     #: sqlite ``synchronous``: NORMAL (default, durable across process crashes)
     #: or FULL (also across power loss).
     synchronous: str = "NORMAL"
+    #: Folders besides the job file's own that ``input:`` files may be in
+    #: (``input_roots:``, absolute, resolved against the settings file's folder).
+    input_roots: tuple[str, ...] = ()

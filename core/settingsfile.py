@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 from .document import Document, PathKey, parse_document
 from .document import duration_at as _duration
@@ -88,6 +89,7 @@ def settings_from_document(doc: Document) -> Settings:
         aging=_duration(doc, ("aging",), defaults.aging, positive=True),
         synchronous=data.get("synchronous", defaults.synchronous),
         store=data.get("store", defaults.store),
+        input_roots=tuple(str((Path(doc.file).parent / root).resolve()) for root in data.get("input_roots", ())),
     )
 
 
@@ -129,6 +131,9 @@ def _batch_limit(doc: Document, job_type: str, entry: dict[str, Any]) -> BatchLi
 def _webhook(doc: Document, index: int, entry: dict[str, Any]) -> Webhook:
     if ("url" in entry) == ("url_env" in entry):
         raise _error(doc, ("webhooks", index), "give either url or url_env (the variable holding the URL)")
+    if "url" in entry and not _parses(entry["url"]):
+        raise _error(doc, ("webhooks", index, "url"), "expected an http:// or https:// URL with a valid host and "
+                                                      "port (the value is not shown: webhook URLs are secrets)")
     defaults = Webhook()
     return Webhook(
         url=entry.get("url"),
@@ -137,6 +142,14 @@ def _webhook(doc: Document, index: int, entry: dict[str, Any]) -> Webhook:
         timeout=_duration(doc, ("webhooks", index, "timeout"), defaults.timeout),
         retries=int(entry.get("retries", defaults.retries)),
     )
+
+
+def _parses(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        return bool(parts.hostname) and (parts.port or 0) >= 0
+    except ValueError:
+        return False
 
 
 def _failure_policy(doc: Document, data: dict[str, Any]) -> FailurePolicy:

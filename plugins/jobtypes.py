@@ -30,6 +30,7 @@ import jinja2
 from storyloom import ErrorKind, ProviderError, hookimpl
 from storyloom.job import Item, Job
 from storyloom.jobtype import ItemSite, Result
+from storyloom.plugins.support.templates import PromptSandbox
 from storyloom.provider import Request, Response
 from storyloom.validation import schema
 
@@ -116,12 +117,12 @@ def expand_story_item(item: Item, entry: Mapping[str, Any], where: ItemSite) -> 
         out.append((replace(item, item_id=item_id, fields={**fields, "chapter_num": number}), ("chapters",)))
     return out
 
-_env = jinja2.Environment(
+# The bundled templates are ours, but what they render (titles, notes, vars) is
+# data from job files: the sandbox keeps it so, like every prompt template.
+# StrictUndefined (a missing field is a bug to see) and no autoescape come with it.
+_env = PromptSandbox(
     loader=jinja2.PackageLoader("storyloom.plugins", "templates"),
-    undefined=jinja2.StrictUndefined,  # a template naming a missing field is a bug to see, not a blank
-    keep_trailing_newline=True,
     auto_reload=False,  # bundled templates never change under a run; skips a stat() per render
-    autoescape=False,  # prompts are plain text, not HTML
 )
 
 SYSTEM = {

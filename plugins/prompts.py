@@ -19,6 +19,10 @@ or from an existing OpenAI Batch API input file, used as it is::
 An inline ``prompt`` (and the ``system`` var) is a Jinja2 template over the
 job's ``vars`` with the item's own ``vars`` on top (``{{ title }}`` or
 ``{{ vars.title }}``); ``messages`` and Batch API bodies are sent as written.
+Templates render in the sandbox (``storyloom.plugins.support.templates``) and
+are checked as the job loads (:meth:`PromptsJobType.expand_item`, and
+``loom_validate_job`` for a job built in code): a syntax error, an unsafe
+attribute or an unknown name is a ConfigError at the template's line.
 From a body, ``messages``, ``max_completion_tokens`` (or ``max_tokens``) and
 ``temperature`` make the request; the job's models and routing choose the
 model, so ``model`` and ``stream`` in a body are ignored; every other field
@@ -45,7 +49,6 @@ import json
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -54,16 +57,17 @@ from storyloom import ConfigError, ErrorKind, ProviderError, hookimpl
 from storyloom.atomic import write_atomic
 from storyloom.document import decode_utf8
 from storyloom.errors import Location
+from storyloom.inputfile import InputFile
+from storyloom.document import error_at
 from storyloom.job import Item, Job
 from storyloom.jobtype import ItemSite, Result, identifier_problem
 from storyloom.provider import Request, Response
+from storyloom.plugins.support.templates import compiled, template_problem
 from storyloom.validation import describe, format_path, schema, unknown_name
 
 NAME = "prompts"
 #: The item fields a prompts item takes (package data: storyloom.schemas).
 ITEM_SCHEMA = schema("prompts-item.schema.json")
-#: A job's ``input:`` JSONL file (the OpenAI Batch API's own limit for one file).
-MAX_INPUT_BYTES = 200 * 1024 * 1024
 #: What each line of an ``input:`` file holds: the Batch API's request fields.
 _INPUT_KEYS = ("custom_id", "method", "url", "body")
 _INPUT_URL = "/v1/chat/completions"
@@ -75,11 +79,8 @@ ROLES = frozenset({"system", "developer", "user", "assistant"})
 _USED = frozenset({"messages", "max_tokens", "max_completion_tokens", "temperature", "n"})
 _IGNORED = frozenset({"model", "stream", "stream_options"})
 
-_env = jinja2.Environment(
-    undefined=jinja2.StrictUndefined,  # a prompt naming a missing var is a mistake to report, not a blank
-    keep_trailing_newline=True,
-    autoescape=False,  # prompts are plain text, not HTML
-)
+#: The names a prompt's context holds besides the job's and the item's vars.
+CONTEXT_NAMES = ("vars", "item_id", "job_id", "language")
 
 
 @dataclass(frozen=True)
@@ -91,23 +92,22 @@ class PromptsJobType:
     item_schema: Mapping[str, Any] = field(default_factory=lambda: ITEM_SCHEMA, compare=False, repr=False)
 
     def expand_item(self, item: Item, entry: Mapping[str, Any], where: ItemSite) -> list[tuple[Item, tuple]]:
+        """The entry as one item, its templates checked (at the prompt's or
+        ``vars.system``'s own line in the job file)."""
         fields = dict(item.fields)
         if "language" not in fields and "language" in where.job:
             fields["language"] = where.job["language"]
+        for path, problem in template_problems(fields, where.job.get("vars") or {}):
+            if path[0] == "vars" and "system" not in (fields.get("vars") or {}):
+                raise error_at(where.doc, path, problem)  # the job's own vars.system
+            raise where.error(path, problem)
         return [(replace(item, fields=fields), ("item_id",))]
 
-    def read_input(self, path: Path, template: Item, where: ItemSite) -> Iterator[Item]:
-        """Items from an OpenAI Batch API input file: item_id is each line's
-        custom_id, the body goes in the fields (with the job's language)."""
-        file = str(path)
-        try:
-            with path.open("rb") as stream:
-                raw = stream.read(MAX_INPUT_BYTES + 1)
-        except OSError as err:
-            reason = "file not found" if isinstance(err, FileNotFoundError) else err.strerror or str(err)
-            raise where.error((), f"cannot read {file}: {reason}") from None
-        if len(raw) > MAX_INPUT_BYTES:
-            raise where.error((), f"{file} is larger than {MAX_INPUT_BYTES // (1024 * 1024)} MB")
+    def read_input(self, source: InputFile, template: Item, where: ItemSite) -> Iterator[Item]:
+        """Items from an OpenAI Batch API input file (checked and read by the
+        kernel): item_id is each line's custom_id, the body goes in the fields
+        (with the job's language)."""
+        file, raw = source.name, source.data
         fields = {"language": where.job["language"]} if "language" in where.job else {}
         first_line: dict[str, int] = {}
         # split, not splitlines: JSON strings may hold U+2028 and friends unescaped.
@@ -180,6 +180,21 @@ def _input_line(line: str, file: str, number: int) -> dict[str, Any]:
     return entry
 
 
+def template_problems(fields: Mapping[str, Any], job_vars: Mapping[str, Any]) -> Iterator[tuple[tuple, str]]:
+    """(path, problem) for each template of a prompt item (``prompt``, and
+    ``vars.system`` beside it) that could not render: a syntax error, an
+    unsafe attribute, a name the item's context does not give."""
+    if not isinstance(fields.get("prompt"), str):
+        return
+    merged = {**job_vars, **(fields.get("vars") or {})}
+    names = {*merged, *CONTEXT_NAMES}
+    for path, text in ((("prompt",), fields["prompt"]), (("vars", "system"), merged.get("system"))):
+        if isinstance(text, str) and "{" in text:
+            problem = template_problem(text, names, merged)
+            if problem:
+                yield path, problem
+
+
 def _context(item: Item, job: Job) -> dict[str, Any]:
     merged = {**job.vars, **(item.fields.get("vars") or {})}
     return {**merged, "vars": merged, "item_id": item.item_id, "job_id": job.job_id,
@@ -190,8 +205,8 @@ def _render(text: str, context: dict[str, Any], where: str) -> str:
     if "{" not in text:  # nothing to render: skip compiling a template per item
         return text
     try:
-        return _env.from_string(text).render(context)
-    except jinja2.TemplateError as exc:
+        return compiled(text).render(context)
+    except (jinja2.TemplateError, OverflowError) as exc:  # the sandbox's SecurityError: "... is unsafe"
         raise ProviderError(ErrorKind.INVALID_INPUT, f"{where}: {exc}") from None
 
 
@@ -329,6 +344,9 @@ def loom_validate_job(job, config):
             problem = message_problem(item.fields["messages"], "messages")
             if problem:
                 raise ConfigError(job.source or "job", where, problem)
+        # A job built in code never went through expand_item: check its templates here too.
+        for path, problem in template_problems(item.fields, job.vars):
+            raise ConfigError(job.source or "job", f"{where}.{'.'.join(path)}", problem)
 
 
 @hookimpl

@@ -40,12 +40,21 @@ def duration(seconds: float | None) -> str:
     return f"{whole // 3600}h {whole // 60 % 60:02d}m {whole % 60:02d}s"
 
 
-_MARKDOWN_ESCAPES = str.maketrans({"|": "\\|", "<": "\\<", ">": "\\>"})
+# Mid-line (where one_line text always goes) these are all the characters that
+# make Markdown syntax: links, images, emphasis, code, entities, table cells.
+# < > become entities, so neither HTML nor an autolink (<javascript:...>) can
+# form, nor even the text "<javascript:"; line-start syntax (#, -, 1.) cannot occur.
+_MARKDOWN_ESCAPES = str.maketrans({
+    **{c: "\\" + c for c in "\\`*_[]()|&"},
+    "<": "&lt;", ">": "&gt;",
+})
 
 
 def one_line(text: Any) -> str:
-    """For a Markdown list or table: one line, no column bars, and no HTML
-    (``<script>`` from a model shows as text in a Markdown viewer too)."""
+    """Untrusted text (errors, model names, reasons) for a Markdown list or
+    table: one line, every Markdown metacharacter escaped, so that neither a
+    link (``[x](javascript:...)``, ``<javascript:...>``) nor HTML (a model's
+    ``<script>``) is live in any viewer; it reads as the text it was."""
     return " ".join(str(text if text is not None else "").split()).translate(_MARKDOWN_ESCAPES)
 
 

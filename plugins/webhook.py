@@ -65,9 +65,29 @@ def message_text(event: Event) -> str:
 
 
 def where(url: str) -> str:
-    """A URL without its path: webhook paths are secrets, so messages show only this."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
+    """``scheme://host[:port]`` of a URL: webhook paths, queries and any
+    ``user:password@`` are secrets, so messages show only this."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+    except ValueError:
+        return "(an invalid URL)"
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
+
+
+def scrubbed(text: str, url: str) -> str:
+    """``text`` (an httpx error, say) with the URL and each secret part of it masked."""
+    text = text.replace(url, where(url))
+    try:
+        parts = urlsplit(url)
+        secrets = (parts.username, parts.password, parts.query, parts.path if len(parts.path) > 1 else None)
+    except ValueError:
+        return where(url) if url in text or "@" in text else text
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
 
 
 class _Target:
@@ -171,8 +191,11 @@ class WebhookSink:
         with trio.move_on_after(timeout):
             try:
                 response = await client.post(target.url, json=body, timeout=timeout)
+            except httpx.InvalidURL:
+                return False, "the URL is not valid"
             except httpx.HTTPError as exc:
-                return True, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                return True, f"{type(exc).__name__}: {scrubbed(str(exc), target.url)}" if str(exc) \
+                    else type(exc).__name__
             if response.is_success:
                 return None
             status = response.status_code

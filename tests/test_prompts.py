@@ -160,12 +160,11 @@ def test_inline_prompts_are_templates_and_messages_are_sent_as_written(loom, fak
     assert [line["custom_id"] for line in results(loom, "inline")] == ["b1", "b2"]
 
 
-def test_a_prompt_naming_a_missing_var_fails_the_item(loom, fake_provider):
+def test_a_prompt_naming_a_missing_var_is_refused_before_anything_is_stored(loom, fake_provider):
     loom.write("storyloom.yaml", settings(fake_provider))
-    result = loom.run("job_id: missing\njob_type: prompts\nitems:\n  - {item_id: a, prompt: 'Hi {{ nobody }}'}\n")
-    result.assert_outcomes(failed=1)
-    assert result.items["a"].error_kind == ErrorKind.INVALID_INPUT
-    assert "nobody" in result.items["a"].error
+    with pytest.raises(ConfigError, match=r"job.yaml:4:26: at items\[0\]\.prompt: the template uses 'nobody'"):
+        loom.run("job_id: missing\njob_type: prompts\nitems:\n  - {item_id: a, prompt: 'Hi {{ nobody }}'}\n")
+    assert loom.stored_jobs() == []
     assert fake_provider.requests == []
 
 
@@ -216,7 +215,10 @@ def test_input_lines_become_items(loom):
 def test_input_is_relative_to_the_job_file(loom):
     write_jsonl(loom, BATCH_INPUT[:1], "batches/nightly.jsonl")
     path = loom.write("jobs/job.yaml", "job_id: j\njob_type: prompts\ninput: ../batches/nightly.jsonl\n")
-    assert [item.item_id for item in load_job(path, Settings(), KNOWN).items] == ["request-1"]
+    with pytest.raises(ConfigError, match="outside the job file's folder"):  # unless the settings allow it
+        load_job(path, Settings(), KNOWN)
+    allowed = Settings(input_roots=(str(loom.path / "batches"),))
+    assert [item.item_id for item in load_job(path, allowed, KNOWN).items] == ["request-1"]
 
 
 def line(custom_id="r1", **changes) -> dict:

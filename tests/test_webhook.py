@@ -209,3 +209,53 @@ def test_text_of_a_paused_batch_says_how_to_continue():
     assert message_text(event) == ("storyloom - job j1 paused after 61s: 7/10 completed, 0 failed, 0 skipped; "
                                    "cost $0.5000. budget reached. Continue with: storyloom resume j1")
     assert where("https://hooks.slack.com/services/T0/B0/XYZ?x=1") == "https://hooks.slack.com"
+
+
+# -- secrets in webhook URLs never reach stderr, errors or logs --------------
+
+
+def test_a_password_or_token_in_the_url_never_reaches_stderr(loom, hook, capsys):
+    hook.answers = [500]
+    secret_url = hook.url.replace("http://", "http://bob:hunter2@") + "?token=t0ps3cret"
+    loom.write("storyloom.yaml", SETTINGS.format(url=secret_url, timeout="2s", retries=0))
+    result = loom.run(job(), plugins=(scripted, Notifier()))
+    result.assert_outcomes(completed=20)
+    assert hook.requests  # it did post, with the URL as given
+    err = capsys.readouterr().err
+    assert "gave up after 1 attempt(s): HTTP 500" in err
+    for secret in ("hunter2", "t0ps3cret", "s3cr3t", "bob"):
+        assert secret not in err
+    assert "storyloom: webhook http://127.0.0.1:" in err
+
+
+def test_a_connection_error_names_the_host_only(loom, capsys):
+    import socket
+
+    with socket.socket() as free:  # a port nothing listens on
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    url = f"http://bob:hunter2@127.0.0.1:{port}/hooks/s3cr3t?token=t0ps3cret"
+    loom.write("storyloom.yaml", SETTINGS.format(url=url, timeout="2s", retries=0))
+    loom.run(job(2), plugins=(scripted, Notifier())).assert_outcomes(completed=2)
+    err = capsys.readouterr().err
+    assert f"storyloom: webhook http://127.0.0.1:{port}: gave up after 1 attempt(s)" in err
+    for secret in ("hunter2", "t0ps3cret", "s3cr3t", "bob"):
+        assert secret not in err
+
+
+@pytest.mark.parametrize("url", ["ftp://bob:hunter2@x.example/h", "https://bob:hunter2@x.example:99999/h",
+                                 "https://[bob:hunter2@x.example/h"])
+def test_a_bad_webhook_url_in_settings_is_refused_without_quoting_it(tmp_path, url):
+    from storyloom.errors import ConfigError
+    from storyloom.loader import load_settings
+
+    path = tmp_path / "storyloom.yaml"
+    path.write_text(f"webhooks:\n  - {{url: '{url}'}}\n")
+    with pytest.raises(ConfigError, match=r"storyloom.yaml:2:.*webhooks\[0\]\.url: .*URL") as caught:
+        load_settings(path)
+    assert "hunter2" not in str(caught.value) and "bob" not in str(caught.value)
+
+
+def test_where_shows_scheme_host_and_port_only():
+    assert where("https://bob:hunter2@Hooks.Example:8443/services/x?token=t") == "https://hooks.example:8443"
+    assert "hunter2" not in where("https://bob:hunter2@[::1/x")
