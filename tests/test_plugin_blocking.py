@@ -59,8 +59,10 @@ CASES = {
     # No prompts job type: chapter_writing (the default case) still runs.
     # No simulated provider: an HTTP provider against the fake server.
     "simulated": Case(model="fake"),
-    # No failure policy: a job whose every item fails is not paused, it ends failed.
-    "failure_policy": Case(model="broken", outputs=(), status="failed", counts={"failed": 3}),
+    # No failure policy: a job whose every item fails is not paused, it ends failed. Eight
+    # items, so that with the policy on the pause after two finds items still waiting.
+    "failure_policy": Case(job=CHAPTERS.replace("chapters: 1-3", "chapters: 1-8"), model="broken", outputs=(),
+                           status="failed", counts={"failed": 8}),
 }
 
 #: The progress sink each sink-registering plugin contributes (terminal and plain
@@ -165,3 +167,4 @@ def test_the_failing_job_pauses_while_the_failure_policy_is_on(loom, fake_provid
     loom.write("storyloom.yaml", settings("webhook", fake_provider, receiver))
     result = run_blocked(loom, "webhook", CASES["failure_policy"], progress=())
     assert result.summary.status == "paused"
+    assert result.counts["pending"] > 0, result.counts

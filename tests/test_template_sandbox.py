@@ -7,7 +7,6 @@ nor leak, in a real run with the simulated provider."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
