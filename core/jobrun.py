@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .atomic import write_atomic
 from .budget import Budget
 from .contracts import BatchControl
 from .errors import UsageError
 from .events import Event
 from .job import Job, Plan
+from .outputs import job_folder, take_problems, write_output
 from .report import build_report
 from .settings import DEFAULT_PROGRESS, DEFAULT_REPORTS
 from .store import StartRecord, Store
@@ -162,6 +162,7 @@ class JobRun:
         with trio.CancelScope(shield=True):
             await self._write_reports(store, summary)
             await self._batch_finished(store, summary)
+        summary.output_problems = take_problems(self.config, job_id)
         return summary
 
     def _summary(self, counts: dict[str, int], cost_usd: float) -> Summary:
@@ -238,10 +239,12 @@ class JobRun:
         for name, renderer in self.renderers:
             try:
                 file_name, text = renderer(report)
-                write_atomic(self.config.out_dir / self.job_id / file_name, text)
             except Exception:
                 print(f"storyloom: report renderer {name!r} failed:", file=sys.stderr)
                 traceback.print_exc(file=sys.stderr)
+                continue
+            # A failed write is recorded for the exit code (6), not raised.
+            write_output(self.config, self.job_id, job_folder(self.config, self.job_id) / file_name, text)
 
     async def _batch_finished(self, store: Store, summary: Summary) -> None:
         for finish in self.hooks.batch_finished(job=self.job, summary=summary, store=store):
@@ -256,6 +259,10 @@ async def _run_sink(name: str, sink: Any, receive: trio.MemoryReceiveChannel[Eve
     async with receive:
         try:
             await sink.run(receive)
+        except OSError as err:  # a full or read-only disk: one line, not a traceback
+            where = f" {err.filename}" if err.filename else ""
+            print(f"storyloom: progress sink {name!r} stopped: cannot write{where}: {err.strerror or err}",
+                  file=sys.stderr)
         except Exception:
             print(f"storyloom: progress sink {name!r} failed and was dropped:", file=sys.stderr)
             traceback.print_exc(file=sys.stderr)
