@@ -145,6 +145,16 @@ def test_a_run_whose_outputs_cannot_be_written_ends_6_with_items_completed(loom)
     assert {p.path.name for p in problems} >= {"rain-ch1.md", "report.md"}
 
 
+def test_a_report_that_cannot_be_written_ends_6_and_the_result_files_are_kept(loom):
+    loom.write("storyloom.yaml", SETTINGS)
+    (loom.out_dir / "book" / "report.md").mkdir(parents=True)  # in the report's way: EISDIR on the rename
+    result = loom.run(CHAPTERS.format(job_id="book", n=2))
+    assert result.summary.exit_code == 6
+    assert [p.path.name for p in result.summary.output_problems] == ["report.md"]
+    assert sorted(files(loom.out_dir / "book")) == ["rain-ch1.md", "rain-ch2.md"]
+    assert (loom.out_dir / "book" / "report.json").exists()
+
+
 def test_the_cli_says_in_one_line_which_path_failed_and_what_to_do(loom):
     loom.write("storyloom.yaml", SETTINGS)
     loom.write("job.yaml", CHAPTERS.format(job_id="blocked", n=3))
@@ -156,6 +166,7 @@ def test_the_cli_says_in_one_line_which_path_failed_and_what_to_do(loom):
     assert len(errors) == 1, proc.stderr
     assert str(out_dir / "blocked") in errors[0] and "Not a directory" in errors[0]
     assert "storyloom outputs blocked --rebuild" in errors[0]
+    assert "3/3 completed" in proc.stdout and "6 output(s) NOT written" in proc.stdout
     # What the operator is told to do works: here, another output folder.
     proc = cli("outputs", "blocked", "--rebuild", "--out-dir", "elsewhere", cwd=loom.path)
     assert proc.returncode == 0, proc.stderr
