@@ -187,7 +187,8 @@ def _report(summary: Summary) -> int:
     c = summary.counts
     total = sum(c.values())
     print(f"{summary.job_id}: {summary.status} in {summary.duration:.1f}s: {c['completed']}/{total} completed, "
-          f"{c['failed']} failed, {c['skipped']} skipped, {c['pending']} pending; cost ${summary.cost_usd:.4f}")
+          f"{c['failed']} failed, {c['skipped']} skipped, {c['pending']} pending; cost ${summary.cost_usd:.4f}"
+          + (f"; {len(summary.output_problems)} output(s) NOT written" if summary.output_problems else ""))
     if summary.outputs_rebuilt:
         print(f"{summary.job_id}: {summary.outputs_rebuilt} missing or partial output(s) rebuilt from the store",
               file=sys.stderr)

@@ -254,3 +254,11 @@ def test_files_a_kill_lost_come_back_byte_identical(loom, tmp_path_factory, how)
         proc = cli("resume", "killed", "-q", cwd=loom.path)
         assert proc.returncode == 0, proc.stderr
     assert files(folder) == expected
+
+
+def test_the_readme_exit_code_table_lists_every_code_the_cli_returns():
+    from storyloom.summary import EXIT_CODES, EXIT_OUTPUTS
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    for code in sorted({*EXIT_CODES.values(), 2, EXIT_OUTPUTS}):
+        assert f"\n| {code} | " in readme, f"README's exit-code table has no row for {code}"
