@@ -286,7 +286,8 @@ def loom_batch_finished(job: "Job", summary: "Summary", store: "Store") -> None:
 
 
 @hookspec
-def loom_job_outputs(job: "Job", store: "Store", config: "Config") -> "Callable[[], Awaitable[Iterable[Output]]] | None":
+def loom_job_outputs(job: "Job", store: "Store",
+                     config: "Config") -> "Callable[[], Awaitable[Iterable[Output]]] | None":
     """Say which files of a job's output folder a plugin owns, computed from the store alone.
 
     Called by ``storyloom outputs JOB_ID [--rebuild]`` and by ``resume``
