@@ -17,8 +17,10 @@ from .config import Config, Options, make_config
 from .errors import UsageError
 from .job import Job, Priority, item_to_dict, job_from_dict, job_to_dict
 from .jobtype import event_fields
-from .jobrun import chosen
+from .chosen import chosen
 from .kernel import Worker
+from .outputs import as_dict as outputs_as_dict, job_folder
+from .projection import check_outputs, rebuild_outputs
 from .registry import REGISTRY_HOOKS
 from .report import build_report, snapshot
 from .settings import DEFAULT_PROGRESS
@@ -79,7 +81,13 @@ async def resume_job(
             # command line (--progress nosuch) leaves the job as it was.
             worker = Worker(config, only=config.plan(stored), handle_signals=handle_signals)
             await requeue_job(job_id, options=options, store=opened)
-            return _only_summary(await worker.run(opened), job_id)
+            # Outputs a kill or a full disk lost come back first, also when nothing is left to run.
+            rebuilt = await rebuild_outputs(config, stored, opened, everything=False)
+            summary = _only_summary(await worker.run(opened), job_id)
+            summary.outputs_rebuilt = sum(s.state == "rebuilt" for s in rebuilt)
+            failed = tuple(s.problem for s in rebuilt if s.problem is not None)
+            summary.output_problems = failed + tuple(summary.output_problems)
+            return summary
 
 
 async def requeue_job(job_id: str, *, options: Options = Options(), config: Config | None = None,
@@ -277,6 +285,35 @@ async def render_report(job_id: str, format: str = "md", *, options: Options = O
             report = await build_report(store, job_from_dict(row.definition), await snapshot(store, row),
                                         shown_fields=event_fields(job_type))
     return renderer(report)
+
+
+async def job_outputs(job_id: str, *, rebuild: bool = False, options: Options = Options(),
+                      config: Config | None = None, store: Store | None = None,
+                      plugins: Sequence[object] = ()) -> dict[str, Any]:
+    """What ``storyloom outputs JOB_ID [--rebuild] --json`` prints: every
+    output the store says the job has (result files, ``results.jsonl``,
+    reports, a plugin's), each ``{"name", "path", "state"}``.
+
+    Without ``rebuild`` the state is ``present``, ``missing`` or ``partial``
+    (a file with other content than the store's); nothing is written. With
+    it every output is written again from the store: ``rebuilt``, or
+    ``failed`` with an ``error``. ``problems`` holds the failed writes
+    (:class:`storyloom.outputs.OutputProblem`). An unknown job is a UsageError.
+    """
+    async with _opened(store, config, options, plugins, create=False, job_id=job_id) as opened:
+        row = await opened.get_job(job_id)
+        if row is None:
+            raise UsageError(f"no job {job_id!r} in {_where(opened)}")
+        loaded = job_from_dict(row.definition)
+        source = Path(loaded.source) if loaded.source and Path(loaded.source).exists() else None
+        with _configured(config, options, source, plugins, start_dir=".") as config:
+            if rebuild:
+                states = await rebuild_outputs(config, loaded, opened)
+            else:
+                states = [state for _output, state in await check_outputs(config, loaded, opened)]
+    return {"job_id": job_id, "out_dir": os.fspath(job_folder(config, job_id)),
+            "outputs": [outputs_as_dict(s) for s in states],
+            "problems": [s.problem for s in states if s.problem is not None]}
 
 
 def validate_job(job_file: str | os.PathLike, *, options: Options = Options(),

@@ -1,8 +1,9 @@
 """The ``storyloom`` command.
 
 Exit codes: 0 all completed, 1 finished with failed items, 2 bad input or
-usage, 3 paused (by policy, budget or an operator), 4 cancelled, 130
-interrupted.
+usage, 3 paused (by policy, budget or an operator), 4 cancelled, 6 an output
+could not be written or is missing (the store has it: ``storyloom outputs
+JOB_ID --rebuild``), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from . import api
 from .atomic import write_atomic
 from .config import Options
 from .errors import ConfigError, UsageError
-from .summary import Summary
+from .outputs import missing_line, problem_line
+from .summary import EXIT_OUTPUTS, Summary
 
 EXIT_USAGE = 2
 
@@ -85,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_id")
     p.add_argument("--format", default="md", help="a report renderer: md (default), json, html, or a plugin's")
     p.add_argument("--out", help="write to this file instead of standard output")
+    p = sub.add_parser("outputs", parents=[common],
+                       help="list a job's output files and whether each is present, missing or partial")
+    p.add_argument("job_id")
+    p.add_argument("--rebuild", action="store_true", help="write every output of the job again from the store")
+    p.add_argument("--out-dir", help="where results go (default ./storyloom-out)")
+    p.add_argument("--json", action="store_true")
     sub.add_parser("plugins", parents=[common], help="list plugins and the hooks they implement")
     return parser
 
@@ -135,9 +143,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def cmd_work(args: argparse.Namespace) -> int:
     summaries = trio.run(lambda: api.work(burst=args.burst, options=_options(args), handle_signals=True))
-    for summary in summaries:
-        _report(summary)
-    return 130 if summaries.interrupted else 0
+    codes = [_report(summary) for summary in summaries]
+    return 130 if summaries.interrupted else EXIT_OUTPUTS if EXIT_OUTPUTS in codes else 0
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
@@ -180,7 +187,13 @@ def _report(summary: Summary) -> int:
     c = summary.counts
     total = sum(c.values())
     print(f"{summary.job_id}: {summary.status} in {summary.duration:.1f}s: {c['completed']}/{total} completed, "
-          f"{c['failed']} failed, {c['skipped']} skipped, {c['pending']} pending; cost ${summary.cost_usd:.4f}")
+          f"{c['failed']} failed, {c['skipped']} skipped, {c['pending']} pending; cost ${summary.cost_usd:.4f}"
+          + (f"; {len(summary.output_problems)} output(s) NOT written" if summary.output_problems else ""))
+    if summary.outputs_rebuilt:
+        print(f"{summary.job_id}: {summary.outputs_rebuilt} missing or partial output(s) rebuilt from the store",
+              file=sys.stderr)
+    if summary.output_problems:
+        print(f"storyloom: error: {problem_line(summary.job_id, summary.output_problems)}", file=sys.stderr)
     if summary.status in ("paused", "interrupted"):
         print(f"{summary.reason}. Continue with: storyloom resume {summary.job_id}", file=sys.stderr)
     return summary.exit_code
@@ -241,6 +254,28 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_outputs(args: argparse.Namespace) -> int:
+    data = trio.run(lambda: api.job_outputs(args.job_id, rebuild=args.rebuild, options=_options(args)))
+    if args.json:
+        print(json.dumps({k: v for k, v in data.items() if k != "problems"}, indent=2, ensure_ascii=False))
+    else:
+        for output in data["outputs"]:
+            print(f"{output['state']:<8} {output['path']}")
+        tally = {}
+        for output in data["outputs"]:
+            tally[output["state"]] = tally.get(output["state"], 0) + 1
+        print(f"{args.job_id}: {len(data['outputs'])} output(s) in {data['out_dir']}"
+              + "".join(f", {n} {state}" for state, n in tally.items()))
+    if data["problems"]:
+        print(f"storyloom: error: {problem_line(args.job_id, data['problems'])}", file=sys.stderr)
+        return EXIT_OUTPUTS
+    line = missing_line(args.job_id, data["outputs"])
+    if line:
+        print(f"storyloom: {line}", file=sys.stderr)
+        return EXIT_OUTPUTS
+    return 0
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     data = api.describe_plugins(options=_options(args))
     for name, plugin in data["plugins"].items():
@@ -255,7 +290,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "resume": cmd_resume, "status": cmd_status,
             "report": cmd_report, "plugins": cmd_plugins, "submit": cmd_submit, "work": cmd_work,
-            "queue": cmd_queue, "cancel": cmd_cancel, "pause": cmd_pause}
+            "queue": cmd_queue, "cancel": cmd_cancel, "pause": cmd_pause, "outputs": cmd_outputs}
 
 
 # -- argument types: bad values are usage errors with the flag's own words

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import sys
 import traceback
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable
 
 if TYPE_CHECKING:
     import pluggy
 
     from .contracts import BatchControl, HookConfig, Outcome
     from .job import Item, Job, Plan
+    from .outputs import Output
     from .store.protocol import Store
     from .summary import Summary
 
@@ -67,6 +68,14 @@ class Hooks:
             traceback.print_exc(file=sys.stderr)
             return []
         return [finish for finish in finishers if finish is not None]
+
+    # -- outputs (exceptions propagate) --------------------------------------
+
+    def job_outputs(self, *, job: "Job", store: "Store",
+                    config: "HookConfig") -> list[Callable[[], Awaitable[Iterable["Output"]]]]:
+        """``loom_job_outputs``: the collectors its implementations returned."""
+        found = self._hook.loom_job_outputs(job=job, store=store, config=config)
+        return [collect for collect in found if collect is not None]
 
     def _notify(self, name: str, **kwargs: Any) -> None:
         # The one place a hook is found by name: each caller above is typed.

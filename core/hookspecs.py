@@ -12,7 +12,7 @@ is what the ``loom_register_*`` hooks are for.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable
 
 import pluggy
 
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .contracts import BatchControl, Outcome
     from .contracts import HookConfig as Config
     from .job import Item, Job, Plan
+    from .outputs import Output
     from .summary import Summary
     from .store.protocol import Store
 
@@ -276,4 +277,37 @@ def loom_batch_finished(job: "Job", summary: "Summary", store: "Store") -> None:
 
     An exception, here or in the returned callable, is reported and does not
     change the exit code.
+    """
+
+
+# -------------------------------------------------------------------------
+# Outputs: a projection of the store
+# -------------------------------------------------------------------------
+
+
+@hookspec
+def loom_job_outputs(job: "Job", store: "Store",
+                     config: "Config") -> "Callable[[], Awaitable[Iterable[Output]]] | None":
+    """Say which files of a job's output folder a plugin owns, computed from the store alone.
+
+    Called by ``storyloom outputs JOB_ID [--rebuild]`` and by ``resume``
+    (which rebuilds what is missing or partial before it continues), for
+    every stored job type: return None for jobs that are not yours. The
+    kernel compares the outputs with the files in ``<out_dir>/<job_id>/``
+    and writes them atomically; a plugin that also writes them during a run
+    should build them the same way, so that a rebuild is byte-identical
+    (write with :func:`storyloom.outputs.write_output`, which records a
+    failed write for the run's exit code 6 instead of raising).
+
+    :param job: the stored job.
+    :param store: the job's :class:`storyloom.store.Store`, open; read it
+        from the returned callable.
+    :param config: the configuration: ``config.out_dir`` and the settings.
+    :returns: None, or an async callable taking no arguments that returns
+        :class:`storyloom.outputs.Output` objects (``name`` relative to the
+        job's output folder, ``text``, and ``exact=False`` for a file that
+        is rendered anew each time and so is only checked to exist).
+
+    An exception here or in the callable propagates: the command fails
+    rather than report a partial projection as complete.
     """

@@ -17,21 +17,20 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .atomic import write_atomic
 from .budget import Budget
 from .contracts import BatchControl
-from .errors import UsageError
 from .events import Event
 from .job import Job, Plan
+from .chosen import lookup, progress_sinks, report_renderers
 from .jobtype import event_fields
+from .outputs import job_folder, take_problems, write_output
 from .report import build_report
-from .settings import DEFAULT_PROGRESS, DEFAULT_REPORTS
 from .store import StartRecord, Store
 from .store.owner import owner_alive
 from .summary import Summary
 
 if TYPE_CHECKING:
-    from .roles import RunConfig, RunWorker
+    from .roles import RunWorker
 
 SINK_BUFFER = 4096
 
@@ -163,6 +162,7 @@ class JobRun:
         with trio.CancelScope(shield=True):
             await self._write_reports(store, summary)
             await self._batch_finished(store, summary)
+        summary.output_problems = take_problems(self.config, job_id)
         return summary
 
     def _summary(self, counts: dict[str, int], cost_usd: float) -> Summary:
@@ -240,10 +240,12 @@ class JobRun:
         for name, renderer in self.renderers:
             try:
                 file_name, text = renderer(report)
-                write_atomic(self.config.out_dir / self.job_id / file_name, text)
             except Exception:
                 print(f"storyloom: report renderer {name!r} failed:", file=sys.stderr)
                 traceback.print_exc(file=sys.stderr)
+                continue
+            # A failed write is recorded for the exit code (6), not raised.
+            write_output(self.config, self.job_id, job_folder(self.config, self.job_id) / file_name, text)
 
     async def _batch_finished(self, store: Store, summary: Summary) -> None:
         for finish in self.hooks.batch_finished(job=self.job, summary=summary, store=store):
@@ -258,37 +260,10 @@ async def _run_sink(name: str, sink: Any, receive: trio.MemoryReceiveChannel[Eve
     async with receive:
         try:
             await sink.run(receive)
+        except OSError as err:  # a full or read-only disk: one line, not a traceback
+            where = f" {err.filename}" if err.filename else ""
+            print(f"storyloom: progress sink {name!r} stopped: cannot write{where}: {err.strerror or err}",
+                  file=sys.stderr)
         except Exception:
             print(f"storyloom: progress sink {name!r} failed and was dropped:", file=sys.stderr)
             traceback.print_exc(file=sys.stderr)
-
-
-def progress_sinks(config: "RunConfig", progress: tuple[str, ...] | None) -> list[tuple[str, Any]]:
-    """(name, factory) of each progress sink to start: ``progress`` (the
-    command line's) if given, else the settings'. Resolved before anything
-    is stored, so that an unknown name is a clean UsageError."""
-    names = progress
-    if names is None:
-        names = chosen(config.settings.progress, DEFAULT_PROGRESS, config.registries.sinks)
-    return [(name, lookup(config.registries.sinks, name, "progress sink")) for name in names]
-
-
-def report_renderers(config: "RunConfig") -> list[tuple[str, Any]]:
-    """(name, renderer) of each report to write when a job run ends."""
-    names = chosen(config.settings.reports, DEFAULT_REPORTS, config.registries.renderers)
-    return [(name, lookup(config.registries.renderers, name, "report renderer")) for name in names]
-
-
-def chosen(names: tuple[str, ...], defaults: tuple[str, ...], registered: dict[str, Any]) -> tuple[str, ...]:
-    """The names to use: defaults whose plugin is blocked drop out; names the
-    user gave stay, so a missing one is an error."""
-    if names == defaults:
-        return tuple(n for n in names if n in registered)
-    return names
-
-
-def lookup(table: dict[str, Any], name: str, noun: str) -> Any:
-    try:
-        return table[name]
-    except KeyError:
-        raise UsageError(f"unknown {noun} {name!r} (known: {', '.join(sorted(table))})") from None

@@ -37,7 +37,8 @@ from .contracts import Outcome, Stop
 from .errors import UsageError
 from .events import Event
 from .job import Item, Plan, item_from_dict, job_from_dict
-from .jobrun import JobRun, lookup, progress_sinks, report_renderers
+from .chosen import lookup, progress_sinks, report_renderers
+from .jobrun import JobRun
 from .jobtype import Result
 from .pool import ModelPool
 from .provider import check_provider

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 #: The CLI's exit code for each way a batch can end.
 EXIT_CODES = {"completed": 0, "failed": 1, "paused": 3, "cancelled": 4, "interrupted": 130}
+#: A batch that ended (completed or failed) with an output it could not write.
+EXIT_OUTPUTS = 6
 
 
 @dataclass
@@ -20,6 +23,9 @@ class Summary:
     finished_at: float
     reason: str | None = None
     recovered: int = 0  # items a dead process left running, put back at start
+    #: storyloom.outputs.OutputProblem for each output the run could not write.
+    output_problems: tuple[Any, ...] = ()
+    outputs_rebuilt: int = 0  # missing or partial outputs a resume wrote again from the store
 
     @property
     def duration(self) -> float:
@@ -27,4 +33,8 @@ class Summary:
 
     @property
     def exit_code(self) -> int:
+        """The CLI's exit code; 6 instead of 0 or 1 when an output is missing:
+        a run never reports success while one is (3, 4 and 130 still say why it stopped)."""
+        if self.output_problems and self.status in ("completed", "failed"):
+            return EXIT_OUTPUTS
         return EXIT_CODES[self.status]

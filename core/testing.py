@@ -23,7 +23,7 @@ import pytest
 import trio
 
 from . import hookimpl
-from .api import resume_job, run_job, submit_job, work
+from .api import job_outputs, resume_job, run_job, submit_job, work
 from .config import Options, make_config
 from .summary import Summary
 from .store import Store, StoreNotFound, open_store
@@ -108,6 +108,13 @@ class Loom:
         summary = trio.run(lambda: resume_job(job_id, options=self.options(**overrides),
                                               plugins=(recorder, *plugins)))
         return RunResult(summary, recorder, self.items(job_id))
+
+    def outputs(self, job_id: str, *, rebuild: bool = False, plugins: tuple = (), **overrides: Any) -> dict[str, str]:
+        """``storyloom outputs JOB_ID [--rebuild]``: each output's file name -> its state
+        (present, missing, partial; rebuilt or failed after ``rebuild``)."""
+        data = trio.run(lambda: job_outputs(job_id, rebuild=rebuild, options=self.options(**overrides),
+                                            plugins=plugins))
+        return {output["name"]: output["state"] for output in data["outputs"]}
 
     def submit(self, job_yaml: str, *, name: str = "job.yaml", plugins: tuple = (), **overrides: Any) -> str:
         """Write ``job_yaml`` to a file and queue it (``storyloom submit``); returns the job_id."""

@@ -54,13 +54,14 @@ from typing import Any
 import jinja2
 
 from storyloom import ConfigError, ErrorKind, ProviderError, hookimpl
-from storyloom.atomic import write_atomic
 from storyloom.document import decode_utf8
 from storyloom.errors import Location
 from storyloom.inputfile import InputFile
 from storyloom.document import error_at
 from storyloom.job import Item, Job
 from storyloom.jobtype import ItemSite, Result, identifier_problem
+from storyloom.outputs import Output, job_folder, write_output
+from storyloom.projection import STOPPED_STATES
 from storyloom.provider import Request, Response
 from storyloom.plugins.support.templates import compiled, template_problem
 from storyloom.validation import describe, format_path, schema, unknown_name
@@ -296,8 +297,22 @@ def failed_line(job_id: str, item_id: str, kind: str | None, message: str | None
             "error": {"code": kind or str(ErrorKind.INTERNAL_ERROR), "message": message or ""}}
 
 
+async def results_jsonl(job: Job, store) -> str:
+    """``results.jsonl`` as the store has it: a line per finished item, in the items' order."""
+    lines = []
+    for row in await store.items(job.job_id):
+        if row.state == "completed":
+            stored = await store.result(job.job_id, row.item_id)
+            text, data = stored if stored is not None else ("", None)
+            lines.append(completed_line(job.job_id, row.item_id, text, data or {}))
+        elif row.state == "failed":
+            lines.append(failed_line(job.job_id, row.item_id, row.error_kind, row.error))
+    return "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+
+
 class BatchResults:
-    """Writes ``results.jsonl`` for prompts jobs when a batch ends."""
+    """Writes ``results.jsonl`` for prompts jobs when a batch ends; it is a
+    projection of the store, so a rebuild writes the same bytes."""
 
     def __init__(self, config) -> None:
         self.config = config
@@ -308,18 +323,23 @@ class BatchResults:
             return None
 
         async def write() -> None:
-            lines = []
-            for row in await store.items(job.job_id):
-                if row.state == "completed":
-                    stored = await store.result(job.job_id, row.item_id)
-                    text, data = stored if stored is not None else ("", None)
-                    lines.append(completed_line(job.job_id, row.item_id, text, data or {}))
-                elif row.state == "failed":
-                    lines.append(failed_line(job.job_id, row.item_id, row.error_kind, row.error))
-            text = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
-            write_atomic(self.config.out_dir / job.job_id / RESULTS_FILE, text)
+            text = await results_jsonl(job, store)
+            write_output(self.config, job.job_id, job_folder(self.config, job.job_id) / RESULTS_FILE, text)
 
         return write
+
+    @hookimpl
+    def loom_job_outputs(self, job, store):
+        if job.job_type != NAME:
+            return None
+
+        async def results() -> list[Output]:
+            row = await store.get_job(job.job_id)
+            if row is None or row.state not in STOPPED_STATES:
+                return []  # written when a run ends: a running job's file is the last run's
+            return [Output(RESULTS_FILE, await results_jsonl(job, store))]
+
+        return results
 
 
 @hookimpl

@@ -73,6 +73,10 @@ def test_every_hook_fires(loom, calls):
     loom.write("storyloom.yaml", SETTINGS)
     result = loom.run(JOB, plugins=(every_hook,))
     result.assert_outcomes(completed=2)
+    assert loom.outputs("every-hook", plugins=(every_hook,))["shouted.txt"] == "missing"  # no run writes it
+    assert loom.outputs("every-hook", rebuild=True, plugins=(every_hook,))["shouted.txt"] == "rebuilt"
+    shouted = (loom.out_dir / "every-hook" / "shouted.txt").read_text(encoding="utf-8")
+    assert shouted == "HELLO\n" + "สวัสดี".upper() + "\n"
     assert set(HOOKS) <= set(calls), f"never called: {sorted(set(HOOKS) - set(calls))}"
     # Registered objects were used, chosen by name.
     assert {c["model"] for c in calls["loom_item_started"]} == {"echo-b"}  # the 'last' strategy

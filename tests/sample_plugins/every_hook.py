@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import storyloom
 from storyloom.jobtype import Result
+from storyloom.outputs import Output
 from storyloom.provider import BaseProvider, Request, Response
 from storyloom.retry import RetryDecision
 from storyloom.routing import Choice
@@ -146,3 +147,16 @@ def loom_batch_finished(job, summary, store):
         _record("batch_finished.results", counts=await store.counts(job.job_id))
 
     return count_results
+
+
+@storyloom.hookimpl
+def loom_job_outputs(job, store, config):
+    _record("loom_job_outputs", job=job)
+
+    async def shouted():
+        # A file of this plugin's own, from the store alone: every completed item's text.
+        rows = await store.items(job.job_id, "completed")
+        texts = [(await store.result(job.job_id, row.item_id))[0] for row in rows]
+        return [Output("shouted.txt", "\n".join(texts) + "\n")]
+
+    return shouted
