@@ -56,6 +56,7 @@ from storyloom.document import decode_utf8
 from storyloom.errors import Location
 from storyloom.job import Item, Job
 from storyloom.jobtype import ItemSite, Result, identifier_problem
+from storyloom.plugins.support.chatbody import check_body
 from storyloom.provider import Request, Response
 from storyloom.validation import describe, format_path, schema, unknown_name
 
@@ -174,9 +175,7 @@ def _input_line(line: str, file: str, number: int) -> dict[str, Any]:
     body = entry["body"]
     if not isinstance(body, dict):
         raise ConfigError(where, "body", f"expected a chat completions request body, got {describe(body)}")
-    if not isinstance(body.get("messages"), list) or not body["messages"]:
-        raise ConfigError(where, "body.messages", f"expected a non-empty list of messages, got "
-                                                  f"{describe(body.get('messages'))}")
+    check_body(entry, line, file, number)  # as the provider would: OpenAI's request schema, then ours
     return entry
 
 
