@@ -23,7 +23,7 @@ from .errors import ConfigError, Location
 from .wording import describe, format_path
 
 __all__ = ["MAX_DEPTH", "MAX_FILE_BYTES", "MAX_NODES", "Document", "PathKey", "decode_utf8", "duration_at",
-           "error_at", "int_or_none", "parse_document", "parse_json_text", "value_at"]
+           "error_at", "int_or_none", "locate", "parse_document", "parse_json_text", "value_at"]
 
 #: Limits that make hostile or broken files fail fast instead of eating memory.
 MAX_FILE_BYTES = 10 * 1024 * 1024
@@ -359,6 +359,17 @@ def _join_surrogates(text: str) -> str:
 def error_at(doc: Document, path: PathKey, message: str) -> ConfigError:
     """A ConfigError at ``path`` in ``doc``: ``file:line:col: at path: message``."""
     return ConfigError(doc.location(path), format_path(path), message)
+
+
+def locate(file: str, path: PathKey, *, key: bool = False) -> Location:
+    """Where the value at ``path`` (with ``key``: its key) is written in
+    ``file``, re-read for it: for errors found after parsing (a settings
+    entry checked by a plugin). The file alone if it cannot be read now."""
+    try:
+        doc = parse_document(Path(file))
+    except ConfigError:
+        return Location(file)
+    return doc.key_location(path) if key else doc.location(path)
 
 
 def value_at(data: Any, path: PathKey) -> Any:
