@@ -9,7 +9,7 @@ import json
 import pytest
 
 from storyloom import ConfigError
-from storyloom.plugins.support.chatbody import REQUEST_SCHEMA
+from storyloom.api import validate_job
 
 from openai_schema import SHIPPED, extract, render
 
@@ -17,6 +17,8 @@ OK_BODY = {"model": "gpt-4o-mini", "max_tokens": 100, "messages": [{"role": "use
 
 
 def test_the_shipped_schema_is_the_published_one_extracted():
+    from storyloom.plugins.support.chatbody import REQUEST_SCHEMA
+
     assert SHIPPED.read_text(encoding="utf-8") == render(extract())  # regenerate: python tests/openai_schema.py
     assert REQUEST_SCHEMA == extract()
     assert "nullable" not in SHIPPED.read_text(encoding="utf-8")  # OpenAPI's, not JSON Schema's
@@ -28,9 +30,7 @@ def validate(loom, body: dict, *, settings: str | None = None) -> None:
     bad = {"custom_id": "bad", "method": "POST", "url": "/v1/chat/completions", "body": body}
     loom.write("requests.jsonl", json.dumps(ok) + "\n" + json.dumps(bad) + "\n")
     path = loom.write("job.yaml", "job_id: j\njob_type: prompts\ninput: requests.jsonl\n")
-    from storyloom.api import validate_job
-
-    validate_job(path)
+    validate_job(path, options=loom.options())
 
 
 @pytest.mark.parametrize("change,where,words", [
