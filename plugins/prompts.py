@@ -52,7 +52,7 @@ import jinja2
 
 from storyloom import ConfigError, ErrorKind, ProviderError, hookimpl
 from storyloom.atomic import write_atomic
-from storyloom.document import decode_utf8
+from storyloom.document import decode_utf8, locate
 from storyloom.errors import Location
 from storyloom.job import Item, Job
 from storyloom.jobtype import ItemSite, Result, identifier_problem
@@ -320,14 +320,19 @@ def loom_validate_job(job, config):
         given = [key for key in ("prompt", "messages", "body") if key in item.fields]
         where = f"items[{i}]"
         if not given:
-            raise ConfigError(job.source or "job", where, f"item {item.item_id!r} needs a prompt or messages")
+            raise ConfigError(_item_location(job, i), where, f"item {item.item_id!r} needs a prompt or messages")
         if len(given) > 1:
-            raise ConfigError(job.source or "job", where,
+            raise ConfigError(_item_location(job, i), where,
                               f"item {item.item_id!r} gives {' and '.join(given)}; give one")
         if "messages" in given:
             problem = message_problem(item.fields["messages"], "messages")
             if problem:
-                raise ConfigError(job.source or "job", where, problem)
+                raise ConfigError(_item_location(job, i), where, problem)
+
+
+def _item_location(job: Job, index: int) -> Location | str:
+    """Where ``items[index]`` is written in the job file (re-read: an error path)."""
+    return locate(job.source, ("items", index)) if job.source else "job"
 
 
 @hookimpl
