@@ -19,6 +19,9 @@ or from an existing OpenAI Batch API input file, used as it is::
 An inline ``prompt`` (and the ``system`` var) is a Jinja2 template over the
 job's ``vars`` with the item's own ``vars`` on top (``{{ title }}`` or
 ``{{ vars.title }}``); ``messages`` and Batch API bodies are sent as written.
+Each body is checked when the job is loaded, against OpenAI's request
+schema and storyloom's limits (``storyloom.plugins.support.chatbody``), with
+errors at the file's line and the field's column.
 From a body, ``messages``, ``max_completion_tokens`` (or ``max_tokens``) and
 ``temperature`` make the request; the job's models and routing choose the
 model, so ``model`` and ``stream`` in a body are ignored; every other field
