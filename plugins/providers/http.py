@@ -562,8 +562,12 @@ class HTTPProvider(BaseProvider):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise spec_error(spec, (key,), f"expected a positive number of seconds, got {value!r}")
             opts[key] = float(value)
-        url = httpx.URL((spec.base_url or cls.default_base_url).rstrip("/"))
+        text = (spec.base_url or cls.default_base_url).rstrip("/")
+        try:
+            url = httpx.URL(text)
+        except httpx.InvalidURL as err:
+            raise spec_error(spec, ("base_url",), f"expected an http(s) URL, got {text!r} ({err})") from None
         if url.scheme not in ("http", "https") or not url.host:
-            raise spec_error(spec, ("base_url",), f"expected an http(s) URL, got {str(url)!r}")
+            raise spec_error(spec, ("base_url",), f"expected an http(s) URL, got {text!r}")
         cls.validate_options(opts, spec)
         return opts
