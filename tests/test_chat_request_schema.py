@@ -7,8 +7,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from storyloom import ConfigError
+from storyloom.document import value_at
 from storyloom.api import validate_job
 
 from openai_schema import SHIPPED, extract, render
@@ -83,3 +86,38 @@ def test_the_check_holds_for_models_of_other_providers(loom):
         mp.setenv("LOOM_TEST_SET_KEY", "k")
         with pytest.raises(ConfigError, match=r"requests.jsonl:2:\d+: at body.n: "):
             validate(loom, {**OK_BODY, "n": 3}, settings=settings)
+
+
+# The quick check (fields and messages apart, verdicts remembered) must say
+# what the full check says, for every body.
+_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-3, 300), st.floats(-1, 3, allow_nan=False),
+                    st.sampled_from(["", "x", "auto", "text"]), st.lists(st.integers(0, 3), max_size=2),
+                    st.fixed_dictionaries({"type": st.sampled_from(["text", "json_object", "nope"])}))
+_MESSAGES = st.lists(st.one_of(
+    st.fixed_dictionaries({"role": st.sampled_from(["system", "developer", "user", "assistant", "tool", "who"]),
+                           "content": st.one_of(st.text(max_size=3), st.integers(), st.lists(
+                               st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url"]),
+                                                      "text": st.text(max_size=2)}), max_size=2))},
+                          optional={"name": st.text(max_size=2), "tool_call_id": st.text(max_size=2)}),
+    st.integers(), st.text(max_size=2)), max_size=3)
+_BODIES = st.fixed_dictionaries({}, optional={
+    "messages": st.one_of(_MESSAGES, st.text(max_size=2)),
+    **{name: _VALUES for name in ("model", "max_tokens", "max_completion_tokens", "n", "temperature", "top_p",
+                                  "stream", "seed", "stop", "response_format", "logprobs", "temprature")}})
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=_BODIES)
+def test_the_quick_check_agrees_with_the_full_one(body):
+    from storyloom.plugins.support import chatbody
+
+    full = not any(any(True for _ in validator.iter_errors(value_at({"body": body}, prefix)))
+                   for prefix, validator in [(("body",), chatbody._REQUEST), (("body",), chatbody._LIMITS),
+                                             *chatbody._message_parts(body)])
+    assert chatbody._valid(body) == full
+    text = json.dumps({"body": body})
+    if full:
+        chatbody.check_body({"body": body}, text, "f.jsonl", 1)
+    else:
+        with pytest.raises(ConfigError, match=r"^f\.jsonl:1:\d+: "):
+            chatbody.check_body({"body": body}, text, "f.jsonl", 1)
