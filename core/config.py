@@ -22,7 +22,7 @@ from .errors import UsageError
 from .hooks import Hooks
 from .job import Job, Plan
 from .pluginmanager import check, import_plugin, make_plugin_manager
-from .provider import check_factory
+from .provider import check_factory, check_spec, missing_env
 from .registry import Registries, collect
 from .settings import BUILTIN_MODELS, Price, Settings
 from .store.opening import DEFAULT_STORE, STORE_ENV
@@ -111,8 +111,28 @@ class Config:
         """Load and fully validate a job file, including plugin checks."""
         doc = loader.parse_document(Path(path))
         job = loader.load_job_document(doc, self.settings, self.known_names(), now=now)
+        self.check_model_options()
         self.hooks.validate_job(job=job, config=self)
         return job
+
+    def check_model_options(self) -> None:
+        """Every model entry's provider options, checked by its provider
+        (``check_spec``) without building it: a settings error names the file,
+        line and column before anything is stored."""
+        for spec in self.settings.models.values():
+            factory = self.registries.providers.get(spec.provider)
+            if factory is not None:
+                check_spec(factory, spec)
+
+    def check_model_env(self, models: Sequence[str]) -> None:
+        """Raise a ConfigError for the first of ``models`` whose provider needs
+        an environment variable (its API key) that is unset or empty."""
+        for name in dict.fromkeys(models):
+            spec = self.settings.models[name]
+            factory = self.registries.providers.get(spec.provider)
+            problem = missing_env(factory, spec) if factory is not None else None
+            if problem is not None:
+                raise problem
 
     def plan(self, job: Job) -> Plan:
         """Resolve limits: command line, then job, then settings, then the job type."""
@@ -130,6 +150,8 @@ class Config:
         for name in models:
             if name not in self.settings.models:
                 raise UsageError(f"unknown model {name!r} (known: {', '.join(sorted(self.settings.models))})")
+        pinned = tuple(item.model for item in job.items if item.model and item.model in self.settings.models)
+        self.check_model_env(models + pinned)  # a missing key is found here, not by every item failing
         routing = {**self.settings.routing, **job.routing}
         if opts.budget_usd is not None:
             job = dataclasses.replace(job, budget_usd=opts.budget_usd)

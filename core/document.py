@@ -23,7 +23,7 @@ from .errors import ConfigError, Location
 from .wording import describe, format_path
 
 __all__ = ["MAX_DEPTH", "MAX_FILE_BYTES", "MAX_NODES", "Document", "PathKey", "decode_utf8", "duration_at",
-           "error_at", "int_or_none", "parse_document", "value_at"]
+           "error_at", "int_or_none", "locate", "parse_document", "parse_json_text", "value_at"]
 
 #: Limits that make hostile or broken files fail fast instead of eating memory.
 MAX_FILE_BYTES = 10 * 1024 * 1024
@@ -103,6 +103,25 @@ def parse_document(path: Path) -> Document:
             Location(file, *_position(root)), "", f"expected a mapping of keys at the top level, got {describe(data)}"
         )
     return Document(file, data, builder.values, builder.keys, builder.plain)
+
+
+def parse_json_text(text: str, file: str, line: int = 1) -> Document:
+    """One JSON object written on line ``line`` of ``file`` (a JSONL line) as a
+    :class:`Document`, so errors in it can say ``file:line:column``.
+
+    :raises ConfigError: as :func:`parse_document`, or the text is not an object.
+    """
+    root = _compose(_json_as_yaml(text), file, True)
+    builder = _Builder(file, True)
+    data = builder.build(root, (), 0) if root is not None else None
+    if not isinstance(data, dict):
+        raise ConfigError(Location(file, line, 1), "", f"expected a JSON object, got {describe(data)}")
+
+    def shifted(positions: dict[PathKey, tuple[int, int]]) -> dict[PathKey, tuple[int, int]]:
+        return {path: (row + line - 1, column) for path, (row, column) in positions.items()}
+
+    # No plain texts: they serve YAML's "quote it" hints, which JSON does not need.
+    return Document(file, data, shifted(builder.values), shifted(builder.keys), {})
 
 
 def _read_bytes(path: Path, file: str) -> bytes:
@@ -340,6 +359,17 @@ def _join_surrogates(text: str) -> str:
 def error_at(doc: Document, path: PathKey, message: str) -> ConfigError:
     """A ConfigError at ``path`` in ``doc``: ``file:line:col: at path: message``."""
     return ConfigError(doc.location(path), format_path(path), message)
+
+
+def locate(file: str, path: PathKey, *, key: bool = False) -> Location:
+    """Where the value at ``path`` (with ``key``: its key) is written in
+    ``file``, re-read for it: for errors found after parsing (a settings
+    entry checked by a plugin). The file alone if it cannot be read now."""
+    try:
+        doc = parse_document(Path(file))
+    except ConfigError:
+        return Location(file)
+    return doc.key_location(path) if key else doc.location(path)
 
 
 def value_at(data: Any, path: PathKey) -> Any:

@@ -85,6 +85,11 @@ def loom_register_providers(register: Callable[[str, Callable[..., Any]], None])
           :class:`storyloom.settings.Price` for a model id, or None. It is
           called when the settings are loaded, before any provider is built,
           for each model entry without ``price:`` (None: the model is free).
+        * optionally ``factory.check_spec(spec)`` checks the entry's options
+          when a job is loaded (raise :func:`storyloom.provider.spec_error`),
+          and ``factory.required_env(spec)`` names the environment variables
+          (the API key's) the models a job would use need set; both are
+          asked before anything is stored.
 
     Registering a name another plugin already registered raises
     :class:`storyloom.UsageError` naming both plugins. A factory (or the

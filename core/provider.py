@@ -12,6 +12,15 @@ model entry chooses it. The factory, normally a class, is a
   one of its model ids, or None if it has none. It is asked when the settings
   are loaded, before any provider exists, for every model entry without
   ``price:``; None means the model is free (a local or simulated one).
+* ``factory.check_spec(spec)`` (optional) checks a model entry's provider
+  options without building anything; raise :func:`spec_error` (a
+  ConfigError at the option's file:line:col). Asked for every model entry
+  when a job is loaded (``validate``, ``submit``, ``run``).
+* ``factory.required_env(spec)`` (optional) names the environment variables
+  the provider needs set to send anything (its API key). Asked, when a job
+  is planned, for the models that job would use; an unset or empty one is a
+  ConfigError naming the model, the variable and the model entry, before
+  anything is stored. The value is never read into a message.
 
 What a provider knows about its vendor -- list prices, rate-limit headers,
 wire formats -- stays in its plugin: the kernel only sees the members below.
@@ -25,18 +34,21 @@ both contracts once (:func:`check_factory` when the settings are resolved,
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Protocol, runtime_checkable
 
-from .errors import ConfigError, UsageError
+from .document import PathKey, locate
+from .errors import ConfigError, Location, UsageError
 from .pricing import lookup_price
 from .settings import Price
+from .validation import format_path
 
 if TYPE_CHECKING:
     from .settings import ModelSpec
 
 __all__ = ["BaseProvider", "Provider", "ProviderFactory", "RateLimitFeedback", "Request", "Response",
-           "check_factory", "check_provider", "merge_options"]
+           "check_factory", "check_provider", "check_spec", "merge_options", "missing_env", "spec_error"]
 
 
 @dataclass(frozen=True)
@@ -62,15 +74,49 @@ class Response:
     model: str | None = None  # the provider's model id that answered
 
 
+def spec_error(spec: "ModelSpec", key: PathKey, message: str, *, at_key: bool = False) -> ConfigError:
+    """A ConfigError about option ``key`` (``("errors", "TIMEOUT")``) of the
+    model entry ``spec``: ``storyloom.yaml:12:5: at models.NAME.errors.TIMEOUT: ...``
+    (``at_key``: where the key is written, for an unknown option). The
+    settings file is re-read for the position: raise it, don't build it in a loop."""
+    path = ("models", spec.name, *key)
+    where = locate(spec.source, path, key=at_key) if spec.source else Location("<built-in settings>")
+    return ConfigError(where, format_path(path), message)
+
+
 def merge_options(spec: "ModelSpec", defaults: Mapping[str, Any], provider: str) -> dict[str, Any]:
     """A model entry's provider options over ``defaults``; an unknown option is
-    a ConfigError that suggests the close one."""
+    a ConfigError (:func:`spec_error`) that suggests the close one."""
     for key in spec.options:
         if key not in defaults:
             close = difflib.get_close_matches(key, list(defaults), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(defaults)})"
-            raise ConfigError("settings", f"models.{spec.name}", f"unknown option {key!r} for the {provider} provider{hint}")
+            raise spec_error(spec, (key,), f"unknown option {key!r} for the {provider} provider{hint}", at_key=True)
     return {**defaults, **spec.options}
+
+
+def check_spec(factory: Any, spec: "ModelSpec") -> None:
+    """Ask ``factory`` to check the entry's options, if it can (``check_spec``).
+
+    :raises ConfigError: located in the settings file.
+    """
+    checker = getattr(factory, "check_spec", None)
+    if callable(checker):
+        checker(spec)
+
+
+def missing_env(factory: Any, spec: "ModelSpec") -> ConfigError | None:
+    """The error for the first variable of ``factory.required_env(spec)`` that
+    is unset or empty, or None. Names the model, the variable and the model
+    entry's place in the settings; never the value."""
+    required = getattr(factory, "required_env", None)
+    for variable in (required(spec) if callable(required) else ()):
+        if not os.environ.get(variable):
+            state = "empty" if variable in os.environ else "not set"
+            where = ("api_key_env",) if spec.api_key_env == variable else ()
+            return spec_error(spec, where, f"model {spec.name!r} needs the environment variable {variable} "
+                                           f"(its API key), which is {state}; set it, or use another model")
+    return None
 
 
 @runtime_checkable
@@ -127,6 +173,17 @@ class ProviderFactory(Protocol):
         """The list price (USD per million tokens) for one of the provider's
         model ids, or None if it knows none. Called before any provider exists."""
 
+    # Optional (BaseProvider has both): without them nothing is checked early.
+
+    def check_spec(self, spec: "ModelSpec") -> None:
+        """Check the entry's provider options (no client, no network). Called
+        when a job is loaded, for every model entry; raise :func:`spec_error`."""
+
+    def required_env(self, spec: "ModelSpec") -> tuple[str, ...]:
+        """The environment variables that must be set (non-empty) for the
+        provider to send anything, e.g. its API key's. Called when a job is
+        planned, for the models it would use; must not raise."""
+
 
 class BaseProvider:
     """The defaults of both contracts; subclass it and write ``complete``.
@@ -151,6 +208,15 @@ class BaseProvider:
     def default_price(cls, model_id: str) -> Price | None:
         """See :meth:`ProviderFactory.default_price`: looked up in ``default_prices``."""
         return lookup_price(cls.default_prices, model_id)
+
+    @classmethod
+    def check_spec(cls, spec: "ModelSpec") -> None:
+        """See :meth:`ProviderFactory.check_spec`: no options, nothing to check."""
+
+    @classmethod
+    def required_env(cls, spec: "ModelSpec") -> tuple[str, ...]:
+        """See :meth:`ProviderFactory.required_env`: none."""
+        return ()
 
     def bind_rate_limits(self, feedback: RateLimitFeedback) -> None:
         self.rate_limits = feedback

@@ -45,6 +45,9 @@ class ModelSpec:
     #: Provider-specific options (everything else on the entry), e.g. the
     #: simulated provider's latency_ms, errors and seed.
     options: dict[str, Any] = field(default_factory=dict)
+    #: The settings file the entry was written in (None: built in, or made in
+    #: code), so errors about it can name the file, line and column.
+    source: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from .document import Document, PathKey, parse_document
+from .document import Document, PathKey, locate, parse_document
 from .document import duration_at as _duration
 from .document import error_at as _error
 from .document import int_or_none as _int_or_none
@@ -118,6 +118,7 @@ def _model_spec(doc: Document, name: str, entry: dict[str, Any]) -> ModelSpec:
         max_spend_usd=float(entry["max_spend_usd"]) if "max_spend_usd" in entry else None,
         price=price,
         options={key: value for key, value in entry.items() if key not in _MODEL_KEYS},
+        source=doc.file,
     )
 
 
@@ -238,7 +239,4 @@ def _settings_location(settings: Settings, path: PathKey) -> Location:
     """Where ``path`` is in the settings file; re-read only on this error path."""
     if settings.path is None:
         return Location("<built-in settings>")
-    try:
-        return parse_document(Path(settings.path)).location(path)
-    except ConfigError:
-        return Location(settings.path)
+    return locate(settings.path, path)

@@ -26,7 +26,7 @@ from .wording import describe, format_path
 if TYPE_CHECKING:
     from .document import Document, PathKey
 
-__all__ = ["compile_schema", "describe", "format_path", "schema", "unknown_name", "validate"]
+__all__ = ["compile_schema", "describe", "format_path", "schema", "unknown_name", "validate", "validate_parts"]
 
 _FORMATS = FormatChecker(formats=())
 
@@ -77,7 +77,17 @@ def validate(doc: Document, schema_name: str,
 
     :raises ConfigError: ``file:line:col: at path: message``.
     """
-    errors = list(_validator(schema_name).iter_errors(doc.data))
+    validate_parts(doc, parts, list(_validator(schema_name).iter_errors(doc.data)))
+
+
+def validate_parts(doc: Document, parts: Iterable[tuple[PathKey, Draft202012Validator]],
+                   errors: list[ValidationError] | None = None) -> None:
+    """Check each value at a path in ``parts`` against its own validator (a
+    Batch API line's body, say); report the first error in the file.
+
+    :raises ConfigError: ``file:line:col: at path: message``.
+    """
+    errors = list(errors or ())
     for prefix, validator in parts:
         value: Any = doc.data
         for part in prefix:
@@ -135,7 +145,9 @@ def _config_error(doc: Document, error: ValidationError) -> ConfigError:
     if custom and error.validator not in ("type", "required"):
         message = custom.replace("{got}", describe(value))
     elif error.validator in ("anyOf", "oneOf") and error.context:
-        return _config_error(doc, best_match(error.context))
+        # A value that is not null is better told what else it could be than "expected null".
+        context = [e for e in error.context if not (e.validator == "type" and e.validator_value == "null")]
+        return _config_error(doc, best_match(context or error.context))
     else:
         message = _message(doc, error, path)
     return ConfigError(doc.location(path), format_path(path), message)

@@ -23,6 +23,9 @@ Templates render in the sandbox (``storyloom.plugins.support.templates``) and
 are checked as the job loads (:meth:`PromptsJobType.expand_item`, and
 ``loom_validate_job`` for a job built in code): a syntax error, an unsafe
 attribute or an unknown name is a ConfigError at the template's line.
+Each body is checked when the job is loaded, against OpenAI's request
+schema and storyloom's limits (``storyloom.plugins.support.chatbody``), with
+errors at the file's line and the field's column.
 From a body, ``messages``, ``max_completion_tokens`` (or ``max_tokens``) and
 ``temperature`` make the request; the job's models and routing choose the
 model, so ``model`` and ``stream`` in a body are ignored; every other field
@@ -54,13 +57,14 @@ from typing import Any
 import jinja2
 
 from storyloom import ConfigError, ErrorKind, ProviderError, hookimpl
-from storyloom.document import decode_utf8
+from storyloom.document import decode_utf8, locate
 from storyloom.errors import Location
 from storyloom.inputfile import InputFile
 from storyloom.document import error_at
 from storyloom.job import Item, Job
 from storyloom.jobtype import ItemSite, Result, identifier_problem
 from storyloom.outputs import Output, job_folder, write_output
+from storyloom.plugins.support.chatbody import check_body
 from storyloom.projection import STOPPED_STATES
 from storyloom.provider import Request, Response
 from storyloom.plugins.support.templates import compiled, template_problem
@@ -175,9 +179,7 @@ def _input_line(line: str, file: str, number: int) -> dict[str, Any]:
     body = entry["body"]
     if not isinstance(body, dict):
         raise ConfigError(where, "body", f"expected a chat completions request body, got {describe(body)}")
-    if not isinstance(body.get("messages"), list) or not body["messages"]:
-        raise ConfigError(where, "body.messages", f"expected a non-empty list of messages, got "
-                                                  f"{describe(body.get('messages'))}")
+    check_body(entry, line, file, number)  # as the provider would: OpenAI's request schema, then ours
     return entry
 
 
@@ -356,17 +358,22 @@ def loom_validate_job(job, config):
         given = [key for key in ("prompt", "messages", "body") if key in item.fields]
         where = f"items[{i}]"
         if not given:
-            raise ConfigError(job.source or "job", where, f"item {item.item_id!r} needs a prompt or messages")
+            raise ConfigError(_item_location(job, i), where, f"item {item.item_id!r} needs a prompt or messages")
         if len(given) > 1:
-            raise ConfigError(job.source or "job", where,
+            raise ConfigError(_item_location(job, i), where,
                               f"item {item.item_id!r} gives {' and '.join(given)}; give one")
         if "messages" in given:
             problem = message_problem(item.fields["messages"], "messages")
             if problem:
-                raise ConfigError(job.source or "job", where, problem)
+                raise ConfigError(_item_location(job, i), where, problem)
         # A job built in code never went through expand_item: check its templates here too.
         for path, problem in template_problems(item.fields, job.vars):
-            raise ConfigError(job.source or "job", f"{where}.{'.'.join(path)}", problem)
+            raise ConfigError(_item_location(job, i), f"{where}.{'.'.join(path)}", problem)
+
+
+def _item_location(job: Job, index: int) -> Location | str:
+    """Where ``items[index]`` is written in the job file (re-read: an error path)."""
+    return locate(job.source, ("items", index)) if job.source else "job"
 
 
 @hookimpl

@@ -25,8 +25,8 @@ from typing import Any
 
 import trio
 
-from storyloom import ConfigError, ErrorKind, ProviderError, hookimpl
-from storyloom.provider import BaseProvider, Request, Response, merge_options
+from storyloom import ErrorKind, ProviderError, hookimpl
+from storyloom.provider import BaseProvider, Request, Response, merge_options, spec_error
 from storyloom.settings import ModelSpec
 from storyloom.tokens import estimate_request_tokens
 
@@ -49,16 +49,23 @@ ERROR_MESSAGES = {
 
 
 def _options(spec: ModelSpec) -> dict[str, Any]:
-    where = f"models.{spec.name}"
     opts = merge_options(spec, OPTIONS, "simulated")
+    if not isinstance(opts["errors"], dict):
+        raise spec_error(spec, ("errors",), f"expected a mapping of error kind to probability, got {opts['errors']!r}")
     errors = {}
     for kind, rate in dict(opts["errors"]).items():
         if kind not in ERROR_MESSAGES:
-            raise ConfigError("settings", f"{where}.errors", f"unknown error kind {kind!r} (known: {', '.join(ERROR_MESSAGES)})")
-        if not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
-            raise ConfigError("settings", f"{where}.errors.{kind}", f"expected a probability from 0 to 1, got {rate!r}")
+            raise spec_error(spec, ("errors", kind), f"unknown error kind {kind!r} (known: {', '.join(ERROR_MESSAGES)})",
+                             at_key=True)
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+            raise spec_error(spec, ("errors", kind), f"expected a probability from 0 to 1, got {rate!r}")
         errors[ErrorKind(kind)] = float(rate)
     opts["errors"] = errors
+    for key in ("latency_ms", "output_tokens", "retry_after", "hang"):
+        value = opts[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (key == "hang" and value > 1):
+            wanted = "a probability from 0 to 1" if key == "hang" else "a number >= 0"
+            raise spec_error(spec, (key,), f"expected {wanted}, got {value!r}")
     return opts
 
 
@@ -68,6 +75,11 @@ class SimulatedProvider(BaseProvider):
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec)
         self.opts = _options(spec)
+
+    @classmethod
+    def check_spec(cls, spec: ModelSpec) -> None:
+        """The entry's options (latency_ms, errors, ...); no key is needed."""
+        _options(spec)
 
     async def complete(self, request: Request) -> Response:
         meta = request.metadata

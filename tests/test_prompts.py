@@ -4,6 +4,7 @@ run against the fake provider (real HTTP), and results.jsonl."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -90,24 +91,27 @@ def test_a_batch_api_input_file_runs_unchanged(loom, fake_provider):
 
 
 def test_failed_requests_carry_the_error_kind(loom, fake_provider):
+    fake_provider.configure("m1", auth_fail=True)
     loom.write("storyloom.yaml", settings(fake_provider))
-    write_jsonl(loom, [
-        BATCH_INPUT[0],
-        {"custom_id": "tool-call", "method": "POST", "url": "/v1/chat/completions",
-         "body": {"messages": [{"role": "tool", "content": "42", "tool_call_id": "x"}]}},
-        {"custom_id": "two-replies", "method": "POST", "url": "/v1/chat/completions",
-         "body": {"n": 2, "messages": [{"role": "user", "content": "Twice"}]}},
-    ])
+    write_jsonl(loom, BATCH_INPUT[:1])
     result = loom.run("job_id: batch2\njob_type: prompts\ninput: requests.jsonl\n")
-    result.assert_outcomes(completed=1, failed=2)
+    result.assert_outcomes(failed=1)
     assert result.summary.exit_code == 1
-    lines = {line["custom_id"]: line for line in results(loom, "batch2")}
-    assert lines["request-1"]["response"]["status_code"] == 200
-    for custom_id, words in (("tool-call", "role"), ("two-replies", "body.n")):
-        assert lines[custom_id]["response"] is None
-        assert lines[custom_id]["error"]["code"] == ErrorKind.INVALID_INPUT
-        assert words in lines[custom_id]["error"]["message"]
-    assert len(fake_provider.requests) == 1  # nothing hopeless was sent
+    (failed,) = results(loom, "batch2")
+    assert failed["custom_id"] == "request-1" and failed["response"] is None
+    assert failed["error"]["code"] == ErrorKind.AUTH_ERROR
+
+
+def test_lines_the_request_would_fail_on_are_refused_before_anything_is_stored(loom, fake_provider):
+    loom.write("storyloom.yaml", settings(fake_provider))
+    for body, where in (({"messages": [{"role": "tool", "content": "42", "tool_call_id": "x"}]},
+                         "at body.messages[0].role: storyloom sends"),
+                        ({"n": 2, "messages": [{"role": "user", "content": "Twice"}]}, "at body.n:")):
+        write_jsonl(loom, [BATCH_INPUT[0], {"custom_id": "bad", "method": "POST", "url": "/v1/chat/completions",
+                                            "body": body}])
+        with pytest.raises(ConfigError, match=r"requests.jsonl:2:\d+: " + re.escape(where)):
+            loom.run("job_id: batch2\njob_type: prompts\ninput: requests.jsonl\n")
+    assert fake_provider.requests == [] and loom.stored_jobs() == []
 
 
 class PauseAtStart:
@@ -234,7 +238,9 @@ def line(custom_id="r1", **changes) -> dict:
     ([line("r1"), '{"custom_id": "r2", '], 2, "invalid JSON"),
     ([line(url="/v1/embeddings")], 1, "at url: expected /v1/chat/completions"),
     ([line(method="GET")], 1, "at method: expected POST"),
-    ([line(body={"prompt": "x"})], 1, "at body.messages: expected a non-empty list of messages"),
+    ([line(body={"prompt": "x"})], 1, "at body.prompt: unknown key 'prompt'"),
+    ([line(body={"max_tokens": 5})], 1, "at body: missing required key 'messages'"),
+    ([line(body={"messages": []})], 1, "at body.messages: expected a non-empty list, got an empty list"),
     ([{"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions"}], 1, "missing required key 'body'"),
     ([line(customid="x")], 1, "unknown key 'customid'"),
     (["[1, 2]"], 1, "expected a request object"),

@@ -116,9 +116,12 @@ def test_a_rate_limited_model_cools_down_alone(loom, fake_provider):
     assert len(during) >= 20
 
 
-def test_the_limiter_refunds_unused_tokens_only_for_providers_that_do(tmp_path):
+def test_the_limiter_refunds_unused_tokens_only_for_providers_that_do(tmp_path, monkeypatch):
     from storyloom.config import Options, make_config
     from storyloom.kernel import Worker
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")  # planning a job checks its models' keys are set
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
 
     (tmp_path / "storyloom.yaml").write_text(
         "models:\n  claude: {provider: anthropic, tpm: 1000}\n  gpt: {provider: openai, tpm: 1000}\n")

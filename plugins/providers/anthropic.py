@@ -27,9 +27,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from storyloom import ConfigError, ErrorKind, ProviderError, hookimpl
-from storyloom.provider import Request
-from storyloom.settings import Price
+from storyloom import ErrorKind, ProviderError, hookimpl
+from storyloom.provider import Request, spec_error
+from storyloom.settings import ModelSpec, Price
 
 from .http import COMMON_RULES, HTTPProvider, Reply, Rule, SSEEvent
 
@@ -93,10 +93,11 @@ class AnthropicProvider(HTTPProvider):
     default_prices = PRICES
     rate_limit_headers = RATE_LIMIT_HEADERS
 
-    def validate_options(self, opts: dict[str, Any], where: str) -> None:
+    @classmethod
+    def validate_options(cls, opts: dict[str, Any], spec: ModelSpec) -> None:
         if not isinstance(opts["anthropic_version"], str) or not opts["anthropic_version"]:
-            raise ConfigError("settings", f"{where}.anthropic_version",
-                              f"expected a version string like 2023-06-01, got {opts['anthropic_version']!r}")
+            raise spec_error(spec, ("anthropic_version",),
+                             f"expected a version string like 2023-06-01, got {opts['anthropic_version']!r}")
 
     def headers(self, key: str) -> dict[str, str]:
         return {"x-api-key": key, "anthropic-version": self.opts["anthropic_version"]}

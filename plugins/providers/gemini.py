@@ -31,9 +31,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from storyloom import ConfigError, ErrorKind, hookimpl
-from storyloom.provider import Request
-from storyloom.settings import Price
+from storyloom import ErrorKind, hookimpl
+from storyloom.provider import Request, spec_error
+from storyloom.settings import ModelSpec, Price
 
 from .http import COMMON_RULES, HTTPProvider, Reply, Rule, SSEEvent
 
@@ -72,11 +72,12 @@ class GeminiProvider(HTTPProvider):
     stop_reasons = frozenset({"STOP"})
     default_prices = PRICES
 
-    def validate_options(self, opts: dict[str, Any], where: str) -> None:
+    @classmethod
+    def validate_options(cls, opts: dict[str, Any], spec: ModelSpec) -> None:
         budget = opts["thinking_budget"]
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < -1):
-            raise ConfigError("settings", f"{where}.thinking_budget",
-                              f"expected a number of tokens (0 turns thinking off, -1 is dynamic), got {budget!r}")
+            raise spec_error(spec, ("thinking_budget",),
+                             f"expected a number of tokens (0 turns thinking off, -1 is dynamic), got {budget!r}")
 
     def headers(self, key: str) -> dict[str, str]:
         return {"x-goog-api-key": key}

@@ -35,8 +35,8 @@ from typing import Any, AsyncIterator, Callable, ClassVar, Mapping
 import httpx
 import trio
 
-from storyloom import ConfigError, ErrorKind, ProviderError
-from storyloom.provider import BaseProvider, Request, Response, merge_options
+from storyloom import ErrorKind, ProviderError
+from storyloom.provider import BaseProvider, Request, Response, merge_options, spec_error
 from storyloom.settings import ModelSpec
 from storyloom.tokens import estimate_request_tokens, estimate_tokens
 
@@ -374,12 +374,8 @@ class HTTPProvider(BaseProvider):
 
     def __init__(self, spec: ModelSpec, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
         super().__init__(spec)
-        self.opts = self._check_options(spec)
+        self.opts = self.resolve_options(spec)
         self.base_url = (spec.base_url or self.default_base_url).rstrip("/")
-        url = httpx.URL(self.base_url)
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ConfigError("settings", f"models.{spec.name}.base_url",
-                              f"expected an http(s) URL, got {self.base_url!r}")
         self.key_env = spec.api_key_env or self.default_key_env
         self._key = os.environ.get(self.key_env) or None
         self.max_parallel = spec.max_parallel or DEFAULT_MAX_PARALLEL
@@ -416,8 +412,22 @@ class HTTPProvider(BaseProvider):
         marker; raise (see :meth:`error_from_body`) on an error event."""
         raise NotImplementedError
 
-    def validate_options(self, opts: dict[str, Any], where: str) -> None:
-        """Check the provider's own options; raise ConfigError."""
+    @classmethod
+    def validate_options(cls, opts: dict[str, Any], spec: ModelSpec) -> None:
+        """Check the provider's own options (merged over their defaults);
+        raise ``storyloom.provider.spec_error(spec, (OPTION,), ...)``."""
+
+    # -- the ProviderFactory protocol (besides the constructor) -------------
+
+    @classmethod
+    def check_spec(cls, spec: ModelSpec) -> None:
+        """The entry's options and base_url, checked without building a client."""
+        cls.resolve_options(spec)
+
+    @classmethod
+    def required_env(cls, spec: ModelSpec) -> tuple[str, ...]:
+        """The key's variable: ``api_key_env``, else the provider's default."""
+        return (spec.api_key_env or cls.default_key_env,)
 
     # -- the Provider protocol -----------------------------------------------
 
@@ -540,13 +550,24 @@ class HTTPProvider(BaseProvider):
             text = text.replace(self._key, "[redacted]")
         return text
 
-    def _check_options(self, spec: ModelSpec) -> dict[str, Any]:
-        where = f"models.{spec.name}"
-        opts = merge_options(spec, {**COMMON_OPTIONS, **self.options}, self.name)
+    @classmethod
+    def resolve_options(cls, spec: ModelSpec) -> dict[str, Any]:
+        """The entry's options over the defaults, checked (and base_url with them).
+
+        :raises ConfigError: at the option in the settings file.
+        """
+        opts = merge_options(spec, {**COMMON_OPTIONS, **cls.options}, cls.name)
         for key in COMMON_OPTIONS:
             value = opts[key]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigError("settings", f"{where}.{key}", f"expected a positive number of seconds, got {value!r}")
+                raise spec_error(spec, (key,), f"expected a positive number of seconds, got {value!r}")
             opts[key] = float(value)
-        self.validate_options(opts, where)
+        text = (spec.base_url or cls.default_base_url).rstrip("/")
+        try:
+            url = httpx.URL(text)
+        except httpx.InvalidURL as err:
+            raise spec_error(spec, ("base_url",), f"expected an http(s) URL, got {text!r} ({err})") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise spec_error(spec, ("base_url",), f"expected an http(s) URL, got {text!r}")
+        cls.validate_options(opts, spec)
         return opts

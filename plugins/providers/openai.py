@@ -30,9 +30,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from storyloom import ConfigError, ErrorKind, ProviderError, hookimpl
-from storyloom.provider import Request
-from storyloom.settings import Price
+from storyloom import ErrorKind, ProviderError, hookimpl
+from storyloom.provider import Request, spec_error
+from storyloom.settings import ModelSpec, Price
 
 from .http import COMMON_RULES, HTTPProvider, Reply, Rule, SSEEvent
 
@@ -84,10 +84,11 @@ class OpenAIProvider(HTTPProvider):
     default_prices = PRICES
     rate_limit_headers = RATE_LIMIT_HEADERS
 
-    def validate_options(self, opts: dict[str, Any], where: str) -> None:
+    @classmethod
+    def validate_options(cls, opts: dict[str, Any], spec: ModelSpec) -> None:
         if opts["max_tokens_param"] not in MAX_TOKENS_PARAMS:
-            raise ConfigError("settings", f"{where}.max_tokens_param",
-                              f"expected one of {', '.join(MAX_TOKENS_PARAMS)}, got {opts['max_tokens_param']!r}")
+            raise spec_error(spec, ("max_tokens_param",),
+                             f"expected one of {', '.join(MAX_TOKENS_PARAMS)}, got {opts['max_tokens_param']!r}")
 
     def headers(self, key: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {key}"}
