@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -33,6 +34,14 @@ if TYPE_CHECKING:
     from .roles import RunConfig, RunWorker
 
 SINK_BUFFER = 4096
+
+
+@dataclass
+class Sending:
+    """An attempt's start on its way to the writer; ``written`` is set once committed."""
+
+    record: StartRecord
+    written: trio.Event
 
 
 class JobRun:
@@ -207,8 +216,11 @@ class JobRun:
     # -- what attempts use -----------------------------------------------
 
     async def started(self, record: StartRecord) -> None:
-        """Queue an attempt's start for the next group commit."""
-        await self.worker.send(record)
+        """Queue an attempt's start for the next group commit and wait until
+        it is on disk: a request is sent only once its attempt is recorded."""
+        sending = Sending(record, trio.Event())
+        await self.worker.send(sending)
+        await sending.written.wait()
 
     def emit(self, event: Event) -> None:
         for channel in list(self._sinks):

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from storyloom import hookimpl
 from storyloom.api import resume_job, run_job
 from storyloom.budget import Budget
+from storyloom.errors import UsageError
 from storyloom.testing import HookRecorder, Loom, RunResult
 
 #: A hung batch fails the test instead of the whole run.
@@ -84,7 +85,9 @@ def test_at_the_limit_the_job_pauses_with_exit_code_3(loom):
     # Each item reserves its prompt and 200 output tokens (about $0.09) and costs about $0.03.
     result = run(loom, job(30, budget=0.5))
     assert result.summary.status == "paused" and result.summary.exit_code == 3
-    assert result.summary.reason == "budget reached"
+    # The reason says what was spent, what is in flight and what one more item needs.
+    assert result.summary.reason == (f"budget reached: spent ${spent(loom, 'b1'):.4f} of $0.5000, nothing in "
+                                     "flight; one more item needs up to $0.0904")
     assert 0 < result.counts["completed"] < 30
     assert result.counts["completed"] + result.counts["pending"] == 30  # nothing failed, nothing lost
     assert spent(loom, "b1") <= 0.5
@@ -119,12 +122,12 @@ class PauseAfter:
 def test_resume_with_a_higher_budget_finishes_and_the_budget_sticks(loom):
     write_settings(loom)
     first = run(loom, job(30, budget=0.5, parallel=1))
-    assert first.summary.reason == "budget reached"
+    assert first.summary.reason.startswith("budget reached: ")
     done = first.counts["completed"]
 
     # A resume without a new budget stops again at once: nothing more fits.
     again = resume(loom, "b1")
-    assert again.summary.reason == "budget reached" and again.counts["completed"] == done
+    assert again.summary.reason.startswith("budget reached: ") and again.counts["completed"] == done
 
     # Raised to $5, but this run is paused by a plugin after five more items...
     raised = resume(loom, "b1", budget_usd=5.0, plugins=(PauseAfter(5),))
@@ -148,7 +151,7 @@ def test_spend_stays_under_the_budget_with_real_http(loom, fake_provider):
         reports: []
     """)
     result = run(loom, job(40, budget=0.4, parallel=8, max_tokens=100, language="th"))
-    assert result.summary.reason == "budget reached" and result.summary.exit_code == 3
+    assert result.summary.reason.startswith("budget reached: ") and result.summary.exit_code == 3
     assert 0 < result.counts["completed"] < 40
     # The fake reports usage the way OpenAI does; the store priced every attempt from it.
     usage = fake_provider.stats("m1")
@@ -173,14 +176,22 @@ def test_spend_never_passes_the_budget(n, budget, input_price, output_price, out
     with tempfile.TemporaryDirectory() as tmp:
         loom = Loom(Path(tmp))
         write_settings(loom, latency=1, output=output_tokens, input_price=input_price, output_price=output_price)
-        result = run(loom, job(n, budget=budget, max_tokens=max_tokens, parallel=parallel, language=language,
-                              job_type=job_type))
+        try:
+            result = run(loom, job(n, budget=budget, max_tokens=max_tokens, parallel=parallel, language=language,
+                                  job_type=job_type))
+        except UsageError as exc:
+            # Some item's worst case does not fit: refused before anything is stored.
+            event("refused: the budget cannot cover one item")
+            assert "cannot cover one attempt at item" in str(exc)
+            assert not (Path(tmp) / ".storyloom").exists()
+            return
         total = spent(loom, "b1")
+        assert result.counts["completed"] >= 1  # a budget that was accepted runs at least one item
         event(f"status: {result.summary.status}")  # --hypothesis-show-statistics: both outcomes occur
         assert total <= budget, (total, budget)
         assert result.counts["failed"] == 0
         if result.summary.status == "paused":
-            assert result.summary.reason == "budget reached" and result.summary.exit_code == 3
+            assert result.summary.reason.startswith("budget reached: ") and result.summary.exit_code == 3
         else:
             assert result.summary.status == "completed"
             assert result.counts["completed"] + result.counts["skipped"] == n
