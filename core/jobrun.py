@@ -101,7 +101,10 @@ class JobRun:
         """Mark the job running, start its sinks, and tell plugins."""
         job_id = self.job_id
         costs = await store.costs(job_id)
-        self.budget = Budget(self.job.budget_usd, costs.cost_usd)
+        # Attempts whose outcome never arrived may have been billed: their worst case counts as spent.
+        self.budget = Budget(self.job.budget_usd, costs.cost_usd, costs.unknown_usd)
+        if self.config.options.budget_usd is not None:
+            await self._keep_budget(store)
         if costs.by_model and hasattr(self.strategy, "resume"):
             try:
                 self.strategy.resume({m: int(c["attempts"]) for m, c in costs.by_model.items()})
@@ -172,6 +175,14 @@ class JobRun:
             await self._write_reports(store, summary)
             await self._batch_finished(store, summary)
         return summary
+
+    async def _keep_budget(self, store: Store) -> None:
+        """Store the budget given on the command line (``run``, ``work`` or
+        ``resume --budget-usd``) in the job's definition: a later plain
+        ``resume`` runs under it too."""
+        row = await store.get_job(self.job_id)
+        if row is not None and row.definition.get("budget_usd") != self.job.budget_usd:
+            await store.set_job_definition(self.job_id, {**row.definition, "budget_usd": self.job.budget_usd})
 
     def _summary(self, counts: dict[str, int], cost_usd: float) -> Summary:
         assert self.status is not None

@@ -20,6 +20,8 @@ class Summary:
     finished_at: float
     reason: str | None = None
     recovered: int = 0  # items a dead process left running, put back at start
+    retried: int = 0  # failed items put back by ``resume --retry-failed``
+    idle: bool = False  # a resume that found nothing to run (``reason`` says why)
 
     @property
     def duration(self) -> float:
