@@ -15,7 +15,7 @@ import trio
 
 from .config import Config, Options, make_config
 from .errors import ErrorKind, UsageError
-from .job import Job, Priority, item_to_dict, job_from_dict, job_to_dict
+from .job import Job, Priority, item_from_dict, item_to_dict, job_from_dict, job_to_dict
 from .jobrun import chosen
 from .kernel import Worker
 from .registry import REGISTRY_HOOKS
@@ -78,12 +78,15 @@ async def resume_job(
     and its ``reason`` says why (and how to run failed items again).
     """
     async with _opened(store, config, options, plugins, create=False, job_id=job_id) as opened:
-        loaded, retried = await _requeue(opened, job_id, options, retry_failed, kinds)
-        counts = await opened.counts(job_id)
-        if not counts["pending"] and not counts["running"]:
-            return await _nothing_to_resume(opened, job_id, counts, kinds if retry_failed else None)
-        source = Path(loaded.source) if loaded.source and Path(loaded.source).exists() else None
+        row = await opened.get_job(job_id)
+        stored = job_from_dict(row.definition) if row is not None else None
+        source = Path(stored.source) if stored and stored.source and Path(stored.source).exists() else None
         with _configured(config, options, source, plugins, start_dir=".") as config:
+            # Checked (a new --budget-usd too) before anything is stored.
+            loaded, retried = await _requeue(opened, job_id, options, retry_failed, kinds, check=config.plan)
+            counts = await opened.counts(job_id)
+            if not counts["pending"] and not counts["running"]:
+                return await _nothing_to_resume(opened, job_id, counts, kinds if retry_failed else None)
             worker = Worker(config, only=config.plan(loaded), handle_signals=handle_signals)
             summary = _only_summary(await worker.run(opened), job_id)
             summary.retried = retried
@@ -119,8 +122,10 @@ async def retry_failed_items(job_id: str, kinds: Sequence[str] | None = None, *,
 
 
 async def _requeue(store: Store, job_id: str, options: Options, retry_failed: bool,
-                   kinds: Sequence[str] | None) -> tuple[Job, int]:
-    """What resume, requeue and retry share: the job back in the queue; how many failed items came back."""
+                   kinds: Sequence[str] | None, check: Any = None) -> tuple[Job, int]:
+    """What resume, requeue and retry share: the job back in the queue; how
+    many failed items came back. ``check(job)`` may refuse the job before
+    anything is written."""
     if kinds and not retry_failed:
         raise UsageError("--kind chooses which failed items --retry-failed runs again: give --retry-failed too")
     known = [kind.value for kind in ErrorKind]
@@ -135,6 +140,11 @@ async def _requeue(store: Store, job_id: str, options: Options, retry_failed: bo
     loaded = job_from_dict(row.definition)
     if options.budget_usd is not None:  # raising the budget outlives this resume
         loaded = dataclasses.replace(loaded, budget_usd=options.budget_usd)
+    if check is not None:  # with the items still to run: a stored definition holds none
+        left = [item_from_dict(row.definition) for row in await store.items(job_id)
+                if row.state in ("pending", "running") or (retry_failed and row.state == "failed")]
+        check(dataclasses.replace(loaded, items=tuple(left)))
+    if options.budget_usd is not None:
         await store.set_job_definition(job_id, job_to_dict(loaded))
     retried = await store.requeue_failed(job_id, list(kinds) if kinds else None) if retry_failed else 0
     if row.state in ("paused", "interrupted") or (retried and row.state in ("failed", "completed")):

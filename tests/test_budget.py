@@ -209,3 +209,58 @@ def test_float_residue_never_holds_the_budget():
             assert await budget.reserve(0.2) is False
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_budget_from_the_command_line_outlives_its_run(loom):
+    write_settings(loom)
+    first = run(loom, job(30, budget=None, parallel=1), budget_usd=0.5)  # `run --budget-usd 0.5`
+    assert first.summary.reason.startswith("budget reached: ")
+    done = first.counts["completed"]
+    assert loom.read(lambda store: store.get_job("b1")).definition["budget_usd"] == 0.5
+    # The hint's plain `resume` keeps the budget: it stops again at once, spending nothing more.
+    again = resume(loom, "b1")
+    assert again.summary.reason.startswith("budget reached: ") and again.counts["completed"] == done
+    assert spent(loom, "b1") <= 0.5
+
+
+def test_a_budget_given_to_a_worker_outlives_its_run(loom):
+    write_settings(loom)
+    loom.submit(job(30, budget=None, parallel=1))
+    done = loom.work(budget_usd=0.5).summaries["b1"]
+    assert done.reason.startswith("budget reached: ")
+    assert loom.read(lambda store: store.get_job("b1")).definition["budget_usd"] == 0.5
+    assert resume(loom, "b1").summary.reason.startswith("budget reached: ")
+    assert spent(loom, "b1") <= 0.5
+
+
+def test_worst_case_reservations_in_flight_do_not_pause_a_budget_spent_little(loom):
+    # Each item reserves about 3 times what it costs, and 8 run at once: the
+    # reservations fill the budget long before the spend does. Items wait for
+    # those in flight to settle instead of pausing the job.
+    write_settings(loom)
+    one = run(loom, job(1, budget=None, job_id="probe"))
+    per_item = spent(loom, "probe")
+    result = run(loom, job(40, budget=round(20 * per_item, 6), parallel=8))
+    assert result.summary.reason.startswith("budget reached: ")
+    assert result.counts["completed"] >= 16  # 20 items' cost, less about one worst case held back
+    assert spent(loom, "b1") <= 20 * per_item
+    assert one.summary.status == "completed"
+
+
+def test_a_budget_below_one_items_worst_case_is_refused_before_anything_is_stored(loom, capsys):
+    from storyloom.cli import main
+
+    write_settings(loom)  # one item reserves about $0.09 (200 output tokens at $400 per million)
+    loom.write("job.yaml", job(3, budget=0.05))
+    for command in (["validate", "job.yaml"], ["submit", "job.yaml"], ["run", "job.yaml", "-q"]):
+        code = main([*command, "--state-dir", str(loom.state_dir)])
+        err = capsys.readouterr().err
+        assert code == 2, command
+        assert "budget_usd $0.0500 cannot cover one attempt at item 'i0', whose worst case is $0.09" in err
+        assert "Traceback" not in err
+    assert not loom.state_dir.exists()
+    # `resume --budget-usd` too: the stored job keeps its budget
+    assert run(loom, job(30, budget=0.5)).summary.status == "paused"
+    with pytest.raises(UsageError, match="cannot cover one attempt at item 'i"):
+        resume(loom, "b1", budget_usd=0.01)
+    assert loom.read(lambda store: store.get_job("b1")).definition["budget_usd"] == 0.5  # not stored
