@@ -493,3 +493,37 @@ def test_sqlite_a_migrated_file_has_the_schema_of_a_fresh_one(tmp_path):
     SQLiteStore.open(tmp_path / "v2").close()
     assert schema_of(tmp_path / "v2" / DB_NAME) == fresh
     assert "attempts_sent" in {name for name, _table, _sql in fresh[2]}
+
+
+def test_sqlite_a_store_another_process_created_while_this_one_waited_opens_cleanly(tmp_path):
+    """Two commands on a fresh folder: the second saw version 0, waited for the
+    write lock, and finds the first one's schema; it must not migrate it."""
+    import threading
+
+    tmp_path.mkdir(exist_ok=True)
+    raw = sqlite3.connect(tmp_path / DB_NAME, isolation_level=None)
+    raw.execute("PRAGMA journal_mode = WAL")
+    raw.execute("BEGIN IMMEDIATE")  # the first process, creating the schema
+    opened: list = []
+    second = threading.Thread(target=lambda: opened.append(_open_or_error(tmp_path)))
+    second.start()
+    second.join(0.5)  # it reads version 0, then waits on the write lock
+    for statement in sqlite_backend._TABLES + sqlite_backend._INDEXES + sqlite_backend._INDEXES_3:
+        raw.execute(statement)
+    raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    raw.execute("COMMIT")
+    raw.close()
+    second.join(30)
+    assert opened == [SCHEMA_VERSION]
+
+
+def _open_or_error(folder):
+    """The schema version the opened store has, or the error opening raised."""
+    try:
+        store = SQLiteStore.open(folder)
+    except Exception as exc:  # the test shows it
+        return exc
+    try:
+        return pragma(store, "user_version")
+    finally:
+        store.close()

@@ -726,7 +726,7 @@ def _create_schema(conn: sqlite3.Connection, path: Path) -> None:
         if version == 0:
             for statement in _TABLES + _INDEXES + _INDEXES_3:
                 conn.execute(statement)
-        else:
+        elif version < SCHEMA_VERSION:  # not if another process got there first
             if version == 1:
                 _migrate_1_to_2(conn)
             _migrate_2_to_3(conn)
