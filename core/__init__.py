@@ -15,8 +15,8 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 hookimpl = pluggy.HookimplMarker("storyloom")
 
 _API = ("run_job", "run_job_sync", "resume_job", "resume_job_sync", "submit_job", "work", "cancel_job",
-        "pause_job", "requeue_job", "job_status", "queue_overview", "queue_position", "render_report",
-        "validate_job", "describe_plugins", "job_outputs")
+        "pause_job", "requeue_job", "retry_failed_items", "job_status", "queue_overview", "queue_position",
+        "render_report", "validate_job", "describe_plugins", "job_outputs")
 
 
 def __getattr__(name: str):

@@ -14,10 +14,10 @@ from typing import Any, AsyncIterator, Iterator, Sequence
 import trio
 
 from .config import Config, Options, make_config
-from .errors import UsageError
-from .job import Job, Priority, item_to_dict, job_from_dict, job_to_dict
-from .jobtype import event_fields
 from .chosen import chosen
+from .errors import ErrorKind, UsageError
+from .job import Job, Priority, item_from_dict, item_to_dict, job_from_dict, job_to_dict
+from .jobtype import event_fields
 from .kernel import Worker
 from .outputs import as_dict as outputs_as_dict, job_folder
 from .projection import check_outputs, rebuild_outputs
@@ -64,14 +64,21 @@ async def resume_job(
     store: Store | None = None,
     plugins: Sequence[object] = (),
     handle_signals: bool = False,
+    retry_failed: bool = False,
+    kinds: Sequence[str] | None = None,
 ) -> Summary:
     """Continue a stored job: paused, interrupted, or left by a killed process.
 
     The job goes back into the queue, and this call works on it until it
     ends. Items left running by a dead process go back to pending; completed
-    items never run again. The store is found from the working folder's
+    items never run again. With ``retry_failed``, failed items (only those
+    of the error ``kinds``, if given) run again too: see
+    :func:`retry_failed_items`. The store is found from the working folder's
     settings (or ``config``); the job then runs with the settings found from
     its job file's folder if that still exists, else the working folder's.
+
+    A job with nothing left to run is not run: the summary has ``idle`` set
+    and its ``reason`` says why (and how to run failed items again).
     """
     async with _opened(store, config, options, plugins, create=False, job_id=job_id) as opened:
         stored = job_from_dict((await _resumable(opened, job_id)).definition)
@@ -80,10 +87,16 @@ async def resume_job(
             # Built before the job goes back in the queue: a bad name on the
             # command line (--progress nosuch) leaves the job as it was.
             worker = Worker(config, only=config.plan(stored), handle_signals=handle_signals)
-            await requeue_job(job_id, options=options, store=opened)
+            # Checked (a new --budget-usd too) before anything is stored.
+            _loaded, retried = await _requeue(opened, job_id, options, retry_failed, kinds, check=config.plan)
             # Outputs a kill or a full disk lost come back first, also when nothing is left to run.
             rebuilt = await rebuild_outputs(config, stored, opened, everything=False)
-            summary = _only_summary(await worker.run(opened), job_id)
+            counts = await opened.counts(job_id)
+            if not counts["pending"] and not counts["running"]:
+                summary = await _nothing_to_resume(opened, job_id, counts, kinds if retry_failed else None)
+            else:
+                summary = _only_summary(await worker.run(opened), job_id)
+                summary.retried = retried
             summary.outputs_rebuilt = sum(s.state == "rebuilt" for s in rebuilt)
             failed = tuple(s.problem for s in rebuilt if s.problem is not None)
             summary.output_problems = failed + tuple(summary.output_problems)
@@ -91,19 +104,15 @@ async def resume_job(
 
 
 async def requeue_job(job_id: str, *, options: Options = Options(), config: Config | None = None,
-                      store: Store | None = None, plugins: Sequence[object] = ()) -> Job:
+                      store: Store | None = None, plugins: Sequence[object] = (), retry_failed: bool = False,
+                      kinds: Sequence[str] | None = None) -> Job:
     """Put a paused or interrupted job back in the queue for a worker to take
     (``storyloom resume --detach``); ``options.budget_usd`` raises its budget
-    for good. Returns the job. A cancelled or finished job is a UsageError;
-    so is a job that is not stored (no store is created for it)."""
+    for good; ``retry_failed`` and ``kinds`` as in :func:`retry_failed_items`.
+    Returns the job. A cancelled job is a UsageError; so is a job that is not
+    stored (no store is created for it)."""
     async with _opened(store, config, options, plugins, create=False, job_id=job_id) as opened:
-        row = await _resumable(opened, job_id)
-        loaded = job_from_dict(row.definition)
-        if options.budget_usd is not None:  # raising the budget outlives this resume
-            loaded = dataclasses.replace(loaded, budget_usd=options.budget_usd)
-            await opened.set_job_definition(job_id, job_to_dict(loaded))
-        if row.state in ("paused", "interrupted"):
-            await opened.set_job_state(job_id, "pending", None)
+        loaded, _retried = await _requeue(opened, job_id, options, retry_failed, kinds)
     return loaded
 
 
@@ -115,6 +124,73 @@ async def _resumable(store: Store, job_id: str) -> JobRow:
     if row.state == "cancelled":
         raise UsageError(f"job {job_id!r} was cancelled; submit it again under a new job_id")
     return row
+
+
+async def retry_failed_items(job_id: str, kinds: Sequence[str] | None = None, *, options: Options = Options(),
+                             config: Config | None = None, store: Store | None = None,
+                             plugins: Sequence[object] = ()) -> int:
+    """Put a job's failed items back in the queue (``storyloom resume JOB_ID
+    --retry-failed --detach``), only those whose error kind is in ``kinds``
+    (ErrorKind values such as ``AUTH_ERROR``) if given; return how many.
+
+    Each keeps its attempt history and gets its whole ``max_retries`` again.
+    A job that ended ``failed`` goes back to ``pending``. An unknown kind, a
+    cancelled or unknown job is a UsageError."""
+    async with _opened(store, config, options, plugins, create=False, job_id=job_id) as opened:
+        _loaded, retried = await _requeue(opened, job_id, options, True, kinds)
+    return retried
+
+
+async def _requeue(store: Store, job_id: str, options: Options, retry_failed: bool,
+                   kinds: Sequence[str] | None, check: Any = None) -> tuple[Job, int]:
+    """What resume, requeue and retry share: the job back in the queue; how
+    many failed items came back. ``check(job)`` may refuse the job before
+    anything is written."""
+    if kinds and not retry_failed:
+        raise UsageError("--kind chooses which failed items --retry-failed runs again: give --retry-failed too")
+    known = [kind.value for kind in ErrorKind]
+    for kind in kinds or ():
+        if kind not in known:
+            raise UsageError(f"unknown error kind {kind!r} (known: {', '.join(known)})")
+    row = await _resumable(store, job_id)
+    loaded = job_from_dict(row.definition)
+    if options.budget_usd is not None:  # raising the budget outlives this resume
+        loaded = dataclasses.replace(loaded, budget_usd=options.budget_usd)
+    if check is not None:  # with the items still to run: a stored definition holds none
+        left = [item_from_dict(row.definition) for row in await store.items(job_id)
+                if row.state in ("pending", "running") or (retry_failed and row.state == "failed")]
+        check(dataclasses.replace(loaded, items=tuple(left)))
+    if options.budget_usd is not None:
+        await store.set_job_definition(job_id, job_to_dict(loaded))
+    retried = await store.requeue_failed(job_id, list(kinds) if kinds else None) if retry_failed else 0
+    if row.state in ("paused", "interrupted") or (retried and row.state in ("failed", "completed")):
+        await store.set_job_state(job_id, "pending", None)
+    return loaded, retried
+
+
+async def _nothing_to_resume(store: Store, job_id: str, counts: dict[str, int],
+                             kinds: Sequence[str] | None) -> Summary:
+    """The summary of a resume that found nothing to run, its reason saying so."""
+    status = "failed" if counts["failed"] else "completed"
+    row = await store.get_job(job_id)
+    if row is not None and row.state != status:  # paused as its last item ended, say
+        await store.set_job_state(job_id, status, None)
+    if counts["failed"]:
+        by_kind: dict[str, int] = {}
+        for item in await store.items(job_id, "failed"):
+            by_kind[item.error_kind or "UNKNOWN"] = by_kind.get(item.error_kind or "UNKNOWN", 0) + 1
+        shown = ", ".join(f"{kind} {n}" for kind, n in sorted(by_kind.items()))
+        if kinds:
+            why = f"no failed item has error kind {', '.join(kinds)}; {counts['failed']} failed ({shown})"
+        else:
+            why = (f"{counts['failed']} item(s) failed ({shown}); run them again with "
+                   f"`storyloom resume {job_id} --retry-failed [--kind KIND]`")
+    else:
+        why = f"all {counts['completed']} item(s) completed" + (
+            f", {counts['skipped']} skipped" if counts["skipped"] else "")
+    now = time.time()
+    return Summary(job_id=job_id, status=status, counts=counts, cost_usd=(await store.costs(job_id)).cost_usd,
+                   started_at=now, finished_at=now, reason=f"nothing to resume: {why}", idle=True)
 
 
 async def submit_job(
@@ -199,7 +275,10 @@ async def job_status(job_id: str | None = None, *, items: bool = False, options:
 
     Without ``job_id``: ``{"jobs": [{job_id, job_type, state, counts}, ...]}``.
     With one: its state and reason, ``counts`` by state, the ``running`` items
-    (model, seconds elapsed, attempt), cost and tokens (``by_model`` too), and
+    (model, seconds elapsed, attempt), cost and tokens (``by_model`` too),
+    attempts sent whose outcome is unknown (``unknown_attempts``, and their
+    worst case, ``unknown_usd``: in flight, lost with a killed worker, or
+    timed out), and
     with ``items=True`` every item's state, level, attempts, model and route.
     Reads only: a missing store is a :class:`storyloom.store.StoreNotFound`.
     """
@@ -219,6 +298,7 @@ async def job_status(job_id: str | None = None, *, items: bool = False, options:
                          "attempt": r.attempts + 1} for r in await store.running(job_id)],
             "cost_usd": costs.cost_usd, "input_tokens": costs.input_tokens, "output_tokens": costs.output_tokens,
             "attempts": costs.attempts, "by_model": costs.by_model,
+            "unknown_attempts": costs.unknown_attempts, "unknown_usd": costs.unknown_usd,
             **({"items": [{"item_id": i.item_id, "state": i.state, "level": Priority(i.level).name.lower(),
                            "attempts": i.attempts, "model": i.last_model, "route": i.route,
                            "error_kind": i.error_kind} for i in await store.items(job_id)]} if items else {}),
@@ -389,9 +469,12 @@ async def add_job(store: Store, job: Job) -> None:
     except JobExists:
         existing = await store.get_job(job.job_id)
         state = existing.state if existing else "unknown"
+        failed = (await store.counts(job.job_id))["failed"] if existing else 0
+        again = f"; {failed} item(s) failed: run them again with `storyloom resume {job.job_id} --retry-failed`" \
+            if failed else ""
         raise UsageError(
             f"job {job.job_id!r} already exists (state: {state}); continue it with "
-            f"`storyloom resume {job.job_id}`, or give the job a new job_id") from None
+            f"`storyloom resume {job.job_id}`, or give the job a new job_id{again}") from None
 
 
 @contextmanager

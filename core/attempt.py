@@ -9,7 +9,6 @@ provider call, so waiting for a limit is never mistaken for a slow reply.
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 import time
 import traceback
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from .budget import worst_case
 from .contracts import Outcome, Stop
 from .errors import ErrorKind, ProviderError
 from .events import Event
@@ -31,9 +31,6 @@ from .tokens import estimate_request_tokens
 if TYPE_CHECKING:
     from .roles import AttemptBatch as Batch
 
-#: The budget reserves the prompt estimate times this, plus max_tokens: the
-#: estimate is calibrated per model, but a reservation must not fall short.
-BUDGET_PROMPT_MARGIN = 1.25
 #: A reply cut off at max_tokens is retried with max_tokens times this.
 MORE_ROOM = 2
 #: Errors that take a model out of the batch rather than fail the item.
@@ -51,6 +48,8 @@ async def run_attempt(batch: "Batch", claimed: ClaimedItem, item: Item) -> Outco
     model_reserved: float | None = None
     cost = 0.0
     response = None
+    sent: float | None = None  # the worst case, once the request is on its way
+    timed_out = False
     try:
         request = _request(batch, claimed, item, attempt)
         candidates = [item.model] if item.model else list(plan.models)
@@ -69,7 +68,7 @@ async def run_attempt(batch: "Batch", claimed: ClaimedItem, item: Item) -> Outco
         spec = state.spec
         prompt = state.calibrator.apply(estimated_prompt)
         tpm_cost = prompt + request.max_tokens
-        worst = spec.price.cost(math.ceil(prompt * BUDGET_PROMPT_MARGIN), request.max_tokens)
+        worst = worst_case(spec.price, prompt, request.max_tokens)
         if state.spend is not None:
             # The model's own cap: when it cannot cover this attempt, the
             # model is out and another one takes the item (a free attempt).
@@ -82,14 +81,17 @@ async def run_attempt(batch: "Batch", claimed: ClaimedItem, item: Item) -> Outco
         state.reserved += 1
         try:
             if not await batch.budget.reserve(worst):
-                raise Stop("budget reached")
+                raise Stop(batch.budget.reached(worst))
             reserved = worst
             await state.limiter.acquire(tpm_cost)
         finally:
             state.reserved -= 1
         state.in_flight += 1
         try:
-            await batch.started(StartRecord(job.job_id, item.item_id, model, time.time()))
+            # On disk before the request goes: a kill after it leaves "sent, outcome unknown".
+            await batch.started(StartRecord(job.job_id, item.item_id, model, time.time(), attempt=attempt,
+                                            reserved_usd=worst))
+            sent = worst
             batch.hooks.item_started(job=job, item=item, attempt=attempt, model=model)
             # Besides the generic keys, the item fields its job type names (chapter_num, say).
             shown = {name: item.fields.get(name) for name in event_fields(batch.job_type)}
@@ -98,6 +100,7 @@ async def run_attempt(batch: "Batch", claimed: ClaimedItem, item: Item) -> Outco
             with trio.fail_after(plan.timeout_per_item):
                 response = await batch.providers[model].complete(request)
         except trio.TooSlowError:
+            timed_out = True  # billed or not, no usage came back: count the worst case
             raise ProviderError(ErrorKind.TIMEOUT,
                                 f"no reply within timeout_per_item ({plan.timeout_per_item:g}s)") from None
         finally:
@@ -108,24 +111,25 @@ async def run_attempt(batch: "Batch", claimed: ClaimedItem, item: Item) -> Outco
         result = batch.job_type.handle_result(item, job, response)
         return Outcome(state="completed", attempt=attempt, model=model, elapsed=trio.current_time() - t0,
                        input_tokens=response.input_tokens, output_tokens=response.output_tokens,
-                       cost_usd=cost, result=result, route=route)
+                       cost_usd=cost, result=result, route=route, sent_worst_usd=sent)
     except ProviderError as exc:
         if response is not None and not (exc.input_tokens or exc.output_tokens):
             exc.input_tokens, exc.output_tokens = response.input_tokens, response.output_tokens
         if model is not None:
             cost = pool[model].spec.price.cost(exc.input_tokens, exc.output_tokens)
-        return _failure(batch, exc, claimed, attempt, model, t0, route, cost)
+        return _failure(batch, exc, claimed, attempt, model, t0, route, cost, sent, timed_out)
     except Stop:
         raise
     except Exception as exc:  # a plugin bug must not take the batch down
         traceback.print_exc(file=sys.stderr)
         error = ProviderError(ErrorKind.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
-        return _failure(batch, error, claimed, attempt, model, t0, route, cost)
+        return _failure(batch, error, claimed, attempt, model, t0, route, cost, sent)
     finally:
+        charged = worst if timed_out else cost
         if reserved is not None:
-            batch.budget.settle(reserved, cost)
+            batch.budget.settle(reserved, charged)
         if model_reserved is not None:
-            pool[model].spend.settle(model_reserved, cost)
+            pool[model].spend.settle(model_reserved, charged)
 
 
 def _request(batch: "Batch", claimed: ClaimedItem, item: Item, attempt: int) -> Request:
@@ -167,9 +171,11 @@ def _route(batch: "Batch", item: Item, claimed: ClaimedItem, usable: list[str], 
 
 
 def _failure(batch: "Batch", exc: ProviderError, claimed: ClaimedItem, attempt: int, model: str | None,
-             t0: float, route: dict[str, Any], cost: float) -> Outcome:
+             t0: float, route: dict[str, Any], cost: float, sent: float | None = None,
+             timed_out: bool = False) -> Outcome:
     common = dict(attempt=attempt, model=model, elapsed=trio.current_time() - t0, input_tokens=exc.input_tokens,
-                  output_tokens=exc.output_tokens, cost_usd=cost, error_kind=exc.kind, route=route)
+                  output_tokens=exc.output_tokens, cost_usd=cost, error_kind=exc.kind, route=route,
+                  sent_worst_usd=sent, usage_unknown=timed_out and not (exc.input_tokens or exc.output_tokens))
     another_model_free = False
     if model is not None and exc.kind is ErrorKind.API_RATE_LIMIT:
         batch.pool.cool_down(model, exc.retry_after if exc.retry_after is not None else 1.0)

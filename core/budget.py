@@ -1,20 +1,51 @@
-"""Spending limits at run time: a job's ``budget_usd``, a model's ``max_spend_usd``."""
+"""Spending limits at run time: a job's ``budget_usd``, a model's ``max_spend_usd``.
+
+Every attempt reserves its worst case (:func:`worst_case`) before it is sent
+and settles with its real cost after. An attempt that waits for budget while
+others are in flight waits for them to settle rather than pause the job: the
+job pauses only when nothing is in flight and spent plus one more attempt's
+worst case would pass the limit. A budget too small for any one item's worst
+case is refused before anything is stored (:func:`check_budget`).
+"""
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
 
 import trio
+
+from .errors import UsageError
+from .tokens import estimate_request_tokens
+
+if TYPE_CHECKING:
+    from .job import Plan
+    from .settings import Settings
+
+#: The budget reserves the prompt estimate times this, plus max_tokens: the
+#: estimate is calibrated per model, but a reservation must not fall short.
+BUDGET_PROMPT_MARGIN = 1.25
+
+
+def worst_case(price: Any, prompt_tokens: int, max_tokens: int) -> float:
+    """What one attempt may cost at most: its (calibrated) prompt estimate
+    with :data:`BUDGET_PROMPT_MARGIN`, and every one of ``max_tokens``."""
+    return price.cost(math.ceil(prompt_tokens * BUDGET_PROMPT_MARGIN), max_tokens)
 
 
 class Budget:
     """A job's ``budget_usd``: reserve each attempt's worst case before it is
     sent, settle with the real cost after. Spent plus reserved never passes
-    the limit."""
+    the limit.
 
-    def __init__(self, limit: float | None, spent: float) -> None:
+    ``unknown`` is the worst case of earlier attempts whose outcome never
+    arrived (a killed worker, a timeout): the provider may have billed them,
+    so it counts as spent."""
+
+    def __init__(self, limit: float | None, spent: float, unknown: float = 0.0) -> None:
         self.limit = math.inf if limit is None else limit
-        self.spent = spent
+        self.spent = spent + unknown
+        self.unknown = unknown
         self.reserved = 0.0
         self._holders = 0  # reservations not yet settled
         self._changed = trio.Event()
@@ -47,3 +78,43 @@ class Budget:
         self.spent += actual
         self._changed.set()
         self._changed = trio.Event()
+
+    def reached(self, needed: float) -> str:
+        """Why an attempt needing ``needed`` cannot start: the pause reason."""
+        spent = f"spent ${self.spent:.4f} of ${self.limit:.4f}"
+        if self.unknown:
+            spent += f" (${self.unknown:.4f} of it the worst case of attempts sent, outcome unknown)"
+        if self._holders:
+            held = f"${self.reserved:.4f} reserved by {self._holders} attempt(s) in flight"
+        else:
+            held = "nothing in flight"
+        return f"budget reached: {spent}, {held}; one more item needs up to ${needed:.4f}"
+
+
+def check_budget(plan: "Plan", job_type: Any, settings: "Settings") -> None:
+    """UsageError if the job's budget cannot cover some item's worst case on
+    the most expensive of its models: that item could never be sent, and the
+    job would pause at once on every resume. The estimate is the kernel's own
+    (:func:`worst_case` of the uncalibrated prompt estimate)."""
+    job = plan.job
+    if job.budget_usd is None:
+        return
+    worst_item, worst = None, 0.0
+    for item in job.items:
+        if item.status != "pending":  # skipped or completed in the file: never sent
+            continue
+        try:
+            request = job_type.build_request(item, job)
+        except Exception:
+            continue  # the job type's own checks report a bad item
+        prompt = estimate_request_tokens(request)
+        for name in (item.model,) if item.model else plan.models:
+            spec = settings.models.get(name)
+            cost = worst_case(spec.price, prompt, request.max_tokens) if spec is not None else 0.0
+            if cost > worst:
+                worst_item, worst = item.item_id, cost
+    if worst_item is not None and worst > job.budget_usd:
+        raise UsageError(
+            f"budget_usd ${job.budget_usd:.4f} cannot cover one attempt at item {worst_item!r}, whose worst "
+            f"case is ${worst:.4f} (its prompt estimate x{BUDGET_PROMPT_MARGIN:g} plus max_tokens, at the "
+            "price of its dearest model): raise budget_usd, or lower config.max_tokens")

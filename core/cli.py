@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue a paused or interrupted job (here, or with --detach in a worker)")
     p.add_argument("job_id")
     p.add_argument("--detach", action="store_true", help="only put it back in the queue for `storyloom work`")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="run failed items again too (their history kept, with max_retries afresh)")
+    p.add_argument("--kind", dest="kinds", action="append", metavar="KIND",
+                   help="with --retry-failed: only items that failed with this error kind, e.g. AUTH_ERROR "
+                        "(repeatable)")
     p = sub.add_parser("submit", parents=[common], help="validate a job file and queue it for `storyloom work`")
     p.add_argument("file")
     p = sub.add_parser("work", parents=[common, running], help="work through the queue of every submitted job")
@@ -127,11 +132,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     options = _options(args)
+    if args.detach and args.retry_failed:
+        retried = trio.run(lambda: api.retry_failed_items(args.job_id, args.kinds, options=options))
+        print(f"{args.job_id}: back in the queue; {retried} failed item(s) to run again")
+        return 0
     if args.detach:
-        trio.run(lambda: api.requeue_job(args.job_id, options=options))
+        trio.run(lambda: api.requeue_job(args.job_id, options=options, kinds=args.kinds))
         print(f"{args.job_id}: back in the queue")
         return 0
-    summary = trio.run(lambda: api.resume_job(args.job_id, options=options, handle_signals=True))
+    summary = trio.run(lambda: api.resume_job(args.job_id, options=options, handle_signals=True,
+                                              retry_failed=args.retry_failed, kinds=args.kinds))
+    if summary.idle:
+        print(f"{summary.job_id}: {summary.reason}")
+        return summary.exit_code
+    if summary.retried:
+        print(f"{summary.job_id}: {summary.retried} failed item(s) ran again")
     return _report(summary)
 
 
@@ -233,6 +248,9 @@ def _print_status(data: dict[str, Any]) -> None:
         print(f"  running: {r['item_id']} -> {r['model']} ({r['elapsed']:.0f}s, attempt {r['attempt']})")
     print(f"  cost: ${data['cost_usd']:.4f} ({data['input_tokens']} in / {data['output_tokens']} out tokens, "
           f"{data['attempts']} attempts)")
+    if data["unknown_attempts"]:
+        print(f"  unknown: {data['unknown_attempts']} attempts sent, outcome unknown, "
+              f"up to ${data['unknown_usd']:.4f}")
     for i in data.get("items", ()):
         print(f"  {i['item_id']}  {i['state']}  {i['level']}  {i['model'] or '-'}  {_why(i['route'])}")
 

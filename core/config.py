@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import pluggy
 
 from . import loader
+from .budget import check_budget
 from .errors import UsageError
 from .hooks import Hooks
 from .job import Job, Plan
@@ -155,8 +156,10 @@ class Config:
         routing = {**self.settings.routing, **job.routing}
         if opts.budget_usd is not None:
             job = dataclasses.replace(job, budget_usd=opts.budget_usd)
-        return Plan(job=job, max_parallel=max_parallel, timeout_per_item=timeout, max_retries=max_retries,
+        plan = Plan(job=job, max_parallel=max_parallel, timeout_per_item=timeout, max_retries=max_retries,
                     retry=retry, models=models, routing=routing)
+        check_budget(plan, job_type, self.settings)  # a budget no item fits in is bad input
+        return plan
 
     def max_parallel(self, job_type: str) -> int:
         """A job type's limit across jobs: ``--max-parallel``, then the settings'

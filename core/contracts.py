@@ -52,6 +52,12 @@ class Outcome:
     #: True if this attempt does not use up the item's retries (a rate-limit
     #: rejection, or a model taken out of the batch).
     free: bool = False
+    #: The worst-case cost reserved when the request was sent; None if it
+    #: never was (no model left, the budget reached, a routing error).
+    sent_worst_usd: float | None = None
+    #: Sent, but no usage came back (a timeout): it may have been billed up to
+    #: ``sent_worst_usd``.
+    usage_unknown: bool = False
 
 
 class Stop(Exception):

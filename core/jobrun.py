@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -33,6 +34,14 @@ if TYPE_CHECKING:
     from .roles import RunWorker
 
 SINK_BUFFER = 4096
+
+
+@dataclass
+class Sending:
+    """An attempt's start on its way to the writer; ``written`` is set once committed."""
+
+    record: StartRecord
+    written: trio.Event
 
 
 class JobRun:
@@ -92,7 +101,10 @@ class JobRun:
         """Mark the job running, start its sinks, and tell plugins."""
         job_id = self.job_id
         costs = await store.costs(job_id)
-        self.budget = Budget(self.job.budget_usd, costs.cost_usd)
+        # Attempts whose outcome never arrived may have been billed: their worst case counts as spent.
+        self.budget = Budget(self.job.budget_usd, costs.cost_usd, costs.unknown_usd)
+        if self.config.options.budget_usd is not None:
+            await self._keep_budget(store)
         if costs.by_model and hasattr(self.strategy, "resume"):
             try:
                 self.strategy.resume({m: int(c["attempts"]) for m, c in costs.by_model.items()})
@@ -165,6 +177,14 @@ class JobRun:
         summary.output_problems = take_problems(self.config, job_id)
         return summary
 
+    async def _keep_budget(self, store: Store) -> None:
+        """Store the budget given on the command line (``run``, ``work`` or
+        ``resume --budget-usd``) in the job's definition: a later plain
+        ``resume`` runs under it too."""
+        row = await store.get_job(self.job_id)
+        if row is not None and row.definition.get("budget_usd") != self.job.budget_usd:
+            await store.set_job_definition(self.job_id, {**row.definition, "budget_usd": self.job.budget_usd})
+
     def _summary(self, counts: dict[str, int], cost_usd: float) -> Summary:
         assert self.status is not None
         self.summary = Summary(job_id=self.job_id, status=self.status, counts=counts, cost_usd=cost_usd,
@@ -208,8 +228,11 @@ class JobRun:
     # -- what attempts use -----------------------------------------------
 
     async def started(self, record: StartRecord) -> None:
-        """Queue an attempt's start for the next group commit."""
-        await self.worker.send(record)
+        """Queue an attempt's start for the next group commit and wait until
+        it is on disk: a request is sent only once its attempt is recorded."""
+        sending = Sending(record, trio.Event())
+        await self.worker.send(sending)
+        await sending.written.wait()
 
     def emit(self, event: Event) -> None:
         for channel in list(self._sinks):

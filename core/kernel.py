@@ -38,7 +38,7 @@ from .errors import UsageError
 from .events import Event
 from .job import Item, Plan, item_from_dict, job_from_dict
 from .chosen import lookup, progress_sinks, report_renderers
-from .jobrun import JobRun
+from .jobrun import JobRun, Sending
 from .jobtype import Result
 from .pool import ModelPool
 from .provider import check_provider
@@ -358,13 +358,16 @@ class Worker:
                     if len(batch) >= COMMIT_BATCH or len(batch) == before and before > 1:
                         break
                     await trio.lowlevel.checkpoint()
-                starts = [m for m in batch if isinstance(m, StartRecord)]
+                sending = [m for m in batch if isinstance(m, Sending)]
+                starts = [m.record for m in sending] + [m for m in batch if isinstance(m, StartRecord)]
                 finished = [m for m in batch if isinstance(m, _Finished)]
                 released: dict[JobRun, list[str]] = {}
                 for m in batch:
                     if isinstance(m, _Released):
                         released.setdefault(m.run, []).append(m.item_id)
                 applied = await store.record([f.record for f in finished], self.owner, starts)
+                for m in sending:
+                    m.written.set()
                 for run, ids in released.items():
                     await store.release(run.job_id, self.owner, ids)
                     run.in_flight -= len(ids)
@@ -462,7 +465,8 @@ def _record(run: JobRun, item: Item, outcome: Outcome, started_wall: float) -> A
         error=outcome.error, input_tokens=outcome.input_tokens, output_tokens=outcome.output_tokens,
         cost_usd=outcome.cost_usd,
         not_before=time.time() + outcome.retry_delay if outcome.retry_delay else 0.0,
-        free=outcome.free, route=outcome.route or None,
+        free=outcome.free, route=outcome.route or None, sent=outcome.sent_worst_usd is not None,
+        reserved_usd=outcome.sent_worst_usd or 0.0, outcome_unknown=outcome.usage_unknown,
         result_text=outcome.result.text if outcome.result else None,
         result_data=_result_data(outcome.result) if outcome.result else None,
     )

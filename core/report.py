@@ -89,8 +89,8 @@ async def build_report(store: Store, job: Job, summary: Summary, *,
     done_times = tally.completed_item_seconds()
     budget = None
     if job.budget_usd:
-        budget = {"budget_usd": job.budget_usd, "spent_usd": costs.cost_usd,
-                  "share": _share(costs.cost_usd, job.budget_usd)}
+        budget = {"budget_usd": job.budget_usd, "spent_usd": costs.cost_usd, "unknown_usd": costs.unknown_usd,
+                  "share": _share(costs.cost_usd + costs.unknown_usd, job.budget_usd)}
     failed_by_kind: dict[str, int] = {}
     for row in failed_rows:
         kind = row.error_kind or "UNKNOWN"
@@ -114,6 +114,8 @@ async def build_report(store: Store, job: Job, summary: Summary, *,
         "input_tokens": costs.input_tokens,
         "output_tokens": costs.output_tokens,
         "attempts": costs.attempts,
+        "unknown_attempts": costs.unknown_attempts,
+        "unknown_usd": costs.unknown_usd,
         "retries": tally.retries,
         "avg_item_s": round(sum(done_times) / len(done_times), 3) if done_times else None,
         "throughput_per_min": (round(len(tally.finishes) / active * 60, 2)
@@ -253,10 +255,16 @@ def _recommendations(report: dict[str, Any]) -> list[dict[str, str]]:
             f"Rate limits dominated the run: {errors['rate_limited']} of {report['attempts']} attempts "
             f"({errors['rate_limited_share']:.0%}) were rejected with 429. Set rpm and tpm on the models to what "
             "the accounts allow, lower max_parallel, or spread the work over more models.")})
+    if report["unknown_attempts"]:
+        out.append({"code": "unknown_outcomes", "text": (
+            f"{report['unknown_attempts']} attempt(s) were sent but no usage came back (a killed worker or a "
+            f"timeout): the provider may have billed up to ${report['unknown_usd']:.4f} for them, which budgets "
+            "count as spent. Check the provider's usage page for the real figure.")})
     budget = report["budget"]
     if budget and budget["share"] >= BUDGET_NEARLY_SPENT:
         out.append({"code": "budget", "text": (
-            f"The budget is nearly spent: ${budget['spent_usd']:.4f} of ${budget['budget_usd']:.2f} "
+            f"The budget is nearly spent: ${budget['spent_usd'] + budget['unknown_usd']:.4f} of "
+            f"${budget['budget_usd']:.2f} "
             f"({budget['share']:.0%}). Raise it with storyloom resume {job_id} --budget-usd AMOUNT "
             "before running more.")})
     for kind, n in errors["failed_by_kind"].items():

@@ -26,6 +26,8 @@ class Summary:
     #: storyloom.outputs.OutputProblem for each output the run could not write.
     output_problems: tuple[Any, ...] = ()
     outputs_rebuilt: int = 0  # missing or partial outputs a resume wrote again from the store
+    retried: int = 0  # failed items put back by ``resume --retry-failed``
+    idle: bool = False  # a resume that found nothing to run (``reason`` says why)
 
     @property
     def duration(self) -> float:

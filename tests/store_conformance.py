@@ -951,3 +951,121 @@ async def test_queue_of_a_hundred_thousand_items(store):
 @trio_test
 async def test_location_names_the_store_for_messages(store):
     assert isinstance(store.location, str) and store.location
+
+
+# -- failed items run again (``resume --retry-failed``)
+
+
+async def failed_job(store: Any) -> None:
+    """a failed AUTH_ERROR after 3 attempts, b failed INVALID_INPUT, c completed, d pending."""
+    await add(store, *"abcd")
+    await claim_ids(store, limit=3)
+    await store.record([rec("a", "pending", attempt=1, error_kind="AUTH_ERROR", started_at=NOW + 1)], OWNER)
+    await claim_ids(store, limit=1)
+    await store.record([
+        rec("a", "failed", attempt=2, error_kind="AUTH_ERROR", error="bad key"),
+        rec("b", "failed", error_kind="INVALID_INPUT", error="no title"),
+        rec("c"),
+    ], OWNER)
+    await store.set_job_state(JOB, "failed")
+
+
+@trio_test
+async def test_requeue_failed_puts_every_failed_item_back_keeping_its_history(store):
+    await failed_job(store)
+    assert await store.requeue_failed(JOB) == 2
+    assert await store.counts(JOB) == {"pending": 3, "running": 0, "completed": 1, "failed": 0, "skipped": 0}
+    claimed = {c.item_id: c for c in await store.claim(JOB, 10, NOW + 50, OWNER)}
+    assert set(claimed) == {"a", "b", "d"}
+    # attempt numbers go on from the history; every earlier attempt is free, so
+    # the item has its whole max_retries again, and its retry window restarts
+    a = claimed["a"]
+    assert (a.attempts, a.free_attempts, a.first_started_at, a.last_error_kind) == (2, 2, None, "AUTH_ERROR")
+    assert [(r.item_id, r.attempt, r.state) for r in await store.attempts(JOB)] == [
+        ("a", 1, "pending"), ("a", 2, "failed"), ("b", 1, "failed"), ("c", 1, "completed")]
+    assert await store.requeue_failed(JOB) == 0  # nothing failed is left
+
+
+@trio_test
+async def test_requeue_failed_only_of_the_kinds_given(store):
+    await failed_job(store)
+    assert await store.requeue_failed(JOB, ["TIMEOUT"]) == 0
+    assert await store.requeue_failed(JOB, ["AUTH_ERROR", "QUOTA_EXCEEDED"]) == 1
+    assert [(r.item_id, r.state) for r in await store.items(JOB) if r.state in ("pending", "failed")] == [
+        ("a", "pending"), ("b", "failed"), ("d", "pending")]
+
+
+@trio_test
+async def test_requeue_failed_of_a_paused_job_keeps_the_items_held(store):
+    await failed_job(store)
+    await store.set_job_state(JOB, "paused", "by hand")
+    assert await store.requeue_failed(JOB) == 2
+    assert await claim_ids(store) == []
+    await store.set_job_state(JOB, "pending")
+    assert sorted(await claim_ids(store)) == ["a", "b", "d"]
+
+
+@trio_test
+async def test_requeue_failed_of_an_unknown_job_raises(store):
+    with pytest.raises(KeyError):
+        await store.requeue_failed("nope")
+
+
+# -- attempts are recorded when sent (spend is never under-counted)
+
+
+def sent(item_id: str, attempt: int = 1, reserved: float = 0.5, model: str = "m1") -> StartRecord:
+    return StartRecord(JOB, item_id, model, NOW + 1, attempt=attempt, reserved_usd=reserved)
+
+
+@trio_test
+async def test_a_sent_attempt_counts_its_worst_case_until_its_outcome_arrives(store):
+    await add(store, "a", "b")
+    await claim_ids(store)
+    await store.record([], OWNER, started=[sent("a", reserved=0.5), sent("b", reserved=0.25)])
+    costs = await store.costs(JOB)
+    assert (costs.unknown_attempts, costs.unknown_usd) == (2, pytest.approx(0.75))
+    assert (costs.attempts, costs.cost_usd) == (0, 0.0)  # nothing finished yet
+    assert await store.attempts(JOB) == []  # only finished ones are listed
+    await store.record([rec("a", sent=True, reserved_usd=0.5, cost_usd=0.125)], OWNER)
+    costs = await store.costs(JOB)
+    assert (costs.unknown_attempts, costs.unknown_usd) == (1, pytest.approx(0.25))
+    assert (costs.attempts, costs.cost_usd) == (1, pytest.approx(0.125))
+    assert [(r.item_id, r.attempt, r.state, r.cost_usd) for r in await store.attempts(JOB)] == [
+        ("a", 1, "completed", 0.125)]
+    assert await store.spend_by_model() == {"m1": pytest.approx(0.125 + 0.25)}
+
+
+@trio_test
+async def test_an_attempt_lost_with_its_worker_stays_sent_outcome_unknown(store):
+    await add(store, "a")
+    await claim_ids(store, owner="host:1:dead")
+    await store.record([], "host:1:dead", started=[sent("a", reserved=0.5)])
+    assert await store.recover(JOB, lambda owner: False) == 1
+    # the next try has the same attempt number: its outcome updates its own row only
+    await claim_ids(store)
+    await store.record([], OWNER, started=[sent("a", reserved=0.25)])
+    await store.record([rec("a", sent=True, reserved_usd=0.25, cost_usd=0.125)], OWNER)
+    costs = await store.costs(JOB)
+    assert (costs.unknown_attempts, costs.unknown_usd) == (1, pytest.approx(0.5))
+    assert (costs.attempts, costs.cost_usd) == (1, pytest.approx(0.125))
+
+
+@trio_test
+async def test_a_timed_out_attempt_counts_its_worst_case(store):
+    await add(store, "a")
+    await claim_ids(store)
+    await store.record([], OWNER, started=[sent("a", reserved=0.5)])
+    await store.record([rec("a", "pending", error_kind="TIMEOUT", sent=True, reserved_usd=0.5,
+                            outcome_unknown=True)], OWNER)
+    costs = await store.costs(JOB)
+    assert (costs.attempts, costs.unknown_attempts, costs.unknown_usd) == (1, 1, pytest.approx(0.5))
+    assert [(r.state, r.error_kind) for r in await store.attempts(JOB)] == [("pending", "TIMEOUT")]
+
+
+@trio_test
+async def test_a_start_for_an_item_not_held_records_no_attempt(store):
+    await add(store, "a")
+    await claim_ids(store)
+    await store.record([], OTHER, started=[sent("a")])
+    assert (await store.costs(JOB)).unknown_attempts == 0

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from storyloom import hookimpl
 from storyloom.api import resume_job, run_job
 from storyloom.budget import Budget
+from storyloom.errors import UsageError
 from storyloom.testing import HookRecorder, Loom, RunResult
 
 #: A hung batch fails the test instead of the whole run.
@@ -84,7 +85,9 @@ def test_at_the_limit_the_job_pauses_with_exit_code_3(loom):
     # Each item reserves its prompt and 200 output tokens (about $0.09) and costs about $0.03.
     result = run(loom, job(30, budget=0.5))
     assert result.summary.status == "paused" and result.summary.exit_code == 3
-    assert result.summary.reason == "budget reached"
+    # The reason says what was spent, what is in flight and what one more item needs.
+    assert result.summary.reason == (f"budget reached: spent ${spent(loom, 'b1'):.4f} of $0.5000, nothing in "
+                                     "flight; one more item needs up to $0.0904")
     assert 0 < result.counts["completed"] < 30
     assert result.counts["completed"] + result.counts["pending"] == 30  # nothing failed, nothing lost
     assert spent(loom, "b1") <= 0.5
@@ -119,12 +122,12 @@ class PauseAfter:
 def test_resume_with_a_higher_budget_finishes_and_the_budget_sticks(loom):
     write_settings(loom)
     first = run(loom, job(30, budget=0.5, parallel=1))
-    assert first.summary.reason == "budget reached"
+    assert first.summary.reason.startswith("budget reached: ")
     done = first.counts["completed"]
 
     # A resume without a new budget stops again at once: nothing more fits.
     again = resume(loom, "b1")
-    assert again.summary.reason == "budget reached" and again.counts["completed"] == done
+    assert again.summary.reason.startswith("budget reached: ") and again.counts["completed"] == done
 
     # Raised to $5, but this run is paused by a plugin after five more items...
     raised = resume(loom, "b1", budget_usd=5.0, plugins=(PauseAfter(5),))
@@ -148,7 +151,7 @@ def test_spend_stays_under_the_budget_with_real_http(loom, fake_provider):
         reports: []
     """)
     result = run(loom, job(40, budget=0.4, parallel=8, max_tokens=100, language="th"))
-    assert result.summary.reason == "budget reached" and result.summary.exit_code == 3
+    assert result.summary.reason.startswith("budget reached: ") and result.summary.exit_code == 3
     assert 0 < result.counts["completed"] < 40
     # The fake reports usage the way OpenAI does; the store priced every attempt from it.
     usage = fake_provider.stats("m1")
@@ -173,14 +176,22 @@ def test_spend_never_passes_the_budget(n, budget, input_price, output_price, out
     with tempfile.TemporaryDirectory() as tmp:
         loom = Loom(Path(tmp))
         write_settings(loom, latency=1, output=output_tokens, input_price=input_price, output_price=output_price)
-        result = run(loom, job(n, budget=budget, max_tokens=max_tokens, parallel=parallel, language=language,
-                              job_type=job_type))
+        try:
+            result = run(loom, job(n, budget=budget, max_tokens=max_tokens, parallel=parallel, language=language,
+                                  job_type=job_type))
+        except UsageError as exc:
+            # Some item's worst case does not fit: refused before anything is stored.
+            event("refused: the budget cannot cover one item")
+            assert "cannot cover one attempt at item" in str(exc)
+            assert not (Path(tmp) / ".storyloom").exists()
+            return
         total = spent(loom, "b1")
+        assert result.counts["completed"] >= 1  # a budget that was accepted runs at least one item
         event(f"status: {result.summary.status}")  # --hypothesis-show-statistics: both outcomes occur
         assert total <= budget, (total, budget)
         assert result.counts["failed"] == 0
         if result.summary.status == "paused":
-            assert result.summary.reason == "budget reached" and result.summary.exit_code == 3
+            assert result.summary.reason.startswith("budget reached: ") and result.summary.exit_code == 3
         else:
             assert result.summary.status == "completed"
             assert result.counts["completed"] + result.counts["skipped"] == n
@@ -198,3 +209,58 @@ def test_float_residue_never_holds_the_budget():
             assert await budget.reserve(0.2) is False
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_budget_from_the_command_line_outlives_its_run(loom):
+    write_settings(loom)
+    first = run(loom, job(30, budget=None, parallel=1), budget_usd=0.5)  # `run --budget-usd 0.5`
+    assert first.summary.reason.startswith("budget reached: ")
+    done = first.counts["completed"]
+    assert loom.read(lambda store: store.get_job("b1")).definition["budget_usd"] == 0.5
+    # The hint's plain `resume` keeps the budget: it stops again at once, spending nothing more.
+    again = resume(loom, "b1")
+    assert again.summary.reason.startswith("budget reached: ") and again.counts["completed"] == done
+    assert spent(loom, "b1") <= 0.5
+
+
+def test_a_budget_given_to_a_worker_outlives_its_run(loom):
+    write_settings(loom)
+    loom.submit(job(30, budget=None, parallel=1))
+    done = loom.work(budget_usd=0.5).summaries["b1"]
+    assert done.reason.startswith("budget reached: ")
+    assert loom.read(lambda store: store.get_job("b1")).definition["budget_usd"] == 0.5
+    assert resume(loom, "b1").summary.reason.startswith("budget reached: ")
+    assert spent(loom, "b1") <= 0.5
+
+
+def test_worst_case_reservations_in_flight_do_not_pause_a_budget_spent_little(loom):
+    # Each item reserves about 3 times what it costs, and 8 run at once: the
+    # reservations fill the budget long before the spend does. Items wait for
+    # those in flight to settle instead of pausing the job.
+    write_settings(loom)
+    one = run(loom, job(1, budget=None, job_id="probe"))
+    per_item = spent(loom, "probe")
+    result = run(loom, job(40, budget=round(20 * per_item, 6), parallel=8))
+    assert result.summary.reason.startswith("budget reached: ")
+    assert result.counts["completed"] >= 16  # 20 items' cost, less about one worst case held back
+    assert spent(loom, "b1") <= 20 * per_item
+    assert one.summary.status == "completed"
+
+
+def test_a_budget_below_one_items_worst_case_is_refused_before_anything_is_stored(loom, capsys):
+    from storyloom.cli import main
+
+    write_settings(loom)  # one item reserves about $0.09 (200 output tokens at $400 per million)
+    loom.write("job.yaml", job(3, budget=0.05))
+    for command in (["validate", "job.yaml"], ["submit", "job.yaml"], ["run", "job.yaml", "-q"]):
+        code = main([*command, "--state-dir", str(loom.state_dir)])
+        err = capsys.readouterr().err
+        assert code == 2, command
+        assert "budget_usd $0.0500 cannot cover one attempt at item 'i0', whose worst case is $0.09" in err
+        assert "Traceback" not in err
+    assert not loom.state_dir.exists()
+    # `resume --budget-usd` too: the stored job keeps its budget
+    assert run(loom, job(30, budget=0.5)).summary.status == "paused"
+    with pytest.raises(UsageError, match="cannot cover one attempt at item 'i"):
+        resume(loom, "b1", budget_usd=0.01)
+    assert loom.read(lambda store: store.get_job("b1")).definition["budget_usd"] == 0.5  # not stored

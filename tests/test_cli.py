@@ -183,7 +183,9 @@ def test_a_signal_puts_running_items_back_and_exits_130(tmp_path, signum):
     wait_for_completed(tmp_path, "cli-job", 4)
     status = json.loads(cli("status", "cli-job", "--json", cwd=tmp_path).stdout)
     assert status["state"] == "running"
-    assert status["running"] and all(r["model"] == "sim" for r in status["running"])
+    # An item claimed but not yet routed (its start not yet committed) has no model yet.
+    assert status["running"] and {r["model"] for r in status["running"]} <= {"sim", None}
+    assert any(r["model"] == "sim" for r in status["running"])
     assert len(status["running"]) <= 4
     proc.send_signal(signum)
     stdout, stderr = proc.communicate(timeout=30)

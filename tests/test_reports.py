@@ -234,11 +234,11 @@ def test_reports_are_written_when_a_batch_ends_and_the_command_renders_them_agai
 def test_report_of_a_paused_job_and_bad_input(tmp_path):
     (tmp_path / "storyloom.yaml").write_text(SETTINGS.format(latency=1))
     (tmp_path / "job.yaml").write_text(JOB.format(job_id="cheap", n=30).replace(
-        "config:", "budget_usd: 0.002\nconfig:"))
+        "config:", "budget_usd: 0.004\nconfig:"))  # one item's worst case is about $0.0021
     assert cli("run", "job.yaml", "-q", cwd=tmp_path).returncode == 3
     md = cli("report", "cheap", cwd=tmp_path)
     assert md.returncode == 0, md.stderr
-    assert "- **Status:** paused (budget reached)" in md.stdout
+    assert "- **Status:** paused (budget reached: spent $" in md.stdout
     assert "continue it with storyloom resume cheap" in md.stdout
     bad = cli("report", "cheap", "--format", "pdf", cwd=tmp_path)
     assert bad.returncode == 2 and "unknown report format 'pdf' (known: html, json, md)" in bad.stderr

@@ -19,9 +19,10 @@ import pytest
 import trio
 
 from storyloom.errors import UsageError
+from storyloom.plugins.stores import sqlite as sqlite_backend
 from storyloom.plugins.stores.sqlite import DB_NAME, SCHEMA_VERSION, SQLiteStore, folder_of, open_sqlite
 from storyloom.settings import Settings
-from storyloom.store import NewItem, QueuedRow, StoreNotFound, StoreVersionError
+from storyloom.store import NewItem, QueuedRow, StartRecord, StoreNotFound, StoreVersionError
 from store_conformance import JOB, NOW, OWNER, THAI, claim_ids, job_row, levels, new_items, next_ids, rec
 
 
@@ -392,7 +393,7 @@ def test_sqlite_migrates_a_version_1_file(tmp_path):
     async def main():
         store = SQLiteStore.open(tmp_path)
         try:
-            assert pragma(store, "user_version") == SCHEMA_VERSION == 2
+            assert pragma(store, "user_version") == SCHEMA_VERSION == 3
             # nothing lost
             assert [(j.job_id, j.state, j.definition["title"]) for j in await store.list_jobs()] == [
                 ("old", "running", THAI), ("paused", "paused", THAI), ("later", "running", THAI)]
@@ -444,6 +445,42 @@ def schema_of(path) -> tuple:
         raw.close()
 
 
+def write_v2_file(folder) -> None:
+    """The version 1 store as version 2 left it: migrated by the 1 -> 2 step."""
+    write_v1_file(folder)
+    raw = sqlite3.connect(folder / DB_NAME, isolation_level=None)
+    raw.execute("BEGIN")
+    sqlite_backend._migrate_1_to_2(raw)
+    raw.execute("PRAGMA user_version = 2")
+    raw.execute("COMMIT")
+    raw.close()
+
+
+def test_sqlite_migrates_a_version_2_file(tmp_path):
+    write_v2_file(tmp_path)
+    assert "reserved_usd" not in {c[1] for c in schema_of(tmp_path / DB_NAME)[0]["attempts"]}
+
+    async def main():
+        store = SQLiteStore.open(tmp_path)
+        try:
+            assert pragma(store, "user_version") == SCHEMA_VERSION == 3
+            # every stored attempt is a finished one, its usage known
+            assert [(r.item_id, r.state, r.cost_usd) for r in await store.attempts("old")] == [
+                ("b", "pending", 0.125), ("a", "completed", 0.5)]
+            costs = await store.costs("old")
+            assert (costs.attempts, costs.cost_usd, costs.unknown_attempts, costs.unknown_usd) == (
+                2, pytest.approx(0.625), 0, 0.0)
+            # and a migrated file records attempts when sent
+            await claim_ids(store, job_id="old", limit=1)  # c, level 1
+            await store.record([], OWNER, started=[StartRecord("old", "c", "m1", NOW, attempt=1,
+                                                               reserved_usd=0.25)])
+            assert (await store.costs("old")).unknown_usd == pytest.approx(0.25)
+        finally:
+            await store.aclose()
+
+    trio.run(main)
+
+
 def test_sqlite_a_migrated_file_has_the_schema_of_a_fresh_one(tmp_path):
     write_v1_file(tmp_path / "old")
     SQLiteStore.open(tmp_path / "old").close()
@@ -452,3 +489,41 @@ def test_sqlite_a_migrated_file_has_the_schema_of_a_fresh_one(tmp_path):
     migrated, fresh = schema_of(tmp_path / "old" / DB_NAME), schema_of(tmp_path / "new" / DB_NAME)
     assert migrated == fresh
     assert "items_queue" in {name for name, _table, _sql in fresh[2]}
+    write_v2_file(tmp_path / "v2")
+    SQLiteStore.open(tmp_path / "v2").close()
+    assert schema_of(tmp_path / "v2" / DB_NAME) == fresh
+    assert "attempts_sent" in {name for name, _table, _sql in fresh[2]}
+
+
+def test_sqlite_a_store_another_process_created_while_this_one_waited_opens_cleanly(tmp_path):
+    """Two commands on a fresh folder: the second saw version 0, waited for the
+    write lock, and finds the first one's schema; it must not migrate it."""
+    import threading
+
+    tmp_path.mkdir(exist_ok=True)
+    raw = sqlite3.connect(tmp_path / DB_NAME, isolation_level=None)
+    raw.execute("PRAGMA journal_mode = WAL")
+    raw.execute("BEGIN IMMEDIATE")  # the first process, creating the schema
+    opened: list = []
+    second = threading.Thread(target=lambda: opened.append(_open_or_error(tmp_path)))
+    second.start()
+    second.join(0.5)  # it reads version 0, then waits on the write lock
+    for statement in sqlite_backend._TABLES + sqlite_backend._INDEXES + sqlite_backend._INDEXES_3:
+        raw.execute(statement)
+    raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    raw.execute("COMMIT")
+    raw.close()
+    second.join(30)
+    assert opened == [SCHEMA_VERSION]
+
+
+def _open_or_error(folder):
+    """The schema version the opened store has, or the error opening raised."""
+    try:
+        store = SQLiteStore.open(folder)
+    except Exception as exc:  # the test shows it
+        return exc
+    try:
+        return pragma(store, "user_version")
+    finally:
+        store.close()

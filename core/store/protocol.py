@@ -129,16 +129,32 @@ class AttemptRecord:
     route: dict[str, Any] | None = None
     result_text: str | None = None
     result_data: dict[str, Any] | None = None
+    #: A :class:`StartRecord` of this attempt was committed: the outcome
+    #: completes the attempt row written then, rather than adding one.
+    sent: bool = False
+    #: The worst-case cost reserved when the attempt was sent.
+    reserved_usd: float = 0.0
+    #: The provider may have billed the attempt but no usage came back (a
+    #: timeout): the store counts ``reserved_usd`` as "outcome unknown".
+    outcome_unknown: bool = False
 
 
 @dataclass(frozen=True)
 class StartRecord:
-    """An attempt began on ``model``: shown by ``storyloom status``."""
+    """An attempt began on ``model``: shown by ``storyloom status``.
+
+    With ``attempt`` (1-based), the request is about to be sent: the store
+    also writes the attempt's row in state ``sent`` with ``reserved_usd``
+    (its worst-case cost), so that a call billed by the provider is on disk
+    even if its outcome never arrives (a kill). The outcome completes that
+    row (:attr:`AttemptRecord.sent`)."""
 
     job_id: str
     item_id: str
     model: str
     started_at: float
+    attempt: int = 0
+    reserved_usd: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -199,7 +215,12 @@ class CostTotals:
     cost_usd: float = 0.0
     input_tokens: int = 0
     output_tokens: int = 0
-    attempts: int = 0
+    attempts: int = 0  # finished attempts
+    #: Attempts sent whose outcome never arrived (in flight, lost with a
+    #: killed worker, or timed out), and their worst-case cost: maybe billed.
+    #: ``cost_usd`` leaves them out; budgets add ``unknown_usd``.
+    unknown_attempts: int = 0
+    unknown_usd: float = 0.0
     #: model -> cost_usd, input_tokens, output_tokens, attempts, completed
     #: (attempts that never reached a model are in the totals only).
     by_model: dict[str, dict[str, float | int]] = field(default_factory=dict)
@@ -300,7 +321,12 @@ class Store(Protocol):
         completed, failed, pending or skipped (a running item of a cancelled
         job) raises ValueError and nothing is written. The attempt row keeps
         the record's state, so ``pending`` there means "this attempt led to a
-        retry"."""
+        retry".
+
+        A ``started`` row with an ``attempt`` that applies also writes that
+        attempt's row, state ``sent``; a record with ``sent`` completes the
+        newest ``sent`` row of its item and attempt number (an older one, of
+        a worker that died, stays ``sent``: outcome unknown)."""
 
     async def release(self, job_id: str, owner: str, item_ids: Sequence[str] | None = None) -> int:
         """Put the items ``owner`` holds ``running`` (every one, or those in
@@ -317,14 +343,26 @@ class Store(Protocol):
         """The stored result text and data of a completed item."""
 
     async def costs(self, job_id: str) -> CostTotals:
-        """Totals over every attempt, failed ones included."""
+        """Totals over every finished attempt, failed ones included, and
+        (``unknown_*``) over attempts whose outcome is unknown."""
 
     async def spend_by_model(self) -> dict[str, float]:
         """USD spent on each model over every job's attempts (a model's
-        ``max_spend_usd`` counts against this)."""
+        ``max_spend_usd`` counts against this), the worst case of attempts
+        whose outcome is unknown included."""
 
     async def attempts(self, job_id: str) -> list[AttemptRow]:
-        """Every finished attempt of the job, in the order they finished."""
+        """Every finished attempt of the job, in the order they finished
+        (attempts still ``sent`` are not listed: see :meth:`costs`)."""
+
+    async def requeue_failed(self, job_id: str, kinds: Collection[str] | None = None) -> int:
+        """Put the job's ``failed`` items (only those whose ``error_kind`` is
+        in ``kinds``, if given) back to ``pending`` in one transaction, ready
+        now, and return how many. Their attempt rows stay; their attempt
+        count goes on, but every earlier attempt becomes free, so each item
+        has its whole ``max_retries`` again, and its retry window restarts
+        (``first_started_at`` is cleared). Held if the job is held; the job's
+        state is the caller's to change. KeyError for an unknown job."""
 
     async def aclose(self) -> None: ...
 

@@ -46,7 +46,7 @@ from storyloom.store.opening import mask_url
 
 DB_NAME = "storyloom.db"
 #: Stored in ``PRAGMA user_version``; bump it (and add a migration) when the schema changes.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_S = 10.0
 SYNCHRONOUS_MODES = ("NORMAL", "FULL")
 #: States an AttemptRecord may move an item to.
@@ -64,6 +64,12 @@ _ITEM_COLUMNS_2 = (
     "deadline REAL",
     "level_since REAL NOT NULL DEFAULT 0",  # when the item got its level: aging counts from it
     "held INTEGER NOT NULL DEFAULT 0",  # 1 while the job is paused or cancelled (see _set_job_state)
+)
+# Version 3's columns of attempts, last for the same reason. An attempt row is
+# written when the request is sent (state 'sent'); its outcome completes it.
+_ATTEMPT_COLUMNS_3 = (
+    "reserved_usd REAL NOT NULL DEFAULT 0",  # the worst-case cost reserved when it was sent
+    "unknown INTEGER NOT NULL DEFAULT 0",  # 1: maybe billed, no usage known (sent, or timed out)
 )
 
 _TABLES = (
@@ -96,7 +102,7 @@ _TABLES = (
         {', '.join(_ITEM_COLUMNS_2)},
         PRIMARY KEY (job_id, item_id)
     )""",
-    """CREATE TABLE IF NOT EXISTS attempts (
+    f"""CREATE TABLE IF NOT EXISTS attempts (
         job_id TEXT NOT NULL,
         item_id TEXT NOT NULL,
         attempt INTEGER NOT NULL,
@@ -110,6 +116,7 @@ _TABLES = (
         started_at REAL NOT NULL,
         finished_at REAL NOT NULL,
         route TEXT,
+        {', '.join(_ATTEMPT_COLUMNS_3)},
         FOREIGN KEY (job_id, item_id) REFERENCES items (job_id, item_id)
     )""",
     """CREATE TABLE IF NOT EXISTS results (
@@ -156,6 +163,10 @@ _INDEXES = (
     # add_job's MAX(qseq) without a scan; unique because it is an order.
     "CREATE UNIQUE INDEX IF NOT EXISTS items_qseq ON items (qseq)",
     "CREATE INDEX IF NOT EXISTS attempts_item ON attempts (job_id, item_id, attempt)",
+)
+# Version 3: the attempts in flight, which an outcome completes.
+_INDEXES_3 = (
+    "CREATE INDEX IF NOT EXISTS attempts_sent ON attempts (job_id, item_id, attempt) WHERE state = 'sent'",
 )
 # INDEXED BY: walking items_claim in order beats items_ready plus a sort,
 # whatever the planner's statistics say.
@@ -229,8 +240,25 @@ WHERE job_id = ? AND item_id = ? AND state = 'running' AND owner = ?
 """
 _INSERT_ATTEMPT = """
 INSERT INTO attempts (job_id, item_id, attempt, model, state, error_kind, error,
-    input_tokens, output_tokens, cost_usd, started_at, finished_at, route)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    input_tokens, output_tokens, cost_usd, started_at, finished_at, route, reserved_usd, unknown)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+_INSERT_SENT = """
+INSERT INTO attempts (job_id, item_id, attempt, model, state, started_at, finished_at, reserved_usd, unknown)
+VALUES (?, ?, ?, ?, 'sent', ?, ?, ?, 1)
+"""
+# The newest 'sent' row of the attempt: an older one with the same number
+# belongs to a worker that died, and stays outcome unknown.
+_COMPLETE_SENT = """
+UPDATE attempts SET model = ?, state = ?, error_kind = ?, error = ?, input_tokens = ?, output_tokens = ?,
+    cost_usd = ?, started_at = ?, finished_at = ?, route = ?, reserved_usd = ?, unknown = ?
+WHERE rowid = (SELECT MAX(rowid) FROM attempts INDEXED BY attempts_sent
+               WHERE job_id = ? AND item_id = ? AND attempt = ? AND state = 'sent')
+"""
+_REQUEUE_FAILED = """
+UPDATE items SET state = 'pending', free_attempts = attempts, first_started_at = NULL, not_before = 0,
+    owner = NULL, held = ?
+WHERE job_id = ? AND state = 'failed' AND (? IS NULL OR error_kind IN (SELECT value FROM json_each(?)))
 """
 _INSERT_RESULT = """
 INSERT OR REPLACE INTO results (job_id, item_id, text, data, created_at) VALUES (?, ?, ?, ?, ?)
@@ -522,10 +550,14 @@ class SQLiteStore:
         result_rows = []
         now = time.time()
         with self._write() as cur:
-            if started:
-                cur.executemany(
-                    _START, [(s.model, s.started_at, s.job_id, s.item_id, owner) for s in started]
-                )
+            sent_rows = []
+            for s in started:
+                cur.execute(_START, (s.model, s.started_at, s.job_id, s.item_id, owner))
+                if cur.rowcount == 1 and s.attempt:
+                    sent_rows.append((s.job_id, s.item_id, s.attempt, s.model, s.started_at, s.started_at,
+                                      s.reserved_usd))
+            if sent_rows:
+                cur.executemany(_INSERT_SENT, sent_rows)
             for rec in records:
                 route = _dumps(rec.route)
                 cur.execute(
@@ -537,10 +569,17 @@ class SQLiteStore:
                 applied.append(ok)
                 if not ok:
                     continue
-                attempt_rows.append(
-                    (rec.job_id, rec.item_id, rec.attempt, rec.model, rec.state, rec.error_kind, rec.error,
-                     rec.input_tokens, rec.output_tokens, rec.cost_usd, rec.started_at, rec.finished_at, route)
-                )
+                if rec.sent:
+                    cur.execute(_COMPLETE_SENT, (
+                        rec.model, rec.state, rec.error_kind, rec.error, rec.input_tokens, rec.output_tokens,
+                        rec.cost_usd, rec.started_at, rec.finished_at, route, rec.reserved_usd,
+                        int(rec.outcome_unknown), rec.job_id, rec.item_id, rec.attempt))
+                if not rec.sent or cur.rowcount != 1:
+                    attempt_rows.append(
+                        (rec.job_id, rec.item_id, rec.attempt, rec.model, rec.state, rec.error_kind, rec.error,
+                         rec.input_tokens, rec.output_tokens, rec.cost_usd, rec.started_at, rec.finished_at,
+                         route, rec.reserved_usd, int(rec.outcome_unknown))
+                    )
                 if rec.state == "completed":
                     text = rec.result_text if rec.result_text is not None else ""
                     result_rows.append((rec.job_id, rec.item_id, text, _dumps(rec.result_data), now))
@@ -588,15 +627,21 @@ class SQLiteStore:
         return (row[0], _loads(row[1])) if row else None
 
     async def costs(self, job_id: str) -> CostTotals:
-        """Totals over every attempt, failed ones included. ``by_model`` leaves
-        out attempts that never reached a model (their tokens still count)."""
+        """Totals over every finished attempt, failed ones included, and over
+        those whose outcome is unknown. ``by_model`` leaves out attempts that
+        never reached a model (their tokens still count)."""
         totals = CostTotals()
         rows = self._conn.execute(
-            "SELECT model, SUM(cost_usd), SUM(input_tokens), SUM(output_tokens), COUNT(*), "
-            "SUM(state = 'completed') FROM attempts WHERE job_id = ? GROUP BY model",
+            "SELECT model, SUM(cost_usd), SUM(input_tokens), SUM(output_tokens), SUM(state != 'sent'), "
+            "SUM(state = 'completed'), SUM(unknown), SUM(reserved_usd * unknown) "
+            "FROM attempts WHERE job_id = ? GROUP BY model",
             (job_id,),
         )
-        for model, cost, tokens_in, tokens_out, attempts, completed in rows:
+        for model, cost, tokens_in, tokens_out, attempts, completed, unknown, unknown_usd in rows:
+            totals.unknown_attempts += unknown
+            totals.unknown_usd += unknown_usd
+            if not attempts:
+                continue  # only sent, nothing finished on this model yet
             totals.cost_usd += cost
             totals.input_tokens += tokens_in
             totals.output_tokens += tokens_out
@@ -613,17 +658,29 @@ class SQLiteStore:
 
     async def spend_by_model(self) -> dict[str, float]:
         rows = self._conn.execute(
-            "SELECT model, SUM(cost_usd) FROM attempts WHERE model IS NOT NULL GROUP BY model")
+            "SELECT model, SUM(cost_usd + reserved_usd * unknown) FROM attempts WHERE model IS NOT NULL GROUP BY model")
         return dict(rows.fetchall())
 
     async def attempts(self, job_id: str) -> list[AttemptRow]:
         """Every finished attempt, by finish time (then insertion order)."""
         rows = self._conn.execute(
             "SELECT item_id, attempt, state, model, started_at, finished_at, error_kind, error, "
-            "input_tokens, output_tokens, cost_usd FROM attempts WHERE job_id = ? ORDER BY finished_at, rowid",
+            "input_tokens, output_tokens, cost_usd FROM attempts WHERE job_id = ? AND state != 'sent' "
+            "ORDER BY finished_at, rowid",
             (job_id,),
         )
         return list(map(AttemptRow._make, rows))
+
+    async def requeue_failed(self, job_id: str, kinds: Collection[str] | None = None) -> int:
+        """Failed items (of ``kinds``, if given) back to pending with a fresh
+        max_retries allowance; their attempt rows stay. KeyError for an unknown job."""
+        chosen = None if kinds is None else _encode(list(kinds))
+        with self._write() as cur:
+            row = cur.execute("SELECT state FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise KeyError(job_id)
+            cur.execute(_REQUEUE_FAILED, (int(row[0] in HELD_JOB_STATES), job_id, chosen, chosen))
+            return cur.rowcount
 
     async def aclose(self) -> None:
         self.close()
@@ -667,10 +724,12 @@ def _create_schema(conn: sqlite3.Connection, path: Path) -> None:
         _check_version(conn, path)
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version == 0:
-            for statement in _TABLES + _INDEXES:
+            for statement in _TABLES + _INDEXES + _INDEXES_3:
                 conn.execute(statement)
-        elif version == 1:
-            _migrate_1_to_2(conn)
+        elif version < SCHEMA_VERSION:  # not if another process got there first
+            if version == 1:
+                _migrate_1_to_2(conn)
+            _migrate_2_to_3(conn)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
@@ -700,6 +759,15 @@ def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
     conn.execute("DROP INDEX items_claim")
     conn.execute("DROP INDEX items_ready")
     for statement in _INDEXES:
+        conn.execute(statement)
+
+
+def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
+    """Attempts recorded when sent: every stored attempt is a finished one,
+    with nothing reserved and its usage known."""
+    for column in _ATTEMPT_COLUMNS_3:
+        conn.execute(f"ALTER TABLE attempts ADD COLUMN {column}")
+    for statement in _INDEXES_3:
         conn.execute(statement)
 
 
