@@ -844,9 +844,10 @@ def folder_of(url: str, state_dir: Path) -> Path:
 async def open_sqlite(url: str, *, state_dir: Path, settings: Any, create: bool) -> SQLiteStore:
     """The :class:`~storyloom.store.StoreOpener` for ``sqlite`` URLs."""
     folder = folder_of(url, state_dir)
+    busy_timeout = _busy_timeout()
     if not create and not (folder / DB_NAME).is_file():
         raise StoreNotFound(f"no store in {folder} (run a job first, or pass --state-dir or --store)", str(folder))
-    return SQLiteStore.open(folder, getattr(settings, "synchronous", "NORMAL"), _busy_timeout())
+    return SQLiteStore.open(folder, getattr(settings, "synchronous", "NORMAL"), busy_timeout)
 
 
 def _busy_timeout() -> float:
