@@ -52,7 +52,7 @@ import jinja2
 
 from storyloom import ConfigError, ErrorKind, ProviderError, hookimpl
 from storyloom.atomic import write_atomic
-from storyloom.document import decode_utf8
+from storyloom.document import LONE_SURROGATE, decode_utf8, find_lone_surrogate
 from storyloom.errors import Location
 from storyloom.job import Item, Job
 from storyloom.jobtype import ItemSite, Result, identifier_problem
@@ -154,6 +154,9 @@ def _input_line(line: str, file: str, number: int) -> dict[str, Any]:
     except ValueError as err:
         column = getattr(err, "colno", 1)
         raise ConfigError(Location(file, number, column), "", f"invalid JSON: {getattr(err, 'msg', err)}") from None
+    lone = find_lone_surrogate(line)
+    if lone is not None:  # json.loads keeps it, and the store could never encode it
+        raise ConfigError(Location(file, number, lone + 1), "", LONE_SURROGATE)
     where = Location(file, number, 1)
     if not isinstance(entry, dict):
         raise ConfigError(where, "", f"expected a request object ({', '.join(_INPUT_KEYS)}), got {describe(entry)}")
