@@ -8,8 +8,8 @@ stderr naming the file, line and column, no traceback, nothing stored.
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -164,3 +164,26 @@ def test_a_closed_pipe_ends_quietly(loom, args, lines):
     assert len(read.splitlines()) == lines
     assert stderr == "", stderr  # no BrokenPipeError traceback, no "Exception ignored"
     assert code == 141
+
+
+# -- every exit code is documented
+
+
+def exit_codes() -> set[int]:
+    """What the CLI can return: each way a batch ends, and the CLI's own EXIT_* codes."""
+    from storyloom import cli as cli_module
+    from storyloom.summary import EXIT_CODES
+
+    own = {value for name, value in vars(cli_module).items() if name.startswith("EXIT_") and isinstance(value, int)}
+    return set(EXIT_CODES.values()) | own
+
+
+def test_every_exit_code_is_in_the_readme_table_and_the_cli_docstring():
+    from storyloom import cli as cli_module
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    rows = {int(code) for code in re.findall(r"^\| (\d+) \|", readme, re.MULTILINE)}
+    assert {0, 1, 2, 3, 4, 5, 130, 141} <= exit_codes()
+    assert rows == exit_codes()
+    for code in exit_codes():
+        assert re.search(rf"\b{code}\b", cli_module.__doc__), code

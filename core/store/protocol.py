@@ -370,7 +370,9 @@ class StoreOpener(Protocol):
       store where there is none. True: create it if needed.
 
     An opener must never put a password in an error message or in
-    ``Store.location``: use :func:`storyloom.store.mask_url`.
+    ``Store.location``: use :func:`storyloom.store.mask_url`. Storage that
+    cannot be used (read-only, full, damaged, locked, unreachable) is a
+    :class:`StoreUnavailable`, from the opener and from every method.
     """
 
     async def __call__(self, url: str, *, state_dir: Path, settings: "Settings", create: bool) -> Store: ...
