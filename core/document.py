@@ -91,14 +91,16 @@ def parse_document(path: Path) -> Document:
     raw = _read_bytes(Path(path), file)
     text = decode_utf8(raw, file)
     is_json = Path(path).suffix.lower() == ".json"
+    source = text
     if is_json:
-        _check_json(text, file)  # YAML would accept what JSON does not: {"a": 1,}
         text = _json_as_yaml(text)
     root = _compose(text, file, is_json)
     if root is None:
         raise ConfigError(Location(file, 1, 1), "", "the file is empty; expected a mapping such as 'job_id: ...'")
     builder = _Builder(file, is_json)
     data = builder.build(root, (), 0)
+    if is_json:
+        _check_json(source, file)  # after YAML's friendlier errors: what is left, YAML accepts and JSON not
     if not isinstance(data, dict):
         raise ConfigError(
             Location(file, *_position(root)), "", f"expected a mapping of keys at the top level, got {describe(data)}"
@@ -150,7 +152,9 @@ def _check_json(text: str, file: str) -> None:
     try:
         json.loads(text)
     except json.JSONDecodeError as err:
-        raise ConfigError(Location(file, err.lineno, err.colno), "", f"invalid JSON: {err.msg}") from None
+        before = text[:err.pos].rstrip()
+        hint = " (a trailing comma?)" if before.endswith(",") and text[err.pos:err.pos + 1] in "]}" else ""
+        raise ConfigError(Location(file, err.lineno, err.colno), "", f"invalid JSON: {err.msg}{hint}") from None
     except RecursionError:  # nested deeper than json can read: the depth limit below says so
         pass
 

@@ -102,10 +102,12 @@ def test_escaped_pairs_and_escaped_backslashes_are_kept(tmp_path):
 
 
 @pytest.mark.parametrize("text,where,what", [
-    ('{"job_id": "j", "job_type": "chapter_writing", "items": [],}\n', "1:60", "Expecting property name"),
-    ('{"job_id": "j",\n "job_type": "chapter_writing",\n "items": [1,]}\n', "3:14", "Expecting value"),
-    ("{'job_id': 'j'}\n", "1:2", "Expecting property name"),
-    ('{"job_id": "j" // a comment\n}\n', "1:16", "Expecting ',' delimiter"),
+    ('{"job_id": "j", "job_type": "chapter_writing", "items": [],}\n', "1:60", "a trailing comma?"),
+    ('{"job_id": "j",\n "job_type": "chapter_writing",\n "items": [1,]}\n', "3:14", "a trailing comma?"),
+    ('{"job_id": "j",\n "job_type": "chapter_writing",\n "items": [],\n}\n', "4:1", "a trailing comma?"),
+    ("{'job_id': 'j', 'job_type': 'chapter_writing', 'items': []}\n", "1:2", "Expecting property name"),
+    ('{"job_id": "j", "job_type": "chapter_writing", "items": [], "title": \'x\'}\n', "1:70",
+     "Expecting value"),
 ])
 def test_a_json_job_file_must_be_strict_json(tmp_path, text, where, what):
     settings(tmp_path)
