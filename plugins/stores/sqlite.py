@@ -681,7 +681,8 @@ del _name, _method
 
 
 _RESTORE = "restore it from a backup, or move it away and use another --state-dir"
-_FREE = "free space there (or raise the file size limit), then run the command again; `storyloom resume JOB_ID` continues a stopped job"
+_FREE = ("free space there (or raise the file size limit), then run the command again; "
+         "`storyloom resume JOB_ID` continues a stopped job")
 #: SQLite's primary result codes for a store that cannot be used: what happened; what to do.
 _FAULTS = {
     sqlite3.SQLITE_BUSY: ("the database is locked by another process (waited {timeout:g}s)",
