@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from storyloom.api import validate_job
 from storyloom.errors import ConfigError
 from storyloom.loader import load_job
 from storyloom.settings import Settings
@@ -46,48 +47,58 @@ def settings(tmp_path: Path) -> None:
 # -- a lone surrogate
 
 
-@pytest.mark.parametrize("command", ["validate", "run", "submit"])
-def test_a_lone_surrogate_in_an_input_line_is_refused_with_its_place(tmp_path, command):
+def test_a_lone_surrogate_in_an_input_line_fails_validate_with_its_place(tmp_path):
     settings(tmp_path)
     (tmp_path / "requests.jsonl").write_text(f"{GOOD_LINE}\n{LONE_LINE}\n", encoding="ascii")
     (tmp_path / "job.yaml").write_text(PROMPTS_JOB)
-    out = cli(command, "job.yaml", cwd=tmp_path)
+    out = cli("validate", "job.yaml", cwd=tmp_path)
     column = LONE_LINE.index("\\ud800") + 1
     assert_usage_error(out, f"requests.jsonl:2:{column}: ", "lone surrogate")
-    assert not (tmp_path / ".storyloom").exists()  # nothing stored, not even an empty store
 
 
-def test_a_surrogate_pair_in_an_input_line_is_one_character(tmp_path):
-    settings(tmp_path)
-    (tmp_path / "requests.jsonl").write_text(GOOD_LINE.replace("hello", "\\ud83d\\ude00") + "\n")
-    (tmp_path / "job.yaml").write_text(PROMPTS_JOB)
-    out = cli("validate", "job.yaml", cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
+@pytest.mark.parametrize("command", ["run", "submit"])
+def test_a_lone_surrogate_in_an_input_line_stores_nothing(loom, command):
+    settings(loom.path)
+    loom.write("requests.jsonl", f"{GOOD_LINE}\n{LONE_LINE}\n")
+    with pytest.raises(ConfigError, match=r"requests.jsonl:2:\d+: a lone surrogate"):
+        getattr(loom, command)(PROMPTS_JOB)
+    assert not loom.state_dir.exists()  # not even an empty store
+
+
+def test_a_surrogate_pair_in_an_input_line_is_one_character(loom):
+    settings(loom.path)
+    loom.write("requests.jsonl", GOOD_LINE.replace("hello", "\\ud83d\\ude00") + "\n")
+    job = validate_job(loom.write("job.yaml", PROMPTS_JOB))
+    assert job.items[0].fields["body"]["messages"][0]["content"] == "\U0001F600"
+
+
+def validation_error(path: Path) -> str:
+    with pytest.raises(ConfigError) as info:
+        validate_job(path)
+    return str(info.value)
 
 
 @pytest.mark.parametrize("name,text,where", [
     ("job.yaml", 'job_id: j\njob_type: chapter_writing\nitems:\n  - {item_id: a, project_id: p, chapter_num: 1,'
-                 ' title: "a \\ud800 b"}\n', "job.yaml:4:"),
+                 ' title: "a \\ud800 b"}\n', "4:"),
     ("job.json", '{"job_id": "j", "job_type": "chapter_writing",\n "items": [{"item_id": "a", "project_id": "p",'
-                 ' "chapter_num": 1, "title": "\\udc00"}]}\n', "job.json:2:"),
-    ("job.json", '{"job_id": "j", "job_type": "chapter_writing", "\\ud800": 1,\n "items": []}\n', "job.json:1:"),
+                 ' "chapter_num": 1, "title": "\\udc00"}]}\n', "2:"),
+    ("job.json", '{"job_id": "j", "job_type": "chapter_writing", "\\ud800": 1,\n "items": []}\n', "1:"),
 ])
-def test_a_lone_surrogate_in_a_job_file_is_refused_not_changed(tmp_path, name, text, where):
-    settings(tmp_path)
-    (tmp_path / name).write_text(text, encoding="ascii")
-    out = cli("validate", name, cwd=tmp_path)
-    assert_usage_error(out, where, "lone surrogate")
+def test_a_lone_surrogate_in_a_job_file_is_refused_not_changed(loom, name, text, where):
+    settings(loom.path)
+    message = validation_error(loom.write(name, text))
+    assert message.startswith(f"{loom.path / name}:{where}") and "lone surrogate" in message, message
 
 
-def test_a_lone_surrogate_in_the_settings_file_names_it(tmp_path):
-    settings(tmp_path)
-    path = tmp_path / "storyloom.yaml"
+def test_a_lone_surrogate_in_the_settings_file_names_it(loom):
+    settings(loom.path)
+    path = loom.path / "storyloom.yaml"
     path.write_text(path.read_text() + 'description: "\\udfff"\n')
-    (tmp_path / "job.yaml").write_text("job_id: j\njob_type: chapter_writing\nitems:\n"
-                                       "  - {item_id: a, project_id: p, chapter_num: 1}\n")
-    out = cli("validate", "job.yaml", cwd=tmp_path)
+    message = validation_error(loom.write("job.yaml", "job_id: j\njob_type: chapter_writing\nitems:\n"
+                                                      "  - {item_id: a, project_id: p, chapter_num: 1}\n"))
     line = path.read_text().splitlines().index('description: "\\udfff"') + 1
-    assert_usage_error(out, f"{path}:{line}:", "lone surrogate")
+    assert message.startswith(f"{path}:{line}:") and "lone surrogate" in message, message
 
 
 def test_escaped_pairs_and_escaped_backslashes_are_kept(tmp_path):
@@ -109,11 +120,17 @@ def test_escaped_pairs_and_escaped_backslashes_are_kept(tmp_path):
     ('{"job_id": "j", "job_type": "chapter_writing", "items": [], "title": \'x\'}\n', "1:70",
      "Expecting value"),
 ])
-def test_a_json_job_file_must_be_strict_json(tmp_path, text, where, what):
+def test_a_json_job_file_must_be_strict_json(loom, text, where, what):
+    settings(loom.path)
+    message = validation_error(loom.write("job.json", text))
+    assert message.startswith(f"{loom.path / 'job.json'}:{where}: invalid JSON: ") and what in message, message
+
+
+def test_a_trailing_comma_is_exit_2_from_the_command(tmp_path):
     settings(tmp_path)
-    (tmp_path / "job.json").write_text(text)
+    (tmp_path / "job.json").write_text('{"job_id": "j", "job_type": "chapter_writing", "items": [],}\n')
     out = cli("validate", "job.json", cwd=tmp_path)
-    assert_usage_error(out, f"job.json:{where}: ", "invalid JSON", what)
+    assert_usage_error(out, "job.json:1:60: ", "invalid JSON", "a trailing comma?")
 
 
 def test_strict_json_keeps_positions_of_later_errors(tmp_path):

@@ -99,6 +99,7 @@ def test_a_garbage_database_is_exit_5_and_left_as_it_was(tmp_path, command):
     assert sorted(p.name for p in db.parent.iterdir()) == [DB_NAME]
 
 
+@pytest.mark.slow
 def test_a_truncated_database_is_exit_5(tmp_path):
     project(tmp_path, n=40)
     assert cli("run", "jobs/cli-job.yaml", cwd=tmp_path).returncode == 0
@@ -126,6 +127,7 @@ def hold_write_lock(db: Path) -> sqlite3.Connection:
     return conn
 
 
+@pytest.mark.slow
 def test_a_locked_database_is_exit_5_and_nothing_is_stored(tmp_path):
     project(tmp_path, job_id="first")
     assert cli("run", "jobs/first.yaml", cwd=tmp_path).returncode == 0
@@ -244,6 +246,7 @@ def test_a_full_tmpfs_state_folder_is_exit_5_and_resume_completes_once_there_is_
 # -- a read-only state folder
 
 
+@pytest.mark.slow
 def test_a_read_only_tmpfs_state_folder_is_exit_5(tmp_path, tmpfs):
     project(tmp_path, job_id="first")
     state = tmpfs / "state"
