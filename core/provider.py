@@ -25,7 +25,7 @@ both contracts once (:func:`check_factory` when the settings are resolved,
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Protocol, runtime_checkable
 
 from .errors import ConfigError, UsageError
@@ -60,6 +60,17 @@ class Response:
     output_tokens: int
     finish_reason: str = "stop"
     model: str | None = None  # the provider's model id that answered
+
+
+def well_formed(response: Response) -> Response:
+    """``response`` with any lone surrogate in its text (a JSON reply may
+    escape half a pair) replaced by U+FFFD: text the store and files can hold."""
+    text = response.text
+    if isinstance(text, str) and not text.isascii():
+        fixed = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        if fixed != text:
+            return replace(response, text=fixed)
+    return response
 
 
 def merge_options(spec: "ModelSpec", defaults: Mapping[str, Any], provider: str) -> dict[str, Any]:

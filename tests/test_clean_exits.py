@@ -21,7 +21,10 @@ from storyloom.errors import ConfigError
 from storyloom.loader import load_job
 from storyloom.settings import Settings
 from test_cli import cli, project
+from fakeprovider import fake_provider  # noqa: F401
 from test_loader import KNOWN
+from test_prompts import BATCH_INPUT, write_jsonl
+from test_prompts import settings as prompts_settings
 
 PROMPTS_JOB = "job_id: lone\njob_type: prompts\ninput: requests.jsonl\n"
 GOOD_LINE = ('{"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions", '
@@ -107,6 +110,19 @@ def test_escaped_pairs_and_escaped_backslashes_are_kept(tmp_path):
                     '"chapter_num": 1, "title": "\\ud83d\\ude00 \\\\ud800"}]}')
     job = load_job(path, Settings(), KNOWN)
     assert job.items[0].fields["title"] == "\U0001F600 \\ud800"
+
+
+def test_a_lone_surrogate_in_a_model_reply_is_stored_as_a_replacement_character(loom, fake_provider):
+    """A provider's text is data: half a surrogate pair cannot be stored as
+    UTF-8, so it becomes U+FFFD rather than crash the run."""
+    fake_provider.configure("m1", text="broken \ud800 reply")
+    loom.write("storyloom.yaml", prompts_settings(fake_provider))
+    write_jsonl(loom, BATCH_INPUT[:2])
+    result = loom.run("job_id: replies\njob_type: prompts\ninput: requests.jsonl\n")
+    result.assert_outcomes(completed=2)
+    stored = loom.read(lambda store: store.result("replies", "request-1"))
+    assert stored[0] == "broken \ufffd reply"
+    assert (loom.out_dir / "replies" / "request-1.txt").read_text(encoding="utf-8") == "broken \ufffd reply"
 
 
 # -- strict JSON
