@@ -23,7 +23,7 @@ from .events import Event
 from .job import Item
 from .jobtype import event_fields
 from .pool import NoModelLeft, spend_cap_reached
-from .provider import Request
+from .provider import Request, well_formed
 from .routing import AttrMap, LazyMap, RouteContext
 from .store import ClaimedItem, StartRecord
 from .tokens import estimate_request_tokens
@@ -105,6 +105,7 @@ async def run_attempt(batch: "Batch", claimed: ClaimedItem, item: Item) -> Outco
                                 f"no reply within timeout_per_item ({plan.timeout_per_item:g}s)") from None
         finally:
             state.in_flight -= 1
+        response = well_formed(response)  # a model's text is data; half a surrogate pair must not crash the store
         state.limiter.reconcile(tpm_cost, response.input_tokens + response.output_tokens)
         state.calibrator.observe(estimated_prompt, response.input_tokens)
         cost = spec.price.cost(response.input_tokens, response.output_tokens)

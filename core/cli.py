@@ -1,15 +1,18 @@
 """The ``storyloom`` command.
 
 Exit codes: 0 all completed, 1 finished with failed items, 2 bad input or
-usage, 3 paused (by policy, budget or an operator), 4 cancelled, 6 an output
-could not be written or is missing (the store has it: ``storyloom outputs
-JOB_ID --rebuild``), 130 interrupted.
+usage, 3 paused (by policy, budget or an operator), 4 cancelled, 5 the
+store cannot be used (its folder read-only or full, its database damaged or
+locked), 6 an output could not be written or is missing (the store has it:
+``storyloom outputs JOB_ID --rebuild``), 130 interrupted, 141 standard output
+closed early (``| head``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,9 +25,13 @@ from .atomic import write_atomic
 from .config import Options
 from .errors import ConfigError, UsageError
 from .outputs import missing_line, problem_line
+from .store import StoreUnavailable
 from .summary import EXIT_OUTPUTS, Summary
 
 EXIT_USAGE = 2
+EXIT_STORE = 5
+#: 128 + SIGPIPE, as a shell reports a command whose reader went away.
+EXIT_BROKEN_PIPE = 141
 
 
 class _Parser(argparse.ArgumentParser):
@@ -105,13 +112,24 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return code
     except UsageError as exc:
         print(f"storyloom: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except StoreUnavailable as exc:
+        print(f"storyloom: error: {exc}", file=sys.stderr)
+        return EXIT_STORE
     except KeyboardInterrupt:  # before the kernel's own handler is in place
         print("storyloom: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader left (`storyloom status | head -1`). Point stdout at devnull so
+        # that the interpreter's final flush does not fail again (Python's docs, "SIGPIPE").
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 def _options(args: argparse.Namespace) -> Options:

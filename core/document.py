@@ -22,8 +22,9 @@ from .durations import parse_duration
 from .errors import ConfigError, Location
 from .wording import describe, format_path
 
-__all__ = ["MAX_DEPTH", "MAX_FILE_BYTES", "MAX_NODES", "Document", "PathKey", "decode_utf8", "duration_at",
-           "error_at", "int_or_none", "locate", "parse_document", "parse_json_text", "value_at"]
+__all__ = ["MAX_DEPTH", "MAX_FILE_BYTES", "MAX_NODES", "LONE_SURROGATE", "Document", "PathKey", "decode_utf8",
+           "duration_at", "error_at", "find_lone_surrogate", "int_or_none", "locate", "parse_document",
+           "parse_json_text", "value_at"]
 
 #: Limits that make hostile or broken files fail fast instead of eating memory.
 MAX_FILE_BYTES = 10 * 1024 * 1024
@@ -91,6 +92,7 @@ def parse_document(path: Path) -> Document:
     raw = _read_bytes(Path(path), file)
     text = decode_utf8(raw, file)
     is_json = Path(path).suffix.lower() == ".json"
+    source = text
     if is_json:
         text = _json_as_yaml(text)
     root = _compose(text, file, is_json)
@@ -98,6 +100,8 @@ def parse_document(path: Path) -> Document:
         raise ConfigError(Location(file, 1, 1), "", "the file is empty; expected a mapping such as 'job_id: ...'")
     builder = _Builder(file, is_json)
     data = builder.build(root, (), 0)
+    if is_json:
+        _check_json(source, file)  # after YAML's friendlier errors: what is left, YAML accepts and JSON not
     if not isinstance(data, dict):
         raise ConfigError(
             Location(file, *_position(root)), "", f"expected a mapping of keys at the top level, got {describe(data)}"
@@ -160,6 +164,19 @@ def decode_utf8(raw: bytes, file: str) -> str:
 # and these characters only inside strings (where the escape means the same),
 # but YAML refuses tabs there and reads the others as line breaks.
 _JSON_ESCAPE_RE = re.compile("[\x7f-\x9f\u2028\u2029]")
+
+
+def _check_json(text: str, file: str) -> None:
+    """A ConfigError at the first place ``text`` is not strict JSON (a trailing
+    comma, a comment, single quotes); values are checked later, with positions."""
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as err:
+        before = text[:err.pos].rstrip()
+        hint = " (a trailing comma?)" if before.endswith(",") and text[err.pos:err.pos + 1] in "]}" else ""
+        raise ConfigError(Location(file, err.lineno, err.colno), "", f"invalid JSON: {err.msg}{hint}") from None
+    except RecursionError:  # nested deeper than json can read: the depth limit below says so
+        pass
 
 
 def _json_as_yaml(text: str) -> str:
@@ -279,7 +296,7 @@ class _Builder:
         if isinstance(value, float) and not math.isfinite(value):
             raise self.error(node, path, f"expected a finite number, got {node.value!r}")
         if isinstance(value, str):
-            value = _join_surrogates(value)
+            value = self.text(node, path, value)
         elif node.style is None:
             self.plain[path] = node.value
         return value
@@ -340,17 +357,56 @@ class _Builder:
         key = self._scalar_value(node, path)
         if not isinstance(key, str):
             raise self.error(node, path, f"mapping keys must be strings; quote the key \"{node.value}\"")
-        return _join_surrogates(key)
+        return self.text(node, path, key)
+
+    def text(self, node: yaml.Node, path: PathKey, value: str) -> str:
+        """A string with escaped surrogate pairs joined; a lone one is an error,
+        not a '?': storing it would fail, and changing it would alter the data."""
+        joined = _join_surrogates(value)
+        if joined is None:
+            raise self.error(node, path, LONE_SURROGATE)
+        return joined
 
 
-def _join_surrogates(text: str) -> str:
-    """JSON writes characters outside the BMP as two \\u escapes; join them."""
-    if not any("\ud800" <= ch <= "\udfff" for ch in text):
+#: The message for text holding half of a UTF-16 surrogate pair.
+LONE_SURROGATE = ("a lone surrogate escape (\\ud800-\\udfff without its pair) is not text; "
+                  "write the character itself, or both halves of its pair")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_ESCAPE = re.compile(r"\\(?:u([0-9a-fA-F]{4})|.)", re.DOTALL)
+
+
+def _join_surrogates(text: str) -> str | None:
+    """JSON writes characters outside the BMP as two \\u escapes; join them.
+    None if a lone surrogate is left."""
+    if not _SURROGATE.search(text):
         return text
     try:
         return text.encode("utf-16", "surrogatepass").decode("utf-16")
     except UnicodeDecodeError:
-        return text.encode("utf-8", "replace").decode("utf-8")  # a lone surrogate: keep it visible as '?'
+        return None
+
+
+def find_lone_surrogate(json_text: str) -> int | None:
+    """The 0-based index in ``json_text`` (JSON source) of the first ``\\uXXXX``
+    escape that is half a surrogate pair without its other half, or None."""
+    pending_high: int | None = None  # index of a high surrogate escape awaiting its low half
+    end = -1
+    for match in _ESCAPE.finditer(json_text):
+        code = int(match[1], 16) if match[1] else None
+        adjacent = match.start() == end
+        end = match.end()
+        if pending_high is not None:
+            if adjacent and code is not None and 0xDC00 <= code <= 0xDFFF:
+                pending_high = None
+                continue
+            return pending_high
+        if code is None:
+            continue
+        if 0xD800 <= code <= 0xDBFF:
+            pending_high = match.start()
+        elif 0xDC00 <= code <= 0xDFFF:
+            return match.start()
+    return pending_high
 
 
 # -- located values, for the stages after parsing

@@ -183,7 +183,9 @@ def loom_register_stores(register: Callable[[str, Callable[..., Any]], None]) ->
         the bare scheme, meaning the backend's default place); with
         ``create=False`` the opener raises
         :class:`storyloom.store.StoreNotFound` instead of creating a store.
-        Schemes are matched in lower case.
+        Storage that cannot be used is a
+        :class:`storyloom.store.StoreUnavailable`, from the opener and from
+        every store method. Schemes are matched in lower case.
 
     Duplicate schemes raise :class:`storyloom.UsageError`.
     """

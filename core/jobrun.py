@@ -231,7 +231,12 @@ class JobRun:
         """Queue an attempt's start for the next group commit and wait until
         it is on disk: a request is sent only once its attempt is recorded."""
         sending = Sending(record, trio.Event())
-        await self.worker.send(sending)
+        try:
+            await self.worker.send(sending)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            # The writer is gone (the store failed): its error is on its way
+            # up and cancels this task; sending nothing meanwhile is right.
+            await trio.sleep_forever()
         await sending.written.wait()
 
     def emit(self, event: Event) -> None:

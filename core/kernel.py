@@ -42,7 +42,7 @@ from .jobrun import JobRun, Sending
 from .jobtype import Result
 from .pool import ModelPool
 from .provider import check_provider
-from .store import AttemptRecord, ClaimedItem, StartRecord, Store
+from .store import AttemptRecord, ClaimedItem, StartRecord, Store, StoreUnavailable
 from .store.owner import make_owner, owner_alive
 from .summary import Summary
 
@@ -174,6 +174,7 @@ class Worker:
     async def run(self, store: Store) -> list[Summary]:
         """Run until done; return the summaries of the job runs that ended."""
         self.store = store
+        fault: StoreUnavailable | None = None
         try:
             async with trio.open_nursery() as outer:
                 self._background = outer
@@ -196,12 +197,22 @@ class Worker:
             # Bad input met only once running (a sink factory refusing its
             # options, say): callers get the plain error, and the CLI one line.
             raise _first(group) from None
+        except* StoreUnavailable as group:
+            # The store failed (disk full, locked, damaged): one error, which the CLI maps to exit 5.
+            fault = _first(group)
+            raise fault from None
         finally:
             with trio.CancelScope(shield=True):
                 for run in self.runs.values():  # cancelled from outside, or an error escaped
-                    await store.release(run.job_id, self.owner)
-                    if run.summary is None:
-                        await store.set_job_state(run.job_id, "interrupted", "the run was cancelled")
+                    reason = f"the store failed: {fault.reason}" if fault else "the run was cancelled"
+                    try:
+                        await store.release(run.job_id, self.owner)
+                        if run.summary is None:
+                            await store.set_job_state(run.job_id, "interrupted", reason)
+                    except StoreUnavailable:
+                        # Left running; its owner (this process) is gone when the next
+                        # resume or work recovers it, so it continues as if interrupted.
+                        pass
                 for provider in self.providers.values():
                     try:
                         await provider.aclose()
@@ -472,7 +483,7 @@ def _record(run: JobRun, item: Item, outcome: Outcome, started_wall: float) -> A
     )
 
 
-def _first(group: BaseExceptionGroup[UsageError]) -> UsageError:
+def _first(group: BaseExceptionGroup[Any]) -> Any:
     """The first error of a (possibly nested) group of nursery errors."""
     error = group.exceptions[0]
     return _first(error) if isinstance(error, BaseExceptionGroup) else error

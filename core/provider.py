@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Protocol, runtime_checkable
 
 from .document import PathKey, locate
@@ -82,6 +82,17 @@ def spec_error(spec: "ModelSpec", key: PathKey, message: str, *, at_key: bool = 
     path = ("models", spec.name, *key)
     where = locate(spec.source, path, key=at_key) if spec.source else Location("<built-in settings>")
     return ConfigError(where, format_path(path), message)
+
+
+def well_formed(response: Response) -> Response:
+    """``response`` with any lone surrogate in its text (a JSON reply may
+    escape half a pair) replaced by U+FFFD: text the store and files can hold."""
+    text = response.text
+    if isinstance(text, str) and not text.isascii():
+        fixed = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        if fixed != text:
+            return replace(response, text=fixed)
+    return response
 
 
 def merge_options(spec: "ModelSpec", defaults: Mapping[str, Any], provider: str) -> dict[str, Any]:

@@ -57,7 +57,7 @@ from typing import Any
 import jinja2
 
 from storyloom import ConfigError, ErrorKind, ProviderError, hookimpl
-from storyloom.document import decode_utf8, locate
+from storyloom.document import LONE_SURROGATE, decode_utf8, find_lone_surrogate, locate
 from storyloom.errors import Location
 from storyloom.inputfile import InputFile
 from storyloom.document import error_at
@@ -159,6 +159,9 @@ def _input_line(line: str, file: str, number: int) -> dict[str, Any]:
     except ValueError as err:
         column = getattr(err, "colno", 1)
         raise ConfigError(Location(file, number, column), "", f"invalid JSON: {getattr(err, 'msg', err)}") from None
+    lone = find_lone_surrogate(line)
+    if lone is not None:  # json.loads keeps it, and the store could never encode it
+        raise ConfigError(Location(file, number, lone + 1), "", LONE_SURROGATE)
     where = Location(file, number, 1)
     if not isinstance(entry, dict):
         raise ConfigError(where, "", f"expected a request object ({', '.join(_INPUT_KEYS)}), got {describe(entry)}")

@@ -534,7 +534,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(status, body, extra=headers)
 
     def _send_json(self, status: int, body: Any, extra: dict[str, str] | None = None) -> None:
-        data = json.dumps(body, ensure_ascii=False).encode()
+        try:
+            data = json.dumps(body, ensure_ascii=False).encode()
+        except UnicodeEncodeError:  # a lone surrogate in a configured text: JSON can still send it escaped
+            data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(data)))

@@ -18,6 +18,7 @@ from .protocol import (
     Store,
     StoreNotFound,
     StoreOpener,
+    StoreUnavailable,
     StoreVersionError,
 )
 from .opening import DEFAULT_STORE, STORE_ENV, mask_url, open_store, open_store_url, url_scheme
@@ -40,6 +41,7 @@ __all__ = [
     "Store",
     "StoreNotFound",
     "StoreOpener",
+    "StoreUnavailable",
     "StoreVersionError",
     "DEFAULT_STORE",
     "STORE_ENV",

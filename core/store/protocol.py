@@ -63,6 +63,25 @@ class StoreVersionError(UsageError):
     """The store was written by a newer storyloom, with a schema this one does not know."""
 
 
+class StoreUnavailable(Exception):
+    """The store cannot be used: its folder is read-only or full, its database
+    damaged (truncated, garbage) or locked by another process for longer than
+    the backend waits.
+
+    ``path`` is the file or folder at fault (never a secret: a URL is masked),
+    ``reason`` what happened, ``hint`` what the operator can do. A backend
+    raises it from any method and from its opener, after rolling back: what
+    was committed before stays, nothing is half-written. The CLI prints
+    ``storyloom: error: PATH: REASON; HINT`` and exits 5.
+    """
+
+    def __init__(self, path: str, reason: str, hint: str) -> None:
+        super().__init__(f"{path}: {reason}; {hint}")
+        self.path = str(path)
+        self.reason = reason
+        self.hint = hint
+
+
 @dataclass(frozen=True)
 class JobRow:
     job_id: str
@@ -389,7 +408,9 @@ class StoreOpener(Protocol):
       store where there is none. True: create it if needed.
 
     An opener must never put a password in an error message or in
-    ``Store.location``: use :func:`storyloom.store.mask_url`.
+    ``Store.location``: use :func:`storyloom.store.mask_url`. Storage that
+    cannot be used (read-only, full, damaged, locked, unreachable) is a
+    :class:`StoreUnavailable`, from the opener and from every method.
     """
 
     async def __call__(self, url: str, *, state_dir: Path, settings: "Settings", create: bool) -> Store: ...

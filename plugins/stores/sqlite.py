@@ -11,6 +11,9 @@ waits on the busy timeout instead of failing, and readers never block.
 
 from __future__ import annotations
 
+import errno
+import functools
+import inspect
 import json
 import os
 import sqlite3
@@ -39,6 +42,7 @@ from storyloom.store.protocol import (
     RunningRow,
     StartRecord,
     StoreNotFound,
+    StoreUnavailable,
     StoreVersionError,
 )
 from storyloom.errors import UsageError
@@ -48,6 +52,8 @@ DB_NAME = "storyloom.db"
 #: Stored in ``PRAGMA user_version``; bump it (and add a migration) when the schema changes.
 SCHEMA_VERSION = 3
 BUSY_TIMEOUT_S = 10.0
+#: Seconds to wait for another process's write lock, instead of BUSY_TIMEOUT_S.
+BUSY_TIMEOUT_ENV = "STORYLOOM_SQLITE_BUSY_TIMEOUT"
 SYNCHRONOUS_MODES = ("NORMAL", "FULL")
 #: States an AttemptRecord may move an item to.
 RECORD_STATES = ("completed", "failed", "pending", "skipped")
@@ -300,24 +306,39 @@ class SQLiteStore:
         self.path = path
         #: The state folder, as given (``Store.location``).
         self.location = str(path.parent)
+        self._busy_timeout = BUSY_TIMEOUT_S  # for messages: how long a locked write waited
 
     @classmethod
-    def open(cls, state_dir: str | os.PathLike[str], synchronous: str = "NORMAL") -> "SQLiteStore":
+    def open(cls, state_dir: str | os.PathLike[str], synchronous: str = "NORMAL",
+             busy_timeout: float = BUSY_TIMEOUT_S) -> "SQLiteStore":
         """Open (creating if needed) ``state_dir/storyloom.db``.
 
         ``synchronous`` is ``NORMAL`` (durable across process crashes) or
         ``FULL`` (also across power loss); anything else is a ValueError.
-        Raises :class:`StoreVersionError` if the file has a newer schema.
+        ``busy_timeout`` is how many seconds a write waits for another
+        process's lock. Raises :class:`StoreVersionError` if the file has a
+        newer schema, :class:`StoreUnavailable` if the folder or file cannot
+        be used (so does every method later).
         """
         mode = synchronous.upper() if isinstance(synchronous, str) else synchronous
         if mode not in SYNCHRONOUS_MODES:
             raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, not {synchronous!r}")
         folder = Path(state_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / DB_NAME
-        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         try:
-            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _folder_unavailable(exc, folder) from None
+        path = folder / DB_NAME
+        try:
+            return cls._connect(path, mode, busy_timeout)
+        except sqlite3.Error as exc:
+            raise _unavailable(exc, path, busy_timeout) or exc from None
+
+    @classmethod
+    def _connect(cls, path: Path, mode: str, busy_timeout: float) -> "SQLiteStore":
+        conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
             _check_version(conn, path)
             journal = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if journal.lower() != "wal":
@@ -328,7 +349,9 @@ class SQLiteStore:
         except BaseException:
             conn.close()
             raise
-        return cls(conn, path)
+        store = cls(conn, path)
+        store._busy_timeout = busy_timeout
+        return store
 
     # -- transactions
 
@@ -342,7 +365,10 @@ class SQLiteStore:
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:  # a failed disk may refuse this too; SQLite rolls back on close
+                    pass
             raise
 
     # -- jobs
@@ -690,6 +716,86 @@ class SQLiteStore:
         self._conn.close()
 
 
+def _translating(method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` with the SQLite errors that mean "this store cannot be used"
+    raised as :class:`StoreUnavailable`; other errors (bugs) pass unchanged."""
+
+    @functools.wraps(method)
+    async def translated(self: SQLiteStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise _unavailable(exc, self.path, self._busy_timeout) or exc from None
+
+    return translated
+
+
+# Every Store method, so that core meets StoreUnavailable, never sqlite3.
+for _name, _method in list(vars(SQLiteStore).items()):
+    if not _name.startswith("_") and inspect.iscoroutinefunction(_method):
+        setattr(SQLiteStore, _name, _translating(_method))
+del _name, _method
+
+
+_RESTORE = "restore it from a backup, or move it away and use another --state-dir"
+_FREE = ("free space there (or raise the file size limit), then run the command again; "
+         "`storyloom resume JOB_ID` continues a stopped job")
+#: SQLite's primary result codes for a store that cannot be used: what happened; what to do.
+_FAULTS = {
+    sqlite3.SQLITE_BUSY: ("the database is locked by another process (waited {timeout:g}s)",
+                          "wait for that process to finish or stop it, then run the command again"),
+    sqlite3.SQLITE_LOCKED: ("the database is locked (waited {timeout:g}s)",
+                            "wait for the other process to finish or stop it, then run the command again"),
+    sqlite3.SQLITE_READONLY: ("the database cannot be written (read-only file or folder)",
+                              "make the state folder writable, or use another --state-dir"),
+    sqlite3.SQLITE_FULL: ("the disk is full", _FREE),
+    sqlite3.SQLITE_IOERR: ("reading or writing the database failed (disk full or failing?)", _FREE),
+    sqlite3.SQLITE_CORRUPT: ("the database is damaged (truncated or corrupt)", _RESTORE),
+    sqlite3.SQLITE_NOTADB: ("the file is not a storyloom database (garbage or another format)", _RESTORE),
+    sqlite3.SQLITE_CANTOPEN: ("cannot open the database file",
+                              "check that the state folder exists and is writable, or use another --state-dir"),
+    sqlite3.SQLITE_PROTOCOL: ("the database's lock files cannot be used",
+                              "check the state folder is on a local, writable disk, then run the command again"),
+    sqlite3.SQLITE_NOMEM: ("SQLite ran out of memory", "free memory, then run the command again"),
+}
+
+
+def _unavailable(exc: sqlite3.Error, path: Path, timeout: float) -> StoreUnavailable | None:
+    """The StoreUnavailable an SQLite error means, or None if it means a bug."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    fault = _FAULTS.get(code & 0xFF) if isinstance(code, int) else None
+    if fault is None:
+        return None
+    reason, hint = fault
+    if _read_only(path.parent) and code & 0xFF in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN,
+                                                   sqlite3.SQLITE_IOERR):
+        reason, hint = _FOLDER_FAULTS[errno.EROFS]
+    return StoreUnavailable(str(path), reason.format(timeout=timeout), hint)
+
+
+def _read_only(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # no statvfs on Windows
+        return False
+
+
+_FOLDER_FAULTS = {
+    errno.EROFS: ("the file system is read-only", "remount it writable, or use another --state-dir"),
+    errno.EACCES: ("permission denied", "make the state folder writable, or use another --state-dir"),
+    errno.EPERM: ("permission denied", "make the state folder writable, or use another --state-dir"),
+    errno.ENOTDIR: ("a part of the path is a file, not a folder", "use another --state-dir"),
+    errno.EEXIST: ("a file is in the way of the folder", "use another --state-dir"),
+    errno.ENOSPC: ("the disk is full", _FREE),
+    errno.EDQUOT: ("the disk quota is exceeded", _FREE),
+}
+
+
+def _folder_unavailable(exc: OSError, folder: Path) -> StoreUnavailable:
+    reason, hint = _FOLDER_FAULTS.get(exc.errno, (exc.strerror or str(exc), "use another --state-dir"))
+    return StoreUnavailable(str(folder), f"cannot create the state folder: {reason}", hint)
+
+
 def _check_version(conn: sqlite3.Connection, path: Path) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
@@ -807,9 +913,23 @@ def folder_of(url: str, state_dir: Path) -> Path:
 async def open_sqlite(url: str, *, state_dir: Path, settings: Any, create: bool) -> SQLiteStore:
     """The :class:`~storyloom.store.StoreOpener` for ``sqlite`` URLs."""
     folder = folder_of(url, state_dir)
+    busy_timeout = _busy_timeout()
     if not create and not (folder / DB_NAME).is_file():
         raise StoreNotFound(f"no store in {folder} (run a job first, or pass --state-dir or --store)", str(folder))
-    return SQLiteStore.open(folder, getattr(settings, "synchronous", "NORMAL"))
+    return SQLiteStore.open(folder, getattr(settings, "synchronous", "NORMAL"), busy_timeout)
+
+
+def _busy_timeout() -> float:
+    text = os.environ.get(BUSY_TIMEOUT_ENV, "").strip()
+    if not text:
+        return BUSY_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise UsageError(f"${BUSY_TIMEOUT_ENV} must be a number of seconds >= 0, not {text!r}")
+    return value
 
 
 @hookimpl
