@@ -112,7 +112,7 @@ def test_the_quick_check_agrees_with_the_full_one(body):
     from storyloom.plugins.support import chatbody
 
     full = not any(any(True for _ in validator.iter_errors(value_at({"body": body}, prefix)))
-                   for prefix, validator in [(("body",), chatbody._REQUEST), (("body",), chatbody._LIMITS),
+                   for prefix, validator in [(("body",), chatbody._validators().request), (("body",), chatbody._validators().limits),
                                              *chatbody._message_parts(body)])
     assert chatbody._valid(body) == full
     text = json.dumps({"body": body})

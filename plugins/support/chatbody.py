@@ -18,9 +18,10 @@ allows, a string.
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.resources
 import json
-from typing import Any
+from typing import Any, NamedTuple
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
@@ -111,11 +112,26 @@ LIMITS: dict[str, Any] = {
         }}},
     },
 }
-_relaxed, _by_role = _checkable(REQUEST_SCHEMA)
-_REQUEST = compile_schema(_relaxed, "the OpenAI chat request schema")
-_ROLES = {role: compile_schema(variant, f"the OpenAI {role} message schema") for role, variant in _by_role.items()}
-_LIMITS = compile_schema(LIMITS, "storyloom's chat request limits")
-_LIMITS_MESSAGE = compile_schema(LIMITS["properties"]["messages"]["items"], "storyloom's chat message limits")
+class _Validators(NamedTuple):
+    request: Draft202012Validator
+    roles: dict[str, Draft202012Validator]
+    limits: Draft202012Validator
+    limits_message: Draft202012Validator
+
+
+@functools.cache
+def _validators() -> _Validators:
+    """Compiled on the first body checked, not at import: every command imports
+    the prompts plugin, and compiling OpenAI's schema takes a good part of a second."""
+    relaxed, by_role = _checkable(REQUEST_SCHEMA)
+    return _Validators(
+        request=compile_schema(relaxed, "the OpenAI chat request schema"),
+        roles={role: compile_schema(variant, f"the OpenAI {role} message schema") for role, variant in by_role.items()},
+        limits=compile_schema(LIMITS, "storyloom's chat request limits"),
+        limits_message=compile_schema(LIMITS["properties"]["messages"]["items"], "storyloom's chat message limits"),
+    )
+
+
 #: Verdicts by JSON text: a Batch file repeats its settings and system message on every line.
 _SEEN: dict[str, bool] = {}
 _SEEN_MAX = 4096
@@ -127,8 +143,9 @@ def _message_parts(body: dict[str, Any]) -> list[tuple[tuple[str | int, ...], Dr
     messages = body.get("messages")
     if not isinstance(messages, list):
         return []
-    return [(("body", "messages", i), _ROLES[m["role"]]) for i, m in enumerate(messages)
-            if isinstance(m, dict) and isinstance(m.get("role"), str) and m["role"] in _ROLES]
+    roles = _validators().roles
+    return [(("body", "messages", i), roles[m["role"]]) for i, m in enumerate(messages)
+            if isinstance(m, dict) and isinstance(m.get("role"), str) and m["role"] in roles]
 
 
 def _seen(key: str, check: Any) -> bool:
@@ -151,14 +168,15 @@ def _valid(body: dict[str, Any]) -> bool:
     rest = {key: value for key, value in body.items() if key != "messages"}
     stand_in = {**rest, "messages": list(_PLACEHOLDER)}
     if not _seen("body:" + json.dumps(rest, sort_keys=True),
-                 lambda: _REQUEST.is_valid(stand_in) and _LIMITS.is_valid(stand_in)):
+                 lambda: _validators().request.is_valid(stand_in) and _validators().limits.is_valid(stand_in)):
         return False
     for message in messages:
         role = message.get("role") if isinstance(message, dict) else None
-        if not isinstance(role, str) or role not in _ROLES:
+        if not isinstance(role, str) or role not in _validators().roles:
             return False
         if not _seen("message:" + json.dumps(message, sort_keys=True),
-                     lambda: _ROLES[role].is_valid(message) and _LIMITS_MESSAGE.is_valid(message)):
+                     lambda: _validators().roles[role].is_valid(message)
+                     and _validators().limits_message.is_valid(message)):
             return False
     return True
 
@@ -170,7 +188,7 @@ def check_body(entry: dict[str, Any], text: str, file: str, line: int) -> None:
     body = entry["body"]
     if _valid(body):
         return
-    parts = [(("body",), _REQUEST), (("body",), _LIMITS), *_message_parts(body)]
+    parts = [(("body",), _validators().request), (("body",), _validators().limits), *_message_parts(body)]
     try:
         doc = parse_json_text(text, file, line)
     except ConfigError:
