@@ -178,7 +178,8 @@ def test_usage_errors_exit_2(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_puts_running_items_back_and_exits_130(tmp_path, signum):
-    project(tmp_path, n=40, latency=300, parallel=4)
+    # Six seconds of work: on a loaded machine the status call below can take two.
+    project(tmp_path, n=40, latency=600, parallel=4)
     proc = popen("run", "jobs/cli-job.yaml", "--grace-period", "0.1s", cwd=tmp_path)
     wait_for_completed(tmp_path, "cli-job", 4)
     status = json.loads(cli("status", "cli-job", "--json", cwd=tmp_path).stdout)
