@@ -3,6 +3,8 @@
 An owner is ``"{hostname}:{pid}:{random hex}"``. The store records it on
 every item a kernel claims; after a crash, ``recover`` asks
 :func:`owner_alive` which owners are gone and puts their items back to pending.
+A running job records its worker's owner too (its runner), so that
+:func:`shown_state` can show a job whose worker is gone as interrupted.
 """
 
 from __future__ import annotations
@@ -55,3 +57,17 @@ def owner_alive(owner: str) -> bool:
     except PermissionError:  # exists, but belongs to another user
         return True
     return True
+
+
+def shown_state(job_id: str, state: str, reason: str | None, runner: str | None) -> tuple[str, str | None]:
+    """The state and reason that ``status`` and reports show for a stored job.
+
+    A ``running`` job whose runner (the owner that set it running) is gone
+    shows as ``interrupted``, saying so and how to continue: its worker died,
+    or the store refused its last write. Display only: nothing is written,
+    and the next ``resume`` or ``work`` recovers the job by its items' owners.
+    """
+    if state == "running" and runner is not None and not owner_alive(runner):
+        worker = runner.rsplit(":", 1)[0]  # host:pid, without the random part
+        return "interrupted", f"its worker ({worker}) is gone; storyloom resume {job_id} continues"
+    return state, reason
