@@ -288,14 +288,14 @@ async def job_status(job_id: str | None = None, *, items: bool = False, options:
     async with _opened(store, config, options, create=False) as store:
         if job_id is None:
             return {"jobs": [{"job_id": j.job_id, "job_type": j.job_type,
-                              "state": shown_state(j.job_id, j.state, j.reason, j.runner)[0],
+                              "state": (await shown_state(store, j))[0],
                               "counts": await store.counts(j.job_id)} for j in await store.list_jobs()]}
         job = await store.get_job(job_id)
         if job is None:
             raise UsageError(f"no job {job_id!r} in {_where(store)}")
         now = time.time()
         costs = await store.costs(job_id)
-        state, reason = shown_state(job_id, job.state, job.reason, job.runner)
+        state, reason = await shown_state(store, job)
         return {
             "job_id": job_id, "job_type": job.job_type, "state": state, "reason": reason,
             "counts": await store.counts(job_id),

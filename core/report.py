@@ -54,7 +54,7 @@ async def snapshot(store: Store, row: JobRow, now: float | None = None) -> Summa
     started = min((a.started_at for a in attempts), default=row.created_at)
     finished = now if row.state in ("running", "pending") else row.updated_at
     costs = await store.costs(row.job_id)
-    status, reason = shown_state(row.job_id, row.state, row.reason, row.runner)
+    status, reason = await shown_state(store, row)
     return Summary(job_id=row.job_id, status=status, counts=await store.counts(row.job_id),
                     cost_usd=costs.cost_usd, started_at=started, finished_at=max(finished, started),
                     reason=reason)

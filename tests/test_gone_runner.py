@@ -85,3 +85,17 @@ def test_resume_completes_a_job_whose_worker_is_gone_and_it_then_shows_completed
     status = trio.run(lambda: storyloom.job_status("left", options=loom.options()))
     assert (status["state"], status["reason"]) == ("completed", None)
     assert stored(loom)[2] is None
+
+
+def test_a_job_another_live_worker_still_runs_is_shown_running(loom):
+    """Two workers on one job: the one that set it running last is gone, the other still holds an item."""
+    left_running(loom, gone_owner())
+
+    async def claim(store):
+        return [c.item_id for c in await store.claim("left", 1, 0.0, make_owner())]
+
+    assert loom.read(claim) == ["a"]
+    status = trio.run(lambda: storyloom.job_status("left", options=loom.options()))
+    assert (status["state"], status["reason"]) == ("running", None)
+    listed = trio.run(lambda: storyloom.job_status(options=loom.options()))
+    assert [j["state"] for j in listed["jobs"]] == ["running"]

@@ -13,6 +13,10 @@ import os
 import secrets
 import socket
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .protocol import JobRow, Store
 
 
 def make_owner() -> str:
@@ -59,15 +63,20 @@ def owner_alive(owner: str) -> bool:
     return True
 
 
-def shown_state(job_id: str, state: str, reason: str | None, runner: str | None) -> tuple[str, str | None]:
-    """The state and reason that ``status`` and reports show for a stored job.
 
-    A ``running`` job whose runner (the owner that set it running) is gone
-    shows as ``interrupted``, saying so and how to continue: its worker died,
-    or the store refused its last write. Display only: nothing is written,
-    and the next ``resume`` or ``work`` recovers the job by its items' owners.
+async def shown_state(store: Store, job: JobRow) -> tuple[str, str | None]:
+    """The state and reason that ``status`` and reports show for ``job``, a
+    job of ``store``. Reads only.
+
+    A ``running`` job whose runner (the owner that set it running) is gone,
+    and none of whose running items a live owner holds, shows as
+    ``interrupted``, saying so and how to continue: its worker died, or the
+    store refused its last write. Display only: nothing is written, and the
+    next ``resume`` or ``work`` recovers the job by its items' owners.
     """
-    if state == "running" and runner is not None and not owner_alive(runner):
-        worker = runner.rsplit(":", 1)[0]  # host:pid, without the random part
-        return "interrupted", f"its worker ({worker}) is gone; storyloom resume {job_id} continues"
-    return state, reason
+    if job.state != "running" or job.runner is None or owner_alive(job.runner):
+        return job.state, job.reason
+    if any(owner_alive(row.owner) for row in await store.running(job.job_id)):
+        return job.state, job.reason  # another worker still runs some of it
+    worker = job.runner.rsplit(":", 1)[0]  # host:pid, without the random part
+    return "interrupted", f"its worker ({worker}) is gone; storyloom resume {job.job_id} continues"
