@@ -26,6 +26,7 @@ from .report import build_report, snapshot
 from .settings import DEFAULT_PROGRESS
 from .summary import Summary
 from .store import HELD_JOB_STATES, JobExists, JobRow, NewItem, Store, StoreNotFound, open_store
+from .store.owner import shown_state
 
 
 async def run_job(
@@ -280,19 +281,23 @@ async def job_status(job_id: str | None = None, *, items: bool = False, options:
     worst case, ``unknown_usd``: in flight, lost with a killed worker, or
     timed out), and
     with ``items=True`` every item's state, level, attempts, model and route.
+    A ``running`` job whose worker is gone shows as ``interrupted``, with a
+    reason that says so (:func:`storyloom.store.owner.shown_state`).
     Reads only: a missing store is a :class:`storyloom.store.StoreNotFound`.
     """
     async with _opened(store, config, options, create=False) as store:
         if job_id is None:
-            return {"jobs": [{"job_id": j.job_id, "job_type": j.job_type, "state": j.state,
+            return {"jobs": [{"job_id": j.job_id, "job_type": j.job_type,
+                              "state": (await shown_state(store, j))[0],
                               "counts": await store.counts(j.job_id)} for j in await store.list_jobs()]}
         job = await store.get_job(job_id)
         if job is None:
             raise UsageError(f"no job {job_id!r} in {_where(store)}")
         now = time.time()
         costs = await store.costs(job_id)
+        state, reason = await shown_state(store, job)
         return {
-            "job_id": job_id, "job_type": job.job_type, "state": job.state, "reason": job.reason,
+            "job_id": job_id, "job_type": job.job_type, "state": state, "reason": reason,
             "counts": await store.counts(job_id),
             "running": [{"item_id": r.item_id, "model": r.model, "elapsed": round(now - r.started_at, 1),
                          "attempt": r.attempts + 1} for r in await store.running(job_id)],

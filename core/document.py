@@ -20,6 +20,7 @@ import yaml
 
 from .durations import parse_duration
 from .errors import ConfigError, Location
+from .inputfile import FileTooLarge, NotRegularFile, read_regular_file
 from .wording import describe, format_path
 
 __all__ = ["MAX_DEPTH", "MAX_FILE_BYTES", "MAX_NODES", "LONE_SURROGATE", "Document", "PathKey", "decode_utf8",
@@ -84,8 +85,9 @@ def parse_document(path: Path) -> Document:
     strings. Aliases are expanded, up to :data:`MAX_NODES` values and
     :data:`MAX_DEPTH` levels; ``<<`` merge keys work.
 
-    :raises ConfigError: unreadable, larger than :data:`MAX_FILE_BYTES`, not
-        UTF-8, malformed, empty, not a mapping at the top, duplicate or
+    :raises ConfigError: unreadable, not a regular file (a FIFO, a device, a
+        folder: refused without reading or blocking; a symlink to a file is
+        fine), larger than :data:`MAX_FILE_BYTES`, not UTF-8, malformed, empty, not a mapping at the top, duplicate or
         non-string keys, unsupported tags, too large once aliases are expanded.
     """
     file = str(path)
@@ -129,20 +131,19 @@ def parse_json_text(text: str, file: str, line: int = 1) -> Document:
 
 
 def _read_bytes(path: Path, file: str) -> bytes:
+    # A job or settings file may be a symlink (to a shared file); what it leads to must be a regular file.
     try:
-        with path.open("rb") as stream:
-            raw = stream.read(MAX_FILE_BYTES + 1)
+        return read_regular_file(path, MAX_FILE_BYTES, follow_links=True)
     except FileNotFoundError:
         raise ConfigError(file, "", "file not found") from None
-    except IsADirectoryError:
-        raise ConfigError(file, "", "is a directory, not a file") from None
-    except OSError as err:
-        raise ConfigError(file, "", f"cannot read the file: {err.strerror or err}") from None
-    if len(raw) > MAX_FILE_BYTES:
+    except NotRegularFile as err:
+        raise ConfigError(file, "", f"is not a regular file ({err.kind})") from None
+    except FileTooLarge:
         mb, rest = divmod(MAX_FILE_BYTES, 1024 * 1024)
         limit = f"{mb} MB" if mb and not rest else f"{MAX_FILE_BYTES:,} bytes"
-        raise ConfigError(file, "", f"the file is larger than {limit}")
-    return raw
+        raise ConfigError(file, "", f"the file is larger than {limit}") from None
+    except OSError as err:
+        raise ConfigError(file, "", f"cannot read the file: {err.strerror or err}") from None
 
 
 def decode_utf8(raw: bytes, file: str) -> str:

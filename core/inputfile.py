@@ -6,7 +6,8 @@ Symlinks are resolved before that check, so ``..``, an absolute path or a
 link that leads elsewhere is refused unread. The file is opened without
 blocking (a FIFO never hangs ``validate``), its type and size are checked on
 the open descriptor before a byte is read, and no error quotes a refused
-file's content.
+file's content. :func:`read_regular_file` is that open-check-read, shared
+with the loading of job and settings files.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-__all__ = ["MAX_INPUT_BYTES", "InputFile", "open_input"]
+__all__ = ["MAX_INPUT_BYTES", "FileTooLarge", "InputFile", "NotRegularFile", "open_input", "read_regular_file"]
 
 #: The largest ``input:`` file (the OpenAI Batch API's own limit for one file).
 MAX_INPUT_BYTES = 200 * 1024 * 1024
@@ -54,36 +55,62 @@ def open_input(given: str, job_file: str, roots: Sequence[str], fail: Callable[[
         raise fail(f"{given!r} is outside the job file's folder ({folder.resolve()}); put the file there, "
                    "or list its folder under input_roots in storyloom.yaml")
     try:
-        # O_NONBLOCK: opening a FIFO returns at once; O_NOFOLLOW: the name resolved above stays a file.
-        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NOFOLLOW: the name resolved above stays a file.
+        data = read_regular_file(real, MAX_INPUT_BYTES, follow_links=False)
     except FileNotFoundError:
         raise fail(f"cannot read {name}: file not found") from None
+    except NotRegularFile as err:
+        raise fail(f"{name} is not a regular file ({err.kind}); give a file of requests") from None
+    except FileTooLarge:
+        raise fail(f"{name} is larger than the {_size(MAX_INPUT_BYTES)} limit") from None
     except OSError as err:
         raise fail(f"cannot read {name}: {err.strerror or type(err).__name__}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise fail(f"{name} is not a regular file ({_kind(info.st_mode)}); give a file of requests")
-        if info.st_size > MAX_INPUT_BYTES:
-            raise fail(f"{name} is larger than the {_size(MAX_INPUT_BYTES)} limit")
-        data = _read(fd, MAX_INPUT_BYTES + 1)
-    except OSError as err:
-        raise fail(f"cannot read {name}: {err.strerror or type(err).__name__}") from None
-    finally:
-        os.close(fd)
-    if len(data) > MAX_INPUT_BYTES:  # it grew while we read
-        raise fail(f"{name} is larger than the {_size(MAX_INPUT_BYTES)} limit")
     return InputFile(name=name, path=real, data=data)
 
 
-def _read(fd: int, limit: int) -> bytes:
-    chunks, total = [], 0
-    while total < limit:
-        chunk = os.read(fd, min(limit - total, 1024 * 1024))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        total += len(chunk)
+class NotRegularFile(Exception):
+    """:func:`read_regular_file` refused a FIFO, a device, a folder or a socket."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        #: What the file is instead: ``"a FIFO"``, ``"a device"``, ``"a folder"``, ...
+        self.kind = kind
+
+
+class FileTooLarge(Exception):
+    """:func:`read_regular_file` refused a file larger than its limit."""
+
+
+def read_regular_file(path: Path, limit: int, *, follow_links: bool) -> bytes:
+    """The bytes of the regular file at ``path``, at most ``limit`` of them.
+
+    The file is opened without blocking (a FIFO never hangs) and its type
+    and size are checked on the open descriptor before a byte is read.
+    ``follow_links=False`` refuses a symlink as the last part of ``path``.
+
+    :raises NotRegularFile: a FIFO, a device, a folder or a socket.
+    :raises FileTooLarge: larger than ``limit`` (also if it grew while read).
+    :raises OSError: missing (``FileNotFoundError``) or unreadable.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_links else os.O_NOFOLLOW)
+    fd = os.open(path, flags)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotRegularFile(_kind(info.st_mode))
+        if info.st_size > limit:
+            raise FileTooLarge()
+        chunks, total = [], 0
+        while total <= limit:
+            chunk = os.read(fd, min(limit + 1 - total, 1024 * 1024))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    finally:
+        os.close(fd)
+    if total > limit:
+        raise FileTooLarge()
     return b"".join(chunks)
 
 

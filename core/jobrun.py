@@ -97,8 +97,8 @@ class JobRun:
 
     # -- life cycle ------------------------------------------------------
 
-    async def start(self, store: Store, nursery: trio.Nursery) -> None:
-        """Mark the job running, start its sinks, and tell plugins."""
+    async def start(self, store: Store, nursery: trio.Nursery, owner: str) -> None:
+        """Mark the job running for ``owner`` (the worker), start its sinks, and tell plugins."""
         job_id = self.job_id
         costs = await store.costs(job_id)
         # Attempts whose outcome never arrived may have been billed: their worst case counts as spent.
@@ -112,7 +112,7 @@ class JobRun:
                 print("storyloom: the routing strategy's resume() raised; it starts afresh:", file=sys.stderr)
                 traceback.print_exc(file=sys.stderr)
         self.recovered = await store.recover(job_id, owner_alive)
-        await store.set_job_state(job_id, "running")
+        await store.set_job_state(job_id, "running", runner=owner)
         self._start_sinks(nursery)
         self.hooks.batch_started(job=self.job, plan=self.plan, control=self.control)
         counts = await store.counts(job_id)

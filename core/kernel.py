@@ -182,7 +182,7 @@ class Worker:
                 outer.start_soon(self._chores, chores)
                 self.pool.cap_spend(await store.spend_by_model())
                 if self.only is not None:
-                    await self.only.start(store, outer)
+                    await self.only.start(store, outer, self.owner)
                 else:
                     await self._recover()
                 await self._pipeline()
@@ -327,7 +327,7 @@ class Worker:
                 await self.store.set_job_state(job_id, "paused", reason)
             return None
         self.runs[job_id] = run
-        await run.start(self.store, self._background)
+        await run.start(self.store, self._background, self.owner)
         return run
 
     async def _run_item(self, run: JobRun, claimed: ClaimedItem, limiter: trio.CapacityLimiter,

@@ -18,6 +18,7 @@ from .errors import ErrorKind
 from .job import Job, item_from_dict
 from .settings import RetryConfig
 from .store import ITEM_STATES, Store
+from .store.owner import shown_state
 from .store.protocol import AttemptRow, JobRow
 from .summary import Summary
 
@@ -46,15 +47,17 @@ UNFIXABLE_ADVICE = {
 
 
 async def snapshot(store: Store, row: JobRow, now: float | None = None) -> Summary:
-    """The job as it stands: a running or pending job is reported up to ``now``."""
+    """The job as it stands: a running or pending job is reported up to ``now``;
+    a running one whose worker is gone, as ``interrupted`` (display only)."""
     now = time.time() if now is None else now
     attempts = await store.attempts(row.job_id)
     started = min((a.started_at for a in attempts), default=row.created_at)
     finished = now if row.state in ("running", "pending") else row.updated_at
     costs = await store.costs(row.job_id)
-    return Summary(job_id=row.job_id, status=row.state, counts=await store.counts(row.job_id),
+    status, reason = await shown_state(store, row)
+    return Summary(job_id=row.job_id, status=status, counts=await store.counts(row.job_id),
                     cost_usd=costs.cost_usd, started_at=started, finished_at=max(finished, started),
-                    reason=row.reason)
+                    reason=reason)
 
 
 def _iso(ts: float) -> str:

@@ -209,6 +209,21 @@ async def test_set_job_state_roundtrip(store):
 
 
 @trio_test
+async def test_a_running_job_names_its_runner_until_it_leaves_running(store):
+    await add(store, "a")
+    assert (await store.get_job(JOB)).runner is None
+    await store.set_job_state(JOB, "running", runner=OWNER)
+    assert (await store.get_job(JOB)).runner == OWNER
+    assert (await store.list_jobs())[0].runner == OWNER
+    await store.set_job_state(JOB, "running", runner="host:2:other")  # a resume elsewhere takes it over
+    assert (await store.get_job(JOB)).runner == "host:2:other"
+    await store.set_job_state(JOB, "interrupted", "stopped")
+    assert (await store.get_job(JOB)).runner is None
+    await store.set_job_state(JOB, "paused", "budget", runner=OWNER)  # only a running job has one
+    assert (await store.get_job(JOB)).runner is None
+
+
+@trio_test
 async def test_set_job_state_of_unknown_job_raises(store):
     with pytest.raises(KeyError):
         await store.set_job_state("nope", "paused")

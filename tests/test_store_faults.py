@@ -11,6 +11,7 @@ once the fault is gone.
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import shutil
@@ -72,6 +73,26 @@ def states(folder: Path, job_id: str, **overrides) -> tuple[str | None, dict[str
         return (row.state if row else None), (await store.counts(job_id) if row else {})
 
     return Loom(folder).read(read, **overrides)
+
+
+def shown(folder: Path, job_id: str, *state: str) -> tuple[str, str | None]:
+    """The state and reason ``storyloom status JOB --json`` shows; it must write nothing."""
+    db = Path(state[1]) if state else folder / ".storyloom"
+    before = {p.name: p.read_bytes() for p in db.glob(f"{DB_NAME}*")}
+    out = cli("status", job_id, "--json", *state, cwd=folder)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    assert {p.name: p.read_bytes() for p in db.glob(f"{DB_NAME}*")} == before
+    data = json.loads(out.stdout)
+    return data["state"], data["reason"]
+
+
+def assert_shown_interrupted(folder: Path, job_id: str, *state: str) -> None:
+    """A job its worker left (stored as interrupted, or left running by a
+    process that is gone) is shown as interrupted, with how to continue."""
+    shown_state, reason = shown(folder, job_id, *state)
+    assert shown_state == "interrupted", (shown_state, reason)
+    assert reason.startswith("the store failed: ") or (
+        "is gone; storyloom resume" in reason and reason.endswith(f"resume {job_id} continues")), reason
 
 
 def _stored_jobs(folder: Path, state_dir: Path) -> list[str]:
@@ -175,6 +196,9 @@ def test_a_lock_taken_mid_run_leaves_a_job_that_resume_or_work_completes(tmp_pat
     assert "Traceback" not in stderr and f"storyloom: error: {Path('.storyloom') / DB_NAME}: " in stderr
     state, counts = states(tmp_path, "cli-job")
     assert state == "running" and counts["completed"] < 60  # the final state write failed too
+    # but status tells the truth: no process runs it
+    shown_state, reason = shown(tmp_path, "cli-job")
+    assert shown_state == "interrupted" and f":{proc.pid}) is gone; storyloom resume cli-job continues" in reason
     args = ("resume", "cli-job") if then == "resume" else ("work", "--burst")
     out = cli(*args, "-q", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -196,6 +220,7 @@ def test_a_full_state_disk_is_exit_5_and_resume_completes_the_job(tmp_path):
     # Stored as interrupted when the last write still fits in the WAL; else left
     # running, held by a process that is gone (the lock test pins that case).
     assert state in ("interrupted", "running") and 0 < counts["completed"] < 400
+    assert_shown_interrupted(tmp_path, "cli-job")
     out = cli("resume", "cli-job", "-q", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     state, counts = states(tmp_path, "cli-job")
@@ -236,6 +261,7 @@ def test_a_full_tmpfs_state_folder_is_exit_5_and_resume_completes_once_there_is_
     assert_store_fault(out, tmpfs / "state" / DB_NAME, "disk is full", "free space")
     job_state, counts = states(tmp_path, "cli-job", state_dir=state[1])
     assert job_state in ("interrupted", "running") and counts["completed"] < 300
+    assert_shown_interrupted(tmp_path, "cli-job", *state)
     remount(tmpfs, "size=64m")
     out = cli("resume", "cli-job", "-q", *state, cwd=tmp_path)
     assert out.returncode == 0, out.stderr

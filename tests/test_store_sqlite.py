@@ -393,7 +393,7 @@ def test_sqlite_migrates_a_version_1_file(tmp_path):
     async def main():
         store = SQLiteStore.open(tmp_path)
         try:
-            assert pragma(store, "user_version") == SCHEMA_VERSION == 3
+            assert pragma(store, "user_version") == SCHEMA_VERSION == 4
             # nothing lost
             assert [(j.job_id, j.state, j.definition["title"]) for j in await store.list_jobs()] == [
                 ("old", "running", THAI), ("paused", "paused", THAI), ("later", "running", THAI)]
@@ -463,7 +463,7 @@ def test_sqlite_migrates_a_version_2_file(tmp_path):
     async def main():
         store = SQLiteStore.open(tmp_path)
         try:
-            assert pragma(store, "user_version") == SCHEMA_VERSION == 3
+            assert pragma(store, "user_version") == SCHEMA_VERSION == 4
             # every stored attempt is a finished one, its usage known
             assert [(r.item_id, r.state, r.cost_usd) for r in await store.attempts("old")] == [
                 ("b", "pending", 0.125), ("a", "completed", 0.5)]
@@ -475,6 +475,37 @@ def test_sqlite_migrates_a_version_2_file(tmp_path):
             await store.record([], OWNER, started=[StartRecord("old", "c", "m1", NOW, attempt=1,
                                                                reserved_usd=0.25)])
             assert (await store.costs("old")).unknown_usd == pytest.approx(0.25)
+        finally:
+            await store.aclose()
+
+    trio.run(main)
+
+
+def write_v3_file(folder) -> None:
+    """The version 1 store as version 3 left it: migrated by the 1 -> 2 and 2 -> 3 steps."""
+    write_v2_file(folder)
+    raw = sqlite3.connect(folder / DB_NAME, isolation_level=None)
+    raw.execute("BEGIN")
+    sqlite_backend._migrate_2_to_3(raw)
+    raw.execute("PRAGMA user_version = 3")
+    raw.execute("COMMIT")
+    raw.close()
+
+
+def test_sqlite_migrates_a_version_3_file(tmp_path):
+    write_v3_file(tmp_path)
+    assert "runner" not in {c[1] for c in schema_of(tmp_path / DB_NAME)[0]["jobs"]}
+
+    async def main():
+        store = SQLiteStore.open(tmp_path)
+        try:
+            assert pragma(store, "user_version") == SCHEMA_VERSION == 4
+            # nothing lost; no stored job names a runner (version 3 did not record one)
+            assert [(j.job_id, j.state, j.runner) for j in await store.list_jobs()] == [
+                ("old", "running", None), ("paused", "paused", None), ("later", "running", None)]
+            # and a migrated file records who runs a job
+            await store.set_job_state("paused", "running", runner=OWNER)
+            assert (await store.get_job("paused")).runner == OWNER
         finally:
             await store.aclose()
 
@@ -493,6 +524,9 @@ def test_sqlite_a_migrated_file_has_the_schema_of_a_fresh_one(tmp_path):
     SQLiteStore.open(tmp_path / "v2").close()
     assert schema_of(tmp_path / "v2" / DB_NAME) == fresh
     assert "attempts_sent" in {name for name, _table, _sql in fresh[2]}
+    write_v3_file(tmp_path / "v3")
+    SQLiteStore.open(tmp_path / "v3").close()
+    assert schema_of(tmp_path / "v3" / DB_NAME) == fresh
 
 
 def test_sqlite_a_store_another_process_created_while_this_one_waited_opens_cleanly(tmp_path):

@@ -3,6 +3,8 @@
 An owner is ``"{hostname}:{pid}:{random hex}"``. The store records it on
 every item a kernel claims; after a crash, ``recover`` asks
 :func:`owner_alive` which owners are gone and puts their items back to pending.
+A running job records its worker's owner too (its runner), so that
+:func:`shown_state` can show a job whose worker is gone as interrupted.
 """
 
 from __future__ import annotations
@@ -11,6 +13,10 @@ import os
 import secrets
 import socket
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .protocol import JobRow, Store
 
 
 def make_owner() -> str:
@@ -55,3 +61,22 @@ def owner_alive(owner: str) -> bool:
     except PermissionError:  # exists, but belongs to another user
         return True
     return True
+
+
+
+async def shown_state(store: Store, job: JobRow) -> tuple[str, str | None]:
+    """The state and reason that ``status`` and reports show for ``job``, a
+    job of ``store``. Reads only.
+
+    A ``running`` job whose runner (the owner that set it running) is gone,
+    and none of whose running items a live owner holds, shows as
+    ``interrupted``, saying so and how to continue: its worker died, or the
+    store refused its last write. Display only: nothing is written, and the
+    next ``resume`` or ``work`` recovers the job by its items' owners.
+    """
+    if job.state != "running" or job.runner is None or owner_alive(job.runner):
+        return job.state, job.reason
+    if any(owner_alive(row.owner) for row in await store.running(job.job_id)):
+        return job.state, job.reason  # another worker still runs some of it
+    worker = job.runner.rsplit(":", 1)[0]  # host:pid, without the random part
+    return "interrupted", f"its worker ({worker}) is gone; storyloom resume {job.job_id} continues"

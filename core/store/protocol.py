@@ -93,6 +93,11 @@ class JobRow:
     created_at: float
     updated_at: float
     reason: str | None = None
+    #: The owner (:func:`storyloom.store.owner.make_owner`) of the worker that
+    #: set the job ``running``; None in any other state. For display only
+    #: (``status`` shows a running job whose runner is gone as interrupted):
+    #: claims and recovery go by the items' owners, never by this.
+    runner: str | None = None
 
 
 @dataclass(frozen=True)
@@ -262,8 +267,13 @@ class Store(Protocol):
     async def set_job_definition(self, job_id: str, definition: dict[str, Any]) -> None:
         """Replace a job's stored definition. KeyError for an unknown job."""
 
-    async def set_job_state(self, job_id: str, state: str, reason: str | None = None) -> None:
+    async def set_job_state(self, job_id: str, state: str, reason: str | None = None,
+                            runner: str | None = None) -> None:
         """Raise KeyError for an unknown job, ValueError for a state not in JOB_STATES.
+
+        ``runner`` (the worker's owner string) is stored with ``running``, in
+        the same write as the state, and cleared by any other state (a
+        ``runner`` given with another state is ignored).
 
         ``paused`` and ``cancelled`` hold the job's items (no claim returns
         them); any other state releases them. Items are not otherwise touched:

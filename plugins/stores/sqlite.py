@@ -50,7 +50,7 @@ from storyloom.store.opening import mask_url
 
 DB_NAME = "storyloom.db"
 #: Stored in ``PRAGMA user_version``; bump it (and add a migration) when the schema changes.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_S = 10.0
 #: Seconds to wait for another process's write lock, instead of BUSY_TIMEOUT_S.
 BUSY_TIMEOUT_ENV = "STORYLOOM_SQLITE_BUSY_TIMEOUT"
@@ -78,15 +78,22 @@ _ATTEMPT_COLUMNS_3 = (
     "unknown INTEGER NOT NULL DEFAULT 0",  # 1: maybe billed, no usage known (sent, or timed out)
 )
 
+# Version 4's column of jobs, last for the same reason: the owner of the
+# worker that set the job running (NULL in every other state), for display.
+_JOB_COLUMNS_4 = (
+    "runner TEXT",
+)
+
 _TABLES = (
-    """CREATE TABLE IF NOT EXISTS jobs (
+    f"""CREATE TABLE IF NOT EXISTS jobs (
         job_id TEXT PRIMARY KEY,
         job_type TEXT NOT NULL,
         state TEXT NOT NULL,
         definition TEXT NOT NULL,
         reason TEXT,
         created_at REAL NOT NULL,
-        updated_at REAL NOT NULL
+        updated_at REAL NOT NULL,
+        {', '.join(_JOB_COLUMNS_4)}
     )""",
     f"""CREATE TABLE IF NOT EXISTS items (
         job_id TEXT NOT NULL REFERENCES jobs(job_id),
@@ -273,7 +280,7 @@ _INSERT_ITEM = """
 INSERT INTO items (job_id, item_id, seq, level, state, definition, job_type, qseq, deadline, level_since, held)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
-_JOB_COLUMNS = "job_id, job_type, state, definition, created_at, updated_at, reason"
+_JOB_COLUMNS = "job_id, job_type, state, definition, created_at, updated_at, reason, runner"
 
 
 # One encoder for every call: json.dumps with options builds a new one each time.
@@ -289,8 +296,8 @@ def _loads(text: str | None) -> Any:
 
 
 def _job_row(row: tuple) -> JobRow:
-    job_id, job_type, state, definition, created_at, updated_at, reason = row
-    return JobRow(job_id, job_type, state, json.loads(definition), created_at, updated_at, reason)
+    job_id, job_type, state, definition, created_at, updated_at, reason, runner = row
+    return JobRow(job_id, job_type, state, json.loads(definition), created_at, updated_at, reason, runner)
 
 
 class SQLiteStore:
@@ -388,9 +395,9 @@ class SQLiteStore:
             if cur.execute("SELECT 1 FROM jobs WHERE job_id = ?", (job_id,)).fetchone():
                 raise JobExists(job_id)
             cur.execute(
-                f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (job_id, job.job_type, job.state, _dumps(job.definition),
-                 job.created_at, job.updated_at, job.reason),
+                 job.created_at, job.updated_at, job.reason, job.runner if job.state == "running" else None),
             )
             # Read under the write lock, so two submitters cannot share a qseq.
             (last,) = cur.execute("SELECT COALESCE(MAX(qseq), 0) FROM items").fetchone()
@@ -416,13 +423,15 @@ class SQLiteStore:
         rows = self._conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY created_at, job_id")
         return [_job_row(row) for row in rows]
 
-    async def set_job_state(self, job_id: str, state: str, reason: str | None = None) -> None:
-        """Set the state (one of JOB_STATES) and reason, holding the items of
-        a paused or cancelled job; KeyError for an unknown job."""
+    async def set_job_state(self, job_id: str, state: str, reason: str | None = None,
+                            runner: str | None = None) -> None:
+        """Set the state (one of JOB_STATES), reason and runner (kept only
+        with ``running``), holding the items of a paused or cancelled job;
+        KeyError for an unknown job."""
         if state not in JOB_STATES:
             raise ValueError(f"unknown job state {state!r}")
         with self._write() as cur:
-            _set_job_state(cur, job_id, state, reason)
+            _set_job_state(cur, job_id, state, reason, runner)
 
     async def cancel(self, job_id: str, reason: str) -> int:
         """Cancel the job and skip its pending and running items; returns how
@@ -805,13 +814,15 @@ def _check_version(conn: sqlite3.Connection, path: Path) -> None:
         )
 
 
-def _set_job_state(cur: sqlite3.Cursor, job_id: str, state: str, reason: str | None) -> None:
-    """Set a job's state, and its items' ``held`` to match, in the caller's transaction."""
+def _set_job_state(cur: sqlite3.Cursor, job_id: str, state: str, reason: str | None,
+                   runner: str | None = None) -> None:
+    """Set a job's state, its runner (only a running job has one) and its
+    items' ``held`` to match, in the caller's transaction."""
     row = cur.execute("SELECT state FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
     if row is None:
         raise KeyError(job_id)
-    cur.execute("UPDATE jobs SET state = ?, reason = ?, updated_at = ? WHERE job_id = ?",
-                (state, reason, time.time(), job_id))
+    cur.execute("UPDATE jobs SET state = ?, reason = ?, updated_at = ?, runner = ? WHERE job_id = ?",
+                (state, reason, time.time(), runner if state == "running" else None, job_id))
     held = state in HELD_JOB_STATES
     if held != (row[0] in HELD_JOB_STATES):
         # Running items too, since they may come back to pending (a retry,
@@ -835,7 +846,9 @@ def _create_schema(conn: sqlite3.Connection, path: Path) -> None:
         elif version < SCHEMA_VERSION:  # not if another process got there first
             if version == 1:
                 _migrate_1_to_2(conn)
-            _migrate_2_to_3(conn)
+            if version <= 2:
+                _migrate_2_to_3(conn)
+            _migrate_3_to_4(conn)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
@@ -875,6 +888,13 @@ def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
         conn.execute(f"ALTER TABLE attempts ADD COLUMN {column}")
     for statement in _INDEXES_3:
         conn.execute(statement)
+
+
+def _migrate_3_to_4(conn: sqlite3.Connection) -> None:
+    """Jobs name their runner: none is known for a stored job (version 3
+    did not record it), so a running one reads as it did before."""
+    for column in _JOB_COLUMNS_4:
+        conn.execute(f"ALTER TABLE jobs ADD COLUMN {column}")
 
 
 def _epoch(text: str) -> float:
