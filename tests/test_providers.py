@@ -560,3 +560,9 @@ def test_docs_list_the_rate_limit_headers_each_provider_reads():
                                                                           row.split("|")[2])))
         declared = {name for pair in CLASSES[kind].rate_limit_headers for name in pair}
         assert documented == declared, kind
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_repr_masks_a_password_in_the_base_url(kind, fake_provider):  # noqa: F811
+    instance = provider(fake_provider, kind, base_url="http://user:s3cret@127.0.0.1:9/v1")
+    assert "s3cret" not in repr(instance) and "127.0.0.1:9" in repr(instance), repr(instance)

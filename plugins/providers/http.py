@@ -38,6 +38,7 @@ import trio
 from storyloom import ErrorKind, ProviderError
 from storyloom.provider import BaseProvider, Request, Response, merge_options, spec_error
 from storyloom.settings import ModelSpec
+from storyloom.store import mask_url
 from storyloom.tokens import estimate_request_tokens, estimate_tokens
 
 log = logging.getLogger("storyloom.providers")
@@ -459,7 +460,7 @@ class HTTPProvider(BaseProvider):
         await self._client.aclose()
 
     def __repr__(self) -> str:
-        return (f"<{type(self).__name__} model={self.spec.model!r} base_url={self.base_url!r} "
+        return (f"<{type(self).__name__} model={self.spec.model!r} base_url={mask_url(self.base_url)!r} "
                 f"key_env={self.key_env!r} key={'set' if self._key else 'missing'}>")
 
     # -- internals -------------------------------------------------------------
@@ -566,8 +567,9 @@ class HTTPProvider(BaseProvider):
         try:
             url = httpx.URL(text)
         except httpx.InvalidURL as err:
-            raise spec_error(spec, ("base_url",), f"expected an http(s) URL, got {text!r} ({err})") from None
+            detail = str(err).replace(text, mask_url(text))
+            raise spec_error(spec, ("base_url",), f"expected an http(s) URL, got {mask_url(text)!r} ({detail})") from None
         if url.scheme not in ("http", "https") or not url.host:
-            raise spec_error(spec, ("base_url",), f"expected an http(s) URL, got {text!r}")
+            raise spec_error(spec, ("base_url",), f"expected an http(s) URL, got {mask_url(text)!r}")
         cls.validate_options(opts, spec)
         return opts
