@@ -39,12 +39,15 @@ from typing import Callable
 
 import trio
 
-__all__ = ["RateLimiter"]
+__all__ = ["MAX_COOL_DOWN_S", "RateLimiter"]
 
 #: Float sums of intervals drift; a nanosecond early is on time.
 _EPSILON = 1e-9
 #: Seconds of each bucket kept in hand for network jitter (see above).
 DEFAULT_HEADROOM = 0.1
+#: The longest a server's hint (``retry-after``, a reset header) may cool a
+#: model down: a bad or hostile header cannot stop a model for good.
+MAX_COOL_DOWN_S = 3600.0
 
 
 class _Budget:
@@ -161,10 +164,11 @@ class RateLimiter:
     def cool_down(self, seconds: float) -> None:
         """Send nothing more through this limiter for ``seconds`` (from now).
 
-        Only extends: a shorter cool-down never cuts a longer one short."""
+        Only extends: a shorter cool-down never cuts a longer one short. At
+        most :data:`MAX_COOL_DOWN_S`."""
         if seconds is None or seconds <= 0:
             return
-        self._cool_until = max(self._cool_until, self._clock() + seconds)
+        self._cool_until = max(self._cool_until, self._clock() + min(seconds, MAX_COOL_DOWN_S))
         self._wake()
 
     def exhausted(self, reset_in: float | None) -> None:

@@ -27,7 +27,7 @@ import os
 import sys
 from collections import deque
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httpx
 import trio
@@ -84,9 +84,10 @@ def scrubbed(text: str, url: str) -> str:
         secrets = (parts.username, parts.password, parts.query, parts.path if len(parts.path) > 1 else None)
     except ValueError:
         return where(url) if url in text or "@" in text else text
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
+    # Longest first, so a username inside the password cannot leave part of it.
+    found = {s for s in secrets if s}
+    for secret in sorted(found | {unquote(s) for s in found}, key=len, reverse=True):
+        text = text.replace(secret, "***")
     return text
 
 

@@ -1,6 +1,6 @@
 """Extract the chat request schema storyloom ships from OpenAI's published spec.
 
-``plugins/providers/openai-chat-request.schema.json`` is ``CreateChatCompletionRequest``
+``plugins/support/openai-chat-request.schema.json`` is ``CreateChatCompletionRequest``
 from ``tests/data/openai-chat-completions.openapi.json`` (a copy of the published
 OpenAPI spec) with every ``$ref`` it needs, as plain JSON Schema 2020-12:
 OpenAPI's ``nullable`` becomes a ``null`` type, and prose (descriptions,
@@ -17,7 +17,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "tests" / "data" / "openai-chat-completions.openapi.json"
-SHIPPED = ROOT / "plugins" / "providers" / "openai-chat-request.schema.json"
+SHIPPED = ROOT / "plugins" / "support" / "openai-chat-request.schema.json"
 TOP = "CreateChatCompletionRequest"
 _PREFIX = "#/components/schemas/"
 #: Keywords whose value is a mapping of names to schemas.

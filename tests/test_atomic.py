@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import tempfile
+import time
 from pathlib import Path
 
 from storyloom.atomic import TMP_MARK, remove_temporary, write_atomic
@@ -54,17 +56,37 @@ def test_temporary_names_are_unpredictable_and_left_none_behind(tmp_path: Path):
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
 
 
-def test_remove_temporary_finds_new_and_old_style_leftovers(tmp_path: Path):
-    import tempfile
+def _aged(path: Path, seconds: float = 120) -> Path:
+    then = time.time() - seconds
+    os.utime(path, (then, then), follow_symlinks=False)
+    return path
 
-    fd, new_style = tempfile.mkstemp(dir=tmp_path, prefix=f"a.txt{TMP_MARK}")
+
+def test_remove_temporary_removes_old_leftovers_and_a_link_not_what_it_points_at(tmp_path: Path):
+    fd, leftover = tempfile.mkstemp(dir=tmp_path, prefix=f".a.txt{TMP_MARK}")
     os.close(fd)
-    (tmp_path / f"b.txt{TMP_MARK}1234").write_text("old", encoding="utf-8")
+    _aged(Path(leftover))
     outside = tmp_path.parent / f"{tmp_path.name}-outside.txt"
     outside.write_text("precious", encoding="utf-8")
-    (tmp_path / f"c.txt{TMP_MARK}99").symlink_to(outside)
+    link = tmp_path / f".c.txt{TMP_MARK}99"
+    link.symlink_to(outside)
+    _aged(link)
     (tmp_path / "keep.txt").write_text("kept", encoding="utf-8")
-    assert remove_temporary(tmp_path) == 3
+    assert remove_temporary(tmp_path) == 2
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
     assert outside.read_text(encoding="utf-8") == "precious"  # the link went, not what it points at
-    assert Path(new_style).exists() is False
+
+
+def test_remove_temporary_keeps_files_that_only_look_like_temporaries(tmp_path: Path):
+    for name in ("a.storyloom-tmp-1.md", f"b.txt{TMP_MARK}1234"):  # valid item ids, finished outputs
+        (tmp_path / name).write_text("real", encoding="utf-8")
+        _aged(tmp_path / name)
+    assert remove_temporary(tmp_path) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.storyloom-tmp-1.md", f"b.txt{TMP_MARK}1234"]
+
+
+def test_remove_temporary_leaves_another_writers_fresh_temporary(tmp_path: Path):
+    fd, fresh = tempfile.mkstemp(dir=tmp_path, prefix=f".a.txt{TMP_MARK}")
+    os.close(fd)
+    assert remove_temporary(tmp_path) == 0
+    assert Path(fresh).exists()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from storyloom.atomic import remove_temporary
 from storyloom.store import StoreNotFound
 from storyloom.testing import Loom
 
@@ -218,6 +219,9 @@ def test_sigkill_mid_run_then_resume_completes_every_item_exactly_once(tmp_path)
     assert read_store(tmp_path, all_counts) == {"completed": 60}
     assert len(per_item) == 60 and all(count == 1 for count in per_item.values())
     assert read_store(tmp_path, lambda store: results(store, "cli-job")) == 60
+    # A temporary the kill left is kept for TMP_MIN_AGE_S (it could be another writer's);
+    # every leftover must be one that remove_temporary recognises.
+    remove_temporary(tmp_path / "storyloom-out" / "cli-job", min_age=0)
     leftovers = [p.name for p in (tmp_path / "storyloom-out" / "cli-job").iterdir() if "tmp" in p.name]
     assert leftovers == []
 

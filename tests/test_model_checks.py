@@ -159,3 +159,13 @@ def test_a_factory_without_the_optional_checks_still_validates(loom):
     loom.write("storyloom.yaml", "models:\n  p: {provider: plain, anything: 1}\n")
     path = loom.write("job.yaml", JOB.format(model="p"))
     assert validate_job(path, options=loom.options(), plugins=(PlainPlugin(),)).job_id == "j"
+
+
+@pytest.mark.parametrize("base_url", ["ftp://user:s3cret@host/v1", "http://user:s3cret@host:bad/v1"])
+def test_a_base_url_with_a_password_is_refused_without_showing_the_password(loom, capsys, monkeypatch, base_url):
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    loom.write("storyloom.yaml", f"models:\n  sim:\n    provider: openai\n    base_url: {base_url}\n")
+    loom.write("job.yaml", JOB.format(model="sim"))
+    code, err = main_args(loom, capsys, "validate")
+    assert code == 2 and "at models.sim.base_url: expected an http(s) URL" in err, err
+    assert "s3cret" not in err, err

@@ -262,3 +262,11 @@ def test_the_readme_exit_code_table_lists_every_code_the_cli_returns():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
     for code in sorted({*EXIT_CODES.values(), 2, EXIT_OUTPUTS}):
         assert f"\n| {code} | " in readme, f"README's exit-code table has no row for {code}"
+
+
+def test_an_item_whose_id_holds_the_temporary_mark_keeps_its_output_file(loom):
+    loom.write("storyloom.yaml", SETTINGS)
+    loom.run(PROMPTS.replace("item_id: b1", "item_id: a.storyloom-tmp-1")).assert_outcomes(completed=3)
+    folder = loom.out_dir / "blurbs"
+    assert (folder / "a.storyloom-tmp-1.txt").read_text(encoding="utf-8").strip()
+    assert loom.outputs("blurbs")["a.storyloom-tmp-1.txt"] == "present"

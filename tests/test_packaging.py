@@ -40,7 +40,7 @@ def run(args: list[str], site: Path, cwd: Path) -> subprocess.CompletedProcess:
 def test_the_wheel_holds_every_package_and_its_data(wheel_site):
     pkg = wheel_site / "storyloom"
     for path in ("plugins/jobtypes.py", "plugins/providers/openai.py", "plugins/support/tracker.py",
-                 "plugins/providers/openai-chat-request.schema.json",
+                 "plugins/support/openai-chat-request.schema.json",
                  "plugins/templates/chapter_writing.j2",
                  "schemas/job.schema.json", "schemas/settings.schema.json", "plugins/stores/sqlite.py",
                  "store/opening.py", "cli.py"):

@@ -20,7 +20,8 @@ from referencing.jsonschema import DRAFT202012
 
 from storyloom import ConfigError, ErrorKind, ProviderError
 from storyloom.plugins.providers import anthropic, gemini, openai
-from storyloom.plugins.providers.http import parse_reset
+from storyloom.plugins.providers.http import google_retry_delay, parse_reset, retry_after
+from storyloom.ratelimit import MAX_COOL_DOWN_S
 from storyloom.provider import Provider, Request, Response
 from storyloom.ratelimit import RateLimiter
 from storyloom.settings import ModelSpec
@@ -451,8 +452,10 @@ def test_a_provider_without_feedback_reads_no_headers(fake_provider):  # noqa: F
 
 
 @pytest.mark.parametrize("value,expected", [
-    ("1s", 1.0), ("6m0s", 360.0), ("20ms", 0.02), ("1h2m3.5s", 3723.5), ("2.5", 2.5), ("7", 7.0),
+    ("1s", 1.0), ("6m0s", 360.0), ("20ms", 0.02), ("2m3.5s", 123.5), ("1h2m3.5s", MAX_COOL_DOWN_S), ("2.5", 2.5), ("7", 7.0),
     ("", None), (None, None), ("later", None), ("1x", None),
+    ("inf", None), ("nan", None), ("-inf", None), ("1m1m", None), ("1s1m", None), ("2ms2ms", None),
+    ("1e300", MAX_COOL_DOWN_S), ("99999h", MAX_COOL_DOWN_S),
 ])
 def test_parse_reset(value, expected):
     assert parse_reset(value) == (pytest.approx(expected) if expected is not None else None)
@@ -560,3 +563,34 @@ def test_docs_list_the_rate_limit_headers_each_provider_reads():
                                                                           row.split("|")[2])))
         declared = {name for pair in CLASSES[kind].rate_limit_headers for name in pair}
         assert documented == declared, kind
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_repr_masks_a_password_in_the_base_url(kind, fake_provider):  # noqa: F811
+    instance = provider(fake_provider, kind, base_url="http://user:s3cret@127.0.0.1:9/v1")
+    assert "s3cret" not in repr(instance) and "127.0.0.1:9" in repr(instance), repr(instance)
+
+
+@pytest.mark.parametrize("headers,expected", [
+    ({"retry-after": "inf"}, None), ({"retry-after": "nan"}, None), ({"retry-after-ms": "inf"}, None),
+    ({"retry-after": "1e300"}, MAX_COOL_DOWN_S), ({"retry-after-ms": "1e300"}, MAX_COOL_DOWN_S),
+    ({"retry-after": "Fri, 01 Jan 9999 00:00:00 GMT"}, MAX_COOL_DOWN_S),
+])
+def test_retry_after_is_finite_and_capped(headers, expected):
+    assert retry_after(headers) == expected
+
+
+@pytest.mark.parametrize("reset", ["1e300", "inf", "99999h"])
+@trio_test
+async def test_a_servers_huge_reset_cools_the_limiter_down_for_the_cap_at_most(reset, fake_provider):  # noqa: F811
+    fake_provider.configure("m1", headers={"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": reset})
+    limiter = RateLimiter(rpm=6000, tpm=None)
+    instance = provider(fake_provider, "openai")
+    instance.bind_rate_limits(limiter)
+    await complete(instance, THAI_REQUEST)
+    assert 0 < limiter.cooling_until - trio.current_time() <= MAX_COOL_DOWN_S
+
+
+def test_a_huge_gemini_retry_delay_is_capped():
+    assert google_retry_delay('{"retryDelay": "99999999999s"}') == MAX_COOL_DOWN_S
+    assert google_retry_delay('{"retryDelay": "23s"}') == 23.0

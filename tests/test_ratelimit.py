@@ -344,3 +344,13 @@ def test_bad_arguments():
         RateLimiter(rpm=10, tpm=None, burst_seconds=0)
     with pytest.raises(ValueError):
         RateLimiter(rpm=10, tpm=None, headroom=-1)
+
+
+@pytest.mark.parametrize("seconds", [1e300, float("inf")])
+def test_a_cool_down_is_capped(seconds):
+    from storyloom.ratelimit import MAX_COOL_DOWN_S
+
+    limiter = RateLimiter(rpm=60, tpm=None, clock=lambda: 0.0)
+    limiter.cool_down(seconds)
+    assert limiter.cooling_until == MAX_COOL_DOWN_S
+

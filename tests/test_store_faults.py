@@ -166,10 +166,12 @@ def test_a_locked_database_is_exit_5_and_nothing_is_stored(tmp_path):
     assert cli("run", "jobs/second.yaml", cwd=tmp_path).returncode == 0
 
 
-def test_a_bad_busy_timeout_is_a_usage_error(tmp_path):
+@pytest.mark.parametrize("value", ["soon", "inf", "1e300", "86401"])
+def test_a_bad_busy_timeout_is_a_usage_error(tmp_path, value):
     project(tmp_path)
-    out = cli("status", cwd=tmp_path, env={"STORYLOOM_SQLITE_BUSY_TIMEOUT": "soon"})
+    out = cli("run", "jobs/cli-job.yaml", "-q", cwd=tmp_path, env={"STORYLOOM_SQLITE_BUSY_TIMEOUT": value})
     assert out.returncode == 2 and "STORYLOOM_SQLITE_BUSY_TIMEOUT" in out.stderr and "Traceback" not in out.stderr
+    assert "<= 86400" in out.stderr, out.stderr
 
 
 @pytest.mark.slow

@@ -138,3 +138,16 @@ def test_plugins_lists_the_store_backends(folder, capsys):
 def test_the_sqlite_backend_cannot_be_blocked(folder, capsys):
     assert main(["status", "-p", "no:sqlite"]) == 2
     assert "essential" in capsys.readouterr().err
+
+
+def test_mask_url_of_an_unparseable_url_shows_nothing_before_the_last_at_or_after_the_query():
+    masked = mask_url("redis://u:p@ss@[::1/x")
+    assert "ss@" not in masked and "p@" not in masked, masked
+    masked = mask_url("redis://u@[::1/x?password=zz")
+    assert "zz" not in masked, masked
+
+
+@pytest.mark.parametrize("key", ["api_key", "apikey", "access_key", "sslpassword", "auth", "API_KEY", "Secret_X"])
+def test_mask_url_masks_every_query_key_that_names_a_secret(key):
+    masked = mask_url(f"postgresql://host/db?user=u&{key}=zz")
+    assert "zz" not in masked and "user=u" in masked, masked

@@ -561,3 +561,10 @@ def _open_or_error(folder):
         return pragma(store, "user_version")
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("busy_timeout", [float("inf"), float("nan"), -1.0, 86401.0])
+def test_open_refuses_a_busy_timeout_out_of_range_and_creates_nothing(tmp_path, busy_timeout):
+    with pytest.raises(ValueError, match="busy_timeout"):
+        SQLiteStore.open(tmp_path / "state", busy_timeout=busy_timeout)
+    assert not (tmp_path / "state").exists()

@@ -15,7 +15,7 @@ import storyloom
 from sample_plugins import scripted
 from storyloom.events import Event
 from storyloom.plugins import webhook
-from storyloom.plugins.webhook import message_text, where
+from storyloom.plugins.webhook import message_text, scrubbed, where
 
 
 class Hook:
@@ -259,3 +259,15 @@ def test_a_bad_webhook_url_in_settings_is_refused_without_quoting_it(tmp_path, u
 def test_where_shows_scheme_host_and_port_only():
     assert where("https://bob:hunter2@Hooks.Example:8443/services/x?token=t") == "https://hooks.example:8443"
     assert "hunter2" not in where("https://bob:hunter2@[::1/x")
+
+
+def test_scrubbed_masks_a_password_that_contains_the_username():
+    url = "https://bob:bob123@hooks.example/services/x"
+    text = scrubbed("failed: password bob123 for user bob", url)
+    assert "123" not in text and "bob" not in text, text
+
+
+def test_scrubbed_masks_the_decoded_form_of_a_percent_encoded_password():
+    url = "https://bob:p%40ss@hooks.example/services/x"
+    text = scrubbed("auth failed with p@ss (raw p%40ss)", url)
+    assert "p@ss" not in text and "p%40ss" not in text, text

@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 DEFAULT_STORE = "sqlite"
 STORE_ENV = "STORYLOOM_STORE"
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)(?::|$)")
-_SECRET_KEYS = ("password", "passwd", "secret", "token")
+#: A query key holding any of these (case-insensitively) is masked: ``api_key``, ``sslpassword``, ...
+_SECRET_KEY_PARTS = ("pass", "secret", "token", "key", "auth")
 MASK = "***"
 
 
@@ -44,8 +45,9 @@ def url_scheme(url: str) -> str:
 
 
 def mask_url(url: Any) -> str:
-    """``url`` with any password (``user:pass@``, ``?password=``) replaced by ``***``:
-    what messages may show."""
+    """``url`` with any password (``user:pass@``, ``?password=``, ``?api_key=``, ...)
+    replaced by ``***``: what messages may show. An unparseable URL shows only
+    what follows its last ``@``, without its query."""
     text = str(url)
     try:
         parts = urlsplit(text)
@@ -56,13 +58,17 @@ def mask_url(url: Any) -> str:
         query = parts.query
         if query:
             pairs = parse_qsl(query, keep_blank_values=True)
-            if any(key.lower() in _SECRET_KEYS for key, _ in pairs):
-                query = urlencode([(k, MASK if k.lower() in _SECRET_KEYS else v) for k, v in pairs], safe="*")
+            if any(_secret_key(key) for key, _ in pairs):
+                query = urlencode([(k, MASK if _secret_key(k) else v) for k, v in pairs], safe="*")
         if (netloc, query) != (parts.netloc, parts.query):
             return urlunsplit(parts._replace(netloc=netloc, query=query))
     except ValueError:  # unparseable (a bad port, say): show only what cannot hold a password
-        return text.split("@", 1)[-1] if "@" in text else text
+        return text.rsplit("@", 1)[-1].split("?", 1)[0]
     return text
+
+
+def _secret_key(key: str) -> bool:
+    return any(part in key.lower() for part in _SECRET_KEY_PARTS)
 
 
 async def open_store_url(url: str, *, stores: Mapping[str, Any], state_dir: Path, settings: "Settings",

@@ -25,6 +25,7 @@ import dataclasses
 import email.utils
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -37,7 +38,9 @@ import trio
 
 from storyloom import ErrorKind, ProviderError
 from storyloom.provider import BaseProvider, Request, Response, merge_options, spec_error
+from storyloom.ratelimit import MAX_COOL_DOWN_S
 from storyloom.settings import ModelSpec
+from storyloom.store import mask_url
 from storyloom.tokens import estimate_request_tokens, estimate_tokens
 
 log = logging.getLogger("storyloom.providers")
@@ -197,57 +200,68 @@ def _text(value: Any) -> str:
 # ---------------------------------------------------------------------------
 
 
+def _seconds(value: float) -> float | None:
+    """A server's wait in seconds, from 0 to MAX_COOL_DOWN_S; None if not finite."""
+    return min(max(0.0, value), MAX_COOL_DOWN_S) if math.isfinite(value) else None
+
+
 def retry_after(headers: Mapping[str, str], wall_clock: Callable[[], float] = time.time) -> float | None:
     """The server's wait hint in seconds: ``retry-after-ms`` (milliseconds), else
-    ``retry-after`` (seconds or an HTTP date); None if absent or unreadable."""
+    ``retry-after`` (seconds or an HTTP date); None if absent, unreadable or not
+    finite, and at most ``MAX_COOL_DOWN_S``."""
     value = headers.get("retry-after-ms")
     if value is not None:
         try:
-            return max(0.0, float(value) / 1000)
+            return _seconds(float(value) / 1000)
         except ValueError:
             pass
     value = headers.get("retry-after")
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        return _seconds(float(value))
     except ValueError:
         pass
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     if when.tzinfo is None:
         return None
-    return max(0.0, when.timestamp() - wall_clock())
+    return _seconds(when.timestamp() - wall_clock())
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT_ORDER = ("h", "m", "s", "ms")
 
 
 def parse_reset(value: str | None, wall_clock: Callable[[], float] = time.time) -> float | None:
     """Seconds until a rate-limit reset, from ``"1s"``, ``"6m0s"``, ``"250ms"``,
-    ``"1h2m3.5s"``, a bare number of seconds, or an RFC 3339 time. None if unreadable."""
+    ``"1h2m3.5s"`` (each unit once, largest first), a bare number of seconds, or
+    an RFC 3339 time. None if unreadable or not finite; at most ``MAX_COOL_DOWN_S``."""
     if value is None:
         return None
     value = value.strip()
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        return _seconds(float(value))
     except ValueError:
         pass
     parts = _DURATION_PART.findall(value)
     if parts and "".join(n + u for n, u in parts) == value:
+        units = [_UNIT_ORDER.index(u) for _, u in parts]
+        if units != sorted(set(units)):
+            return None  # "1m1m", "1s1m": not a duration a server means
         scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-        return sum(float(n) * scale[u] for n, u in parts)
+        return _seconds(sum(float(n) * scale[u] for n, u in parts))
     try:
         when = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
     if when.tzinfo is None:
         return None
-    return max(0.0, when.timestamp() - wall_clock())
+    return _seconds(when.timestamp() - wall_clock())
 
 
 def exhausted_budgets(headers: Mapping[str, str], pairs: tuple[tuple[str, str], ...],
@@ -272,9 +286,9 @@ def exhausted_budgets(headers: Mapping[str, str], pairs: tuple[tuple[str, str], 
 
 
 def google_retry_delay(details: str) -> float | None:
-    """``retryDelay`` ("23s", "1.5s") from Gemini's ``google.rpc.RetryInfo`` detail."""
+    """``retryDelay`` ("23s", "1.5s") from Gemini's ``google.rpc.RetryInfo`` detail, at most ``MAX_COOL_DOWN_S``."""
     match = re.search(r'"retryDelay":\s*"(\d+(?:\.\d+)?)s"', details)
-    return float(match.group(1)) if match else None
+    return _seconds(float(match.group(1))) if match else None
 
 
 # ---------------------------------------------------------------------------
@@ -459,7 +473,7 @@ class HTTPProvider(BaseProvider):
         await self._client.aclose()
 
     def __repr__(self) -> str:
-        return (f"<{type(self).__name__} model={self.spec.model!r} base_url={self.base_url!r} "
+        return (f"<{type(self).__name__} model={self.spec.model!r} base_url={mask_url(self.base_url)!r} "
                 f"key_env={self.key_env!r} key={'set' if self._key else 'missing'}>")
 
     # -- internals -------------------------------------------------------------
@@ -566,8 +580,9 @@ class HTTPProvider(BaseProvider):
         try:
             url = httpx.URL(text)
         except httpx.InvalidURL as err:
-            raise spec_error(spec, ("base_url",), f"expected an http(s) URL, got {text!r} ({err})") from None
+            detail = str(err).replace(text, mask_url(text))
+            raise spec_error(spec, ("base_url",), f"expected an http(s) URL, got {mask_url(text)!r} ({detail})") from None
         if url.scheme not in ("http", "https") or not url.host:
-            raise spec_error(spec, ("base_url",), f"expected an http(s) URL, got {text!r}")
+            raise spec_error(spec, ("base_url",), f"expected an http(s) URL, got {mask_url(text)!r}")
         cls.validate_options(opts, spec)
         return opts

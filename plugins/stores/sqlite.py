@@ -54,6 +54,8 @@ SCHEMA_VERSION = 4
 BUSY_TIMEOUT_S = 10.0
 #: Seconds to wait for another process's write lock, instead of BUSY_TIMEOUT_S.
 BUSY_TIMEOUT_ENV = "STORYLOOM_SQLITE_BUSY_TIMEOUT"
+#: The longest busy timeout accepted (a day): SQLite takes whole milliseconds in an int.
+MAX_BUSY_TIMEOUT_S = 86400.0
 SYNCHRONOUS_MODES = ("NORMAL", "FULL")
 #: States an AttemptRecord may move an item to.
 RECORD_STATES = ("completed", "failed", "pending", "skipped")
@@ -323,13 +325,15 @@ class SQLiteStore:
         ``synchronous`` is ``NORMAL`` (durable across process crashes) or
         ``FULL`` (also across power loss); anything else is a ValueError.
         ``busy_timeout`` is how many seconds a write waits for another
-        process's lock. Raises :class:`StoreVersionError` if the file has a
+        process's lock, 0 to ``MAX_BUSY_TIMEOUT_S`` (else a ValueError). Raises :class:`StoreVersionError` if the file has a
         newer schema, :class:`StoreUnavailable` if the folder or file cannot
         be used (so does every method later).
         """
         mode = synchronous.upper() if isinstance(synchronous, str) else synchronous
         if mode not in SYNCHRONOUS_MODES:
             raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, not {synchronous!r}")
+        if not 0 <= busy_timeout <= MAX_BUSY_TIMEOUT_S:
+            raise ValueError(f"busy_timeout must be 0 to {MAX_BUSY_TIMEOUT_S:.0f} seconds, not {busy_timeout!r}")
         folder = Path(state_dir)
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -947,8 +951,9 @@ def _busy_timeout() -> float:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not value >= 0:
-        raise UsageError(f"${BUSY_TIMEOUT_ENV} must be a number of seconds >= 0, not {text!r}")
+    if not 0 <= value <= MAX_BUSY_TIMEOUT_S:  # also refuses nan and inf
+        raise UsageError(f"${BUSY_TIMEOUT_ENV} must be a number of seconds >= 0 and "
+                         f"<= {MAX_BUSY_TIMEOUT_S:.0f}, not {text!r}")
     return value
 
 

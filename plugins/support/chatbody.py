@@ -2,8 +2,8 @@
 
 The Batch API input format is OpenAI's, so OpenAI's published request schema
 is the contract of the file, whichever provider the job's models use: a body
-is checked against ``CreateChatCompletionRequest`` (shipped beside the openai
-provider as ``openai-chat-request.schema.json``, extracted from the published
+is checked against ``CreateChatCompletionRequest`` (shipped beside this
+module as ``openai-chat-request.schema.json``, extracted from the published
 OpenAPI spec by ``tests/openai_schema.py``), then against :data:`LIMITS`, what
 storyloom itself can send: ``max_tokens`` / ``max_completion_tokens`` of at
 least 1, ``n`` of 1, text messages in the roles :data:`ROLES`, and no field
@@ -35,7 +35,7 @@ __all__ = ["LIMITS", "REQUEST_SCHEMA", "ROLES", "check_body"]
 
 #: OpenAI's CreateChatCompletionRequest, with its $defs (package data).
 REQUEST_SCHEMA: dict[str, Any] = json.loads(
-    importlib.resources.files("storyloom.plugins.providers").joinpath("openai-chat-request.schema.json")
+    importlib.resources.files(__package__).joinpath("openai-chat-request.schema.json")
     .read_text(encoding="utf-8"))
 #: The message roles storyloom sends (tool and function messages need tool calls, which it does not make).
 ROLES = ("system", "developer", "user", "assistant")
