@@ -34,12 +34,8 @@ async def expected_outputs(config: "RunConfig", job: "Job", store: "Store") -> l
     and, once a run of it has ended, one report per configured renderer."""
     outputs: list[Output] = []
     for collect in config.hooks.job_outputs(job=job, store=store, config=config):
-        try:
-            outputs.extend(await collect())
-        except Exception:  # one buggy plugin costs only its own outputs
-            print("storyloom: work returned by a loom_job_outputs hook failed; its outputs are left out:",
-                  file=sys.stderr)
-            traceback.print_exc(file=sys.stderr)
+        # Raises, as loom_job_outputs documents: a partial projection must not pass as complete.
+        outputs.extend(await collect())
     row = await store.get_job(job.job_id)
     if row is not None and row.state in STOPPED_STATES:
         renderers = report_renderers(config)

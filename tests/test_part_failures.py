@@ -10,8 +10,9 @@ import trio
 
 import storyloom
 from storyloom import UsageError
-from storyloom.api import run_job
+from storyloom.api import render_report, run_job
 from storyloom.provider import BaseProvider, Response
+from storyloom.store import StoreUnavailable
 
 SETTINGS = """
 models:
@@ -140,3 +141,54 @@ def test_providers_are_closed_when_cleanup_meets_an_unexpected_error(studio):
         trio.run(main)
     assert "release broke" in repr(info.value)
     assert CLOSED
+
+
+class TwoFaults:
+    """The real store; the job's start is refused (UsageError) while the
+    promotion chore finds the store failed (StoreUnavailable), both at once."""
+
+    def __init__(self, store):
+        self._store = store
+        self._gate = trio.Event()
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    async def promote(self, *args, **kwargs):
+        with trio.CancelScope(shield=True):  # fails even as the worker cancels it
+            await self._gate.wait()
+        raise StoreUnavailable("db", "disk full", "free some space")
+
+    async def costs(self, job_id):
+        self._gate.set()
+        raise UsageError("refused at the start")
+
+
+def test_a_store_failure_with_a_usage_error_arrives_as_the_store_failure(studio):
+    path = studio.write("job.yaml", JOB)
+
+    async def main():
+        async with studio.store(create=True) as store:
+            await run_job(path, options=studio.options(), store=TwoFaults(store), plugins=(Parts(),))
+
+    with pytest.raises(StoreUnavailable) as info:
+        trio.run(main)
+    assert type(info.value) is StoreUnavailable  # one plain error: the store is the truth
+
+
+def test_a_run_that_another_process_ends_still_reports_its_write_failures(studio):
+    studio.submit(JOB, plugins=(Parts(),))
+    claimed = studio.read(lambda store: store.claim("parts", 1, 0.0, "elsewhere:1:abc"))  # alive: another host
+    assert len(claimed) == 1
+    studio.out_dir.mkdir()
+    (studio.out_dir / "parts").write_text("a file where the job's folder goes")
+    result = studio.resume("parts", plugins=(Parts(),))
+    assert result.summary.status == "interrupted"  # the other process ends the job
+    assert result.summary.output_problems  # the failed result write is not lost
+
+
+def test_report_with_a_raising_renderer_is_a_clean_usage_error(studio, capsys):
+    studio.run(JOB, plugins=(Parts(),)).assert_outcomes(completed=2)
+    with pytest.raises(UsageError, match="renderer 'broken' failed"):
+        trio.run(lambda: render_report("parts", "broken", options=studio.options(), plugins=(Parts(),)))
+    assert "renderer bug" in capsys.readouterr().err  # the renderer's own error, for its author
