@@ -76,7 +76,7 @@ def test_run_with_a_refusing_sink_factory_stores_nothing(studio):
     studio.run(JOB, plugins=(Parts(),)).assert_outcomes(completed=2)  # the job_id is free
 
 
-def test_work_pauses_only_the_job_whose_sink_factory_refuses(studio):
+def test_work_pauses_the_job_whose_sink_factory_refuses_and_goes_on(studio):
     studio.submit(JOB, plugins=(Parts(),))
     result = studio.work(plugins=(Parts(),), progress=("refuses",))  # does not raise
     assert "parts" not in result.summaries
