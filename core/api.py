@@ -17,12 +17,11 @@ from .config import Config, Options, make_config
 from .chosen import chosen
 from .errors import ErrorKind, UsageError
 from .job import Job, Priority, item_from_dict, item_to_dict, job_from_dict, job_to_dict
-from .jobtype import event_fields
 from .kernel import Worker
 from .outputs import as_dict as outputs_as_dict, job_folder
-from .projection import check_outputs, rebuild_outputs
+from .projection import check_outputs, rebuild_outputs, render_reports
 from .registry import REGISTRY_HOOKS
-from .report import build_report, snapshot
+from .report import snapshot
 from .settings import DEFAULT_PROGRESS
 from .summary import Summary
 from .store import HELD_JOB_STATES, JobExists, JobRow, NewItem, Store, StoreNotFound, open_store
@@ -52,9 +51,12 @@ async def run_job(
     with _configured(config, options, job_file, plugins) as config:
         loaded = _load(config, job)
         worker = Worker(config, only=config.plan(loaded), handle_signals=handle_signals)
-        async with _opened(store, config) as store:
-            await add_job(store, loaded)
-            return _only_summary(await worker.run(store), loaded.job_id)
+        try:
+            async with _opened(store, config) as store:
+                await add_job(store, loaded)
+                return _only_summary(await worker.run(store), loaded.job_id)
+        finally:  # run() closes the providers too, but it may never be reached
+            await worker.aclose()
 
 
 async def resume_job(
@@ -88,16 +90,20 @@ async def resume_job(
             # Built before the job goes back in the queue: a bad name on the
             # command line (--progress nosuch) leaves the job as it was.
             worker = Worker(config, only=config.plan(stored), handle_signals=handle_signals)
-            # Checked (a new --budget-usd too) before anything is stored.
-            _loaded, retried = await _requeue(opened, job_id, options, retry_failed, kinds, check=config.plan)
-            # Outputs a kill or a full disk lost come back first, also when nothing is left to run.
-            rebuilt = await rebuild_outputs(config, stored, opened, everything=False)
-            counts = await opened.counts(job_id)
-            if not counts["pending"] and not counts["running"]:
-                summary = await _nothing_to_resume(opened, job_id, counts, kinds if retry_failed else None)
-            else:
-                summary = _only_summary(await worker.run(opened), job_id)
-                summary.retried = retried
+            try:
+                # Outputs a kill or a full disk lost come back first, also when nothing is
+                # left to run; while the job is still stopped, so its reports are due too.
+                rebuilt = await rebuild_outputs(config, stored, opened, everything=False)
+                # Checked (a new --budget-usd too) before anything is stored.
+                _loaded, retried = await _requeue(opened, job_id, options, retry_failed, kinds, check=config.plan)
+                counts = await opened.counts(job_id)
+                if not counts["pending"] and not counts["running"]:
+                    summary = await _nothing_to_resume(opened, job_id, counts, kinds if retry_failed else None)
+                else:
+                    summary = _only_summary(await worker.run(opened), job_id)
+                    summary.retried = retried
+            finally:  # run() closes the providers too, but it may never be reached
+                await worker.aclose()
             summary.outputs_rebuilt = sum(s.state == "rebuilt" for s in rebuilt)
             failed = tuple(s.problem for s in rebuilt if s.problem is not None)
             summary.output_problems = failed + tuple(summary.output_problems)
@@ -247,8 +253,11 @@ async def work(
             names = chosen(config.settings.progress, DEFAULT_PROGRESS, config.registries.sinks)
             progress = tuple(dict.fromkeys("plain" if n == "terminal" else n for n in names))
         worker = Worker(config, burst=burst, handle_signals=handle_signals, progress=progress)
-        async with _opened(store, config) as store:
-            summaries = WorkSummaries(await worker.run(store))
+        try:
+            async with _opened(store, config) as store:
+                summaries = WorkSummaries(await worker.run(store))
+        finally:  # run() closes the providers too, but it may never be reached
+            await worker.aclose()
         summaries.interrupted = worker.interrupted
         return summaries
 
@@ -366,10 +375,12 @@ async def render_report(job_id: str, format: str = "md", *, options: Options = O
             row = await store.get_job(job_id)
             if row is None:
                 raise UsageError(f"no job {job_id!r} in {_where(store)}")
-            job_type = config.registries.job_types.get(row.job_type)
-            report = await build_report(store, job_from_dict(row.definition), await snapshot(store, row),
-                                        shown_fields=event_fields(job_type))
-    return renderer(report)
+            rendered = await render_reports(config, job_from_dict(row.definition), store,
+                                            await snapshot(store, row), [(format, renderer)])
+    if not rendered:
+        raise UsageError(f"the report renderer {format!r} failed (its error is above)")
+    _name, file_name, text = rendered[0]
+    return file_name, text
 
 
 async def job_outputs(job_id: str, *, rebuild: bool = False, options: Options = Options(),

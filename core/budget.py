@@ -71,7 +71,7 @@ class Budget:
         return True
 
     def settle(self, reserved: float, actual: float) -> None:
-        """End one reservation made by :meth:`reserve`, charging ``actual``."""
+        """End one reservation made by :meth:`reserve` or :meth:`try_reserve`, charging ``actual``."""
         self._holders -= 1
         # Float sums leave residue (0.1 * 3 - 0.1 * 3 != 0): the count decides emptiness.
         self.reserved = max(0.0, self.reserved - reserved) if self._holders else 0.0

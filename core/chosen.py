@@ -1,7 +1,9 @@
 """Choosing what plugins registered by the names configuration gives.
 
 Sinks and report renderers named in the settings or on the command line are
-looked up here, once, before anything is stored; a default name whose plugin
+looked up here: first when a worker is built, before anything is stored (so
+an unknown name is a clean UsageError), then again by each job run and each
+look at a job's expected outputs; a default name whose plugin
 is blocked (``-p no:reports``) drops out, a name the user gave stays and is
 an error if unknown.
 """

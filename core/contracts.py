@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import ErrorKind
 from .events import Event
-from .jobtype import Result
+
+@dataclass(frozen=True)
+class Result:
+    """What an item produced: text for ``storyloom-out/<job_id>/<file_name>``."""
+
+    text: str
+    file_name: str
+    data: dict[str, Any] | None = None
+
 
 if TYPE_CHECKING:
     import os

@@ -147,7 +147,10 @@ def loom_register_sinks(register: Callable[[str, Callable[..., Any]], None]) -> 
 
     :param register: ``register(name, factory)``; ``factory(config, plan)``
         returns a :class:`storyloom.events.Sink`, or None to sit this batch
-        out (a terminal view when ``--quiet`` is given, say).
+        out (a terminal view when ``--quiet`` is given, say). It runs when
+        the job run is built, before ``run`` stores the job, and may raise
+        :class:`storyloom.UsageError` for bad options (``work`` then pauses
+        that job only); open files or sockets in the sink's ``run``, not here.
 
     Duplicate names raise :class:`storyloom.UsageError`.
     """
@@ -161,7 +164,8 @@ def loom_register_renderers(register: Callable[[str, Callable[..., Any]], None])
 
     :param register: ``register(name, renderer)``; ``renderer(report)`` takes
         the report mapping (see ``storyloom.report.build_report``) and returns
-        ``(file_name, text)``.
+        ``(file_name, text)``. A renderer that raises costs only its own
+        report: a line on stderr, and the run, ``outputs`` and ``resume`` go on.
 
     Duplicate names raise :class:`storyloom.UsageError`.
     """

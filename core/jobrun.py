@@ -23,9 +23,8 @@ from .contracts import BatchControl
 from .events import Event
 from .job import Job, Plan
 from .chosen import lookup, progress_sinks, report_renderers
-from .jobtype import event_fields
-from .outputs import job_folder, take_problems, write_output
-from .report import build_report
+from .outputs import OutputProblem, job_folder, problem_line, take_problems, write_output
+from .projection import render_reports
 from .store import StartRecord, Store
 from .store.owner import owner_alive
 from .summary import Summary
@@ -58,7 +57,10 @@ class JobRun:
         options = {k: v for k, v in plan.routing.items() if k != "strategy"}
         self.strategy = lookup(reg.strategies, strategy_name, "routing strategy")(options, plan)
         self.policy = lookup(reg.retry_policies, plan.retry.policy, "retry policy")(plan.retry)
-        self.sink_factories = progress_sinks(self.config, worker.progress)
+        # Sinks are built here, before anything is stored, so a factory that
+        # refuses its options is a clean UsageError; they open files only in run().
+        self.sinks = [(name, sink) for name, factory in progress_sinks(self.config, worker.progress)
+                      if (sink := factory(self.config, plan)) is not None]
         self.renderers = report_renderers(self.config)
         self.pool = worker.pool
         self.providers = worker.providers_for(plan.models)
@@ -152,10 +154,13 @@ class JobRun:
                 for channel in self._sinks:
                     channel.close()
                 if self.worker.only is not self:
+                    _report_problems(job_id, take_problems(self.config, job_id))
                     return None
                 self.status = "interrupted"  # not stored: the job goes on elsewhere
                 self.reason = f"{counts['running']} item(s) are running in another process, which ends the job"
-                return self._summary(counts, (await store.costs(job_id)).cost_usd)
+                summary = self._summary(counts, (await store.costs(job_id)).cost_usd)
+                summary.output_problems = take_problems(self.config, job_id)
+                return summary
             if self.status == "paused" and not counts["pending"] and not counts["running"]:
                 self.status = None  # paused as the last item finished: nothing is left to resume
             if self.status is None:
@@ -239,6 +244,11 @@ class JobRun:
             await trio.sleep_forever()
         await sending.written.wait()
 
+    def close_sinks(self) -> None:
+        """End the sinks' event streams: they drain what is queued and stop."""
+        for channel in self._sinks:
+            channel.close()
+
     def emit(self, event: Event) -> None:
         for channel in list(self._sinks):
             try:
@@ -252,26 +262,14 @@ class JobRun:
     # -- plumbing --------------------------------------------------------
 
     def _start_sinks(self, nursery: trio.Nursery) -> None:
-        for name, factory in self.sink_factories:
-            sink = factory(self.config, self.plan)
-            if sink is None:
-                continue
+        for name, sink in self.sinks:
             send, receive = trio.open_memory_channel[Event](SINK_BUFFER)
             self._sinks.append(send)
             nursery.start_soon(_run_sink, name, sink, receive)
 
     async def _write_reports(self, store: Store, summary: Summary) -> None:
-        if not self.renderers:
-            return
-        report = await build_report(store, self.job, summary,
-                                    shown_fields=event_fields(self.job_type))
-        for name, renderer in self.renderers:
-            try:
-                file_name, text = renderer(report)
-            except Exception:
-                print(f"storyloom: report renderer {name!r} failed:", file=sys.stderr)
-                traceback.print_exc(file=sys.stderr)
-                continue
+        for _name, file_name, text in await render_reports(self.config, self.job, store, summary,
+                                                           self.renderers):
             # A failed write is recorded for the exit code (6), not raised.
             write_output(self.config, self.job_id, job_folder(self.config, self.job_id) / file_name, text)
 
@@ -282,6 +280,12 @@ class JobRun:
             except Exception:
                 print("storyloom: work returned by a loom_batch_finished hook failed:", file=sys.stderr)
                 traceback.print_exc(file=sys.stderr)
+
+
+def _report_problems(job_id: str, problems: tuple[OutputProblem, ...]) -> None:
+    """Write failures of a job that another process ends: said here, as no summary carries them."""
+    if problems:
+        print(f"storyloom: job {job_id!r}: {problem_line(job_id, problems)}", file=sys.stderr)
 
 
 async def _run_sink(name: str, sink: Any, receive: trio.MemoryReceiveChannel[Event]) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .contracts import Result  # noqa: F401 - plugins import it from here
 from .document import Document, PathKey, error_at
 from .errors import ConfigError
 from .validation import describe, schema
@@ -146,10 +147,3 @@ def one_item(item: "Item", entry: Mapping[str, Any], where: ItemSite) -> list[tu
     return [(replace(item, fields=dict(item.fields)), ("item_id",))]
 
 
-@dataclass(frozen=True)
-class Result:
-    """What an item produced: text for ``storyloom-out/<job_id>/<file_name>``."""
-
-    text: str
-    file_name: str
-    data: dict[str, Any] | None = None

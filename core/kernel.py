@@ -33,16 +33,15 @@ import trio
 
 from .attempt import run_attempt
 from .config import Config
-from .contracts import Outcome, Stop
+from .contracts import Outcome, Result, Stop
 from .errors import UsageError
 from .events import Event
 from .job import Item, Plan, item_from_dict, job_from_dict
 from .chosen import lookup, progress_sinks, report_renderers
 from .jobrun import JobRun, Sending
-from .jobtype import Result
 from .pool import ModelPool
 from .provider import check_provider
-from .store import AttemptRecord, ClaimedItem, StartRecord, Store, StoreUnavailable
+from .store import AttemptRecord, ClaimedItem, Store, StoreUnavailable
 from .store.owner import make_owner, owner_alive
 from .summary import Summary
 
@@ -193,32 +192,39 @@ class Worker:
                 chores.cancel()
                 # Sinks drain what is left in their (now closed) channels, within limits.
                 outer.cancel_scope.deadline = trio.current_time() + SINK_GRACE
-        except* UsageError as group:
-            # Bad input met only once running (a sink factory refusing its
-            # options, say): callers get the plain error, and the CLI one line.
-            raise _first(group) from None
-        except* StoreUnavailable as group:
-            # The store failed (disk full, locked, damaged): one error, which the CLI maps to exit 5.
-            fault = _first(group)
-            raise fault from None
+        except* (UsageError, StoreUnavailable) as group:
+            # One plain error, which the CLI maps: a failed store (exit 5) before
+            # bad input met only once running; the store is the truth.
+            errors = _leaves(group)
+            fault = next((e for e in errors if isinstance(e, StoreUnavailable)), None)
+            raise (fault or errors[0]) from None
         finally:
             with trio.CancelScope(shield=True):
-                for run in self.runs.values():  # cancelled from outside, or an error escaped
-                    reason = f"the store failed: {fault.reason}" if fault else "the run was cancelled"
-                    try:
-                        await store.release(run.job_id, self.owner)
-                        if run.summary is None:
-                            await store.set_job_state(run.job_id, "interrupted", reason)
-                    except StoreUnavailable:
-                        # Left running; its owner (this process) is gone when the next
-                        # resume or work recovers it, so it continues as if interrupted.
-                        pass
-                for provider in self.providers.values():
-                    try:
-                        await provider.aclose()
-                    except Exception:
-                        traceback.print_exc()
+                try:
+                    for run in self.runs.values():  # cancelled from outside, or an error escaped
+                        reason = f"the store failed: {fault.reason}" if fault else "the run was cancelled"
+                        try:
+                            await store.release(run.job_id, self.owner)
+                            if run.summary is None:
+                                await store.set_job_state(run.job_id, "interrupted", reason)
+                        except StoreUnavailable:
+                            # Left running; its owner (this process) is gone when the next
+                            # resume or work recovers it, so it continues as if interrupted.
+                            pass
+                finally:
+                    await self.aclose()
         return self.summaries
+
+    async def aclose(self) -> None:
+        """Close the providers this worker built; safe to call again, and
+        needed when :meth:`run` is never reached (it closes them itself)."""
+        providers, self.providers = list(self.providers.values()), {}
+        with trio.CancelScope(shield=True):
+            for provider in providers:
+                try:
+                    await provider.aclose()
+                except Exception:
+                    traceback.print_exc()
 
     async def _pipeline(self) -> None:
         send, receive = trio.open_memory_channel[Any](max(COMMIT_BATCH, CLAIM_BATCH * 2))
@@ -327,7 +333,15 @@ class Worker:
                 await self.store.set_job_state(job_id, "paused", reason)
             return None
         self.runs[job_id] = run
-        await run.start(self.store, self._background, self.owner)
+        try:
+            await run.start(self.store, self._background, self.owner)
+        except UsageError as exc:  # a plugin's batch_started refusing the job, say: that job only
+            del self.runs[job_id]
+            run.close_sinks()
+            reason = f"this worker cannot run it: {exc}"
+            print(f"storyloom: job {job_id!r} paused: {reason}", file=sys.stderr)
+            await self.store.set_job_state(job_id, "paused", reason)
+            return None
         return run
 
     async def _run_item(self, run: JobRun, claimed: ClaimedItem, limiter: trio.CapacityLimiter,
@@ -370,7 +384,7 @@ class Worker:
                         break
                     await trio.lowlevel.checkpoint()
                 sending = [m for m in batch if isinstance(m, Sending)]
-                starts = [m.record for m in sending] + [m for m in batch if isinstance(m, StartRecord)]
+                starts = [m.record for m in sending]
                 finished = [m for m in batch if isinstance(m, _Finished)]
                 released: dict[JobRun, list[str]] = {}
                 for m in batch:
@@ -483,10 +497,10 @@ def _record(run: JobRun, item: Item, outcome: Outcome, started_wall: float) -> A
     )
 
 
-def _first(group: BaseExceptionGroup[Any]) -> Any:
-    """The first error of a (possibly nested) group of nursery errors."""
-    error = group.exceptions[0]
-    return _first(error) if isinstance(error, BaseExceptionGroup) else error
+def _leaves(group: BaseExceptionGroup[Any]) -> list[Any]:
+    """Every error of a (possibly nested) group, in order."""
+    return [leaf for error in group.exceptions
+            for leaf in (_leaves(error) if isinstance(error, BaseExceptionGroup) else [error])]
 
 
 def _drain(receive: trio.MemoryReceiveChannel[Any], batch: list[Any]) -> None:

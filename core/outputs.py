@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from .atomic import write_atomic
-from .summary import EXIT_OUTPUTS  # noqa: F401 - the code this module's failures end in
 
 if TYPE_CHECKING:
     from .contracts import HookConfig

@@ -7,7 +7,9 @@ the reports; :func:`check_outputs` compares each with its file;
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import sys
+import traceback
+from typing import TYPE_CHECKING, Any
 
 from .atomic import remove_temporary
 from .chosen import report_renderers
@@ -32,17 +34,39 @@ async def expected_outputs(config: "RunConfig", job: "Job", store: "Store") -> l
     and, once a run of it has ended, one report per configured renderer."""
     outputs: list[Output] = []
     for collect in config.hooks.job_outputs(job=job, store=store, config=config):
+        # Raises, as loom_job_outputs documents: a partial projection must not pass as complete.
         outputs.extend(await collect())
     row = await store.get_job(job.job_id)
     if row is not None and row.state in STOPPED_STATES:
         renderers = report_renderers(config)
         if renderers:
-            report = await build_report(store, job, await snapshot(store, row),
-                                        shown_fields=event_fields(config.registries.job_types.get(job.job_type)))
-            for _name, renderer in renderers:
-                file_name, text = renderer(report)
+            for _name, file_name, text in await render_reports(config, job, store, await snapshot(store, row),
+                                                               renderers):
                 outputs.append(Output(file_name, text, exact=False))
     return outputs
+
+
+async def render_reports(config: "RunConfig", job: "Job", store: "Store", summary: Any,
+                         renderers: list[tuple[str, Any]]) -> list[tuple[str, str, str]]:
+    """``(name, file_name, text)`` of the report each of ``renderers`` (as
+    :func:`storyloom.chosen.report_renderers` gives them) makes of ``job`` as
+    ``summary`` (a run's Summary, or a :func:`~storyloom.report.snapshot`)
+    says it stands. A renderer that raises is reported on stderr and left
+    out: one buggy renderer costs only its own report. Never raises for a renderer."""
+    if not renderers:
+        return []
+    report = await build_report(store, job, summary,
+                                shown_fields=event_fields(config.registries.job_types.get(job.job_type)))
+    rendered = []
+    for name, renderer in renderers:
+        try:
+            file_name, text = renderer(report)
+        except Exception:
+            print(f"storyloom: report renderer {name!r} failed:", file=sys.stderr)
+            traceback.print_exc(file=sys.stderr)
+            continue
+        rendered.append((name, file_name, text))
+    return rendered
 
 
 async def check_outputs(config: "RunConfig", job: "Job", store: "Store") -> list[tuple[Output, OutputState]]:

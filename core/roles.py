@@ -97,7 +97,8 @@ class AttemptBatch(Protocol):
     def hooks(self) -> "Hooks": ...
 
     async def started(self, record: "StartRecord") -> None:
-        """Queue an attempt's start for the next group commit."""
+        """Queue an attempt's start for the next group commit and wait until
+        it is on disk: a request is sent only once its attempt is recorded."""
 
     def emit(self, event: "Event") -> None:
         """Send an event to the job's progress sinks."""

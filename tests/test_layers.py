@@ -30,7 +30,7 @@ CORE = ("storyloom", "storyloom.store")
 KERNEL = ("kernel", "jobrun", "attempt", "hookspecs", "config", "pluginmanager")
 #: The types layer: it may import only these storyloom modules, even under TYPE_CHECKING.
 TYPES_LAYER = {
-    "storyloom.contracts": {"storyloom", "storyloom.errors", "storyloom.events", "storyloom.jobtype",
+    "storyloom.contracts": {"storyloom", "storyloom.errors", "storyloom.events",
                             "storyloom.job", "storyloom.settings", "storyloom.registry"},
 }
 #: Modules a protocol module must never name: those that implement or use its protocols.
