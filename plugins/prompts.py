@@ -212,8 +212,11 @@ def _render(text: str, context: dict[str, Any], where: str) -> str:
         return text
     try:
         return compiled(text).render(context)
-    except (jinja2.TemplateError, OverflowError) as exc:  # the sandbox's SecurityError: "... is unsafe"
-        raise ProviderError(ErrorKind.INVALID_INPUT, f"{where}: {exc}") from None
+    # The sandbox's SecurityError ("... is unsafe"); and what a template can
+    # raise itself: '{0}{}'.format(1), a macro calling itself, ints too long for text.
+    except (jinja2.TemplateError, ArithmeticError, ValueError, TypeError, RecursionError, MemoryError) as exc:
+        raise ProviderError(ErrorKind.INVALID_INPUT, f"{where}: {type(exc).__name__ if not str(exc) else exc}") \
+            from None
 
 
 def _from_body(body: dict[str, Any], job: Job) -> Request:
