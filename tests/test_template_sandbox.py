@@ -241,3 +241,33 @@ def test_modest_widths_loops_and_formats_still_render(tmp_path):
               "{{ 'a.b'.replace('.', '-') }}|{% for i in range(3) %}{{ loop.index }}/{{ loop.length }}{% endfor %}")
     request = PromptsJobType().build_request(Item("a", fields={"prompt": prompt}), job)
     assert request.messages[0]["content"] == "   Rain   |    3|  Rain|1024|a-b|1/32/33/3"
+
+
+@pytest.mark.parametrize("prompt,expected", [
+    ("{% for k, v in vars.items() %}{{ k }}={{ v }};{% endfor %}", "title=Rain;"),
+    ("{{ vars.get('author', 'anon') }}", "anon"),
+    ("{{ vars.keys()|list|length }}", "1"),
+    ("{{ vars.author | default('anon') }}", "anon"),
+    ("{{ vars.author|d('anon') }} {{ vars.title|d('x') }}", "anon Rain"),
+    ("{{ author | default('anon') }}", "anon"),
+    ("{% if author is defined %}{{ author }}{% endif %}{{ author|default('-') }}", "-"),
+])
+def test_a_valid_use_of_vars_or_default_is_not_refused_at_load(loom, prompt, expected):
+    result = loom.run(job_yaml(prompt))
+    result.assert_outcomes(completed=1)
+    from storyloom.plugins.prompts import template_problems
+
+    assert list(template_problems({"prompt": prompt}, {"title": "Rain"})) == []
+    job = Job(job_id="j", job_type="prompts", items=(), vars={"title": "Rain"})
+    request = PromptsJobType().build_request(Item("a", fields={"prompt": prompt}), job)
+    assert request.messages[0]["content"] == expected
+
+
+@pytest.mark.parametrize("prompt,message", [
+    ("{{ vars.author|upper|default('x') }}", "'vars.author'"),  # upper sees the missing key first
+    ("{{ vars.items() }}{{ vars.author }}", "'vars.author'"),
+    ("{{ author|upper }}", "'author'"),
+])
+def test_a_missing_name_outside_default_is_still_refused(loom, prompt, message):
+    with pytest.raises(ConfigError, match=message):
+        loom.run(job_yaml(prompt))

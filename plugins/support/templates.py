@@ -289,7 +289,7 @@ class _Shape:
     """What a template's source says about itself, whatever the context."""
 
     problem: str  # syntax or an unsafe attribute; "" if none
-    names: frozenset[str]  # top-level names it reads and does not set or test with `is defined`
+    names: frozenset[str]  # top-level names it reads and does not set, test with `is defined` or `|default`
     vars_keys: frozenset[str]  # keys it reads as vars.KEY
 
 
@@ -297,7 +297,10 @@ def template_problem(text: str, names: Collection[str], vars_keys: Collection[st
     """What is wrong with the template ``text`` for a context holding
     ``names`` (``vars_keys``: the keys of its ``vars`` mapping, checked in
     ``vars.KEY``), or "" if nothing is. Jinja's own globals (``range``,
-    ``loop``...) are always there."""
+    ``loop``...) are always there. A name or ``vars.KEY`` may be missing where
+    ``|default`` (``|d``) is applied to it directly, and a name tested once with
+    ``is defined`` may be missing anywhere in the template. ``vars.get(...)``,
+    ``vars.items()`` and the other dict methods are not keys."""
     shape = _shape(text)
     if shape.problem:
         return shape.problem
@@ -324,11 +327,21 @@ def _shape(text: str) -> _Shape:
     if unsafe:
         return _Shape(f"the template reads {unsafe!r}, which is unsafe: the sandbox refuses attributes that "
                       "start with '_'", frozenset(), frozenset())
+    # A name tested once with `is defined` is taken as optional everywhere in
+    # the template (the check does not follow which branch reads it).
     tested = {test.node.name for test in tree.find_all(nodes.Test)
               if test.name in ("defined", "undefined") and isinstance(test.node, nodes.Name)}
+    # What `|default` (`|d`) is applied to directly may be missing: it renders the default.
+    defaulted = [f.node for f in tree.find_all(nodes.Filter) if f.name in ("default", "d") and f.node is not None]
+    tested |= {node.name for node in defaulted if isinstance(node, nodes.Name)}
+    skipped = {id(node) for node in defaulted} | {id(call.node) for call in tree.find_all(nodes.Call)}
     vars_keys = {node.attr for node in tree.find_all(nodes.Getattr)
-                 if isinstance(node.node, nodes.Name) and node.node.name == "vars"}
+                 if isinstance(node.node, nodes.Name) and node.node.name == "vars"
+                 and id(node) not in skipped and node.attr not in _DICT_METHODS}  # vars.get(...), vars.items()
     return _Shape("", frozenset(meta.find_undeclared_variables(tree) - tested), frozenset(vars_keys))
+
+
+_DICT_METHODS = frozenset(name for name in dir(dict) if not name.startswith("_"))
 
 
 def _unsafe_attribute(tree: nodes.Template) -> str:
