@@ -155,7 +155,10 @@ class PromptsJobType:
 def _input_line(line: str, file: str, number: int) -> dict[str, Any]:
     """One request of an ``input:`` file, checked; errors name the file and line."""
     try:
-        entry = json.loads(line)
+        entry = json.loads(line, parse_constant=_refuse_constant, object_pairs_hook=_unique_keys)
+    except _NotStrictJSON as err:  # json.loads took it; strict JSON does not
+        column, message = _not_strict_json(line)
+        raise ConfigError(Location(file, number, column), "", message or str(err)) from None
     except ValueError as err:
         column = getattr(err, "colno", 1)
         raise ConfigError(Location(file, number, column), "", f"invalid JSON: {getattr(err, 'msg', err)}") from None
@@ -186,6 +189,49 @@ def _input_line(line: str, file: str, number: int) -> dict[str, Any]:
     return entry
 
 
+class _NotStrictJSON(ValueError):
+    """A line Python's json reads but JSON does not allow (found again, with
+    its column, by :func:`_not_strict_json`)."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotStrictJSON(f"invalid JSON: {name} is not valid JSON")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    entry = dict(pairs)
+    if len(entry) != len(pairs):  # json.loads would silently keep the last
+        raise _NotStrictJSON("invalid JSON: a duplicate key")
+    return entry
+
+
+def _not_strict_json(line: str) -> tuple[int, str]:
+    """(column, message) of the first NaN/Infinity or duplicate key in
+    ``line``, which json.loads has read (so it is JSON in every other way)."""
+    keys: list[set[str]] = []  # the keys of each object open at this point
+    i = 0
+    while i < len(line):
+        char = line[i]
+        if char == '"':
+            text, end = json.decoder.scanstring(line, i + 1)
+            if keys and line[end:].lstrip().startswith(":"):
+                if text in keys[-1]:
+                    return i + 1, f"invalid JSON: duplicate key {text!r} in one object (JSON would keep only the last)"
+                keys[-1].add(text)
+            i = end
+            continue
+        if char == "{":
+            keys.append(set())
+        elif char == "}":
+            keys.pop()
+        else:
+            for name in ("-Infinity", "Infinity", "NaN"):
+                if line.startswith(name, i):
+                    return i + 1, f"invalid JSON: {name} is not valid JSON (JSON numbers are finite)"
+        i += 1
+    return 1, ""
+
+
 def template_problems(fields: Mapping[str, Any], job_vars: Mapping[str, Any]) -> Iterator[tuple[tuple, str]]:
     """(path, problem) for each template of a prompt item (``prompt``, and
     ``vars.system`` beside it) that could not render: a syntax error, an
@@ -212,8 +258,11 @@ def _render(text: str, context: dict[str, Any], where: str) -> str:
         return text
     try:
         return compiled(text).render(context)
-    except (jinja2.TemplateError, OverflowError) as exc:  # the sandbox's SecurityError: "... is unsafe"
-        raise ProviderError(ErrorKind.INVALID_INPUT, f"{where}: {exc}") from None
+    # The sandbox's SecurityError ("... is unsafe"); and what a template can
+    # raise itself: '{0}{}'.format(1), a macro calling itself, ints too long for text.
+    except (jinja2.TemplateError, ArithmeticError, ValueError, TypeError, RecursionError, MemoryError) as exc:
+        raise ProviderError(ErrorKind.INVALID_INPUT, f"{where}: {type(exc).__name__ if not str(exc) else exc}") \
+            from None
 
 
 def _from_body(body: dict[str, Any], job: Job) -> Request:

@@ -253,6 +253,27 @@ def test_a_bad_line_names_the_file_and_line(loom, lines, where, message):
     assert message in text, text
 
 
+GOOD_LINE = '{"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions", "body": {%s"messages": []}}'
+
+
+@pytest.mark.parametrize("text,column,message", [
+    (GOOD_LINE % '"temperature": NaN, ', 94, "NaN is not valid JSON"),
+    (GOOD_LINE % '"temperature": Infinity, ', 94, "Infinity is not valid JSON"),
+    (GOOD_LINE % '"temperature": -Infinity, ', 94, "-Infinity is not valid JSON"),
+    (GOOD_LINE % '"x": "NaN", "temperature": NaN, ', 106, "NaN is not valid JSON"),
+    ('{"custom_id": "b", "custom_id": "c", "method": "POST"}', 20, "duplicate key 'custom_id'"),
+    ('{"custom_id": "\\u0062", "custom_id": "c"}', 25, "duplicate key 'custom_id'"),
+    (GOOD_LINE % '"max_tokens": 5, "stop": {"a": 1}, "max_tokens": 6, ', 114, "duplicate key 'max_tokens'"),
+    ('{"a": {"k": 1}, "b": {"k": 1, "k": 2}}', 31, "duplicate key 'k'"),
+])
+def test_an_input_line_must_be_strict_json(loom, text, column, message):
+    with pytest.raises(ConfigError) as info:
+        load(loom, "job_id: j\njob_type: prompts\ninput: requests.jsonl\n", [line("r0"), text])
+    error = str(info.value)
+    assert error.startswith(f"{loom.path / 'requests.jsonl'}:2:{column}: "), error
+    assert message in error, error
+
+
 @pytest.mark.parametrize("job_text,message", [
     ("job_id: j\njob_type: prompts\n", "give either items"),
     ("job_id: j\njob_type: prompts\ninput: requests.jsonl\nitems:\n  - {item_id: a, prompt: x}\n",

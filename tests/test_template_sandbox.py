@@ -187,3 +187,87 @@ def test_a_payload_queued_before_the_check_existed_does_not_run_under_work(loom)
     row = loom.items("old")["a"]
     assert row.error_kind == "INVALID_INPUT" and "unsafe" in row.error
     assert not (loom.path / "MARKER").exists()
+
+
+#: Templates that once hung the worker or made tens of megabytes (review
+#: findings), and errors that once escaped as INTERNAL_ERROR with a traceback.
+BOMBS = [
+    ("{{ ((((10**100)**100)**100)**100) }}", "power"),
+    ("{% set ns = namespace(x=10**100) %}{% for i in range(30) %}{% set ns.x = ns.x * ns.x %}{% endfor %}"
+     "{{ ns.x }}", "product"),
+    ("{{ title|center(50000000) }}", "center width"),
+    ("{{ title.center(50000000) }}", "str.center width"),
+    ("{{ title.zfill(50000000) }}", "str.zfill width"),
+    ("{{ 'a\\nb'|indent(50000000) }}", "indent width"),
+    ("{{ title|wordwrap(50000000) }}", "wordwrap width"),
+    ("{{ title|truncate(50000000) }}", "truncate length"),
+    ("{{ '%050000000d'|format(1) }}", "% format width"),
+    ("{{ '%050000000d' % 1 }}", "% format width"),
+    ("{{ '%*d' % (50000000, 1) }}", "'*' width"),
+    ("{{ '{:>50000000}'.format(1) }}", "format width"),
+    ("{{ '{:>{w}}'.format(1, w=50000000) }}", "nested {}"),
+    ("{{ ('x' * 1000)|replace('x', 'x' * 100)|replace('x', 'x' * 100) }}", "replace"),
+    ("{{ ('x' * 1000).replace('x', 'x' * 100).replace('x', 'x' * 100) }}", "replace"),
+    ("{% for i in range(1000) %}{% for j in range(1000) %}{% endfor %}{% endfor %}", "too much work"),
+    ("{% for i in title * 1000 %}{% for j in title * 1000 %}{% endfor %}{% endfor %}", "too much work"),
+    ("{{ 'x' * 1000000 }}{{ 'x' * 1000000 }}{{ 'x' * 1000000 }}", "output passed"),
+    ("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "recursion"),
+    ("{{ '{0}{}'.format(1, 2) }}", "field numbering"),
+    ("{{ '{:d}'.format(title) }}", "format code"),
+]
+
+
+@pytest.mark.parametrize("prompt,message", BOMBS)
+def test_a_template_bomb_fails_its_item_as_invalid_input_and_the_run_finishes(loom, prompt, message):
+    result = loom.run(job_yaml(prompt) + "  - {item_id: b, prompt: \"Hi {{ title }}\"}\n")
+    result.assert_outcomes(completed=1, failed=1)
+    row = result.items["a"]
+    assert row.error_kind == "INVALID_INPUT" and message in row.error, row.error
+    assert "Traceback" not in row.error
+
+
+@pytest.mark.parametrize("prompt,message", BOMBS[:1] + BOMBS[15:16] + BOMBS[17:19])
+def test_a_template_bomb_does_not_stall_submit_whose_budget_check_renders_every_item(loom, prompt, message):
+    job_id = loom.submit(job_yaml(prompt).replace("job_type: prompts\n", "job_type: prompts\nbudget_usd: 5\n"))
+    done = loom.work()
+    assert done.summaries[job_id].counts["failed"] == 1
+    row = loom.items(job_id)["a"]
+    assert row.error_kind == "INVALID_INPUT" and message in row.error, row.error
+
+
+def test_modest_widths_loops_and_formats_still_render(tmp_path):
+    job = Job(job_id="j", job_type="prompts", items=(), vars={"title": "Rain"})
+    prompt = ("{{ title|center(10) }}|{{ '%5d'|format(3) }}|{{ '{:>6}'.format(title) }}|{{ 2 ** 10 }}|"
+              "{{ 'a.b'.replace('.', '-') }}|{% for i in range(3) %}{{ loop.index }}/{{ loop.length }}{% endfor %}")
+    request = PromptsJobType().build_request(Item("a", fields={"prompt": prompt}), job)
+    assert request.messages[0]["content"] == "   Rain   |    3|  Rain|1024|a-b|1/32/33/3"
+
+
+@pytest.mark.parametrize("prompt,expected", [
+    ("{% for k, v in vars.items() %}{{ k }}={{ v }};{% endfor %}", "title=Rain;"),
+    ("{{ vars.get('author', 'anon') }}", "anon"),
+    ("{{ vars.keys()|list|length }}", "1"),
+    ("{{ vars.author | default('anon') }}", "anon"),
+    ("{{ vars.author|d('anon') }} {{ vars.title|d('x') }}", "anon Rain"),
+    ("{{ author | default('anon') }}", "anon"),
+    ("{% if author is defined %}{{ author }}{% endif %}{{ author|default('-') }}", "-"),
+])
+def test_a_valid_use_of_vars_or_default_is_not_refused_at_load(loom, prompt, expected):
+    result = loom.run(job_yaml(prompt))
+    result.assert_outcomes(completed=1)
+    from storyloom.plugins.prompts import template_problems
+
+    assert list(template_problems({"prompt": prompt}, {"title": "Rain"})) == []
+    job = Job(job_id="j", job_type="prompts", items=(), vars={"title": "Rain"})
+    request = PromptsJobType().build_request(Item("a", fields={"prompt": prompt}), job)
+    assert request.messages[0]["content"] == expected
+
+
+@pytest.mark.parametrize("prompt,message", [
+    ("{{ vars.author|upper|default('x') }}", "'vars.author'"),  # upper sees the missing key first
+    ("{{ vars.items() }}{{ vars.author }}", "'vars.author'"),
+    ("{{ author|upper }}", "'author'"),
+])
+def test_a_missing_name_outside_default_is_still_refused(loom, prompt, message):
+    with pytest.raises(ConfigError, match=message):
+        loom.run(job_yaml(prompt))
