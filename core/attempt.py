@@ -31,6 +31,11 @@ from .tokens import estimate_request_tokens
 if TYPE_CHECKING:
     from .roles import AttemptBatch as Batch
 
+class NotStarted(Exception):
+    """The attempt's start did not apply (its item was cancelled, or taken by
+    another worker): nothing was sent or recorded; the item is released."""
+
+
 #: A reply cut off at max_tokens is retried with max_tokens times this.
 MORE_ROOM = 2
 #: Errors that take a model out of the batch rather than fail the item.
@@ -38,7 +43,8 @@ MODEL_ERRORS = (ErrorKind.AUTH_ERROR, ErrorKind.QUOTA_EXCEEDED)
 
 
 async def run_attempt(batch: "Batch", claimed: ClaimedItem, item: Item) -> Outcome:
-    """Run one attempt. Raises :class:`Stop` when the batch must pause first."""
+    """Run one attempt. Raises :class:`Stop` when the batch must pause first,
+    :class:`NotStarted` when its start did not apply (nothing was sent)."""
     job, plan, pool = batch.job, batch.plan, batch.pool
     attempt = claimed.attempts + 1
     t0 = trio.current_time()
@@ -89,8 +95,9 @@ async def run_attempt(batch: "Batch", claimed: ClaimedItem, item: Item) -> Outco
         state.in_flight += 1
         try:
             # On disk before the request goes: a kill after it leaves "sent, outcome unknown".
-            await batch.started(StartRecord(job.job_id, item.item_id, model, time.time(), attempt=attempt,
-                                            reserved_usd=worst))
+            if not await batch.started(StartRecord(job.job_id, item.item_id, model, time.time(), attempt=attempt,
+                                                   reserved_usd=worst)):
+                raise NotStarted(item.item_id)  # cancelled or taken elsewhere: sending would bill an unrecorded attempt
             sent = worst
             batch.hooks.item_started(job=job, item=item, attempt=attempt, model=model)
             # Besides the generic keys, the item fields its job type names (chapter_num, say).
@@ -119,7 +126,7 @@ async def run_attempt(batch: "Batch", claimed: ClaimedItem, item: Item) -> Outco
         if model is not None:
             cost = pool[model].spec.price.cost(exc.input_tokens, exc.output_tokens)
         return _failure(batch, exc, claimed, attempt, model, t0, route, cost, sent, timed_out)
-    except Stop:
+    except (Stop, NotStarted):
         raise
     except Exception as exc:  # a plugin bug must not take the batch down
         traceback.print_exc(file=sys.stderr)

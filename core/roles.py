@@ -96,8 +96,9 @@ class AttemptBatch(Protocol):
     @property
     def hooks(self) -> "Hooks": ...
 
-    async def started(self, record: "StartRecord") -> None:
-        """Queue an attempt's start for the next group commit."""
+    async def started(self, record: "StartRecord") -> bool:
+        """Queue an attempt's start for the next group commit; False if it
+        did not apply (then the request must not be sent)."""
 
     def emit(self, event: "Event") -> None:
         """Send an event to the job's progress sinks."""

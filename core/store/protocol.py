@@ -333,8 +333,11 @@ class Store(Protocol):
         transaction (group commit). ``started`` rows only set the running
         item's model and start time.
 
-        Each record applies only if its item is still ``running`` for
-        ``owner``; the returned list says which applied. This is what keeps a
+        Each record and each start applies only if its item is still
+        ``running`` for ``owner``; the returned list says which applied: one
+        entry per record, then one per start. A start that did not apply
+        (the item was cancelled, or recovered by another owner) writes
+        nothing, and its request must not be sent. This is what keeps a
         completed item from ever completing twice, and a record for an item
         that :meth:`cancel` skipped from applying. A record whose state is not
         completed, failed, pending or skipped (a running item of a cancelled

@@ -565,13 +565,14 @@ class SQLiteStore:
         self, records: Sequence[AttemptRecord], owner: str, started: Sequence[StartRecord] = ()
     ) -> list[bool]:
         """Commit started attempts' models and finished attempts in one
-        transaction. A record applies only if its item is running for
-        ``owner``; the result says which did. ValueError for a record whose
+        transaction. A record or start applies only if its item is running
+        for ``owner``; the result says which did (records, then starts). ValueError for a record whose
         state is not in RECORD_STATES (nothing is written)."""
         for rec in records:
             if rec.state not in RECORD_STATES:
                 raise ValueError(f"item {rec.item_id!r}: cannot record state {rec.state!r}")
         applied: list[bool] = []
+        starts_applied: list[bool] = []
         attempt_rows = []
         result_rows = []
         now = time.time()
@@ -579,6 +580,7 @@ class SQLiteStore:
             sent_rows = []
             for s in started:
                 cur.execute(_START, (s.model, s.started_at, s.job_id, s.item_id, owner))
+                starts_applied.append(cur.rowcount == 1)
                 if cur.rowcount == 1 and s.attempt:
                     sent_rows.append((s.job_id, s.item_id, s.attempt, s.model, s.started_at, s.started_at,
                                       s.reserved_usd))
@@ -613,7 +615,7 @@ class SQLiteStore:
                 cur.executemany(_INSERT_ATTEMPT, attempt_rows)
             if result_rows:
                 cur.executemany(_INSERT_RESULT, result_rows)
-        return applied
+        return applied + starts_applied
 
     # -- reading
 
