@@ -1089,6 +1089,19 @@ async def test_a_timed_out_attempt_counts_its_worst_case(store):
 
 
 @trio_test
+async def test_a_sent_attempt_refused_after_a_cancel_keeps_its_real_cost(store):
+    await add(store, "a")
+    await claim_ids(store)
+    await store.record([], OWNER, started=[sent("a", reserved=0.5)])
+    await store.cancel(JOB, "stop")
+    assert await store.record([rec("a", sent=True, reserved_usd=0.5, cost_usd=0.125)], OWNER) == [False]
+    costs = await store.costs(JOB)  # billed: its real cost, no longer "outcome unknown"
+    assert (costs.attempts, costs.cost_usd, costs.unknown_attempts) == (1, pytest.approx(0.125), 0)
+    assert [(r.state, r.cost_usd) for r in await store.attempts(JOB)] == [("skipped", 0.125)]
+    assert [r.state for r in await store.items(JOB)] == ["skipped"]
+
+
+@trio_test
 async def test_a_start_for_an_item_not_held_records_no_attempt(store):
     await add(store, "a")
     await claim_ids(store)

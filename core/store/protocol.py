@@ -348,7 +348,10 @@ class Store(Protocol):
         A ``started`` row with an ``attempt`` that applies also writes that
         attempt's row, state ``sent``; a record with ``sent`` completes the
         newest ``sent`` row of its item and attempt number (an older one, of
-        a worker that died, stays ``sent``: outcome unknown)."""
+        a worker that died, stays ``sent``: outcome unknown). A ``sent``
+        record refused because :meth:`cancel` skipped its item still settles
+        that ``sent`` row, state ``skipped``, with the record's real cost
+        (the provider billed it); the item is left as the cancel left it."""
 
     async def release(self, job_id: str, owner: str, item_ids: Sequence[str] | None = None) -> int:
         """Put the items ``owner`` holds ``running`` (every one, or those in

@@ -261,6 +261,16 @@ UPDATE attempts SET model = ?, state = ?, error_kind = ?, error = ?, input_token
 WHERE rowid = (SELECT MAX(rowid) FROM attempts INDEXED BY attempts_sent
                WHERE job_id = ? AND item_id = ? AND attempt = ? AND state = 'sent')
 """
+# A finished attempt refused because its item was cancelled meanwhile: its
+# sent row keeps the real cost rather than its worst case forever. Only a
+# skipped item: one recovered elsewhere may have a newer row of the same number.
+_SETTLE_REFUSED = """
+UPDATE attempts SET state = 'skipped', model = ?, error_kind = ?, error = ?, input_tokens = ?, output_tokens = ?,
+    cost_usd = ?, finished_at = ?, route = ?, unknown = ?
+WHERE rowid = (SELECT MAX(rowid) FROM attempts INDEXED BY attempts_sent
+               WHERE job_id = ? AND item_id = ? AND attempt = ? AND state = 'sent')
+  AND EXISTS (SELECT 1 FROM items WHERE job_id = ? AND item_id = ? AND state = 'skipped')
+"""
 _REQUEUE_FAILED = """
 UPDATE items SET state = 'pending', free_attempts = attempts, first_started_at = NULL, not_before = 0,
     owner = NULL, held = ?
@@ -596,6 +606,11 @@ class SQLiteStore:
                 ok = cur.rowcount == 1
                 applied.append(ok)
                 if not ok:
+                    if rec.sent:
+                        cur.execute(_SETTLE_REFUSED, (
+                            rec.model, rec.error_kind, rec.error, rec.input_tokens, rec.output_tokens, rec.cost_usd,
+                            rec.finished_at, route, int(rec.outcome_unknown), rec.job_id, rec.item_id, rec.attempt,
+                            rec.job_id, rec.item_id))
                     continue
                 if rec.sent:
                     cur.execute(_COMPLETE_SENT, (
