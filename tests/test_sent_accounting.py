@@ -63,3 +63,40 @@ def test_no_request_is_sent_for_an_item_cancelled_before_its_start_is_recorded(l
     assert result.counts["skipped"] == 1
     costs = loom.read(lambda store: store.costs("sa1"))
     assert (costs.attempts, costs.unknown_attempts) == (0, 0)
+
+
+def run_one(loom, fake, job_id: str, **options):
+    opts = "".join(f", {k}: {v}" for k, v in options.items())
+    loom.write("storyloom.yaml", settings(fake, opts))
+    requests_file(loom, 1)
+    result = loom.run(f"job_id: {job_id}\njob_type: prompts\ninput: requests.jsonl\n"
+                      "config: {max_retries: 0, timeout_per_item: 10m}\n")
+    return result, loom.read(lambda store: store.costs(job_id))
+
+
+def test_a_provider_read_timeout_counts_the_worst_case(loom, fake_provider):
+    # The provider's own read timeout fires long before timeout_per_item: sent, no usage back.
+    fake_provider.configure("m1", hang_rate=1.0, hang_seconds=5)
+    result, costs = run_one(loom, fake_provider, "rt", read_timeout=0.3)
+    result.assert_outcomes(failed=1)
+    [item] = result.items.values()
+    assert item.error_kind == "TIMEOUT"
+    assert (costs.attempts, costs.cost_usd, costs.unknown_attempts) == (1, 0.0, 1)
+    assert 200 * 400 / 1e6 < costs.unknown_usd < 0.1  # its 200 max_tokens at $400/M, and its prompt
+
+
+def test_a_refused_connection_is_not_counted_as_unknown(loom, fake_provider):
+    fake_provider.close()  # nothing listens: the request never left
+    result, costs = run_one(loom, fake_provider, "dc")
+    result.assert_outcomes(failed=1)
+    [item] = result.items.values()
+    assert item.error_kind == "TEMPORARY_ERROR"
+    assert (costs.attempts, costs.unknown_attempts) == (1, 0)
+
+
+def test_a_rejected_request_is_not_counted_as_unknown(loom, fake_provider):
+    fake_provider.configure("m1", auth_fail=True)  # HTTP 401: refused, surely not billed
+    result, costs = run_one(loom, fake_provider, "rj")
+    result.assert_outcomes(failed=1)
+    # The 401 takes the model out, then the item fails with no model left: two attempts, one sent.
+    assert (costs.attempts, costs.cost_usd, costs.unknown_attempts, costs.unknown_usd) == (2, 0.0, 0, 0.0)
