@@ -31,6 +31,11 @@ from .tokens import estimate_request_tokens
 if TYPE_CHECKING:
     from .roles import AttemptBatch as Batch
 
+class NotStarted(Exception):
+    """The attempt's start did not apply (its item was cancelled, or taken by
+    another worker): nothing was sent or recorded; the item is released."""
+
+
 #: A reply cut off at max_tokens is retried with max_tokens times this.
 MORE_ROOM = 2
 #: Errors that take a model out of the batch rather than fail the item.
@@ -38,7 +43,8 @@ MODEL_ERRORS = (ErrorKind.AUTH_ERROR, ErrorKind.QUOTA_EXCEEDED)
 
 
 async def run_attempt(batch: "Batch", claimed: ClaimedItem, item: Item) -> Outcome:
-    """Run one attempt. Raises :class:`Stop` when the batch must pause first."""
+    """Run one attempt. Raises :class:`Stop` when the batch must pause first,
+    :class:`NotStarted` when its start did not apply (nothing was sent)."""
     job, plan, pool = batch.job, batch.plan, batch.pool
     attempt = claimed.attempts + 1
     t0 = trio.current_time()
@@ -49,7 +55,7 @@ async def run_attempt(batch: "Batch", claimed: ClaimedItem, item: Item) -> Outco
     cost = 0.0
     response = None
     sent: float | None = None  # the worst case, once the request is on its way
-    timed_out = False
+    unknown = False  # sent, and no usage came back: the worst case is charged
     try:
         request = _request(batch, claimed, item, attempt)
         candidates = [item.model] if item.model else list(plan.models)
@@ -89,8 +95,9 @@ async def run_attempt(batch: "Batch", claimed: ClaimedItem, item: Item) -> Outco
         state.in_flight += 1
         try:
             # On disk before the request goes: a kill after it leaves "sent, outcome unknown".
-            await batch.started(StartRecord(job.job_id, item.item_id, model, time.time(), attempt=attempt,
-                                            reserved_usd=worst))
+            if not await batch.started(StartRecord(job.job_id, item.item_id, model, time.time(), attempt=attempt,
+                                                   reserved_usd=worst)):
+                raise NotStarted(item.item_id)  # cancelled or taken elsewhere: sending would bill an unrecorded attempt
             sent = worst
             batch.hooks.item_started(job=job, item=item, attempt=attempt, model=model)
             # Besides the generic keys, the item fields its job type names (chapter_num, say).
@@ -100,7 +107,6 @@ async def run_attempt(batch: "Batch", claimed: ClaimedItem, item: Item) -> Outco
             with trio.fail_after(plan.timeout_per_item):
                 response = await batch.providers[model].complete(request)
         except trio.TooSlowError:
-            timed_out = True  # billed or not, no usage came back: count the worst case
             raise ProviderError(ErrorKind.TIMEOUT,
                                 f"no reply within timeout_per_item ({plan.timeout_per_item:g}s)") from None
         finally:
@@ -118,15 +124,24 @@ async def run_attempt(batch: "Batch", claimed: ClaimedItem, item: Item) -> Outco
             exc.input_tokens, exc.output_tokens = response.input_tokens, response.output_tokens
         if model is not None:
             cost = pool[model].spec.price.cost(exc.input_tokens, exc.output_tokens)
-        return _failure(batch, exc, claimed, attempt, model, t0, route, cost, sent, timed_out)
-    except Stop:
+        # Sent, and no usage back (a timeout, a dropped connection): billed or
+        # not, count the worst case, unless the provider says it surely was not.
+        unknown = (sent is not None and response is None and not (exc.input_tokens or exc.output_tokens)
+                   and exc.billed is not False)
+        return _failure(batch, exc, claimed, attempt, model, t0, route, cost, sent, unknown)
+    except (Stop, NotStarted):
         raise
     except Exception as exc:  # a plugin bug must not take the batch down
         traceback.print_exc(file=sys.stderr)
         error = ProviderError(ErrorKind.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
-        return _failure(batch, error, claimed, attempt, model, t0, route, cost, sent)
+        unknown = sent is not None and response is None
+        return _failure(batch, error, claimed, attempt, model, t0, route, cost, sent, unknown)
+    except BaseException:
+        # Cancelled mid-request: the store keeps its row "sent, outcome unknown"; the budget agrees.
+        unknown = sent is not None and response is None
+        raise
     finally:
-        charged = worst if timed_out else cost
+        charged = worst if unknown else cost
         if reserved is not None:
             batch.budget.settle(reserved, charged)
         if model_reserved is not None:
@@ -173,10 +188,10 @@ def _route(batch: "Batch", item: Item, claimed: ClaimedItem, usable: list[str], 
 
 def _failure(batch: "Batch", exc: ProviderError, claimed: ClaimedItem, attempt: int, model: str | None,
              t0: float, route: dict[str, Any], cost: float, sent: float | None = None,
-             timed_out: bool = False) -> Outcome:
+             unknown: bool = False) -> Outcome:
     common = dict(attempt=attempt, model=model, elapsed=trio.current_time() - t0, input_tokens=exc.input_tokens,
                   output_tokens=exc.output_tokens, cost_usd=cost, error_kind=exc.kind, route=route,
-                  sent_worst_usd=sent, usage_unknown=timed_out and not (exc.input_tokens or exc.output_tokens))
+                  sent_worst_usd=sent, usage_unknown=unknown)
     another_model_free = False
     if model is not None and exc.kind is ErrorKind.API_RATE_LIMIT:
         batch.pool.cool_down(model, exc.retry_after if exc.retry_after is not None else 1.0)

@@ -63,7 +63,8 @@ class Outcome:
     #: The worst-case cost reserved when the request was sent; None if it
     #: never was (no model left, the budget reached, a routing error).
     sent_worst_usd: float | None = None
-    #: Sent, but no usage came back (a timeout): it may have been billed up to
+    #: Sent, but no usage came back (a timeout, a dropped connection, a plugin
+    #: error; not a failure the provider marks ``billed=False``): it may have been billed up to
     #: ``sent_worst_usd``.
     usage_unknown: bool = False
 

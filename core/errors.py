@@ -27,6 +27,10 @@ class ProviderError(Exception):
 
     ``retry_after`` is the server's hint in seconds, if it gave one; ``input_tokens``
     and ``output_tokens`` are what the failed attempt still consumed (and costs).
+    ``billed`` says whether the provider may have billed a request that failed
+    with no token counts: False only when it surely did not (a 4xx rejection,
+    a request never sent); None (the default) means maybe, and the kernel then
+    counts the attempt's worst case as "sent, outcome unknown".
     """
 
     def __init__(
@@ -37,6 +41,7 @@ class ProviderError(Exception):
         retry_after: float | None = None,
         input_tokens: int = 0,
         output_tokens: int = 0,
+        billed: bool | None = None,
     ) -> None:
         super().__init__(message)
         self.kind = ErrorKind(kind)
@@ -44,6 +49,7 @@ class ProviderError(Exception):
         self.retry_after = retry_after
         self.input_tokens = input_tokens
         self.output_tokens = output_tokens
+        self.billed = billed
 
     def __str__(self) -> str:
         return f"{self.kind}: {self.message}"

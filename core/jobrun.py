@@ -37,10 +37,13 @@ SINK_BUFFER = 4096
 
 @dataclass
 class Sending:
-    """An attempt's start on its way to the writer; ``written`` is set once committed."""
+    """An attempt's start on its way to the writer; ``written`` is set once
+    committed, and ``ok`` says whether the start applied (its item was still
+    running for this worker)."""
 
     record: StartRecord
     written: trio.Event
+    ok: bool = False
 
 
 class JobRun:
@@ -232,9 +235,11 @@ class JobRun:
 
     # -- what attempts use -----------------------------------------------
 
-    async def started(self, record: StartRecord) -> None:
+    async def started(self, record: StartRecord) -> bool:
         """Queue an attempt's start for the next group commit and wait until
-        it is on disk: a request is sent only once its attempt is recorded."""
+        it is on disk: a request is sent only once its attempt is recorded.
+        False if the start did not apply (the item was cancelled or taken by
+        another worker): then nothing was recorded and nothing may be sent."""
         sending = Sending(record, trio.Event())
         try:
             await self.worker.send(sending)
@@ -243,6 +248,7 @@ class JobRun:
             # up and cancels this task; sending nothing meanwhile is right.
             await trio.sleep_forever()
         await sending.written.wait()
+        return sending.ok
 
     def close_sinks(self) -> None:
         """End the sinks' event streams: they drain what is queued and stop."""

@@ -31,7 +31,7 @@ from typing import Any
 
 import trio
 
-from .attempt import run_attempt
+from .attempt import NotStarted, run_attempt
 from .config import Config
 from .contracts import Outcome, Result, Stop
 from .errors import UsageError
@@ -360,6 +360,9 @@ class Worker:
                     run.pause(stop.reason)
                     await self.send(_Released(run, item.item_id))
                     return
+                except NotStarted:  # cancelled or taken elsewhere before it was sent
+                    await self.send(_Released(run, item.item_id))
+                    return
                 record = _record(run, item, outcome, started_wall)
                 await self.send(_Finished(run, claimed, item, outcome, record))
             if scope.cancelled_caught:  # the job was cancelled; the store skipped the item
@@ -391,7 +394,8 @@ class Worker:
                     if isinstance(m, _Released):
                         released.setdefault(m.run, []).append(m.item_id)
                 applied = await store.record([f.record for f in finished], self.owner, starts)
-                for m in sending:
+                for m, ok in zip(sending, applied[len(finished):]):
+                    m.ok = ok
                     m.written.set()
                 for run, ids in released.items():
                     await store.release(run.job_id, self.owner, ids)

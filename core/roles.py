@@ -96,9 +96,11 @@ class AttemptBatch(Protocol):
     @property
     def hooks(self) -> "Hooks": ...
 
-    async def started(self, record: "StartRecord") -> None:
+    async def started(self, record: "StartRecord") -> bool:
         """Queue an attempt's start for the next group commit and wait until
-        it is on disk: a request is sent only once its attempt is recorded."""
+        it is on disk: a request is sent only once its attempt is recorded.
+        False if the store refused it (the item is no longer this worker's):
+        then the request must not be sent."""
 
     def emit(self, event: "Event") -> None:
         """Send an event to the job's progress sinks."""

@@ -99,7 +99,8 @@ class SimulatedProvider(BaseProvider):
             if draw < rate:
                 # Rejected requests consume nothing; an upstream timeout may have read the prompt.
                 raise ProviderError(kind, ERROR_MESSAGES[kind],
-                                    retry_after=self.opts["retry_after"] if kind is ErrorKind.API_RATE_LIMIT else None)
+                                    retry_after=self.opts["retry_after"] if kind is ErrorKind.API_RATE_LIMIT else None,
+                                    billed=None if kind is ErrorKind.TIMEOUT else False)
             draw -= rate
         language = "th" if meta.get("language") == "th" else "en"
         output_tokens = min(request.max_tokens, max(1, int(self.opts["output_tokens"] * rng.uniform(0.8, 1.2))))

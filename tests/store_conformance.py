@@ -453,9 +453,34 @@ async def test_start_and_finish_in_one_batch(store):
     await add(store, "a", "b")
     await claim_ids(store)
     applied = await store.record([rec("a", model="m1")], OWNER, started=[StartRecord(JOB, "b", "m2", NOW + 1)])
-    assert applied == [True]
+    assert applied == [True, True]  # the record, then the start
     [running] = await store.running(JOB)
     assert (running.item_id, running.model) == ("b", "m2")
+
+
+@trio_test
+async def test_record_reports_which_starts_applied(store):
+    await add(store, "a", "b", "c")
+    await claim_ids(store)
+    await store.cancel(JOB, "stop")  # every item skipped: no start may apply now
+    applied = await store.record([], OWNER, started=[StartRecord(JOB, "a", "m1", NOW + 1, attempt=1,
+                                                                 reserved_usd=0.5)])
+    assert applied == [False]
+    costs = await store.costs(JOB)
+    assert (costs.attempts, costs.unknown_attempts, costs.unknown_usd) == (0, 0, 0.0)
+
+
+@trio_test
+async def test_record_lists_starts_after_records(store):
+    await add(store, "a", "b", "c")
+    await claim_ids(store)
+    applied = await store.record([rec("a")], OWNER, started=[
+        StartRecord(JOB, "b", "m1", NOW + 1, attempt=1, reserved_usd=0.5),
+        StartRecord(JOB, "c", "m1", NOW + 1, attempt=1, reserved_usd=0.5),
+    ])
+    assert applied == [True, True, True]
+    assert await store.record([], OTHER, started=[StartRecord(JOB, "b", "m1", NOW + 2, attempt=2)]) == [False]
+    assert (await store.costs(JOB)).unknown_attempts == 2
 
 
 @trio_test
@@ -1076,6 +1101,19 @@ async def test_a_timed_out_attempt_counts_its_worst_case(store):
     costs = await store.costs(JOB)
     assert (costs.attempts, costs.unknown_attempts, costs.unknown_usd) == (1, 1, pytest.approx(0.5))
     assert [(r.state, r.error_kind) for r in await store.attempts(JOB)] == [("pending", "TIMEOUT")]
+
+
+@trio_test
+async def test_a_sent_attempt_refused_after_a_cancel_keeps_its_real_cost(store):
+    await add(store, "a")
+    await claim_ids(store)
+    await store.record([], OWNER, started=[sent("a", reserved=0.5)])
+    await store.cancel(JOB, "stop")
+    assert await store.record([rec("a", sent=True, reserved_usd=0.5, cost_usd=0.125)], OWNER) == [False]
+    costs = await store.costs(JOB)  # billed: its real cost, no longer "outcome unknown"
+    assert (costs.attempts, costs.cost_usd, costs.unknown_attempts) == (1, pytest.approx(0.125), 0)
+    assert [(r.state, r.cost_usd) for r in await store.attempts(JOB)] == [("skipped", 0.125)]
+    assert [r.state for r in await store.items(JOB)] == ["skipped"]
 
 
 @trio_test

@@ -104,3 +104,10 @@ def test_attempts_lost_with_a_killed_worker_are_reported_and_counted_by_the_next
     after = costs(loom)
     assert after.unknown_attempts == 4  # nothing more was sent
     assert after.unknown_usd == pytest.approx(worst)
+
+
+def test_a_simulated_rejection_is_not_counted_as_unknown(loom):
+    loom.write("storyloom.yaml", SETTINGS.format(hang=0.0).replace("seed: 4,", "seed: 4, errors: {INVALID_INPUT: 1.0},"))
+    result = loom.run(JOB.format(n=2, timeout="10s"))
+    assert result.counts["failed"] == 2
+    assert (costs(loom).attempts, costs(loom).unknown_attempts) == (2, 0)  # "rejected requests consume nothing"

@@ -343,8 +343,11 @@ class Store(Protocol):
         transaction (group commit). ``started`` rows only set the running
         item's model and start time.
 
-        Each record applies only if its item is still ``running`` for
-        ``owner``; the returned list says which applied. This is what keeps a
+        Each record and each start applies only if its item is still
+        ``running`` for ``owner``; the returned list says which applied: one
+        entry per record, then one per start. A start that did not apply
+        (the item was cancelled, or recovered by another owner) writes
+        nothing, and its request must not be sent. This is what keeps a
         completed item from ever completing twice, and a record for an item
         that :meth:`cancel` skipped from applying. A record whose state is not
         completed, failed, pending or skipped (a running item of a cancelled
@@ -355,7 +358,10 @@ class Store(Protocol):
         A ``started`` row with an ``attempt`` that applies also writes that
         attempt's row, state ``sent``; a record with ``sent`` completes the
         newest ``sent`` row of its item and attempt number (an older one, of
-        a worker that died, stays ``sent``: outcome unknown)."""
+        a worker that died, stays ``sent``: outcome unknown). A ``sent``
+        record refused because :meth:`cancel` skipped its item still settles
+        that ``sent`` row, state ``skipped``, with the record's real cost
+        (the provider billed it); the item is left as the cancel left it."""
 
     async def release(self, job_id: str, owner: str, item_ids: Sequence[str] | None = None) -> int:
         """Put the items ``owner`` holds ``running`` (every one, or those in

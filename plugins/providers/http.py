@@ -449,7 +449,8 @@ class HTTPProvider(BaseProvider):
         """Send one request; raise ProviderError with a kind from :attr:`rules`."""
         if self._key is None:
             raise ProviderError(ErrorKind.AUTH_ERROR,
-                                f"{self.name}: no API key: set the environment variable {self.key_env}")
+                                f"{self.name}: no API key: set the environment variable {self.key_env}",
+                                billed=False)  # nothing was sent
         reply = Reply()
         try:
             if request.stream:
@@ -459,9 +460,13 @@ class HTTPProvider(BaseProvider):
         except httpx.RequestError as exc:
             kind = transport_error_kind(exc)
             detail = str(exc) or "no detail"
+            # No connection, no request: surely not billed. Past that (a read
+            # timeout, a dropped connection) it may have been.
+            refused = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
             raise ProviderError(kind, self._redact(f"{self.name}: {type(exc).__name__}: {detail}"),
                                 input_tokens=reply.input_tokens or 0,
-                                output_tokens=reply.output_tokens or 0) from exc
+                                output_tokens=reply.output_tokens or 0,
+                                billed=False if refused else None) from exc
         except ProviderError as exc:
             # A stream that failed half-way still consumed what it reported.
             if not (exc.input_tokens or exc.output_tokens):
@@ -551,7 +556,10 @@ class HTTPProvider(BaseProvider):
         message = (info.message or fallback).strip()[:MAX_MESSAGE]
         text = f"{self.name}: HTTP {status}" + (f" {label}" if label else "") + (f": {message}" if message else "")
         log.debug("%s %s -> %s (%s)", self.name, self.spec.model, status, kind)
-        return ProviderError(kind, self._redact(text), retry_after=wait)
+        # A 4xx is a rejection, not billed; a 5xx or a stream's error event may
+        # come after the model ran, so it stays "maybe" (None).
+        return ProviderError(kind, self._redact(text), retry_after=wait,
+                             billed=False if 400 <= status < 500 else None)
 
     def _json(self, content: bytes, what: str) -> Any:
         try:

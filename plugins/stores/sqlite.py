@@ -270,6 +270,16 @@ UPDATE attempts SET model = ?, state = ?, error_kind = ?, error = ?, input_token
 WHERE rowid = (SELECT MAX(rowid) FROM attempts INDEXED BY attempts_sent
                WHERE job_id = ? AND item_id = ? AND attempt = ? AND state = 'sent')
 """
+# A finished attempt refused because its item was cancelled meanwhile: its
+# sent row keeps the real cost rather than its worst case forever. Only a
+# skipped item: one recovered elsewhere may have a newer row of the same number.
+_SETTLE_REFUSED = """
+UPDATE attempts SET state = 'skipped', model = ?, error_kind = ?, error = ?, input_tokens = ?, output_tokens = ?,
+    cost_usd = ?, finished_at = ?, route = ?, unknown = ?
+WHERE rowid = (SELECT MAX(rowid) FROM attempts INDEXED BY attempts_sent
+               WHERE job_id = ? AND item_id = ? AND attempt = ? AND state = 'sent')
+  AND EXISTS (SELECT 1 FROM items WHERE job_id = ? AND item_id = ? AND state = 'skipped')
+"""
 _REQUEUE_FAILED = """
 UPDATE items SET state = 'pending', free_attempts = attempts, first_started_at = NULL, not_before = 0,
     owner = NULL, held = ?
@@ -578,13 +588,14 @@ class SQLiteStore:
         self, records: Sequence[AttemptRecord], owner: str, started: Sequence[StartRecord] = ()
     ) -> list[bool]:
         """Commit started attempts' models and finished attempts in one
-        transaction. A record applies only if its item is running for
-        ``owner``; the result says which did. ValueError for a record whose
+        transaction. A record or start applies only if its item is running
+        for ``owner``; the result says which did (records, then starts). ValueError for a record whose
         state is not in RECORD_STATES (nothing is written)."""
         for rec in records:
             if rec.state not in RECORD_STATES:
                 raise ValueError(f"item {rec.item_id!r}: cannot record state {rec.state!r}")
         applied: list[bool] = []
+        starts_applied: list[bool] = []
         attempt_rows = []
         result_rows = []
         now = time.time()
@@ -592,6 +603,7 @@ class SQLiteStore:
             sent_rows = []
             for s in started:
                 cur.execute(_START, (s.model, s.started_at, s.job_id, s.item_id, owner))
+                starts_applied.append(cur.rowcount == 1)
                 if cur.rowcount == 1 and s.attempt:
                     sent_rows.append((s.job_id, s.item_id, s.attempt, s.model, s.started_at, s.started_at,
                                       s.reserved_usd))
@@ -607,6 +619,11 @@ class SQLiteStore:
                 ok = cur.rowcount == 1
                 applied.append(ok)
                 if not ok:
+                    if rec.sent:
+                        cur.execute(_SETTLE_REFUSED, (
+                            rec.model, rec.error_kind, rec.error, rec.input_tokens, rec.output_tokens, rec.cost_usd,
+                            rec.finished_at, route, int(rec.outcome_unknown), rec.job_id, rec.item_id, rec.attempt,
+                            rec.job_id, rec.item_id))
                     continue
                 if rec.sent:
                     cur.execute(_COMPLETE_SENT, (
@@ -626,7 +643,7 @@ class SQLiteStore:
                 cur.executemany(_INSERT_ATTEMPT, attempt_rows)
             if result_rows:
                 cur.executemany(_INSERT_RESULT, result_rows)
-        return applied
+        return applied + starts_applied
 
     # -- reading
 
