@@ -22,7 +22,7 @@ from .errors import ConfigError
 
 __all__ = ["MAX_INPUT_BYTES", "FileTooLarge", "InputFile", "NotRegularFile", "open_input", "read_regular_file"]
 
-#: The largest ``input:`` file (the OpenAI Batch API's own limit for one file).
+#: The largest ``input:`` file (the common batch-file limit of the providers, 200 MB).
 MAX_INPUT_BYTES = 200 * 1024 * 1024
 
 
