@@ -22,7 +22,7 @@ from .errors import ConfigError
 
 __all__ = ["MAX_INPUT_BYTES", "FileTooLarge", "InputFile", "NotRegularFile", "open_input", "read_regular_file"]
 
-#: The largest ``input:`` file (the common batch-file limit of the providers, 200 MB).
+#: The largest ``input:`` file: 200 MB, the size limit of a batch input file at the best-known batch API.
 MAX_INPUT_BYTES = 200 * 1024 * 1024
 
 
