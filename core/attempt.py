@@ -89,16 +89,19 @@ async def run_attempt(batch: "Batch", claimed: ClaimedItem, item: Item) -> Outco
             if not await batch.budget.reserve(worst):
                 raise Stop(batch.budget.reached(worst))
             reserved = worst
+            # On disk before the request goes: a kill after it leaves "sent, outcome
+            # unknown". Recorded before the rate-limit wait, not after it, so that the
+            # request leaves the moment the limiter lets it: a commit between the two
+            # would send requests late and bunched, past the bucket the limiter kept.
+            if not await batch.started(StartRecord(job.job_id, item.item_id, model, time.time(), attempt=attempt,
+                                                   reserved_usd=worst)):
+                raise NotStarted(item.item_id)  # cancelled or taken elsewhere: sending would bill an unrecorded attempt
+            sent = worst
             await state.limiter.acquire(tpm_cost)
         finally:
             state.reserved -= 1
         state.in_flight += 1
         try:
-            # On disk before the request goes: a kill after it leaves "sent, outcome unknown".
-            if not await batch.started(StartRecord(job.job_id, item.item_id, model, time.time(), attempt=attempt,
-                                                   reserved_usd=worst)):
-                raise NotStarted(item.item_id)  # cancelled or taken elsewhere: sending would bill an unrecorded attempt
-            sent = worst
             batch.hooks.item_started(job=job, item=item, attempt=attempt, model=model)
             # Besides the generic keys, the item fields its job type names (chapter_num, say).
             shown = {name: item.fields.get(name) for name in event_fields(batch.job_type)}
