@@ -64,7 +64,7 @@ from storyloom.document import error_at
 from storyloom.job import Item, Job
 from storyloom.jobtype import ItemSite, Result, identifier_problem
 from storyloom.outputs import Output, job_folder, write_output
-from storyloom.plugins.support.chatbody import check_body
+from storyloom.plugins.support.chatbody import ROLES, check_body
 from storyloom.projection import STOPPED_STATES
 from storyloom.provider import Request, Response
 from storyloom.plugins.support.templates import compiled, template_problem
@@ -79,7 +79,6 @@ _INPUT_URL = "/v1/chat/completions"
 RESULTS_FILE = "results.jsonl"
 #: max_tokens for a request that sets none (nor the job's config.max_tokens).
 DEFAULT_MAX_TOKENS = 1024
-ROLES = frozenset({"system", "developer", "user", "assistant"})
 #: Body fields the request is built from, or that the kernel decides instead.
 _USED = frozenset({"messages", "max_tokens", "max_completion_tokens", "temperature", "n"})
 _IGNORED = frozenset({"model", "stream", "stream_options"})
