@@ -26,6 +26,7 @@ from .pluginmanager import check, import_plugin, make_plugin_manager
 from .provider import check_factory, check_spec, missing_env
 from .registry import Registries, collect
 from .settings import BUILTIN_MODELS, Price, Settings
+from .settingsfile import SETTINGS_FILE
 from .store.opening import DEFAULT_STORE, STORE_ENV
 
 
@@ -51,8 +52,29 @@ class Options:
     autoload: bool | None = None
 
     def state_path(self) -> Path:
-        """``--state-dir``, else ``$STORYLOOM_HOME``, else ``.storyloom`` in the working folder."""
-        return Path(self.state_dir or os.environ.get("STORYLOOM_HOME") or ".storyloom")
+        """``--state-dir``, else ``$STORYLOOM_HOME``, else the state folder found
+        walking up from the working folder (:func:`find_state_dir`)."""
+        given = self.state_dir or os.environ.get("STORYLOOM_HOME")
+        return Path(given) if given else find_state_dir(Path.cwd())
+
+
+#: The state folder's name, beside a studio's ``storyloom.yaml``.
+STATE_DIR_NAME = ".storyloom"
+
+
+def find_state_dir(start: Path) -> Path:
+    """The state folder for commands run in ``start``, found as git finds its
+    repository: the first folder, from ``start`` up, that holds a
+    ``.storyloom`` folder or a ``storyloom.yaml`` gives its ``.storyloom``
+    (which need not exist yet); with neither anywhere, ``./.storyloom``.
+    So ``status`` in a studio's ``jobs/`` folder reads the studio's store,
+    and a store never ends up inside a subfolder of the studio.
+    Relative (``.storyloom``) when it is the working folder's own."""
+    start = Path(start).resolve()
+    for folder in (start, *start.parents):
+        if (folder / STATE_DIR_NAME).is_dir() or (folder / SETTINGS_FILE).is_file():
+            return Path(STATE_DIR_NAME) if folder == start else folder / STATE_DIR_NAME
+    return Path(STATE_DIR_NAME)
 
 
 @dataclass

@@ -286,6 +286,12 @@ class Store(Protocol):
         running returns False. Returns how many items were skipped; KeyError
         for an unknown job."""
 
+    async def delete_job(self, job_id: str) -> bool:
+        """Remove a job and everything stored of it (items, attempts, results)
+        in one transaction, so that its id can be used again; False if there
+        is no such job. Callers make sure no live worker runs it
+        (``storyloom delete`` refuses one)."""
+
     async def recover(self, job_id: str, owner_alive: Callable[[str], bool]) -> int:
         """Put items left ``running`` by a dead owner back to ``pending``.
 

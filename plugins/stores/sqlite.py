@@ -463,6 +463,14 @@ class SQLiteStore:
             _set_job_state(cur, job_id, "cancelled", reason)
         return skipped
 
+    async def delete_job(self, job_id: str) -> bool:
+        """Remove the job, its items, attempts and results in one transaction."""
+        with self._write() as cur:
+            for table in ("results", "attempts", "items"):
+                cur.execute(f"DELETE FROM {table} WHERE job_id = ?", (job_id,))
+            cur.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+            return cur.rowcount == 1
+
     async def set_job_definition(self, job_id: str, definition: dict[str, Any]) -> None:
         """Replace the stored definition (a resume that raised the budget, say)."""
         with self._write() as cur:
