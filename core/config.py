@@ -50,6 +50,8 @@ class Options:
     progress: tuple[str, ...] | None = None
     quiet: bool = False
     autoload: bool | None = None
+    #: Run or submit the job under this id instead of its file's (``--job-id``).
+    job_id: str | None = None
 
     def state_path(self) -> Path:
         """``--state-dir``, else ``$STORYLOOM_HOME``, else the state folder found
@@ -57,9 +59,19 @@ class Options:
         given = self.state_dir or os.environ.get("STORYLOOM_HOME")
         return Path(given) if given else find_state_dir(Path.cwd())
 
+    def out_path(self) -> Path:
+        """``--out-dir``, else ``storyloom-out`` beside the state folder found
+        walking up (the studio's folder), else in the working folder."""
+        if self.out_dir:
+            return Path(self.out_dir)
+        if self.state_dir or os.environ.get("STORYLOOM_HOME"):
+            return Path(OUT_DIR_NAME)
+        return find_state_dir(Path.cwd()).parent / OUT_DIR_NAME
 
-#: The state folder's name, beside a studio's ``storyloom.yaml``.
+
+#: The state folder's name, beside a studio's ``storyloom.yaml``; outputs go beside it.
 STATE_DIR_NAME = ".storyloom"
+OUT_DIR_NAME = "storyloom-out"
 
 
 def find_state_dir(start: Path) -> Path:
@@ -113,7 +125,7 @@ class Config:
 
     @property
     def out_dir(self) -> Path:
-        return Path(self.options.out_dir or "storyloom-out")
+        return self.options.out_path()
 
     @property
     def grace_period(self) -> float:

@@ -287,6 +287,15 @@ async def test_claim_respects_limit(store):
 
 
 @trio_test
+async def test_claim_only_among_given_ids_keeps_their_order(store):
+    await add(store, "a", "b", "c", "d", "e")
+    got = await store.claim(JOB, 10, NOW, OWNER, only=["d", "b", "nope"])
+    assert [c.item_id for c in got] == ["b", "d"]
+    assert await store.claim(JOB, 10, NOW, OWNER, only=["b"]) == []  # running now
+    assert await claim_ids(store) == ["a", "c", "e"]
+
+
+@trio_test
 async def test_claim_never_returns_an_item_twice(store):
     ids = [f"i{n:03d}" for n in range(50)]
     await add(store, *ids)
