@@ -24,7 +24,7 @@ from . import api
 from .atomic import write_atomic
 from .estimate import SHOWN_ITEMS, shown_time
 from .config import Options
-from .errors import ConfigError, UsageError
+from .errors import ConfigError, ConfigErrors, UsageError
 from .outputs import missing_line, problem_line
 from .store import StoreUnavailable
 from .summary import EXIT_OUTPUTS, Summary
@@ -189,6 +189,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = COMMANDS[args.command](args)
         sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
         return code
+    except ConfigErrors as many:  # run, submit...: the first, and where to see the rest
+        print(f"storyloom: error: {many} (and {len(many.errors) - 1 + many.more} more: "
+              f"`storyloom validate {many.location.file}` lists them)", file=sys.stderr)
+        return EXIT_USAGE
     except UsageError as exc:
         print(f"storyloom: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -377,6 +381,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
         try:
             job = api.validate_job(file, options=_options(args))
             print(f"{file}: ok ({job.job_type}, {len(job.items)} items)")
+        except ConfigErrors as many:  # every problem in the file, each on its line
+            for problem in many.errors:
+                print(f"storyloom: error: {problem}", file=sys.stderr)
+            if many.more:
+                print(f"storyloom: error: {file}: more problems not shown (the first {len(many.errors)} are)",
+                      file=sys.stderr)
+            failed += 1
         except UsageError as exc:
             print(f"storyloom: error: {exc}", file=sys.stderr)
             failed += 1
