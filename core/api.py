@@ -590,7 +590,8 @@ async def add_job(store: Store, job: Job) -> None:
             if failed else ""
         raise UsageError(
             f"job {job.job_id!r} already exists (state: {state}); continue it with "
-            f"`storyloom resume {job.job_id}`, or give the job a new job_id{again}") from None
+            f"`storyloom resume {job.job_id}`, run it again under another id with --job-id ID, or remove "
+            f"the stored one with `storyloom delete {job.job_id}`{again}") from None
 
 
 @contextmanager
