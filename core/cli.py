@@ -303,9 +303,10 @@ def _print_estimate(plan: Any, as_json: bool) -> int:
     if len(items) > SHOWN_ITEMS:
         print(f"  ... and {len(items) - SHOWN_ITEMS} more (--json lists every item)")
     for name, m in plan.models.items():
-        limits = ", ".join(f"{k} {v}" for k, v in (("rpm", m.rpm), ("tpm", m.tpm)) if v) or "no rate limit"
+        limits = ", ".join(f"{k} {v}" for k, v in (("rpm", m.rpm), ("tpm", m.tpm)) if v)
+        floor = f"{limits}: at least {shown_time(m.min_seconds)}" if limits else "no rate limit"
         print(f"  model {name}: {m.items} item(s), ~{m.expected_tokens} tokens (worst {m.worst_tokens}), "
-              f"${m.expected_usd:.4f} (worst ${m.worst_usd:.4f}); {limits}: at least {shown_time(m.min_seconds)}")
+              f"${m.expected_usd:.4f} (worst ${m.worst_usd:.4f}); {floor}")
     floor = plan.min_seconds
     time_text = (f"at least {shown_time(floor)} by the rate limits" if floor is not None
                  else "no rate limit bounds it (the provider's speed does)")
