@@ -73,10 +73,10 @@ def _common_options(parser: argparse.ArgumentParser, prefix: str = "") -> None:
     parser.add_argument("--store", dest=prefix + "store", metavar="URL",
                         help="which store: sqlite:///abs/folder, sqlite:relative/folder or a plugin's scheme "
                              "(default $STORYLOOM_STORE, else store: in the settings, else sqlite in the state folder)")
-    parser.add_argument("--state-dir", dest=prefix + "state_dir",
+    parser.add_argument("--state-dir", dest=prefix + "state_dir", metavar="DIR",
                         help="where the store lives (default $STORYLOOM_HOME, else the .storyloom beside the "
                              "nearest storyloom.yaml or .storyloom walking up, else ./.storyloom)")
-    parser.add_argument("--settings", dest=prefix + "settings_file",
+    parser.add_argument("--settings", dest=prefix + "settings_file", metavar="FILE",
                         help="settings file (default: storyloom.yaml found walking up from the job file's folder)")
 
 
