@@ -446,3 +446,17 @@ def test_nothing_is_created_by_reading_commands_in_a_subfolder(tmp_path):
     out = cli("status", cwd=tmp_path / "jobs")
     assert out.returncode == 2 and f"no store in {tmp_path / '.storyloom'}" in out.stderr
     assert nothing_written(tmp_path) and nothing_written(tmp_path / "jobs")
+
+
+def test_a_sample_takes_each_project_and_pinned_model_in_turn():
+    from storyloom.api import pick_sample
+    from storyloom.job import Item, Job
+
+    items = ([Item(f"a{i}", project_id="a") for i in range(5)]
+             + [Item(f"b{i}", project_id="b", model="big") for i in range(2)]
+             + [Item(f"b-small{i}", project_id="b", model="small") for i in range(3)]
+             + [Item("a-done", project_id="a", status="skipped")])
+    job = Job(job_id="j", job_type="chapter_writing", items=tuple(items))
+    assert pick_sample(job, 3) == ["a0", "b0", "b-small0"]
+    assert pick_sample(job, 7) == ["a0", "b0", "b-small0", "a1", "b1", "b-small1", "a2"]
+    assert len(pick_sample(job, 100)) == 10 and "a-done" not in pick_sample(job, 100)
