@@ -75,7 +75,7 @@ def _common_options(parser: argparse.ArgumentParser, prefix: str = "") -> None:
                              "(default $STORYLOOM_STORE, else store: in the settings, else sqlite in the state folder)")
     parser.add_argument("--state-dir", dest=prefix + "state_dir", metavar="DIR",
                         help="where the store lives (default $STORYLOOM_HOME, else the .storyloom beside the "
-                             "nearest storyloom.yaml or .storyloom walking up, else ./.storyloom)")
+                             "nearest storyloom.yaml walking up, else ./.storyloom)")
     parser.add_argument("--settings", dest=prefix + "settings_file", metavar="FILE",
                         help="settings file (default: storyloom.yaml found walking up from the job file's folder)")
 

@@ -75,16 +75,18 @@ OUT_DIR_NAME = "storyloom-out"
 
 
 def find_state_dir(start: Path) -> Path:
-    """The state folder for commands run in ``start``, found as git finds its
-    repository: the first folder, from ``start`` up, that holds a
-    ``.storyloom`` folder or a ``storyloom.yaml`` gives its ``.storyloom``
-    (which need not exist yet); with neither anywhere, ``./.storyloom``.
+    """The state folder for commands run in ``start``, found as the settings
+    are: the ``.storyloom`` beside the nearest ``storyloom.yaml`` in
+    ``start`` or a parent (it need not exist yet); with none, ``./.storyloom``.
+
     So ``status`` in a studio's ``jobs/`` folder reads the studio's store,
-    and a store never ends up inside a subfolder of the studio.
-    Relative (``.storyloom``) when it is the working folder's own."""
+    and a store never ends up inside a subfolder of the studio. A
+    ``.storyloom`` folder alone marks nothing: a stray one in ``/tmp`` or
+    the home folder must not capture every command run below it. Relative
+    (``.storyloom``) when it is the working folder's own."""
     start = Path(start).resolve()
     for folder in (start, *start.parents):
-        if (folder / STATE_DIR_NAME).is_dir() or (folder / SETTINGS_FILE).is_file():
+        if (folder / SETTINGS_FILE).is_file():
             return Path(STATE_DIR_NAME) if folder == start else folder / STATE_DIR_NAME
     return Path(STATE_DIR_NAME)
 

@@ -296,13 +296,17 @@ def test_the_store_is_found_from_a_subfolder(tmp_path):
     assert not (tmp_path / "jobs" / ".storyloom").exists()
 
 
-def test_a_store_without_settings_is_found_walking_up_too(tmp_path):
-    project(tmp_path, n=2)
-    (tmp_path / "storyloom.yaml").rename(tmp_path / "settings.yaml")
-    out = cli("run", "jobs/cli-job.yaml", "--settings", "settings.yaml", "-q", cwd=tmp_path)
+def test_a_stray_state_folder_above_captures_nothing(tmp_path):
+    """Only a storyloom.yaml marks a studio: a .storyloom alone in a parent
+    (in /tmp, say, above every test's folder) is not used."""
+    (tmp_path / ".storyloom").mkdir()
+    below = tmp_path / "elsewhere"
+    below.mkdir()
+    project(below, n=2)
+    (below / "storyloom.yaml").rename(below / "settings.yaml")
+    out = cli("run", "jobs/cli-job.yaml", "--settings", "settings.yaml", "-q", cwd=below)
     assert out.returncode == 0, out.stderr
-    status = cli("status", cwd=tmp_path / "jobs")
-    assert "cli-job  chapter_writing  completed" in status.stdout, status.stderr
+    assert (below / ".storyloom").is_dir() and list((tmp_path / ".storyloom").iterdir()) == []
 
 
 def test_a_nearer_settings_file_starts_its_own_store(tmp_path):
