@@ -59,7 +59,8 @@ async def run_job(
     with _configured(config, options, job_file, plugins) as config:
         loaded = _load(config, job)
         plan = config.plan(loaded)
-        chosen_ids = pick_sample(loaded, sample) if sample is not None else None
+        # A job with nothing pending has no sample: it simply ends.
+        chosen_ids = (pick_sample(loaded, sample) or None) if sample is not None else None
         worker = Worker(config, only=plan, handle_signals=handle_signals, sample=chosen_ids)
         try:
             async with _opened(store, config) as store:

@@ -464,3 +464,12 @@ def test_a_sample_takes_each_project_and_pinned_model_in_turn():
     assert pick_sample(job, 3) == ["a0", "b0", "b-small0"]
     assert pick_sample(job, 7) == ["a0", "b0", "b-small0", "a1", "b1", "b-small1", "a2"]
     assert len(pick_sample(job, 100)) == 10 and "a-done" not in pick_sample(job, 100)
+
+
+def test_a_sample_of_a_job_with_nothing_to_run_just_ends(tmp_path):
+    studio(tmp_path)
+    job = tmp_path / "jobs" / "two.yaml"
+    job.write_text(job.read_text().replace("genre: fantasy}", "genre: fantasy, status: skipped}"))
+    out = cli("run", "jobs/two.yaml", "--sample", "3", "-q", cwd=tmp_path, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "0/10 completed" in out.stdout and "10 skipped" in out.stdout
