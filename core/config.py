@@ -112,8 +112,9 @@ class Config:
         """The hooks the kernel calls, with checked signatures."""
         return Hooks(self.pluginmanager)
 
-    @property
+    @cached_property
     def state_dir(self) -> Path:
+        # Found once per config: outputs are written per item, and the walk up stats folders.
         return self.options.state_path()
 
     @property
@@ -125,7 +126,7 @@ class Config:
             return self.options.store
         return os.environ.get(STORE_ENV) or self.settings.store or DEFAULT_STORE
 
-    @property
+    @cached_property
     def out_dir(self) -> Path:
         return self.options.out_path()
 
