@@ -18,12 +18,14 @@ from typing import Any
 
 import jinja2
 
-from storyloom import ErrorKind, ProviderError, hookimpl
+from storyloom import ErrorKind, ProviderError
 from storyloom.job import Item, Job
 from storyloom.jobtype import ItemSite, Result
-from storyloom.plugins.support.templates import PromptSandbox
+from storyloom.plugins.support.templates import render_template
 from storyloom.provider import Request, Response
 from storyloom.validation import schema
+
+from . import book
 
 #: The item fields these job types take (package data: storyloom.schemas).
 ITEM_SCHEMA = schema("story-item.schema.json")
@@ -180,8 +182,31 @@ class StudioJobType:
     #: The kernel loads the item's project file and artifacts into ``item.context``.
     reads_project: bool = True
 
+    #: The one-prompt form (:class:`.single.TemplateJobType`) for items without a project file.
+    single: Any = field(default=None, compare=False, repr=False)
+
     def expand_item(self, item: Item, entry: Mapping[str, Any], where: ItemSite) -> list[tuple[Item, tuple]]:
         return expand_story_item(item, entry, where)
+
+    def studio(self, item: Item) -> bool:
+        """True when the item's book has a project file: the studio form; else the one-prompt form."""
+        return self.single is None or bool(book.project_of(item.context))
+
+    def build_request(self, item: Item, job: Job) -> Request:
+        if not self.studio(item):
+            return self.single.build_request(item, job)
+        return self.studio_request(item, job)
+
+    def handle_result(self, item: Item, job: Job, response: Response) -> Result:
+        if not self.studio(item):
+            return self.single.handle_result(item, job, response)
+        return self.studio_result(item, job, response)
+
+    def studio_request(self, item: Item, job: Job) -> Request:
+        raise NotImplementedError
+
+    def studio_result(self, item: Item, job: Job, response: Response) -> Result:
+        raise NotImplementedError
 
     def request(self, item: Item, job: Job, language: str, prompt: str, *, schema: Mapping[str, Any] | None,
                 schema_name: str, max_tokens: int | None = None) -> Request:

@@ -74,7 +74,7 @@ class ChapterWriting(StudioJobType):
             "rewritten_text": rewritten,
         }
 
-    def build_request(self, item: Item, job: Job) -> Request:
+    def studio_request(self, item: Item, job: Job) -> Request:
         values = self.values(item, job)
         language = values["language"]
         names = [s["name"] for s in book.characters(item.context)]
@@ -85,7 +85,7 @@ class ChapterWriting(StudioJobType):
         return self.request(item, job, language, render("chapter_writing", language, values),
                             schema=chapter_schema(names), schema_name="chapter", max_tokens=room)
 
-    def handle_result(self, item: Item, job: Job, response: Response) -> Result:
+    def studio_result(self, item: Item, job: Job, response: Response) -> Result:
         data = data_of(response, "chapter")
         number = chapter_number(item)
         text = need(data, "text", str, "chapter").strip()

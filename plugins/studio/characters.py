@@ -27,7 +27,7 @@ MIN_CHARACTERS = 3
 
 @dataclass(frozen=True)
 class CharacterGeneration(StudioJobType):
-    def build_request(self, item: Item, job: Job) -> Request:
+    def studio_request(self, item: Item, job: Job) -> Request:
         project = book.project_of(item.context)
         language = language_of(item, job, project)
         written = book.characters(item.context) if book.characters_written_by_hand(item.context) else []
@@ -36,7 +36,7 @@ class CharacterGeneration(StudioJobType):
         return self.request(item, job, language, prompt, schema=characters_schema(max(1, len(written) or MIN_CHARACTERS)),
                             schema_name="character_sheets")
 
-    def handle_result(self, item: Item, job: Job, response: Response) -> Result:
+    def studio_result(self, item: Item, job: Job, response: Response) -> Result:
         data = data_of(response, "character sheets")
         sheets = [book.sheet(c) for c in need(data, "characters", list, "character sheets") if isinstance(c, dict)]
         sheets = [s for s in sheets if s["name"].strip()]

@@ -44,7 +44,7 @@ class PlotOutlining(StudioJobType):
         return [Item(item_id=f"{book_id}-outline", project_id=done.project_id,
                      fields={"source_item": done.item_id, **_carried(done)})]
 
-    def build_request(self, item: Item, job: Job) -> Request:
+    def studio_request(self, item: Item, job: Job) -> Request:
         project = book.project_of(item.context)
         language = language_of(item, job, project)
         count = _chapters(item)
@@ -56,7 +56,7 @@ class PlotOutlining(StudioJobType):
         return self.request(item, job, language, prompt, schema=outline_schema(count, [s["name"] for s in sheets]),
                             schema_name="plot_outline")
 
-    def handle_result(self, item: Item, job: Job, response: Response) -> Result:
+    def studio_result(self, item: Item, job: Job, response: Response) -> Result:
         data = data_of(response, "outline")
         count = _chapters(item)
         raw = [b for b in need(data, "beats", list, "outline") if isinstance(b, dict)]

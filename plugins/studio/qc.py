@@ -69,7 +69,7 @@ class QualityCheck(StudioJobType):
                      fields={"chapter_num": number, "source_item": done.item_id, "rewrite": rewrite,
                              **{k: done.fields[k] for k in ("language", "genre", "vars") if k in done.fields}})]
 
-    def build_request(self, item: Item, job: Job) -> Request:
+    def studio_request(self, item: Item, job: Job) -> Request:
         artifact, text, findings = findings_of(item, job)
         context = item.context
         project = book.project_of(context)
@@ -89,7 +89,7 @@ class QualityCheck(StudioJobType):
         return self.request(item, job, language, render("qc_processing", language, values), schema=qc_schema(),
                             schema_name="qc_rubric")
 
-    def handle_result(self, item: Item, job: Job, response: Response) -> Result:
+    def studio_result(self, item: Item, job: Job, response: Response) -> Result:
         data = data_of(response, "QC rubric")
         scores_raw = data.get("scores")
         if not isinstance(scores_raw, dict):
