@@ -412,6 +412,41 @@ async def job_outputs(job_id: str, *, rebuild: bool = False, options: Options = 
             "problems": [s.problem for s in states if s.problem is not None]}
 
 
+async def book(project_id: str, *, options: Options = Options(), config: Config | None = None,
+               store: Store | None = None, plugins: Sequence[object] = ()) -> dict[str, Any]:
+    """What ``storyloom book PROJECT_ID [--json]`` prints: the project as the
+    plugins describe it (``loom_project_view``) from its project file (found
+    beside the working folder's ``storyloom.yaml``) and its stored artifacts.
+    A project with neither, or no plugin to describe it, is a UsageError."""
+    with _configured(config, options, None, plugins, start_dir=".") as config:
+        project = config.project(project_id)
+        async with _opened(store, config, options, plugins, create=project is not None) as opened:
+            artifacts = await opened.artifacts(project_id)
+            gates = await opened.gates()
+        if project is None and not artifacts:
+            raise UsageError(f"no project {project_id!r}: no {config.projects_dir}/{project_id}.yaml "
+                             f"and nothing stored for it in {_where(opened)}")
+        view = config.hooks.project_view(project_id=project_id, project=project, artifacts=artifacts,
+                                         gates=gates, config=config)
+    if view is None:
+        raise UsageError(f"no plugin describes project {project_id!r} (is the jobtypes plugin blocked?)")
+    return dict(view)
+
+
+async def approve(project_id: str, target: Sequence[str], *, options: Options = Options(),
+                  config: Config | None = None, store: Store | None = None,
+                  plugins: Sequence[object] = ()) -> str:
+    """``storyloom approve PROJECT_ID outline|chapter N``: the plugin that owns
+    the target (``loom_approve``) does it; returns its one line. An unknown
+    target is a UsageError and changes nothing."""
+    with _configured(config, options, None, plugins, start_dir=".") as config:
+        async with _opened(store, config, options, plugins, create=False) as opened:
+            action = config.hooks.approve(project_id=project_id, target=tuple(target), store=opened, config=config)
+            if action is None:
+                raise UsageError(f"nothing to approve as {' '.join(target)!r} for project {project_id!r}")
+            return await action()
+
+
 def validate_job(job_file: str | os.PathLike, *, options: Options = Options(),
                  plugins: Sequence[object] = ()) -> Job:
     """Load and fully check a job file (schema, plugins, models, strategy)

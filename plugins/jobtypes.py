@@ -19,15 +19,17 @@ result, atomically, from the book the result carries.
 
 from __future__ import annotations
 
-from storyloom import hookimpl
+from storyloom import UsageError, hookimpl
+from storyloom.artifacts import ProjectContext
 from storyloom.outputs import job_folder, record_problem, write_output
 from storyloom.plugins.studio.base import (CHAPTERS_PATTERN, ITEM_SCHEMA, MAX_CHAPTERS, expand_chapters,  # noqa: F401
                                            expand_story_item)
+from storyloom.plugins.studio import book
 from storyloom.plugins.studio.chapters import ChapterWriting
 from storyloom.plugins.studio.characters import CharacterGeneration
 from storyloom.plugins.studio.export import Export, plain_text
-from storyloom.plugins.studio.outline import PlotOutlining
-from storyloom.plugins.studio.qc import QualityCheck
+from storyloom.plugins.studio.outline import PlotOutlining, gate_name
+from storyloom.plugins.studio.qc import QualityCheck, review_gate
 from storyloom.plugins.studio.single import TemplateJobType
 from storyloom.plugins.support.epub import write_epub
 
@@ -77,6 +79,43 @@ def write_book(config, job_id: str, stem: str, contents: dict) -> None:
                    author=contents.get("author"))
     except OSError as exc:  # a full disk: the store has the book; the run says so
         record_problem(config, job_id, folder / f"{stem}.epub", exc)
+
+
+@hookimpl
+def loom_project_view(project_id, project, artifacts, gates):
+    context = ProjectContext(project, list(artifacts))
+    opened = [gate.name for gate in gates if gate.opened_at is not None]
+    view = book.book_view(context, project_id, opened)
+    view["text"] = book.view_text(view)
+    return view
+
+
+@hookimpl
+def loom_approve(project_id, target, store, config):
+    what = tuple(target)
+    if what == ("outline",):
+        async def outline() -> str:
+            released = await store.open_gate(gate_name(project_id))
+            return (f"approved the outline of {project_id}: {released} chapter item(s) released"
+                    + ("; `storyloom resume JOB_ID` (or a worker) writes them" if released else ""))
+        return outline
+    if len(what) == 2 and what[0] == "chapter":
+        if not what[1].isdigit():
+            raise UsageError(f"approve {project_id} chapter N: N is a chapter number, got {what[1]!r}")
+        number = int(what[1])
+
+        async def chapter() -> str:
+            context = ProjectContext(config.project(project_id), await store.artifacts(project_id))
+            row = book.chapter_row(context, number)
+            if row["state"] != book.NEEDS_REVIEW:
+                raise UsageError(f"chapter {number} of {project_id} is {row['state']}: only a chapter that needs "
+                                 "review (failed QC after its rewrites) can be approved")
+            await store.open_gate(review_gate(project_id, number))
+            return (f"approved chapter {number} of {project_id} (version {row['version']}); "
+                    "`storyloom resume JOB_ID` (or a worker) goes on to the export")
+        return chapter
+    raise UsageError(f"approve what? `storyloom approve {project_id} outline` or "
+                     f"`storyloom approve {project_id} chapter N`; got {' '.join(what)!r}")
 
 
 @hookimpl

@@ -164,7 +164,9 @@ def chapter_row(context: Any, number: int) -> dict[str, Any]:
     written = chapter(context, number)
     report = latest(context, "qc", str(number))
     qc = report.content if report is not None and isinstance(report.content, Mapping) else {}
-    ok_by_hand = approved(context, str(number))
+    approval = latest(context, "approval", str(number))
+    ok_by_hand = (written is not None and approval is not None and isinstance(approval.content, Mapping)
+                  and approval.content.get("chapter_item") in (None, written.item_id))
     # The newest QC report counts only for the newest version of the chapter.
     current = bool(qc) and written is not None and qc.get("chapter_item") == written.item_id
     verdict = qc.get("verdict") if current else None
@@ -204,7 +206,7 @@ def blocking(rows: Iterable[Mapping[str, Any]]) -> list[str]:
     return [f"{row['chapter']} ({row['state']})" for row in rows if not row["ready"]]
 
 
-def book_view(context: Any, project_id: str) -> dict[str, Any]:
+def book_view(context: Any, project_id: str, opened_gates: Iterable[str] = ()) -> dict[str, Any]:
     """The whole book as ``storyloom book --json`` prints it."""
     project = project_of(context)
     return {
@@ -221,7 +223,40 @@ def book_view(context: Any, project_id: str) -> dict[str, Any]:
         "outline": [beat for _, beat in outline(context)["beats"].items()],
         "outline_source": "project file" if project.get("outline")
         else ("generated" if latest(context, "outline") else None),
-        "outline_approved": approved(context, "outline"),
+        "outline_review": "outline" in (project.get("review") or ()),
+        "outline_approved": f"{project_id}:outline" in set(opened_gates),
         "chapters": chapters(context),
         "artifacts": len(artifacts_of(context)),
     }
+
+
+def view_text(view: Mapping[str, Any]) -> list[str]:
+    """The lines ``storyloom book`` prints (text from files and models, shown as text)."""
+    title = view.get("title") or view["project_id"]
+    lines = [f"{title} ({view['project_id']}, {view.get('language') or '?'})"
+             + (f" - {view['genre']}" if view.get("genre") else "")]
+    if view.get("premise"):
+        lines.append(f"  premise: {view['premise']}")
+    style = view.get("style") or {}
+    if style:
+        lines.append("  style: " + "; ".join(f"{k} {v}" for k, v in style.items()))
+    sheets = view.get("characters") or []
+    lines.append(f"  characters ({view.get('characters_source') or 'none yet'}): "
+                 + (", ".join(f"{c['name']} ({c['role']})" if c.get("role") else c["name"] for c in sheets) or "-"))
+    gate = ""
+    if view.get("outline_review"):
+        gate = ", approved" if view.get("outline_approved") else ", waiting for `storyloom approve " \
+               f"{view['project_id']} outline`"
+    lines.append(f"  outline ({view.get('outline_source') or 'none yet'}{gate}):")
+    for beat in view.get("outline") or ():
+        lines.append(f"    {beat['chapter']:>3}. {beat['title']}")
+    lines.append("  chapters:")
+    lines.append(f"    {'ch':>3}  {'state':<12} {'version':>7}  {'QC':<12} {'score':>5}  title")
+    for row in view.get("chapters") or ():
+        score = f"{row['qc_score']:g}" if row.get("qc_score") is not None else "-"
+        lines.append(f"    {row['chapter']:>3}  {row['state']:<12} {row['version']:>7}  "
+                     f"{row['qc_verdict'] or '-':<12} {score:>5}  {row['title']}")
+    waiting = [row["chapter"] for row in view.get("chapters") or () if row["state"] == NEEDS_REVIEW]
+    for number in waiting:
+        lines.append(f"  chapter {number} needs review: `storyloom approve {view['project_id']} chapter {number}`")
+    return lines

@@ -31,7 +31,8 @@ from storyloom.plugins.support.qccheck import check_chapter
 from storyloom.provider import Request, Response
 
 from . import book
-from .base import StudioJobType, base_values, book_of, chapter_id, language_of, qc_id, render, result, setting
+from .base import (StudioJobType, base_values, book_of, chapter_id, language_of, qc_id, render, result, setting,
+                   stage_names)
 from .chapters import chapter_number
 from .replies import CRITERIA, CRITERIA_TEXT, data_of, invalid, qc_schema
 
@@ -68,6 +69,17 @@ class QualityCheck(StudioJobType):
         return [Item(item_id=f"{done.item_id}-qc", project_id=done.project_id, job_type="qc_processing",
                      fields={"chapter_num": number, "source_item": done.item_id, "rewrite": rewrite,
                              **{k: done.fields[k] for k in ("language", "genre", "vars") if k in done.fields}})]
+
+    def perform(self, item: Item, job: Job) -> Result | None:
+        """A review item (``review: true``), once its gate is opened: the
+        approval, in code. Any other item asks its model (None)."""
+        if not item.fields.get("review") or not self.studio(item):
+            return None
+        number = chapter_number(item)
+        approval = {"approved": True, "chapter_item": item.fields.get("source_item")}
+        return result(item, f"chapter {number} approved by an editor\n", None,
+                      artifacts=(Artifact(book_of(item), "approval", str(number), approval),),
+                      data={"chapter_num": number, "verdict": "approved"})
 
     def studio_request(self, item: Item, job: Job) -> Request:
         artifact, text, findings = findings_of(item, job)
@@ -124,6 +136,12 @@ class QualityCheck(StudioJobType):
         follow_ups: tuple[Item, ...] = ()
         if verdict == book.FAILED:
             follow_ups = rewrite_items(item, book_id, number, rewrite + 1, feedback(report))
+        elif verdict == book.NEEDS_REVIEW and "export" in stage_names(job):
+            # The export waits on the review (taking this item's place) until
+            # `storyloom approve BOOK chapter N` opens its gate.
+            follow_ups = (Item(item_id=review_id(book_id, number), project_id=item.project_id,
+                               job_type="qc_processing", gate=review_gate(book_id, number), takes_over=item.item_id,
+                               fields={"chapter_num": number, "review": True, "source_item": artifact.item_id}),)
         lines = [f"# QC: chapter {number} ({verdict}, score {score:g} / threshold {threshold:g})", ""]
         lines += [f"- {name}: {value:g}" for name, value in scores.items()]
         lines += [f"- finding {f['code']}: {f['message']}" for f in findings]
@@ -131,6 +149,15 @@ class QualityCheck(StudioJobType):
         return result(item, "\n".join(lines) + "\n", response,
                       artifacts=(Artifact(book_id, "qc", str(number), report),), follow_ups=follow_ups,
                       data={"chapter_num": number, "verdict": verdict, "score": score})
+
+
+def review_id(book_id: str, number: int) -> str:
+    return f"{book_id}-ch{number}-review"
+
+
+def review_gate(book_id: str, number: int) -> str:
+    """The gate ``storyloom approve BOOK chapter N`` opens."""
+    return f"{book_id}:chapter-{number}"
 
 
 def feedback(report: dict) -> list[str]:
