@@ -71,6 +71,9 @@ class ModelConfig:
     input_token_factor: float = 1.0  # reported prompt tokens = estimate * factor
     stream_delay: float = 0.0  # between stream events
     text: str | None = None  # reply text (default: filler in the prompt's language)
+    #: ``reply(kind, body) -> str``: the reply text computed from the request
+    #: body (a structured reply that depends on the request); over ``text``.
+    reply: Any = None
     seed: int = 0
     #: Sent with every reply past the key check, over the computed rate-limit
     #: headers: fixtures of a vendor's headers ("remaining 0, reset in 1m30s").
@@ -472,6 +475,8 @@ class _Handler(BaseHTTPRequestHandler):
             finish = "stop" if config.output_tokens <= max_tokens else "length"
             thai = any(_THAI.search(t) for t in texts)
             text = config.text if config.text is not None else _filler(completion, thai)
+            if config.reply is not None:
+                text = config.reply(kind, body)
             hang = config.hang_seconds if decision == "hang" else 0.0
             if not hang:
                 fake._count(model, "ok", prompt, completion)
