@@ -209,11 +209,11 @@ class StudioJobType:
         raise NotImplementedError
 
     def request(self, item: Item, job: Job, language: str, prompt: str, *, schema: Mapping[str, Any] | None,
-                schema_name: str, max_tokens: int | None = None) -> Request:
+                schema_name: str, max_tokens: int | None = None, metadata: Mapping[str, Any] | None = None) -> Request:
         return Request(
             messages=({"role": "system", "content": system_prompt(language)}, {"role": "user", "content": prompt}),
             max_tokens=job.config.max_tokens or max_tokens or self.max_tokens,
-            response_schema=schema, schema_name=schema_name, language=language,
+            response_schema=schema, schema_name=schema_name, language=language, metadata=dict(metadata or {}),
         )
 
 

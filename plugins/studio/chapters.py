@@ -83,7 +83,9 @@ class ChapterWriting(StudioJobType):
         if isinstance(length, int):
             room = int(length * TOKENS_PER_UNIT["th" if language.startswith("th") else "en"]) + 1000
         return self.request(item, job, language, render("chapter_writing", language, values),
-                            schema=chapter_schema(names), schema_name="chapter", max_tokens=room)
+                            schema=chapter_schema(names), schema_name="chapter", max_tokens=room,
+                            # How long the simulated provider writes (a real model reads it in the prompt).
+                            metadata={"target_length": length} if isinstance(length, int) else None)
 
     def studio_result(self, item: Item, job: Job, response: Response) -> Result:
         data = data_of(response, "chapter")
