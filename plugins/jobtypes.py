@@ -31,7 +31,6 @@ from storyloom.plugins.studio.export import Export, plain_text
 from storyloom.plugins.studio.outline import PlotOutlining, gate_name
 from storyloom.plugins.studio.qc import QualityCheck, review_gate
 from storyloom.plugins.studio.single import TemplateJobType
-from storyloom.plugins.support.epub import write_epub
 
 JOB_TYPES = (
     CharacterGeneration("character_generation", 10, 120.0, 3000,
@@ -72,6 +71,8 @@ class BookWriter:
 def write_book(config, job_id: str, stem: str, contents: dict) -> None:
     folder = job_folder(config, job_id)
     write_output(config, job_id, folder / f"{stem}.txt", plain_text(contents))
+    from storyloom.plugins.support.epub import write_epub  # here: the EPUB writer is only needed by an export
+
     try:
         folder.mkdir(parents=True, exist_ok=True)
         write_epub(folder / f"{stem}.epub", identifier=contents["identifier"], title=contents["title"],

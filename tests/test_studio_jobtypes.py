@@ -5,6 +5,7 @@ HTTP provider, is tests/test_studio_pipeline.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -228,7 +229,7 @@ def test_after_max_rewrites_a_failing_chapter_needs_review_behind_its_gate():
     assert result.artifacts[0].content["verdict"] == "needs_review"
     (review,) = result.follow_ups
     assert (review.item_id, review.gate, review.takes_over) == ("bk-ch1-review", "bk:chapter-1", "bk-ch1-r2-qc")
-    approval = TYPES["qc_processing"].perform(review, job())
+    approval = TYPES["qc_processing"].perform(dataclasses.replace(review, context=ctx), job())
     assert approval.artifacts[0].kind == "approval" and approval.artifacts[0].content["chapter_item"] == "bk-ch1-r2"
 
 

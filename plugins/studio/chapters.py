@@ -82,7 +82,7 @@ class ChapterWriting(StudioJobType):
         room = None
         if isinstance(length, int):
             room = int(length * TOKENS_PER_UNIT["th" if language.startswith("th") else "en"]) + 1000
-        return self.request(item, job, language, render("chapter_writing", language, values),
+        return self.request(item, job, language, render("chapter_writing", language, values, job),
                             schema=chapter_schema(names), schema_name="chapter", max_tokens=room,
                             # How long the simulated provider writes (a real model reads it in the prompt).
                             metadata={"target_length": length} if isinstance(length, int) else None)

@@ -32,7 +32,7 @@ class CharacterGeneration(StudioJobType):
         language = language_of(item, job, project)
         written = book.characters(item.context) if book.characters_written_by_hand(item.context) else []
         values = {**base_values(item, job, project, language), "characters": written}
-        prompt = render("character_generation", language, values)
+        prompt = render("character_generation", language, values, job)
         return self.request(item, job, language, prompt, schema=characters_schema(max(1, len(written) or MIN_CHARACTERS)),
                             schema_name="character_sheets")
 

@@ -52,7 +52,7 @@ class PlotOutlining(StudioJobType):
         written = book.outline(item.context)["beats"] if project.get("outline") else {}
         values = {**base_values(item, job, project, language), "characters": sheets, "chapters": count,
                   "outline": list(written.values())}
-        prompt = render("plot_outlining", language, values)
+        prompt = render("plot_outlining", language, values, job)
         return self.request(item, job, language, prompt, schema=outline_schema(count, [s["name"] for s in sheets]),
                             schema_name="plot_outline")
 

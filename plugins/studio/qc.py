@@ -98,7 +98,7 @@ class QualityCheck(StudioJobType):
             "findings": findings, "criteria": [{"name": c, "description": CRITERIA_TEXT[c]} for c in CRITERIA],
             "threshold": float(setting(job, "qc_processing", "qc_threshold", DEFAULT_THRESHOLD)),
         }
-        return self.request(item, job, language, render("qc_processing", language, values), schema=qc_schema(),
+        return self.request(item, job, language, render("qc_processing", language, values, job), schema=qc_schema(),
                             schema_name="qc_rubric")
 
     def studio_result(self, item: Item, job: Job, response: Response) -> Result:
