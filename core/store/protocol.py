@@ -368,9 +368,10 @@ class Store(Protocol):
         order. One transaction; the cost per item does not grow with the
         queue."""
 
-    async def next_ready_at(self, job_id: str) -> float | None:
+    async def next_ready_at(self, job_id: str, job_type: str | None = None) -> float | None:
         """The earliest ``not_before`` among pending items that are not
-        blocked (held ones included), or None if there is none."""
+        blocked (held ones included), or None if there is none. Given
+        ``job_type``: among the unheld, unblocked pending items of that stage."""
 
     async def next_queued_at(self, job_type: str) -> float | None:
         """The earliest ``not_before`` among pending, unheld, unblocked items of stage ``job_type``, or None."""
@@ -462,7 +463,12 @@ class Store(Protocol):
         count goes on, but every earlier attempt becomes free, so each item
         has its whole ``max_retries`` again, and its retry window restarts
         (``first_started_at`` is cleared). Held if the job is held; the job's
-        state is the caller's to change. KeyError for an unknown job."""
+        state is the caller's to change. KeyError for an unknown job.
+
+        Items skipped because a requeued item failed (error ``blocked: <id>
+        failed``) are pending again in the same transaction, waiting on their
+        open dependencies as before (and on their gate if it is still closed);
+        they are not counted."""
 
     async def open_gate(self, name: str) -> int:
         """Open a gate (creating it open if unknown; opening an open gate

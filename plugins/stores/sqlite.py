@@ -258,6 +258,10 @@ WHERE rowid IN (
 )
 RETURNING level, seq, item_id, definition, attempts, last_model, free_attempts, first_started_at, error_kind
 """
+_NEXT_STAGE_READY_AT = """
+SELECT MIN(not_before) FROM items INDEXED BY items_claim_stage
+WHERE job_id = ? AND job_type = ? AND state = 'pending' AND held = 0
+"""
 _NEXT_READY_AT = """
 SELECT MIN(not_before) FROM items INDEXED BY items_unblocked WHERE job_id = ? AND state = 'pending' AND held < 2
 """
@@ -627,7 +631,9 @@ class SQLiteStore:
             for _level, _qseq, job_id, item_id, definition, attempts, last_model, free, first, error_kind in rows
         ]
 
-    async def next_ready_at(self, job_id: str) -> float | None:
+    async def next_ready_at(self, job_id: str, job_type: str | None = None) -> float | None:
+        if job_type is not None:
+            return self._conn.execute(_NEXT_STAGE_READY_AT, (job_id, job_type)).fetchone()[0]
         return self._conn.execute(_NEXT_READY_AT, (job_id,)).fetchone()[0]
 
     async def next_queued_at(self, job_type: str) -> float | None:
