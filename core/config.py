@@ -190,14 +190,6 @@ class Config:
         return Plan(job=job, max_parallel=max_parallel, timeout_per_item=timeout, max_retries=max_retries,
                     retry=retry, models=models, routing=routing, job_type=None if is_first else stage.job_type)
 
-    def project(self, project_id: str) -> dict[str, Any] | None:
-        """The book project ``project_id`` as its file says, or None.
-
-        A placeholder until project files load (issue 10's ``core/projects.py``):
-        it knows no project file yet, so a ``reads_project`` job type gets only
-        the stored artifacts."""
-        return None
-
     def max_parallel(self, job_type: str) -> int:
         """A job type's limit across jobs: ``--max-parallel``, then the settings'
         ``batch_limits``, then the job type's default. A job's own
