@@ -47,8 +47,9 @@ class CharacterGeneration(StudioJobType):
             raise invalid(f"the character sheets reply names a character twice: {', '.join(names)}")
         content = {"characters": sheets}
         text = "\n\n".join(_sheet_text(s) for s in sheets) + "\n"
+        # Not <item_id>.md: the first item of a book is often named like the book, whose Markdown that is.
         return result(item, text, response, artifacts=(Artifact(book_of(item), "characters", "", content),),
-                      data={"characters": len(sheets)})
+                      data={"characters": len(sheets)}, suffix=".characters.md")
 
 
 def _sheet_text(sheet: dict) -> str:
