@@ -14,8 +14,10 @@ the live view are off; outputs are written (the EPUBs too).
 
 Printed:
 
-* **makespan**: wall time of ``storyloom.api.run_job`` (loading, storing
-  and running; the store is SQLite in the temporary folder);
+* **makespan**: from the first attempt's start to the last attempt's end
+  (stored attempt times), and for reference the wall time of
+  ``storyloom.api.run_job`` (with loading the job, creating the SQLite store
+  in the temporary folder, storing the job, and closing);
 * **critical-path bound**: a book cannot finish before its chain of
   sequential steps has run: characters -> outline -> chapter 1 -> ... ->
   chapter C -> chapter C's QC -> export, each at least its own attempt's
@@ -98,7 +100,7 @@ async def measure(job: Path, folder: Path, books: int, chapters: int) -> dict:
                       settings_file=str(folder / "storyloom.yaml"))
     t0 = time.perf_counter()
     summary = await api.run_job(job, options=options)
-    makespan = time.perf_counter() - t0
+    wall = time.perf_counter() - t0
     with make_config(options, start_dir=str(folder)) as config:
         async with open_store(config, create=False) as store:
             attempts = await store.attempts("bench-pipeline")
@@ -117,7 +119,9 @@ async def measure(job: Path, folder: Path, books: int, chapters: int) -> dict:
             if before and this:
                 gaps.append(min(s for s, _ in this) - max(e for _, e in before))
     epubs = sorted(p.name for p in (folder / "out" / "bench-pipeline").glob("*.epub"))
-    return {"status": summary.status, "counts": summary.counts, "makespan": makespan, "bound": max(chains),
+    makespan = max(a.finished_at for a in attempts) - min(a.started_at for a in attempts)
+    return {"status": summary.status, "counts": summary.counts, "makespan": makespan, "wall": wall,
+            "bound": max(chains),
             "gap_mean": statistics.mean(gaps) if gaps else 0.0, "gap_max": max(gaps) if gaps else 0.0,
             "epubs": len(epubs), "attempts": len(attempts)}
 
@@ -140,7 +144,8 @@ def main() -> None:
     nominal = (args.chapters + 3) * args.latency_ms / 1000
     print(f"{args.books} books x {args.chapters} chapters, simulated latency {args.latency_ms:g} ms mean "
           f"(U(0.5, 1.5)); status {result['status']}, {result['attempts']} attempts, {result['epubs']} EPUBs")
-    print(f"  makespan            {result['makespan']:8.2f} s")
+    print(f"  makespan            {result['makespan']:8.2f} s (first attempt's start to last attempt's end; "
+          f"run_job's wall time, with loading, storing and closing: {result['wall']:.2f} s)")
     print(f"  critical-path bound {result['bound']:8.2f} s (this run's attempts; nominal {nominal:.2f} s)")
     print(f"  ratio               {result['makespan'] / result['bound']:8.3f} (target <= 1.2); "
           f"vs nominal {result['makespan'] / nominal:.3f}")
