@@ -20,6 +20,7 @@ the report. The QC item itself completes: a failed verdict is a result, not an e
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from statistics import mean
 
@@ -54,8 +55,14 @@ def findings_of(item: Item, job: Job) -> tuple[object, str, list[dict]]:
     project = book.project_of(context)
     language = language_of(item, job, project)
     text = book.chapter_text(artifact)
-    found = check_chapter(text, language, project.get("chapter_length"))
-    return artifact, text, [{"code": f.code, "message": f.message, "detail": f.detail} for f in found]
+    return artifact, text, [dict(f) for f in _checks(text, language, project.get("chapter_length"))]
+
+
+@functools.lru_cache(maxsize=256)
+def _checks(text: str, language: str, target: int | None) -> tuple[dict, ...]:
+    # The request and the reply of one QC read the same text: checked once.
+    return tuple({"code": f.code, "message": f.message, "detail": f.detail}
+                 for f in check_chapter(text, language, target))
 
 
 @dataclass(frozen=True)

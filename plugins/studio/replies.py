@@ -12,6 +12,7 @@ which the retry plugin retries a bounded number of times.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,6 +36,12 @@ def _names(known: Sequence[str]) -> dict[str, Any]:
     return {"type": "string", "enum": list(dict.fromkeys(known))} if known else {"type": "string"}
 
 
+# The schemas are cached, one dict per shape: a provider compiles (and checks)
+# a response schema once per dict, and a book asks for the same shapes again
+# and again. Callers must not change them.
+
+
+@functools.lru_cache(maxsize=1024)
 def characters_schema(count: int = 3) -> dict[str, Any]:
     relationship = _object({"name": {"type": "string"}, "relation": {"type": "string"}})
     character = _object({
@@ -48,6 +55,11 @@ def characters_schema(count: int = 3) -> dict[str, Any]:
 
 
 def outline_schema(chapters: int, names: Sequence[str]) -> dict[str, Any]:
+    return _outline_schema(chapters, tuple(names))
+
+
+@functools.lru_cache(maxsize=1024)
+def _outline_schema(chapters: int, names: tuple[str, ...]) -> dict[str, Any]:
     beat = _object({
         "title": {"type": "string"}, "pov": {"type": "string"},
         "characters": {"type": "array", "items": _names(names), "minItems": 1},
@@ -62,6 +74,11 @@ def outline_schema(chapters: int, names: Sequence[str]) -> dict[str, Any]:
 
 
 def chapter_schema(names: Sequence[str]) -> dict[str, Any]:
+    return _chapter_schema(tuple(names))
+
+
+@functools.lru_cache(maxsize=1024)
+def _chapter_schema(names: tuple[str, ...]) -> dict[str, Any]:
     update = _object({"name": _names(names), "state": {"type": "string"}})
     return _object({
         "title": {"type": "string"},
@@ -71,6 +88,7 @@ def chapter_schema(names: Sequence[str]) -> dict[str, Any]:
     })
 
 
+@functools.lru_cache(maxsize=1)
 def qc_schema() -> dict[str, Any]:
     score = {"type": "integer", "minimum": 1, "maximum": 10}
     return _object({
