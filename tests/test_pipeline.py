@@ -1,0 +1,190 @@
+"""Pipelines end to end: then: stages, follow-ups committed with their
+completion, default chaining, dependencies, taking over, gates, artifacts
+and project context, run by the real kernel on a real SQLite store.
+
+The job types are ``tests/sample_plugins/pipeline.py`` (a small book:
+plan -> write -> qc -> export); the provider is the scripted one.
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from sample_plugins import pipeline, scripted
+from storyloom import api
+from storyloom.store.protocol import GateRow
+
+SETTINGS = (
+    "models:\n"
+    "  s1: {provider: scripted, latency: 0.002, script: {}}\n"
+    "  s2: {provider: scripted, latency: 0.002, script: {}}\n"
+    "default_models: [s1]\n"
+    "retry_config: {max_retries: 1, retry_delay: {initial: 0.01s, multiplier: 1, max: 0.01s}}\n"
+)
+PLUGINS = (scripted, pipeline)
+THEN = "then: [{job_type: pipe_write}, {job_type: pipe_qc, models: [s2]}, {job_type: pipe_export}]\n"
+
+
+def book_job(*books: str, job_id: str = "bk", extra: str = "", fields: str = "chapters: 3") -> str:
+    items = "".join(f"  - {{item_id: {b}-plan, project_id: {b}, {fields}}}\n" for b in books)
+    return f"job_id: {job_id}\njob_type: pipe_plan\n{THEN}{extra}items:\n{items}"
+
+
+@pytest.fixture(autouse=True)
+def _reset():
+    scripted.reset()
+    pipeline.reset()
+
+
+def started_order() -> list[str]:
+    """Item ids in the order their requests reached the provider (first attempts)."""
+    return [item_id for item_id, attempt, _model, _t in scripted.STATS["calls"] if attempt == 1]
+
+
+def test_a_pipeline_runs_every_stage_in_dependency_order(loom):
+    loom.write("storyloom.yaml", SETTINGS)
+    result = loom.run(book_job("b1", "b2"), plugins=PLUGINS)
+    result.assert_outcomes(completed=2 + 2 * (3 + 3 + 1))
+    assert result.summary.status == "completed"
+    order = started_order()
+    for book in ("b1", "b2"):
+        chain = [f"{book}-plan", f"{book}-ch1", f"{book}-ch1-qc", f"{book}-ch2", f"{book}-ch2-qc",
+                 f"{book}-ch3", f"{book}-ch3-qc", f"{book}-export"]
+        positions = [order.index(item_id) for item_id in chain]
+        assert positions == sorted(positions), (book, order)
+    # each stage ran on its own models: QC on s2, the rest on s1
+    models = {item_id: model for item_id, _a, model, _t in scripted.STATS["calls"]}
+    assert {models[i] for i in models if i.endswith("-qc")} == {"s2"}
+    assert {models[i] for i in models if not i.endswith("-qc")} == {"s1"}
+    # items carry their stage, stored
+    assert result.items["b1-ch2"].definition["job_type"] == "pipe_write"
+    assert result.items["b1-ch2-qc"].definition["job_type"] == "pipe_qc"
+    assert "job_type" not in result.items["b1-plan"].definition
+
+
+def test_artifacts_are_stored_with_provenance_and_read_as_context(loom):
+    loom.write("storyloom.yaml", SETTINGS)
+    loom.run(book_job("b1"), plugins=PLUGINS)
+    artifacts = loom.read(lambda store: store.artifacts("b1"))
+    assert [(a.kind, a.key, a.version) for a in artifacts if a.kind != "qc"] == [
+        ("outline", "", 1), ("chapter", "1", 1), ("chapter", "2", 1), ("chapter", "3", 1)]
+    outline = artifacts[0]
+    assert (outline.content, outline.job_id, outline.item_id, outline.attempt, outline.model) == (
+        {"chapters": 3}, "bk", "b1-plan", 1, "s1")
+    assert outline.created_at > 0
+    assert artifacts[1].content == "text for b1-ch1"
+    # pipe_write reads its project: chapter 2 saw the outline, chapter 1 and its QC
+    seen = {item_id: context for job_type, item_id, context in pipeline.LOG if job_type == "pipe_write"}
+    assert seen["b1-ch1"] == [("outline", "", 1)]
+    assert seen["b1-ch2"] == [("outline", "", 1), ("chapter", "1", 1), ("qc", "1", 1)]
+    # a job type that does not read its project gets no context
+    assert all(context is None for job_type, _i, context in pipeline.LOG if job_type != "pipe_write")
+
+
+def test_a_failed_qc_makes_a_rewrite_that_takes_over_its_waiters(loom):
+    loom.write("storyloom.yaml", SETTINGS)
+    result = loom.run(book_job("b1", fields="chapters: 3, fail_qc: [2]"), plugins=PLUGINS)
+    assert result.summary.status == "completed"
+    order = started_order()
+    # ch3 and export waited on ch2-qc; after it failed they waited on the rewrite's QC
+    assert order.index("b1-ch2-r1") > order.index("b1-ch2-qc")
+    assert order.index("b1-ch2-r1-qc") > order.index("b1-ch2-r1")
+    assert order.index("b1-ch3") > order.index("b1-ch2-r1-qc")
+    assert order.index("b1-export") > order.index("b1-ch3-qc")
+    chapters = loom.read(lambda store: store.artifacts("b1", kinds=["chapter"]))
+    assert [(a.key, a.version, a.item_id) for a in chapters] == [
+        ("1", 1, "b1-ch1"), ("2", 1, "b1-ch2"), ("2", 2, "b1-ch2-r1"), ("3", 1, "b1-ch3")]
+    # the rewrite's QC was made once, by the failed QC (its default chaining repeated the id: ignored)
+    assert list(result.items).count("b1-ch2-r1-qc") == 1
+    assert result.items["b1-ch2-r1-qc"].definition["takes_over"] == "b1-ch2-qc"
+
+
+def test_a_failure_skips_every_item_waiting_on_it(loom):
+    script = {"b1-ch2": ["INVALID_INPUT"]}
+    loom.write("storyloom.yaml", SETTINGS.replace("script: {}", f"script: {script}", 1))
+    result = loom.run(book_job("b1", "b2"), plugins=PLUGINS)
+    assert result.summary.status == "failed"
+    assert "2 item(s) are blocked behind failed items" in result.summary.reason
+    assert "--retry-failed" in result.summary.reason
+    items = result.items
+    assert (items["b1-ch2"].state, items["b1-ch2"].error_kind) == ("failed", "INVALID_INPUT")
+    # ch2's QC was never made (only a completion chains), so what waits on it stays blocked
+    assert "b1-ch2-qc" not in items
+    assert (items["b1-ch3"].state, items["b1-export"].state) == ("pending", "pending")
+    assert "b1-ch3" not in started_order()
+    assert all(row.state == "completed" for item_id, row in items.items() if item_id.startswith("b2-"))
+
+
+def test_a_failed_dependency_skips_what_waits_on_it(loom):
+    """An item that exists and fails: its waiters (and theirs) are skipped, naming it."""
+    script = {"b1-ch1-qc": ["INVALID_INPUT"]}
+    loom.write("storyloom.yaml", SETTINGS.replace("script: {}", f"script: {script}", 2))
+    result = loom.run(book_job("b1"), plugins=PLUGINS)
+    assert result.summary.status == "failed"
+    items = result.items
+    assert items["b1-ch1-qc"].state == "failed"
+    for blocked in ("b1-ch2", "b1-export"):
+        assert (items[blocked].state, items[blocked].error) == ("skipped", "blocked: b1-ch1-qc failed")
+    assert started_order() == ["b1-plan", "b1-ch1", "b1-ch1-qc"]
+
+
+def test_retry_failed_brings_a_blocked_pipeline_back(loom):
+    script = {"b1-ch2": ["INVALID_INPUT"]}
+    loom.write("storyloom.yaml", SETTINGS.replace("script: {}", f"script: {script}", 1))
+    loom.run(book_job("b1"), plugins=PLUGINS)
+    summary = trio.run(lambda: api.resume_job("bk", options=loom.options(), plugins=PLUGINS, retry_failed=True))
+    assert summary.status == "completed", summary.reason
+    items = loom.items("bk")
+    assert all(row.state == "completed" for row in items.values())
+    assert len(items) == 1 + 3 + 3 + 1
+
+
+def test_a_gate_holds_its_items_until_opened_and_the_job_ends_paused(loom):
+    loom.write("storyloom.yaml", SETTINGS)
+    result = loom.run(book_job("b1", fields="chapters: 2, gate: 'b1:outline'"), plugins=PLUGINS)
+    assert result.summary.status == "paused"
+    assert "b1:outline" in result.summary.reason and "resume" in result.summary.reason
+    assert started_order() == ["b1-plan"]
+    assert loom.read(lambda store: store.gates()) == [GateRow("b1:outline", None, 2)]
+    assert loom.read(lambda store: store.open_gate("b1:outline")) == 2
+    result = loom.resume("bk", plugins=PLUGINS)
+    assert result.summary.status == "completed"
+    assert started_order()[1:3] == ["b1-ch1", "b1-ch1-qc"]
+
+
+def test_a_job_type_naming_a_stage_the_job_lacks_fails_the_item_clearly(loom):
+    loom.write("storyloom.yaml", SETTINGS)
+    job = book_job("b1").replace(THEN, "then: [{job_type: pipe_write}]\n")
+    result = loom.run(job, plugins=PLUGINS)
+    plan = result.items["b1-plan"]
+    assert plan.state == "failed" and plan.error_kind == "INTERNAL_ERROR"
+    assert "job type 'pipe_export' is not a stage of job 'bk'" in plan.error
+    assert "then:" in plan.error
+    assert list(result.items) == ["b1-plan"]  # nothing of it was stored
+    assert loom.read(lambda store: store.artifacts("b1")) == []
+
+
+def test_stage_limits_are_their_own(loom):
+    loom.write("storyloom.yaml", SETTINGS.replace("latency: 0.002", "latency: 0.03"))
+    job = book_job(*[f"b{i}" for i in range(6)], fields="chapters: 1").replace(
+        "{job_type: pipe_write}", "{job_type: pipe_write, config: {max_parallel: 2}}")
+    result = loom.run(job, plugins=PLUGINS)
+    assert result.summary.status == "completed"
+    calls = scripted.STATS["calls"]
+    # at no moment were more than two chapters being written
+    spans = {}
+    for item_id, _a, _m, t in calls:
+        spans.setdefault(item_id, t)
+    writes = sorted(t for i, t in spans.items() if i.endswith("-ch1"))
+    assert len(writes) == 6
+    assert all(later - earlier >= 0.029 for earlier, later in zip(writes, writes[2:]))
+
+
+def test_work_serves_every_stage_of_queued_pipelines(loom):
+    loom.write("storyloom.yaml", SETTINGS)
+    loom.submit(book_job("b1", job_id="w1"), plugins=PLUGINS)
+    loom.submit(book_job("b2", job_id="w2", fields="chapters: 2"), plugins=PLUGINS, name="job2.yaml")
+    result = loom.work(plugins=PLUGINS)
+    assert {job_id: s.status for job_id, s in result.summaries.items()} == {"w1": "completed", "w2": "completed"}
+    assert loom.read(lambda store: store.counts("w2"))["completed"] == 1 + 2 + 2 + 1
