@@ -8,9 +8,13 @@ plan -> write -> qc -> export); the provider is the scripted one.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import trio
 
+import storyloom
 from sample_plugins import pipeline, scripted
 from storyloom import api
 from storyloom.store.protocol import GateRow
@@ -188,3 +192,119 @@ def test_work_serves_every_stage_of_queued_pipelines(loom):
     result = loom.work(plugins=PLUGINS)
     assert {job_id: s.status for job_id, s in result.summaries.items()} == {"w1": "completed", "w2": "completed"}
     assert loom.read(lambda store: store.counts("w2"))["completed"] == 1 + 2 + 2 + 1
+
+
+# -- crash safety
+
+
+class RecordingStore:
+    """The SQLite store, with every record() call checked from outside: a
+    follow-up does not exist before the call that completes its maker, and
+    exists (with the maker completed) once that one call returns."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.location = inner.location
+        self.inserted_by_record: list[tuple[str, tuple[str, ...]]] = []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    async def record(self, records, owner, started=()):
+        makers = [r for r in records if r.follow_ups]
+        for r in makers:
+            existing = {row.item_id for row in await self.inner.items(r.job_id)}
+            new = tuple(f.item_id for f in r.follow_ups if f.item_id not in existing)
+            self.inserted_by_record.append((r.item_id, new))
+        applied = await self.inner.record(records, owner, started)
+        for r, ok in zip(records, applied):
+            if r.follow_ups:
+                rows = {row.item_id: row.state for row in await self.inner.items(r.job_id)}
+                assert ok and rows[r.item_id] == "completed"
+                assert all(f.item_id in rows for f in r.follow_ups)
+        return applied
+
+
+def test_follow_ups_are_written_by_the_call_that_completes_their_maker(loom):
+    from storyloom.plugins.stores.sqlite import open_sqlite
+
+    stores: list[RecordingStore] = []
+
+    class Plugin:
+        @storyloom.hookimpl
+        def loom_register_stores(self, register):
+            async def opener(url, *, state_dir, settings, create):
+                store = RecordingStore(await open_sqlite("sqlite", state_dir=state_dir, settings=settings,
+                                                         create=create))
+                stores.append(store)
+                return store
+
+            register("recording", opener)
+
+    loom.write("storyloom.yaml", SETTINGS)
+    result = loom.run(book_job("b1", fields="chapters: 2, fail_qc: [1]"), plugins=(*PLUGINS, Plugin()),
+                      store="recording")
+    assert result.summary.status == "completed"
+    inserted = dict(s for store in stores for s in store.inserted_by_record)
+    # every item but the plan arrived as a follow-up, in the record() of the item that made it
+    assert inserted["b1-plan"] == ("b1-ch1", "b1-ch2", "b1-export")
+    assert inserted["b1-ch1"] == ("b1-ch1-qc",)
+    assert inserted["b1-ch1-qc"] == ("b1-ch1-r1", "b1-ch1-r1-qc")
+    assert inserted["b1-ch1-r1"] == ()  # its chained QC already existed: made once
+    made = {item_id for new in inserted.values() for item_id in new}
+    assert made == set(result.items) - {"b1-plan"}
+
+
+PIPELINE_SETTINGS = """\
+plugins: [sample_plugins.scripted, sample_plugins.pipeline]
+models:
+  s1: {provider: scripted, latency: 0.05, script: {}}
+  s2: {provider: scripted, latency: 0.05, script: {}}
+default_models: [s1]
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_mid_pipeline_then_resume_loses_and_repeats_nothing(tmp_path):
+    from test_cli import completed_attempts, popen, read_store, wait_for_completed
+
+    (tmp_path / "storyloom.yaml").write_text(PIPELINE_SETTINGS)
+    (tmp_path / "book.yaml").write_text(book_job("b1", "b2", "b3", "b4", job_id="kill", fields="chapters: 4")
+                                        + "config: {max_parallel: 4}\n")
+    env_path = str(Path(__file__).parent)
+    proc = popen_with_path(popen, env_path, "run", "book.yaml", "-q", cwd=tmp_path)
+    try:
+        wait_for_completed(tmp_path, "kill", 14, timeout=60)
+    finally:
+        proc.kill()  # SIGKILL: no cleanup at all
+        proc.wait(timeout=10)
+    before = read_store(tmp_path, lambda store: store.counts("kill"))
+    assert before["completed"] < 40  # the kill really came mid-pipeline
+    out = cli_with_path(env_path, "resume", "kill", "-q", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    per_item = read_store(tmp_path, completed_attempts)
+    assert len(per_item) == 4 * (1 + 4 + 4 + 1) and set(per_item.values()) == {1}
+    for book in ("b1", "b2", "b3", "b4"):
+        artifacts = read_store(tmp_path, lambda store: store.artifacts(book))
+        keys = [(a.kind, a.key) for a in artifacts]
+        assert len(keys) == len(set(keys)) == 1 + 4 + 4  # outline, chapters, QC reports: once each
+        assert {a.version for a in artifacts} == {1}
+
+
+def popen_with_path(popen, path, *args, cwd):
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = path + (os.pathsep + old if old else "")
+    try:
+        return popen(*args, cwd=cwd)
+    finally:
+        if old is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
+def cli_with_path(path, *args, cwd):
+    from test_cli import cli
+
+    old = os.environ.get("PYTHONPATH", "")
+    return cli(*args, cwd=cwd, env={"PYTHONPATH": path + (os.pathsep + old if old else "")}, timeout=180)
