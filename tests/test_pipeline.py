@@ -308,3 +308,69 @@ def cli_with_path(path, *args, cwd):
 
     old = os.environ.get("PYTHONPATH", "")
     return cli(*args, cwd=cwd, env={"PYTHONPATH": path + (os.pathsep + old if old else "")}, timeout=180)
+
+
+# -- loading then:
+
+
+def load(loom, job_yaml: str):
+    from storyloom.config import make_config
+
+    loom.write("storyloom.yaml", SETTINGS)
+    path = loom.write("job.yaml", job_yaml)
+    config = make_config(loom.options(), job_file=path, extra_plugins=PLUGINS)
+    with config:
+        job = config.load_job(path)
+        return job, config.plan(job)
+
+
+def test_then_stages_load_with_their_own_plans(loom):
+    job, plan = load(loom, book_job("b1", extra="config: {max_parallel: 3, max_retries: 0}\n").replace(
+        "{job_type: pipe_qc, models: [s2]}",
+        "{job_type: pipe_qc, models: [s2], routing: {strategy: least_loaded}, config: {max_parallel: 5, "
+        "timeout_per_item: 2s}}"))
+    assert job.stage_types == ("pipe_plan", "pipe_write", "pipe_qc", "pipe_export")
+    qc = plan.stage("pipe_qc")
+    assert (qc.stage_type, qc.models, qc.routing["strategy"], qc.max_parallel, qc.timeout_per_item,
+            qc.max_retries) == ("pipe_qc", ("s2",), "least_loaded", 5, 2.0, 0)
+    write = plan.stage("pipe_write")  # the job's config and models, the job type's timeout
+    assert (write.models, write.max_parallel, write.timeout_per_item) == (("s1",), 3, 30.0)
+    assert plan.stage(None) is plan and plan.stage("pipe_plan") is plan
+    # stored and read back, as resume does
+    from storyloom.job import job_from_dict, job_to_dict
+
+    again = job_from_dict(job_to_dict(job), job.items)
+    assert again.stages == job.stages and again == job
+
+
+@pytest.mark.parametrize(("then", "where", "message"), [
+    ("[{job_type: pipe_write}, {job_type: nope}]", "job.yaml:3:43: at then[1].job_type",
+     "unknown job_type 'nope'"),
+    ("[{job_type: pipe_write}, {job_type: pipe_write}]", "job.yaml:3:43: at then[1].job_type",
+     "job type 'pipe_write' is already a stage of this job (at then[0].job_type)"),
+    ("[{job_type: pipe_plan}]", "job.yaml:3:19: at then[0].job_type", "already a stage of this job (at job_type)"),
+    ("[{job_type: pipe_write, models: [nope]}]", "job.yaml:3:40: at then[0].models[0]", "unknown model 'nope'"),
+    ("[{job_type: pipe_write, colour: red}]", "job.yaml:3:31: at then[0].colour", "unknown key 'colour'"),
+    ("{job_type: pipe_write}", "job.yaml:3:7: at then", "expected a list"),
+])
+def test_a_bad_then_is_an_error_at_its_place(loom, then, where, message):
+    from storyloom.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        load(loom, book_job("b1").replace(THEN, f"then: {then}\n"))
+    text = str(info.value).replace(f"{loom.path}/", "")
+    assert text.startswith(where) and message in text, text
+
+
+def test_items_keep_their_pipeline_keys_when_stored():
+    from storyloom.job import Item, item_from_dict, item_to_dict
+
+    item = Item("c2", project_id="p", job_type="pipe_write", after=("c1", "c1-qc"), takes_over="c1-qc",
+                gate="p:outline", fields={"chapter": 2})
+    data = item_to_dict(item)
+    assert item_from_dict(data) == item
+    assert {"job_type", "after", "takes_over", "gate"} <= set(data)
+    plain = item_to_dict(Item("a"))
+    assert set(plain) == {"item_id", "project_id", "status", "priority", "deadline", "model", "fields"}
+    assert item_from_dict(plain).fields == {}
+    assert Item("a", context=object()) == Item("a")  # context is not compared
