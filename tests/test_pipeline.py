@@ -374,3 +374,33 @@ def test_items_keep_their_pipeline_keys_when_stored():
     assert set(plain) == {"item_id", "project_id", "status", "priority", "deadline", "model", "fields"}
     assert item_from_dict(plain).fields == {}
     assert Item("a", context=object()) == Item("a")  # context is not compared
+
+
+def test_progress_events_count_the_follow_ups_and_stay_valid(loom):
+    import json
+
+    from jsonschema import Draft202012Validator
+
+    from storyloom.plugins.support.tracker import ProgressTracker
+    from storyloom.events import Event
+
+    loom.write("storyloom.yaml", SETTINGS + "progress: [eventlog]\n")
+    loom.run(book_job("b1"), plugins=PLUGINS)
+    lines = (loom.out_dir / "bk" / "events.jsonl").read_text(encoding="utf-8").splitlines()
+    events = [json.loads(line) for line in lines]
+    schema = json.loads((Path(__file__).parent.parent / "schemas" / "events.schema.json").read_text())
+    validator = Draft202012Validator(schema)
+    assert all(validator.is_valid(event) for event in events)
+    finished = {e["item_id"]: e["data"] for e in events if e["kind"] == "item_finished"}
+    assert finished["b1-plan"]["follow_ups"] == 4  # three chapters and the export
+    assert finished["b1-ch1"]["follow_ups"] == 1  # its QC, chained
+    assert "follow_ups" not in finished["b1-export"]
+    tracker = ProgressTracker()
+    for e in events:
+        tracker.apply(Event(e["kind"], e["job_id"], e.get("item_id"), data=e["data"], time=e["time"]))
+    assert (tracker.completed, tracker.total) == (8, 8)
+    tracker = ProgressTracker()  # without the final counts, the follow-ups alone
+    for e in events:
+        if e["kind"] != "batch_finished":
+            tracker.apply(Event(e["kind"], e["job_id"], e.get("item_id"), data=e["data"], time=e["time"]))
+    assert (tracker.completed, tracker.total) == (8, 8)
