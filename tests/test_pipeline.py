@@ -404,3 +404,60 @@ def test_progress_events_count_the_follow_ups_and_stay_valid(loom):
         if e["kind"] != "batch_finished":
             tracker.apply(Event(e["kind"], e["job_id"], e.get("item_id"), data=e["data"], time=e["time"]))
     assert (tracker.completed, tracker.total) == (8, 8)
+
+
+# -- storyloom.pipeline.completion and ProjectContext, directly
+
+
+def outcome_with(result):
+    from storyloom.contracts import Outcome
+
+    return Outcome(state="completed", attempt=1, model="s1", elapsed=0.1, result=result)
+
+
+def test_completion_turns_bad_follow_ups_and_artifacts_into_a_failure():
+    from storyloom.artifacts import Artifact
+    from storyloom.contracts import Result
+    from storyloom.job import Item, Job, Stage
+    from storyloom.pipeline import completion
+    from storyloom.pluginmanager import make_plugin_manager
+    from storyloom.registry import collect
+
+    pm = make_plugin_manager()
+    pm.register(pipeline)
+    registries = collect(pm)
+    job = Job("j", "pipe_plan", (), stages=(Stage("pipe_write"),))
+    done = Item("a", project_id="p")
+    cases = {
+        "not a stage": (Item("x", job_type="pipe_qc"),), "given twice": (Item("x"), Item("x")),
+        "expected a safe name": (Item("../x"),), "waits on itself": (Item("x", after=("x",)),),
+        "status must be pending": (Item("x", status="skipped"),), "must be a storyloom.job.Item": ({"item_id": "x"},),
+    }
+    for message, follow_ups in cases.items():
+        out, new, arts = completion(registries, job, done, outcome_with(Result("t", "a.md", follow_ups=follow_ups)))
+        assert (out.state, out.error_kind, new, arts) == ("failed", "INTERNAL_ERROR", (), ()), message
+        assert message in out.error, (message, out.error)
+        assert out.result is None
+    for bad in (Artifact("p", "k", "", {1, 2}), Artifact("p", "", "", "v"), Artifact("p", "k", 3, "v"), "text"):
+        out, _new, _arts = completion(registries, job, done, outcome_with(Result("t", "a.md", artifacts=(bad,))))
+        assert out.state == "failed", bad
+    # good ones: the job's level and deadline, the stage kept, chaining by default
+    out, new, arts = completion(registries, job, done, outcome_with(Result("t", "a.md")))
+    assert out.state == "completed" and arts == ()
+    assert [(n.item_id, n.job_type, n.level, n.definition["fields"]) for n in new] == [
+        ("a-pipe_write", "pipe_write", 2, {"source_item": "a"})]
+    last = Item("w", job_type="pipe_write")
+    assert completion(registries, job, last, outcome_with(Result("t", "w.md")))[1] == ()  # the last stage
+
+
+def test_project_context_finds_the_newest_versions():
+    from storyloom.artifacts import Artifact, ProjectContext
+
+    context = ProjectContext(None, [Artifact("p", "chapter", "1", "a", version=1),
+                                    Artifact("p", "chapter", "2", "b", version=1),
+                                    Artifact("p", "chapter", "1", "c", version=2),
+                                    Artifact("p", "outline", "", "o", version=1)])
+    assert context.latest("chapter", "1").content == "c"
+    assert context.latest("chapter").content == "c"  # the last stored
+    assert context.latest("summary") is None
+    assert {k: a.content for k, a in context.newest("chapter").items()} == {"1": "c", "2": "b"}
