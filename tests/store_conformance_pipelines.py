@@ -422,3 +422,15 @@ async def test_next_ready_at_of_one_stage(store):
     [ok] = await store.record([rec("q", not_before=NOW + 50, state="pending")], OWNER)
     assert ok
     assert await store.next_ready_at(JOB, job_type="qc") == NOW + 50
+
+
+@test
+async def test_follow_ups_of_a_held_job_are_held(store):
+    await add_pipeline(store, item("a"))
+    await claim_ids(store)
+    await store.set_job_state(JOB, "paused")
+    assert await complete(store, "a", follow_ups=(item("b"), item("c", after=("b",))))
+    assert await claim_ids(store) == []
+    assert await store.next_queued_at("chapter") is None
+    await store.set_job_state(JOB, "running")
+    assert await claim_ids(store) == ["b"]

@@ -461,3 +461,35 @@ def test_project_context_finds_the_newest_versions():
     assert context.latest("chapter").content == "c"  # the last stored
     assert context.latest("summary") is None
     assert {k: a.content for k, a in context.newest("chapter").items()} == {"1": "c", "2": "b"}
+
+
+class PauseAfter:
+    """Pauses the job once ``n`` items have finished."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.seen = n, 0
+
+    @storyloom.hookimpl
+    def loom_batch_started(self, control):
+        self.control = control
+
+    @storyloom.hookimpl
+    def loom_item_finished(self, outcome):
+        self.seen += outcome.state != "retrying"
+        if self.seen == self.n:
+            self.control.pause("paused by the test")
+
+
+def test_pause_and_resume_cover_every_stage(loom):
+    loom.write("storyloom.yaml", SETTINGS)
+    first = loom.run(book_job("b1", "b2") + "config: {max_parallel: 1}\n", plugins=(*PLUGINS, PauseAfter(4)))
+    assert first.summary.status == "paused" and first.summary.reason == "paused by the test"
+    done_first = {i for i, row in first.items.items() if row.state == "completed"}
+    assert 4 <= len(done_first) < 16
+    assert any(row.definition.get("job_type") for i, row in first.items.items() if i in done_first)
+    again = loom.resume("bk", plugins=PLUGINS)
+    assert again.summary.status == "completed"
+    assert len(again.items) == 16 and all(row.state == "completed" for row in again.items.values())
+    # nothing ran twice
+    firsts = [item_id for item_id, attempt, _m, _t in scripted.STATS["calls"] if attempt == 1]
+    assert len(firsts) == len(set(firsts)) == 16
