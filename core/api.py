@@ -512,7 +512,8 @@ async def add_job(store: Store, job: Job) -> None:
     items = [
         NewItem(item_id=item.item_id, level=int(item.priority if item.priority is not None else job.priority),
                 state="skipped" if item.status == "skipped" else "pending", definition=item_to_dict(item),
-                deadline=item.deadline.timestamp() if item.deadline else None)
+                deadline=item.deadline.timestamp() if item.deadline else None,
+                job_type=item.job_type, after=item.after, gate=item.gate)
         for item in job.items
     ]
     try:

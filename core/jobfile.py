@@ -119,6 +119,8 @@ class _JobBuilder:
         else:
             items = self.items(explicit, deadline, models or self.settings.default_models)
         config = self.config()
+        stages = self.stages(config)
+        self.check_item_stages(items, (data["job_type"], *(stage.job_type for stage in stages)))
         return Job(
             job_id=data["job_id"],
             job_type=data["job_type"],
@@ -133,8 +135,16 @@ class _JobBuilder:
             language=data.get("language"),
             source=self.doc.file,
             vars=dict(data.get("vars", {})),
-            stages=self.stages(config),
+            stages=stages,
         )
+
+    def check_item_stages(self, items: tuple[Item, ...], stages: tuple[str, ...]) -> None:
+        """An item a job type expanded into a later stage (``Item.job_type``) names one of the job's stages."""
+        for item in items:
+            if item.job_type is not None and item.job_type not in stages:
+                where = ("then",) if "then" in self.data else ("job_type",)
+                raise error_at(self.doc, where, f"item {item.item_id!r} belongs to stage {item.job_type!r}, "
+                               f"which this job does not have (stages: {', '.join(stages)}); add it under then:")
 
     def stages(self, job_config: JobConfig) -> tuple[Stage, ...]:
         """The ``then:`` stages: registered job types, each once in the job,

@@ -28,7 +28,7 @@ from .contracts import BatchControl
 from .events import Event
 from .job import Job, Plan
 from .chosen import lookup, progress_sinks, report_renderers
-from .pipeline import blocked_reason
+from .pipeline import blocked_end
 from .outputs import OutputProblem, job_folder, problem_line, take_problems, write_output
 from .projection import render_reports
 from .store import StartRecord, Store
@@ -184,8 +184,8 @@ class JobRun:
                 self.status = None  # paused as the last item finished: nothing is left to resume
             if self.status is None and counts["pending"]:
                 # Nothing ready and nothing running, yet items are left: blocked
-                # (a closed gate). Paused, so that resume continues once they can run.
-                self.status, self.reason = "paused", await blocked_reason(store, job_id, counts["pending"])
+                # (a closed gate, a failed item's follow-up never made).
+                self.status, self.reason = await blocked_end(store, job_id, counts)
             if self.status is None:
                 self.status = "failed" if counts["failed"] else "completed"
             elif self.status == "interrupted" and released:

@@ -521,6 +521,8 @@ def _acknowledge(done: _Finished) -> None:
             "output_tokens": outcome.output_tokens, "cost_usd": outcome.cost_usd}
     if outcome.error_kind is not None:
         data.update(error_kind=str(outcome.error_kind), error=outcome.error, retry_delay=outcome.retry_delay)
+    if done.record.follow_ups:
+        data["follow_ups"] = len(done.record.follow_ups)
     run.emit(Event("item_finished", run.job_id, done.item.item_id, data=data))
 
 

@@ -11,8 +11,8 @@ follow-up fails the attempt with a message rather than reaching the store.
 
 :func:`project_context` builds the :class:`~storyloom.artifacts.ProjectContext`
 a ``reads_project`` job type gets as ``item.context``, and
-:func:`blocked_reason` says why a job that has nothing left to run still has
-pending items (a closed gate, a dependency never submitted).
+:func:`blocked_end` says how a job ends that has nothing left to run but
+blocked items (a closed gate, a dependency never made).
 """
 
 from __future__ import annotations
@@ -152,12 +152,22 @@ async def project_context(config: Any, store: Store, item: Item) -> ProjectConte
     return ProjectContext(project, await store.artifacts(item.project_id))
 
 
-async def blocked_reason(store: Store, job_id: str, pending: int) -> str:
-    """Why ``pending`` items of a job that has nothing ready are left: the
-    closed gates that hold items, and what to do."""
-    closed = [gate.name for gate in await store.gates() if gate.opened_at is None and gate.waiting]
+async def blocked_end(store: Store, job_id: str, counts: dict[str, int]) -> tuple[str, str]:
+    """How a job ends that has nothing ready and nothing running, yet
+    ``counts["pending"]`` items left, all blocked; and why, saying what to do.
+
+    ``paused`` while a closed gate holds some of them (resume once it is
+    open); else ``failed`` if items failed (they wait on what failed items
+    would have made: ``--retry-failed``); else ``paused`` (they wait on items
+    that are not in the job)."""
+    pending = counts["pending"]
+    closed = {gate.name for gate in await store.gates() if gate.opened_at is None and gate.waiting}
+    mine = sorted({gate for row in await store.items(job_id, "pending")
+                   if (gate := row.definition.get("gate")) in closed}) if closed else []
     what = f"{pending} item(s) are blocked"
-    if closed:
-        return (f"{what}: waiting at gate(s) {', '.join(closed)}; open them, then "
-                f"`storyloom resume {job_id}`")
-    return f"{what}: they wait on items that are not in the job; `storyloom status {job_id}` lists them"
+    if mine:
+        return "paused", f"{what}, waiting at gate(s) {', '.join(mine)}: open them, then `storyloom resume {job_id}`"
+    if counts["failed"]:
+        return "failed", (f"{what} behind failed items: `storyloom resume {job_id} --retry-failed` "
+                          "runs those again and the rest follows")
+    return "paused", f"{what}: they wait on items that are not in the job"

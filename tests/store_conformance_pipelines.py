@@ -396,3 +396,41 @@ async def test_artifacts_of_a_failed_batch_are_not_stored(store):
     assert await store.artifacts("p") == []
     assert await complete(store, "a", artifacts=(Artifact("p", "k", "", "ok"),))
     assert [a.version for a in await store.artifacts("p")] == [1]
+
+
+@test
+async def test_a_late_waiter_of_a_skipped_item_names_the_failure_behind_it(store):
+    await add_pipeline(store, item("f"), item("b", after=("f",)), item("m"))
+    await claim_ids(store)
+    await store.record([rec("f", "failed", error="bad")], OWNER)
+    assert await complete(store, "m", follow_ups=(item("late", after=("b",)),))
+    assert (await errors(store))["late"] == "blocked: f failed"
+    # so requeueing f brings it back with the rest
+    assert await store.requeue_failed(JOB) == 1
+    assert (await states(store))["late"] == "pending"
+    assert await claim_ids(store) == ["f"]
+
+
+@test
+async def test_next_ready_at_of_one_stage(store):
+    await add_pipeline(store, item("a"), item("q", job_type="qc"), item("w", job_type="qc", after=("a",)))
+    assert await store.next_ready_at(JOB, job_type="qc") == 0.0
+    assert await store.next_ready_at(JOB, job_type="export") is None
+    await store.claim(JOB, 10, NOW, OWNER, job_type="qc")
+    assert await store.next_ready_at(JOB, job_type="qc") is None  # w is blocked
+    assert await store.next_ready_at(JOB) == 0.0  # a
+    [ok] = await store.record([rec("q", not_before=NOW + 50, state="pending")], OWNER)
+    assert ok
+    assert await store.next_ready_at(JOB, job_type="qc") == NOW + 50
+
+
+@test
+async def test_follow_ups_of_a_held_job_are_held(store):
+    await add_pipeline(store, item("a"))
+    await claim_ids(store)
+    await store.set_job_state(JOB, "paused")
+    assert await complete(store, "a", follow_ups=(item("b"), item("c", after=("b",))))
+    assert await claim_ids(store) == []
+    assert await store.next_queued_at("chapter") is None
+    await store.set_job_state(JOB, "running")
+    assert await claim_ids(store) == ["b"]

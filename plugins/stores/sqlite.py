@@ -1103,9 +1103,10 @@ def _link(cur: sqlite3.Cursor, job_id: str, items: Sequence[NewItem], job_held: 
         if item.state != "pending" or not (item.after or item.gate is not None):
             continue
         after = list(dict.fromkeys(item.after))
-        states = dict(cur.execute(
-            "SELECT item_id, state FROM items WHERE job_id = ? AND item_id IN (SELECT value FROM json_each(?))",
-            (job_id, _encode(after))))
+        found = cur.execute(
+            "SELECT item_id, state, error FROM items WHERE job_id = ? AND item_id IN (SELECT value FROM json_each(?))",
+            (job_id, _encode(after))).fetchall()
+        states = {found_id: state for found_id, state, _error in found}
         waits_on = [a for a in after if states.get(a) != "completed"]
         cur.executemany("INSERT OR IGNORE INTO deps (job_id, after_id, item_id) VALUES (?, ?, ?)",
                         [(job_id, a, item.item_id) for a in waits_on])
@@ -1117,9 +1118,12 @@ def _link(cur: sqlite3.Cursor, job_id: str, items: Sequence[NewItem], job_held: 
         blocked = HELD_BLOCKED if waits_on or gate is not None else 0
         cur.execute("UPDATE items SET waiting = ?, gate = ?, held = ? WHERE job_id = ? AND item_id = ?",
                     (len(waits_on), gate, job_held | blocked, job_id, item.item_id))
-        dead = next((a for a in after if states.get(a) in ("failed", "skipped")), None)
+        dead = next(((a, state, error) for a, state, error in found if state in ("failed", "skipped")), None)
         if dead is not None:
-            ended.append((item.item_id, f"blocked: {dead} {states[dead]}"))
+            # Behind an item a cascade skipped: the same reason, naming the first to end.
+            name, state, error = dead
+            cascaded = state == "skipped" and error is not None and error.startswith("blocked: ")
+            ended.append((item.item_id, error if cascaded else f"blocked: {name} {state}"))
     for item_id, reason in ended:
         _skip(cur, job_id, item_id, reason)
 
