@@ -217,12 +217,13 @@ def test_a_file_that_is_no_zip(tmp_path):
 
 def test_the_markdown_book_escapes_markup(tmp_path):
     path = write_markdown(tmp_path / "b.md", title="The *Lantern* <Road>", chapters=[
-        ("One [draft](javascript:alert(1))", "# not a heading\n\nA <b>bold</b> & _odd_ line.\n- not a list"),
+        ("One [draft](javascript:alert(1))", "# not a heading\n\nA <b>bold</b> & _odd_ line.\n- not a list\n"
+                                              "12. not numbered"),
         ("สอง", "น้ำค้าง")])
     text = path.read_text(encoding="utf-8")
     assert text.startswith("# The \\*Lantern\\* \\<Road\\>\n")
     assert "## One \\[draft\\](javascript:alert(1))" in text
-    assert "\\# not a heading" in text and "\\- not a list" in text
+    assert "\\# not a heading" in text and "\\- not a list" in text and "12\\. not numbered" in text
     assert "A \\<b\\>bold\\</b\\> \\& \\_odd\\_ line." in text
     assert "## สอง\n\nน้ำค้าง\n" in text
 

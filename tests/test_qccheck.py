@@ -62,13 +62,14 @@ def test_leftovers_are_found_one_finding_each():
 
 
 @pytest.mark.parametrize("text", ["บทนี้ [ใส่ชื่อตัวละคร] เดินไป", "ในฐานะปัญญาประดิษฐ์ ฉันไม่สามารถ", "นี่คือบทที่สาม",
-                                  "Then {name} left.", "[To be determined]", "Sure! The rain fell."])
+                                  "Then {name} left.", "[To be determined]", "Sure! The rain fell.",
+                                  "Rain.\n\nHere is the revised chapter:\nRain again."])
 def test_more_leftovers(text):
     assert "leftover" in codes(check_chapter(text, "th" if "ใ" in text or "นี่" in text else "en"))
 
 
 @pytest.mark.parametrize("text", ["She wrote [sic] in the margin.", "The set {1, 2} was small.",
-                                  "A todo list lay on the table."])
+                                  "A todo list lay on the table.", "Rain fell.\nSure, she thought, it will stop."])
 def test_ordinary_text_is_no_leftover(text):
     assert "leftover" not in codes(check_chapter(text, "en"))
 
@@ -119,6 +120,8 @@ def test_script_share():
     assert script_share("ฝนตก rains", "th") == pytest.approx(4 / 9)
     assert script_share("1234 !!", "th") == 1.0  # no letters: nothing to judge
     assert script_share("Café déjà vu", "fr") == 1.0
+    assert script_share("Lorem ipsum", "ja") == 1.0  # a script not checked: no finding
+    assert script_share("ฝนตก", "en-GB") == 0.0
 
 
 def test_an_empty_chapter():

@@ -160,13 +160,18 @@ def write_epub(path: str | Path, *, identifier: str, title: str, language: str, 
 
 
 _MD_ESCAPES = str.maketrans({c: "\\" + c for c in "\\`*_[]<>&|"})
-_MD_LINE_START = re.compile(r"^(\s*)([#>+=~-]|\d+[.)])", re.MULTILINE)
+_MD_LINE_START = re.compile(r"^(\s*)(?:([#>+=~-])|(\d+)([.)]))", re.MULTILINE)
 
 
 def _markdown(text: str) -> str:
     """Prose as Markdown that renders as the same prose: no link, HTML,
     emphasis or heading can form from a model's text."""
-    return _MD_LINE_START.sub(lambda m: m.group(1) + "\\" + m.group(2), text.translate(_MD_ESCAPES))
+    def escaped(m: re.Match[str]) -> str:
+        if m.group(2):
+            return f"{m.group(1)}\\{m.group(2)}"  # \# \- \>: not a heading, list or quote
+        return f"{m.group(1)}{m.group(3)}\\{m.group(4)}"  # 12\. : not an ordered list
+
+    return _MD_LINE_START.sub(escaped, text.translate(_MD_ESCAPES))
 
 
 def write_markdown(path: str | Path, *, title: str, chapters: Sequence[Chapter], author: str | None = None) -> Path:

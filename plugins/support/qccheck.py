@@ -2,7 +2,7 @@
 
 :func:`check_chapter` returns :class:`Finding` s, each with a stable
 ``code``: ``script`` (too little of the project's script: a Thai chapter in
-Latin letters), ``repetition`` (the same run of words, or of characters in a
+Latin letters; checked for Thai and the Latin-script languages), ``repetition`` (the same run of words, or of characters in a
 script without spaces, over and over), ``leftover`` (template braces,
 ``TODO``, bracketed placeholders, "As an AI", "Here is the chapter"),
 ``length`` (outside the tolerance around ``chapter_length``) and ``empty``.
@@ -54,11 +54,12 @@ _JOINERS = frozenset({0x200C, 0x200D, *range(0xFE00, 0xFE10)})
 _INVISIBLE = frozenset({0x200B, 0xFEFF})
 #: Scripts written without spaces between words: length in grapheme clusters.
 _SPACELESS = {"th", "lo", "km", "my", "ja", "zh", "bo"}
-#: The letters of each script we check (code point ranges); others: Latin.
-_SCRIPTS: dict[str, tuple[tuple[int, int], ...]] = {
-    "th": ((0x0E00, 0x0E7F),),
-    "latin": ((0x0041, 0x005A), (0x0061, 0x007A), (0x00C0, 0x024F), (0x1E00, 0x1EFF)),
-}
+#: The letters of each script we check (code point ranges).
+_THAI = ((0x0E00, 0x0E7F),)
+_LATIN = ((0x0041, 0x005A), (0x0061, 0x007A), (0x00C0, 0x024F), (0x1E00, 0x1EFF))
+#: Languages written in Latin letters; a language in neither list gets no script check.
+_LATIN_LANGUAGES = frozenset("en fr de es it pt nl da sv no nb nn fi is et lv lt pl cs sk sl hr bs sq ro hu tr "
+                             "id ms tl vi sw ca eu gl ga cy mt af".split())
 
 _LEFTOVERS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("template braces", re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{[A-Za-z_][A-Za-z0-9_.]*\}")),
@@ -71,7 +72,7 @@ _LEFTOVERS: tuple[tuple[str, re.Pattern[str]], ...] = (
         re.IGNORECASE)),
     ("a reply's preamble", re.compile(
         r"^\s*(?:here(?:'s| is) (?:the |your )?(?:generated |revised |rewritten )?(?:chapter|story|text)|"
-        r"sure[,!]|certainly[,!]|นี่คือ(?:บท|เนื้อหา))", re.IGNORECASE | re.MULTILINE)),
+        r"นี่คือ(?:บท|เนื้อหา))|\A\s*(?:sure|certainly|of course)[,!]", re.IGNORECASE | re.MULTILINE)),
 )
 
 
@@ -122,10 +123,23 @@ def _in(cp: int, ranges: tuple[tuple[int, int], ...]) -> bool:
     return any(lo <= cp <= hi for lo, hi in ranges)
 
 
+def _script(language: str | None) -> tuple[str, tuple[tuple[int, int], ...]] | None:
+    base = _base(language)
+    if base == "th":
+        return "Thai", _THAI
+    if base in _LATIN_LANGUAGES:
+        return "Latin", _LATIN
+    return None
+
+
 def script_share(text: str, language: str | None) -> float:
     """The share of ``text``'s letters in the language's script (Thai for
-    ``th``, Latin otherwise); 1.0 for text without letters."""
-    ranges = _SCRIPTS.get(_base(language), _SCRIPTS["latin"])
+    ``th``, Latin for English and the other Latin-script languages); 1.0 for
+    text without letters, or a language whose script is not checked."""
+    script = _script(language)
+    if script is None:
+        return 1.0
+    ranges = script[1]
     letters = [ord(ch) for ch in text if ch.isalpha() or 0x0E00 <= ord(ch) <= 0x0E7F]
     if not letters:
         return 1.0
@@ -166,7 +180,7 @@ def check_chapter(text: str, language: str | None, target_length: int | None = N
     findings: list[Finding] = []
     share = script_share(text, language)
     if share < MIN_SCRIPT_SHARE:
-        script = "Thai" if _base(language) == "th" else "Latin"
+        script = _script(language)[0]  # type: ignore[index]  # a share below 1 means a checked script
         findings.append(Finding("script", f"Only {share:.0%} of the letters are in {script} script; the book is "
                                           f"in {language!r}: write the chapter in that language.",
                                 {"share": round(share, 3), "minimum": MIN_SCRIPT_SHARE}))
