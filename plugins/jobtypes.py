@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from storyloom import UsageError, hookimpl
 from storyloom.artifacts import ProjectContext
-from storyloom.outputs import job_folder, record_problem, write_output
+from storyloom.outputs import Output, job_folder, record_problem, write_output
 from storyloom.plugins.studio.base import (CHAPTERS_PATTERN, ITEM_SCHEMA, MAX_CHAPTERS, expand_chapters,  # noqa: F401
                                            expand_story_item)
 from storyloom.plugins.studio import book
@@ -66,6 +66,26 @@ class BookWriter:
         if (item.job_type or job.job_type) != "export" or not isinstance(contents, dict):
             return
         write_book(self.config, job.job_id, result.file_name.removesuffix(".md"), contents)
+
+    @hookimpl
+    def loom_job_outputs(self, job, store):
+        """Each exported book's text, from the book its stored result carries
+        (the Markdown is the result file itself; the EPUB, bytes, is written
+        when the export completes and not rebuilt)."""
+        if "export" not in job.stage_types:
+            return None
+
+        async def books() -> list[Output]:
+            found = []
+            for row in await store.items(job.job_id, "completed"):
+                stored = await store.result(job.job_id, row.item_id)
+                data = stored[1] if stored else None
+                if isinstance(data, dict) and isinstance(data.get("book"), dict) and data.get("file_name"):
+                    stem = data["file_name"].removesuffix(".md")
+                    found.append(Output(f"{stem}.txt", plain_text(data["book"])))
+            return found
+
+        return books
 
 
 def write_book(config, job_id: str, stem: str, contents: dict) -> None:

@@ -165,6 +165,11 @@ def test_a_book_from_premise_to_epub_with_what_each_request_carries(loom, fake_p
     assert (folder / "bk.md").read_text().startswith("# Salt &amp; Signal bk") is False  # Markdown is not escaped
     assert (folder / "bk.md").read_text().startswith("# Salt & Signal bk\n")
     assert "REWRITE-2" in (folder / "bk.txt").read_text()
+    text = (folder / "bk.txt").read_text()
+    (folder / "bk.txt").unlink()
+    assert loom.outputs("studio")["bk.txt"] == "missing"
+    assert loom.outputs("studio", rebuild=True)["bk.txt"] == "rebuilt"
+    assert (folder / "bk.txt").read_text() == text
     command = epubcheck_command()
     if command is not None:
         checked = subprocess.run([*command, str(epub)], capture_output=True, text=True, timeout=120)
