@@ -280,3 +280,13 @@ def test_the_book_view_shows_each_chapters_state_version_verdict_and_score():
     assert view["characters_source"] == "generated" and view["outline"][1]["title"] == "The Harbour Ledger"
     text = "\n".join(book.view_text(view))
     assert "Salt & Signal" in text and "rewriting" in text
+
+
+def test_a_hand_written_outline_wins_over_the_generated_one():
+    written = {**PROJECT, "outline": [{"chapter": 1, "title": "By hand", "events": "HAND-EVENTS", "characters": ["Tom"]}]}
+    ctx = context(*bible(), project=written)
+    item = Item("bk-ch1", project_id="bk", fields={"chapter_num": 1}, context=ctx)
+    text = prompt_of(TYPES["chapter_writing"].build_request(item, job()))
+    assert "By hand" in text and "HAND-EVENTS" in text and "Static" not in text
+    assert "policeman" in text and "Ada (keeper)" not in text  # the hand-written beat's cast
+    assert book.book_view(ctx, "bk")["outline_source"] == "project file"
