@@ -417,19 +417,20 @@ async def book(project_id: str, *, options: Options = Options(), config: Config 
     """What ``storyloom book PROJECT_ID [--json]`` prints: the project as the
     plugins describe it (``loom_project_view``) from its project file (found
     beside the working folder's ``storyloom.yaml``) and its stored artifacts.
-    A project with neither, or no plugin to describe it, is a UsageError."""
+    A project no plugin describes (the bundled one: a project file, or
+    something stored for it) is a UsageError."""
     with _configured(config, options, None, plugins, start_dir=".") as config:
         project = config.project(project_id)
         async with _opened(store, config, options, plugins, create=project is not None) as opened:
             artifacts = await opened.artifacts(project_id)
             gates = await opened.gates()
-        if project is None and not artifacts:
-            raise UsageError(f"no project {project_id!r}: no {config.projects_dir}/{project_id}.yaml "
-                             f"and nothing stored for it in {_where(opened)}")
         view = config.hooks.project_view(project_id=project_id, project=project, artifacts=artifacts,
                                          gates=gates, config=config)
-    if view is None:
-        raise UsageError(f"no plugin describes project {project_id!r} (is the jobtypes plugin blocked?)")
+        if view is None:
+            found = "nothing stored for it" if not artifacts else "no plugin describes it"
+            raise UsageError(f"no project {project_id!r}: "
+                             + (f"no {config.projects_dir}/{project_id}.yaml, " if project is None else "")
+                             + f"{found} in {_where(opened)}")
     return dict(view)
 
 

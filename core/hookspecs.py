@@ -335,6 +335,10 @@ def loom_project_view(project_id: str, project: "dict[str, Any] | None", artifac
                       gates: "list[GateRow]", config: "Config") -> "dict[str, Any] | None":
     """Describe a project for ``storyloom book PROJECT_ID`` (the first non-None answer wins).
 
+    Called once per ``storyloom book`` (:func:`storyloom.api.book`), after
+    the project file and the store are read. An exception propagates: the
+    command fails.
+
     :param project_id: the project asked for.
     :param project: its project file as loaded (``config.project``), or None.
     :param artifacts: every stored version of its artifacts, oldest first.
@@ -351,8 +355,13 @@ def loom_approve(project_id: str, target: "tuple[str, ...]", store: "Store",
                  config: "Config") -> "Callable[[], Awaitable[str]] | None":
     """Approve something of a project (``storyloom approve PROJECT_ID outline|chapter N``).
 
+    Called once per ``storyloom approve`` (:func:`storyloom.api.approve`),
+    with the store open.
+
+    :param project_id: the project named on the command line.
     :param target: what to approve, as written: ``("outline",)``, ``("chapter", "3")``.
     :param store: the open store; change it from the returned callable.
+    :param config: the configuration.
     :returns: None if the target is not yours, else an async callable that
         does the approval and returns one line saying what it did. Raise
         :class:`storyloom.UsageError` for a target that cannot be approved

@@ -104,6 +104,8 @@ def write_book(config, job_id: str, stem: str, contents: dict) -> None:
 
 @hookimpl
 def loom_project_view(project_id, project, artifacts, gates):
+    if project is None and not artifacts:
+        return None  # not a book we know
     context = ProjectContext(project, list(artifacts))
     opened = [gate.name for gate in gates if gate.opened_at is not None]
     view = book.book_view(context, project_id, opened)
