@@ -471,6 +471,42 @@ async def job_outputs(job_id: str, *, rebuild: bool = False, options: Options = 
             "problems": [s.problem for s in states if s.problem is not None]}
 
 
+async def book(project_id: str, *, options: Options = Options(), config: Config | None = None,
+               store: Store | None = None, plugins: Sequence[object] = ()) -> dict[str, Any]:
+    """What ``storyloom book PROJECT_ID [--json]`` prints: the project as the
+    plugins describe it (``loom_project_view``) from its project file (found
+    beside the working folder's ``storyloom.yaml``) and its stored artifacts.
+    A project no plugin describes (the bundled one: a project file, or
+    something stored for it) is a UsageError."""
+    with _configured(config, options, None, plugins, start_dir=".") as config:
+        project = config.project(project_id)
+        async with _opened(store, config, options, plugins, create=project is not None) as opened:
+            artifacts = await opened.artifacts(project_id)
+            gates = await opened.gates()
+        view = config.hooks.project_view(project_id=project_id, project=project, artifacts=artifacts,
+                                         gates=gates, config=config)
+        if view is None:
+            found = "nothing stored for it" if not artifacts else "no plugin describes it"
+            raise UsageError(f"no project {project_id!r}: "
+                             + (f"no {config.projects_dir}/{project_id}.yaml, " if project is None else "")
+                             + f"{found} in {_where(opened)}")
+    return dict(view)
+
+
+async def approve(project_id: str, target: Sequence[str], *, options: Options = Options(),
+                  config: Config | None = None, store: Store | None = None,
+                  plugins: Sequence[object] = ()) -> str:
+    """``storyloom approve PROJECT_ID outline|chapter N``: the plugin that owns
+    the target (``loom_approve``) does it; returns its one line. An unknown
+    target is a UsageError and changes nothing."""
+    with _configured(config, options, None, plugins, start_dir=".") as config:
+        async with _opened(store, config, options, plugins, create=False) as opened:
+            action = config.hooks.approve(project_id=project_id, target=tuple(target), store=opened, config=config)
+            if action is None:
+                raise UsageError(f"nothing to approve as {' '.join(target)!r} for project {project_id!r}")
+            return await action()
+
+
 def validate_job(job_file: str | os.PathLike, *, options: Options = Options(),
                  plugins: Sequence[object] = ()) -> Job:
     """Load and fully check a job file (schema, plugins, models, strategy)
@@ -578,7 +614,8 @@ async def add_job(store: Store, job: Job) -> None:
     items = [
         NewItem(item_id=item.item_id, level=int(item.priority if item.priority is not None else job.priority),
                 state="skipped" if item.status == "skipped" else "pending", definition=item_to_dict(item),
-                deadline=item.deadline.timestamp() if item.deadline else None)
+                deadline=item.deadline.timestamp() if item.deadline else None,
+                job_type=item.job_type, after=item.after, gate=item.gate)
         for item in job.items
     ]
     try:

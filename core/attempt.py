@@ -57,6 +57,9 @@ async def run_attempt(batch: "Batch", claimed: ClaimedItem, item: Item) -> Outco
     sent: float | None = None  # the worst case, once the request is on its way
     unknown = False  # sent, and no usage came back: the worst case is charged
     try:
+        performed = _perform(batch, item, attempt, t0)
+        if performed is not None:
+            return performed
         request = _request(batch, claimed, item, attempt)
         candidates = [item.model] if item.model else list(plan.models)
         try:
@@ -149,6 +152,21 @@ async def run_attempt(batch: "Batch", claimed: ClaimedItem, item: Item) -> Outco
             batch.budget.settle(reserved, charged)
         if model_reserved is not None:
             pool[model].spend.settle(model_reserved, charged)
+
+
+def _perform(batch: "Batch", item: Item, attempt: int, t0: float) -> Outcome | None:
+    """The attempt of a job type that does the item's work in code (an
+    optional ``perform(item, job) -> Result | None``; None: ask a model as
+    usual): no model, no budget, no rate limit, nothing sent, so nothing to
+    record before it. A ProviderError it raises fails the attempt like a
+    provider's would (the retry policy decides)."""
+    perform = getattr(batch.job_type, "perform", None)
+    if perform is None:
+        return None
+    result = perform(item, batch.job)
+    if result is None:
+        return None
+    return Outcome(state="completed", attempt=attempt, model=None, elapsed=trio.current_time() - t0, result=result)
 
 
 def _request(batch: "Batch", claimed: ClaimedItem, item: Item, attempt: int) -> Request:

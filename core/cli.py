@@ -62,6 +62,8 @@ EXAMPLES = {
     "outputs": "storyloom outputs demo-chapters --rebuild",
     "plugins": "storyloom -p myplugin plugins",
     "delete": "storyloom delete demo-chapters --yes   # then the demo runs again",
+    "book": "storyloom book salt-and-signal\n  storyloom book salt-and-signal --json",
+    "approve": "storyloom approve salt-and-signal outline\n  storyloom approve salt-and-signal chapter 3",
 }
 
 
@@ -157,6 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", help="where results go (default storyloom-out beside the store's .storyloom)")
     p.add_argument("--json", action="store_true")
     sub.add_parser("plugins", parents=[common], help="list plugins and the hooks they implement")
+    p = sub.add_parser("book", parents=[common],
+                       help="a book project: bible, outline, each chapter's state, version, QC verdict and score")
+    p.add_argument("project_id")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("approve", parents=[common],
+                       help="approve a book's outline (opens its gate) or a chapter that needs review")
+    p.add_argument("project_id")
+    p.add_argument("target", nargs="+", metavar="outline|chapter N")
     p = sub.add_parser("delete", parents=[common],
                        help="remove a stored job and its history, so that its id can run again")
     p.add_argument("job_id")
@@ -492,7 +502,22 @@ def _where_line(out_dir: str) -> str:
     return f"outputs: {out_dir}{os.sep}" + (f" (reports: {', '.join(reports)})" if reports else "")
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "resume": cmd_resume, "status": cmd_status,
+def cmd_book(args: argparse.Namespace) -> int:
+    data = trio.run(lambda: api.book(args.project_id, options=_options(args)))
+    if args.json:
+        print(json.dumps({k: v for k, v in data.items() if k != "text"}, indent=2, ensure_ascii=False))
+    else:
+        for line in data.get("text", ()):
+            print(line)
+    return 0
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    print(trio.run(lambda: api.approve(args.project_id, args.target, options=_options(args))))
+    return 0
+
+
+COMMANDS = {"book": cmd_book, "approve": cmd_approve, "run": cmd_run, "validate": cmd_validate, "resume": cmd_resume, "status": cmd_status,
             "report": cmd_report, "plugins": cmd_plugins, "submit": cmd_submit, "work": cmd_work,
             "queue": cmd_queue, "cancel": cmd_cancel, "pause": cmd_pause, "outputs": cmd_outputs,
             "delete": cmd_delete}

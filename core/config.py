@@ -21,7 +21,7 @@ from . import loader
 from .budget import check_budget
 from .errors import UsageError
 from .hooks import Hooks
-from .job import Job, Plan
+from .job import Job, Plan, Stage
 from .pluginmanager import check, import_plugin, make_plugin_manager
 from .projects import find_projects_dir, load_project, project_path
 from .provider import check_factory, check_spec, missing_env
@@ -195,30 +195,37 @@ class Config:
                 raise problem
 
     def plan(self, job: Job) -> Plan:
-        """Resolve limits: command line, then job, then settings, then the job type."""
-        job_type = self._job_type(job.job_type)
-        limit = self.settings.batch_limits.get(job.job_type)
-        opts, cfg = self.options, job.config
-        max_parallel = _pick(opts.max_parallel, cfg.max_parallel, self.max_parallel(job.job_type))
+        """Resolve limits: command line, then job, then settings, then the job
+        type; and the same for each later stage of a pipeline (``then:``),
+        whose own models, routing and config come before the job's."""
+        if self.options.budget_usd is not None:
+            job = dataclasses.replace(job, budget_usd=self.options.budget_usd)
+        pinned = tuple(item.model for item in job.items if item.model and item.model in self.settings.models)
+        stages = {stage.job_type: self._stage_plan(job, stage) for stage in job.stages[1:]}
+        plan = dataclasses.replace(self._stage_plan(job, job.stages[0], pinned), stage_plans=stages)
+        check_budget(plan, self._job_type(job.job_type), self.settings)  # a budget no item fits in is bad input
+        return plan
+
+    def _stage_plan(self, job: Job, stage: Stage, pinned: tuple[str, ...] = ()) -> Plan:
+        job_type = self._job_type(stage.job_type)
+        limit = self.settings.batch_limits.get(stage.job_type)
+        opts, cfg = self.options, stage.config
+        max_parallel = _pick(opts.max_parallel, cfg.max_parallel, self.max_parallel(stage.job_type))
         timeout = _pick(opts.timeout_per_item, cfg.timeout_per_item, limit and limit.timeout_per_item,
                        job_type.timeout_per_item)
         retry = self.settings.retry_config
         max_retries = _pick(opts.max_retries, cfg.max_retries, retry.max_retries)
         if not cfg.retry_on_failure:
             max_retries = 0
-        models = tuple(opts.models or job.models or self.settings.default_models)
+        models = tuple(opts.models or stage.models or job.models or self.settings.default_models)
         for name in models:
             if name not in self.settings.models:
                 raise UsageError(f"unknown model {name!r} (known: {', '.join(sorted(self.settings.models))})")
-        pinned = tuple(item.model for item in job.items if item.model and item.model in self.settings.models)
         self.check_model_env(models + pinned)  # a missing key is found here, not by every item failing
-        routing = {**self.settings.routing, **job.routing}
-        if opts.budget_usd is not None:
-            job = dataclasses.replace(job, budget_usd=opts.budget_usd)
-        plan = Plan(job=job, max_parallel=max_parallel, timeout_per_item=timeout, max_retries=max_retries,
-                    retry=retry, models=models, routing=routing)
-        check_budget(plan, job_type, self.settings)  # a budget no item fits in is bad input
-        return plan
+        routing = {**self.settings.routing, **(stage.routing or job.routing)}
+        is_first = stage.job_type == job.job_type
+        return Plan(job=job, max_parallel=max_parallel, timeout_per_item=timeout, max_retries=max_retries,
+                    retry=retry, models=models, routing=routing, job_type=None if is_first else stage.job_type)
 
     def max_parallel(self, job_type: str) -> int:
         """A job type's limit across jobs: ``--max-parallel``, then the settings'

@@ -14,16 +14,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .artifacts import Artifact
 from .errors import ErrorKind
 from .events import Event
 
+if TYPE_CHECKING:
+    from .job import Item
+
+
 @dataclass(frozen=True)
 class Result:
-    """What an item produced: text for ``storyloom-out/<job_id>/<file_name>``."""
+    """What an item produced: text for ``storyloom-out/<job_id>/<file_name>``.
+
+    ``follow_ups`` are new items of the same job (each ``job_type`` one of
+    the job's stages; None = the job's own), and ``artifacts`` versions for
+    the item's project: both are committed in the transaction that records
+    the completion, so a crash can never keep one without the other. With no
+    follow-ups, an item whose stage has a next stage is chained by that
+    stage's job type (``items_after``, see :mod:`storyloom.jobtype`).
+    """
 
     text: str
     file_name: str
     data: dict[str, Any] | None = None
+    follow_ups: tuple["Item", ...] = ()
+    artifacts: tuple[Artifact, ...] = ()
 
 
 if TYPE_CHECKING:

@@ -77,6 +77,19 @@ class Hooks:
         found = self._hook.loom_job_outputs(job=job, store=store, config=config)
         return [collect for collect in found if collect is not None]
 
+    # -- book projects (exceptions propagate) ---------------------------------
+
+    def project_view(self, *, project_id: str, project: "dict[str, Any] | None", artifacts: list,
+                     gates: list, config: "HookConfig") -> "dict[str, Any] | None":
+        """``loom_project_view``: the first plugin's view of the project, or None."""
+        return self._hook.loom_project_view(project_id=project_id, project=project, artifacts=artifacts,
+                                            gates=gates, config=config)
+
+    def approve(self, *, project_id: str, target: tuple[str, ...], store: "Store",
+                config: "HookConfig") -> "Callable[[], Awaitable[str]] | None":
+        """``loom_approve``: the first plugin's approval, or None."""
+        return self._hook.loom_approve(project_id=project_id, target=target, store=store, config=config)
+
     def _notify(self, name: str, **kwargs: Any) -> None:
         # The one place a hook is found by name: each caller above is typed.
         try:

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from .job import Item, Job, Plan
     from .outputs import Output
     from .summary import Summary
-    from .store.protocol import Store
+    from .artifacts import Artifact
+    from .store.protocol import GateRow, Store
 
 hookspec = pluggy.HookspecMarker("storyloom")
 
@@ -321,4 +322,48 @@ def loom_job_outputs(job: "Job", store: "Store",
 
     An exception here or in the callable propagates: the command fails
     rather than report a partial projection as complete.
+    """
+
+
+# -------------------------------------------------------------------------
+# Book projects: what `storyloom book` shows and `storyloom approve` does
+# -------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def loom_project_view(project_id: str, project: "dict[str, Any] | None", artifacts: "list[Artifact]",
+                      gates: "list[GateRow]", config: "Config") -> "dict[str, Any] | None":
+    """Describe a project for ``storyloom book PROJECT_ID`` (the first non-None answer wins).
+
+    Called once per ``storyloom book`` (:func:`storyloom.api.book`), after
+    the project file and the store are read. An exception propagates: the
+    command fails.
+
+    :param project_id: the project asked for.
+    :param project: its project file as loaded (``config.project``), or None.
+    :param artifacts: every stored version of its artifacts, oldest first.
+    :param gates: every gate of the store (:meth:`storyloom.store.Store.gates`).
+    :param config: the configuration.
+    :returns: a JSON-able mapping (``--json`` prints it) with a ``text`` entry:
+        the lines the command prints (data from models and files: the command
+        prints it as text, never interprets it). None: not a project of yours.
+    """
+
+
+@hookspec(firstresult=True)
+def loom_approve(project_id: str, target: "tuple[str, ...]", store: "Store",
+                 config: "Config") -> "Callable[[], Awaitable[str]] | None":
+    """Approve something of a project (``storyloom approve PROJECT_ID outline|chapter N``).
+
+    Called once per ``storyloom approve`` (:func:`storyloom.api.approve`),
+    with the store open.
+
+    :param project_id: the project named on the command line.
+    :param target: what to approve, as written: ``("outline",)``, ``("chapter", "3")``.
+    :param store: the open store; change it from the returned callable.
+    :param config: the configuration.
+    :returns: None if the target is not yours, else an async callable that
+        does the approval and returns one line saying what it did. Raise
+        :class:`storyloom.UsageError` for a target that cannot be approved
+        (exit 2, nothing changed).
     """

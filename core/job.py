@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Mapping
 
 from .settings import RetryConfig
 
@@ -54,6 +54,23 @@ class Item:
     #: Every other field of the item, as its job type's template sees it
     #: (``vars`` stays one nested mapping).
     fields: dict[str, Any] = field(default_factory=dict)
+    #: The stage this item belongs to: one of its job's stage job types
+    #: (None: the job's own ``job_type``). Claims serve items by it.
+    job_type: str | None = None
+    #: Item ids of the same job that must be ``completed`` before this item
+    #: may be claimed (an id not in the job yet counts as not done). If one
+    #: ends failed or skipped, this item is skipped: ``blocked: <id> failed``.
+    after: tuple[str, ...] = ()
+    #: Set on a follow-up of item X's completion, naming X: every item
+    #: waiting on X waits on this item instead (the rewrite loop).
+    takes_over: str | None = None
+    #: A gate name (``proj-a:outline``): not claimable until the gate is
+    #: opened (``Store.open_gate``).
+    gate: str | None = None
+    #: What the kernel loads for a ``reads_project`` job type before
+    #: ``build_request`` (a :class:`storyloom.artifacts.ProjectContext`).
+    #: Not stored, not compared.
+    context: Any = field(default=None, compare=False, repr=False)
 
     def as_template_vars(self) -> dict[str, Any]:
         data = dict(self.fields)
@@ -77,6 +94,19 @@ class JobConfig:
 
 
 @dataclass(frozen=True)
+class Stage:
+    """One step of a job's pipeline: stage 0 is the job's own ``job_type``,
+    the others its ``then:`` entries. Empty ``models`` / ``routing`` mean
+    the job's; ``config`` is the job's ``config:`` with the stage's own
+    keys over it."""
+
+    job_type: str
+    models: tuple[str, ...] = ()
+    routing: dict[str, Any] = field(default_factory=dict)
+    config: JobConfig = JobConfig()
+
+
+@dataclass(frozen=True)
 class Job:
     job_id: str
     job_type: str
@@ -92,6 +122,33 @@ class Job:
     source: str | None = None  # the file it was loaded from
     #: Free-form ``vars:`` every item's template sees.
     vars: dict[str, Any] = field(default_factory=dict)
+    #: The job's own stage followed by its ``then:`` stages, job types all
+    #: different. Given without stage 0 (or not at all), stage 0 is added.
+    stages: tuple[Stage, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.stages or self.stages[0].job_type != self.job_type:
+            own = Stage(self.job_type, self.models, self.routing, self.config)
+            object.__setattr__(self, "stages", (own, *self.stages))
+
+    @property
+    def stage_types(self) -> tuple[str, ...]:
+        return tuple(stage.job_type for stage in self.stages)
+
+    def stage(self, job_type: str | None) -> Stage:
+        """The stage of ``job_type`` (None: stage 0). KeyError if the job has none."""
+        if job_type is None:
+            return self.stages[0]
+        for stage in self.stages:
+            if stage.job_type == job_type:
+                return stage
+        raise KeyError(job_type)
+
+    def next_stage(self, job_type: str | None) -> Stage | None:
+        """The stage after ``job_type``'s, or None for the last."""
+        types = self.stage_types
+        index = types.index(job_type or self.job_type)
+        return self.stages[index + 1] if index + 1 < len(types) else None
 
 
 @dataclass(frozen=True)
@@ -105,6 +162,24 @@ class Plan:
     retry: RetryConfig
     models: tuple[str, ...]
     routing: dict[str, Any]
+    #: The plans of the job's later stages, by job type (stage 0's is this one).
+    stage_plans: Mapping[str, "Plan"] = field(default_factory=dict)
+    #: The job type whose items this plan runs (None: the job's own).
+    job_type: str | None = None
+
+    @property
+    def stage_type(self) -> str:
+        return self.job_type or self.job.job_type
+
+    def stage(self, job_type: str | None) -> "Plan":
+        """The resolved plan of one stage (models, routing, max_parallel,
+        timeout, retries). KeyError for a job type that is not a stage."""
+        if job_type is None or job_type == self.job.job_type:
+            return self
+        return self.stage_plans[job_type]
+
+    def all_stages(self) -> tuple["Plan", ...]:
+        return (self, *self.stage_plans.values())
 
 
 # -- serialisation: the store keeps jobs and items as JSON so that a job can
@@ -120,7 +195,7 @@ def _parse_dt(value: str | None) -> datetime | None:
 
 
 def item_to_dict(item: Item) -> dict[str, Any]:
-    return {
+    out = {
         "item_id": item.item_id,
         "project_id": item.project_id,
         "status": item.status,
@@ -129,10 +204,21 @@ def item_to_dict(item: Item) -> dict[str, Any]:
         "model": item.model,
         "fields": item.fields,
     }
+    # The pipeline keys only when set: a stored plain item reads as before.
+    if item.job_type is not None:
+        out["job_type"] = item.job_type
+    if item.after:
+        out["after"] = list(item.after)
+    if item.takes_over is not None:
+        out["takes_over"] = item.takes_over
+    if item.gate is not None:
+        out["gate"] = item.gate
+    return out
 
 
 #: The keys :func:`item_to_dict` writes.
-_ITEM_KEYS = frozenset({"item_id", "project_id", "status", "priority", "deadline", "model", "fields"})
+_ITEM_KEYS = frozenset({"item_id", "project_id", "status", "priority", "deadline", "model", "fields",
+                        "job_type", "after", "takes_over", "gate"})
 
 
 def item_from_dict(data: dict[str, Any]) -> Item:
@@ -150,7 +236,23 @@ def item_from_dict(data: dict[str, Any]) -> Item:
         deadline=_parse_dt(data.get("deadline")),
         model=data.get("model"),
         fields=fields,
+        job_type=data.get("job_type"),
+        after=tuple(data.get("after") or ()),
+        takes_over=data.get("takes_over"),
+        gate=data.get("gate"),
     )
+
+
+def _config_to_dict(config: JobConfig) -> dict[str, Any]:
+    return {
+        "max_parallel": config.max_parallel,
+        "timeout_per_item": config.timeout_per_item,
+        "retry_on_failure": config.retry_on_failure,
+        "max_retries": config.max_retries,
+        "model_rotation": config.model_rotation,
+        "max_tokens": config.max_tokens,
+        "stream": config.stream,
+    }
 
 
 def job_to_dict(job: Job, *, with_items: bool = False) -> dict[str, Any]:
@@ -161,15 +263,7 @@ def job_to_dict(job: Job, *, with_items: bool = False) -> dict[str, Any]:
         "priority": job.priority.name.lower(),
         "created_at": _dt(job.created_at),
         "deadline": _dt(job.deadline),
-        "config": {
-            "max_parallel": job.config.max_parallel,
-            "timeout_per_item": job.config.timeout_per_item,
-            "retry_on_failure": job.config.retry_on_failure,
-            "max_retries": job.config.max_retries,
-            "model_rotation": job.config.model_rotation,
-            "max_tokens": job.config.max_tokens,
-            "stream": job.config.stream,
-        },
+        "config": _config_to_dict(job.config),
         "models": list(job.models),
         "routing": job.routing,
         "budget_usd": job.budget_usd,
@@ -177,6 +271,9 @@ def job_to_dict(job: Job, *, with_items: bool = False) -> dict[str, Any]:
         "source": job.source,
         "vars": job.vars,
     }
+    if len(job.stages) > 1:
+        out["then"] = [{"job_type": s.job_type, "models": list(s.models), "routing": s.routing,
+                        "config": _config_to_dict(s.config)} for s in job.stages[1:]]
     if with_items:
         out["items"] = [item_to_dict(i) for i in job.items]
     return out
@@ -197,4 +294,6 @@ def job_from_dict(data: dict[str, Any], items: tuple[Item, ...] = ()) -> Job:
         language=data.get("language"),
         source=data.get("source"),
         vars=dict(data.get("vars") or {}),
+        stages=tuple(Stage(s["job_type"], tuple(s.get("models", ())), dict(s.get("routing") or {}),
+                           JobConfig(**s.get("config", {}))) for s in data.get("then", ())),
     )

@@ -13,6 +13,7 @@ kernel checks item ids and computes priorities.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,7 +25,7 @@ from jsonschema.exceptions import SchemaError
 from .document import Document, PathKey, duration_at, error_at, int_or_none, parse_document, value_at
 from .errors import ConfigError, ConfigErrors, UsageError
 from .inputfile import open_input
-from .job import Item, Job, JobConfig, Priority
+from .job import Item, Job, JobConfig, Priority, Stage
 from .jobtype import GENERIC_ITEM_KEYS, ItemSite, JobType, identifier_problem, one_item
 from .names import KnownNames, check_name
 from .settings import Settings
@@ -117,6 +118,9 @@ class _JobBuilder:
             items = self.input_items(explicit, deadline)
         else:
             items = self.items(explicit, deadline, models or self.settings.default_models)
+        config = self.config()
+        stages = self.stages(config)
+        self.check_item_stages(items, (data["job_type"], *(stage.job_type for stage in stages)))
         return Job(
             job_id=data["job_id"],
             job_type=data["job_type"],
@@ -124,14 +128,56 @@ class _JobBuilder:
             priority=Priority.from_deadline(deadline, self.now, explicit) if deadline else explicit,
             created_at=self.when(("created_at",)),
             deadline=deadline,
-            config=self.config(),
+            config=config,
             models=models,
             routing=routing,
             budget_usd=float(data["budget_usd"]) if "budget_usd" in data else None,
             language=data.get("language"),
             source=self.doc.file,
             vars=dict(data.get("vars", {})),
+            stages=stages,
         )
+
+    def check_item_stages(self, items: tuple[Item, ...], stages: tuple[str, ...]) -> None:
+        """An item a job type expanded into a later stage (``Item.job_type``) names one of the job's stages."""
+        for item in items:
+            if item.job_type is not None and item.job_type not in stages:
+                where = ("then",) if "then" in self.data else ("job_type",)
+                raise error_at(self.doc, where, f"item {item.item_id!r} belongs to stage {item.job_type!r}, "
+                               f"which this job does not have (stages: {', '.join(stages)}); add it under then:")
+
+    def stages(self, job_config: JobConfig) -> tuple[Stage, ...]:
+        """The ``then:`` stages: registered job types, each once in the job,
+        their models and strategies known; limits over the job's."""
+        seen: dict[str, PathKey] = {self.data["job_type"]: ("job_type",)}
+        out = []
+        for i, entry in enumerate(self.data.get("then", ())):
+            path: PathKey = ("then", i)
+            name = entry["job_type"]
+            check_name("job_type", name, self.known.job_types, self.fail(path + ("job_type",)))
+            if name in seen:
+                raise error_at(self.doc, path + ("job_type",),
+                               f"job type '{name}' is already a stage of this job (at {format_path(seen[name])}): "
+                               "a stage's items are told apart by their job type, so each stage needs its own")
+            seen[name] = path + ("job_type",)
+            models = tuple(entry.get("models", ()))
+            for j, model in enumerate(models):
+                check_name("model", model, self.settings.models, self.fail(path + ("models", j)))
+            routing = dict(entry.get("routing", {}))
+            if routing:
+                check_name("routing strategy", routing["strategy"], self.known.strategies,
+                           self.fail(path + ("routing", "strategy")))
+            given = entry.get("config", {})
+            changes: dict[str, Any] = {key: given[key] for key in
+                                       ("retry_on_failure", "model_rotation", "stream") if key in given}
+            for key in ("max_parallel", "max_retries", "max_tokens"):
+                if key in given:
+                    changes[key] = int_or_none(given[key])
+            if "timeout_per_item" in given:
+                changes["timeout_per_item"] = duration_at(self.doc, path + ("config", "timeout_per_item"), None,
+                                                          positive=True)
+            out.append(Stage(name, models, routing, dataclasses.replace(job_config, **changes)))
+        return tuple(out)
 
     def check_id(self, value: Any, path: PathKey, what: str = "") -> None:
         problem = identifier_problem(value)

@@ -6,6 +6,11 @@ budget, progress sinks and count of items in flight. It is what
 :func:`storyloom.attempt.run_attempt` sees as ``batch``. It starts when the
 worker claims the job's first item (or at once, for ``storyloom run``) and
 finishes when nothing of the job is left to run here, or it is stopped.
+
+A pipeline job (``then:``) has one :class:`StageRun` per later stage: the
+stage's plan, job type, routing strategy, retry policy and providers, and
+the job run's budget, sinks and writer, so that one job (one budget, one
+pause, one report) covers every stage.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from .contracts import BatchControl
 from .events import Event
 from .job import Job, Plan
 from .chosen import lookup, progress_sinks, report_renderers
+from .pipeline import blocked_end
 from .outputs import OutputProblem, job_folder, problem_line, take_problems, write_output
 from .projection import render_reports
 from .store import StartRecord, Store
@@ -53,13 +59,8 @@ class JobRun:
         self.hooks = self.config.hooks
         self.plan = plan
         self.job: Job = plan.job
-        reg = self.config.registries
-        self.job_type = lookup(reg.job_types, self.job.job_type, "job type")
         # Built before anything is stored, so bad options fail cleanly.
-        strategy_name = plan.routing.get("strategy", "round_robin")
-        options = {k: v for k, v in plan.routing.items() if k != "strategy"}
-        self.strategy = lookup(reg.strategies, strategy_name, "routing strategy")(options, plan)
-        self.policy = lookup(reg.retry_policies, plan.retry.policy, "retry policy")(plan.retry)
+        self.job_type, self.strategy, self.policy = _stage_parts(self.config, plan)
         # Sinks are built here, before anything is stored, so a factory that
         # refuses its options is a clean UsageError; they open files only in run().
         self.sinks = [(name, sink) for name, factory in progress_sinks(self.config, worker.progress)
@@ -90,6 +91,11 @@ class JobRun:
         #: once none is left (None: not a sample run).
         self.sample: set[str] | None = None
         self.sample_size = 0
+        #: Every stage's batch by job type: this run for the job's own, a
+        #: StageRun for each later one.
+        self.stages: dict[str, JobRun | StageRun] = {self.job.job_type: self}
+        for job_type, stage_plan in plan.stage_plans.items():
+            self.stages[job_type] = StageRun(self, stage_plan)
 
     @property
     def job_id(self) -> str:
@@ -103,6 +109,16 @@ class JobRun:
     def accepting(self) -> bool:
         """May take another item: not stopping, finishing, or at the job's own max_parallel."""
         return not (self.status or self.finishing) and self.active < self.plan.max_parallel
+
+    def stage(self, job_type: str | None) -> "JobRun | StageRun":
+        """The batch that runs items of stage ``job_type`` (None: the job's own).
+        KeyError if the job has no such stage."""
+        return self.stages[job_type or self.job.job_type]
+
+    def accepting_for(self, job_type: str) -> bool:
+        """May take another item of stage ``job_type`` (False if it is not a stage)."""
+        stage = self.stages.get(job_type)
+        return stage is not None and not (self.status or self.finishing) and stage.active < stage.plan.max_parallel
 
     # -- life cycle ------------------------------------------------------
 
@@ -170,6 +186,10 @@ class JobRun:
                 return summary
             if self.status == "paused" and not counts["pending"] and not counts["running"]:
                 self.status = None  # paused as the last item finished: nothing is left to resume
+            if self.status is None and counts["pending"]:
+                # Nothing ready and nothing running, yet items are left: blocked
+                # (a closed gate, a failed item's follow-up never made).
+                self.status, self.reason = await blocked_end(store, job_id, counts)
             if self.status is None:
                 self.status = "failed" if counts["failed"] else "completed"
             elif self.status == "interrupted" and released:
@@ -299,6 +319,50 @@ class JobRun:
             except Exception:
                 print("storyloom: work returned by a loom_batch_finished hook failed:", file=sys.stderr)
                 traceback.print_exc(file=sys.stderr)
+
+
+class StageRun:
+    """A later stage of a pipeline job, as its attempts see it
+    (:class:`storyloom.roles.AttemptBatch`): the stage's own plan, job type,
+    routing strategy, retry policy and providers; the job run's budget,
+    control, hooks, writer and sinks."""
+
+    def __init__(self, run: JobRun, plan: Plan) -> None:
+        self.run = run
+        self.plan = plan
+        self.job = run.job
+        self.hooks = run.hooks
+        self.pool = run.pool
+        self.job_type, self.strategy, self.policy = _stage_parts(run.config, plan)
+        self.providers = run.worker.providers_for(plan.models)
+        #: This stage's item tasks alive now (its max_parallel limits them).
+        self.active = 0
+
+    @property
+    def budget(self) -> Budget:
+        return self.run.budget  # one budget for the whole job, replaced when the run starts
+
+    @property
+    def control(self) -> BatchControl:
+        return self.run.control
+
+    async def started(self, record: StartRecord) -> bool:
+        return await self.run.started(record)
+
+    def emit(self, event: Event) -> None:
+        self.run.emit(event)
+
+
+def _stage_parts(config: Any, plan: Plan) -> tuple[Any, Any, Any]:
+    """A stage's job type, routing strategy and retry policy, looked up (and
+    built) now, so that bad options fail before anything is stored."""
+    reg = config.registries
+    job_type = lookup(reg.job_types, plan.stage_type, "job type")
+    strategy_name = plan.routing.get("strategy", "round_robin")
+    options = {k: v for k, v in plan.routing.items() if k != "strategy"}
+    strategy = lookup(reg.strategies, strategy_name, "routing strategy")(options, plan)
+    policy = lookup(reg.retry_policies, plan.retry.policy, "retry policy")(plan.retry)
+    return job_type, strategy, policy
 
 
 def _report_problems(job_id: str, problems: tuple[OutputProblem, ...]) -> None:

@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .contracts import Result  # noqa: F401 - plugins import it from here
 from .document import Document, PathKey, error_at
 from .errors import ConfigError
+from .job import Item
 from .validation import describe, schema
 
 if TYPE_CHECKING:
     from .inputfile import InputFile
-    from .job import Item, Job
+    from .job import Job
     from .provider import Request, Response
 
 #: The item keys the kernel reads itself; every other key of an item entry is
@@ -84,6 +85,41 @@ class InputReader(Protocol):
         (unreadable, empty) and a ``ConfigError`` at the file's own line for a bad
         line. The kernel checks ids and the item limit as for ``items:``.
         """
+
+
+class ChainsItems(Protocol):
+    """Optional, for a job type that is a later stage of a pipeline (``then:``).
+
+    When an item of the stage before completes with no ``Result.follow_ups``,
+    the kernel asks this stage's job type which items it makes; without
+    ``items_after`` that is :func:`default_items_after`. The items are
+    follow-ups of the completion: stored in its transaction, idempotent on
+    item_id, given the job's level. An item whose ``job_type`` is None joins
+    this stage.
+    """
+
+    def items_after(self, done: "Item", result: "Result", job: "Job") -> Iterable["Item"]:
+        """The items ``done``'s completion (with ``result``) makes for this stage."""
+
+
+def default_items_after(done: "Item", next_job_type: str) -> list["Item"]:
+    """One item ``<done>-<next_job_type>`` of the same project, with ``fields={"source_item": <done>}``."""
+    return [Item(item_id=f"{done.item_id}-{next_job_type}", project_id=done.project_id,
+                 fields={"source_item": done.item_id}, job_type=next_job_type)]
+
+
+class ReadsProject(Protocol):
+    """Optional: ``reads_project = True`` makes the kernel load the item's
+    project (the project file, if the config has a loader for it, and every
+    stored artifact) as a :class:`storyloom.artifacts.ProjectContext` and
+    pass it as ``item.context`` to ``build_request``. Items without a
+    ``project_id`` get ``ProjectContext(None, [])``."""
+
+    reads_project: bool
+
+
+def reads_project(job_type: object) -> bool:
+    return bool(getattr(job_type, "reads_project", False))
 
 
 class EventFields(Protocol):

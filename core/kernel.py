@@ -17,10 +17,16 @@ strategy, retry policy, budget and sinks belong to each job's
 ``storyloom run FILE`` is a worker given one job (``only``): it claims only
 that job's items and ends with it. ``storyloom work`` is a worker over the
 whole queue.
+
+A pipeline job's items carry their stage's job type: each stage's items are
+claimed by that type's dispatcher and run under the stage's plan (see
+:class:`~storyloom.jobrun.StageRun`); a completion's follow-ups and artifacts
+(:mod:`storyloom.pipeline`) commit with it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import signal
 import sys
@@ -34,14 +40,17 @@ import trio
 from .attempt import NotStarted, run_attempt
 from .config import Config
 from .contracts import Outcome, Result, Stop
-from .errors import UsageError
+from .errors import ConfigError, ErrorKind, UsageError
 from .events import Event
 from .job import Item, Plan, item_from_dict, job_from_dict
 from .chosen import lookup, progress_sinks, report_renderers
-from .jobrun import JobRun, Sending
+from .jobrun import JobRun, Sending, StageRun
+from .jobtype import reads_project
+from .pipeline import completion, project_context
 from .pool import ModelPool
 from .provider import check_provider
-from .store import AttemptRecord, ClaimedItem, Store, StoreUnavailable
+from .artifacts import Artifact
+from .store import AttemptRecord, ClaimedItem, NewItem, Store, StoreUnavailable
 from .store.owner import make_owner, owner_alive
 from .summary import Summary
 
@@ -248,12 +257,14 @@ class Worker:
 
     def _type_limits(self) -> dict[str, int]:
         if self.only is not None:
-            return {self.only.job.job_type: self.only.plan.max_parallel}
+            return {plan.stage_type: plan.max_parallel for plan in self.only.plan.all_stages()}
         return {name: self.config.max_parallel(name) for name in self.config.registries.job_types}
 
     async def _dispatch(self, job_type: str, limiter: trio.CapacityLimiter, work: trio.Nursery) -> None:
         """Claim items of one job type while the type has room; wait when none is ready."""
         store, only = self.store, self.only
+        # A pipeline's stages are claimed each by its own dispatcher; a plain job as ever.
+        stage = job_type if only is not None and len(only.stages) > 1 else None
         while True:
             changed = self._changed
             tokens = [object()]
@@ -270,27 +281,31 @@ class Worker:
             # their run's in_flight: no run may be judged done meanwhile.
             self._claiming += 1
             try:
-                if only is not None and only.sample is not None:
-                    # Only the sample's items, and no more of them than are not yet running.
-                    room = min(len(tokens), len(only.sample) - only.in_flight)
+                if only is not None:
+                    # A pipeline's stage claims its own items; a sample only its own ids, and no
+                    # more of them than are not yet running.
+                    kwargs: dict[str, Any] = {"job_type": stage} if stage else {}
+                    room = len(tokens)
+                    if only.sample is not None:
+                        kwargs["only"] = sorted(only.sample)
+                        room = min(room, len(only.sample) - only.in_flight)
                     claimed = [] if only.stopping or room <= 0 else await store.claim(
-                        only.job_id, room, now, self.owner, only=sorted(only.sample))
-                elif only is not None:
-                    claimed = [] if only.stopping else await store.claim(only.job_id, len(tokens), now, self.owner)
+                        only.job_id, room, now, self.owner, **kwargs)
                 else:
-                    exclude = [job_id for job_id, run in self.runs.items() if not run.accepting]
+                    exclude = [job_id for job_id, run in self.runs.items() if not run.accepting_for(job_type)]
                     claimed = await store.claim_next(job_type, len(tokens), now, self.owner, exclude)
                 for token in tokens[len(claimed):]:
                     limiter.release_on_behalf_of(token)
                 for item, token in zip(claimed, tokens):
-                    run = await self._admit(item)
+                    run = await self._admit(item, job_type)
                     if run is None:
                         await store.release(item.job_id, self.owner, [item.item_id])
                         limiter.release_on_behalf_of(token)
                         continue
                     run.in_flight += 1
-                    run.active += 1
-                    work.start_soon(self._run_item, run, item, limiter, token)
+                    batch = run.stage(job_type)
+                    batch.active += 1
+                    work.start_soon(self._run_item, run, batch, item, limiter, token)
             finally:
                 self._claiming -= 1
             if not self._claiming:
@@ -310,13 +325,14 @@ class Worker:
             if only is not None:
                 if only.stopping or only.finishing:
                     return
-                ready_at = await store.next_ready_at(only.job_id)
-                if ready_at is None and only.in_flight == 0:
+                ready_at = await store.next_ready_at(only.job_id, job_type=stage) if stage \
+                    else await store.next_ready_at(only.job_id)
+                if ready_at is None and only.in_flight == 0 and (
+                        not stage or await store.next_ready_at(only.job_id) is None):
                     return  # nothing pending, nothing running: done
             else:
                 ready_at = await store.next_queued_at(job_type)
-                if ready_at is None and self.burst and not any(
-                        r.in_flight for r in self.runs.values() if r.job.job_type == job_type):
+                if ready_at is None and self.burst and await self._drained():
                     return
             wait = math.inf if ready_at is None else max(0.0, ready_at - time.time())
             if only is None and not self.burst:
@@ -324,17 +340,28 @@ class Worker:
             with trio.move_on_after(wait):
                 await changed.wait()
 
-    async def _admit(self, claimed: ClaimedItem) -> JobRun | None:
-        """The run a claimed item belongs to, started if it is the job's first
-        here; None if the item must go back (the job is full, stopping, or
-        cannot run in this worker)."""
+    async def _drained(self) -> bool:
+        """Over the whole queue in a burst: nothing is in flight (a job in
+        flight may yet make items of any type: a pipeline's follow-ups) and no
+        type this worker serves has an item queued."""
+        if self._claiming or any(r.in_flight for r in self.runs.values()):
+            return False
+        for job_type in self._type_limits():
+            if await self.store.next_queued_at(job_type) is not None:
+                return False
+        return True
+
+    async def _admit(self, claimed: ClaimedItem, job_type: str) -> JobRun | None:
+        """The run a claimed item (of stage ``job_type``) belongs to, started
+        if it is the job's first here; None if the item must go back (the job
+        or its stage is full, it is stopping, or cannot run in this worker)."""
         if self.only is not None:
             run: JobRun | None = self.only
         else:
             run = self.runs.get(claimed.job_id)
             if run is None:
                 run = await self._start_run(claimed.job_id)
-        if run is None or not run.accepting:
+        if run is None or not run.accepting_for(job_type):
             return None
         return run
 
@@ -363,8 +390,8 @@ class Worker:
             return None
         return run
 
-    async def _run_item(self, run: JobRun, claimed: ClaimedItem, limiter: trio.CapacityLimiter,
-                        token: object) -> None:
+    async def _run_item(self, run: JobRun, batch: JobRun | StageRun, claimed: ClaimedItem,
+                        limiter: trio.CapacityLimiter, token: object) -> None:
         scope = run.item_scope()
         try:
             with scope:
@@ -374,7 +401,7 @@ class Worker:
                 item = item_from_dict(claimed.definition)
                 started_wall = time.time()
                 try:
-                    outcome = await run_attempt(run, claimed, item)
+                    outcome = await self._attempt(run, batch, claimed, item)
                 except Stop as stop:
                     run.pause(stop.reason)
                     await self.send(_Released(run, item.item_id))
@@ -382,14 +409,26 @@ class Worker:
                 except NotStarted:  # cancelled or taken elsewhere before it was sent
                     await self.send(_Released(run, item.item_id))
                     return
-                record = _record(run, item, outcome, started_wall)
+                outcome, follow_ups, artifacts = completion(self.config.registries, run.job, item, outcome)
+                record = _record(run, item, outcome, started_wall, follow_ups, artifacts)
                 await self.send(_Finished(run, claimed, item, outcome, record))
             if scope.cancelled_caught:  # the job was cancelled; the store skipped the item
                 await self.send(_Released(run, claimed.item_id))
         finally:
             run.item_done(scope)
-            run.active -= 1
+            batch.active -= 1
             limiter.release_on_behalf_of(token)
+
+    async def _attempt(self, run: JobRun, batch: JobRun | StageRun, claimed: ClaimedItem, item: Item) -> Outcome:
+        """One attempt; a ``reads_project`` job type's item first gets its project as ``item.context``."""
+        if reads_project(batch.job_type):
+            try:
+                context = await project_context(self.config, self.store, item)
+            except ConfigError as exc:  # a bad project file: this item cannot be built
+                return Outcome(state="failed", attempt=claimed.attempts + 1, model=None, elapsed=0.0,
+                               error_kind=ErrorKind.INVALID_INPUT, error=f"project {item.project_id!r}: {exc}")
+            item = dataclasses.replace(item, context=context)
+        return await run_attempt(batch, claimed, item)
 
     async def _writer(self, receive: trio.MemoryReceiveChannel[Any]) -> None:
         """Group commit: whatever is waiting goes into one transaction."""
@@ -504,10 +543,13 @@ def _acknowledge(done: _Finished) -> None:
             "output_tokens": outcome.output_tokens, "cost_usd": outcome.cost_usd}
     if outcome.error_kind is not None:
         data.update(error_kind=str(outcome.error_kind), error=outcome.error, retry_delay=outcome.retry_delay)
+    if done.record.follow_ups:
+        data["follow_ups"] = len(done.record.follow_ups)
     run.emit(Event("item_finished", run.job_id, done.item.item_id, data=data))
 
 
-def _record(run: JobRun, item: Item, outcome: Outcome, started_wall: float) -> AttemptRecord:
+def _record(run: JobRun, item: Item, outcome: Outcome, started_wall: float,
+            follow_ups: tuple[NewItem, ...] = (), artifacts: tuple[Artifact, ...] = ()) -> AttemptRecord:
     return AttemptRecord(
         job_id=run.job_id, item_id=item.item_id, attempt=outcome.attempt,
         state="pending" if outcome.state == "retrying" else outcome.state, model=outcome.model,
@@ -519,6 +561,7 @@ def _record(run: JobRun, item: Item, outcome: Outcome, started_wall: float) -> A
         reserved_usd=outcome.sent_worst_usd or 0.0, outcome_unknown=outcome.usage_unknown,
         result_text=outcome.result.text if outcome.result else None,
         result_data=_result_data(outcome.result) if outcome.result else None,
+        follow_ups=follow_ups, artifacts=artifacts,
     )
 
 

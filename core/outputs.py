@@ -79,10 +79,16 @@ def write_output(config: "HookConfig", job_id: str, path: Path, text: str) -> Ou
     try:
         write_atomic(path, text)
     except OSError as err:
-        problem = OutputProblem(path, err.errno, err.strerror or str(err))
-        config.stash.setdefault(_STASH_KEY, {}).setdefault(job_id, []).append(problem)
-        return problem
+        return record_problem(config, job_id, path, err)
     return None
+
+
+def record_problem(config: "HookConfig", job_id: str, path: Path, err: OSError) -> OutputProblem:
+    """Record a failed write of one of a job's outputs made another way (a
+    binary file a plugin writes itself) as :func:`write_output` does: exit 6."""
+    problem = OutputProblem(path, err.errno, err.strerror or str(err))
+    config.stash.setdefault(_STASH_KEY, {}).setdefault(job_id, []).append(problem)
+    return problem
 
 
 def take_problems(config: "HookConfig", job_id: str) -> tuple[OutputProblem, ...]:

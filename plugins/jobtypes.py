@@ -1,180 +1,47 @@
-"""The seed's five story job types, each a Jinja2 prompt template over an item's fields.
+"""The studio's five job types: character_generation, plot_outlining,
+chapter_writing, qc_processing and export (:mod:`storyloom.plugins.studio`).
 
-Their items take the fields in ``schemas/story-item.schema.json``
-(``chapter_num``, ``chapters``, ``genre``, ``language``, ``title``,
-``prompt``, ``vars``). The schema is a JSON file rather than a dict here so
-that it is a contract like the job and settings schemas beside it: editors
-can validate job files with it, it carries the same ``description`` and
-``x-message`` conventions, and the schema tests check it with the others.
-
-An entry with ``chapters: 5-12`` (or ``1,3,5-7``, or a number) stands for one
-item per chapter, ``{item_id or project_id}-ch{n}`` with that ``chapter_num``;
-:func:`expand_chapters` is that small language. An item without its own
-``language`` takes the job's.
+An item whose book has a project file (``projects/<project_id>.yaml``) runs
+in the studio form: it reads the book (``reads_project``), asks for a
+structured reply, stores artifacts and makes the pipeline's next items
+(docs/studio.md). Without a project file an item runs in the one-prompt form
+it had before (:mod:`storyloom.plugins.studio.single`).
 
 Defaults (used unless ``batch_limits`` or the job say otherwise) are the
 seed's; plot_outlining is ours: outlines are mid-weight (one call per story,
 longer than a character sheet, far shorter than a chapter), so 8 in parallel
 with 180 s each.
+
+When an export item completes, this plugin writes the book's EPUB 3
+(``<project>.epub``) and plain text (``<project>.txt``) beside its Markdown
+result, atomically, from the book the result carries.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any
-
-import jinja2
-
-from storyloom import ErrorKind, ProviderError, hookimpl
-from storyloom.job import Item, Job
-from storyloom.jobtype import ItemSite, Result
-from storyloom.plugins.support.templates import PromptSandbox
-from storyloom.provider import Request, Response
-from storyloom.validation import schema
-
-#: The item fields these job types take (package data: storyloom.schemas).
-ITEM_SCHEMA = schema("story-item.schema.json")
-
-#: ``"5-12"``, ``"1,3,5-7"``; spaces allowed around ``,`` and ``-``.
-CHAPTERS_PATTERN = r"^\s*\d+(?:\s*-\s*\d+)?(?:\s*,\s*\d+(?:\s*-\s*\d+)?)*\s*$"
-_PART_RE = re.compile(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?")
-
-#: One ``chapters:`` entry expands to at most this many items.
-MAX_CHAPTERS = 10_000
-_MAX_DIGITS = 9  # beyond this int() itself may refuse, and no serial is that long
-
-
-
-def expand_chapters(spec: int | str) -> list[int]:
-    """The chapter numbers ``spec`` names, in the order written.
-
-    ``spec`` is one chapter (``7``) or a string of numbers and inclusive ranges
-    (``"5-12"``, ``"1,3,5-7"``).
-
-    :raises ValueError: with a message for the user: malformed, empty,
-        reversed (``"12-5"``), a chapter listed twice, or more than
-        :data:`MAX_CHAPTERS` chapters.
-    """
-    if isinstance(spec, bool) or not isinstance(spec, (int, str)):
-        raise ValueError(f"expected a chapter number or a range like '5-12' or '1,3,5-7'; got {spec!r}")
-    if isinstance(spec, int):
-        if spec < 0:
-            raise ValueError(f"chapter numbers start at 0; got {spec}")
-        return [spec]
-    if not spec.strip():
-        raise ValueError("empty chapter range; write it like '5-12' or '1,3,5-7'")
-    chapters: list[int] = []
-    seen: set[int] = set()
-    for part in spec.split(","):
-        low, high = _range_part(part)
-        if len(chapters) + (high - low + 1) > MAX_CHAPTERS:
-            raise ValueError(f"chapter range {spec!r} has more than {MAX_CHAPTERS:,} chapters")
-        for number in range(low, high + 1):
-            if number in seen:
-                raise ValueError(f"chapter {number} is listed twice in {spec!r}")
-            seen.add(number)
-            chapters.append(number)
-    return chapters
-
-
-def _range_part(part: str) -> tuple[int, int]:
-    match = _PART_RE.fullmatch(part)
-    if match is None:
-        raise ValueError(f"bad chapter range part {part.strip()!r}; write it like '5-12' or '1,3,5-7'")
-    if any(len(digits) > _MAX_DIGITS for digits in match.groups() if digits):
-        raise ValueError(f"chapter number in {part.strip()!r} is too large")
-    low = int(match[1])
-    high = int(match[2]) if match[2] is not None else low
-    if high < low:
-        raise ValueError(f"reversed chapter range '{low}-{high}'; did you mean '{high}-{low}'?")
-    return low, high
-
-
-def expand_story_item(item: Item, entry: Mapping[str, Any], where: ItemSite) -> list[tuple[Item, tuple]]:
-    """One item, or one per chapter for an entry with ``chapters``."""
-    fields = dict(item.fields)
-    if "language" not in fields and "language" in where.job:
-        fields["language"] = where.job["language"]
-    if "chapter_num" in fields:
-        fields["chapter_num"] = int(fields["chapter_num"])  # the schema's "integer" also admits 5.0
-    spec = fields.pop("chapters", None)
-    if spec is None:
-        return [(replace(item, fields=fields), ("item_id",))]
-    try:
-        numbers = expand_chapters(spec)
-    except ValueError as err:
-        raise where.error(("chapters",), str(err)) from None
-    prefix = item.item_id or item.project_id
-    # The ids differ only in their number, so the longest one stands for all
-    # (the kernel checks each id again as it collects them).
-    where.check_id(f"{prefix}-ch{max(numbers, key=lambda n: len(str(n)))}", ("chapters",),
-                   what="the expanded item_id: ")
-    out = []
-    for number in numbers:
-        item_id = f"{prefix}-ch{number}"
-        out.append((replace(item, item_id=item_id, fields={**fields, "chapter_num": number}), ("chapters",)))
-    return out
-
-# The bundled templates are ours, but what they render (titles, notes, vars) is
-# data from job files: the sandbox keeps it so, like every prompt template.
-# StrictUndefined (a missing field is a bug to see) and no autoescape come with it.
-_env = PromptSandbox(
-    loader=jinja2.PackageLoader("storyloom.plugins", "templates"),
-    auto_reload=False,  # bundled templates never change under a run; skips a stat() per render
-)
-
-SYSTEM = {
-    "th": "คุณเป็นนักเขียนนิยายมืออาชีพของสตูดิโอ เขียนเป็นภาษาไทย",
-    "en": "You are a professional fiction writer for the studio. Write in English.",
-}
-
-
-@dataclass(frozen=True)
-class TemplateJobType:
-    name: str
-    max_parallel: int
-    timeout_per_item: float
-    max_tokens: int
-    template: str
-    item_schema: Mapping[str, Any] = field(default_factory=lambda: ITEM_SCHEMA, compare=False, repr=False)
-    #: Progress views label a running item project/chN.
-    event_fields: tuple[str, ...] = ("chapter_num",)
-
-    def expand_item(self, item: Item, entry: Mapping[str, Any], where: ItemSite) -> list[tuple[Item, tuple]]:
-        return expand_story_item(item, entry, where)
-
-    def build_request(self, item: Item, job: Job) -> Request:
-        language = item.fields.get("language") or job.language or "en"
-        values = {
-            "genre": None, "title": None, "prompt": None, "chapter_num": None, "language": language,
-            **job.vars, **item.fields.get("vars", {}), **item.as_template_vars(),
-            "job_id": job.job_id, "job_type": job.job_type,
-        }
-        try:
-            prompt = _env.get_template(self.template).render(values)
-        except jinja2.TemplateError as exc:
-            raise ProviderError(ErrorKind.INVALID_INPUT, f"prompt template {self.template}: {exc}") from None
-        return Request(
-            messages=({"role": "system", "content": SYSTEM.get(language, SYSTEM["en"])},
-                      {"role": "user", "content": prompt}),
-            max_tokens=job.config.max_tokens or self.max_tokens,
-        )
-
-    def handle_result(self, item: Item, job: Job, response: Response) -> Result:
-        if not response.text.strip():
-            raise ProviderError(ErrorKind.TEMPORARY_ERROR, "the model returned an empty reply")
-        return Result(text=response.text, file_name=f"{item.item_id}.md",
-                      data={"model": response.model, "finish_reason": response.finish_reason})
-
+from storyloom import UsageError, hookimpl
+from storyloom.artifacts import ProjectContext
+from storyloom.outputs import Output, job_folder, record_problem, write_output
+from storyloom.plugins.studio.base import (CHAPTERS_PATTERN, ITEM_SCHEMA, MAX_CHAPTERS, expand_chapters,  # noqa: F401
+                                           expand_story_item)
+from storyloom.plugins.studio import book
+from storyloom.plugins.studio.chapters import ChapterWriting
+from storyloom.plugins.studio.characters import CharacterGeneration
+from storyloom.plugins.studio.export import Export, plain_text
+from storyloom.plugins.studio.outline import PlotOutlining, gate_name
+from storyloom.plugins.studio.qc import QualityCheck, review_gate
+from storyloom.plugins.studio.single import TemplateJobType
 
 JOB_TYPES = (
-    TemplateJobType("character_generation", 10, 120.0, 1500, "character_generation.j2"),
-    TemplateJobType("plot_outlining", 8, 180.0, 3000, "plot_outlining.j2"),
-    TemplateJobType("chapter_writing", 5, 300.0, 8000, "chapter_writing.j2"),
-    TemplateJobType("qc_processing", 20, 60.0, 1000, "qc_processing.j2"),
-    TemplateJobType("export", 10, 180.0, 2000, "export.j2"),
+    CharacterGeneration("character_generation", 10, 120.0, 3000,
+                        single=TemplateJobType("character_generation", 10, 120.0, 1500, "character_generation.j2")),
+    PlotOutlining("plot_outlining", 8, 180.0, 6000,
+                  single=TemplateJobType("plot_outlining", 8, 180.0, 3000, "plot_outlining.j2")),
+    ChapterWriting("chapter_writing", 5, 300.0, 8000,
+                   single=TemplateJobType("chapter_writing", 5, 300.0, 8000, "chapter_writing.j2")),
+    QualityCheck("qc_processing", 20, 60.0, 1500,
+                 single=TemplateJobType("qc_processing", 20, 60.0, 1000, "qc_processing.j2")),
+    Export("export", 10, 180.0, 2000, single=TemplateJobType("export", 10, 180.0, 2000, "export.j2")),
 )
 
 
@@ -182,3 +49,98 @@ JOB_TYPES = (
 def loom_register_job_types(register):
     for job_type in JOB_TYPES:
         register(job_type)
+
+
+class BookWriter:
+    """Writes an export's EPUB and text once its completion is stored."""
+
+    def __init__(self, config) -> None:
+        self.config = config
+
+    @hookimpl
+    def loom_item_finished(self, job, item, outcome):
+        result = outcome.result
+        if outcome.state != "completed" or result is None or not isinstance(result.data, dict):
+            return
+        contents = result.data.get("book")
+        if (item.job_type or job.job_type) != "export" or not isinstance(contents, dict):
+            return
+        write_book(self.config, job.job_id, result.file_name.removesuffix(".md"), contents)
+
+    @hookimpl
+    def loom_job_outputs(self, job, store):
+        """Each exported book's text, from the book its stored result carries
+        (the Markdown is the result file itself; the EPUB, bytes, is written
+        when the export completes and not rebuilt)."""
+        if "export" not in job.stage_types:
+            return None
+
+        async def books() -> list[Output]:
+            found = []
+            for row in await store.items(job.job_id, "completed"):
+                stored = await store.result(job.job_id, row.item_id)
+                data = stored[1] if stored else None
+                if isinstance(data, dict) and isinstance(data.get("book"), dict) and data.get("file_name"):
+                    stem = data["file_name"].removesuffix(".md")
+                    found.append(Output(f"{stem}.txt", plain_text(data["book"])))
+            return found
+
+        return books
+
+
+def write_book(config, job_id: str, stem: str, contents: dict) -> None:
+    folder = job_folder(config, job_id)
+    write_output(config, job_id, folder / f"{stem}.txt", plain_text(contents))
+    from storyloom.plugins.support.epub import write_epub  # here: the EPUB writer is only needed by an export
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_epub(folder / f"{stem}.epub", identifier=contents["identifier"], title=contents["title"],
+                   language=contents["language"], chapters=[tuple(c) for c in contents["chapters"]],
+                   author=contents.get("author"))
+    except OSError as exc:  # a full disk: the store has the book; the run says so
+        record_problem(config, job_id, folder / f"{stem}.epub", exc)
+
+
+@hookimpl
+def loom_project_view(project_id, project, artifacts, gates):
+    if project is None and not artifacts:
+        return None  # not a book we know
+    context = ProjectContext(project, list(artifacts))
+    opened = [gate.name for gate in gates if gate.opened_at is not None]
+    view = book.book_view(context, project_id, opened)
+    view["text"] = book.view_text(view)
+    return view
+
+
+@hookimpl
+def loom_approve(project_id, target, store, config):
+    what = tuple(target)
+    if what == ("outline",):
+        async def outline() -> str:
+            released = await store.open_gate(gate_name(project_id))
+            return (f"approved the outline of {project_id}: {released} chapter item(s) released"
+                    + ("; `storyloom resume JOB_ID` (or a worker) writes them" if released else ""))
+        return outline
+    if len(what) == 2 and what[0] == "chapter":
+        if not what[1].isdigit():
+            raise UsageError(f"approve {project_id} chapter N: N is a chapter number, got {what[1]!r}")
+        number = int(what[1])
+
+        async def chapter() -> str:
+            context = ProjectContext(config.project(project_id), await store.artifacts(project_id))
+            row = book.chapter_row(context, number)
+            if row["state"] != book.NEEDS_REVIEW:
+                raise UsageError(f"chapter {number} of {project_id} is {row['state']}: only a chapter that needs "
+                                 "review (failed QC after its rewrites) can be approved")
+            await store.open_gate(review_gate(project_id, number))
+            return (f"approved chapter {number} of {project_id} (version {row['version']}); "
+                    "`storyloom resume JOB_ID` (or a worker) goes on to the export")
+        return chapter
+    raise UsageError(f"approve what? `storyloom approve {project_id} outline` or "
+                     f"`storyloom approve {project_id} chapter N`; got {' '.join(what)!r}")
+
+
+@hookimpl
+def loom_configure(config):
+    config.register_plugin(BookWriter(config), name="jobtypes-books")

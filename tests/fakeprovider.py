@@ -75,6 +75,7 @@ class ModelConfig:
     #: Anthropic tool, Gemini's responseMimeType application/json) is answered
     #: with, in the API's own shape (JSON text; Anthropic's tool_use input).
     #: None: ``text`` (or filler) as the text, which is then not JSON.
+    #: A callable ``data(kind, body)`` computes it from the request body.
     data: Any = None
     #: Answer a forced Anthropic tool with a text block (a model ignoring it).
     ignore_tools: bool = False
@@ -480,20 +481,21 @@ class _Handler(BaseHTTPRequestHandler):
             thai = any(_THAI.search(t) for t in texts)
             text = config.text if config.text is not None else _filler(completion, thai)
             tool = None if config.ignore_tools else _forced_tool(kind, body)
-            if tool is None and config.data is not None and _structured(kind, body):
-                text = json.dumps(config.data, ensure_ascii=False)
+            data = config.data(kind, body) if callable(config.data) else config.data
+            if tool is None and data is not None and _structured(kind, body):
+                text = json.dumps(data, ensure_ascii=False)
             hang = config.hang_seconds if decision == "hang" else 0.0
             if not hang:
                 fake._count(model, "ok", prompt, completion)
             if stream:
                 self._send_stream(kind, model, text, prompt, completion, finish, hang, config.stream_delay,
-                                  limit_headers, body, (tool, config.data) if tool else None)
+                                  limit_headers, body, (tool, data) if tool else None)
             else:
                 if hang:
                     fake._stop.wait(hang)
                 reply = _reply(kind, model, text, prompt, completion, finish)
                 if tool is not None:
-                    reply["content"] = [{"type": "tool_use", "id": "toolu_fake", "name": tool, "input": config.data}]
+                    reply["content"] = [{"type": "tool_use", "id": "toolu_fake", "name": tool, "input": data}]
                     reply["stop_reason"] = "tool_use" if finish == "stop" else "max_tokens"
                 self._send_json(200, reply, extra=limit_headers)
             if hang:

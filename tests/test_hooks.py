@@ -8,7 +8,9 @@ import re
 from pathlib import Path
 
 import pytest
+import trio
 
+import storyloom.api
 from storyloom import hookspecs
 from sample_plugins import every_hook
 
@@ -75,6 +77,12 @@ def test_every_hook_fires(loom, calls):
     result.assert_outcomes(completed=2)
     assert loom.outputs("every-hook", plugins=(every_hook,))["shouted.txt"] == "missing"  # no run writes it
     assert loom.outputs("every-hook", rebuild=True, plugins=(every_hook,))["shouted.txt"] == "rebuilt"
+    # The book-project hooks: what `storyloom book` and `storyloom approve` call.
+    options = loom.options(settings_file=str(loom.path / "storyloom.yaml"))
+    view = trio.run(lambda: storyloom.api.book("every-book", options=options, plugins=(every_hook,)))
+    assert view == {"project_id": "every-book", "artifacts": 0, "text": ["every-book: 0"]}
+    said = trio.run(lambda: storyloom.api.approve("every-book", ["everything"], options=options, plugins=(every_hook,)))
+    assert said == "opened 0 item(s)"
     shouted = (loom.out_dir / "every-hook" / "shouted.txt").read_text(encoding="utf-8")
     assert shouted == "HELLO\n" + "สวัสดี".upper() + "\n"
     assert set(HOOKS) <= set(calls), f"never called: {sorted(set(HOOKS) - set(calls))}"

@@ -31,7 +31,9 @@ KERNEL = ("kernel", "jobrun", "attempt", "hookspecs", "config", "pluginmanager")
 #: The types layer: it may import only these storyloom modules, even under TYPE_CHECKING.
 TYPES_LAYER = {
     "storyloom.contracts": {"storyloom", "storyloom.errors", "storyloom.events",
-                            "storyloom.job", "storyloom.settings", "storyloom.registry"},
+                            "storyloom.job", "storyloom.settings", "storyloom.registry",
+                            "storyloom.artifacts"},
+    "storyloom.artifacts": set(),
 }
 #: Modules a protocol module must never name: those that implement or use its protocols.
 ABOVE = {f"storyloom.{m}" for m in ("attempt", "jobrun", "kernel", "config", "pluginmanager", "api", "cli",

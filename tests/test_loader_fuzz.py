@@ -115,7 +115,7 @@ def jobs(draw: st.DrawFn) -> dict[str, Any]:
         "language": st.sampled_from(["th", "en"]),
         "vars": free_vars,
         "description": texts,
-        "then": st.just({}),
+        "then": st.just([]),
         "status": st.just("running"),
         "progress": st.just({"total": 20, "completed": 12, "failed": 1, "pending": 7}),
     }

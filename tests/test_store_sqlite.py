@@ -393,7 +393,7 @@ def test_sqlite_migrates_a_version_1_file(tmp_path):
     async def main():
         store = SQLiteStore.open(tmp_path)
         try:
-            assert pragma(store, "user_version") == SCHEMA_VERSION == 4
+            assert pragma(store, "user_version") == SCHEMA_VERSION == 5
             # nothing lost
             assert [(j.job_id, j.state, j.definition["title"]) for j in await store.list_jobs()] == [
                 ("old", "running", THAI), ("paused", "paused", THAI), ("later", "running", THAI)]
@@ -463,7 +463,7 @@ def test_sqlite_migrates_a_version_2_file(tmp_path):
     async def main():
         store = SQLiteStore.open(tmp_path)
         try:
-            assert pragma(store, "user_version") == SCHEMA_VERSION == 4
+            assert pragma(store, "user_version") == SCHEMA_VERSION == 5
             # every stored attempt is a finished one, its usage known
             assert [(r.item_id, r.state, r.cost_usd) for r in await store.attempts("old")] == [
                 ("b", "pending", 0.125), ("a", "completed", 0.5)]
@@ -499,7 +499,7 @@ def test_sqlite_migrates_a_version_3_file(tmp_path):
     async def main():
         store = SQLiteStore.open(tmp_path)
         try:
-            assert pragma(store, "user_version") == SCHEMA_VERSION == 4
+            assert pragma(store, "user_version") == SCHEMA_VERSION == 5
             # nothing lost; no stored job names a runner (version 3 did not record one)
             assert [(j.job_id, j.state, j.runner) for j in await store.list_jobs()] == [
                 ("old", "running", None), ("paused", "paused", None), ("later", "running", None)]
@@ -527,6 +527,59 @@ def test_sqlite_a_migrated_file_has_the_schema_of_a_fresh_one(tmp_path):
     write_v3_file(tmp_path / "v3")
     SQLiteStore.open(tmp_path / "v3").close()
     assert schema_of(tmp_path / "v3" / DB_NAME) == fresh
+    write_v4_file(tmp_path / "v4")
+    SQLiteStore.open(tmp_path / "v4").close()
+    assert schema_of(tmp_path / "v4" / DB_NAME) == fresh
+    assert {"deps", "gates", "artifacts"} <= set(fresh[0])
+
+
+def write_v4_file(folder) -> None:
+    """The version 1 store as version 4 left it: migrated step by step to 4."""
+    write_v3_file(folder)
+    raw = sqlite3.connect(folder / DB_NAME, isolation_level=None)
+    raw.execute("BEGIN")
+    sqlite_backend._migrate_3_to_4(raw)
+    raw.execute("PRAGMA user_version = 4")
+    raw.execute("COMMIT")
+    raw.close()
+
+
+def test_sqlite_migrates_a_version_4_file(tmp_path):
+    from storyloom.artifacts import Artifact
+
+    write_v4_file(tmp_path)
+    assert "waiting" not in {c[1] for c in schema_of(tmp_path / DB_NAME)[0]["items"]}
+
+    async def main():
+        store = SQLiteStore.open(tmp_path)
+        try:
+            assert pragma(store, "user_version") == SCHEMA_VERSION == 5
+            # nothing lost, nothing blocked: the queue reads as it did
+            assert [(r.item_id, r.state) for r in await store.items("old")] == [
+                ("a", "completed"), ("b", "pending"), ("c", "pending"), ("d", "skipped")]
+            assert [(q.job_id, q.item_id) for q in await store.queued(10)] == [
+                ("old", "c"), ("later", "g"), ("old", "b"), ("later", "f")]
+            assert await store.position("paused", "e") == -1  # still held by its paused job
+            assert await store.next_ready_at("old") == 0.0
+            assert await store.gates() == []
+            # and the migrated file runs pipelines: a follow-up waiting on a stored item
+            assert await claim_ids(store, job_id="old", limit=1) == ["c"]
+            follow_up = NewItem("c-qc", 2, "pending", {"item_id": "c-qc", "job_type": "qc"}, job_type="qc",
+                                after=("b",))
+            assert await store.record([rec("c", job_id="old", follow_ups=(follow_up,),
+                                           artifacts=(Artifact("p", "chapter", "3", THAI),))], OWNER) == [True]
+            assert await next_ids(store, job_type="qc") == []
+            assert await claim_ids(store, job_id="old") == ["b"]
+            await store.record([rec("b", job_id="old")], OWNER)
+            assert await next_ids(store, job_type="qc") == [("old", "c-qc")]
+            assert [(a.key, a.version, a.content) for a in await store.artifacts("p")] == [("3", 1, THAI)]
+            # the paused job's held flag survived: resuming it releases its item
+            await store.set_job_state("paused", "running")
+            assert await next_ids(store, limit=1) == [("paused", "e")]  # level 0: first
+        finally:
+            await store.aclose()
+
+    trio.run(main)
 
 
 def test_sqlite_a_store_another_process_created_while_this_one_waited_opens_cleanly(tmp_path):
@@ -542,7 +595,8 @@ def test_sqlite_a_store_another_process_created_while_this_one_waited_opens_clea
     second = threading.Thread(target=lambda: opened.append(_open_or_error(tmp_path)))
     second.start()
     second.join(0.5)  # it reads version 0, then waits on the write lock
-    for statement in sqlite_backend._TABLES + sqlite_backend._INDEXES + sqlite_backend._INDEXES_3:
+    for statement in (sqlite_backend._TABLES + sqlite_backend._INDEXES + sqlite_backend._INDEXES_3
+                      + sqlite_backend._TABLES_5 + sqlite_backend._INDEXES_5):
         raw.execute(statement)
     raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     raw.execute("COMMIT")

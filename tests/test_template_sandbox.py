@@ -153,17 +153,32 @@ def test_story_templates_render_in_the_sandbox_and_use_only_names_they_are_given
     from jinja2.sandbox import SandboxedEnvironment
 
     from storyloom.plugins import jobtypes
+    from storyloom.plugins.studio import base, single
 
-    env = jobtypes._env
+    env = single._env
     assert isinstance(env, SandboxedEnvironment)
     given = {"genre", "title", "prompt", "chapter_num", "language", "job_id", "job_type", "item_id", "project_id"}
     for job_type in jobtypes.JOB_TYPES:
-        source = env.loader.get_source(env, job_type.template)[0]
-        assert meta.find_undeclared_variables(env.parse(source)) <= given, job_type.template
+        source = env.loader.get_source(env, job_type.single.template)[0]
+        assert meta.find_undeclared_variables(env.parse(source)) <= given, job_type.single.template
+    # The studio form's templates (docs/studio.md lists what they see).
+    studio = base._environment(None)
+    assert isinstance(studio, SandboxedEnvironment)
+    common = {"premise", "style", "genre", "book_title", "notes", "language", "project_id", "item_id", "job_id",
+              "job_type", "title", "prompt", "chapter_num"}
+    own = {"character_generation": {"characters"}, "plot_outlining": {"characters", "chapters", "outline"},
+           "chapter_writing": {"chapters", "chapter_length", "length_unit", "beat", "characters", "previous_summary",
+                               "last_paragraphs", "character_state", "rewrite", "feedback", "rewritten_text"},
+           "qc_processing": {"chapter_text", "beat", "characters", "previous_summary", "character_state", "findings",
+                             "criteria", "threshold"}}
+    for name, names in own.items():
+        for language in ("en", "th"):
+            source = studio.loader.get_source(studio, f"{name}.{language}.j2")[0]
+            assert meta.find_undeclared_variables(studio.parse(source)) <= common | names, (name, language)
     # A value is data: a prompt field that looks like a template is shown, not run.
     job = Job(job_id="j", job_type="chapter_writing", items=())
     item = Item("p-ch1", project_id="p", fields={"chapter_num": 1, "prompt": "{{ cycler.__init__ }}"})
-    request = jobtypes.JOB_TYPES[2].build_request(item, job)
+    request = jobtypes.JOB_TYPES[2].build_request(item, job)  # no project file: the one-prompt form
     assert "{{ cycler.__init__ }}" in request.messages[1]["content"]
 
 

@@ -22,6 +22,20 @@ and a :class:`StoreOpener`. :func:`storyloom.store.open_store` is the one place
 that chooses a URL (``--store``, ``$STORYLOOM_STORE``, ``store:`` in the
 settings, else ``sqlite``) and calls the opener; nothing else opens a store or
 its files.
+
+**Pipelines** (schema of issue 10). An item belongs to one *stage* of its job
+(``job_type``; claims serve items by it). An item may wait on others of its
+job (``after``): it is *blocked*, not claimable and not in the queue views
+(:meth:`Store.position`, :meth:`Store.queued`, :meth:`Store.queue_counts`),
+while any of them is not ``completed``; an id not in the job (yet) counts as
+not completed. The store keeps a count of the dependencies still open on each
+item, decremented when one completes, so a claim never looks at blocked items.
+When an item ends ``failed`` or ``skipped`` (a record, :meth:`Store.cancel`),
+every pending item waiting on it, transitively, becomes ``skipped`` with
+error ``blocked: <id> failed`` (or ``skipped``), error_kind None, in the same
+transaction. A *gated* item (``gate``) is blocked until :meth:`Store.open_gate`
+opens its gate (gates are global, named by the caller: ``proj-a:outline``).
+Blocked items count as ``pending`` in :meth:`Store.counts`.
 """
 
 from __future__ import annotations
@@ -30,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Collection, NamedTuple, Protocol, Sequence
 
+from ..artifacts import Artifact
 from ..errors import UsageError
 
 if TYPE_CHECKING:
@@ -109,6 +124,19 @@ class NewItem:
     #: Epoch seconds: the item's own deadline, or its job's. promote() raises
     #: the level as it nears.
     deadline: float | None = None
+    #: The item's stage (None: the job's job_type); claims serve it by this.
+    job_type: str | None = None
+    #: Item ids of the same job this item waits on (see the module docs).
+    #: Given an id that is already failed or skipped, the item is stored
+    #: ``skipped`` with ``blocked: <id> failed|skipped``.
+    after: tuple[str, ...] = ()
+    #: Only for a follow-up (:attr:`AttemptRecord.follow_ups`) of the item it
+    #: names: in the same transaction, before that item's completion
+    #: releases anyone, every item waiting on it waits on this one instead
+    #: (an item waiting on both waits on this one once). Ignored in add_job.
+    takes_over: str | None = None
+    #: A gate name: blocked until :meth:`Store.open_gate` (at once if it is open).
+    gate: str | None = None
 
 
 @dataclass(frozen=True)
@@ -161,6 +189,19 @@ class AttemptRecord:
     #: The provider may have billed the attempt but no usage came back (a
     #: timeout): the store counts ``reserved_usd`` as "outcome unknown".
     outcome_unknown: bool = False
+    #: Only with ``state == "completed"`` (else ValueError, nothing written):
+    #: new items of the job, inserted in this transaction after the item is
+    #: completed and before its waiters are released. An item_id the job
+    #: already holds is left as it is (a completion repeated after a crash
+    #: makes nothing twice). Each is queued after every item already
+    #: submitted, at its own ``level``.
+    follow_ups: tuple[NewItem, ...] = ()
+    #: Only with ``state == "completed"``: artifacts committed with it; the
+    #: store sets ``version`` (previous max + 1 per project_id, kind, key;
+    #: 1 for the first), ``job_id``, ``item_id``, ``attempt`` and ``model``
+    #: from this record, and ``created_at`` (``finished_at``). Content is
+    #: stored as JSON and read back as equal JSON values.
+    artifacts: tuple[Artifact, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -234,6 +275,15 @@ class AttemptRow(NamedTuple):
     cost_usd: float = 0.0
 
 
+class GateRow(NamedTuple):
+    """A gate (:meth:`Store.gates`): ``opened_at`` None while closed;
+    ``waiting`` is how many pending items it blocks (0 once opened)."""
+
+    name: str
+    opened_at: float | None
+    waiting: int
+
+
 @dataclass
 class CostTotals:
     cost_usd: float = 0.0
@@ -258,7 +308,12 @@ class Store(Protocol):
     async def add_job(self, job: JobRow, items: Sequence[NewItem]) -> None:
         """Insert a job and its items in one transaction. Raise JobExists; raise
         ValueError for a duplicate item_id or an item state other than pending
-        or skipped. On any error nothing is written."""
+        or skipped. On any error nothing is written.
+
+        An item's ``after`` may name items later in ``items``; one naming a
+        skipped item is stored skipped (``blocked: <id> skipped``), and so,
+        transitively, are items waiting on it. A ``gate`` not known yet is
+        created closed."""
 
     async def get_job(self, job_id: str) -> JobRow | None: ...
 
@@ -282,7 +337,7 @@ class Store(Protocol):
     async def cancel(self, job_id: str, reason: str) -> int:
         """Cancel a job in one transaction: its state becomes ``cancelled``
         (with ``reason``), and every pending or running item ``skipped`` with
-        ``error = reason``. A worker's later ``record`` for an item it was
+        ``error = reason`` (blocked ones too, with the same reason). A worker's later ``record`` for an item it was
         running returns False. Returns how many items were skipped; KeyError
         for an unknown job."""
 
@@ -299,29 +354,34 @@ class Store(Protocol):
         process. Returns how many items were recovered."""
 
     async def claim(self, job_id: str, limit: int, now: float, owner: str,
-                    only: Collection[str] | None = None) -> list[ClaimedItem]:
+                    only: Collection[str] | None = None, job_type: str | None = None) -> list[ClaimedItem]:
         """``now`` is wall-clock time (``time.time()``), stored as ``started_at``.
 
         Move up to ``limit`` ready pending items (``not_before <= now``) of
-        the job to ``running`` for ``owner``, highest level first, FIFO within
-        a level (insertion order), and return them. Held items are left
-        alone. One transaction. ``only``: claim none but these item ids
-        (``storyloom run --sample``)."""
+        the job (only those of stage ``job_type``, if given) to ``running``
+        for ``owner``, highest level first, FIFO within a level (insertion
+        order), and return them. Held and blocked items are left alone. One
+        transaction; the cost per item does not grow with blocked items or,
+        given ``job_type``, with items of other stages. ``only``: claim none
+        but these item ids (``storyloom run --sample``)."""
 
     async def claim_next(
         self, job_type: str, limit: int, now: float, owner: str, exclude: Collection[str] = ()
     ) -> list[ClaimedItem]:
-        """Like :meth:`claim`, across every job of ``job_type`` except those in
-        ``exclude``: the next ready, pending, unheld items in queue order
+        """Like :meth:`claim`, across every job except those in ``exclude``,
+        items of stage ``job_type`` (whatever their job's own job_type): the
+        next ready, pending, unheld, unblocked items in queue order
         (lowest level, then submission order across jobs), returned in that
         order. One transaction; the cost per item does not grow with the
         queue."""
 
-    async def next_ready_at(self, job_id: str) -> float | None:
-        """The earliest ``not_before`` among pending items, or None if none is pending."""
+    async def next_ready_at(self, job_id: str, job_type: str | None = None) -> float | None:
+        """The earliest ``not_before`` among pending items that are not
+        blocked (held ones included), or None if there is none. Given
+        ``job_type``: among the unheld, unblocked pending items of that stage."""
 
     async def next_queued_at(self, job_type: str) -> float | None:
-        """The earliest ``not_before`` among pending, unheld items of ``job_type``, or None."""
+        """The earliest ``not_before`` among pending, unheld, unblocked items of stage ``job_type``, or None."""
 
     async def promote(self, now: float, aging: float | None) -> int:
         """Promote pending items (held ones too) as time passes; returns how
@@ -369,7 +429,12 @@ class Store(Protocol):
         a worker that died, stays ``sent``: outcome unknown). A ``sent``
         record refused because :meth:`cancel` skipped its item still settles
         that ``sent`` row, state ``skipped``, with the record's real cost
-        (the provider billed it); the item is left as the cancel left it."""
+        (the provider billed it); the item is left as the cancel left it.
+
+        A completed record's ``follow_ups`` and ``artifacts`` are written in
+        the same transaction (see :class:`AttemptRecord`); then the items
+        waiting on it lose one open dependency. A failed or skipped record
+        skips the items waiting on it (see the module docs)."""
 
     async def release(self, job_id: str, owner: str, item_ids: Sequence[str] | None = None) -> int:
         """Put the items ``owner`` holds ``running`` (every one, or those in
@@ -405,7 +470,26 @@ class Store(Protocol):
         count goes on, but every earlier attempt becomes free, so each item
         has its whole ``max_retries`` again, and its retry window restarts
         (``first_started_at`` is cleared). Held if the job is held; the job's
-        state is the caller's to change. KeyError for an unknown job."""
+        state is the caller's to change. KeyError for an unknown job.
+
+        Items skipped because a requeued item failed (error ``blocked: <id>
+        failed``) are pending again in the same transaction, waiting on their
+        open dependencies as before (and on their gate if it is still closed);
+        they are not counted."""
+
+    async def open_gate(self, name: str) -> int:
+        """Open a gate (creating it open if unknown; opening an open gate
+        does nothing): its pending items are no longer blocked by it (they may
+        still wait on dependencies). Returns how many items it blocked. One
+        transaction."""
+
+    async def gates(self) -> list[GateRow]:
+        """Every gate named by an item or opened, by name."""
+
+    async def artifacts(self, project_id: str, kinds: Collection[str] | None = None) -> list[Artifact]:
+        """Every stored version of the project's artifacts (only ``kinds``,
+        if given), oldest first (the order they were committed; versions of
+        one key ascend)."""
 
     async def aclose(self) -> None: ...
 

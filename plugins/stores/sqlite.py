@@ -25,6 +25,7 @@ from typing import Any, Callable, Collection, Iterator, Sequence
 from urllib.parse import unquote
 
 from storyloom import hookimpl
+from storyloom.artifacts import Artifact
 from storyloom.job import CRITICAL_WITHIN_S, HIGH_WITHIN_S
 from storyloom.store.protocol import (
     HELD_JOB_STATES,
@@ -34,6 +35,7 @@ from storyloom.store.protocol import (
     AttemptRow,
     ClaimedItem,
     CostTotals,
+    GateRow,
     ItemRow,
     JobExists,
     JobRow,
@@ -50,7 +52,7 @@ from storyloom.store.opening import mask_url
 
 DB_NAME = "storyloom.db"
 #: Stored in ``PRAGMA user_version``; bump it (and add a migration) when the schema changes.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 BUSY_TIMEOUT_S = 10.0
 #: Seconds to wait for another process's write lock, instead of BUSY_TIMEOUT_S.
 BUSY_TIMEOUT_ENV = "STORYLOOM_SQLITE_BUSY_TIMEOUT"
@@ -86,6 +88,17 @@ _JOB_COLUMNS_4 = (
     "runner TEXT",
 )
 
+# Version 5's columns of items (pipelines), last for the same reason.
+# ``held`` becomes two flags: 1 while the job is paused or cancelled, 2 while
+# the item is blocked (``waiting`` > 0, or ``gate`` set); ``held = 0`` stays
+# "claimable", so the queue's indexes serve pipelines unchanged.
+_ITEM_COLUMNS_5 = (
+    "waiting INTEGER NOT NULL DEFAULT 0",  # dependencies not completed yet: rows of deps naming the item
+    "gate TEXT",  # the gate that blocks it, while that gate is closed
+)
+#: The ``held`` flags.
+HELD_JOB, HELD_BLOCKED = 1, 2
+
 _TABLES = (
     f"""CREATE TABLE IF NOT EXISTS jobs (
         job_id TEXT PRIMARY KEY,
@@ -115,6 +128,7 @@ _TABLES = (
         definition TEXT NOT NULL,
         route TEXT,
         {', '.join(_ITEM_COLUMNS_2)},
+        {', '.join(_ITEM_COLUMNS_5)},
         PRIMARY KEY (job_id, item_id)
     )""",
     f"""CREATE TABLE IF NOT EXISTS attempts (
@@ -144,6 +158,47 @@ _TABLES = (
         FOREIGN KEY (job_id, item_id) REFERENCES items (job_id, item_id)
     )""",
 )
+# Version 5: dependencies, gates and artifacts.
+_TABLES_5 = (
+    # One row per open dependency: item_id waits on after_id (of the same
+    # job). Deleted when after_id completes; kept when it fails, so that a
+    # requeued item can bring back what it blocked.
+    """CREATE TABLE IF NOT EXISTS deps (
+        job_id TEXT NOT NULL,
+        after_id TEXT NOT NULL,
+        item_id TEXT NOT NULL,
+        PRIMARY KEY (job_id, after_id, item_id)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS gates (
+        name TEXT PRIMARY KEY,
+        opened_at REAL
+    )""",
+    """CREATE TABLE IF NOT EXISTS artifacts (
+        project_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        content TEXT NOT NULL,
+        job_id TEXT NOT NULL,
+        item_id TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        model TEXT,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (project_id, kind, key, version)
+    )""",
+)
+_INDEXES_5 = (
+    "CREATE INDEX IF NOT EXISTS deps_item ON deps (job_id, item_id)",
+    "CREATE INDEX IF NOT EXISTS items_gate ON items (gate, state) WHERE gate IS NOT NULL",
+    # next_ready_at: as items_ready, without blocked items.
+    "CREATE INDEX IF NOT EXISTS items_unblocked ON items (job_id, not_before, state, held) "
+    "WHERE state = 'pending' AND held < 2",
+    # claim of one stage of one job (storyloom run of a pipeline).
+    "CREATE INDEX IF NOT EXISTS items_claim_stage ON items (job_id, job_type, level, seq, not_before, state, held) "
+    "WHERE state = 'pending' AND held = 0",
+    "CREATE INDEX IF NOT EXISTS artifacts_project ON artifacts (project_id, kind)",
+)
+
 # The queue's indexes are partial: they hold only the rows they serve
 # (pending items, or running ones), so an item that moves on leaves them with
 # one delete, and finished items, most of a big store, are in none of them.
@@ -194,8 +249,26 @@ WHERE rowid IN (
 )
 RETURNING level, seq, item_id, definition, attempts, last_model, free_attempts, first_started_at, error_kind
 """
-# The same walk, among the item ids of one JSON array (a sample run's).
-_CLAIM_ONLY = _CLAIM.replace("AND not_before <= ?", "AND not_before <= ? AND item_id IN (SELECT value FROM json_each(?))")
+_CLAIM_STAGE = """
+UPDATE items SET state = 'running', owner = ?, started_at = ?
+WHERE rowid IN (
+    SELECT rowid FROM items INDEXED BY items_claim_stage
+    WHERE job_id = ? AND job_type = ? AND state = 'pending' AND held = 0 AND not_before <= ?
+    ORDER BY level, seq LIMIT ?
+)
+RETURNING level, seq, item_id, definition, attempts, last_model, free_attempts, first_started_at, error_kind
+"""
+_NEXT_STAGE_READY_AT = """
+SELECT MIN(not_before) FROM items INDEXED BY items_claim_stage
+WHERE job_id = ? AND job_type = ? AND state = 'pending' AND held = 0
+"""
+_NEXT_READY_AT = """
+SELECT MIN(not_before) FROM items INDEXED BY items_unblocked WHERE job_id = ? AND state = 'pending' AND held < 2
+"""
+# The same walks, among the item ids of one JSON array (a sample run's).
+_ONLY = "AND not_before <= ? AND item_id IN (SELECT value FROM json_each(?))"
+_CLAIM_ONLY = _CLAIM.replace("AND not_before <= ?", _ONLY)
+_CLAIM_STAGE_ONLY = _CLAIM_STAGE.replace("AND not_before <= ?", _ONLY)
 # The same walk along the queue of one job type. exclude comes as one JSON
 # array, so the statement is the same whatever its length.
 _CLAIM_NEXT = """
@@ -284,7 +357,7 @@ WHERE rowid = (SELECT MAX(rowid) FROM attempts INDEXED BY attempts_sent
 """
 _REQUEUE_FAILED = """
 UPDATE items SET state = 'pending', free_attempts = attempts, first_started_at = NULL, not_before = 0,
-    owner = NULL, held = ?
+    owner = NULL, held = (held & 2) | ?
 WHERE job_id = ? AND state = 'failed' AND (? IS NULL OR error_kind IN (SELECT value FROM json_each(?)))
 """
 _INSERT_RESULT = """
@@ -293,6 +366,20 @@ INSERT OR REPLACE INTO results (job_id, item_id, text, data, created_at) VALUES 
 _INSERT_ITEM = """
 INSERT INTO items (job_id, item_id, seq, level, state, definition, job_type, qseq, deadline, level_since, held)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+# A follow-up: an id the job already holds is left alone.
+_INSERT_FOLLOW_UP = _INSERT_ITEM.strip() + " ON CONFLICT (job_id, item_id) DO NOTHING"
+# A dependency completed: its waiters have one fewer; at none, and no gate, they are unblocked.
+_RELEASE_WAITERS = """
+UPDATE items SET waiting = waiting - 1,
+    held = CASE WHEN waiting = 1 AND gate IS NULL THEN held & 1 ELSE held END
+WHERE job_id = ? AND state = 'pending'
+    AND item_id IN (SELECT item_id FROM deps WHERE job_id = ? AND after_id = ?)
+"""
+_INSERT_ARTIFACT = """
+INSERT INTO artifacts (project_id, kind, key, version, content, job_id, item_id, attempt, model, created_at)
+VALUES (?, ?, ?, (SELECT COALESCE(MAX(version), 0) + 1 FROM artifacts WHERE project_id = ? AND kind = ? AND key = ?),
+        ?, ?, ?, ?, ?, ?)
 """
 _JOB_COLUMNS = "job_id, job_type, state, definition, created_at, updated_at, reason, runner"
 
@@ -403,9 +490,7 @@ class SQLiteStore:
         either way nothing is written."""
         if job.state not in JOB_STATES:
             raise ValueError(f"unknown job state {job.state!r}")
-        for item in items:
-            if item.state not in NEW_ITEM_STATES:
-                raise ValueError(f"item {item.item_id!r}: state must be pending or skipped, not {item.state!r}")
+        _check_new_items(items)
         job_id = job.job_id
         with self._write() as cur:
             if cur.execute("SELECT 1 FROM jobs WHERE job_id = ?", (job_id,)).fetchone():
@@ -421,7 +506,7 @@ class SQLiteStore:
             now = time.time()
             rows = (
                 (job_id, item.item_id, seq, int(item.level), item.state, _dumps(item.definition),
-                 job.job_type, last + 1 + seq, item.deadline, now, held)
+                 item.job_type or job.job_type, last + 1 + seq, item.deadline, now, held)
                 for seq, item in enumerate(items)
             )
             try:
@@ -429,6 +514,7 @@ class SQLiteStore:
             except sqlite3.IntegrityError as exc:
                 what = "duplicate item_id" if "UNIQUE" in str(exc) else "bad item"
                 raise ValueError(f"job {job_id!r}: {what} ({exc})") from None
+            _link(cur, job_id, items, held)
 
     async def get_job(self, job_id: str) -> JobRow | None:
         row = self._conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
@@ -521,17 +607,22 @@ class SQLiteStore:
         return count
 
     async def claim(self, job_id: str, limit: int, now: float, owner: str,
-                    only: Collection[str] | None = None) -> list[ClaimedItem]:
-        """Claim up to ``limit`` ready pending items for ``owner``: lowest
-        level first, then insertion order. ``now`` is wall-clock time
-        (it becomes the items' ``started_at``). ``only``: among these ids."""
+                    only: Collection[str] | None = None, job_type: str | None = None) -> list[ClaimedItem]:
+        """Claim up to ``limit`` ready pending items (of stage ``job_type``,
+        if given) for ``owner``: lowest level first, then insertion order.
+        ``now`` is wall-clock time (it becomes the items' ``started_at``).
+        ``only``: among these ids."""
         if limit <= 0:
             return []
         with self._write() as cur:
-            if only is None:
-                rows = cur.execute(_CLAIM, (owner, now, job_id, now, limit)).fetchall()
+            ids = None if only is None else json.dumps(list(only))
+            if job_type is None:
+                rows = cur.execute(_CLAIM, (owner, now, job_id, now, limit)).fetchall() if ids is None else \
+                    cur.execute(_CLAIM_ONLY, (owner, now, job_id, now, ids, limit)).fetchall()
+            elif ids is None:
+                rows = cur.execute(_CLAIM_STAGE, (owner, now, job_id, job_type, now, limit)).fetchall()
             else:
-                rows = cur.execute(_CLAIM_ONLY, (owner, now, job_id, now, json.dumps(list(only)), limit)).fetchall()
+                rows = cur.execute(_CLAIM_STAGE_ONLY, (owner, now, job_id, job_type, now, ids, limit)).fetchall()
         # RETURNING gives rows in no particular order.
         rows.sort()
         loads = json.loads
@@ -557,11 +648,10 @@ class SQLiteStore:
             for _level, _qseq, job_id, item_id, definition, attempts, last_model, free, first, error_kind in rows
         ]
 
-    async def next_ready_at(self, job_id: str) -> float | None:
-        row = self._conn.execute(
-            "SELECT MIN(not_before) FROM items WHERE job_id = ? AND state = 'pending'", (job_id,)
-        ).fetchone()
-        return row[0]
+    async def next_ready_at(self, job_id: str, job_type: str | None = None) -> float | None:
+        if job_type is not None:
+            return self._conn.execute(_NEXT_STAGE_READY_AT, (job_id, job_type)).fetchone()[0]
+        return self._conn.execute(_NEXT_READY_AT, (job_id,)).fetchone()[0]
 
     async def next_queued_at(self, job_type: str) -> float | None:
         return self._conn.execute(_NEXT_QUEUED_AT, (job_type,)).fetchone()[0]
@@ -605,9 +695,15 @@ class SQLiteStore:
         transaction. A record or start applies only if its item is running
         for ``owner``; the result says which did (records, then starts). ValueError for a record whose
         state is not in RECORD_STATES (nothing is written)."""
-        for rec in records:
+        contents: dict[int, list[str]] = {}  # index of a record -> its artifacts' JSON
+        for index, rec in enumerate(records):
             if rec.state not in RECORD_STATES:
                 raise ValueError(f"item {rec.item_id!r}: cannot record state {rec.state!r}")
+            if (rec.follow_ups or rec.artifacts) and rec.state != "completed":
+                raise ValueError(f"item {rec.item_id!r}: follow-ups and artifacts come only with a completion")
+            _check_new_items(rec.follow_ups)
+            if rec.artifacts:
+                contents[index] = [_artifact_json(rec.item_id, a) for a in rec.artifacts]
         applied: list[bool] = []
         starts_applied: list[bool] = []
         attempt_rows = []
@@ -623,7 +719,7 @@ class SQLiteStore:
                                       s.reserved_usd))
             if sent_rows:
                 cur.executemany(_INSERT_SENT, sent_rows)
-            for rec in records:
+            for index, rec in enumerate(records):
                 route = _dumps(rec.route)
                 cur.execute(
                     _FINISH,
@@ -653,6 +749,17 @@ class SQLiteStore:
                 if rec.state == "completed":
                     text = rec.result_text if rec.result_text is not None else ""
                     result_rows.append((rec.job_id, rec.item_id, text, _dumps(rec.result_data), now))
+                    # Follow-ups first: one taking this item over must catch its
+                    # waiters before the completion releases them.
+                    if rec.follow_ups:
+                        _add_follow_ups(cur, rec.job_id, rec.follow_ups, now)
+                    for artifact, content in zip(rec.artifacts, contents.get(index, ())):
+                        cur.execute(_INSERT_ARTIFACT, (
+                            artifact.project_id, artifact.kind, artifact.key, artifact.project_id, artifact.kind,
+                            artifact.key, content, rec.job_id, rec.item_id, rec.attempt, rec.model, rec.finished_at))
+                    _completed(cur, rec.job_id, rec.item_id)
+                elif rec.state in ("failed", "skipped"):
+                    _cascade(cur, rec.job_id, rec.item_id, f"blocked: {rec.item_id} {rec.state}")
             if attempt_rows:
                 cur.executemany(_INSERT_ATTEMPT, attempt_rows)
             if result_rows:
@@ -749,8 +856,45 @@ class SQLiteStore:
             row = cur.execute("SELECT state FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
             if row is None:
                 raise KeyError(job_id)
-            cur.execute(_REQUEUE_FAILED, (int(row[0] in HELD_JOB_STATES), job_id, chosen, chosen))
+            held = int(row[0] in HELD_JOB_STATES)
+            requeued = [r[0] for r in cur.execute(_REQUEUE_FAILED + " RETURNING item_id",
+                                                  (held, job_id, chosen, chosen))]
+            if requeued:
+                _unblock_cascaded(cur, job_id, requeued, held)
+            return len(requeued)
+
+    # -- pipelines
+
+    async def open_gate(self, name: str) -> int:
+        """Open the gate (created open if unknown) and unblock its pending
+        items that wait on nothing else; returns how many it blocked."""
+        with self._write() as cur:
+            cur.execute("INSERT INTO gates (name, opened_at) VALUES (?, ?) "
+                        "ON CONFLICT (name) DO UPDATE SET opened_at = COALESCE(opened_at, excluded.opened_at)",
+                        (name, time.time()))
+            cur.execute("UPDATE items INDEXED BY items_gate SET gate = NULL, "
+                        "held = CASE WHEN waiting = 0 THEN held & 1 ELSE held END "
+                        "WHERE gate = ? AND state = 'pending'", (name,))
             return cur.rowcount
+
+    async def gates(self) -> list[GateRow]:
+        rows = self._conn.execute(
+            "SELECT name, opened_at, (SELECT COUNT(*) FROM items INDEXED BY items_gate "
+            "WHERE items.gate = gates.name AND items.state = 'pending') FROM gates ORDER BY name")
+        return [GateRow(*row) for row in rows]
+
+    async def artifacts(self, project_id: str, kinds: Collection[str] | None = None) -> list[Artifact]:
+        """Every version, in the order committed."""
+        sql = ("SELECT project_id, kind, key, content, version, job_id, item_id, attempt, model, created_at "
+               "FROM artifacts WHERE project_id = ?")
+        params: tuple = (project_id,)
+        if kinds is not None:
+            sql += " AND kind IN (SELECT value FROM json_each(?))"
+            params = (project_id, _encode(list(kinds)))
+        return [Artifact(pid, kind, key, json.loads(content), version=version, job_id=job_id, item_id=item_id,
+                         attempt=attempt, model=model, created_at=created_at)
+                for pid, kind, key, content, version, job_id, item_id, attempt, model, created_at
+                in self._conn.execute(sql + " ORDER BY rowid", params)]
 
     async def aclose(self) -> None:
         self.close()
@@ -863,7 +1007,7 @@ def _set_job_state(cur: sqlite3.Cursor, job_id: str, state: str, reason: str | N
         # Running items too, since they may come back to pending (a retry,
         # release, recover); a terminal item never does, so its flag is
         # never read and not worth rewriting.
-        cur.execute("UPDATE items SET held = ? WHERE job_id = ? AND state IN ('pending', 'running')",
+        cur.execute("UPDATE items SET held = (held & 2) | ? WHERE job_id = ? AND state IN ('pending', 'running')",
                     (int(held), job_id))
 
 
@@ -876,14 +1020,16 @@ def _create_schema(conn: sqlite3.Connection, path: Path) -> None:
         _check_version(conn, path)
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version == 0:
-            for statement in _TABLES + _INDEXES + _INDEXES_3:
+            for statement in _TABLES + _INDEXES + _INDEXES_3 + _TABLES_5 + _INDEXES_5:
                 conn.execute(statement)
         elif version < SCHEMA_VERSION:  # not if another process got there first
             if version == 1:
                 _migrate_1_to_2(conn)
             if version <= 2:
                 _migrate_2_to_3(conn)
-            _migrate_3_to_4(conn)
+            if version <= 3:
+                _migrate_3_to_4(conn)
+            _migrate_4_to_5_pipelines(conn)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
@@ -930,6 +1076,152 @@ def _migrate_3_to_4(conn: sqlite3.Connection) -> None:
     did not record it), so a running one reads as it did before."""
     for column in _JOB_COLUMNS_4:
         conn.execute(f"ALTER TABLE jobs ADD COLUMN {column}")
+
+
+def _migrate_4_to_5_pipelines(conn: sqlite3.Connection) -> None:
+    """Pipelines: items may wait on others and on gates, and projects keep
+    artifacts. Purely additive: no stored item waits, so every ``held``
+    (0 or 1) already means what it does in version 5."""
+    for column in _ITEM_COLUMNS_5:
+        conn.execute(f"ALTER TABLE items ADD COLUMN {column}")
+    for statement in _TABLES_5 + _INDEXES_5:
+        conn.execute(statement)
+
+
+# -- pipelines, inside the caller's transaction
+
+
+def _check_new_items(items: Sequence[NewItem]) -> None:
+    for item in items:
+        if item.state not in NEW_ITEM_STATES:
+            raise ValueError(f"item {item.item_id!r}: state must be pending or skipped, not {item.state!r}")
+        if item.item_id in item.after:
+            raise ValueError(f"item {item.item_id!r} waits on itself")
+
+
+def _artifact_json(item_id: str, artifact: Artifact) -> str:
+    for name in ("project_id", "kind"):
+        value = getattr(artifact, name)
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"item {item_id!r}: an artifact's {name} must be a non-empty string, not {value!r}")
+    if not isinstance(artifact.key, str):
+        raise ValueError(f"item {item_id!r}: an artifact's key must be a string, not {artifact.key!r}")
+    try:
+        return _encode(artifact.content)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"item {item_id!r}: artifact {artifact.kind}/{artifact.key} is not JSON: {exc}") from None
+
+
+def _link(cur: sqlite3.Cursor, job_id: str, items: Sequence[NewItem], job_held: int) -> None:
+    """Store the dependencies and gates of items just inserted, and skip
+    those that wait on an item already failed or skipped."""
+    ended: list[tuple[str, str]] = []  # (item, why it is skipped)
+    for item in items:
+        if item.state != "pending" or not (item.after or item.gate is not None):
+            continue
+        after = list(dict.fromkeys(item.after))
+        found = cur.execute(
+            "SELECT item_id, state, error FROM items WHERE job_id = ? AND item_id IN (SELECT value FROM json_each(?))",
+            (job_id, _encode(after))).fetchall()
+        states = {found_id: state for found_id, state, _error in found}
+        waits_on = [a for a in after if states.get(a) != "completed"]
+        cur.executemany("INSERT OR IGNORE INTO deps (job_id, after_id, item_id) VALUES (?, ?, ?)",
+                        [(job_id, a, item.item_id) for a in waits_on])
+        gate = None
+        if item.gate is not None:
+            cur.execute("INSERT OR IGNORE INTO gates (name, opened_at) VALUES (?, NULL)", (item.gate,))
+            (opened,) = cur.execute("SELECT opened_at FROM gates WHERE name = ?", (item.gate,)).fetchone()
+            gate = item.gate if opened is None else None
+        blocked = HELD_BLOCKED if waits_on or gate is not None else 0
+        cur.execute("UPDATE items SET waiting = ?, gate = ?, held = ? WHERE job_id = ? AND item_id = ?",
+                    (len(waits_on), gate, job_held | blocked, job_id, item.item_id))
+        dead = next(((a, state, error) for a, state, error in found if state in ("failed", "skipped")), None)
+        if dead is not None:
+            # Behind an item a cascade skipped: the same reason, naming the first to end.
+            name, state, error = dead
+            cascaded = state == "skipped" and error is not None and error.startswith("blocked: ")
+            ended.append((item.item_id, error if cascaded else f"blocked: {name} {state}"))
+    for item_id, reason in ended:
+        _skip(cur, job_id, item_id, reason)
+
+
+def _skip(cur: sqlite3.Cursor, job_id: str, item_id: str, reason: str) -> None:
+    """Skip a pending item that can never run, and what waits on it."""
+    cur.execute("UPDATE items SET state = 'skipped', error = ?, error_kind = NULL, owner = NULL "
+                "WHERE job_id = ? AND item_id = ? AND state = 'pending'", (reason, job_id, item_id))
+    if cur.rowcount:
+        _cascade(cur, job_id, item_id, reason)
+
+
+def _cascade(cur: sqlite3.Cursor, job_id: str, item_id: str, reason: str) -> None:
+    """``item_id`` ended failed or skipped: every pending item waiting on it,
+    transitively, is skipped with ``reason`` (naming the first to end)."""
+    frontier = [item_id]
+    while frontier:
+        frontier = [row[0] for row in cur.execute(
+            "UPDATE items SET state = 'skipped', error = ?, error_kind = NULL, owner = NULL "
+            "WHERE job_id = ? AND state = 'pending' AND item_id IN "
+            "(SELECT item_id FROM deps WHERE job_id = ? AND after_id IN (SELECT value FROM json_each(?))) "
+            "RETURNING item_id", (reason, job_id, job_id, _encode(frontier)))]
+
+
+def _completed(cur: sqlite3.Cursor, job_id: str, item_id: str) -> None:
+    """``item_id`` completed: its waiters have one dependency fewer."""
+    cur.execute(_RELEASE_WAITERS, (job_id, job_id, item_id))
+    cur.execute("DELETE FROM deps WHERE job_id = ? AND after_id = ?", (job_id, item_id))
+
+
+def _add_follow_ups(cur: sqlite3.Cursor, job_id: str, items: Sequence[NewItem], now: float) -> None:
+    """Insert the follow-ups the job does not hold yet, link them, and move
+    the waiters of the items they take over onto them."""
+    job_type, state = cur.execute("SELECT job_type, state FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+    held = HELD_JOB if state in HELD_JOB_STATES else 0
+    (seq,) = cur.execute("SELECT COALESCE(MAX(seq), -1) FROM items WHERE job_id = ?", (job_id,)).fetchone()
+    (qseq,) = cur.execute("SELECT COALESCE(MAX(qseq), 0) FROM items").fetchone()
+    inserted = []
+    for item in items:
+        seq += 1
+        qseq += 1
+        cur.execute(_INSERT_FOLLOW_UP, (job_id, item.item_id, seq, int(item.level), item.state,
+                                        _dumps(item.definition), item.job_type or job_type, qseq, item.deadline,
+                                        now, held))
+        if cur.rowcount == 1:
+            inserted.append(item)
+    _link(cur, job_id, inserted, held)
+    for item in inserted:
+        if item.takes_over is not None and item.takes_over != item.item_id:
+            _take_over(cur, job_id, item.item_id, item.takes_over)
+
+
+def _take_over(cur: sqlite3.Cursor, job_id: str, new_id: str, old_id: str) -> None:
+    """Every pending item waiting on ``old_id`` waits on ``new_id`` instead."""
+    waiters = [row[0] for row in cur.execute(
+        "SELECT item_id FROM deps WHERE job_id = ? AND after_id = ? AND item_id != ?", (job_id, old_id, new_id))]
+    for waiter in waiters:
+        cur.execute("DELETE FROM deps WHERE job_id = ? AND after_id = ? AND item_id = ?", (job_id, old_id, waiter))
+        cur.execute("INSERT OR IGNORE INTO deps (job_id, after_id, item_id) VALUES (?, ?, ?)",
+                    (job_id, new_id, waiter))
+        if not cur.rowcount:  # it waited on both: now on one
+            cur.execute("UPDATE items SET waiting = waiting - 1, "
+                        "held = CASE WHEN waiting = 1 AND gate IS NULL THEN held & 1 ELSE held END "
+                        "WHERE job_id = ? AND item_id = ? AND state = 'pending'", (job_id, waiter))
+    (state, error) = cur.execute("SELECT state, error FROM items WHERE job_id = ? AND item_id = ?",
+                                 (job_id, new_id)).fetchone()
+    if state == "skipped":  # the new item can never run: neither can they
+        _cascade(cur, job_id, new_id, error or f"blocked: {new_id} skipped")
+
+
+def _unblock_cascaded(cur: sqlite3.Cursor, job_id: str, requeued: list[str], job_held: int) -> None:
+    """Items skipped because a requeued item failed are pending again, waiting as before."""
+    reasons = _encode([f"blocked: {item_id} failed" for item_id in requeued])
+    back = [row[0] for row in cur.execute(
+        "UPDATE items SET state = 'pending', error = NULL, owner = NULL, not_before = 0, "
+        "waiting = (SELECT COUNT(*) FROM deps WHERE deps.job_id = items.job_id AND deps.item_id = items.item_id), "
+        "gate = CASE WHEN gate IN (SELECT name FROM gates WHERE opened_at IS NOT NULL) THEN NULL ELSE gate END "
+        "WHERE job_id = ? AND state = 'skipped' AND error IN (SELECT value FROM json_each(?)) RETURNING item_id",
+        (job_id, reasons))]
+    cur.execute("UPDATE items SET held = ? | CASE WHEN waiting > 0 OR gate IS NOT NULL THEN 2 ELSE 0 END "
+                "WHERE job_id = ? AND item_id IN (SELECT value FROM json_each(?))", (job_held, job_id, _encode(back)))
 
 
 def _epoch(text: str) -> float:

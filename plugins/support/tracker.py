@@ -106,6 +106,7 @@ class ProgressTracker:
         self._item_times.append(spent)
         if state == "completed":
             self.completed += 1
+            self.total += data.get("follow_ups", 0)  # a pipeline grows as it goes
         elif state == "failed":
             self.failed += 1
         self._finishes.append(event.time)
@@ -123,6 +124,7 @@ class ProgressTracker:
         counts = event.data.get("counts") or {}
         if counts:  # the store's word is final (the sink may have missed events)
             self.completed, self.failed, self.skipped = (counts.get(s, 0) for s in ("completed", "failed", "skipped"))
+            self.total = sum(counts.values())
         self.running.clear()
         self.retrying.clear()
 

@@ -160,3 +160,23 @@ def loom_job_outputs(job, store, config):
         return [Output("shouted.txt", "\n".join(texts) + "\n")]
 
     return shouted
+
+
+@storyloom.hookimpl
+def loom_project_view(project_id, project, artifacts, gates, config):
+    _record("loom_project_view", project_id=project_id, project=project)
+    if project_id != "every-book":
+        return None
+    return {"project_id": project_id, "artifacts": len(artifacts), "text": [f"{project_id}: {len(artifacts)}"]}
+
+
+@storyloom.hookimpl
+def loom_approve(project_id, target, store, config):
+    _record("loom_approve", project_id=project_id, target=target)
+    if tuple(target) != ("everything",):
+        return None
+
+    async def approve():
+        return f"opened {await store.open_gate(project_id + ':everything')} item(s)"
+
+    return approve
