@@ -44,7 +44,7 @@ MODEL_ERRORS = (ErrorKind.AUTH_ERROR, ErrorKind.QUOTA_EXCEEDED)
 #: its turn outside the limiter, where the strategy may still move it to a
 #: model that frees up sooner; it is recorded as sent and joins the limiter's
 #: queue this long before its turn, so that commit is not on the request's way.
-TURN_LEAD = 0.25
+TURN_LEAD = float(__import__("os").environ.get("SL_LEAD", "0.5"))
 #: How often an attempt waiting for its turn asks the strategy again, besides
 #: the pool's changes (a 429, a model taken out, an attempt moving away).
 RECHECK = 0.25
@@ -105,12 +105,17 @@ async def run_attempt(batch: "Batch", claimed: ClaimedItem, item: Item) -> Outco
             # No checkpoint between routing and counting, so concurrent routes see it.
             state.reserved += 1
             state.reserved_tokens += tpm_cost
+            # In the model's line from now until it joins the limiter's queue, so
+            # that those routed after it count it ahead of them all the way.
+            ticket = object()
+            state.line[ticket] = tpm_cost
             try:
                 if not await batch.budget.reserve(worst):
                     raise Stop(batch.budget.reached(worst))
                 reserved = worst
                 if len(candidates) > 1 and len(left) < MAX_MOVES and hasattr(batch.strategy, "reconsider"):
-                    moved = await _wait_turn(batch, item, claimed, candidates, model, request, estimated_prompt)
+                    moved = await _wait_turn(batch, item, claimed, candidates, model, request, estimated_prompt,
+                                             ticket)
                 if moved is None:
                     # On disk before the request goes: a kill after it leaves "sent, outcome
                     # unknown". Recorded before the rate-limit wait, not after it, so that the
@@ -120,10 +125,12 @@ async def run_attempt(batch: "Batch", claimed: ClaimedItem, item: Item) -> Outco
                                                            attempt=attempt, reserved_usd=worst)):
                         raise NotStarted(item.item_id)  # cancelled or taken elsewhere: sending would bill an unrecorded attempt
                     sent = worst
+                    del state.line[ticket]  # no checkpoint before the limiter counts it
                     await state.limiter.acquire(tpm_cost)
             finally:
                 state.reserved -= 1
                 state.reserved_tokens -= tpm_cost
+                state.line.pop(ticket, None)
             if moved is None:
                 break
             # Moving on before anything was sent: give back what this model held.
@@ -218,19 +225,12 @@ def _context(batch: "Batch", claimed: ClaimedItem, usable: list[str], request: R
     # Lazy: each value is computed when a strategy first reads it.
     prompt = LazyMap(usable, lambda m: models[m].calibrator.apply(estimated_prompt))
 
-    def queue_wait(m: str) -> float:
-        # Behind every attempt routed to m and not sent; the limiter counts its own queue.
-        state = models[m]
-        limiter = state.limiter
-        return limiter.wait_after(prompt[m] + max_tokens, state.reserved - limiter.waiting,
-                                  state.reserved_tokens - limiter.waiting_tokens)
-
     return RouteContext(
         usable=usable, attempt=claimed.attempts, previous_model=claimed.last_model,
         in_flight=AttrMap(models, "in_flight"), capacity=AttrMap(models, "capacity"),
         reserved=AttrMap(models, "reserved"),
         rate_wait=LazyMap(usable, lambda m: models[m].limiter.wait_time(prompt[m] + max_tokens)),
-        queue_wait=LazyMap(usable, queue_wait),
+        queue_wait=LazyMap(usable, lambda m: models[m].queue_wait(prompt[m] + max_tokens)),
         rate=LazyMap(usable, lambda m: models[m].limiter.requests_per_second(prompt[m] + max_tokens)),
         prices=LazyMap(usable, lambda m: models[m].spec.price),
         prompt_tokens=prompt,
@@ -239,7 +239,7 @@ def _context(batch: "Batch", claimed: ClaimedItem, usable: list[str], request: R
 
 
 async def _wait_turn(batch: "Batch", item: Item, claimed: ClaimedItem, candidates: list[str], model: str,
-                     request: Request, estimated_prompt: int) -> Choice | None:
+                     request: Request, estimated_prompt: int, ticket: object) -> Choice | None:
     """Wait, outside the model's rate limiter, until this attempt's turn is at
     most :data:`TURN_LEAD` away; meanwhile, whenever something changes (and
     every :data:`RECHECK` s), ask the strategy's ``reconsider`` whether another
@@ -250,36 +250,31 @@ async def _wait_turn(batch: "Batch", item: Item, claimed: ClaimedItem, candidate
     pool = batch.pool
     state = pool[model]
     limiter = state.limiter
-    tokens = state.calibrator.apply(estimated_prompt) + request.max_tokens
-    ticket = object()
-    state.line[ticket] = tokens
-    try:
-        while True:
-            ahead = ahead_tokens = 0
-            for other, cost in state.line.items():
-                if other is ticket:
-                    break
-                ahead += 1
-                ahead_tokens += cost
-            wait = limiter.wait_after(tokens, ahead, ahead_tokens)
-            if wait <= TURN_LEAD:
-                return None
-            usable = [m for m in pool.usable(candidates) if m != model]
-            if batch.job.config.model_rotation and claimed.last_model in usable and len(usable) > 1:
-                usable = [m for m in usable if m != claimed.last_model]
-            if usable:
-                ctx = _context(batch, claimed, [model, *usable], request, estimated_prompt)
-                choice = batch.strategy.reconsider(item, ctx, model, wait)
-                if choice is not None and choice.model != model:
-                    if choice.model not in usable:
-                        raise ProviderError(ErrorKind.INTERNAL_ERROR, f"routing strategy moved an attempt to "
-                                            f"{choice.model!r}, which is not usable ({', '.join(usable)})")
-                    return choice
-            changed = pool.changed
-            with trio.move_on_after(min(wait - TURN_LEAD, RECHECK)):
-                await changed.wait()
-    finally:
-        del state.line[ticket]
+    tokens = state.line[ticket]
+    while True:
+        ahead = ahead_tokens = 0
+        for other, cost in state.line.items():
+            if other is ticket:
+                break
+            ahead += 1
+            ahead_tokens += cost
+        wait = limiter.wait_after(tokens, ahead, ahead_tokens)
+        if wait <= TURN_LEAD:
+            return None
+        usable = [m for m in pool.usable(candidates) if m != model]
+        if batch.job.config.model_rotation and claimed.last_model in usable and len(usable) > 1:
+            usable = [m for m in usable if m != claimed.last_model]
+        if usable:
+            ctx = _context(batch, claimed, [model, *usable], request, estimated_prompt)
+            choice = batch.strategy.reconsider(item, ctx, model, wait)
+            if choice is not None and choice.model != model:
+                if choice.model not in usable:
+                    raise ProviderError(ErrorKind.INTERNAL_ERROR, f"routing strategy moved an attempt to "
+                                        f"{choice.model!r}, which is not usable ({', '.join(usable)})")
+                return choice
+        changed = pool.changed
+        with trio.move_on_after(min(wait - TURN_LEAD, RECHECK)):
+            await changed.wait()
 
 
 def _failure(batch: "Batch", exc: ProviderError, claimed: ClaimedItem, attempt: int, model: str | None,

@@ -38,6 +38,13 @@ class ModelState:
     def capacity(self) -> int:
         return self.spec.max_parallel or 0
 
+    def queue_wait(self, tokens: int) -> float:
+        """Seconds until the rate limiter could send one more request of
+        ``tokens`` behind every attempt routed here and not sent yet (those in
+        the limiter's queue are counted by the limiter, the rest added)."""
+        limiter = self.limiter
+        return limiter.wait_after(tokens, self.reserved - limiter.waiting, self.reserved_tokens - limiter.waiting_tokens)
+
 
 class NoModelLeft(Exception):
     """Every model of the batch was taken out (auth or quota errors)."""
