@@ -158,13 +158,15 @@ def run(s: Scenario) -> dict:
             f"config: {{max_parallel: {s.max_parallel}, timeout_per_item: {s.timeout}}}\n", encoding="utf-8")
         options = Options(state_dir=str(folder / "state"), out_dir=str(folder / "out"), quiet=True, autoload=False)
         t0 = time.perf_counter()
+        m0 = time.monotonic()  # the fake's clock
         cpu0 = time.process_time()
         summary = trio.run(lambda: run_job(folder / "job.yaml", options=options))
         cpu = time.process_time() - cpu0
         wall = time.perf_counter() - t0
         stats = server.stats()
         per_model = {name: server.stats(name).ok for name, _r, _t in s.limits()}
-        first = stats.admitted_at[0] if stats.admitted_at else 0.0
+        first = stats.admitted_at[0] if stats.admitted_at else m0
+        last = stats.admitted_at[-1] if stats.admitted_at else m0
         # When each model took its last request, from the first request: equal under the optimal split.
         last_admitted = {name: (server.stats(name).admitted_at or [first])[-1] - first for name, _r, _t in s.limits()}
     bound = lower_bound(s)
@@ -173,7 +175,8 @@ def run(s: Scenario) -> dict:
             "rate_limited": stats.rate_limited, "errors": stats.errors, "hangs": stats.hangs,
             "completed": summary.counts["completed"], "failed": summary.counts["failed"],
             "status": summary.status, "per_model": per_model, "optimal": optimal_shares(s),
-            "cpu_ms_per_item": cpu * 1000 / s.n, "last_admitted": last_admitted}
+            "cpu_ms_per_item": cpu * 1000 / s.n, "last_admitted": last_admitted,
+            "first_request_s": first - m0, "after_last_s": wall - (last - m0)}
 
 
 def optimal_shares(s: Scenario) -> dict[str, float]:
@@ -203,6 +206,8 @@ def main() -> None:
         ratio = f"{r['ratio']:.3f}" if r["ratio"] else "-"
         print(f"{name:<9} {r['makespan_s']:>10.2f} {bound:>8} {ratio:>6} {r['rate_limited']:>5} {r['errors']:>4} "
               f"{r['hangs']:>5} {r['failed']:>6} {r['cpu_ms_per_item']:>11.2f}  {verdict(r, s)}", flush=True)
+        print(f"          first request {r['first_request_s']:.2f} s after the call, last one "
+              f"{r['after_last_s']:.2f} s before it returned", flush=True)
         if len(r["per_model"]) > 1:
             print("          items per model: " + ", ".join(
                 f"{m} {n} (optimal {r['optimal'][m]:.0f}, last admitted at {r['last_admitted'][m]:.2f} s)"
