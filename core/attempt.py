@@ -44,7 +44,7 @@ MODEL_ERRORS = (ErrorKind.AUTH_ERROR, ErrorKind.QUOTA_EXCEEDED)
 #: its turn outside the limiter, where the strategy may still move it to a
 #: model that frees up sooner; it is recorded as sent and joins the limiter's
 #: queue this long before its turn, so that commit is not on the request's way.
-TURN_LEAD = float(__import__("os").environ.get("SL_LEAD", "0.5"))
+TURN_LEAD = 0.5
 #: How often an attempt waiting for its turn asks the strategy again, besides
 #: the pool's changes (a 429, a model taken out, an attempt moving away).
 RECHECK = 0.25

@@ -516,6 +516,19 @@ def test_docs_describe_every_bundled_strategy():
         assert f"## `{name}`" in text, name
 
 
+def test_docs_least_loaded_example_is_what_the_strategy_does():
+    text = DOCS.read_text(encoding="utf-8")
+    section = text[text.index("## `least_loaded`"):text.index("## `cheapest`")]
+    examples = [json.loads(b) for b in re.findall(r"```json\n(.*?)```", section, re.S)]
+    example = next(e for e in examples if "drain" in e and "models" in e)
+    # "buckets just emptied": each model has sent a full bucket at time 0.
+    states = {name: limited(rpm=m["rpm"], sent=m["rpm"] // 60, reserved=m["reserved"])
+              for name, m in example["models"].items()}
+    choice = LeastLoaded({}, plan(tuple(states), max_parallel=64)).choose(item(), kernel_context(states))
+    assert choice.model == example["chosen"]
+    assert choice.reason["drain"] == pytest.approx(example["drain"])
+
+
 def test_docs_show_the_seed_genre_table():
     text = DOCS.read_text(encoding="utf-8")
     blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", text, re.S)]
