@@ -45,9 +45,13 @@ _tag: str | None = None  # this process's random part of every temporary's name
 
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` (UTF-8) to a new temporary file beside ``path``, then rename it over ``path``."""
+    write_atomic_bytes(path, text.encode("utf-8"))
+
+
+def write_atomic_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new temporary file beside ``path``, then rename it over ``path``."""
     path = os.fspath(path)
     folder, name = os.path.split(path)
-    data = text.encode("utf-8")
     if folder not in _made:
         os.makedirs(folder or ".", exist_ok=True)
         _made.add(folder)

@@ -23,6 +23,7 @@ from .errors import UsageError
 from .hooks import Hooks
 from .job import Job, Plan
 from .pluginmanager import check, import_plugin, make_plugin_manager
+from .projects import find_projects_dir, load_project, project_path
 from .provider import check_factory, check_spec, missing_env
 from .registry import Registries, collect
 from .settings import BUILTIN_MODELS, Price, Settings
@@ -65,6 +66,8 @@ class Config:
     stash: dict[str, Any] = field(default_factory=dict)
     _configured: bool = False
     _registered: list[object] = field(default_factory=list)
+    #: project_id -> its loaded project file (None: no such file); see :meth:`project`.
+    _projects: dict[str, dict[str, Any] | None] = field(default_factory=dict)
 
     @property
     def hook(self) -> Any:
@@ -113,8 +116,27 @@ class Config:
         doc = loader.parse_document(Path(path))
         job = loader.load_job_document(doc, self.settings, self.known_names(), now=now)
         self.check_model_options()
+        for project_id in dict.fromkeys(item.project_id for item in job.items if item.project_id):
+            self.project(project_id)  # a bad project file is bad input, found before anything is stored
         self.hooks.validate_job(job=job, config=self)
         return job
+
+    @property
+    def projects_dir(self) -> Path:
+        """``projects/`` beside the settings file (else in the working folder)."""
+        return find_projects_dir(Path(self.settings.path).parent if self.settings.path else None)
+
+    def project(self, project_id: str) -> dict[str, Any] | None:
+        """The book project ``project_id`` (``projects/<project_id>.yaml``,
+        validated by ``schemas/project.schema.json``), or None if there is no
+        such file. Loaded once per config.
+
+        :raises ConfigError: the file is malformed or invalid, at its file:line:col.
+        """
+        if project_id not in self._projects:
+            path = project_path(self.projects_dir, project_id)
+            self._projects[project_id] = load_project(_shown(path)) if path is not None and path.exists() else None
+        return self._projects[project_id]
 
     def check_model_options(self) -> None:
         """Every model entry's provider options, checked by its provider
@@ -200,6 +222,14 @@ class Config:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _shown(path: Path) -> Path:
+    """``path`` relative to the working folder when it is inside it: errors name it as a user would."""
+    try:
+        return path.relative_to(Path.cwd()) if path.is_absolute() else path
+    except ValueError:
+        return path
 
 
 def _pick(*values: Any) -> Any:

@@ -18,6 +18,9 @@ class ErrorKind(enum.StrEnum):
     QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
     #: The reply hit max_tokens; a job type may retry with more room.
     OUTPUT_TRUNCATED = "OUTPUT_TRUNCATED"
+    #: The reply was asked for as structured data (``Request.response_schema``)
+    #: and is not JSON or fails the schema; retried ``invalid_output_retries`` times.
+    INVALID_OUTPUT = "INVALID_OUTPUT"
     #: A plugin raised something that is not a ProviderError: a bug, never retried.
     INTERNAL_ERROR = "INTERNAL_ERROR"
 
