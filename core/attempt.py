@@ -4,6 +4,10 @@ limit, call the provider under ``trio.fail_after``, and say how it ended.
 The order matters: an item first waits for a usable model, then for budget,
 then for the model's rate limit; ``timeout_per_item`` covers only the
 provider call, so waiting for a limit is never mistaken for a slow reply.
+With a strategy that can ``reconsider`` (least_loaded), a long rate-limit
+wait is spent first in the model's line, outside the limiter and not yet
+recorded as sent, from where the attempt may move to a model that frees up
+sooner (docs/routing.md).
 """
 
 from __future__ import annotations
