@@ -3,13 +3,16 @@ zero latency and the durable SQLite store (WAL, synchronous=NORMAL).
 
     .venv/bin/python bench/overhead.py            # N = 10,000 and 100,000
     .venv/bin/python bench/overhead.py 20000      # one N
+    .venv/bin/python bench/overhead.py --outputs 10000   # with a result file per item
 
 Each N runs in a fresh process so peak RSS is its own. Prints items/s for the
 run (dispatch to last commit; loading and storing the job are timed apart)
 and the process's peak RSS. Results are not written to files (``-p no:outputs``):
 the figure is the kernel's and the store's; every acknowledged completion is
 committed to SQLite before its hook fires. Reports are off too (building one
-reads every attempt: about 1 s at 100,000, measured apart).
+reads every attempt: about 1 s at 100,000, measured apart). ``--outputs``
+keeps the outputs plugin on, so every completed item's result file is
+written as in a real run, and also prints the run's CPU seconds.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ def job_yaml(n: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def one(n: int) -> dict:
+def one(n: int, outputs: bool = False) -> dict:
     from storyloom.api import add_job
     from storyloom.config import Options, make_config
     from storyloom.kernel import Worker
@@ -53,7 +56,7 @@ def one(n: int) -> dict:
     (folder / "storyloom.yaml").write_text(SETTINGS)
     (folder / "job.yaml").write_text(job_yaml(n))
     options = Options(state_dir=str(folder / "state"), out_dir=str(folder / "out"), quiet=True,
-                      plugins=("no:outputs",), autoload=False)
+                      plugins=() if outputs else ("no:outputs",), autoload=False)
 
     async def main() -> dict:
         t0 = time.perf_counter()
@@ -64,11 +67,17 @@ def one(n: int) -> dict:
                 await add_job(store, job)
                 del job  # from here on, items stream from the store
                 t1 = time.perf_counter()
+                c1 = time.process_time()
                 summary, = await worker.run(store)
                 t2 = time.perf_counter()
+                c2 = time.process_time()
                 counts = await store.counts("bench")
         assert counts["completed"] == n, counts
+        if outputs:
+            written = sum(1 for p in (folder / "out" / "bench").iterdir() if p.is_file())
+            assert written == n, f"{written} result files for {n} items"
         return {"n": n, "load_and_store_s": round(t1 - t0, 2), "run_s": round(t2 - t1, 2),
+                "run_cpu_s": round(c2 - c1, 2),
                 "items_per_s": round(n / (t2 - t1)), "status": summary.status}
 
     result = trio.run(main)
@@ -78,17 +87,22 @@ def one(n: int) -> dict:
 
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--one":
-        print(json.dumps(one(int(sys.argv[2]))))
+        print(json.dumps(one(int(sys.argv[2]), outputs="--outputs" in sys.argv[3:])))
         return
-    sizes = [int(a) for a in sys.argv[1:]] or [10_000, 100_000]
-    print(f"{'N':>8} {'items/s':>9} {'run s':>7} {'load+store s':>13} {'peak RSS MB':>12}")
+    args = sys.argv[1:]
+    outputs = "--outputs" in args
+    sizes = [int(a) for a in args if a != "--outputs"] or [10_000, 100_000]
+    print(f"{'N':>8} {'items/s':>9} {'run s':>7} {'run CPU s':>10} {'load+store s':>13} {'peak RSS MB':>12}"
+          + ("  (result files written)" if outputs else ""))
     for n in sizes:
-        out = subprocess.run([sys.executable, __file__, "--one", str(n)], capture_output=True, text=True,
+        out = subprocess.run([sys.executable, __file__, "--one", str(n), *(["--outputs"] if outputs else [])],
+                             capture_output=True, text=True,
                              env={**os.environ, "STORYLOOM_DISABLE_PLUGIN_AUTOLOAD": "1"})
         if out.returncode:
             sys.exit(out.stderr)
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{r['n']:>8} {r['items_per_s']:>9} {r['run_s']:>7} {r['load_and_store_s']:>13} {r['peak_rss_mb']:>12}")
+        print(f"{r['n']:>8} {r['items_per_s']:>9} {r['run_s']:>7} {r['run_cpu_s']:>10} {r['load_and_store_s']:>13} "
+              f"{r['peak_rss_mb']:>12}")
 
 
 if __name__ == "__main__":

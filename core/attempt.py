@@ -4,6 +4,10 @@ limit, call the provider under ``trio.fail_after``, and say how it ended.
 The order matters: an item first waits for a usable model, then for budget,
 then for the model's rate limit; ``timeout_per_item`` covers only the
 provider call, so waiting for a limit is never mistaken for a slow reply.
+With a strategy that can ``reconsider`` (least_loaded), a long rate-limit
+wait is spent first in the model's line, outside the limiter and not yet
+recorded as sent, from where the attempt may move to a model that frees up
+sooner (docs/routing.md).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from .job import Item
 from .jobtype import event_fields
 from .pool import NoModelLeft, spend_cap_reached
 from .provider import Request, well_formed
-from .routing import AttrMap, LazyMap, RouteContext
+from .routing import AttrMap, Choice, LazyMap, RouteContext
 from .store import ClaimedItem, StartRecord
 from .tokens import estimate_request_tokens
 
@@ -40,6 +44,16 @@ class NotStarted(Exception):
 MORE_ROOM = 2
 #: Errors that take a model out of the batch rather than fail the item.
 MODEL_ERRORS = (ErrorKind.AUTH_ERROR, ErrorKind.QUOTA_EXCEEDED)
+#: An attempt its model's rate limiter would hold longer than this waits for
+#: its turn outside the limiter, where the strategy may still move it to a
+#: model that frees up sooner; it is recorded as sent and joins the limiter's
+#: queue this long before its turn, so that commit is not on the request's way.
+TURN_LEAD = 0.5
+#: How often an attempt waiting for its turn asks the strategy again, besides
+#: the pool's changes (a 429, a model taken out, an attempt moving away).
+RECHECK = 0.25
+#: Most moves of one attempt: a strategy that keeps changing its mind cannot hold it forever.
+MAX_MOVES = 8
 
 
 async def run_attempt(batch: "Batch", claimed: ClaimedItem, item: Item) -> Outcome:
@@ -62,47 +76,78 @@ async def run_attempt(batch: "Batch", claimed: ClaimedItem, item: Item) -> Outco
             return performed
         request = _request(batch, claimed, item, attempt)
         candidates = [item.model] if item.model else list(plan.models)
-        try:
-            usable = await pool.wait_for_usable(candidates)
-        except NoModelLeft as exc:
-            # None of the item's models can ever come back in this run: the
-            # item fails with the reason; the failure policy pauses the job
-            # if this happens to most of its items.
-            kind = pool[candidates[0]].disabled[0]
-            return Outcome(state="failed", attempt=attempt, model=None, elapsed=trio.current_time() - t0,
-                           error_kind=kind, error=f"no model left: {exc}", free=True)
         estimated_prompt = estimate_request_tokens(request)
-        model, route = _route(batch, item, claimed, usable, request, estimated_prompt)
-        state = pool[model]
-        spec = state.spec
-        prompt = state.calibrator.apply(estimated_prompt)
-        tpm_cost = prompt + request.max_tokens
-        worst = worst_case(spec.price, prompt, request.max_tokens)
-        if state.spend is not None:
-            # The model's own cap: when it cannot cover this attempt, the
-            # model is out and another one takes the item (a free attempt).
-            if not state.spend.try_reserve(worst):
-                raise ProviderError(ErrorKind.QUOTA_EXCEEDED, spend_cap_reached(model, state.spend))
-            model_reserved = worst
-        # Load-based strategies count an attempt from the moment it is routed:
-        # "reserved" until it may send, then "in flight" until the reply is in.
-        # No checkpoint between routing and counting, so concurrent routes see it.
-        state.reserved += 1
-        try:
-            if not await batch.budget.reserve(worst):
-                raise Stop(batch.budget.reached(worst))
-            reserved = worst
-            # On disk before the request goes: a kill after it leaves "sent, outcome
-            # unknown". Recorded before the rate-limit wait, not after it, so that the
-            # request leaves the moment the limiter lets it: a commit between the two
-            # would send requests late and bunched, past the bucket the limiter kept.
-            if not await batch.started(StartRecord(job.job_id, item.item_id, model, time.time(), attempt=attempt,
-                                                   reserved_usd=worst)):
-                raise NotStarted(item.item_id)  # cancelled or taken elsewhere: sending would bill an unrecorded attempt
-            sent = worst
-            await state.limiter.acquire(tpm_cost)
-        finally:
-            state.reserved -= 1
+        moved: Choice | None = None  # another model the strategy moved this attempt to
+        left: list[str] = []  # the models it left while waiting for its turn
+        while True:
+            try:
+                usable = await pool.wait_for_usable(candidates)
+            except NoModelLeft as exc:
+                # None of the item's models can ever come back in this run: the
+                # item fails with the reason; the failure policy pauses the job
+                # if this happens to most of its items.
+                kind = pool[candidates[0]].disabled[0]
+                return Outcome(state="failed", attempt=attempt, model=None, elapsed=trio.current_time() - t0,
+                               error_kind=kind, error=f"no model left: {exc}", free=True)
+            if moved is not None and moved.model in usable:
+                model, route = moved.model, {**moved.reason, "usable": usable}
+            else:
+                model, route = _route(batch, item, claimed, usable, request, estimated_prompt)
+            if left:
+                route["moved_from"] = list(left)
+            moved = None
+            state = pool[model]
+            spec = state.spec
+            prompt = state.calibrator.apply(estimated_prompt)
+            tpm_cost = prompt + request.max_tokens
+            worst = worst_case(spec.price, prompt, request.max_tokens)
+            if state.spend is not None:
+                # The model's own cap: when it cannot cover this attempt, the
+                # model is out and another one takes the item (a free attempt).
+                if not state.spend.try_reserve(worst):
+                    raise ProviderError(ErrorKind.QUOTA_EXCEEDED, spend_cap_reached(model, state.spend))
+                model_reserved = worst
+            # Load-based strategies count an attempt from the moment it is routed:
+            # "reserved" until it may send, then "in flight" until the reply is in.
+            # No checkpoint between routing and counting, so concurrent routes see it.
+            state.reserved += 1
+            state.reserved_tokens += tpm_cost
+            # In the model's line from now until it joins the limiter's queue, so
+            # that those routed after it count it ahead of them all the way.
+            ticket = object()
+            state.line[ticket] = tpm_cost
+            try:
+                if not await batch.budget.reserve(worst):
+                    raise Stop(batch.budget.reached(worst))
+                reserved = worst
+                if len(candidates) > 1 and len(left) < MAX_MOVES and hasattr(batch.strategy, "reconsider"):
+                    moved = await _wait_turn(batch, item, claimed, candidates, model, request, estimated_prompt,
+                                             ticket)
+                if moved is None:
+                    # On disk before the request goes: a kill after it leaves "sent, outcome
+                    # unknown". Recorded before the rate-limit wait, not after it, so that the
+                    # request leaves the moment the limiter lets it: a commit between the two
+                    # would send requests late and bunched, past the bucket the limiter kept.
+                    if not await batch.started(StartRecord(job.job_id, item.item_id, model, time.time(),
+                                                           attempt=attempt, reserved_usd=worst)):
+                        raise NotStarted(item.item_id)  # cancelled or taken elsewhere: sending would bill an unrecorded attempt
+                    sent = worst
+                    del state.line[ticket]  # no checkpoint before the limiter counts it
+                    await state.limiter.acquire(tpm_cost)
+            finally:
+                state.reserved -= 1
+                state.reserved_tokens -= tpm_cost
+                state.line.pop(ticket, None)
+            if moved is None:
+                break
+            # Moving on before anything was sent: give back what this model held.
+            batch.budget.settle(reserved, 0.0)
+            reserved = None
+            if model_reserved is not None:
+                state.spend.settle(model_reserved, 0.0)
+                model_reserved = None
+            left.append(model)
+            pool.wake()  # those behind it in the line move up
         state.in_flight += 1
         try:
             batch.hooks.item_started(job=job, item=item, attempt=attempt, model=model)
@@ -187,24 +232,71 @@ def _route(batch: "Batch", item: Item, claimed: ClaimedItem, usable: list[str], 
            estimated_prompt: int) -> tuple[str, dict[str, Any]]:
     if batch.job.config.model_rotation and claimed.last_model in usable and len(usable) > 1:
         usable = [m for m in usable if m != claimed.last_model]
-    models = batch.pool.models
-    max_tokens = request.max_tokens
-    # Lazy: each value is computed when a strategy first reads it.
-    prompt = LazyMap(usable, lambda m: models[m].calibrator.apply(estimated_prompt))
-    ctx = RouteContext(
-        usable=usable, attempt=claimed.attempts, previous_model=claimed.last_model,
-        in_flight=AttrMap(models, "in_flight"), capacity=AttrMap(models, "capacity"),
-        reserved=AttrMap(models, "reserved"),
-        rate_wait=LazyMap(usable, lambda m: models[m].limiter.wait_time(prompt[m] + max_tokens)),
-        prices=LazyMap(usable, lambda m: models[m].spec.price),
-        prompt_tokens=prompt,
-        output_tokens=LazyMap(usable, lambda m: max_tokens),
-    )
+    ctx = _context(batch, claimed, usable, request, estimated_prompt)
     choice = batch.strategy.choose(item, ctx)
     if choice.model not in usable:
         raise ProviderError(ErrorKind.INTERNAL_ERROR,
                             f"routing strategy chose {choice.model!r}, which is not usable ({', '.join(usable)})")
     return choice.model, {**choice.reason, "usable": usable}
+
+
+def _context(batch: "Batch", claimed: ClaimedItem, usable: list[str], request: Request,
+             estimated_prompt: int) -> RouteContext:
+    models = batch.pool.models
+    max_tokens = request.max_tokens
+    # Lazy: each value is computed when a strategy first reads it.
+    prompt = LazyMap(usable, lambda m: models[m].calibrator.apply(estimated_prompt))
+
+    return RouteContext(
+        usable=usable, attempt=claimed.attempts, previous_model=claimed.last_model,
+        in_flight=AttrMap(models, "in_flight"), capacity=AttrMap(models, "capacity"),
+        reserved=AttrMap(models, "reserved"),
+        rate_wait=LazyMap(usable, lambda m: models[m].limiter.wait_time(prompt[m] + max_tokens)),
+        queue_wait=LazyMap(usable, lambda m: models[m].queue_wait(prompt[m] + max_tokens)),
+        rate=LazyMap(usable, lambda m: models[m].limiter.requests_per_second(prompt[m] + max_tokens)),
+        prices=LazyMap(usable, lambda m: models[m].spec.price),
+        prompt_tokens=prompt,
+        output_tokens=LazyMap(usable, lambda m: max_tokens),
+    )
+
+
+async def _wait_turn(batch: "Batch", item: Item, claimed: ClaimedItem, candidates: list[str], model: str,
+                     request: Request, estimated_prompt: int, ticket: object) -> Choice | None:
+    """Wait, outside the model's rate limiter, until this attempt's turn is at
+    most :data:`TURN_LEAD` away; meanwhile, whenever something changes (and
+    every :data:`RECHECK` s), ask the strategy's ``reconsider`` whether another
+    usable model would take it sooner. The strategy's choice to move, or None
+    once it is this attempt's turn here. Waiting here holds no other model's
+    room: an attempt routed to a slow model does not sit in its queue while
+    another could send it now."""
+    pool = batch.pool
+    state = pool[model]
+    limiter = state.limiter
+    tokens = state.line[ticket]
+    while True:
+        ahead = ahead_tokens = 0
+        for other, cost in state.line.items():
+            if other is ticket:
+                break
+            ahead += 1
+            ahead_tokens += cost
+        wait = limiter.wait_after(tokens, ahead, ahead_tokens)
+        if wait <= TURN_LEAD:
+            return None
+        usable = [m for m in pool.usable(candidates) if m != model]
+        if batch.job.config.model_rotation and claimed.last_model in usable and len(usable) > 1:
+            usable = [m for m in usable if m != claimed.last_model]
+        if usable:
+            ctx = _context(batch, claimed, [model, *usable], request, estimated_prompt)
+            choice = batch.strategy.reconsider(item, ctx, model, wait)
+            if choice is not None and choice.model != model:
+                if choice.model not in usable:
+                    raise ProviderError(ErrorKind.INTERNAL_ERROR, f"routing strategy moved an attempt to "
+                                        f"{choice.model!r}, which is not usable ({', '.join(usable)})")
+                return choice
+        changed = pool.changed
+        with trio.move_on_after(min(wait - TURN_LEAD, RECHECK)):
+            await changed.wait()
 
 
 def _failure(batch: "Batch", exc: ProviderError, claimed: ClaimedItem, attempt: int, model: str | None,

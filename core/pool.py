@@ -25,6 +25,10 @@ class ModelState:
     calibrator: TokenCalibrator = field(default_factory=TokenCalibrator)
     in_flight: int = 0  # requests sent, reply not yet in
     reserved: int = 0  # routed here, waiting for budget or the rate limiter
+    reserved_tokens: int = 0  # the rate-limit tokens of the reserved ones
+    #: Attempts waiting for their turn outside the rate limiter (where they may
+    #: still move to another model), in the order they came: ticket -> tokens.
+    line: dict[object, int] = field(default_factory=dict)
     #: (error kind, message) once the model is taken out of the batch.
     disabled: tuple[ErrorKind, str] | None = None
     #: The model's ``max_spend_usd`` over the store's spend on it; None without a cap.
@@ -33,6 +37,13 @@ class ModelState:
     @property
     def capacity(self) -> int:
         return self.spec.max_parallel or 0
+
+    def queue_wait(self, tokens: int) -> float:
+        """Seconds until the rate limiter could send one more request of
+        ``tokens`` behind every attempt routed here and not sent yet (those in
+        the limiter's queue are counted by the limiter, the rest added)."""
+        limiter = self.limiter
+        return limiter.wait_after(tokens, self.reserved - limiter.waiting, self.reserved_tokens - limiter.waiting_tokens)
 
 
 class NoModelLeft(Exception):
@@ -90,6 +101,16 @@ class ModelPool:
 
     def cool_down(self, name: str, seconds: float) -> None:
         self.models[name].limiter.cool_down(seconds)
+        self._wake()
+
+    @property
+    def changed(self) -> trio.Event:
+        """Set at the next change: a model cooled down or taken out, or an
+        attempt leaving a model's line for another model."""
+        return self._changed
+
+    def wake(self) -> None:
+        """Tell waiters something changed (an attempt left a model's line)."""
         self._wake()
 
     def _wake(self) -> None:

@@ -184,6 +184,24 @@ class RateLimiter:
         joined the queue now (counting the waiters ahead of it)."""
         return self._free_at(tokens, self._clock())
 
+    def wait_after(self, tokens: int = 0, requests_ahead: int = 0, tokens_ahead: int = 0) -> float:
+        """Seconds until a request of ``tokens`` could go if ``requests_ahead``
+        more requests (``tokens_ahead`` tokens in all) went before it, besides
+        the waiters queued in :meth:`acquire`; 0 when it could go now. Routing
+        by drain time asks this with the attempts routed here and not queued yet."""
+        now = self._clock()
+        return self._free_at(tokens, now, max(0, requests_ahead), max(0, tokens_ahead)) - now
+
+    def requests_per_second(self, tokens: int = 0) -> float:
+        """The long-run rate of requests of ``tokens`` each that this limiter
+        lets through: the binding one of RPM and TPM; ``inf`` without limits."""
+        rate = math.inf
+        if self.rpm:
+            rate = self.rpm / 60.0
+        if self.tpm and tokens > 0:
+            rate = min(rate, self.tpm / 60.0 / tokens)
+        return rate
+
     def wait_time(self, tokens: int = 0) -> float:
         """Seconds until a request of ``tokens`` could go; exactly 0 when it
         could go now (one clock reading, so an idle limiter never shows a
@@ -191,17 +209,19 @@ class RateLimiter:
         now = self._clock()
         return self._free_at(tokens, now) - now
 
-    def _free_at(self, tokens: int, now: float) -> float:
+    def _free_at(self, tokens: int, now: float, more_requests: int = 0, more_tokens: int = 0) -> float:
         ready = self._cool_until
         if self._requests is not None:
             ahead = self._requests.tat
-            if self._queued_requests:
-                ahead = max(ahead, now) + self._queued_requests * self._requests.interval
+            queued = self._queued_requests + more_requests
+            if queued:
+                ahead = max(ahead, now) + queued * self._requests.interval
             ready = max(ready, self._requests.ready_at(1, ahead))
         if self._tokens is not None:
             ahead = self._tokens.tat
-            if self._queued_tokens:
-                ahead = max(ahead, now) + self._queued_tokens * self._tokens.interval
+            queued = self._queued_tokens + more_tokens
+            if queued:
+                ahead = max(ahead, now) + queued * self._tokens.interval
             ready = max(ready, self._tokens.ready_at(max(0, tokens), ahead))
         return max(ready, now)
 
@@ -214,6 +234,11 @@ class RateLimiter:
     def waiting(self) -> int:
         """Requests queued in :meth:`acquire`."""
         return self._queued_requests
+
+    @property
+    def waiting_tokens(self) -> int:
+        """The tokens of the requests queued in :meth:`acquire`."""
+        return self._queued_tokens
 
     # -- internals -------------------------------------------------------
 

@@ -48,6 +48,13 @@ class RouteContext:
     #: Seconds until each model's rate limiter could send this request
     #: (0 or missing: it could send now).
     rate_wait: Mapping[str, float] = field(default_factory=dict)
+    #: Seconds until each model's rate limiter could send this request if it
+    #: queued behind every attempt already routed there and not sent yet (its
+    #: ``reserved``): drain-time routing reads this (missing: ``rate_wait``).
+    queue_wait: Mapping[str, float] = field(default_factory=dict)
+    #: Requests a second each model's rate limits let through for requests
+    #: like this one: the binding one of RPM and TPM (missing or ``inf``: no limit).
+    rate: Mapping[str, float] = field(default_factory=dict)
     #: Each model's resolved price (missing: free).
     prices: Mapping[str, Price] = field(default_factory=dict)
     #: This attempt's estimated prompt tokens on each model (calibrated per model).

@@ -3,7 +3,7 @@ keys of ``routing:`` are the strategy's options.
 
 * ``round_robin`` (the seed's): item i goes to models[i mod n].
 * ``genre``: a table from the item's (or its project's) genre to a model.
-* ``least_loaded``: the model with the most room for one more request.
+* ``least_loaded``: the model whose queue would empty soonest (drain time).
 * ``cheapest``: the lowest expected cost for this attempt.
 
 Each sees only ``ctx.usable`` and says why it chose in ``Choice.reason``.
@@ -14,6 +14,7 @@ docs/routing.md has the formulas and examples.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping, Sequence
 
 from storyloom import UsageError, hookimpl
@@ -111,14 +112,23 @@ class Genre:
 
 
 class LeastLoaded:
-    """The model with the most room for one more request.
+    """The model whose queue would empty soonest.
 
     For each usable model: ``busy = in_flight + reserved``; ``capacity`` is its
-    ``max_parallel``, else the job's; ``held`` is 1 when its rate limiter could
-    not send now, else 0; ``load = (busy + held) / capacity``. The choice is
-    the first by (no free slot, load, rate wait): a model with a free slot
-    always beats one without, so rate limits never push work past another
-    model's capacity. Remaining ties rotate in the job's order.
+    ``max_parallel``, else the job's; ``wait`` is ``queue_wait`` (when its rate
+    limiter could send this request behind everything routed there and not
+    sent yet; ``rate_wait`` when the kernel gave none); ``rate`` its requests a
+    second (the binding one of RPM and TPM); and
+    ``drain = wait + (in_flight + 1) / rate`` (0 without limits): by Little's
+    law ``in_flight / rate`` is about the model's reply time, so ``drain`` is
+    about when this request's reply would be in. ``load = (busy + held) /
+    capacity``, ``held`` being 1 while its limiter could not send now.
+
+    The choice is the first by (no free slot, drain, load, wait): a model with
+    a free slot always beats one without, so rate limits never push work past
+    another model's capacity; then the soonest drained; among models without
+    rate limits (drain 0) the least loaded. Remaining ties rotate in the job's
+    order.
     """
 
     def __init__(self, options: dict[str, Any], plan: Plan) -> None:
@@ -126,33 +136,79 @@ class LeastLoaded:
         self.rotation = _Rotation(plan.models)
 
     def choose(self, item: Item, ctx: RouteContext) -> Choice:
-        keys: dict[str, tuple[bool, float, float]] = {}
+        keys: dict[str, tuple[bool, float, float, float]] = {}
         busy: dict[str, int] = {}
         capacity: dict[str, int] = {}
         waits: dict[str, float] = {}
+        drains: dict[str, float] = {}
         for m in ctx.usable:
-            # Negative counts would be a kernel bug; never let one attract work.
-            busy[m] = max(0, ctx.in_flight.get(m, 0)) + max(0, ctx.reserved.get(m, 0))
-            own = ctx.capacity.get(m, 0)
-            capacity[m] = own if own > 0 else self.default_capacity
-            wait = max(0.0, ctx.rate_wait.get(m, 0.0))
+            busy[m], capacity[m], wait, held, drain = self._measure(m, ctx)
             if wait > 0:
                 waits[m] = round(wait, 3)
-            keys[m] = (busy[m] >= capacity[m], (busy[m] + (wait > 0)) / capacity[m], wait)
+            if 0 < drain < math.inf:
+                drains[m] = round(drain, 3)
+            keys[m] = (busy[m] >= capacity[m], drain, (busy[m] + (held > 0)) / capacity[m], wait)
         best = min(keys.values())
         tied = [m for m in ctx.usable if keys[m] == best]
         model = self.rotation.pick(tied)
         reason: dict[str, Any] = {
             "strategy": "least_loaded",
-            "loads": {m: round(keys[m][1], 3) for m in ctx.usable},
+            "loads": {m: round(keys[m][2], 3) for m in ctx.usable},
             "busy": busy,
             "capacity": capacity,
         }
+        if drains:
+            reason["drain"] = drains
         if waits:
             reason["rate_wait"] = waits
         if len(tied) > 1:
             reason["tied"] = tied
         return Choice(model, reason)
+
+    def reconsider(self, item: Item, ctx: RouteContext, current: str, wait: float) -> Choice | None:
+        """An attempt routed to ``current`` still waits ``wait`` s for its turn
+        there: move it to the usable model with a free slot that would drain
+        soonest, if that beats ``current``'s drain by :data:`MOVE_MARGIN`."""
+        in_flight = max(0, ctx.in_flight.get(current, 0))
+        mine = drain_time(wait, in_flight, ctx.rate.get(current, math.inf))
+        best: tuple[float, str] | None = None
+        for m in ctx.usable:
+            if m == current:
+                continue
+            busy, capacity, _wait, _held, drain = self._measure(m, ctx)
+            if busy < capacity and drain + MOVE_MARGIN < mine and (best is None or drain < best[0]):
+                best = (drain, m)
+        if best is None:
+            return None
+        drain, model = best
+        return Choice(model, {"strategy": "least_loaded", "moved": current,
+                              "drain": {current: round(mine, 3), model: round(drain, 3)}})
+
+    def _measure(self, m: str, ctx: RouteContext) -> tuple[int, int, float, float, float]:
+        """busy, capacity, wait, held (the limiter's wait now) and drain of ``m``."""
+        # Negative counts would be a kernel bug; never let one attract work.
+        in_flight = max(0, ctx.in_flight.get(m, 0))
+        busy = in_flight + max(0, ctx.reserved.get(m, 0))
+        own = ctx.capacity.get(m, 0)
+        capacity = own if own > 0 else self.default_capacity
+        held = max(0.0, ctx.rate_wait.get(m, 0.0))
+        wait = ctx.queue_wait.get(m)
+        wait = held if wait is None else max(0.0, wait)
+        return busy, capacity, wait, held, drain_time(wait, in_flight, ctx.rate.get(m, math.inf))
+
+
+#: least_loaded moves a waiting attempt only to a model that would drain at
+#: least this much sooner (seconds): no moving back and forth over a sliver.
+MOVE_MARGIN = 0.05
+
+
+def drain_time(wait: float, in_flight: int, rate: float) -> float:
+    """Seconds until a model would have sent this request and, about, had its
+    reply: its rate limiter's wait plus its replies due and this request, over
+    its rate (requests a second; ``inf`` or not positive: no limit, 0)."""
+    if not rate > 0 or math.isinf(rate):
+        return max(0.0, wait)
+    return max(0.0, wait) + (max(0, in_flight) + 1) / rate
 
 
 class Cheapest:

@@ -90,3 +90,52 @@ def test_remove_temporary_leaves_another_writers_fresh_temporary(tmp_path: Path)
     os.close(fd)
     assert remove_temporary(tmp_path) == 0
     assert Path(fresh).exists()
+
+
+def test_a_link_planted_at_the_very_next_temporary_name_is_not_followed(tmp_path: Path):
+    from storyloom import atomic
+
+    out, outside = tmp_path / "out", tmp_path / "outside.txt"
+    write_atomic(out / "c0.md", "first")  # the folder exists and this process has its tag
+    outside.write_text("precious", encoding="utf-8")
+    upcoming = next(atomic._counter) + 1  # the name the next write would take
+    (out / f".c1.md{TMP_MARK}{atomic._tag}{upcoming:x}").symlink_to(outside)
+    write_atomic(out / "c1.md", "the chapter")
+    assert outside.read_text(encoding="utf-8") == "precious"
+    assert (out / "c1.md").read_text(encoding="utf-8") == "the chapter" and not (out / "c1.md").is_symlink()
+    assert sorted(p.name for p in out.iterdir() if not p.is_symlink()) == ["c0.md", "c1.md"]
+
+
+def test_a_folder_removed_after_a_write_is_made_again(tmp_path: Path):
+    out = tmp_path / "job"
+    write_atomic(out / "a.md", "one")
+    (out / "a.md").unlink()
+    out.rmdir()  # an operator cleaning up mid-run: the folder is remembered as made
+    write_atomic(out / "b.md", "two")
+    assert (out / "b.md").read_text(encoding="utf-8") == "two"
+
+
+def test_text_is_written_whole_as_utf8(tmp_path: Path):
+    text = "ฝนตก\n" * 50_000 + "\U0001F600 end"  # over 600 KB: more than one os.write may take
+    write_atomic(tmp_path / "big.md", text)
+    assert (tmp_path / "big.md").read_bytes() == text.encode("utf-8")
+
+
+def test_a_forked_child_draws_its_own_temporary_names(tmp_path: Path):
+    from storyloom import atomic
+
+    write_atomic(tmp_path / "parent.md", "p")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: one write, then report the tag it used
+        try:
+            write_atomic(tmp_path / "child.md", "c")
+            os.write(write, (atomic._tag or "").encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    child_tag = os.read(read, 100).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert child_tag and child_tag != atomic._tag
+    assert (tmp_path / "child.md").read_text(encoding="utf-8") == "c"

@@ -354,3 +354,69 @@ def test_a_cool_down_is_capped(seconds):
     limiter.cool_down(seconds)
     assert limiter.cooling_until == MAX_COOL_DOWN_S
 
+
+
+# -- what routing by drain time reads ------------------------------------------
+
+
+@pytest.mark.parametrize("rpm, tpm, tokens, rate", [
+    (600, None, 500, 10.0),          # RPM binds: 10 a second
+    (None, 60_000, 500, 2.0),        # TPM binds: 1,000 tokens a second over 500 a request
+    (6000, 60_000, 1000, 1.0),       # both set: the tighter one
+    (6000, 60_000, 0, 100.0),        # a request of no tokens: only RPM
+    (None, None, 500, float("inf")),  # no limits
+])
+def test_requests_per_second_is_the_binding_budget(rpm, tpm, tokens, rate):
+    assert RateLimiter(rpm=rpm, tpm=tpm).requests_per_second(tokens) == rate
+
+
+def test_wait_after_adds_the_requests_ahead_over_the_rate():
+    now = [100.0]
+    limiter = RateLimiter(rpm=600, tpm=None, clock=lambda: now[0], headroom=0.0)
+    # A full bucket of 10: ten may go now, the eleventh 0.1 s later.
+    assert limiter.wait_after(0, 9) == 0.0
+    assert limiter.wait_after(0, 10) == pytest.approx(0.1)
+    assert limiter.wait_after(0, 24) == pytest.approx(1.5)
+    for _ in range(10):
+        limiter._take(0)
+    assert limiter.wait_after(0) == pytest.approx(0.1)  # the bucket is empty now
+    assert limiter.wait_after(0, 5) == pytest.approx(0.6)
+
+
+def test_wait_after_counts_tokens_ahead_when_tpm_binds():
+    now = [0.0]
+    limiter = RateLimiter(rpm=None, tpm=6_000, clock=lambda: now[0], headroom=0.0)  # 100 tokens a second
+    assert limiter.wait_after(100, 0, 0) == 0.0
+    assert limiter.wait_after(100, 1, 100) == pytest.approx(1.0)  # a bucket of 100 is taken by the one ahead
+    assert limiter.wait_after(100, 3, 300) == pytest.approx(3.0)
+
+
+def test_wait_after_includes_a_cool_down():
+    now = [0.0]
+    limiter = RateLimiter(rpm=600, tpm=None, clock=lambda: now[0])
+    limiter.cool_down(2.0)
+    assert limiter.wait_after(0, 0) == pytest.approx(2.0)
+
+
+@mock_trio
+async def test_wait_after_is_when_a_request_queued_behind_that_many_goes():
+    """The k-th of a crowd queued at once goes when wait_after(k) said: the
+    drain time routing reads is the limiter's own schedule."""
+    limiter = RateLimiter(rpm=1200, tpm=None, headroom=0.1)
+    for _ in range(15):  # a half-drained bucket
+        await limiter.acquire(0)
+    start = trio.current_time()
+    predicted = [limiter.wait_after(0, k) for k in range(40)]
+    went: list[float] = []
+
+    async def one(k: int, started: trio.Event) -> None:
+        started.set()
+        await limiter.acquire(0)
+        went.append(trio.current_time() - start)
+
+    async with trio.open_nursery() as nursery:
+        for k in range(40):
+            started = trio.Event()
+            nursery.start_soon(one, k, started)
+            await started.wait()  # join the queue in order
+    assert went == pytest.approx(predicted, abs=1e-6)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 from collections import Counter
 from pathlib import Path
 
@@ -19,11 +20,14 @@ from sample_plugins import scripted
 from storyloom import UsageError, hookimpl
 from storyloom.job import Item, Job, Plan
 from storyloom.plugins import routing
+from storyloom.plugins.stores.sqlite import DB_NAME
 from storyloom.plugins.routing import SEED_GENRE_TABLE, Cheapest, Genre, LeastLoaded, RoundRobin
 from storyloom.provider import BaseProvider, Response
 from storyloom.registry import Registries
+from storyloom.pool import ModelState
+from storyloom.ratelimit import RateLimiter
 from storyloom.routing import RouteContext
-from storyloom.settings import Price, RetryConfig
+from storyloom.settings import ModelSpec, Price, RetryConfig
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "routing.md"
 MODELS = ("gemini", "gpt-4o", "claude-haiku")
@@ -217,6 +221,124 @@ def test_least_loaded_never_reads_a_negative_counter_as_spare_room():
     assert chosen[0].reason["busy"] == {"gemini": 0, "gpt-4o": 0}
 
 
+# -- least_loaded by drain time ---------------------------------------------------
+
+
+def limited(rpm=None, tpm=None, now=(0.0,), reserved=0, reserved_tokens=0, sent=0, in_flight=0):
+    """A model's state as the kernel keeps it, on a clock stopped at ``now[0]``:
+    ``sent`` requests already through its limiter, ``reserved`` routed and not sent."""
+    state = ModelState(ModelSpec(name="m", provider="x", model="m", rpm=rpm, tpm=tpm),
+                       RateLimiter(rpm, tpm, clock=lambda: now[0]))
+    for _ in range(sent):
+        state.limiter._take(0)
+    state.reserved, state.reserved_tokens, state.in_flight = reserved, reserved_tokens, in_flight
+    return state
+
+
+def kernel_context(states: dict, tokens: int = 0, **fields) -> RouteContext:
+    """The drain-time inputs as the kernel computes them from each model's state."""
+    return RouteContext(usable=tuple(states), in_flight={m: s.in_flight for m, s in states.items()},
+                        reserved={m: s.reserved for m, s in states.items()},
+                        rate_wait={m: s.limiter.wait_time(tokens) for m, s in states.items()},
+                        queue_wait={m: s.queue_wait(tokens) for m, s in states.items()},
+                        rate={m: s.limiter.requests_per_second(tokens) for m, s in states.items()}, **fields)
+
+
+def test_least_loaded_sends_to_the_model_that_drains_first_not_the_shortest_queue():
+    # The issue's three models, each bucket just emptied: a queue of 12 on the
+    # 2,400 RPM model drains sooner than a queue of 4 on the 600 RPM one.
+    states = {"slow": limited(rpm=600, sent=10, reserved=4),
+              "mid": limited(rpm=1200, sent=20, reserved=7),
+              "fast": limited(rpm=2400, sent=40, reserved=12)}
+    choice = LeastLoaded({}, plan(tuple(states), max_parallel=64)).choose(item(), kernel_context(states))
+    assert choice.model == "fast"
+    # slow: its bucket is due full again at 1.0 s, 4 ahead take 0.4 s more, 0.9 s of burst
+    # (a bucket less the 0.1 s headroom) comes off: it could send at 0.6 s, plus its own 0.1 s.
+    assert choice.reason["drain"] == pytest.approx({"slow": 0.7, "mid": 0.55, "fast": 0.45})
+    assert choice.reason["busy"] == {"slow": 4, "mid": 7, "fast": 12}
+
+
+def test_least_loaded_takes_the_binding_budget_tokens_when_tpm_binds():
+    # Same RPM; "big" lets 6,000 tokens a minute through (one of these requests
+    # every 30 s), "wide" 600,000: TPM decides although both queues are empty.
+    states = {"big": limited(rpm=600, tpm=6_000), "wide": limited(rpm=600, tpm=600_000)}
+    ctx = kernel_context(states, tokens=3000)
+    assert ctx.rate["big"] == pytest.approx(6000 / 60 / 3000)
+    choice = LeastLoaded({}, plan(tuple(states))).choose(item(), ctx)
+    assert choice.model == "wide"
+    assert choice.reason["drain"] == pytest.approx({"big": 30.0, "wide": 0.3})
+
+
+def test_least_loaded_counts_replies_due_as_the_models_reply_time():
+    # Equal rates and full buckets: the model with fewer replies due drains first.
+    states = {"a": limited(rpm=1200, in_flight=6), "b": limited(rpm=1200, in_flight=2)}
+    choice = LeastLoaded({}, plan(("a", "b"), max_parallel=64)).choose(item(), kernel_context(states))
+    assert choice.model == "b"
+    assert choice.reason["drain"] == pytest.approx({"a": 0.35, "b": 0.15})
+
+
+def test_least_loaded_routes_round_a_cool_down_like_any_other_wait():
+    states = {"cooling": limited(rpm=2400), "steady": limited(rpm=600, reserved=5)}
+    states["cooling"].limiter.cool_down(1.0)
+    choice = LeastLoaded({}, plan(("cooling", "steady"), max_parallel=64)).choose(item(), kernel_context(states))
+    assert choice.model == "steady"  # five ahead still fit its bucket: 0.1 s beats 1.025 s
+    assert choice.reason["rate_wait"] == {"cooling": 1.0}
+
+
+def test_least_loaded_still_puts_a_free_slot_first():
+    states = {"full": limited(rpm=6000, in_flight=1), "room": limited(rpm=60, reserved=1)}
+    choice = LeastLoaded({}, plan(("full", "room"))).choose(
+        item(), kernel_context(states, capacity={"full": 1, "room": 4}))
+    assert choice.model == "room"  # drains in 2 s against 0.02 s, but "full" has no slot
+    assert choice.reason["drain"] == pytest.approx({"full": 0.02, "room": 2.0})
+
+
+def test_least_loaded_moves_a_waiting_attempt_only_to_a_model_draining_sooner_with_room():
+    strategy = LeastLoaded({}, plan(("slow", "fast")))
+    states = {"slow": limited(rpm=60, reserved=3), "fast": limited(rpm=600, reserved=30)}
+    ctx = kernel_context(states, capacity={"slow": 40, "fast": 40})
+    # fast: 30 ahead take 3 s, less 0.8 s of burst, plus its own 0.1 s: 2.3 s.
+    moved = strategy.reconsider(item(), ctx, "slow", 2.0)  # slow: 2 s more, plus its own 1 s
+    assert moved.model == "fast"
+    assert moved.reason["moved"] == "slow"
+    assert moved.reason["drain"] == pytest.approx({"slow": 3.0, "fast": 2.3})
+    assert strategy.reconsider(item(), ctx, "slow", 1.28) is None  # 2.28 s: not sooner by the margin
+    full = kernel_context(states, capacity={"slow": 40, "fast": 30})
+    assert strategy.reconsider(item(), full, "slow", 10.0) is None  # no slot free on fast
+
+
+@settings(max_examples=300, deadline=None)
+@given(ctx=st.builds(
+    RouteContext,
+    usable=st.lists(st.sampled_from(MODELS), min_size=1, max_size=3, unique=True),
+    in_flight=st.dictionaries(st.sampled_from(MODELS), st.integers(-2, 40)),
+    capacity=st.dictionaries(st.sampled_from(MODELS), st.integers(0, 64)),
+    reserved=st.dictionaries(st.sampled_from(MODELS), st.integers(-2, 40)),
+    rate_wait=st.dictionaries(st.sampled_from(MODELS), st.floats(0, 60)),
+    queue_wait=st.dictionaries(st.sampled_from(MODELS), st.floats(0, 60)),
+    rate=st.dictionaries(st.sampled_from(MODELS), st.floats(0.01, 1000) | st.just(float("inf"))),
+))
+def test_least_loaded_chooses_a_model_of_least_drain_time(ctx):
+    """Among the models with a free slot (or all, if none has one), the
+    choice drains no later than any other: drain = wait + (replies due + 1) / rate."""
+    strategy = LeastLoaded({}, plan(max_parallel=16))
+
+    def drain(m):
+        wait = ctx.queue_wait.get(m, ctx.rate_wait.get(m, 0.0))
+        rate = ctx.rate.get(m, float("inf"))
+        return wait if rate == float("inf") else wait + (max(0, ctx.in_flight.get(m, 0)) + 1) / rate
+
+    def has_room(m):
+        busy = max(0, ctx.in_flight.get(m, 0)) + max(0, ctx.reserved.get(m, 0))
+        return busy < (ctx.capacity.get(m, 0) or 16)
+
+    choice = strategy.choose(item(), ctx)
+    rivals = [m for m in ctx.usable if has_room(m)] or list(ctx.usable)
+    assert choice.model in rivals
+    assert drain(choice.model) == pytest.approx(min(drain(m) for m in rivals), rel=1e-9, abs=1e-12)
+    json.dumps(choice.reason, allow_nan=False)
+
+
 # -- cheapest -------------------------------------------------------------------
 
 SEED_PRICES = {"gemini": Price(0.10, 0.40), "gpt-4o": Price(2.5, 10.0), "claude-haiku": Price(1.0, 5.0)}
@@ -392,6 +514,19 @@ def test_docs_describe_every_bundled_strategy():
     text = DOCS.read_text(encoding="utf-8")
     for name in bundled_strategies():
         assert f"## `{name}`" in text, name
+
+
+def test_docs_least_loaded_example_is_what_the_strategy_does():
+    text = DOCS.read_text(encoding="utf-8")
+    section = text[text.index("## `least_loaded`"):text.index("## `cheapest`")]
+    examples = [json.loads(b) for b in re.findall(r"```json\n(.*?)```", section, re.S)]
+    example = next(e for e in examples if "drain" in e and "models" in e)
+    # "buckets just emptied": each model has sent a full bucket at time 0.
+    states = {name: limited(rpm=m["rpm"], sent=m["rpm"] // 60, reserved=m["reserved"])
+              for name, m in example["models"].items()}
+    choice = LeastLoaded({}, plan(tuple(states), max_parallel=64)).choose(item(), kernel_context(states))
+    assert choice.model == example["chosen"]
+    assert choice.reason["drain"] == pytest.approx(example["drain"])
 
 
 def test_docs_show_the_seed_genre_table():
@@ -600,3 +735,36 @@ def test_cheapest_end_to_end(loom):
     route = next(r for i, _m, r in routes(result) if i == "a")
     assert set(route["costs"]) == set(MODELS)
     assert min(route["costs"], key=route["costs"].get) == "gemini" and route["costs"]["gemini"] > 0
+
+
+@pytest.mark.slow
+def test_an_attempt_waiting_for_a_slow_models_limiter_moves_when_another_model_frees_up(loom):
+    # "fast" has no rate limit but its first reply is a 429: it cools down for
+    # 1 s, and meanwhile the items route to "slow" (one request a second).
+    # They wait for their turn outside slow's limiter; once fast is back, the
+    # ones with long waits move to it rather than hold their slots for seconds.
+    loom.write("storyloom.yaml", "models:\n"
+               "  slow: {provider: scripted, latency: 0.01, rpm: 60}\n"
+               "  fast: {provider: scripted, latency: 0.01, script: {it-0: [API_RATE_LIMIT]}}\n")
+    scripted.reset()
+    result = loom.run("job_id: move\njob_type: qc_processing\nmodels: [slow, fast]\n"
+                      "routing: {strategy: least_loaded}\nconfig: {max_parallel: 4}\nitems:\n"
+                      + "".join(f"  - {{item_id: it-{i}}}\n" for i in range(8)), plugins=(scripted,))
+    result.assert_outcomes(completed=8)
+    finished = routes(result)
+    moved = [(i, m, r) for i, m, r in finished if r.get("moved_from")]
+    assert moved, "no attempt moved off the slow model"
+    assert all(m == "fast" and r["moved_from"] == ["slow"] and r["moved"] == "slow" for _i, m, r in moved)
+    # Without moving, slow would send the five routed to it during the cool-down, one a second.
+    assert Counter(model for _i, model, _r in finished)["slow"] <= 3
+    # Moving sends nothing and records nothing: one attempt per item (two for the 429'd one),
+    # every one finished, none left "sent".
+    assert {i: row.attempts for i, row in result.items.items()} == {f"it-{i}": 2 if i == 0 else 1 for i in range(8)}
+    calls = Counter(item_id for (item_id, _attempt, _model, _t) in scripted.STATS["calls"])
+    assert calls == {f"it-{i}": 2 if i == 0 else 1 for i in range(8)}
+    raw = sqlite3.connect(loom.state_dir / DB_NAME)
+    try:
+        assert raw.execute("SELECT COUNT(*) FROM attempts WHERE state = 'sent'").fetchone() == (0,)
+        assert raw.execute("SELECT COUNT(*) FROM attempts").fetchone() == (9,)
+    finally:
+        raw.close()
