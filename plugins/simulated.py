@@ -12,7 +12,9 @@ minItems, enums, strings in the request's language, integers within their
 bounds), as JSON text and as ``Response.data``. ``fail_qc_rate`` is the
 probability, drawn once per item (not per attempt), that a structured reply
 whose ``schema_name`` starts with ``qc`` is a failing report: every integer at
-its minimum, every boolean false. It makes the rewrite loop show offline.
+its minimum, every boolean false. ``fail_qc_items`` lists item ids (shell
+patterns: ``book-en-ch3-qc``, ``*-ch2-qc``) whose QC reports always fail. Both
+make the rewrite loop show offline.
 Options sit on the model entry::
 
     models:
@@ -24,6 +26,7 @@ Options sit on the model entry::
         retry_after: 1         # seconds suggested with a simulated rate limit
         hang: 0.0              # probability that an attempt never answers
         fail_qc_rate: 0.0      # probability that an item's QC report (schema qc*) fails
+        fail_qc_items: []      # item ids (shell patterns) whose QC reports fail
         seed: 7
 
 Outcomes are a pure function of (seed, item_id, attempt): reruns and resumes
@@ -32,6 +35,7 @@ see the same faults in the same places, whatever the concurrency.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import random
 from typing import Any
@@ -45,7 +49,7 @@ from storyloom.settings import ModelSpec
 from storyloom.tokens import estimate_request_tokens
 
 OPTIONS = {"latency_ms": 200.0, "output_tokens": 400, "errors": {}, "retry_after": 1.0, "hang": 0.0,
-           "fail_qc_rate": 0.0, "seed": 0}
+           "fail_qc_rate": 0.0, "fail_qc_items": [], "seed": 0}
 
 TEXT = {
     "th": "(ข้อความจำลองจาก storyloom: ไม่ได้เรียกใช้โมเดลจริง) ",
@@ -77,6 +81,9 @@ def _options(spec: ModelSpec) -> dict[str, Any]:
             raise spec_error(spec, ("errors", kind), f"expected a probability from 0 to 1, got {rate!r}")
         errors[ErrorKind(kind)] = float(rate)
     opts["errors"] = errors
+    patterns = opts["fail_qc_items"]
+    if not isinstance(patterns, list) or not all(isinstance(p, str) and p for p in patterns):
+        raise spec_error(spec, ("fail_qc_items",), f"expected a list of item ids or patterns, got {patterns!r}")
     for key in ("latency_ms", "output_tokens", "retry_after", "hang", "fail_qc_rate"):
         value = opts[key]
         rate = key in ("hang", "fail_qc_rate")
@@ -126,8 +133,7 @@ class SimulatedProvider(BaseProvider):
         if isinstance(target, bool) or not isinstance(target, int) or target <= 0:
             target = max(1, int(output_tokens * PER_TOKEN[language]))
         if request.response_schema is not None:
-            low = (request.schema_name.startswith("qc")
-                   and random.Random(f"{self.opts['seed']}:{meta.get('item_id')}:qc").random() < self.opts["fail_qc_rate"])
+            low = request.schema_name.startswith("qc") and self._fails_qc(str(meta.get("item_id")))
             data = instance(request.response_schema, rng, language, low=low, text_length=target)
             text = json.dumps(data, ensure_ascii=False)
             # Checked like a real reply: a schema the generator cannot satisfy is INVALID_OUTPUT, not a lie.
@@ -137,6 +143,14 @@ class SimulatedProvider(BaseProvider):
                             model=self.spec.model, data=data)
         text = TEXT[language] + prose(rng, language, target)
         return Response(text=text, input_tokens=input_tokens, output_tokens=output_tokens, model=self.spec.model)
+
+
+    def _fails_qc(self, item_id: str) -> bool:
+        """Whether this item's QC reports fail: named in fail_qc_items, else
+        drawn once per item (every attempt of it agrees) against fail_qc_rate."""
+        if any(fnmatch.fnmatchcase(item_id, pattern) for pattern in self.opts["fail_qc_items"]):
+            return True
+        return random.Random(f"{self.opts['seed']}:{item_id}:qc").random() < self.opts["fail_qc_rate"]
 
 
 @hookimpl

@@ -11,6 +11,7 @@ import jsonschema
 import pytest
 import trio
 
+from storyloom import ConfigError
 from storyloom.plugins.simulated import SimulatedProvider
 from storyloom.plugins.support.prose import instance, prose
 from storyloom.plugins.support.qccheck import grapheme_count, script_share
@@ -105,6 +106,22 @@ def test_fail_qc_rate_fails_some_qc_reports_per_item():
     assert again["passed"] is False
     assert all(report(i, rate=0.0)["passed"] for i in failing)
     assert all(report(i, name="outline", rate=1.0)["passed"] for i in failing)  # only qc* schemas
+
+
+def test_fail_qc_items_names_the_items_that_fail():
+    def passed(item, **options):
+        return ask(structured(RUBRIC, name="qc_report", item=item), **options).data["passed"]
+
+    assert passed("book-ch2-qc") and passed("book-ch3-qc")
+    assert not passed("book-ch2-qc", fail_qc_items=["*-ch2-qc"])
+    assert passed("book-ch3-qc", fail_qc_items=["*-ch2-qc"])
+    assert not passed("book-ch3-qc", fail_qc_items=["book-ch3-qc"])
+
+
+def test_fail_qc_items_must_be_a_list_of_names():
+    spec = ModelSpec(name="sim", provider="simulated", model="sim", options={"fail_qc_items": "ch2"})
+    with pytest.raises(ConfigError, match="expected a list of item ids or patterns"):
+        SimulatedProvider.check_spec(spec)
 
 
 def test_plain_text_is_prose_in_the_language_and_target_length():
