@@ -17,7 +17,8 @@ Each B runs in a temporary folder (removed after), on one SQLite store (WAL,
   (``storyloom run`` of a pipeline).
 * **record**: 1,000 claimed items completed in commits of 64 (the writer's
   group commit), first plain, then each with 2 follow-ups (one waiting on the
-  other) and one artifact; the time per completion (best of 5).
+  other) and one artifact; the time per completion (best of 5), and VM
+  steps per completion.
 
 Times are ``time.perf_counter``.
 """
@@ -58,10 +59,19 @@ async def build(folder: Path, blocked: int) -> None:
         store.close()
 
 
-async def drain(folder: Path, per_job: bool) -> float:
+STEP = 10
+
+
+async def drain(folder: Path, per_job: bool, steps: list[int] | None = None) -> float:
     store = SQLiteStore.open(folder)
     try:
         claimed = 0
+        if steps is not None:
+            def count() -> int:
+                steps[0] += STEP
+                return 0
+
+            store._conn.set_progress_handler(count, STEP)
         start = time.perf_counter()
         while True:
             if per_job:
@@ -78,10 +88,16 @@ async def drain(folder: Path, per_job: bool) -> float:
         store.close()
 
 
-async def complete(folder: Path, follow_ups: bool) -> float:
+async def complete(folder: Path, follow_ups: bool, steps: list[int] | None = None) -> float:
     store = SQLiteStore.open(folder)
     try:
         ids = [c.item_id for c in await store.claim_next("stage", READY, 1.0, OWNER)]
+        if steps is not None:
+            def count() -> int:
+                steps[0] += STEP
+                return 0
+
+            store._conn.set_progress_handler(count, STEP)
         start = time.perf_counter()
         for first in range(0, len(ids), COMMIT):
             records = []
@@ -112,15 +128,23 @@ def main(sizes: list[int]) -> None:
             base = Path(tmp) / "base"
             trio.run(build, base, blocked)
             rows = []
+            steps = {}
             for label, per_job in (("claim_next", False), ("claim(job, job_type)", True)):
                 best = min(trio.run(drain, fresh_copy(base, Path(tmp) / "run"), per_job) for _ in range(REPEATS))
                 rows.append((label, best))
+                counted = [0]
+                trio.run(drain, fresh_copy(base, Path(tmp) / "run"), per_job, counted)
+                steps[label] = counted[0] / READY
             for label, follow in (("record, plain", False), ("record, 2 follow-ups + artifact", True)):
                 best = min(trio.run(complete, fresh_copy(base, Path(tmp) / "run"), follow) for _ in range(REPEATS))
                 rows.append((label, best))
+                counted = [0]
+                trio.run(complete, fresh_copy(base, Path(tmp) / "run"), follow, counted)
+                steps[label] = counted[0] / READY
             print(f"B = {blocked:,} blocked items, {READY:,} ready")
             for label, seconds in rows:
-                print(f"  {label:34} {seconds * 1e6:8.1f} us per item")
+                extra = f"  ({steps[label]:,.0f} VM steps per item)" if label in steps else ""
+                print(f"  {label:34} {seconds * 1e6:8.1f} us per item{extra}")
 
 
 if __name__ == "__main__":

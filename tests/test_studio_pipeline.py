@@ -72,7 +72,11 @@ def schema_name(body) -> str:
 
 
 def chapter_of(text: str) -> int:
-    return int(re.search(r"(?:Write|Rewrite) chapter (\d+)", text).group(1))
+    return int(re.search(r"Write chapter (\d+)", text).group(1))
+
+
+def is_rewrite(text: str) -> bool:
+    return "This is a rewrite" in text
 
 
 class Studio:
@@ -96,7 +100,7 @@ class Studio:
                                "events": f"EVENTS-{n}", "hook": f"HOOK-{n}"} for n in range(1, count + 1)]}
         if name == "chapter":
             n = chapter_of(text)
-            marker = f"REWRITE-{n}" if text.startswith("Rewrite") else f"TEXT-{n}"
+            marker = f"REWRITE-{n}" if is_rewrite(text) else f"TEXT-{n}"
             body_text = f"{marker} " + prose(random.Random(f"{n}{marker}"), "en", 58)
             return {"title": f"Chapter {n}", "text": body_text, "summary": f"SUMMARY-{n}: Ada learns more.",
                     "character_state": [{"name": "Ada", "state": f"STATE-{n}"}]}
@@ -140,7 +144,7 @@ def test_a_book_from_premise_to_epub_with_what_each_request_carries(loom, fake_p
     result.assert_outcomes(completed=11)  # characters, outline, 3 chapters, 3 QCs, 1 rewrite + its QC, export
 
     chapter_requests = {chapter_of(prompt(b)): prompt(b) for b in bodies(fake_provider, "chapter")
-                        if prompt(b).startswith("Write")}
+                        if not is_rewrite(prompt(b))}
     second = chapter_requests[2]
     assert PREMISE in second
     assert "Tom" in second and "island policeman" in second and "widow" not in second  # the characters present
@@ -150,9 +154,9 @@ def test_a_book_from_premise_to_epub_with_what_each_request_carries(loom, fake_p
     assert "brooding" in second and "first person" in second
 
     qc = [prompt(b) for b in bodies(fake_provider, "qc_rubric")]
-    assert any("TEXT-1" in p and "SUMMARY" not in p.split("<<<")[1] for p in qc)  # chapter 1's text itself
+    assert any("TEXT-1" in p and "SUMMARY-1" not in p for p in qc)  # chapter 1's text itself (not its summary)
 
-    (rewrite,) = [prompt(b) for b in bodies(fake_provider, "chapter") if prompt(b).startswith("Rewrite")]
+    (rewrite,) = [prompt(b) for b in bodies(fake_provider, "chapter") if is_rewrite(prompt(b))]
     assert "FIX-2: give Tom a line" in rewrite and "continuity scored 3" in rewrite and "TEXT-2" in rewrite
 
     folder = loom.out_dir / "studio"

@@ -373,8 +373,7 @@ _INSERT_FOLLOW_UP = _INSERT_ITEM.strip() + " ON CONFLICT (job_id, item_id) DO NO
 _RELEASE_WAITERS = """
 UPDATE items SET waiting = waiting - 1,
     held = CASE WHEN waiting = 1 AND gate IS NULL THEN held & 1 ELSE held END
-WHERE job_id = ? AND state = 'pending'
-    AND item_id IN (SELECT item_id FROM deps WHERE job_id = ? AND after_id = ?)
+WHERE job_id = ? AND state = 'pending' AND item_id IN (SELECT value FROM json_each(?))
 """
 _INSERT_ARTIFACT = """
 INSERT INTO artifacts (project_id, kind, key, version, content, job_id, item_id, attempt, model, created_at)
@@ -1167,17 +1166,20 @@ def _cascade(cur: sqlite3.Cursor, job_id: str, item_id: str, reason: str) -> Non
 
 def _completed(cur: sqlite3.Cursor, job_id: str, item_id: str) -> None:
     """``item_id`` completed: its waiters have one dependency fewer."""
-    cur.execute(_RELEASE_WAITERS, (job_id, job_id, item_id))
-    cur.execute("DELETE FROM deps WHERE job_id = ? AND after_id = ?", (job_id, item_id))
+    # One statement when nothing waits on it, the common case.
+    waiters = [row[0] for row in cur.execute(
+        "DELETE FROM deps WHERE job_id = ? AND after_id = ? RETURNING item_id", (job_id, item_id))]
+    if waiters:
+        cur.execute(_RELEASE_WAITERS, (job_id, _encode(waiters)))
 
 
 def _add_follow_ups(cur: sqlite3.Cursor, job_id: str, items: Sequence[NewItem], now: float) -> None:
     """Insert the follow-ups the job does not hold yet, link them, and move
     the waiters of the items they take over onto them."""
-    job_type, state = cur.execute("SELECT job_type, state FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+    job_type, state, seq, qseq = cur.execute(
+        "SELECT job_type, state, (SELECT COALESCE(MAX(seq), -1) FROM items WHERE job_id = jobs.job_id), "
+        "(SELECT COALESCE(MAX(qseq), 0) FROM items) FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
     held = HELD_JOB if state in HELD_JOB_STATES else 0
-    (seq,) = cur.execute("SELECT COALESCE(MAX(seq), -1) FROM items WHERE job_id = ?", (job_id,)).fetchone()
-    (qseq,) = cur.execute("SELECT COALESCE(MAX(qseq), 0) FROM items").fetchone()
     inserted = []
     for item in items:
         seq += 1

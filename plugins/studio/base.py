@@ -15,14 +15,15 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import jinja2
 
-from storyloom import ErrorKind, ProviderError
+from storyloom import ConfigError, ErrorKind, ProviderError
 from storyloom.job import Item, Job
 from storyloom.jobtype import ItemSite, Result
-from storyloom.plugins.support.templates import PromptSandbox
+from storyloom.plugins.support.templatefiles import render_template
 from storyloom.provider import Request, Response
 from storyloom.validation import schema
 
@@ -218,51 +219,38 @@ class StudioJobType:
         )
 
 
-# Bundled templates and a studio's own (``templates/`` beside storyloom.yaml)
-# render in the sandbox every prompt template uses: what they render is data.
-_BUNDLED = jinja2.PackageLoader("storyloom.plugins", "templates")
-_environments: dict[str | None, PromptSandbox] = {}
-
-
-def templates_dir(job: Job) -> Path | None:
-    """``templates/`` beside the ``storyloom.yaml`` found walking up from the job file's folder."""
-    if not job.source:
+def templates_config(job: Job | None) -> Any:
+    """What :func:`render_template` needs to find ``templates/`` beside the
+    ``storyloom.yaml`` found walking up from the job file's folder (None: the bundle only)."""
+    if job is None or not job.source:
         return None
     for folder in Path(job.source).resolve().parents:
         if (folder / "storyloom.yaml").is_file():
-            return folder / "templates"
+            return SimpleNamespace(settings=SimpleNamespace(path=str(folder / "storyloom.yaml")))
     return None
 
 
-def _environment(folder: Path | None) -> PromptSandbox:
-    key = str(folder) if folder is not None and folder.is_dir() else None
-    if key not in _environments:
-        loader = _BUNDLED if key is None else jinja2.ChoiceLoader([jinja2.FileSystemLoader(key), _BUNDLED])
-        _environments[key] = PromptSandbox(loader=loader, auto_reload=key is not None)
-    return _environments[key]
-
-
-def template_names(job_type: str, language: str) -> list[str]:
-    """The file names tried, in order: ``chapter_writing.th.j2``, then the English one."""
-    base = language.split("-")[0].lower()
-    return list(dict.fromkeys([f"{job_type}.{language}.j2", f"{job_type}.{base}.j2", f"{job_type}.en.j2"]))
-
-
 def render(template: str, language: str, values: Mapping[str, Any], job: Job | None = None) -> str:
-    """Render a studio prompt template (``template`` is the job type) for
-    ``language``; a studio's own file of the same name wins over the bundled
-    one. A template error is the item's INVALID_INPUT (the template is data:
-    it cannot crash the batch)."""
-    env = _environment(templates_dir(job) if job is not None else None)
+    """Render a studio prompt template (``template`` is the job type's name)
+    for ``language`` (:func:`storyloom.plugins.support.templatefiles.render_template`:
+    a studio's own file of the same name wins over the bundled one). A
+    template error is the item's INVALID_INPUT (the template is data: it
+    cannot crash the batch)."""
     try:
-        return env.select_template(template_names(template, language)).render(dict(values))
-    except jinja2.TemplateError as exc:
+        return render_template(template, language, dict(values), templates_config(job))
+    except (jinja2.TemplateError, ConfigError) as exc:
         raise ProviderError(ErrorKind.INVALID_INPUT, f"prompt template {template} ({language}): {exc}") from None
+
+
+def state_text(state: Mapping[str, str]) -> str:
+    """The characters' state as the templates print it: one ``name: state`` line each."""
+    return "\n".join(f"{name}: {value}" for name, value in state.items())
 
 
 def base_values(item: Item, job: Job, project: Mapping[str, Any], language: str) -> dict[str, Any]:
     """What every studio template sees: the bible's fixed parts and the item's own fields."""
     return {
+        "project": {**project, "title": project.get("title") or item.fields.get("title") or item.project_id},
         "genre": project.get("genre") or item.fields.get("genre"),
         "book_title": project.get("title") or item.fields.get("title"),
         "title": item.fields.get("title"), "prompt": item.fields.get("prompt"),

@@ -25,7 +25,7 @@ from storyloom.jobtype import Result
 from storyloom.provider import Request, Response
 
 from . import book
-from .base import StudioJobType, base_values, book_of, language_of, render, result
+from .base import StudioJobType, base_values, book_of, language_of, render, result, state_text
 from .replies import chapter_schema, data_of, invalid, need
 
 #: Output room per unit of chapter_length: Thai characters are about one
@@ -69,7 +69,7 @@ class ChapterWriting(StudioJobType):
             "characters": book.present(context, beat),
             "previous_summary": str(summary.content) if summary is not None else "",
             "last_paragraphs": book.last_paragraphs(book.chapter_text(previous)),
-            "character_state": book.character_state(context, number),
+            "character_state": state_text(book.character_state(context, number)),
             "rewrite": rewrite, "feedback": list(item.fields.get("feedback") or ()),
             "rewritten_text": rewritten,
         }

@@ -33,7 +33,7 @@ from storyloom.provider import Request, Response
 
 from . import book
 from .base import (StudioJobType, base_values, book_of, chapter_id, language_of, qc_id, render, result, setting,
-                   stage_names)
+                   stage_names, state_text)
 from .chapters import chapter_number
 from .replies import CRITERIA, CRITERIA_TEXT, data_of, invalid, qc_schema
 
@@ -101,8 +101,9 @@ class QualityCheck(StudioJobType):
             "chapter_num": number, "chapter_text": text, "beat": beat,
             "characters": book.present(context, beat),
             "previous_summary": str(summary.content) if summary is not None else "",
-            "character_state": book.character_state(context, number),
-            "findings": findings, "criteria": [{"name": c, "description": CRITERIA_TEXT[c]} for c in CRITERIA],
+            "character_state": state_text(book.character_state(context, number)),
+            "findings": findings, "feedback": [f"{f['code']}: {f['message']}" for f in findings],
+            "rubric": [{"name": c, "description": CRITERIA_TEXT[c]} for c in CRITERIA],
             "threshold": float(setting(job, "qc_processing", "qc_threshold", DEFAULT_THRESHOLD)),
         }
         return self.request(item, job, language, render("qc_processing", language, values, job), schema=qc_schema(),
