@@ -4,7 +4,7 @@ A provider module subclasses :class:`HTTPProvider` and fills in the wire
 format (URL, headers, body, reply and stream-event parsing), its table of
 :class:`Rule` s, its vendor's list prices (``default_prices``) and the names
 of its vendor's rate-limit headers (``rate_limit_headers``). Everything else
--- one pooled ``httpx.AsyncClient`` per model, timeouts, reading the key,
+-- one pooled ``httpx.AsyncClient`` per model (on :class:`.transport.TrioTransport`), timeouts, reading the key,
 turning statuses and transport failures into :class:`storyloom.ErrorKind` s,
 ``retry-after``, reading rate-limit headers into the kernel's
 :class:`storyloom.provider.RateLimitFeedback`, SSE -- lives here once.
@@ -16,7 +16,10 @@ with ``trio.fail_after``). Options on the model entry::
     read_timeout: 600          # without streaming: the whole generation happens before the first byte
     stream_read_timeout: 120   # with streaming: the longest silence between bytes
 
-httpx runs on trio through anyio, so these providers work inside the kernel.
+Requests go through httpx's API on :class:`.transport.TrioTransport` (trio
+streams and h11, a fair pool of ``max_parallel`` connections: see that
+module for why not httpcore's pool); behind a proxy from the environment,
+httpx's own transport carries them.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import math
 import os
 import re
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, AsyncIterator, Callable, ClassVar, Mapping
@@ -42,6 +46,8 @@ from storyloom.ratelimit import MAX_COOL_DOWN_S
 from storyloom.settings import ModelSpec
 from storyloom.store import mask_url
 from storyloom.tokens import estimate_request_tokens, estimate_tokens
+
+from .transport import TrioTransport
 
 log = logging.getLogger("storyloom.providers")
 
@@ -344,6 +350,17 @@ async def _drain(events: AsyncIterator[SSEEvent]) -> None:
 # ---------------------------------------------------------------------------
 
 
+def _proxied(base_url: str) -> bool:
+    """Whether the environment sends ``base_url`` through a proxy
+    (``HTTPS_PROXY`` and the like, less ``NO_PROXY``): then httpx's own
+    transport, which speaks to proxies, carries the requests."""
+    url = httpx.URL(base_url)
+    proxies = urllib.request.getproxies()
+    if not (proxies.get(url.scheme) or proxies.get("all")):
+        return False
+    return not urllib.request.proxy_bypass(url.host)
+
+
 @dataclass
 class Reply:
     """A reply being read, from one JSON body or many stream events."""
@@ -396,11 +413,14 @@ class HTTPProvider(BaseProvider):
         timeout = dict(connect=self.opts["connect_timeout"], write=self.opts["read_timeout"], pool=None)
         self._timeout = httpx.Timeout(read=self.opts["read_timeout"], **timeout)
         self._stream_timeout = httpx.Timeout(read=self.opts["stream_read_timeout"], **timeout)
+        if transport is None and not _proxied(self.base_url):
+            # A connection per allowed request in flight; waiting for one is
+            # bounded by the kernel's timeout, not a pool timeout.
+            transport = TrioTransport(max_connections=self.max_parallel)
         self._client = httpx.AsyncClient(
             headers=self.headers(self._key) if self._key else {},
             timeout=self._timeout,
-            # A connection per allowed request in flight; waiting for one is
-            # bounded by the kernel's timeout, not a pool timeout.
+            # Only used behind a proxy (httpx's own transport reads *_PROXY).
             limits=httpx.Limits(max_connections=self.max_parallel, max_keepalive_connections=self.max_parallel),
             transport=transport,
         )
