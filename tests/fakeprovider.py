@@ -41,6 +41,7 @@ import math
 import random
 import re
 import secrets
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -138,6 +139,7 @@ class FakeProviderServer:
         self.max_concurrency = 0
         self.connections = 0  # TCP connections accepted (keep-alive reuses them)
         self._in_flight = 0
+        self._handlers: set[_Handler] = set()  # open connections
         server = self
 
         class Handler(_Handler):
@@ -220,6 +222,19 @@ class FakeProviderServer:
                 total.admitted_at.extend(s.admitted_at)
             total.admitted_at.sort()
             return total
+
+    def close_idle_connections(self) -> int:
+        """End every kept-alive connection that is between requests, the way
+        a server's idle timeout does (the client sees the connection close);
+        returns how many."""
+        with self._lock:
+            idle = [h for h in self._handlers if not h.busy]
+        for handler in idle:
+            try:
+                handler.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        return len(idle)
 
     def reset_stats(self) -> None:
         with self._lock:
@@ -403,16 +418,27 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         pass
 
+    busy = False  # inside a request (close_idle_connections leaves it alone)
+
     def setup(self) -> None:
         super().setup()
         with self.fake._lock:
             self.fake.connections += 1
+            self.fake._handlers.add(self)
+
+    def finish(self) -> None:
+        with self.fake._lock:
+            self.fake._handlers.discard(self)
+        super().finish()
 
     def do_POST(self) -> None:  # noqa: N802
+        self.busy = True
         try:
             self._handle()
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # the client gave up (a timeout, say)
+        finally:
+            self.busy = False
 
     def _handle(self) -> None:
         path, _, query = self.path.partition("?")
