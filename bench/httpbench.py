@@ -33,8 +33,10 @@ BODY = {"model": MODEL, "max_tokens": 32,
 # ---------------------------------------------------------------------------
 
 
-def serve() -> None:
-    """Child process: start the fake, say where it is, run until stdin closes."""
+def serve(kind: str) -> None:
+    """Child process: start a fake, say where it is, run until stdin closes."""
+    if kind == "fast":
+        return trio.run(serve_fast)
     from fakeprovider import FakeProviderServer
 
     server = FakeProviderServer().start()
@@ -45,9 +47,64 @@ def serve() -> None:
     server.close()
 
 
+async def serve_fast() -> None:
+    """The fake's OpenAI endpoint on one trio task per connection with h11:
+    same path, key check and reply body (``fakeprovider._reply``), none of
+    its rate limits or faults. Thousands of requests a second where the
+    threaded fake manages a few hundred on this machine."""
+    from fakeprovider import FakeProviderServer, _reply
+
+    key = f"fake-openai-{os.urandom(12).hex()}"
+    path = b"/openai/v1/chat/completions"
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+
+    async def handle(stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        try:
+            while True:
+                body, head = [], None
+                while True:
+                    event = conn.next_event()
+                    if event is h11.NEED_DATA:
+                        conn.receive_data(await stream.receive_some(65536))
+                    elif isinstance(event, h11.Request):
+                        head = event
+                    elif isinstance(event, h11.Data):
+                        body.append(event.data)
+                    elif isinstance(event, h11.EndOfMessage):
+                        break
+                    else:  # ConnectionClosed
+                        return
+                headers = dict(head.headers)
+                if head.target != path or headers.get(b"authorization") != b"Bearer " + key.encode():
+                    status, reply = 401, {"error": {"message": "bad key or path", "type": "invalid_request_error"}}
+                else:
+                    payload = json.loads(b"".join(body))
+                    status, reply = 200, _reply("openai", payload["model"], "rain " * 19 + "rain", 20, 20, "stop")
+                data = json.dumps(reply).encode()
+                await stream.send_all(
+                    conn.send(h11.Response(status_code=status, headers=[("content-type", "application/json"),
+                                                                        ("content-length", str(len(data)))]))
+                    + conn.send(h11.Data(data=data)) + conn.send(h11.EndOfMessage()))
+                conn.start_next_cycle()
+        except (trio.BrokenResourceError, h11.ProtocolError):
+            return
+
+    print(json.dumps({"base_url": f"http://127.0.0.1:{port}/openai/v1", "key": key,
+                      "key_env": FakeProviderServer.key_env("openai"), "port": port}), flush=True)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, handle, listeners)
+        await trio.to_thread.run_sync(sys.stdin.read)
+        nursery.cancel_scope.cancel()
+
+
 class Server:
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
     def __enter__(self) -> "Server":
-        self.proc = subprocess.Popen([sys.executable, str(HERE / "http.py"), "--serve"], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, str(HERE / "http.py"), "--serve", self.kind], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)
         info = json.loads(self.proc.stdout.readline())
         self.base_url, self.key, self.key_env, self.port = info["base_url"], info["key"], info["key_env"], info["port"]
@@ -187,18 +244,21 @@ def main() -> None:
     parser.add_argument("-c", "--connections", type=int, action="append", help="connection counts (8, 32, 64, 128)")
     parser.add_argument("--options", action="store_true", help="also the candidate clients of issue 14")
     parser.add_argument("--only", action="append", help="only these clients (bare, storyloom, httpx, ...)")
-    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--server", choices=("fast", "threaded"), default="fast",
+                        help="fast: the fake's OpenAI endpoint on trio and h11 (default); "
+                             "threaded: tests/fakeprovider.py itself, a thread per connection")
+    parser.add_argument("--serve", choices=("fast", "threaded"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        return serve()
+        return serve(args.serve)
     counts = args.connections or [8, 32, 64, 128]
     chosen = clients(args.options or bool(args.only))
     if args.only:
         chosen = {k: v for k, v in chosen.items() if k in args.only or k == "bare"}
-    print(f"{args.n} zero-latency requests per row; fake provider in a child process")
+    print(f"{args.n} zero-latency requests per row; {args.server} fake provider in a child process")
     print(f"{'client':<14} {'conns':>5} {'wall s':>7} {'req/s':>7} {'CPU ms/req':>10} {'x bare':>7}")
     cpu: dict[str, list[float]] = {}
-    with Server() as server:
+    with Server(args.server) as server:
         for conns in counts:
             walls: dict[str, float] = {}
             for name, client in chosen.items():

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import email.utils
+import functools
 import json
 import logging
 import math
@@ -108,17 +109,14 @@ class Rule:
                 raise ValueError(f"bad condition {self.when!r}")
 
     def _condition(self) -> tuple[str, str, str]:
-        match = re.match(r"^(\w+)([=~])(.+)$", self.when)
-        if not match:
-            raise ValueError(f"bad condition {self.when!r}")
-        return match.group(1), match.group(2), match.group(3)
+        return _parse_condition(self.when)
 
     def status_matches(self, status: int) -> bool:
         if self.status == "other":
             return not 200 <= status < 300
+        codes, classes = _parse_statuses(self.status)
         code = str(status)
-        return any(item == code or (item.endswith("xx") and code[0] == item[0] and len(code) == 3)
-                   for item in self.status.split(","))
+        return code in codes or (len(code) == 3 and code[0] in classes)
 
     def matches(self, info: ErrorInfo) -> bool:
         if not self.status_matches(info.http_status):
@@ -130,6 +128,24 @@ class Rule:
         if op == "=":
             return value in {v.strip().lower() for v in text.split(",")}
         return text.lower() in value
+
+
+# Parsed once per distinct text: every reply, a 2xx too, is checked against
+# the whole table, and re-parsing it cost more CPU than reading the reply.
+@functools.lru_cache(maxsize=None)
+def _parse_condition(when: str) -> tuple[str, str, str]:
+    match = re.match(r"^(\w+)([=~])(.+)$", when)
+    if not match:
+        raise ValueError(f"bad condition {when!r}")
+    return match.group(1), match.group(2), match.group(3)
+
+
+@functools.lru_cache(maxsize=None)
+def _parse_statuses(status: str) -> tuple[frozenset[str], frozenset[str]]:
+    """("429,5xx") -> ({"429"}, {"5"}): exact codes and status classes."""
+    items = status.split(",")
+    return (frozenset(i for i in items if not i.endswith("xx")),
+            frozenset(i[0] for i in items if i.endswith("xx")))
 
 
 #: Rows every provider ends with, after its own.
@@ -413,6 +429,7 @@ class HTTPProvider(BaseProvider):
         timeout = dict(connect=self.opts["connect_timeout"], write=self.opts["read_timeout"], pool=None)
         self._timeout = httpx.Timeout(read=self.opts["read_timeout"], **timeout)
         self._stream_timeout = httpx.Timeout(read=self.opts["stream_read_timeout"], **timeout)
+        self._urls: dict[str, httpx.URL] = {}
         if transport is None and not _proxied(self.base_url):
             # A connection per allowed request in flight; waiting for one is
             # bounded by the kernel's timeout, not a pool timeout.
@@ -504,7 +521,7 @@ class HTTPProvider(BaseProvider):
     # -- internals -------------------------------------------------------------
 
     async def _post(self, request: Request, reply: Reply) -> None:
-        response = await self._client.post(self.url(request), json=self.build_body(request))
+        response = await self._client.post(self._parsed_url(request), json=self.build_body(request))
         self._saw(response)
         if not 200 <= response.status_code < 300:
             raise self._http_error(response)
@@ -516,7 +533,7 @@ class HTTPProvider(BaseProvider):
             reply.finish = "stop"  # some compatible servers leave it out of complete replies
 
     async def _stream(self, request: Request, reply: Reply) -> None:
-        async with self._client.stream("POST", self.url(request), json=self.build_body(request),
+        async with self._client.stream("POST", self._parsed_url(request), json=self.build_body(request),
                                        timeout=self._stream_timeout) as response:
             self._saw(response)
             if not 200 <= response.status_code < 300:
@@ -532,6 +549,17 @@ class HTTPProvider(BaseProvider):
         if reply.finish is None:
             raise ProviderError(ErrorKind.TEMPORARY_ERROR,
                                 f"{self.name}: the stream ended before the reply finished")
+
+    def _parsed_url(self, request: Request) -> httpx.URL:
+        # A provider posts to one or two URLs; parsing the text each time cost
+        # as much CPU as the rest of building the request.
+        text = self.url(request)
+        url = self._urls.get(text)
+        if url is None:
+            if len(self._urls) >= 64:
+                self._urls.clear()
+            url = self._urls[text] = httpx.URL(text)
+        return url
 
     def _response(self, request: Request, reply: Reply) -> Response:
         input_tokens = reply.input_tokens if reply.input_tokens is not None else estimate_request_tokens(request)
