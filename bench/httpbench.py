@@ -165,12 +165,16 @@ async def run_tasks(n: int, conns: int, task: Callable[[int], Awaitable[None]]) 
             nursery.start_soon(task, n // conns + (i < n % conns))
 
 
-def httpx_loop(module: str, shard: int | None) -> Callable[[Server, int, int], Awaitable[None]]:
+def httpx_loop(module: str, shard: int | None, trio_transport: bool = False
+               ) -> Callable[[Server, int, int], Awaitable[None]]:
     async def run(server: Server, n: int, conns: int) -> None:
         lib = __import__(module)
         size = shard or conns
+        if trio_transport:
+            from storyloom.plugins.providers.transport import TrioTransport
         clients = [lib.AsyncClient(headers={"authorization": f"Bearer {server.key}"},
-                                   limits=lib.Limits(max_connections=size, max_keepalive_connections=size))
+                                   limits=lib.Limits(max_connections=size, max_keepalive_connections=size),
+                                   transport=TrioTransport(max_connections=size) if trio_transport else None)
                    for _ in range(max(1, conns // size))]
         url = server.base_url + "/chat/completions"
         counter = iter(range(conns))
@@ -192,8 +196,6 @@ def httpx_loop(module: str, shard: int | None) -> Callable[[Server, int, int], A
 
 async def storyloom(server: Server, n: int, conns: int) -> None:
     """The real openai provider, as the kernel calls it for an attempt."""
-    from fakeprovider import FakeProviderServer  # noqa: F401  (same import path as the child)
-
     from storyloom.plugins.providers.openai import OpenAIProvider
     from storyloom.provider import Request
     from storyloom.settings import ModelSpec
@@ -218,6 +220,7 @@ async def storyloom(server: Server, n: int, conns: int) -> None:
 def clients(options: bool) -> dict[str, Callable[[Server, int, int], Awaitable[None]]]:
     found: dict[str, Callable[[Server, int, int], Awaitable[None]]] = {"bare": bare, "storyloom": storyloom}
     if options:
+        found["httpx-trio"] = httpx_loop("httpx", None, trio_transport=True)
         found["httpx"] = httpx_loop("httpx", None)
         found["httpx-shards"] = httpx_loop("httpx", 8)
         try:
@@ -268,9 +271,9 @@ def main() -> None:
                 ratio = f"{wall / walls['bare']:.2f}" if name != "bare" else "-"
                 print(f"{name:<14} {conns:>5} {wall:>7.2f} {args.n / wall:>7.0f} {used * 1000 / args.n:>10.3f} "
                       f"{ratio:>7}", flush=True)
-    print("CPU ms/req spread over the connection counts (max/min - 1):")
+    print(f"CPU ms/req at each connection count over the one at {counts[0]} (target for storyloom: 0.75-1.25):")
     for name, values in cpu.items():
-        print(f"  {name:<14} {max(values) / min(values) - 1:+.0%}")
+        print(f"  {name:<14} " + " ".join(f"{v / values[0]:.2f}" for v in values))
 
 
 if __name__ == "__main__":
