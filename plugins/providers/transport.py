@@ -66,10 +66,13 @@ class _Connection:
         if now - self.idle_since > KEEPALIVE_EXPIRY:
             return False
         try:
-            readable, _, _ = select.select([self.sock.fileno()], [], [], 0)
+            if not hasattr(select, "poll"):  # Windows
+                return not select.select([self.sock.fileno()], [], [], 0)[0]
+            poller = select.poll()  # not select.select: no limit on the descriptor's number
+            poller.register(self.sock.fileno(), select.POLLIN)
+            return not poller.poll(0)
         except (OSError, ValueError):
             return False
-        return not readable
 
     async def send(self, request: httpx.Request, timeout: float) -> None:
         target = request.url.raw_path
