@@ -126,7 +126,8 @@ class _Bucket:
 
 
 class FakeProviderServer:
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, ssl_context: Any = None) -> None:
+        """``ssl_context``: a server-side ``ssl.SSLContext`` to serve HTTPS."""
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._configs: dict[str, ModelConfig] = {}
@@ -146,6 +147,10 @@ class FakeProviderServer:
             fake = server
 
         self._httpd = _Server((host, port), Handler)
+        self.scheme = "http"
+        if ssl_context is not None:
+            self._httpd.socket = ssl_context.wrap_socket(self._httpd.socket, server_side=True)
+            self.scheme = "https"
         self._thread: threading.Thread | None = None
 
     # -- lifetime ----------------------------------------------------------
@@ -175,7 +180,7 @@ class FakeProviderServer:
 
     def base_url(self, kind: str) -> str:
         """The ``base_url`` a provider of ``kind`` should be given."""
-        root = f"http://127.0.0.1:{self.port}"
+        root = f"{self.scheme}://127.0.0.1:{self.port}"
         return {"openai": f"{root}/openai/v1", "anthropic": f"{root}/anthropic",
                 "gemini": f"{root}/gemini/v1beta"}[kind]
 

@@ -164,6 +164,60 @@ async def test_a_full_pool_waits_and_the_pool_timeout_applies(fake_provider):
             nursery.cancel_scope.cancel()
 
 
+@pytest.fixture
+def tls_fake(tmp_path, monkeypatch):
+    """The fake provider over HTTPS with a certificate made here for 127.0.0.1,
+    and a client context that trusts it."""
+    import shutil
+    import ssl
+    import subprocess
+
+    if not shutil.which("openssl"):
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                    "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    server = FakeProviderServer(ssl_context=server_context).start()
+    for name, value in server.env().items():
+        monkeypatch.setenv(name, value)
+    try:
+        yield server, ssl.create_default_context(cafile=str(cert))
+    finally:
+        server.close()
+
+
+@trio_test
+async def test_https_with_a_trusted_certificate_and_kept_alive(tls_fake):
+    fake, client_context = tls_fake
+    transport = TrioTransport(max_connections=2, ssl_context=client_context)
+    instance = OpenAIProvider(fake.model_spec("openai", "m1"), transport=transport)
+    try:
+        first = await instance.complete(request("one"))
+        second = await instance.complete(request("two"))
+    finally:
+        await instance.aclose()
+    assert fake.base_url("openai").startswith("https://")
+    assert first.text and second.text
+    assert transport.opened == 1 and fake.connections == 1
+
+
+@trio_test
+async def test_https_to_an_untrusted_certificate_is_refused(tls_fake):
+    fake, _ = tls_fake
+    instance = OpenAIProvider(fake.model_spec("openai", "m1"))  # the default context: certifi's CAs
+    try:
+        with pytest.raises(ProviderError) as failed:
+            await instance.complete(request())
+    finally:
+        await instance.aclose()
+    assert isinstance(failed.value.__cause__, httpx.ConnectError)
+    assert failed.value.billed is False
+    assert fake.stats().requests == 0  # nothing reached the server
+
+
 def test_the_transport_refuses_no_connections():
     with pytest.raises(ValueError):
         TrioTransport(max_connections=0)
