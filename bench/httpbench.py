@@ -217,9 +217,35 @@ async def storyloom(server: Server, n: int, conns: int) -> None:
         await provider.aclose()
 
 
+async def kernel(server: Server, n: int, conns: int) -> None:
+    """A ``prompts`` job of n requests through ``storyloom.api.run_job`` (what
+    ``storyloom run`` does): the provider plus the kernel, the SQLite store
+    and the per-item result files, ``max_parallel`` conns."""
+    import tempfile
+
+    from storyloom.api import run_job
+    from storyloom.config import Options
+
+    folder = Path(tempfile.mkdtemp(prefix="storyloom-bench-http-"))
+    lines = [json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions", "body": BODY})
+             for i in range(n)]
+    (folder / "requests.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (folder / "storyloom.yaml").write_text(
+        f"models:\n  m1: {{provider: openai, model: {MODEL}, base_url: '{server.base_url}', "
+        f"api_key_env: {server.key_env}, max_parallel: {conns}, price: {{input: 0.15, output: 0.6}}}}\n"
+        "default_models: [m1]\nprogress: []\nreports: []\n", encoding="utf-8")
+    (folder / "job.yaml").write_text(f"job_id: bench-http\njob_type: prompts\ninput: requests.jsonl\n"
+                                     f"config: {{max_parallel: {conns}}}\n", encoding="utf-8")
+    options = Options(state_dir=str(folder / "state"), out_dir=str(folder / "out"), quiet=True, autoload=False)
+    summary = await run_job(folder / "job.yaml", options=options)
+    if summary.counts["completed"] != n:
+        raise RuntimeError(f"{summary.counts['completed']} of {n} completed")
+
+
 def clients(options: bool) -> dict[str, Callable[[Server, int, int], Awaitable[None]]]:
     found: dict[str, Callable[[Server, int, int], Awaitable[None]]] = {"bare": bare, "storyloom": storyloom}
     if options:
+        found["kernel"] = kernel
         found["httpx-trio"] = httpx_loop("httpx", None, trio_transport=True)
         found["httpx"] = httpx_loop("httpx", None)
         found["httpx-shards"] = httpx_loop("httpx", 8)
