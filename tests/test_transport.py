@@ -221,3 +221,23 @@ async def test_https_to_an_untrusted_certificate_is_refused(tls_fake):
 def test_the_transport_refuses_no_connections():
     with pytest.raises(ValueError):
         TrioTransport(max_connections=0)
+
+
+def test_behind_a_proxy_from_the_environment_httpx_transport_is_used(monkeypatch):
+    from storyloom.plugins.providers.http import _proxied
+    from storyloom.settings import ModelSpec
+
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy",
+                 "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    spec = ModelSpec(name="m", provider="openai", model="m", base_url="https://api.example.test/v1")
+    assert not _proxied("https://api.example.test/v1")
+    assert isinstance(OpenAIProvider(spec)._client._transport, TrioTransport)
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example.test:3128")
+    assert _proxied("https://api.example.test/v1")
+    assert not _proxied("http://api.example.test/v1")  # only https goes through that proxy
+    assert not isinstance(OpenAIProvider(spec)._client._transport, TrioTransport)
+
+    monkeypatch.setenv("NO_PROXY", "api.example.test")
+    assert not _proxied("https://api.example.test/v1")
