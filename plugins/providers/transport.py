@@ -28,6 +28,7 @@ is noticed before reuse (its socket is readable) and replaced.
 
 from __future__ import annotations
 
+import logging
 import select
 import ssl
 import time
@@ -37,6 +38,8 @@ from typing import AsyncIterator
 import h11
 import httpx
 import trio
+
+log = logging.getLogger("storyloom.providers.transport")
 
 #: Bytes read per receive.
 READ_SIZE = 64 * 1024
@@ -204,6 +207,7 @@ class TrioTransport(httpx.AsyncBaseTransport):
                 break
             stale.append(conn)
         for conn in stale:
+            log.debug("closed an idle connection the server ended or that expired")
             conn.close()
         return found
 
@@ -223,6 +227,8 @@ class TrioTransport(httpx.AsyncBaseTransport):
                     tcp.socket.close()
                     raise
         self.opened += 1
+        log.debug("opened a connection to %s://%s:%d (%d open)", scheme.decode(), host.decode("ascii"), port,
+                  len(self._active) + 1 + sum(len(s) for s in self._idle.values()))
         return _Connection(origin, stream, tcp.socket)
 
     def _release(self, conn: _Connection, reuse: bool) -> None:
@@ -234,6 +240,7 @@ class TrioTransport(httpx.AsyncBaseTransport):
                 self._idle[conn.origin].append(conn)
                 self._trim()
             else:
+                log.debug("closed a connection that cannot be reused")
                 conn.close()
         finally:
             self._slots.release()
