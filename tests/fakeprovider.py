@@ -41,6 +41,7 @@ import math
 import random
 import re
 import secrets
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -133,7 +134,8 @@ class _Bucket:
 
 
 class FakeProviderServer:
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, ssl_context: Any = None) -> None:
+        """``ssl_context``: a server-side ``ssl.SSLContext`` to serve HTTPS."""
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._configs: dict[str, ModelConfig] = {}
@@ -146,12 +148,17 @@ class FakeProviderServer:
         self.max_concurrency = 0
         self.connections = 0  # TCP connections accepted (keep-alive reuses them)
         self._in_flight = 0
+        self._handlers: set[_Handler] = set()  # open connections
         server = self
 
         class Handler(_Handler):
             fake = server
 
         self._httpd = _Server((host, port), Handler)
+        self.scheme = "http"
+        if ssl_context is not None:
+            self._httpd.socket = ssl_context.wrap_socket(self._httpd.socket, server_side=True)
+            self.scheme = "https"
         self._thread: threading.Thread | None = None
 
     # -- lifetime ----------------------------------------------------------
@@ -181,7 +188,7 @@ class FakeProviderServer:
 
     def base_url(self, kind: str) -> str:
         """The ``base_url`` a provider of ``kind`` should be given."""
-        root = f"http://127.0.0.1:{self.port}"
+        root = f"{self.scheme}://127.0.0.1:{self.port}"
         return {"openai": f"{root}/openai/v1", "anthropic": f"{root}/anthropic",
                 "gemini": f"{root}/gemini/v1beta"}[kind]
 
@@ -228,6 +235,19 @@ class FakeProviderServer:
                 total.admitted_at.extend(s.admitted_at)
             total.admitted_at.sort()
             return total
+
+    def close_idle_connections(self) -> int:
+        """End every kept-alive connection that is between requests, the way
+        a server's idle timeout does (the client sees the connection close);
+        returns how many."""
+        with self._lock:
+            idle = [h for h in self._handlers if not h.busy]
+        for handler in idle:
+            try:
+                handler.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        return len(idle)
 
     def reset_stats(self) -> None:
         with self._lock:
@@ -411,16 +431,27 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         pass
 
+    busy = False  # inside a request (close_idle_connections leaves it alone)
+
     def setup(self) -> None:
         super().setup()
         with self.fake._lock:
             self.fake.connections += 1
+            self.fake._handlers.add(self)
+
+    def finish(self) -> None:
+        with self.fake._lock:
+            self.fake._handlers.discard(self)
+        super().finish()
 
     def do_POST(self) -> None:  # noqa: N802
+        self.busy = True
         try:
             self._handle()
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # the client gave up (a timeout, say)
+        finally:
+            self.busy = False
 
     def _handle(self) -> None:
         path, _, query = self.path.partition("?")

@@ -2,7 +2,8 @@
 
 A bundled plugin imports the kernel (``storyloom.*`` outside
 ``storyloom.plugins``) and the helpers (``storyloom.plugins.support``, and
-the providers' shared base ``storyloom.plugins.providers.http``, the
+the providers' shared base ``storyloom.plugins.providers.http`` and its
+HTTP transport ``storyloom.plugins.providers.transport``, the
 ``jobtypes`` plugin's own package ``storyloom.plugins.studio``), never
 another plugin's module, so ``-p no:NAME`` takes away nothing the other
 plugins use. Helpers are never registered as plugins.
@@ -22,7 +23,7 @@ from storyloom.pluginmanager import DEFAULT_PLUGINS, make_plugin_manager
 from storyloom.plugins import studio, support
 
 #: Modules under ``storyloom.plugins`` that plugins may import: helpers, not plugins.
-HELPERS = ("storyloom.plugins.providers.http", "storyloom.plugins.studio",
+HELPERS = ("storyloom.plugins.providers.http", "storyloom.plugins.providers.transport", "storyloom.plugins.studio",
            *(f"storyloom.plugins.support.{m.name}" for m in pkgutil.iter_modules(support.__path__)),
            *(f"storyloom.plugins.studio.{m.name}" for m in pkgutil.iter_modules(studio.__path__)))
 PLUGIN_MODULES = set(DEFAULT_PLUGINS.values())

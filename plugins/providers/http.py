@@ -4,7 +4,7 @@ A provider module subclasses :class:`HTTPProvider` and fills in the wire
 format (URL, headers, body, reply and stream-event parsing), its table of
 :class:`Rule` s, its vendor's list prices (``default_prices``) and the names
 of its vendor's rate-limit headers (``rate_limit_headers``). Everything else
--- one pooled ``httpx.AsyncClient`` per model, timeouts, reading the key,
+-- one pooled ``httpx.AsyncClient`` per model (on :class:`.transport.TrioTransport`), timeouts, reading the key,
 turning statuses and transport failures into :class:`storyloom.ErrorKind` s,
 ``retry-after``, reading rate-limit headers into the kernel's
 :class:`storyloom.provider.RateLimitFeedback`, SSE -- lives here once.
@@ -16,19 +16,24 @@ with ``trio.fail_after``). Options on the model entry::
     read_timeout: 600          # without streaming: the whole generation happens before the first byte
     stream_read_timeout: 120   # with streaming: the longest silence between bytes
 
-httpx runs on trio through anyio, so these providers work inside the kernel.
+Requests go through httpx's API on :class:`.transport.TrioTransport` (trio
+streams and h11, a fair pool of ``max_parallel`` connections: see that
+module for why not httpcore's pool); behind a proxy from the environment,
+httpx's own transport carries them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import email.utils
+import functools
 import json
 import logging
 import math
 import os
 import re
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, AsyncIterator, Callable, ClassVar, Mapping
@@ -42,6 +47,8 @@ from storyloom.ratelimit import MAX_COOL_DOWN_S
 from storyloom.settings import ModelSpec
 from storyloom.store import mask_url
 from storyloom.tokens import estimate_request_tokens, estimate_tokens
+
+from .transport import TrioTransport
 
 log = logging.getLogger("storyloom.providers")
 
@@ -102,17 +109,14 @@ class Rule:
                 raise ValueError(f"bad condition {self.when!r}")
 
     def _condition(self) -> tuple[str, str, str]:
-        match = re.match(r"^(\w+)([=~])(.+)$", self.when)
-        if not match:
-            raise ValueError(f"bad condition {self.when!r}")
-        return match.group(1), match.group(2), match.group(3)
+        return _parse_condition(self.when)
 
     def status_matches(self, status: int) -> bool:
         if self.status == "other":
             return not 200 <= status < 300
+        codes, classes = _parse_statuses(self.status)
         code = str(status)
-        return any(item == code or (item.endswith("xx") and code[0] == item[0] and len(code) == 3)
-                   for item in self.status.split(","))
+        return code in codes or (len(code) == 3 and code[0] in classes)
 
     def matches(self, info: ErrorInfo) -> bool:
         if not self.status_matches(info.http_status):
@@ -124,6 +128,24 @@ class Rule:
         if op == "=":
             return value in {v.strip().lower() for v in text.split(",")}
         return text.lower() in value
+
+
+# Parsed once per distinct text: every reply, a 2xx too, is checked against
+# the whole table, and re-parsing it cost more CPU than reading the reply.
+@functools.lru_cache(maxsize=None)
+def _parse_condition(when: str) -> tuple[str, str, str]:
+    match = re.match(r"^(\w+)([=~])(.+)$", when)
+    if not match:
+        raise ValueError(f"bad condition {when!r}")
+    return match.group(1), match.group(2), match.group(3)
+
+
+@functools.lru_cache(maxsize=None)
+def _parse_statuses(status: str) -> tuple[frozenset[str], frozenset[str]]:
+    """("429,5xx") -> ({"429"}, {"5"}): exact codes and status classes."""
+    items = status.split(",")
+    return (frozenset(i for i in items if not i.endswith("xx")),
+            frozenset(i[0] for i in items if i.endswith("xx")))
 
 
 #: Rows every provider ends with, after its own.
@@ -344,6 +366,17 @@ async def _drain(events: AsyncIterator[SSEEvent]) -> None:
 # ---------------------------------------------------------------------------
 
 
+def _proxied(base_url: str) -> bool:
+    """Whether the environment sends ``base_url`` through a proxy
+    (``HTTPS_PROXY`` and the like, less ``NO_PROXY``): then httpx's own
+    transport, which speaks to proxies, carries the requests."""
+    url = httpx.URL(base_url)
+    proxies = urllib.request.getproxies()
+    if not (proxies.get(url.scheme) or proxies.get("all")):
+        return False
+    return not urllib.request.proxy_bypass(url.host)
+
+
 @dataclass
 class Reply:
     """A reply being read, from one JSON body or many stream events."""
@@ -403,11 +436,15 @@ class HTTPProvider(BaseProvider):
         timeout = dict(connect=self.opts["connect_timeout"], write=self.opts["read_timeout"], pool=None)
         self._timeout = httpx.Timeout(read=self.opts["read_timeout"], **timeout)
         self._stream_timeout = httpx.Timeout(read=self.opts["stream_read_timeout"], **timeout)
+        self._urls: dict[str, httpx.URL] = {}
+        if transport is None and not _proxied(self.base_url):
+            # A connection per allowed request in flight; waiting for one is
+            # bounded by the kernel's timeout, not a pool timeout.
+            transport = TrioTransport(max_connections=self.max_parallel)
         self._client = httpx.AsyncClient(
             headers=self.headers(self._key) if self._key else {},
             timeout=self._timeout,
-            # A connection per allowed request in flight; waiting for one is
-            # bounded by the kernel's timeout, not a pool timeout.
+            # Only used behind a proxy (httpx's own transport reads *_PROXY).
             limits=httpx.Limits(max_connections=self.max_parallel, max_keepalive_connections=self.max_parallel),
             transport=transport,
         )
@@ -491,7 +528,7 @@ class HTTPProvider(BaseProvider):
     # -- internals -------------------------------------------------------------
 
     async def _post(self, request: Request, reply: Reply) -> None:
-        response = await self._client.post(self.url(request), json=self.build_body(request))
+        response = await self._client.post(self._parsed_url(request), json=self.build_body(request))
         self._saw(response)
         if not 200 <= response.status_code < 300:
             raise self._http_error(response)
@@ -503,7 +540,7 @@ class HTTPProvider(BaseProvider):
             reply.finish = "stop"  # some compatible servers leave it out of complete replies
 
     async def _stream(self, request: Request, reply: Reply) -> None:
-        async with self._client.stream("POST", self.url(request), json=self.build_body(request),
+        async with self._client.stream("POST", self._parsed_url(request), json=self.build_body(request),
                                        timeout=self._stream_timeout) as response:
             self._saw(response)
             if not 200 <= response.status_code < 300:
@@ -519,6 +556,17 @@ class HTTPProvider(BaseProvider):
         if reply.finish is None:
             raise ProviderError(ErrorKind.TEMPORARY_ERROR,
                                 f"{self.name}: the stream ended before the reply finished")
+
+    def _parsed_url(self, request: Request) -> httpx.URL:
+        # A provider posts to one or two URLs; parsing the text each time cost
+        # as much CPU as the rest of building the request.
+        text = self.url(request)
+        url = self._urls.get(text)
+        if url is None:
+            if len(self._urls) >= 64:
+                self._urls.clear()
+            url = self._urls[text] = httpx.URL(text)
+        return url
 
     def _response(self, request: Request, reply: Reply) -> Response:
         input_tokens = reply.input_tokens if reply.input_tokens is not None else estimate_request_tokens(request)
