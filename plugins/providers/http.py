@@ -37,7 +37,8 @@ import httpx
 import trio
 
 from storyloom import ErrorKind, ProviderError
-from storyloom.provider import NO_DATA, BaseProvider, Request, Response, merge_options, spec_error, structured_data
+from storyloom.provider import (NO_DATA, BaseProvider, RawReply, Request, Response, merge_options, spec_error,
+                                structured_data)
 from storyloom.ratelimit import MAX_COOL_DOWN_S
 from storyloom.settings import ModelSpec
 from storyloom.store import mask_url
@@ -361,6 +362,8 @@ class Reply:
     #: The stream's content block that is the reply, once one starts
     #: (Anthropic's tool_use block of a structured request); None: the text.
     block: int | None = None
+    #: The HTTP reply as it came (status, request id, JSON body; no body for a stream).
+    raw: RawReply | None = None
 
     @property
     def text(self) -> str:
@@ -390,6 +393,9 @@ class HTTPProvider(BaseProvider):
     #: remaining count of 0 cools the model down until the reset (see
     #: :func:`parse_reset` for the reset formats). Empty: it sends none.
     rate_limit_headers: ClassVar[tuple[tuple[str, str], ...]] = ()
+    #: The reply header holding the server's id for the request (kept in
+    #: ``Response.raw`` / ``ProviderError.raw``).
+    request_id_header: ClassVar[str] = "x-request-id"
     #: Reads RFC 3339 reset times; tests may replace it.
     wall_clock: Callable[[], float] = staticmethod(time.time)
 
@@ -478,6 +484,8 @@ class HTTPProvider(BaseProvider):
             # A stream that failed half-way still consumed what it reported.
             if not (exc.input_tokens or exc.output_tokens):
                 exc.input_tokens, exc.output_tokens = reply.input_tokens or 0, reply.output_tokens or 0
+            if exc.raw is None and reply.raw is not None and reply.raw.body is not None:
+                exc.raw = reply.raw  # a whole reply storyloom refused (a refusal, a bad structure)
             raise
         return self._response(request, reply)
 
@@ -496,6 +504,7 @@ class HTTPProvider(BaseProvider):
         if not 200 <= response.status_code < 300:
             raise self._http_error(response)
         data = self._json(response.content, "reply")
+        reply.raw = RawReply(response.status_code, response.headers.get(self.request_id_header), data)
         if not isinstance(data, (dict, list)):
             raise ProviderError(ErrorKind.TEMPORARY_ERROR, f"{self.name}: unexpected reply: {str(data)[:100]}")
         self.parse_reply(data, reply)
@@ -509,6 +518,7 @@ class HTTPProvider(BaseProvider):
             if not 200 <= response.status_code < 300:
                 await response.aread()
                 raise self._http_error(response)
+            reply.raw = RawReply(response.status_code, response.headers.get(self.request_id_header))
             events = iter_sse(response)
             async for event in events:
                 self.on_event(event, reply)
@@ -528,10 +538,10 @@ class HTTPProvider(BaseProvider):
         if kind is ErrorKind.OUTPUT_TRUNCATED:
             raise ProviderError(kind, f"{self.name}: the reply hit the length limit ({finish}) after "
                                       f"{output_tokens} tokens (max_tokens {request.max_tokens})",
-                                input_tokens=input_tokens, output_tokens=output_tokens)
+                                input_tokens=input_tokens, output_tokens=output_tokens, raw=reply.raw)
         if kind is not None:
             raise ProviderError(kind, f"{self.name}: the reply was stopped ({finish})",
-                                input_tokens=input_tokens, output_tokens=output_tokens)
+                                input_tokens=input_tokens, output_tokens=output_tokens, raw=reply.raw)
         data = None
         if request.response_schema is not None:
             given = reply.data if reply.has_data else NO_DATA
@@ -540,7 +550,7 @@ class HTTPProvider(BaseProvider):
         text = reply.text if not reply.has_data else json.dumps(reply.data, ensure_ascii=False)
         return Response(text=text, input_tokens=input_tokens, output_tokens=output_tokens,
                         finish_reason="stop" if finish in self.stop_reasons else finish.lower(),
-                        model=reply.model or self.spec.model, data=data)
+                        model=reply.model or self.spec.model, data=data, raw=reply.raw)
 
     def _saw(self, response: httpx.Response) -> None:
         if self.rate_limits is None or not self.rate_limit_headers:
@@ -553,8 +563,10 @@ class HTTPProvider(BaseProvider):
             body = json.loads(response.content)
         except ValueError:
             body = None
-        return self.error_from_body(response.status_code, body, response.headers,
-                                    fallback=response.content.decode("utf-8", "replace"))
+        error = self.error_from_body(response.status_code, body, response.headers,
+                                     fallback=response.content.decode("utf-8", "replace"))
+        error.raw = RawReply(response.status_code, response.headers.get(self.request_id_header), body)
+        return error
 
     def error_from_body(self, status: int, body: Any, headers: Mapping[str, str] | None = None,
                         fallback: str = "") -> ProviderError:
