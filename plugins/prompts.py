@@ -177,6 +177,8 @@ class PromptsJobType:
                           fields={**fields, "custom_id": custom_id, "body": entry["body"]})
         if not first_line:
             raise where.error((), f"{file} holds no requests")
+        if models.problem is not None:
+            raise models.problem  # after every line is read: a line that is not a request is the first error
 
     def build_request(self, item: Item, job: Job) -> Request:
         fields = item.fields
@@ -234,6 +236,8 @@ class _ModelMatch:
             names = where.job.get("models") or settings.default_models
             self.specs = {name: settings.models[name] for name in names if name in settings.models}
         self.by_id: dict[str, str] = {}
+        #: The first line whose model none of the job's models has.
+        self.problem: ConfigError | None = None
         for name, spec in self.specs.items():
             self.by_id.setdefault(spec.model, name)  # the first of the job's models with that id
 
@@ -242,13 +246,14 @@ class _ModelMatch:
         if self.mode != "match" or not isinstance(model, str) or not self.specs:
             return None
         name = self.by_id.get(model)
-        if name is not None:
+        if name is not None or self.problem is not None:
             return name
         known = ", ".join(f"{n} ({spec.model})" for n, spec in self.specs.items())
         message = (f"model {_shown(model)} is not the provider model id of any of the job's models: {known}; "
                    f"add a model with 'model: {model}' to the settings and the job's models, or set "
                    "'input_model: job' in the job file to let the job's models answer every line")
-        raise error_at(parse_json_text(line, file, number), ("body", "model"), message)
+        self.problem = error_at(parse_json_text(line, file, number), ("body", "model"), message)
+        return None
 
 
 def _input_line(line: str, file: str, number: int) -> dict[str, Any]:
