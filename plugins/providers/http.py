@@ -504,7 +504,7 @@ class HTTPProvider(BaseProvider):
         if not 200 <= response.status_code < 300:
             raise self._http_error(response)
         data = self._json(response.content, "reply")
-        reply.raw = RawReply(response.status_code, response.headers.get(self.request_id_header), data)
+        reply.raw = self._raw(response, data)
         if not isinstance(data, (dict, list)):
             raise ProviderError(ErrorKind.TEMPORARY_ERROR, f"{self.name}: unexpected reply: {str(data)[:100]}")
         self.parse_reply(data, reply)
@@ -518,7 +518,7 @@ class HTTPProvider(BaseProvider):
             if not 200 <= response.status_code < 300:
                 await response.aread()
                 raise self._http_error(response)
-            reply.raw = RawReply(response.status_code, response.headers.get(self.request_id_header))
+            reply.raw = self._raw(response, None)
             events = iter_sse(response)
             async for event in events:
                 self.on_event(event, reply)
@@ -565,8 +565,21 @@ class HTTPProvider(BaseProvider):
             body = None
         error = self.error_from_body(response.status_code, body, response.headers,
                                      fallback=response.content.decode("utf-8", "replace"))
-        error.raw = RawReply(response.status_code, response.headers.get(self.request_id_header), body)
+        error.raw = self._raw(response, body)
         return error
+
+    def _raw(self, response: httpx.Response, body: Any) -> RawReply:
+        """The reply as it is kept (stored, written to results files): the key
+        redacted wherever the server echoed it, half a surrogate pair replaced
+        by U+FFFD, as in the reply's text."""
+        if body is not None:
+            text = json.dumps(body, ensure_ascii=False)
+            if (self._key and self._key in text) or not text.isascii():
+                fixed = self._redact(text.encode("utf-16", "surrogatepass").decode("utf-16", "replace"))
+                if fixed != text:
+                    body = json.loads(fixed)
+        request_id = response.headers.get(self.request_id_header)
+        return RawReply(response.status_code, self._redact(request_id) if request_id else None, body)
 
     def error_from_body(self, status: int, body: Any, headers: Mapping[str, str] | None = None,
                         fallback: str = "") -> ProviderError:
