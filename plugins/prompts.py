@@ -116,8 +116,9 @@ _IGNORED = frozenset({"model", "stream", "stream_options"})
 #: ``input_model:`` values (job file): match body.model, or let the job's models choose.
 INPUT_MODEL_MODES = ("match", "job")
 #: The ``error.code`` of a request that got no HTTP reply, by storyloom's error
-#: kind (OpenAI's codes where it has one); any other kind is its own name.
-NO_REPLY_CODES = {"timeout": "request_timeout", "temporary_error": "connection_error"}
+#: kind (OpenAI's code where it has one); any other kind is its name in lower
+#: case, as OpenAI's codes are (``invalid_input``, ``auth_error``, ...).
+NO_REPLY_CODES = {"TIMEOUT": "request_timeout", "TEMPORARY_ERROR": "connection_error"}
 #: A safe item id's pattern is job.schema.json's identifier; a slug keeps this much of a custom_id.
 _SLUG_MAX = 48
 
@@ -489,7 +490,8 @@ def failed_line(job_id: str, item_id: str, kind: str | None, message: str | None
             response["request_id"] = f"req_{_ids(job_id, item_id)}"
         return _line(job_id, item_id, custom_id, response, None)
     kind = kind or str(ErrorKind.INTERNAL_ERROR)
-    return _line(job_id, item_id, custom_id, None, {"code": NO_REPLY_CODES.get(kind, kind), "message": message or ""})
+    code = NO_REPLY_CODES.get(kind, kind.lower())
+    return _line(job_id, item_id, custom_id, None, {"code": code, "message": message or ""})
 
 
 def cancelled_line(job_id: str, item_id: str, custom_id: str | None = None) -> dict[str, Any]:
