@@ -176,3 +176,24 @@ def test_a_line_is_pinned_to_the_first_of_the_jobs_models_with_its_id(loom, fake
     result = loom.run(JOB)
     result.assert_outcomes(completed=2)
     assert {item_id: row.last_model for item_id, row in result.items.items()} == {"r1": "mini", "r2": "big"}
+
+
+def test_a_cancelled_jobs_unsent_requests_are_batch_cancelled_lines(loom, fake_provider):
+    import trio
+
+    from storyloom.api import cancel_job
+
+    loom.write("storyloom.yaml", settings(fake_provider))
+    write_jsonl(loom, INPUT[:2])
+    job_id = loom.submit(JOB)
+    trio.run(lambda: cancel_job(job_id, options=loom.options()))
+    states = loom.outputs(job_id, rebuild=True)
+    assert states["results.jsonl"] == "rebuilt" and states["errors.jsonl"] == "rebuilt"
+    folder = loom.out_dir / job_id
+    lines = read_lines(folder / "results.jsonl")
+    assert [line["custom_id"] for line in lines] == ["chapter 1/intro", "บทที่ 2"]
+    for line in lines:
+        assert list(LINE.iter_errors(line)) == [] and line["response"] is None
+        assert line["error"]["code"] == "batch_cancelled"
+    assert read_lines(folder / "errors.jsonl") == lines
+    assert fake_provider.requests == []
