@@ -81,7 +81,7 @@ from typing import Any
 
 import jinja2
 
-from storyloom import ConfigError, ErrorKind, ProviderError, hookimpl
+from storyloom import ConfigError, ErrorKind, ProviderError, UsageError, hookimpl
 from storyloom.document import LONE_SURROGATE, decode_utf8, find_lone_surrogate, locate, parse_json_text
 from storyloom.errors import Location
 from storyloom.inputfile import InputFile
@@ -589,6 +589,14 @@ def loom_validate_job(job, config):
     """Refuse inline items that could never make a request, before anything is stored."""
     if job.job_type != NAME:
         return
+    chosen = getattr(getattr(config, "options", None), "models", None)
+    if chosen:  # --models replaces the job's: a line pinned to one of the job's models would have no provider
+        for item in job.items:
+            if item.model and item.model not in chosen:
+                custom_id = item.fields.get("custom_id", item.item_id)
+                raise UsageError(f"the request {_shown(custom_id)} names the provider model of {item.model!r}, "
+                                 f"which --models ({', '.join(chosen)}) leaves out; add it, or set "
+                                 "'input_model: job' in the job file to let the chosen models answer every line")
     for i, item in enumerate(job.items):
         given = [key for key in ("prompt", "messages", "body") if key in item.fields]
         where = f"items[{i}]"

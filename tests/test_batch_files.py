@@ -197,3 +197,15 @@ def test_a_cancelled_jobs_unsent_requests_are_batch_cancelled_lines(loom, fake_p
         assert line["error"]["code"] == "batch_cancelled"
     assert read_lines(folder / "errors.jsonl") == lines
     assert fake_provider.requests == []
+
+
+def test_models_on_the_command_line_that_leave_a_lines_model_out_are_refused(loom, fake_provider):
+    from storyloom import UsageError
+
+    loom.write("storyloom.yaml", settings(fake_provider))
+    write_jsonl(loom, INPUT[:2])
+    with pytest.raises(UsageError, match=r"the request \"บทที่ 2\" names the provider model of 'big'"):
+        loom.run(JOB, models=("mini",))
+    assert fake_provider.requests == [] and loom.stored_jobs() == []
+    loom.run(JOB + "input_model: job\n", models=("mini",)).assert_outcomes(completed=2)
+    assert {r.body["model"] for r in fake_provider.requests} == {"gpt-4o-mini"}
