@@ -27,6 +27,7 @@ from .projects import find_projects_dir, load_project, project_path
 from .provider import check_factory, check_spec, missing_env
 from .registry import Registries, collect
 from .settings import BUILTIN_MODELS, Price, Settings
+from .settingsfile import SETTINGS_FILE
 from .store.opening import DEFAULT_STORE, STORE_ENV
 
 
@@ -50,10 +51,45 @@ class Options:
     progress: tuple[str, ...] | None = None
     quiet: bool = False
     autoload: bool | None = None
+    #: Run or submit the job under this id instead of its file's (``--job-id``).
+    job_id: str | None = None
 
     def state_path(self) -> Path:
-        """``--state-dir``, else ``$STORYLOOM_HOME``, else ``.storyloom`` in the working folder."""
-        return Path(self.state_dir or os.environ.get("STORYLOOM_HOME") or ".storyloom")
+        """``--state-dir``, else ``$STORYLOOM_HOME``, else the state folder found
+        walking up from the working folder (:func:`find_state_dir`)."""
+        given = self.state_dir or os.environ.get("STORYLOOM_HOME")
+        return Path(given) if given else find_state_dir(Path.cwd())
+
+    def out_path(self) -> Path:
+        """``--out-dir``, else ``storyloom-out`` beside the state folder found
+        walking up (the studio's folder), else in the working folder."""
+        if self.out_dir:
+            return Path(self.out_dir)
+        if self.state_dir or os.environ.get("STORYLOOM_HOME"):
+            return Path(OUT_DIR_NAME)
+        return find_state_dir(Path.cwd()).parent / OUT_DIR_NAME
+
+
+#: The state folder's name, beside a studio's ``storyloom.yaml``; outputs go beside it.
+STATE_DIR_NAME = ".storyloom"
+OUT_DIR_NAME = "storyloom-out"
+
+
+def find_state_dir(start: Path) -> Path:
+    """The state folder for commands run in ``start``, found as the settings
+    are: the ``.storyloom`` beside the nearest ``storyloom.yaml`` in
+    ``start`` or a parent (it need not exist yet); with none, ``./.storyloom``.
+
+    So ``status`` in a studio's ``jobs/`` folder reads the studio's store,
+    and a store never ends up inside a subfolder of the studio. A
+    ``.storyloom`` folder alone marks nothing: a stray one in ``/tmp`` or
+    the home folder must not capture every command run below it. Relative
+    (``.storyloom``) when it is the working folder's own."""
+    start = Path(start).resolve()
+    for folder in (start, *start.parents):
+        if (folder / SETTINGS_FILE).is_file():
+            return Path(STATE_DIR_NAME) if folder == start else folder / STATE_DIR_NAME
+    return Path(STATE_DIR_NAME)
 
 
 @dataclass
@@ -79,8 +115,9 @@ class Config:
         """The hooks the kernel calls, with checked signatures."""
         return Hooks(self.pluginmanager)
 
-    @property
+    @cached_property
     def state_dir(self) -> Path:
+        # Found once per config: outputs are written per item, and the walk up stats folders.
         return self.options.state_path()
 
     @property
@@ -92,9 +129,9 @@ class Config:
             return self.options.store
         return os.environ.get(STORE_ENV) or self.settings.store or DEFAULT_STORE
 
-    @property
+    @cached_property
     def out_dir(self) -> Path:
-        return Path(self.options.out_dir or "storyloom-out")
+        return self.options.out_path()
 
     @property
     def grace_period(self) -> float:

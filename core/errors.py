@@ -91,3 +91,18 @@ class ConfigError(UsageError):
         self.message = message
         where = f" at {path}" if path else ""
         super().__init__(f"{self.location}:{where}: {message}" if where else f"{self.location}: {message}")
+
+
+class ConfigErrors(ConfigError):
+    """Several problems in one file (``storyloom validate`` lists them all).
+
+    It is the first of them as a :class:`ConfigError` (its location, path
+    and message), so code that reports one error keeps working; ``errors``
+    holds every one reported, in file order, and ``more`` counts those left
+    out past the cap."""
+
+    def __init__(self, errors: "list[ConfigError]", more: int = 0) -> None:
+        first = errors[0]
+        super().__init__(first.location, first.path, first.message)
+        self.errors = list(errors)
+        self.more = more

@@ -21,6 +21,9 @@ model entry chooses it. The factory, normally a class, is a
   is planned, for the models that job would use; an unset or empty one is a
   ConfigError naming the model, the variable and the model entry, before
   anything is stored. The value is never read into a message.
+* ``factory.expected_output_tokens(spec, request)`` (optional) is the reply
+  length to expect, for ``--dry-run``'s expected cost
+  (:mod:`storyloom.estimate`); without it half of ``max_tokens`` is assumed.
 
 What a provider knows about its vendor -- list prices, rate-limit headers,
 wire formats -- stays in its plugin: the kernel only sees the members below.

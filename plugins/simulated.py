@@ -105,6 +105,11 @@ class SimulatedProvider(BaseProvider):
         """The entry's options (latency_ms, errors, ...); no key is needed."""
         _options(spec)
 
+    @classmethod
+    def expected_output_tokens(cls, spec: ModelSpec, request: Request) -> int:
+        """For ``--dry-run``: the entry's mean ``output_tokens``, within max_tokens."""
+        return min(request.max_tokens, int(_options(spec)["output_tokens"]))
+
     async def complete(self, request: Request) -> Response:
         meta = request.metadata
         rng = random.Random(f"{self.opts['seed']}:{meta.get('item_id')}:{meta.get('attempt')}")
