@@ -302,6 +302,10 @@ async def _wait_turn(batch: "Batch", item: Item, claimed: ClaimedItem, candidate
 def _failure(batch: "Batch", exc: ProviderError, claimed: ClaimedItem, attempt: int, model: str | None,
              t0: float, route: dict[str, Any], cost: float, sent: float | None = None,
              unknown: bool = False) -> Outcome:
+    if exc.raw is not None:
+        # The server's own answer, kept with the item (its route) for a job
+        # type that hands replies on as they came (a Batch API error line).
+        route = {**route, "reply": exc.raw.as_dict()}
     common = dict(attempt=attempt, model=model, elapsed=trio.current_time() - t0, input_tokens=exc.input_tokens,
                   output_tokens=exc.output_tokens, cost_usd=cost, error_kind=exc.kind, route=route,
                   sent_worst_usd=sent, usage_unknown=unknown)

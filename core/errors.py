@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any
 
 
 class ErrorKind(enum.StrEnum):
@@ -33,7 +34,8 @@ class ProviderError(Exception):
     ``billed`` says whether the provider may have billed a request that failed
     with no token counts: False only when it surely did not (a 4xx rejection,
     a request never sent); None (the default) means maybe, and the kernel then
-    counts the attempt's worst case as "sent, outcome unknown".
+    counts the attempt's worst case as "sent, outcome unknown". ``raw`` is
+    the HTTP reply it came from, if any.
     """
 
     def __init__(
@@ -45,6 +47,7 @@ class ProviderError(Exception):
         input_tokens: int = 0,
         output_tokens: int = 0,
         billed: bool | None = None,
+        raw: Any = None,
     ) -> None:
         super().__init__(message)
         self.kind = ErrorKind(kind)
@@ -53,6 +56,10 @@ class ProviderError(Exception):
         self.input_tokens = input_tokens
         self.output_tokens = output_tokens
         self.billed = billed
+        #: The HTTP reply that failed (a :class:`storyloom.provider.RawReply`:
+        #: status, request id, body); None when no reply came (a timeout, a
+        #: refused connection) or the failure is not the server's answer.
+        self.raw = raw
 
     def __str__(self) -> str:
         return f"{self.kind}: {self.message}"

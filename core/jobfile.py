@@ -219,7 +219,7 @@ class _JobBuilder:
             path: PathKey = ("items", i)
             try:
                 item = self.item(entry, path, job_level, job_deadline, models)
-                for expanded, id_path in expand(item, entry, ItemSite(self.doc, path)):
+                for expanded, id_path in expand(item, entry, ItemSite(self.doc, path, self.settings)):
                     if not expanded.item_id:
                         raise error_at(self.doc, path, "missing required key 'item_id'")
                     collected.add(expanded, path + tuple(id_path))
@@ -248,7 +248,7 @@ class _JobBuilder:
         template = Item(item_id="", priority=level, deadline=job_deadline)
         collected = _Collector(self.doc)
         source = open_input(self.data["input"], self.doc.file, self.settings.input_roots, self.fail(("input",)))
-        for item in reader(source, template, ItemSite(self.doc, ("input",))):
+        for item in reader(source, template, ItemSite(self.doc, ("input",), self.settings)):
             self.check_id(item.item_id, ("input",), what=f"item_id {item.item_id!r} from the input file: ")
             collected.add(item, ("input",))
         if not collected.first_seen:

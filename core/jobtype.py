@@ -143,6 +143,10 @@ class ItemSite:
     doc: Document
     #: ``("items", 3)`` or ``("input",)``.
     path: PathKey
+    #: The run's :class:`storyloom.settings.Settings` (its ``models:``), for a
+    #: job type that maps what an entry names onto configured models; None
+    #: when the caller has none.
+    settings: Any = None
 
     @property
     def job(self) -> Mapping[str, Any]:

@@ -82,6 +82,22 @@ class Request:
 
 
 @dataclass(frozen=True)
+class RawReply:
+    """The HTTP answer a request got, as the server sent it: its status, the
+    server's request id header (None if it sent none) and the JSON body
+    (None if the body was not JSON, or came as a stream of events). Kept on
+    :class:`Response` and :class:`storyloom.ProviderError` (``raw``) for a
+    job type that must hand the reply on unchanged (a Batch API output file)."""
+
+    status_code: int
+    request_id: str | None = None
+    body: Any = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"status_code": self.status_code, "request_id": self.request_id, "body": self.body}
+
+
+@dataclass(frozen=True)
 class Response:
     text: str
     input_tokens: int
@@ -90,6 +106,8 @@ class Response:
     model: str | None = None  # the provider's model id that answered
     #: The parsed, schema-checked object when the request had a response_schema.
     data: Any = None
+    #: The HTTP reply it came from (None: a provider without one, such as the simulated one).
+    raw: RawReply | None = field(default=None, compare=False, repr=False)
 
 
 #: Longest piece of a model's reply quoted in an INVALID_OUTPUT message.

@@ -26,11 +26,26 @@ attribute or an unknown name is a ConfigError at the template's line.
 Each body is checked when the job is loaded, against OpenAI's request
 schema and storyloom's limits (``storyloom.plugins.support.chatbody``), with
 errors at the file's line and the field's column.
-From a body, ``messages``, ``max_completion_tokens`` (or ``max_tokens``) and
-``temperature`` make the request; the job's models and routing choose the
-model, so ``model`` and ``stream`` in a body are ignored; every other field
-(``top_p``, ``stop``, ``response_format``, ...) rides along in
-``Request.metadata["extra_body"]`` for a provider that can send it.
+Batch API files move to storyloom and back unchanged:
+
+- ``custom_id`` is any non-empty string, unique in the file (spaces, ``/``,
+  any script), kept verbatim in the item's fields and in every output line.
+  The item's id (its output file's name) is the custom_id itself when it is a
+  safe name, else :func:`item_id_for`'s slug and hash of it.
+- ``model`` in a body picks the model: the job's model (``models:``, else
+  the settings' ``default_models``) whose settings entry names that provider
+  model id (``model: gpt-4o-mini``) answers the line (the item is pinned to
+  it); a line whose model none of them has is refused at its line. With
+  ``input_model: job`` in the job file the body's model is ignored on purpose
+  and the job's models and routing choose, as for inline items.
+- The body is sent as written: ``messages``, ``temperature`` and every other
+  field (``top_p``, ``stop``, ``response_format``, ``max_tokens`` /
+  ``max_completion_tokens``, ...) ride along in
+  ``Request.metadata["extra_body"]``; a line without a cap sends none
+  (``metadata["send_max_tokens"] = False``). ``Request.max_tokens`` is then
+  only the worst case the budget and rate limits count: the line's cap, else
+  the job's ``config.max_tokens``, else :data:`UNCAPPED_WORST_TOKENS`.
+  ``stream`` is storyloom's to decide and ``n`` must be 1.
 
 An item takes the fields in ``schemas/prompts-item.schema.json`` (``prompt``,
 ``messages``, ``language``, ``vars``); an item without its own ``language``
@@ -40,24 +55,34 @@ story fields are not this job type's: they are errors here.
 
 Each reply is written to ``storyloom-out/<job_id>/<item_id>.txt`` (by the
 outputs plugin), and when a batch ends ``storyloom-out/<job_id>/results.jsonl``
-is rewritten from the store in the Batch API output format: one line per
-finished item, in the items' order. Items not finished yet (a paused batch)
-are left out until a resume finishes them.
+is rewritten from the store in the Batch API output format, one line per
+finished item, in the items' order: ``{"id": "batch_req_...", "custom_id",
+"response": {"status_code", "request_id", "body"}, "error": null}`` with the
+server's own status, ``x-request-id`` and JSON body, error replies (4xx, 5xx)
+included; a request that got no HTTP reply has ``"response": null`` and
+``"error": {"code", "message"}`` (:data:`NO_REPLY_CODES`). As OpenAI's error
+file does, ``errors.jsonl`` beside it holds the lines that failed (no reply,
+or a status that is not 2xx). A provider with no HTTP reply (the simulated
+one) gets a chat.completion body built from the stored result. Items not
+finished yet (a paused batch) are left out until a resume finishes them; a
+cancelled job's items that never ran are ``batch_cancelled`` lines.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
+import unicodedata
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import jinja2
 
-from storyloom import ConfigError, ErrorKind, ProviderError, hookimpl
-from storyloom.document import LONE_SURROGATE, decode_utf8, find_lone_surrogate, locate
+from storyloom import ConfigError, ErrorKind, ProviderError, UsageError, hookimpl
+from storyloom.document import LONE_SURROGATE, decode_utf8, find_lone_surrogate, locate, parse_json_text
 from storyloom.errors import Location
 from storyloom.inputfile import InputFile
 from storyloom.document import error_at
@@ -77,11 +102,25 @@ ITEM_SCHEMA = schema("prompts-item.schema.json")
 _INPUT_KEYS = ("custom_id", "method", "url", "body")
 _INPUT_URL = "/v1/chat/completions"
 RESULTS_FILE = "results.jsonl"
-#: max_tokens for a request that sets none (nor the job's config.max_tokens).
+#: The failed lines, as OpenAI's error file (``error_file_id``) holds them.
+ERRORS_FILE = "errors.jsonl"
+#: max_tokens for an inline prompt that sets none (nor the job's config.max_tokens).
 DEFAULT_MAX_TOKENS = 1024
+#: The worst case counted (budget, rate limits) for a Batch line that sets no
+#: cap and so sends none, when the job sets no config.max_tokens: the largest
+#: output of the GPT-4o / GPT-4.1 class models (16,384 tokens).
+UNCAPPED_WORST_TOKENS = 16_384
 #: Body fields the request is built from, or that the kernel decides instead.
-_USED = frozenset({"messages", "max_tokens", "max_completion_tokens", "temperature", "n"})
+_USED = frozenset({"messages", "temperature", "n"})
 _IGNORED = frozenset({"model", "stream", "stream_options"})
+#: ``input_model:`` values (job file): match body.model, or let the job's models choose.
+INPUT_MODEL_MODES = ("match", "job")
+#: The ``error.code`` of a request that got no HTTP reply, by storyloom's error
+#: kind (OpenAI's code where it has one); any other kind is its name in lower
+#: case, as OpenAI's codes are (``invalid_input``, ``auth_error``, ...).
+NO_REPLY_CODES = {"TIMEOUT": "request_timeout", "TEMPORARY_ERROR": "connection_error"}
+#: A safe item id's pattern is job.schema.json's identifier; a slug keeps this much of a custom_id.
+_SLUG_MAX = 48
 
 #: The names a prompt's context holds besides the job's and the item's vars.
 CONTEXT_NAMES = ("vars", "item_id", "job_id", "language")
@@ -109,11 +148,14 @@ class PromptsJobType:
 
     def read_input(self, source: InputFile, template: Item, where: ItemSite) -> Iterator[Item]:
         """Items from an OpenAI Batch API input file (checked and read by the
-        kernel): item_id is each line's custom_id, the body goes in the fields
-        (with the job's language)."""
+        kernel): the custom_id and body go in the fields (with the job's
+        language), the item_id is :func:`item_id_for` the custom_id, and the
+        item is pinned to the model its body names (see the module doc)."""
         file, raw = source.name, source.data
         fields = {"language": where.job["language"]} if "language" in where.job else {}
+        models = _ModelMatch(where)
         first_line: dict[str, int] = {}
+        id_line: dict[str, tuple[int, str]] = {}
         # split, not splitlines: JSON strings may hold U+2028 and friends unescaped.
         for number, line in enumerate(decode_utf8(raw, file).split("\n"), 1):
             if not line.strip():
@@ -122,11 +164,22 @@ class PromptsJobType:
             custom_id = entry["custom_id"]
             if custom_id in first_line:
                 raise ConfigError(Location(file, number, 1), "custom_id",
-                                  f"duplicate custom_id '{custom_id}' (first on line {first_line[custom_id]})")
+                                  f"duplicate custom_id {_shown(custom_id)} (first on line {first_line[custom_id]})")
             first_line[custom_id] = number
-            yield replace(template, item_id=custom_id, fields={**fields, "body": entry["body"]})
+            item_id = item_id_for(custom_id)
+            if item_id in id_line:  # a safe custom_id written as another one's derived id
+                other_line, other = id_line[item_id]
+                raise ConfigError(Location(file, number, 1), "custom_id",
+                                  f"custom_id {_shown(custom_id)} and custom_id {_shown(other)} (line {other_line}) "
+                                  f"would both be item {item_id!r}; rename one")
+            id_line[item_id] = (number, custom_id)
+            model = models.pin(entry["body"], line, file, number)
+            yield replace(template, item_id=item_id, model=model,
+                          fields={**fields, "custom_id": custom_id, "body": entry["body"]})
         if not first_line:
             raise where.error((), f"{file} holds no requests")
+        if models.problem is not None:
+            raise models.problem  # after every line is read: a line that is not a request is the first error
 
     def build_request(self, item: Item, job: Job) -> Request:
         fields = item.fields
@@ -146,9 +199,62 @@ class PromptsJobType:
 
     def handle_result(self, item: Item, job: Job, response: Response) -> Result:
         # An empty reply is a reply: a generic request has no notion of "too short".
-        return Result(text=response.text, file_name=f"{item.item_id}.txt", data={
-            "model": response.model, "finish_reason": response.finish_reason, "created": int(time.time()),
-            "input_tokens": response.input_tokens, "output_tokens": response.output_tokens})
+        data = {"model": response.model, "finish_reason": response.finish_reason, "created": int(time.time()),
+                "input_tokens": response.input_tokens, "output_tokens": response.output_tokens}
+        if response.raw is not None:
+            data["reply"] = response.raw.as_dict()  # the server's own answer, for results.jsonl
+        return Result(text=response.text, file_name=f"{item.item_id}.txt", data=data)
+
+
+def item_id_for(custom_id: str) -> str:
+    """The item id of a Batch line: its custom_id when that is a safe name,
+    else a slug of it (ASCII letters, digits, ``.``, ``_``, ``-``) and 12 hex
+    digits of its SHA-256, so different custom_ids give different ids and the
+    same custom_id always the same one."""
+    if not identifier_problem(custom_id):
+        return custom_id
+    ascii_text = unicodedata.normalize("NFKD", custom_id).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", ascii_text).strip("-._")[:_SLUG_MAX].rstrip("-._")
+    digest = hashlib.sha256(custom_id.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return f"{slug}-{digest}" if slug else f"id-{digest}"
+
+
+def _shown(text: str) -> str:
+    """A custom_id quoted for a message: JSON, so control characters show escaped."""
+    shown = json.dumps(text, ensure_ascii=False)
+    return shown if len(shown) <= 80 else shown[:76] + '..."'
+
+
+class _ModelMatch:
+    """Maps a Batch line's ``body.model`` (a provider model id) onto one of the
+    job's configured models, per the job's ``input_model:``."""
+
+    def __init__(self, where: ItemSite) -> None:
+        self.mode = where.job.get("input_model", "match")
+        settings = where.settings
+        self.specs = {}
+        if settings is not None:
+            names = where.job.get("models") or settings.default_models
+            self.specs = {name: settings.models[name] for name in names if name in settings.models}
+        self.by_id: dict[str, str] = {}
+        #: The first line whose model none of the job's models has.
+        self.problem: ConfigError | None = None
+        for name, spec in self.specs.items():
+            self.by_id.setdefault(spec.model, name)  # the first of the job's models with that id
+
+    def pin(self, body: dict[str, Any], line: str, file: str, number: int) -> str | None:
+        model = body.get("model")
+        if self.mode != "match" or not isinstance(model, str) or not self.specs:
+            return None
+        name = self.by_id.get(model)
+        if name is not None or self.problem is not None:
+            return name
+        known = ", ".join(f"{n} ({spec.model})" for n, spec in self.specs.items())
+        message = (f"model {_shown(model)} is not the provider model id of any of the job's models: {known}; "
+                   f"add a model with 'model: {model}' to the settings and the job's models, or set "
+                   "'input_model: job' in the job file to let the job's models answer every line")
+        self.problem = error_at(parse_json_text(line, file, number), ("body", "model"), message)
+        return None
 
 
 def _input_line(line: str, file: str, number: int) -> dict[str, Any]:
@@ -173,9 +279,8 @@ def _input_line(line: str, file: str, number: int) -> dict[str, Any]:
     for key in _INPUT_KEYS:
         if key not in entry:
             raise ConfigError(where, "", f"missing required key '{key}'")
-    problem = identifier_problem(entry["custom_id"])
-    if problem:
-        raise ConfigError(where, "custom_id", "custom_id becomes the item_id: " + problem)
+    if not isinstance(entry["custom_id"], str) or not entry["custom_id"]:
+        raise ConfigError(where, "custom_id", f"expected a non-empty string, got {describe(entry['custom_id'])}")
     if entry["method"] != "POST":
         raise ConfigError(where, "method", f"expected POST, got {describe(entry['method'])}")
     if entry["url"] != _INPUT_URL:
@@ -276,12 +381,14 @@ def _from_body(body: dict[str, Any], job: Job) -> Request:
     temperature = body.get("temperature")
     if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))):
         raise invalid(f"body.temperature: expected a number, got {temperature!r}")
+    # The cap (or none) is the body's own, sent as written among the extra fields;
+    # max_tokens here is the worst case the kernel counts.
     extra = {key: value for key, value in body.items() if key not in _USED | _IGNORED}
     return Request(
         messages=tuple(_messages(body.get("messages"), "body.messages")),
-        max_tokens=max_tokens or job.config.max_tokens or DEFAULT_MAX_TOKENS,
+        max_tokens=max_tokens or job.config.max_tokens or UNCAPPED_WORST_TOKENS,
         temperature=float(temperature) if temperature is not None else None,
-        metadata={"extra_body": extra} if extra else {},
+        metadata={"extra_body": extra, "send_max_tokens": False} if extra else {"send_max_tokens": False},
     )
 
 
@@ -327,8 +434,34 @@ def _ids(job_id: str, item_id: str) -> str:
     return hashlib.sha256(f"{job_id}\0{item_id}".encode()).hexdigest()[:24]
 
 
-def completed_line(job_id: str, item_id: str, text: str, data: dict[str, Any]) -> dict[str, Any]:
-    """One Batch API output line for a completed item."""
+def _line(job_id: str, item_id: str, custom_id: str, response: dict[str, Any] | None,
+          error: dict[str, str] | None) -> dict[str, Any]:
+    return {"id": f"batch_req_{_ids(job_id, item_id)}", "custom_id": custom_id, "response": response, "error": error}
+
+
+def _reply(stored: Any) -> dict[str, Any] | None:
+    """A stored HTTP reply ({status_code, request_id, body}) fit for an output
+    line: a JSON object body and an integer status; else None."""
+    if not isinstance(stored, dict) or not isinstance(stored.get("status_code"), int):
+        return None
+    if not isinstance(stored.get("body"), dict):
+        return None  # a stream's reply, or a body that was not a JSON object: rebuilt instead
+    request_id = stored.get("request_id")
+    return {"status_code": stored["status_code"], "request_id": request_id if isinstance(request_id, str) else None,
+            "body": stored["body"]}
+
+
+def completed_line(job_id: str, item_id: str, text: str, data: dict[str, Any],
+                   custom_id: str | None = None) -> dict[str, Any]:
+    """One Batch API output line for a completed item: the server's reply as
+    it came, else (no HTTP reply was kept: the simulated provider, a stream)
+    a chat.completion body built from the result."""
+    custom_id = item_id if custom_id is None else custom_id
+    reply = _reply(data.get("reply"))
+    if reply is not None:
+        if reply["request_id"] is None:
+            reply["request_id"] = f"req_{_ids(job_id, item_id)}"  # the server sent none (Gemini): still a string
+        return _line(job_id, item_id, custom_id, reply, None)
     h = _ids(job_id, item_id)
     prompt, completion = int(data.get("input_tokens") or 0), int(data.get("output_tokens") or 0)
     body = {
@@ -340,27 +473,78 @@ def completed_line(job_id: str, item_id: str, text: str, data: dict[str, Any]) -
                      "logprobs": None, "finish_reason": data.get("finish_reason") or "stop"}],
         "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
     }
-    return {"id": f"batch_req_{h}", "custom_id": item_id,
-            "response": {"status_code": 200, "request_id": f"req_{h}", "body": body}, "error": None}
+    stored = data.get("reply") if isinstance(data.get("reply"), dict) else {}
+    request_id = stored.get("request_id") if isinstance(stored.get("request_id"), str) else f"req_{h}"
+    return _line(job_id, item_id, custom_id, {"status_code": 200, "request_id": request_id, "body": body}, None)
 
 
-def failed_line(job_id: str, item_id: str, kind: str | None, message: str | None) -> dict[str, Any]:
-    """One Batch API output line for a failed item: the error kind is the code."""
-    return {"id": f"batch_req_{_ids(job_id, item_id)}", "custom_id": item_id, "response": None,
-            "error": {"code": kind or str(ErrorKind.INTERNAL_ERROR), "message": message or ""}}
+def failed_line(job_id: str, item_id: str, kind: str | None, message: str | None,
+                custom_id: str | None = None, reply: Any = None) -> dict[str, Any]:
+    """One Batch API output line for a failed item: the server's reply when
+    there was one (its 4xx/5xx status and error body, ``error: null``), else
+    ``response: null`` and ``error: {code, message}`` (:data:`NO_REPLY_CODES`)."""
+    custom_id = item_id if custom_id is None else custom_id
+    response = _reply(reply)
+    if response is not None:
+        if response["request_id"] is None:
+            response["request_id"] = f"req_{_ids(job_id, item_id)}"
+        return _line(job_id, item_id, custom_id, response, None)
+    kind = kind or str(ErrorKind.INTERNAL_ERROR)
+    code = NO_REPLY_CODES.get(kind, kind.lower())
+    return _line(job_id, item_id, custom_id, None, {"code": code, "message": message or ""})
+
+
+def cancelled_line(job_id: str, item_id: str, custom_id: str | None = None) -> dict[str, Any]:
+    """The line of a request a cancelled job never sent, as OpenAI writes it."""
+    custom_id = item_id if custom_id is None else custom_id
+    return _line(job_id, item_id, custom_id, None, {"code": "batch_cancelled",
+                                                    "message": "The job was cancelled before this request ran."})
+
+
+def is_error_line(line: dict[str, Any]) -> bool:
+    """Whether an output line belongs in the error file: no reply, or not a 2xx one."""
+    response = line["response"]
+    return response is None or not 200 <= response["status_code"] < 300
+
+
+def _custom_id(row) -> str:
+    custom_id = (row.definition.get("fields") or {}).get("custom_id")
+    return custom_id if isinstance(custom_id, str) else row.item_id
+
+
+async def result_lines(job: Job, store) -> list[dict[str, Any]]:
+    """The output lines as the store has them: one per finished item (and per
+    never-run item of a cancelled job), in the items' order."""
+    row = await store.get_job(job.job_id)
+    cancelled = row is not None and row.state == "cancelled"
+    lines = []
+    for row in await store.items(job.job_id):
+        custom_id = _custom_id(row)
+        if row.state == "completed":
+            stored = await store.result(job.job_id, row.item_id)
+            text, data = stored if stored is not None else ("", None)
+            lines.append(completed_line(job.job_id, row.item_id, text, data or {}, custom_id))
+        elif row.state == "failed":
+            reply = (row.route or {}).get("reply")
+            lines.append(failed_line(job.job_id, row.item_id, row.error_kind, row.error, custom_id, reply))
+        elif row.state == "skipped" and cancelled and row.definition.get("status") != "skipped":  # not skipped in the file
+            lines.append(cancelled_line(job.job_id, row.item_id, custom_id))
+    return lines
+
+
+def _jsonl(lines: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
 
 
 async def results_jsonl(job: Job, store) -> str:
     """``results.jsonl`` as the store has it: a line per finished item, in the items' order."""
-    lines = []
-    for row in await store.items(job.job_id):
-        if row.state == "completed":
-            stored = await store.result(job.job_id, row.item_id)
-            text, data = stored if stored is not None else ("", None)
-            lines.append(completed_line(job.job_id, row.item_id, text, data or {}))
-        elif row.state == "failed":
-            lines.append(failed_line(job.job_id, row.item_id, row.error_kind, row.error))
-    return "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+    return _jsonl(await result_lines(job, store))
+
+
+async def output_files(job: Job, store) -> dict[str, str]:
+    """``results.jsonl`` and ``errors.jsonl`` (its failed lines), by file name."""
+    lines = await result_lines(job, store)
+    return {RESULTS_FILE: _jsonl(lines), ERRORS_FILE: _jsonl([line for line in lines if is_error_line(line)])}
 
 
 class BatchResults:
@@ -376,8 +560,8 @@ class BatchResults:
             return None
 
         async def write() -> None:
-            text = await results_jsonl(job, store)
-            write_output(self.config, job.job_id, job_folder(self.config, job.job_id) / RESULTS_FILE, text)
+            for name, text in (await output_files(job, store)).items():
+                write_output(self.config, job.job_id, job_folder(self.config, job.job_id) / name, text)
 
         return write
 
@@ -390,7 +574,7 @@ class BatchResults:
             row = await store.get_job(job.job_id)
             if row is None or row.state not in STOPPED_STATES:
                 return []  # written when a run ends: a running job's file is the last run's
-            return [Output(RESULTS_FILE, await results_jsonl(job, store))]
+            return [Output(name, text) for name, text in (await output_files(job, store)).items()]
 
         return results
 
@@ -405,6 +589,14 @@ def loom_validate_job(job, config):
     """Refuse inline items that could never make a request, before anything is stored."""
     if job.job_type != NAME:
         return
+    chosen = getattr(getattr(config, "options", None), "models", None)
+    if chosen:  # --models replaces the job's: a line pinned to one of the job's models would have no provider
+        for item in job.items:
+            if item.model and item.model not in chosen:
+                custom_id = item.fields.get("custom_id", item.item_id)
+                raise UsageError(f"the request {_shown(custom_id)} names the provider model of {item.model!r}, "
+                                 f"which --models ({', '.join(chosen)}) leaves out; add it, or set "
+                                 "'input_model: job' in the job file to let the chosen models answer every line")
     for i, item in enumerate(job.items):
         given = [key for key in ("prompt", "messages", "body") if key in item.fields]
         where = f"items[{i}]"

@@ -28,6 +28,8 @@ request is not refused for ever). Excess gets the provider's 429 with
 ``retry-after`` (and ``x-ratelimit-*`` / ``anthropic-ratelimit-*`` headers).
 ``configure(model, headers={...})`` adds fixed headers to every reply (a
 vendor's "nothing left until ..." fixtures), over the computed ones.
+Every reply carries a fresh request id the way each vendor sends it
+(``x-request-id``; Anthropic's ``request-id``), recorded with the request.
 
 The pytest fixture ``fake_provider`` is at the bottom; nothing here needs
 pytest otherwise, so benches can import this module.
@@ -84,6 +86,9 @@ class ModelConfig:
     #: Sent with every reply past the key check, over the computed rate-limit
     #: headers: fixtures of a vendor's headers ("remaining 0, reset in 1m30s").
     headers: dict[str, str] = field(default_factory=dict)
+    #: Answer every admitted request with this HTTP status (400, 500, ...)
+    #: and the vendor's error body, rather than a reply.
+    fail_status: int | None = None
 
 
 @dataclass
@@ -112,6 +117,8 @@ class Recorded:
     path: str
     headers: dict[str, str]  # the key header's value replaced by "<key>"
     body: Any
+    #: The id the reply carried in its request id header (x-request-id; Anthropic's request-id).
+    request_id: str = ""
 
 
 class _Bucket:
@@ -458,6 +465,8 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("content-length") or 0)
         raw = self.rfile.read(length) if length else b""
         kind, model, stream = self._route(path, query)
+        self._request_id = f"req_{secrets.token_hex(12)}"
+        self._kind = kind
         if kind is None:
             return self._send_json(404, {"error": {"message": f"no route for {path}"}})
         try:
@@ -473,7 +482,7 @@ class _Handler(BaseHTTPRequestHandler):
             sent_key = sent_key.removeprefix("Bearer ")
         if sent_key:
             headers[KEY_HEADERS[kind]] = "<key>"
-        self.fake._record(Recorded(kind, model, self.path, headers, body))
+        self.fake._record(Recorded(kind, model, self.path, headers, body, self._request_id))
         fake = self.fake
         fake._enter(model)
         try:
@@ -501,6 +510,11 @@ class _Handler(BaseHTTPRequestHandler):
                                         f"{wait:.3f}s.", wait=wait, extra=limit_headers)
             if config.latency:
                 fake._stop.wait(config.latency)
+            if config.fail_status is not None:
+                status = config.fail_status
+                what = "bad" if status < 500 else "error"
+                return self._send_json(status, _error_body(kind, status, what, f"Fake failure {status} for {model}."),
+                                       extra=limit_headers)
             if decision == "error":
                 status = fake._rngs[model].choice({"openai": [500, 502, 503], "anthropic": [500, 529],
                                                    "gemini": [500, 503]}[kind])
@@ -580,6 +594,11 @@ class _Handler(BaseHTTPRequestHandler):
                     {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{max(wait, 0.001):.3f}s"})
         self._send_json(status, body, extra=headers)
 
+    def _send_request_id(self) -> None:
+        kind = getattr(self, "_kind", None)
+        if kind in ("openai", "anthropic"):  # Gemini sends none
+            self.send_header("request-id" if kind == "anthropic" else "x-request-id", self._request_id)
+
     def _send_json(self, status: int, body: Any, extra: dict[str, str] | None = None) -> None:
         try:
             data = json.dumps(body, ensure_ascii=False).encode()
@@ -588,6 +607,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(data)))
+        self._send_request_id()
         for name, value in (extra or {}).items():
             self.send_header(name, value)
         self.end_headers()
@@ -600,6 +620,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("content-type", "text/event-stream")
         self.send_header("transfer-encoding", "chunked")
         self.send_header("cache-control", "no-cache")
+        self._send_request_id()
         for name, value in extra.items():
             self.send_header(name, value)
         self.end_headers()

@@ -27,12 +27,14 @@ def test_the_shipped_schema_is_the_published_one_extracted():
     assert "nullable" not in SHIPPED.read_text(encoding="utf-8")  # OpenAPI's, not JSON Schema's
 
 
-def validate(loom, body: dict, *, settings: str | None = None) -> None:
+def validate(loom, body: dict, *, settings: str | None = None, input_model: str = "job") -> None:
+    """Validate a file of OK_BODY then ``body``; by default with ``input_model:
+    job`` (these tests are about the body, not which model answers it)."""
     loom.write("storyloom.yaml", settings or "default_models: [simulated]\n")
     ok = {"custom_id": "ok", "method": "POST", "url": "/v1/chat/completions", "body": OK_BODY}
     bad = {"custom_id": "bad", "method": "POST", "url": "/v1/chat/completions", "body": body}
     loom.write("requests.jsonl", json.dumps(ok) + "\n" + json.dumps(bad) + "\n")
-    path = loom.write("job.yaml", "job_id: j\njob_type: prompts\ninput: requests.jsonl\n")
+    path = loom.write("job.yaml", f"job_id: j\njob_type: prompts\ninput: requests.jsonl\ninput_model: {input_model}\n")
     validate_job(path, options=loom.options())
 
 
@@ -74,9 +76,14 @@ def test_the_column_is_where_the_field_is_written(loom):
     assert info.value.location.column == line.index('9}') + 1  # the value, 1-based
 
 
-def test_model_in_a_body_is_ignored_and_need_not_be_given(loom):
+def test_model_in_a_body_need_not_be_given_and_input_model_job_ignores_it(loom):
     validate(loom, {"messages": [{"role": "user", "content": "x"}]})  # no model: fine
     validate(loom, {**OK_BODY, "model": "no-such-model", "temperature": 0.7, "seed": 3})
+    # By default (input_model: match) a model no configured entry has is refused at its line.
+    settings = "models:\n  mini: {provider: simulated, model: %s}\ndefault_models: [mini]\n" % OK_BODY["model"]
+    validate(loom, {"messages": [{"role": "user", "content": "x"}]}, settings=settings, input_model="match")
+    with pytest.raises(ConfigError, match=r"requests.jsonl:2:\d+: at body.model: model \"no-such-model\" is not"):
+        validate(loom, {**OK_BODY, "model": "no-such-model"}, settings=settings, input_model="match")
 
 
 def test_the_check_holds_for_models_of_other_providers(loom):

@@ -75,7 +75,7 @@ def test_outputs_lists_each_output_present_missing_or_partial(loom):
     loom.run(PROMPTS).assert_outcomes(completed=3)
     folder = loom.out_dir / "blurbs"
     states = loom.outputs("blurbs")
-    assert states == {"results.jsonl": "present", "b1.txt": "present", "b2.txt": "present", "b3.txt": "present",
+    assert states == {"results.jsonl": "present", "errors.jsonl": "present", "b1.txt": "present", "b2.txt": "present", "b3.txt": "present",
                       "report.md": "present", "report.json": "present", "report.html": "present"}
     (folder / "b1.txt").unlink()
     (folder / "b2.txt").write_text("half a bl", encoding="utf-8")
@@ -94,7 +94,7 @@ def test_rebuild_writes_every_output_byte_identical_from_the_store(loom):
     for path in folder.iterdir():
         path.unlink()
     states = loom.outputs("blurbs", rebuild=True)
-    assert set(states.values()) == {"rebuilt"} and len(states) == 7
+    assert set(states.values()) == {"rebuilt"} and len(states) == 8  # errors.jsonl (empty) too
     after = {p.name: p.read_bytes() for p in folder.iterdir() if not p.name.startswith("report")}
     assert after == before  # results.jsonl too: it is built from the store both times
     assert b"blurbs" in (folder / "report.md").read_bytes()

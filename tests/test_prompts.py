@@ -11,24 +11,25 @@ import pytest
 from storyloom import ConfigError, ErrorKind, ProviderError, hookimpl
 from storyloom.job import Item, Job, JobConfig
 from storyloom.loader import KnownNames, load_job
-from storyloom.plugins.prompts import DEFAULT_MAX_TOKENS, PromptsJobType
+from storyloom.plugins.prompts import UNCAPPED_WORST_TOKENS, PromptsJobType
 from storyloom.settings import Settings
 
 KNOWN = KnownNames(job_types={"prompts": PromptsJobType()})
 
-# As OpenAI's Batch API documentation writes them, plus the fields people add.
+# As OpenAI's Batch API documentation writes them, plus the fields people add
+# (the model is the provider model id of the settings' m1).
 BATCH_INPUT = [
     {"custom_id": "request-1", "method": "POST", "url": "/v1/chat/completions",
-     "body": {"model": "gpt-4o-mini", "max_tokens": 100,
+     "body": {"model": "m1", "max_tokens": 100,
               "messages": [{"role": "system", "content": "You are a helpful assistant."},
                            {"role": "user", "content": "Hello world!"}]}},
     {"custom_id": "request-2", "method": "POST", "url": "/v1/chat/completions",
-     "body": {"model": "gpt-4o-mini", "max_completion_tokens": 60, "temperature": 0.2, "top_p": 0.9,
+     "body": {"model": "m1", "max_completion_tokens": 60, "temperature": 0.2, "top_p": 0.9,
               "messages": [{"role": "developer", "content": "Answer in Thai."},
                            {"role": "user", "content": [{"type": "text", "text": "ฝนตกไหม"},
                                                         {"type": "text", "text": "ที่เชียงใหม่"}]}]}},
     {"custom_id": "request-3", "method": "POST", "url": "/v1/chat/completions",
-     "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Three"},
+     "body": {"model": "m1", "messages": [{"role": "user", "content": "Three"},
                                                    {"role": "assistant", "content": "Four"},
                                                    {"role": "user", "content": "Five?"}]}},
 ]
@@ -63,13 +64,14 @@ def test_a_batch_api_input_file_runs_unchanged(loom, fake_provider):
 
     sent = {r.body["messages"][-1]["content"]: r.body for r in fake_provider.requests}
     assert sent["Hello world!"]["messages"] == BATCH_INPUT[0]["body"]["messages"]
-    assert sent["Hello world!"]["max_completion_tokens"] == 100
+    # Each line's cap as written (max_tokens stays max_tokens), and none where it gave none.
+    assert sent["Hello world!"]["max_tokens"] == 100 and "max_completion_tokens" not in sent["Hello world!"]
     second = sent["ฝนตกไหม\nที่เชียงใหม่"]  # text parts joined
     assert second["messages"][0] == {"role": "developer", "content": "Answer in Thai."}
     assert second["max_completion_tokens"] == 60 and second["temperature"] == 0.2
-    assert sent["Five?"]["max_completion_tokens"] == DEFAULT_MAX_TOKENS
+    assert "max_completion_tokens" not in sent["Five?"] and "max_tokens" not in sent["Five?"]
     assert [m["role"] for m in sent["Five?"]["messages"]] == ["user", "assistant", "user"]
-    assert all(body["model"] == "m1" for body in sent.values())  # the job's models decide
+    assert all(body["model"] == "m1" for body in sent.values())  # the line's model, configured as m1
 
     lines = results(loom, "batch1")
     assert [line["custom_id"] for line in lines] == ["request-1", "request-2", "request-3"]
@@ -77,15 +79,18 @@ def test_a_batch_api_input_file_runs_unchanged(loom, fake_provider):
     for line in lines:
         assert line["error"] is None and line["id"].startswith("batch_req_")
         response = line["response"]
-        assert response["status_code"] == 200 and response["request_id"]
+        assert response["status_code"] == 200
         body = response["body"]
         assert body["object"] == "chat.completion" and body["model"] == "m1"
-        assert body["choices"][0]["message"] == {"role": "assistant", "content": "Hi there.", "refusal": None}
+        assert body["choices"][0]["message"]["content"] == "Hi there."
         assert body["choices"][0]["finish_reason"] == "stop"
         usage = body["usage"]
         assert usage["completion_tokens"] == 7
         assert usage["total_tokens"] == usage["prompt_tokens"] + 7
     assert sum(line["response"]["body"]["usage"]["prompt_tokens"] for line in lines) == stats.prompt_tokens
+    # The server's x-request-id, not an invented one.
+    assert sorted(line["response"]["request_id"] for line in lines) == sorted(
+        r.request_id for r in fake_provider.requests)
     # The outputs plugin still writes each reply on its own.
     assert (loom.out_dir / "batch1" / "request-2.txt").read_text(encoding="utf-8") == "Hi there."
 
@@ -99,7 +104,8 @@ def test_failed_requests_carry_the_error_kind(loom, fake_provider):
     assert result.summary.exit_code == 1
     (failed,) = results(loom, "batch2")
     assert failed["custom_id"] == "request-1" and failed["response"] is None
-    assert failed["error"]["code"] == ErrorKind.AUTH_ERROR
+    # The model was taken out of the batch (a bad key): the item ends with no model left, no reply.
+    assert failed["error"]["code"] == ErrorKind.AUTH_ERROR.lower()
 
 
 def test_lines_the_request_would_fail_on_are_refused_before_anything_is_stored(loom, fake_provider):
@@ -189,9 +195,15 @@ def test_body_fields_become_the_request():
             "response_format": {"type": "json_object"}, "messages": [{"role": "user", "content": "x"}]}
     request = PromptsJobType().build_request(Item("a", fields={"body": body}), job)
     assert request.max_tokens == 64 and request.temperature == 0.0 and not request.stream
-    assert request.metadata["extra_body"] == {"seed": 7, "response_format": {"type": "json_object"}}
+    # The cap rides along as written; the provider sends no cap of its own.
+    assert request.metadata["extra_body"] == {"seed": 7, "max_tokens": 64, "response_format": {"type": "json_object"}}
+    assert request.metadata["send_max_tokens"] is False
     no_limit = PromptsJobType().build_request(Item("b", fields={"body": {"messages": body["messages"]}}), job)
-    assert no_limit.max_tokens == 500 and no_limit.metadata == {}  # the job's max_tokens is the default
+    # No cap sent; the job's max_tokens is the worst case counted, else UNCAPPED_WORST_TOKENS.
+    assert no_limit.max_tokens == 500 and no_limit.metadata == {"send_max_tokens": False}
+    bare = PromptsJobType().build_request(Item("b", fields={"body": {"messages": body["messages"]}}),
+                                          Job(job_id="j", job_type="prompts", items=()))
+    assert bare.max_tokens == UNCAPPED_WORST_TOKENS
     with pytest.raises(ProviderError, match="body.max_tokens: expected a positive integer"):
         PromptsJobType().build_request(Item("d", fields={"body": {**body, "max_tokens": "64"}}), job)
     with pytest.raises(ProviderError, match="only text parts"):
@@ -209,16 +221,19 @@ def load(loom, job_text: str, lines: list | None = None):
 
 
 def test_input_lines_become_items(loom):
-    job = load(loom, "job_id: j\njob_type: prompts\nlanguage: th\npriority: high\ninput: requests.jsonl\n",
+    job = load(loom, "job_id: j\njob_type: prompts\nlanguage: th\npriority: high\ninput: requests.jsonl\n"
+                     "input_model: job\n",
                BATCH_INPUT[:2] + [""])  # a blank last line is fine
     assert [item.item_id for item in job.items] == ["request-1", "request-2"]
-    assert job.items[1].fields == {"language": "th", "body": BATCH_INPUT[1]["body"]}
+    assert job.items[1].fields == {"language": "th", "custom_id": "request-2", "body": BATCH_INPUT[1]["body"]}
+    assert job.items[1].model is None  # input_model: job: the job's models choose
     assert {item.priority.name for item in job.items} == {"HIGH"}
 
 
 def test_input_is_relative_to_the_job_file(loom):
     write_jsonl(loom, BATCH_INPUT[:1], "batches/nightly.jsonl")
-    path = loom.write("jobs/job.yaml", "job_id: j\njob_type: prompts\ninput: ../batches/nightly.jsonl\n")
+    path = loom.write("jobs/job.yaml", "job_id: j\njob_type: prompts\ninput: ../batches/nightly.jsonl\n"
+                                       "input_model: job\n")
     with pytest.raises(ConfigError, match="outside the job file's folder"):  # unless the settings allow it
         load_job(path, Settings(), KNOWN)
     allowed = Settings(input_roots=(str(loom.path / "batches"),))
@@ -233,8 +248,10 @@ def line(custom_id="r1", **changes) -> dict:
 
 
 @pytest.mark.parametrize("lines,where,message", [
-    ([line("r1"), line("a b")], 2, "at custom_id: custom_id becomes the item_id: expected a safe name"),
-    ([line("r1"), line("r2"), line("r1")], 3, "duplicate custom_id 'r1' (first on line 1)"),
+    ([line("r1"), line("")], 2, "at custom_id: expected a non-empty string, got an empty string"),
+    ([line(5)], 1, "at custom_id: expected a non-empty string, got"),
+    ([line("r1"), line("r2"), line("r1")], 3, 'duplicate custom_id "r1" (first on line 1)'),
+    ([line("a b"), line("a b")], 2, 'duplicate custom_id "a b" (first on line 1)'),
     ([line("r1"), '{"custom_id": "r2", '], 2, "invalid JSON"),
     ([line(url="/v1/embeddings")], 1, "at url: expected /v1/chat/completions"),
     ([line(method="GET")], 1, "at method: expected POST"),

@@ -84,6 +84,7 @@ RATE_LIMIT_HEADERS = tuple((f"anthropic-ratelimit-{what}-remaining", f"anthropic
 
 class AnthropicProvider(HTTPProvider):
     name = "anthropic"
+    request_id_header = "request-id"
     default_base_url = "https://api.anthropic.com"
     default_key_env = "ANTHROPIC_API_KEY"
     options = {"anthropic_version": "2023-06-01"}

@@ -42,7 +42,8 @@ import httpx
 import trio
 
 from storyloom import ErrorKind, ProviderError
-from storyloom.provider import NO_DATA, BaseProvider, Request, Response, merge_options, spec_error, structured_data
+from storyloom.provider import (NO_DATA, BaseProvider, RawReply, Request, Response, merge_options, spec_error,
+                                structured_data)
 from storyloom.ratelimit import MAX_COOL_DOWN_S
 from storyloom.settings import ModelSpec
 from storyloom.store import mask_url
@@ -394,6 +395,8 @@ class Reply:
     #: The stream's content block that is the reply, once one starts
     #: (Anthropic's tool_use block of a structured request); None: the text.
     block: int | None = None
+    #: The HTTP reply as it came (status, request id, JSON body; no body for a stream).
+    raw: RawReply | None = None
 
     @property
     def text(self) -> str:
@@ -423,6 +426,9 @@ class HTTPProvider(BaseProvider):
     #: remaining count of 0 cools the model down until the reset (see
     #: :func:`parse_reset` for the reset formats). Empty: it sends none.
     rate_limit_headers: ClassVar[tuple[tuple[str, str], ...]] = ()
+    #: The reply header holding the server's id for the request (kept in
+    #: ``Response.raw`` / ``ProviderError.raw``).
+    request_id_header: ClassVar[str] = "x-request-id"
     #: Reads RFC 3339 reset times; tests may replace it.
     wall_clock: Callable[[], float] = staticmethod(time.time)
 
@@ -515,6 +521,8 @@ class HTTPProvider(BaseProvider):
             # A stream that failed half-way still consumed what it reported.
             if not (exc.input_tokens or exc.output_tokens):
                 exc.input_tokens, exc.output_tokens = reply.input_tokens or 0, reply.output_tokens or 0
+            if exc.raw is None and reply.raw is not None and reply.raw.body is not None:
+                exc.raw = reply.raw  # a whole reply storyloom refused (a refusal, a bad structure)
             raise
         return self._response(request, reply)
 
@@ -533,6 +541,7 @@ class HTTPProvider(BaseProvider):
         if not 200 <= response.status_code < 300:
             raise self._http_error(response)
         data = self._json(response.content, "reply")
+        reply.raw = self._raw(response, data)
         if not isinstance(data, (dict, list)):
             raise ProviderError(ErrorKind.TEMPORARY_ERROR, f"{self.name}: unexpected reply: {str(data)[:100]}")
         self.parse_reply(data, reply)
@@ -546,6 +555,7 @@ class HTTPProvider(BaseProvider):
             if not 200 <= response.status_code < 300:
                 await response.aread()
                 raise self._http_error(response)
+            reply.raw = self._raw(response, None)
             events = iter_sse(response)
             async for event in events:
                 self.on_event(event, reply)
@@ -576,10 +586,10 @@ class HTTPProvider(BaseProvider):
         if kind is ErrorKind.OUTPUT_TRUNCATED:
             raise ProviderError(kind, f"{self.name}: the reply hit the length limit ({finish}) after "
                                       f"{output_tokens} tokens (max_tokens {request.max_tokens})",
-                                input_tokens=input_tokens, output_tokens=output_tokens)
+                                input_tokens=input_tokens, output_tokens=output_tokens, raw=reply.raw)
         if kind is not None:
             raise ProviderError(kind, f"{self.name}: the reply was stopped ({finish})",
-                                input_tokens=input_tokens, output_tokens=output_tokens)
+                                input_tokens=input_tokens, output_tokens=output_tokens, raw=reply.raw)
         data = None
         if request.response_schema is not None:
             given = reply.data if reply.has_data else NO_DATA
@@ -588,7 +598,7 @@ class HTTPProvider(BaseProvider):
         text = reply.text if not reply.has_data else json.dumps(reply.data, ensure_ascii=False)
         return Response(text=text, input_tokens=input_tokens, output_tokens=output_tokens,
                         finish_reason="stop" if finish in self.stop_reasons else finish.lower(),
-                        model=reply.model or self.spec.model, data=data)
+                        model=reply.model or self.spec.model, data=data, raw=reply.raw)
 
     def _saw(self, response: httpx.Response) -> None:
         if self.rate_limits is None or not self.rate_limit_headers:
@@ -601,8 +611,23 @@ class HTTPProvider(BaseProvider):
             body = json.loads(response.content)
         except ValueError:
             body = None
-        return self.error_from_body(response.status_code, body, response.headers,
-                                    fallback=response.content.decode("utf-8", "replace"))
+        error = self.error_from_body(response.status_code, body, response.headers,
+                                     fallback=response.content.decode("utf-8", "replace"))
+        error.raw = self._raw(response, body)
+        return error
+
+    def _raw(self, response: httpx.Response, body: Any) -> RawReply:
+        """The reply as it is kept (stored, written to results files): the key
+        redacted wherever the server echoed it, half a surrogate pair replaced
+        by U+FFFD, as in the reply's text."""
+        if body is not None:
+            text = json.dumps(body, ensure_ascii=False)
+            if (self._key and self._key in text) or not text.isascii():
+                fixed = self._redact(text.encode("utf-16", "surrogatepass").decode("utf-16", "replace"))
+                if fixed != text:
+                    body = json.loads(fixed)
+        request_id = response.headers.get(self.request_id_header)
+        return RawReply(response.status_code, self._redact(request_id) if request_id else None, body)
 
     def error_from_body(self, status: int, body: Any, headers: Mapping[str, str] | None = None,
                         fallback: str = "") -> ProviderError:

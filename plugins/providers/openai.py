@@ -104,8 +104,10 @@ class OpenAIProvider(HTTPProvider):
         body: dict[str, Any] = {
             "model": self.spec.model,
             "messages": [{"role": m["role"], "content": m["content"]} for m in request.messages],
-            self.opts["max_tokens_param"]: request.max_tokens,
         }
+        # A Batch API line's body carries its own cap, or none: it is sent as written (extra_body).
+        if request.metadata.get("send_max_tokens", True):
+            body[self.opts["max_tokens_param"]] = request.max_tokens
         if request.temperature is not None:
             body["temperature"] = request.temperature
         if request.stream:
