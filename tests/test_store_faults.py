@@ -18,6 +18,7 @@ import shutil
 import signal
 import sqlite3
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -198,8 +199,11 @@ def test_a_lock_taken_mid_run_leaves_a_job_that_resume_or_work_completes(tmp_pat
     assert "Traceback" not in stderr and f"storyloom: error: {Path('.storyloom') / DB_NAME}: " in stderr
     state, counts = states(tmp_path, "cli-job")
     assert state == "running" and counts["completed"] < 60  # the final state write failed too
-    # but status tells the truth: no process runs it
-    shown_state, reason = shown(tmp_path, "cli-job")
+    # but status tells the truth, once the worker's heartbeat and leases are older than its lease (2s)
+    deadline = time.monotonic() + 30
+    while (seen := shown(tmp_path, "cli-job"))[0] != "interrupted" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    shown_state, reason = seen
     assert shown_state == "interrupted" and f":{proc.pid}) is gone; storyloom resume cli-job continues" in reason
     args = ("resume", "cli-job") if then == "resume" else ("work", "--burst")
     out = cli(*args, "-q", cwd=tmp_path)
