@@ -18,8 +18,8 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import time
 import sys
+import time
 from pathlib import Path
 
 import pytest
