@@ -65,7 +65,12 @@ class LeaseKeeper:
     def claimed(self, items: Iterable[ClaimedItem], asked_at: float) -> None:
         """``items`` were just claimed; ``asked_at`` is the trio clock before the claim was sent."""
         for item in items:
-            self.held[(item.job_id, item.item_id)] = Held(item.fence, asked_at + self.lease_s)
+            key = (item.job_id, item.item_id)
+            older = self.held.get(key)
+            if older is not None and not older.lost:
+                # Claimed again under a new fence: the old claim was lost before a renewal said so.
+                self._lose(item.job_id, item.item_id, older)
+            self.held[key] = Held(item.fence, asked_at + self.lease_s)
 
     def attach(self, claimed: ClaimedItem, scope: trio.CancelScope) -> None:
         """The attempt at ``claimed`` runs in ``scope``: losing the lease cancels it."""
@@ -82,10 +87,6 @@ class LeaseKeeper:
         held = self.held.get((job_id, item_id))
         if held is not None and held.fence == fence:
             del self.held[(job_id, item_id)]
-
-    def is_lost(self, job_id: str, item_id: str, fence: int) -> bool:
-        held = self.held.get((job_id, item_id))
-        return held is None or held.fence != fence or held.lost
 
     # -- the chore -----------------------------------------------------------
 
