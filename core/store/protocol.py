@@ -374,7 +374,9 @@ class Store(Protocol):
 
         Each claimed item's lease runs until the store's clock + ``lease_s``
         (computed by the store, in the statement), and its fence is
-        incremented; the returned :class:`ClaimedItem` carries the new fence."""
+        incremented; the returned :class:`ClaimedItem` carries the new fence.
+        ``lease_s <= 0`` gives a lease that has already run out (the
+        conformance tests use it to reap without sleeping)."""
 
     async def claim_next(
         self, job_type: str, limit: int, now: float, owner: str, exclude: Collection[str] = (),
