@@ -17,7 +17,7 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .protocol import JobRow, Store
+    from .protocol import JobRow, RunningRow, Store
 
 
 def make_owner() -> str:
@@ -67,6 +67,16 @@ def owner_alive(owner: str) -> bool:
 
 
 
+async def held_live(store: Store, job_id: str, live: set[str] | None = None) -> list[RunningRow]:
+    """The job's running items that a live worker holds: its heartbeat is
+    within its lease (``live``: those workers' ids, if already read), or the
+    item's own lease has not run out. No pid is consulted."""
+    if live is None:
+        live = {w.worker_id for w in await store.workers() if w.alive}
+    return [row for row in await store.running(job_id)
+            if row.owner in live or (row.lease_left is not None and row.lease_left > 0)]
+
+
 async def shown_state(store: Store, job: JobRow) -> tuple[str, str | None]:
     """The state and reason that ``status`` and reports show for ``job``, a
     job of ``store``. Reads only.
@@ -82,10 +92,7 @@ async def shown_state(store: Store, job: JobRow) -> tuple[str, str | None]:
     if job.state != "running" or job.runner is None:
         return job.state, job.reason
     live = {w.worker_id for w in await store.workers() if w.alive}
-    if job.runner in live:
-        return job.state, job.reason
-    for row in await store.running(job.job_id):
-        if row.owner in live or (row.lease_left is not None and row.lease_left > 0):
-            return job.state, job.reason  # another worker still runs some of it
+    if job.runner in live or await held_live(store, job.job_id, live):
+        return job.state, job.reason  # its worker, or another one, still runs some of it
     worker = job.runner.rsplit(":", 1)[0]  # host:pid, without the random part
     return "interrupted", f"its worker ({worker}) is gone; storyloom resume {job.job_id} continues"

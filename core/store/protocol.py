@@ -358,19 +358,26 @@ class Store(Protocol):
         running returns False. Returns how many items were skipped; KeyError
         for an unknown job."""
 
+    async def delete_job(self, job_id: str) -> bool:
+        """Remove a job and everything stored of it (items, attempts, results)
+        in one transaction, so that its id can be used again; False if there
+        is no such job. Callers make sure no live worker runs it
+        (``storyloom delete`` refuses one)."""
+
     async def recover(self, job_id: str, owner_alive: Callable[[str], bool]) -> int:
         """Deprecated (the kernel no longer calls it; use :meth:`reap`): put
         the job's items left ``running`` by owners that ``owner_alive`` calls
         dead back to ``pending``, ``fence + 1``. Returns how many."""
 
     async def claim(self, job_id: str, limit: int, now: float, owner: str,
-                    lease_s: float = DEFAULT_LEASE_S) -> list[ClaimedItem]:
+                    only: Collection[str] | None = None, lease_s: float = DEFAULT_LEASE_S) -> list[ClaimedItem]:
         """``now`` is wall-clock time (``time.time()``), stored as ``started_at``.
 
         Move up to ``limit`` ready pending items (``not_before <= now``) of
         the job to ``running`` for ``owner``, highest level first, FIFO within
         a level (insertion order), and return them. Held items are left
-        alone. One transaction.
+        alone. One transaction. ``only``: claim none but these item ids
+        (``storyloom run --sample``).
 
         Each claimed item's lease runs until the store's clock + ``lease_s``
         (computed by the store, in the statement), and its fence is
