@@ -89,8 +89,13 @@ def shown(folder: Path, job_id: str, *state: str) -> tuple[str, str | None]:
 
 def assert_shown_interrupted(folder: Path, job_id: str, *state: str) -> None:
     """A job its worker left (stored as interrupted, or left running by a
-    process that is gone) is shown as interrupted, with how to continue."""
-    shown_state, reason = shown(folder, job_id, *state)
+    process that is gone) is shown as interrupted, with how to continue: at
+    once if stored so, else once its heartbeat and leases are older than its
+    lease (2s in these tests)."""
+    deadline = time.monotonic() + 30
+    while (seen := shown(folder, job_id, *state))[0] != "interrupted" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    shown_state, reason = seen
     assert shown_state == "interrupted", (shown_state, reason)
     assert reason.startswith("the store failed: ") or (
         "is gone; storyloom resume" in reason and reason.endswith(f"resume {job_id} continues")), reason
