@@ -25,7 +25,7 @@ from .report import snapshot
 from .settings import DEFAULT_PROGRESS
 from .summary import Summary
 from .store import HELD_JOB_STATES, JobExists, JobRow, NewItem, Store, StoreNotFound, open_store
-from .store.owner import owner_alive, shown_state
+from .store.owner import held_live, shown_state
 from .estimate import Estimate, estimate
 from .jobtype import identifier_problem
 
@@ -351,13 +351,19 @@ async def job_status(job_id: str | None = None, *, items: bool = False, options:
     with ``items=True`` every item's state, level, attempts, model and route.
     A ``running`` job whose worker is gone shows as ``interrupted``, with a
     reason that says so (:func:`storyloom.store.owner.shown_state`).
+    ``workers``: the live workers (heartbeat within their lease), each with
+    ``holding`` (job_id -> items it runs); with ``job_id``, only those
+    holding some of that job. Running items name their ``worker`` (host:pid)
+    and ``lease_left`` (seconds).
     Reads only: a missing store is a :class:`storyloom.store.StoreNotFound`.
     """
     async with _opened(store, config, options, create=False) as store:
+        workers = await _live_workers(store)
         if job_id is None:
             return {"jobs": [{"job_id": j.job_id, "job_type": j.job_type,
                               "state": (await shown_state(store, j))[0],
-                              "counts": await store.counts(j.job_id)} for j in await store.list_jobs()]}
+                              "counts": await store.counts(j.job_id)} for j in await store.list_jobs()],
+                    "workers": workers}
         job = await store.get_job(job_id)
         if job is None:
             raise UsageError(f"no job {job_id!r} in {_where(store)}")
@@ -368,7 +374,10 @@ async def job_status(job_id: str | None = None, *, items: bool = False, options:
             "job_id": job_id, "job_type": job.job_type, "state": state, "reason": reason,
             "counts": await store.counts(job_id),
             "running": [{"item_id": r.item_id, "model": r.model, "elapsed": round(now - r.started_at, 1),
-                         "attempt": r.attempts + 1} for r in await store.running(job_id)],
+                         "attempt": r.attempts + 1, "worker": _host_pid(r.owner),
+                         "lease_left": None if r.lease_left is None else round(r.lease_left, 1)}
+                        for r in await store.running(job_id)],
+            "workers": [w for w in workers if job_id in w["holding"]],
             "cost_usd": costs.cost_usd, "input_tokens": costs.input_tokens, "output_tokens": costs.output_tokens,
             "attempts": costs.attempts, "by_model": costs.by_model,
             "unknown_attempts": costs.unknown_attempts, "unknown_usd": costs.unknown_usd,
@@ -394,7 +403,18 @@ async def queue_overview(limit: int = 10, *, options: Options = Options(), confi
                 and (await store.counts(j.job_id))["pending"]]
         nxt = [{"job_id": r.job_id, "item_id": r.item_id, "job_type": r.job_type,
                 "level": Priority(r.level).name.lower()} for r in await store.queued(limit)]
-        return {"levels": levels, "held": held, "next": nxt}
+        return {"levels": levels, "held": held, "next": nxt, "workers": await _live_workers(store)}
+
+
+async def _live_workers(store: Store) -> list[dict[str, Any]]:
+    """The workers whose heartbeat is within their lease, and what each holds (for operators)."""
+    return [{"worker": f"{w.host}:{w.pid}", "worker_id": w.worker_id, "started_at": w.started_at,
+             "lease_s": w.lease_s, "holding": w.holding} for w in await store.workers() if w.alive]
+
+
+def _host_pid(owner: str | None) -> str | None:
+    """An owner string without its random part (host:pid), for display."""
+    return None if owner is None else owner.rsplit(":", 1)[0]
 
 
 async def queue_position(item_id: str, job_id: str | None = None, *, options: Options = Options(),
@@ -584,7 +604,7 @@ async def delete_job(job_id: str, *, options: Options = Options(), config: Confi
         if row is None:
             raise UsageError(f"no job {job_id!r} in {_where(opened)}")
         state, _reason = await shown_state(opened, row)
-        live = [r for r in await opened.running(job_id) if r.owner and owner_alive(r.owner)]
+        live = await held_live(opened, job_id)
         if state == "running" or live:
             raise UsageError(f"job {job_id!r} is running in a live worker; stop it first "
                              f"(`storyloom pause {job_id}` or `storyloom cancel {job_id}`), then delete it")

@@ -129,7 +129,8 @@ async def run_attempt(batch: "Batch", claimed: ClaimedItem, item: Item) -> Outco
                     # request leaves the moment the limiter lets it: a commit between the two
                     # would send requests late and bunched, past the bucket the limiter kept.
                     if not await batch.started(StartRecord(job.job_id, item.item_id, model, time.time(),
-                                                           attempt=attempt, reserved_usd=worst)):
+                                                           attempt=attempt, reserved_usd=worst,
+                                                           fence=claimed.fence)):
                         raise NotStarted(item.item_id)  # cancelled or taken elsewhere: sending would bill an unrecorded attempt
                     sent = worst
                     del state.line[ticket]  # no checkpoint before the limiter counts it

@@ -358,7 +358,16 @@ def cmd_queue(args: argparse.Namespace) -> int:
         print("next:")
         for row in data["next"]:
             print(f"  {row['level']:<9} {row['job_id']}/{row['item_id']} ({row['job_type']})")
+    _print_workers(data["workers"])
     return 0
+
+
+def _print_workers(workers: list[dict[str, Any]]) -> None:
+    """One line per live worker and what it holds."""
+    for w in workers:
+        held = sum(w["holding"].values())
+        jobs = ", ".join(f"{job} {n}" for job, n in w["holding"].items())
+        print(f"worker {w['worker']}: holds {held}" + (f" ({jobs})" if jobs else ""))
 
 
 def _report(summary: Summary, as_json: bool = False, quiet: bool = False) -> int:
@@ -413,6 +422,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         for job in data["jobs"]:
             counts = ", ".join(f"{n} {s}" for s, n in job["counts"].items() if n)
             print(f"{job['job_id']}  {job['job_type']}  {job['state']}  {counts}")
+        _print_workers(data["workers"])
     else:
         _print_status(data)
     return 0
@@ -424,12 +434,15 @@ def _print_status(data: dict[str, Any]) -> None:
     for state, n in data["counts"].items():
         print(f"  {state:<10} {n}")
     for r in data["running"]:
-        print(f"  running: {r['item_id']} -> {r['model']} ({r['elapsed']:.0f}s, attempt {r['attempt']})")
+        print(f"  running: {r['item_id']} -> {r['model']} ({r['elapsed']:.0f}s, attempt {r['attempt']}, "
+              f"worker {r['worker']})")
     print(f"  cost: ${data['cost_usd']:.4f} ({data['input_tokens']} in / {data['output_tokens']} out tokens, "
           f"{data['attempts']} attempts)")
     if data["unknown_attempts"]:
         print(f"  unknown: {data['unknown_attempts']} attempts sent, outcome unknown, "
               f"up to ${data['unknown_usd']:.4f}")
+    for w in data["workers"]:
+        print(f"  worker {w['worker']}: holds {w['holding'][data['job_id']]}")
     for i in data.get("items", ()):
         print(f"  {i['item_id']}  {i['state']}  {i['level']}  {i['model'] or '-'}  {_why(i['route'])}")
 

@@ -32,7 +32,6 @@ from .pipeline import blocked_end
 from .outputs import OutputProblem, job_folder, problem_line, take_problems, write_output
 from .projection import render_reports
 from .store import StartRecord, Store
-from .store.owner import owner_alive
 from .summary import Summary
 
 if TYPE_CHECKING:
@@ -136,7 +135,7 @@ class JobRun:
             except Exception:
                 print("storyloom: the routing strategy's resume() raised; it starts afresh:", file=sys.stderr)
                 traceback.print_exc(file=sys.stderr)
-        self.recovered = await store.recover(job_id, owner_alive)
+        self.recovered = await store.reap()  # expired leases of any job: items of workers that are gone
         await store.set_job_state(job_id, "running", runner=owner)
         self._start_sinks(nursery)
         self.hooks.batch_started(job=self.job, plan=self.plan, control=self.control)
@@ -154,8 +153,12 @@ class JobRun:
             return True
         if await store.next_ready_at(self.job_id) is not None:
             return False
-        # Items a dead worker left running come back now, not at the next recovery pass.
-        return not await store.recover(self.job_id, owner_alive)
+        # Items whose lease ran out come back now, not at the next reap.
+        if await store.reap():
+            return False
+        # `run` / `resume` ends with its job: it waits for items other workers
+        # hold (their outcome, or their lease running out) rather than stop.
+        return self.worker.only is not self or await self.worker.leased_elsewhere([self.job_id]) is None
 
     async def finish(self, store: Store, owner: str) -> Summary | None:
         """Store how the job ended, write its reports and tell plugins.

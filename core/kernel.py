@@ -50,8 +50,9 @@ from .pipeline import completion, project_context
 from .pool import ModelPool
 from .provider import check_provider
 from .artifacts import Artifact
+from .leases import LeaseKeeper
 from .store import AttemptRecord, ClaimedItem, NewItem, Store, StoreUnavailable
-from .store.owner import make_owner, owner_alive
+from .store.owner import make_owner
 from .summary import Summary
 
 #: Most items claimed, and most outcomes committed, in one transaction.
@@ -68,9 +69,9 @@ POLL_INTERVAL = 1.0
 SAMPLE_POLL = 0.25
 #: How often levels are re-evaluated as deadlines approach and items age.
 PROMOTE_INTERVAL = 5.0
-#: How often a worker over the whole queue puts back items that a dead
-#: worker process left running.
-RECOVER_INTERVAL = 10.0
+#: Longest wait between looks at items another worker holds, when a run
+#: waits for them (their lease to run out, or their worker to finish them).
+LEASE_POLL = 1.0
 
 
 @dataclass
@@ -88,6 +89,7 @@ class _Released:
 
     run: JobRun
     item_id: str
+    fence: int = 0
 
 
 class Worker:
@@ -106,6 +108,8 @@ class Worker:
         self.handle_signals = handle_signals
         self.progress = config.options.progress if progress is None else progress
         self.owner = make_owner()
+        #: ``queue: {lease: ...}``: how long a claim holds an item unless renewed.
+        self.lease_s = config.settings.lease
         self.pool = ModelPool(dict(config.settings.models))
         self.providers: dict[str, Any] = {}
         self.runs: dict[str, JobRun] = {}
@@ -188,17 +192,17 @@ class Worker:
     async def run(self, store: Store) -> list[Summary]:
         """Run until done; return the summaries of the job runs that ended."""
         self.store = store
+        self.leases = LeaseKeeper(store, self.owner, self.lease_s, self._wake)
         fault: StoreUnavailable | None = None
         try:
             async with trio.open_nursery() as outer:
                 self._background = outer
+                await self.leases.tick()  # heartbeat, and reap what dead workers left, before claiming
                 chores = trio.CancelScope()
                 outer.start_soon(self._chores, chores)
                 self.pool.cap_spend(await store.spend_by_model())
                 if self.only is not None:
                     await self.only.start(store, outer, self.owner)
-                else:
-                    await self._recover()
                 await self._pipeline()
                 for run in list(self.runs.values()):  # interrupted, or ended with the pipeline
                     if not run.finishing:
@@ -223,9 +227,10 @@ class Worker:
                             if run.summary is None:
                                 await store.set_job_state(run.job_id, "interrupted", reason)
                         except StoreUnavailable:
-                            # Left running; its owner (this process) is gone when the next
-                            # resume or work recovers it, so it continues as if interrupted.
+                            # Left running; its lease runs out and the next resume or
+                            # work reaps it, so it continues as if interrupted.
                             pass
+                    await self.leases.leave()
                 finally:
                     await self.aclose()
         return self.summaries
@@ -276,7 +281,7 @@ class Worker:
                 except trio.WouldBlock:
                     break
                 tokens.append(token)
-            now = time.time()
+            now, asked_at = time.time(), trio.current_time()
             # Claimed items are running in the store but not yet counted in
             # their run's in_flight: no run may be judged done meanwhile.
             self._claiming += 1
@@ -290,16 +295,18 @@ class Worker:
                         kwargs["only"] = sorted(only.sample)
                         room = min(room, len(only.sample) - only.in_flight)
                     claimed = [] if only.stopping or room <= 0 else await store.claim(
-                        only.job_id, room, now, self.owner, **kwargs)
+                        only.job_id, room, now, self.owner, lease_s=self.lease_s, **kwargs)
                 else:
                     exclude = [job_id for job_id, run in self.runs.items() if not run.accepting_for(job_type)]
-                    claimed = await store.claim_next(job_type, len(tokens), now, self.owner, exclude)
+                    claimed = await store.claim_next(job_type, len(tokens), now, self.owner, exclude, self.lease_s)
+                self.leases.claimed(claimed, asked_at)
                 for token in tokens[len(claimed):]:
                     limiter.release_on_behalf_of(token)
                 for item, token in zip(claimed, tokens):
                     run = await self._admit(item, job_type)
                     if run is None:
-                        await store.release(item.job_id, self.owner, [item.item_id])
+                        await store.release(item.job_id, self.owner, [item.item_id], fences=[item.fence])
+                        self.leases.done(item.job_id, item.item_id, item.fence)
                         limiter.release_on_behalf_of(token)
                         continue
                     run.in_flight += 1
@@ -322,6 +329,7 @@ class Worker:
                 with trio.move_on_after(SAMPLE_POLL):
                     await changed.wait()
                 continue
+            elsewhere: float | None = None  # the soonest lease of this work that another worker holds
             if only is not None:
                 if only.stopping or only.finishing:
                     return
@@ -329,16 +337,42 @@ class Worker:
                     else await store.next_ready_at(only.job_id)
                 if ready_at is None and only.in_flight == 0 and (
                         not stage or await store.next_ready_at(only.job_id) is None):
-                    return  # nothing pending, nothing running: done
+                    elsewhere = await self.leased_elsewhere([only.job_id])
+                    if elsewhere is None:
+                        return  # nothing pending, nothing running anywhere: done
             else:
                 ready_at = await store.next_queued_at(job_type)
                 if ready_at is None and self.burst and await self._drained():
-                    return
+                    # Any unfinished job: a pipeline's items of this type may yet come
+                    # from another stage's item held elsewhere.
+                    jobs = [row.job_id for row in await store.list_jobs()
+                            if row.state not in ("completed", "failed", "cancelled")]
+                    elsewhere = await self.leased_elsewhere(jobs)
+                    if elsewhere is None:
+                        return
             wait = math.inf if ready_at is None else max(0.0, ready_at - time.time())
             if only is None and not self.burst:
                 wait = min(wait, POLL_INTERVAL)  # another process may submit work
+            if elsewhere is not None:
+                # Held elsewhere: it ends there, or its lease runs out and it is reaped here.
+                wait = min(wait, max(0.0, elsewhere), LEASE_POLL)
             with trio.move_on_after(wait):
                 await changed.wait()
+            if elsewhere is not None and elsewhere <= wait:
+                await store.reap()
+
+    async def leased_elsewhere(self, job_ids: list[str]) -> float | None:
+        """Seconds until the soonest lease runs out among the running items
+        of ``job_ids`` that another worker holds (0 if one already has);
+        None if no other worker holds any."""
+        soonest: float | None = None
+        for job_id in job_ids:
+            for row in await self.store.running(job_id):
+                if row.owner == self.owner:
+                    continue
+                left = 0.0 if row.lease_left is None else max(0.0, row.lease_left)
+                soonest = left if soonest is None else min(soonest, left)
+        return soonest
 
     async def _drained(self) -> bool:
         """Over the whole queue in a burst: nothing is in flight (a job in
@@ -395,8 +429,9 @@ class Worker:
         scope = run.item_scope()
         try:
             with scope:
+                self.leases.attach(claimed, scope)  # a lost lease cancels the attempt
                 if run.stopping:
-                    await self.send(_Released(run, claimed.item_id))
+                    await self.send(_Released(run, claimed.item_id, claimed.fence))
                     return
                 item = item_from_dict(claimed.definition)
                 started_wall = time.time()
@@ -404,16 +439,18 @@ class Worker:
                     outcome = await self._attempt(run, batch, claimed, item)
                 except Stop as stop:
                     run.pause(stop.reason)
-                    await self.send(_Released(run, item.item_id))
+                    await self.send(_Released(run, item.item_id, claimed.fence))
                     return
                 except NotStarted:  # cancelled or taken elsewhere before it was sent
-                    await self.send(_Released(run, item.item_id))
+                    await self.send(_Released(run, item.item_id, claimed.fence))
                     return
                 outcome, follow_ups, artifacts = completion(self.config.registries, run.job, item, outcome)
-                record = _record(run, item, outcome, started_wall, follow_ups, artifacts)
+                record = _record(run, claimed, item, outcome, started_wall, follow_ups, artifacts)
                 await self.send(_Finished(run, claimed, item, outcome, record))
-            if scope.cancelled_caught:  # the job was cancelled; the store skipped the item
-                await self.send(_Released(run, claimed.item_id))
+            if scope.cancelled_caught:
+                # The job was cancelled (the store skipped the item), or the lease
+                # was lost (under its old fence the release is ignored).
+                await self.send(_Released(run, claimed.item_id, claimed.fence))
         finally:
             run.item_done(scope)
             batch.active -= 1
@@ -447,21 +484,25 @@ class Worker:
                 sending = [m for m in batch if isinstance(m, Sending)]
                 starts = [m.record for m in sending]
                 finished = [m for m in batch if isinstance(m, _Finished)]
-                released: dict[JobRun, list[str]] = {}
+                released: dict[JobRun, list[_Released]] = {}
                 for m in batch:
                     if isinstance(m, _Released):
-                        released.setdefault(m.run, []).append(m.item_id)
+                        released.setdefault(m.run, []).append(m)
                 applied = await store.record([f.record for f in finished], self.owner, starts)
                 for m, ok in zip(sending, applied[len(finished):]):
                     m.ok = ok
                     m.written.set()
-                for run, ids in released.items():
-                    await store.release(run.job_id, self.owner, ids)
-                    run.in_flight -= len(ids)
+                leases = self.leases
+                for run, gone in released.items():
+                    await store.release(run.job_id, self.owner, [m.item_id for m in gone], [m.fence for m in gone])
+                    run.in_flight -= len(gone)
+                    for m in gone:
+                        leases.done(run.job_id, m.item_id, m.fence)
                 touched = set(released)
                 for done, ok in zip(finished, applied):
                     done.run.in_flight -= 1
                     touched.add(done.run)
+                    leases.done(done.run.job_id, done.claimed.item_id, done.claimed.fence)
                     if ok:
                         _acknowledge(done)
                         if done.run.sample is not None and done.record.state != "pending":
@@ -493,14 +534,13 @@ class Worker:
                     nursery.start_soon(self._watch_signals)
                 nursery.start_soon(self._promote)
                 nursery.start_soon(self._poll)
+                nursery.start_soon(self._keep_leases)
 
-    async def _recover(self) -> int:
-        """Put items of dead worker processes back in the queue."""
-        recovered = 0
-        for row in await self.store.list_jobs():
-            if row.state not in ("completed", "failed", "cancelled"):
-                recovered += await self.store.recover(row.job_id, owner_alive)
-        return recovered
+    async def _keep_leases(self) -> None:
+        """Every lease/3: heartbeat, renew (a lost item's attempt is cancelled), reap."""
+        while True:
+            await trio.sleep(self.leases.every)
+            await self.leases.tick()
 
     async def _promote(self) -> None:
         """Approaching deadlines and aging raise waiting items' levels."""
@@ -510,14 +550,9 @@ class Worker:
             await trio.sleep(PROMOTE_INTERVAL)
 
     async def _poll(self) -> None:
-        """Notice pauses and cancels made by other processes (``storyloom pause``),
-        and, over the whole queue, the items of workers that died."""
-        recovered_at = trio.current_time()
+        """Notice pauses and cancels made by other processes (``storyloom pause``)."""
         while True:
             await trio.sleep(POLL_INTERVAL)
-            if self.only is None and trio.current_time() - recovered_at >= RECOVER_INTERVAL:
-                recovered_at = trio.current_time()
-                await self._recover()
             for run in list(self.runs.values()):
                 row = await self.store.get_job(run.job_id)
                 if row is not None and row.state in ("paused", "cancelled") and not run.finishing:
@@ -548,7 +583,7 @@ def _acknowledge(done: _Finished) -> None:
     run.emit(Event("item_finished", run.job_id, done.item.item_id, data=data))
 
 
-def _record(run: JobRun, item: Item, outcome: Outcome, started_wall: float,
+def _record(run: JobRun, claimed: ClaimedItem, item: Item, outcome: Outcome, started_wall: float,
             follow_ups: tuple[NewItem, ...] = (), artifacts: tuple[Artifact, ...] = ()) -> AttemptRecord:
     return AttemptRecord(
         job_id=run.job_id, item_id=item.item_id, attempt=outcome.attempt,
@@ -561,7 +596,7 @@ def _record(run: JobRun, item: Item, outcome: Outcome, started_wall: float,
         reserved_usd=outcome.sent_worst_usd or 0.0, outcome_unknown=outcome.usage_unknown,
         result_text=outcome.result.text if outcome.result else None,
         result_data=_result_data(outcome.result) if outcome.result else None,
-        follow_ups=follow_ups, artifacts=artifacts,
+        follow_ups=follow_ups, artifacts=artifacts, fence=claimed.fence,
     )
 
 

@@ -121,6 +121,7 @@ async def build_report(store: Store, job: Job, summary: Summary, *,
         "unknown_attempts": costs.unknown_attempts,
         "unknown_usd": costs.unknown_usd,
         "retries": tally.retries,
+        "stale_attempts": tally.stale,
         "avg_item_s": round(sum(done_times) / len(done_times), 3) if done_times else None,
         "throughput_per_min": (round(len(tally.finishes) / active * 60, 2)
                                if active > 0 and tally.finishes else None),
@@ -147,6 +148,7 @@ class _Tally:
     def __init__(self, attempts: list[AttemptRow]) -> None:
         self.count = len(attempts)
         self.retries = 0
+        self.stale = 0
         self.first_start: float | None = None
         self.by_kind: dict[str, int] = {}
         self.finishes: list[tuple[float, str]] = []  # (finished_at, completed | failed)
@@ -163,7 +165,9 @@ class _Tally:
             self.spans.append((start, end))
             if state == "pending":
                 self.retries += 1
-            else:
+            elif state == "stale":
+                self.stale += 1  # refused: its worker had lost the lease; the cost counts
+            elif state in ("completed", "failed"):
                 self.finishes.append((end, state))
                 if state == "completed":
                     self._completed.append(item_id)

@@ -62,6 +62,10 @@ class RunWorker(Protocol):
     def store_state(self, job_id: str, state: str, reason: str | None) -> "trio.Event":
         """Store a job state from sync code; the event is set once it is written."""
 
+    async def leased_elsewhere(self, job_ids: list[str]) -> float | None:
+        """Seconds until the soonest lease runs out among running items of
+        ``job_ids`` that another worker holds; None if none is held elsewhere."""
+
 
 class AttemptBatch(Protocol):
     """What :func:`storyloom.attempt.run_attempt` needs from its job run."""

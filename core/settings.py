@@ -147,6 +147,9 @@ class Settings:
     #: How long a normal or low item waits at its level before it moves up
     #: one (never to critical): the queue's guard against starving low work.
     aging: float = 7200.0
+    #: ``queue: {lease: ...}``: how long a claim holds an item unless renewed
+    #: (workers renew every lease/3; see docs/store.md, "Leases and fences").
+    lease: float = 30.0
     #: The store URL (``store:``); None: ``sqlite`` in the state folder.
     #: ``--store`` and ``$STORYLOOM_STORE`` override it.
     store: str | None = None

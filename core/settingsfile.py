@@ -87,10 +87,23 @@ def settings_from_document(doc: Document) -> Settings:
         failure_policy=_failure_policy(doc, data.get("failure_policy", {})),
         grace_period=_duration(doc, ("grace_period",), defaults.grace_period),
         aging=_duration(doc, ("aging",), defaults.aging, positive=True),
+        lease=_lease(doc, defaults.lease),
         synchronous=data.get("synchronous", defaults.synchronous),
         store=data.get("store", defaults.store),
         input_roots=tuple(str((Path(doc.file).parent / root).resolve()) for root in data.get("input_roots", ())),
     )
+
+
+#: The shortest lease: renewals every lease/3 must fit well inside it.
+MIN_LEASE_S = 1.0
+
+
+def _lease(doc: Document, default: float) -> float:
+    lease = _duration(doc, ("queue", "lease"), default, positive=True)
+    assert lease is not None
+    if lease < MIN_LEASE_S:
+        raise _error(doc, ("queue", "lease"), f"must be at least {MIN_LEASE_S:g}s, not {lease:g}s")
+    return lease
 
 
 _MODEL_KEYS = {"provider", "model", "base_url", "api_key_env", "rpm", "tpm", "max_parallel", "max_spend_usd", "price"}

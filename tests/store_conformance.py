@@ -35,6 +35,7 @@ from storyloom.store.protocol import (
     NewItem,
     QueuedRow,
     StartRecord,
+    WorkerInfo,
 )
 
 __all__ = []  # filled in by trio_test: only the tests leave with `import *`
@@ -1149,3 +1150,197 @@ async def test_a_start_for_an_item_not_held_records_no_attempt(store):
     await claim_ids(store)
     await store.record([], OTHER, started=[sent("a")])
     assert (await store.costs(JOB)).unknown_attempts == 0
+
+
+# -- leases and fences
+#
+# A lease_s <= 0 gives a lease that has already run out on the store's clock:
+# these tests never sleep.
+
+EXPIRED = -1.0
+
+
+async def claim_fenced(store: Any, owner: str = OWNER, limit: int = 100, lease_s: float = 30.0,
+                       job_id: str = JOB) -> dict[str, int]:
+    """item_id -> fence, for what ``owner`` claims."""
+    return {c.item_id: c.fence for c in await store.claim(job_id, limit, NOW, owner, lease_s=lease_s)}
+
+
+def fenced(item_id: str, fence: int, state: str = "completed", **kw: Any) -> AttemptRecord:
+    return rec(item_id, state, fence=fence, **kw)
+
+
+def sent_fenced(item_id: str, fence: int, reserved: float = 0.5, attempt: int = 1) -> StartRecord:
+    return StartRecord(JOB, item_id, "m1", NOW + 1, attempt=attempt, reserved_usd=reserved, fence=fence)
+
+
+@trio_test
+async def test_a_claim_leases_each_item_on_the_store_clock_and_increments_its_fence(store):
+    await add(store, "a", "b")
+    assert await claim_fenced(store, limit=1) == {"a": 1}
+    [row] = await store.running(JOB)
+    assert row.fence == 1 and 0 < row.lease_left <= 30.0
+    assert await store.release(JOB, OWNER) == 1
+    assert await claim_fenced(store, limit=1) == {"a": 2}  # a new claim, a new fence
+    [claimed] = await store.claim_next("chapter", 1, NOW, OTHER, lease_s=5.0)
+    assert (claimed.item_id, claimed.fence) == ("b", 1)
+    assert {r.item_id: (r.owner, r.fence) for r in await store.running(JOB)} == {"a": (OWNER, 2), "b": (OTHER, 1)}
+    assert 0 < {r.item_id: r.lease_left for r in await store.running(JOB)}["b"] <= 5.0
+
+
+@trio_test
+async def test_renew_keeps_what_the_owner_holds_under_that_fence_and_nothing_else(store):
+    await add(store, "a", "b", "c")
+    fences = await claim_fenced(store, limit=2, lease_s=EXPIRED)  # run out, not yet reaped
+    held = [(JOB, "a", fences["a"]), (JOB, "b", fences["b"] + 1), (JOB, "c", 1)]
+    assert await store.renew(OWNER, held, 30.0) == {(JOB, "a", fences["a"])}
+    assert await store.renew(OTHER, [(JOB, "a", fences["a"])], 30.0) == set()
+    assert await store.renew(OWNER, [], 30.0) == set()
+    leases = {r.item_id: r.lease_left for r in await store.running(JOB)}
+    assert 0 < leases["a"] <= 30.0 and leases["b"] < 0  # renewed; not renewed
+    assert await store.reap() == 1  # only b had run out
+    assert await store.renew(OWNER, [(JOB, "b", fences["b"])], 30.0) == set()  # lost: reaped
+
+
+@trio_test
+async def test_reap_puts_expired_leases_back_pending_with_the_fence_moved_on(store):
+    await add(store, "a", "b")
+    await add(store, "x", job_id="other")
+    await store.set_job_state("other", "paused")
+    await store.set_job_state("other", "running")
+    old = await claim_fenced(store, limit=1, lease_s=EXPIRED)
+    await claim_fenced(store, owner=OTHER, limit=1)  # b, leased for 30 s
+    await claim_fenced(store, lease_s=EXPIRED, job_id="other")
+    await store.set_job_state("other", "paused")
+    assert await store.reap() == 2
+    assert await store.reap() == 0
+    assert [(r.item_id, r.owner) for r in await store.running(JOB)] == [("b", OTHER)]
+    assert (await store.counts("other"))["pending"] == 1
+    assert await store.position("other", "x") == -1  # back, and still held by its paused job
+    assert await store.record([fenced("a", old["a"])], OWNER) == [False]  # the lost claim
+    assert await claim_fenced(store, owner=OTHER) == {"a": old["a"] + 2}  # reap +1, claim +1
+
+
+@trio_test
+async def test_reap_takes_at_most_limit_items(store):
+    await add(store, *"abcde")
+    await claim_fenced(store, lease_s=EXPIRED)
+    assert await store.reap(2) == 2
+    assert await store.reap(0) == 0
+    assert await store.reap(10) == 3
+    assert (await store.counts(JOB))["pending"] == 5
+
+
+@trio_test
+async def test_a_stale_outcome_is_refused_and_still_recorded_with_its_cost(store):
+    await add(store, "a")
+    lost = (await claim_fenced(store, lease_s=EXPIRED))["a"]
+    await store.record([], OWNER, started=[sent_fenced("a", lost, reserved=0.5)])
+    assert await store.reap() == 1
+    # the reap marked the lost attempt stale: outcome unknown, its worst case counted
+    assert [(r.state, r.error_kind) for r in await store.attempts(JOB)] == [("stale", "LEASE_LOST")]
+    assert (await store.costs(JOB)).unknown_usd == pytest.approx(0.5)
+    now = (await claim_fenced(store, owner=OTHER))["a"]
+    assert await store.record([], OTHER, started=[sent_fenced("a", now, reserved=0.25)]) == [True]
+    # the worker that lost it answers late: refused, stored stale with its real cost
+    late = fenced("a", lost, sent=True, reserved_usd=0.5, cost_usd=0.125, input_tokens=10, output_tokens=20,
+                  result_text="late")
+    assert await store.record([late], OWNER) == [False]
+    assert await store.result(JOB, "a") is None
+    assert [(r.owner, r.fence) for r in await store.running(JOB)] == [(OTHER, now)]
+    assert [(r.state, r.cost_usd, r.input_tokens, r.output_tokens) for r in await store.attempts(JOB)] == [
+        ("stale", 0.125, 10, 20)]
+    costs = await store.costs(JOB)
+    assert (costs.attempts, costs.cost_usd) == (1, pytest.approx(0.125))
+    assert (costs.unknown_attempts, costs.unknown_usd) == (1, pytest.approx(0.25))  # OTHER's, in flight
+    assert await store.spend_by_model() == {"m1": pytest.approx(0.125 + 0.25)}
+    # the holder's outcome applies, completing its own row only
+    done = fenced("a", now, sent=True, reserved_usd=0.25, cost_usd=0.0625, result_text="kept")
+    assert await store.record([done], OTHER) == [True]
+    assert await store.result(JOB, "a") == ("kept", None)
+    assert sorted((r.state, r.cost_usd) for r in await store.attempts(JOB)) == [
+        ("completed", 0.0625), ("stale", 0.125)]
+    assert (await store.costs(JOB)).unknown_attempts == 0
+
+
+@trio_test
+async def test_a_stale_outcome_never_sent_is_recorded_as_a_stale_attempt(store):
+    await add(store, "a")
+    lost = (await claim_fenced(store, lease_s=EXPIRED))["a"]
+    await store.reap()
+    await claim_fenced(store, owner=OTHER)
+    assert await store.record([fenced("a", lost, "failed", error_kind="TIMEOUT", cost_usd=0.01)], OWNER) == [False]
+    assert [(r.state, r.error_kind, r.cost_usd) for r in await store.attempts(JOB)] == [("stale", "TIMEOUT", 0.01)]
+    assert (await store.counts(JOB))["running"] == 1
+
+
+@trio_test
+async def test_the_same_owner_under_an_old_fence_is_refused_too(store):
+    """A worker that lost an item and claimed it again must not complete the new claim with the old answer."""
+    await add(store, "a")
+    old = (await claim_fenced(store, lease_s=EXPIRED))["a"]
+    await store.reap()
+    new = (await claim_fenced(store))["a"]
+    assert new > old
+    assert await store.record([fenced("a", old)], OWNER) == [False]
+    assert (await store.counts(JOB))["running"] == 1
+    assert await store.record([fenced("a", new)], OWNER) == [True]
+    assert (await store.counts(JOB))["completed"] == 1
+
+
+@trio_test
+async def test_a_stale_release_is_ignored(store):
+    await add(store, "a", "b")
+    old = await claim_fenced(store, lease_s=EXPIRED)
+    await store.reap()
+    new = await claim_fenced(store, limit=1)  # a again, under a new fence
+    assert await store.release(JOB, OWNER, ["a"], fences=[old["a"]]) == 0
+    assert [(r.item_id, r.fence) for r in await store.running(JOB)] == [("a", new["a"])]
+    assert await store.release(JOB, OWNER, ["a"], fences=[new["a"]]) == 1
+    assert (await store.counts(JOB))["running"] == 0
+
+
+@trio_test
+async def test_a_start_under_an_old_fence_writes_nothing(store):
+    await add(store, "a")
+    old = (await claim_fenced(store, lease_s=EXPIRED))["a"]
+    await store.reap()
+    new = (await claim_fenced(store))["a"]
+    assert await store.record([], OWNER, started=[sent_fenced("a", old)]) == [False]
+    assert (await store.costs(JOB)).unknown_attempts == 0
+    assert [r.model for r in await store.running(JOB)] == [None]
+    assert await store.record([], OWNER, started=[sent_fenced("a", new, reserved=0.25)]) == [True]
+    costs = await store.costs(JOB)
+    assert (costs.unknown_attempts, costs.unknown_usd) == (1, pytest.approx(0.25))
+
+
+@trio_test
+async def test_a_fenced_outcome_refused_by_a_cancel_is_settled_skipped_not_stale(store):
+    await add(store, "a")
+    fence = (await claim_fenced(store))["a"]
+    await store.record([], OWNER, started=[sent_fenced("a", fence, reserved=0.5)])
+    await store.cancel(JOB, "stop")
+    assert await store.record([fenced("a", fence, sent=True, reserved_usd=0.5, cost_usd=0.125)], OWNER) == [False]
+    assert [(r.state, r.cost_usd) for r in await store.attempts(JOB)] == [("skipped", 0.125)]
+    assert (await store.costs(JOB)).unknown_attempts == 0
+    assert await store.renew(OWNER, [(JOB, "a", fence)], 30.0) == set()  # a cancel ends the lease too
+
+
+@trio_test
+async def test_heartbeats_list_workers_with_what_they_hold(store):
+    assert await store.workers() == []
+    await store.heartbeat(WorkerInfo(OWNER, "host-a", 100, NOW, 30.0))
+    await store.heartbeat(WorkerInfo(OTHER, "host-b", 200, NOW + 1, EXPIRED))  # its heartbeat is too old
+    await add(store, "a", "b", "c")
+    await claim_fenced(store, limit=2)
+    rows = await store.workers()
+    assert [(w.worker_id, w.host, w.pid, w.started_at, w.alive, w.holding) for w in rows] == [
+        (OWNER, "host-a", 100, NOW, True, {JOB: 2}), (OTHER, "host-b", 200, NOW + 1, False, {})]
+    before = rows[0].beat_at
+    await store.heartbeat(WorkerInfo(OTHER, "host-b", 200, NOW + 1, 30.0))  # beats again: alive
+    assert [w.alive for w in await store.workers()] == [True, True]
+    await store.heartbeat(WorkerInfo(OWNER, "host-a", 100, NOW, 30.0))
+    assert (await store.workers())[0].beat_at >= before
+    await store.forget_worker(OWNER)
+    await store.forget_worker("never-seen")
+    assert [w.worker_id for w in await store.workers()] == [OTHER]

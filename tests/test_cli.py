@@ -32,6 +32,7 @@ models:
     price: {{input: 1.0, output: 2.0}}
 default_models: [sim]
 retry_config: {{max_retries: 2, retry_delay: {{initial: 0.05s, max: 0.1s}}}}
+queue: {{lease: 2s}}  # a killed worker's items are back within 2s + 2s/3, not 30s
 """
 
 JOB = """

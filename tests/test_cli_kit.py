@@ -271,8 +271,12 @@ def test_delete_refuses_a_job_that_a_live_worker_runs(tmp_path):
     finally:
         proc.kill()
         proc.wait(timeout=10)
-    # The worker is gone: what it left can be deleted now.
-    out = cli("delete", "cli-job", "--yes", cwd=tmp_path)
+    # The worker is gone: once its heartbeat and leases are older than the lease (2s), what it
+    # left can be deleted.
+    deadline = time.monotonic() + 30
+    while (out := cli("delete", "cli-job", "--yes", cwd=tmp_path)).returncode != 0 and time.monotonic() < deadline:
+        assert "running in a live worker" in out.stderr, out.stderr
+        time.sleep(0.2)
     assert out.returncode == 0, out.stderr
 
 

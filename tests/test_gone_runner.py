@@ -1,6 +1,7 @@
 """A job left ``running`` by a worker that is gone (its last state write
 failed, or it was killed) is shown as ``interrupted`` by ``status`` and the
-report, with how to continue it; reading it writes nothing."""
+report, with how to continue it; reading it writes nothing. "Gone" is a
+heartbeat older than the worker's lease, or none: never a pid check."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sys
 import trio
 
 import storyloom
+from storyloom.store import WorkerInfo
 from storyloom.store.owner import make_owner
 
 SETTINGS = "models:\n  sim: {provider: simulated, latency_ms: 1, seed: 1}\ndefault_models: [sim]\n"
@@ -67,10 +69,29 @@ def test_the_report_shows_a_job_whose_worker_is_gone_as_interrupted(loom):
     assert stored(loom)[0] == "running"
 
 
-def test_a_job_whose_worker_lives_is_shown_running(loom):
-    left_running(loom, make_owner())  # this process
+def beat(loom, owner: str, lease_s: float, host: str = "elsewhere", pid: int = 1) -> None:
+    """``owner`` writes a heartbeat (lease_s <= 0: one already older than its lease)."""
+    loom.read(lambda store: store.heartbeat(WorkerInfo(owner, host, pid, 0.0, lease_s)))
+
+
+def test_a_job_whose_worker_beats_is_shown_running(loom):
+    runner = "another-host:1:0123abcd"  # pid 1 on another host: only the heartbeat can tell
+    left_running(loom, runner)
+    beat(loom, runner, 30.0)
     status = trio.run(lambda: storyloom.job_status("left", options=loom.options()))
     assert (status["state"], status["reason"]) == ("running", None)
+
+
+def test_a_live_process_whose_heartbeat_is_older_than_its_lease_is_gone(loom):
+    """A stopped (SIGSTOP) or cut-off worker: its process lives, its heartbeat has aged."""
+    runner = make_owner()  # this very process, alive
+    left_running(loom, runner)
+    beat(loom, runner, -1.0)
+    status = trio.run(lambda: storyloom.job_status("left", options=loom.options()))
+    assert status["state"] == "interrupted" and "is gone" in status["reason"]
+    beat(loom, runner, 30.0)  # it beats again
+    status = trio.run(lambda: storyloom.job_status("left", options=loom.options()))
+    assert status["state"] == "running"
 
 
 def test_a_running_job_with_no_runner_recorded_is_shown_as_stored(loom):
@@ -91,8 +112,8 @@ def test_a_job_another_live_worker_still_runs_is_shown_running(loom):
     """Two workers on one job: the one that set it running last is gone, the other still holds an item."""
     left_running(loom, gone_owner())
 
-    async def claim(store):
-        return [c.item_id for c in await store.claim("left", 1, 0.0, make_owner())]
+    async def claim(store):  # leased for 30 s by a worker that wrote no heartbeat: the lease is what counts
+        return [c.item_id for c in await store.claim("left", 1, 0.0, make_owner(), lease_s=30.0)]
 
     assert loom.read(claim) == ["a"]
     status = trio.run(lambda: storyloom.job_status("left", options=loom.options()))

@@ -19,6 +19,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -88,8 +89,13 @@ def shown(folder: Path, job_id: str, *state: str) -> tuple[str, str | None]:
 
 def assert_shown_interrupted(folder: Path, job_id: str, *state: str) -> None:
     """A job its worker left (stored as interrupted, or left running by a
-    process that is gone) is shown as interrupted, with how to continue."""
-    shown_state, reason = shown(folder, job_id, *state)
+    process that is gone) is shown as interrupted, with how to continue: at
+    once if stored so, else once its heartbeat and leases are older than its
+    lease (2s in these tests)."""
+    deadline = time.monotonic() + 30
+    while (seen := shown(folder, job_id, *state))[0] != "interrupted" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    shown_state, reason = seen
     assert shown_state == "interrupted", (shown_state, reason)
     assert reason.startswith("the store failed: ") or (
         "is gone; storyloom resume" in reason and reason.endswith(f"resume {job_id} continues")), reason
@@ -198,8 +204,11 @@ def test_a_lock_taken_mid_run_leaves_a_job_that_resume_or_work_completes(tmp_pat
     assert "Traceback" not in stderr and f"storyloom: error: {Path('.storyloom') / DB_NAME}: " in stderr
     state, counts = states(tmp_path, "cli-job")
     assert state == "running" and counts["completed"] < 60  # the final state write failed too
-    # but status tells the truth: no process runs it
-    shown_state, reason = shown(tmp_path, "cli-job")
+    # but status tells the truth, once the worker's heartbeat and leases are older than its lease (2s)
+    deadline = time.monotonic() + 30
+    while (seen := shown(tmp_path, "cli-job"))[0] != "interrupted" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    shown_state, reason = seen
     assert shown_state == "interrupted" and f":{proc.pid}) is gone; storyloom resume cli-job continues" in reason
     args = ("resume", "cli-job") if then == "resume" else ("work", "--burst")
     out = cli(*args, "-q", cwd=tmp_path)

@@ -239,7 +239,7 @@ def test_sqlite_claim_uses_the_claim_index(tmp_path):
 
     store = SQLiteStore.open(tmp_path)
     try:
-        plan = " ".join(row[-1] for row in store._conn.execute("EXPLAIN QUERY PLAN " + _CLAIM, (None,) * 5))
+        plan = " ".join(row[-1] for row in store._conn.execute("EXPLAIN QUERY PLAN " + _CLAIM, (None,) * 6))
         assert "items_claim" in plan and "TEMP B-TREE" not in plan, plan
     finally:
         store.close()
@@ -254,8 +254,8 @@ def test_sqlite_queue_statements_seek_into_indexes(tmp_path):
 
     cases = [
         # Partial indexes of pending items; COVERING: no table row is read.
-        (backend._CLAIM_NEXT, (OWNER, NOW, "chapter", NOW, "[]", 10), "COVERING INDEX items_queue (job_type=?)"),
-        (backend._CLAIM, (OWNER, NOW, JOB, NOW, 10), "COVERING INDEX items_claim (job_id=?)"),
+        (backend._CLAIM_NEXT, (OWNER, NOW, 30.0, "chapter", NOW, "[]", 10), "COVERING INDEX items_queue (job_type=?)"),
+        (backend._CLAIM, (OWNER, NOW, 30.0, JOB, NOW, 10), "COVERING INDEX items_claim (job_id=?)"),
         (backend._NEXT_QUEUED_AT, ("chapter",), "COVERING INDEX items_queue_ready (job_type=?)"),
         (backend._POSITION, (JOB, "a"), "COVERING INDEX items_position (level<?)"),
         (backend._PROMOTE_CRITICAL, (NOW, NOW), "items_deadline (level=? AND deadline<?)"),
@@ -393,7 +393,7 @@ def test_sqlite_migrates_a_version_1_file(tmp_path):
     async def main():
         store = SQLiteStore.open(tmp_path)
         try:
-            assert pragma(store, "user_version") == SCHEMA_VERSION == 5
+            assert pragma(store, "user_version") == SCHEMA_VERSION == 6
             # nothing lost
             assert [(j.job_id, j.state, j.definition["title"]) for j in await store.list_jobs()] == [
                 ("old", "running", THAI), ("paused", "paused", THAI), ("later", "running", THAI)]
@@ -463,7 +463,7 @@ def test_sqlite_migrates_a_version_2_file(tmp_path):
     async def main():
         store = SQLiteStore.open(tmp_path)
         try:
-            assert pragma(store, "user_version") == SCHEMA_VERSION == 5
+            assert pragma(store, "user_version") == SCHEMA_VERSION == 6
             # every stored attempt is a finished one, its usage known
             assert [(r.item_id, r.state, r.cost_usd) for r in await store.attempts("old")] == [
                 ("b", "pending", 0.125), ("a", "completed", 0.5)]
@@ -499,13 +499,54 @@ def test_sqlite_migrates_a_version_3_file(tmp_path):
     async def main():
         store = SQLiteStore.open(tmp_path)
         try:
-            assert pragma(store, "user_version") == SCHEMA_VERSION == 5
+            assert pragma(store, "user_version") == SCHEMA_VERSION == 6
             # nothing lost; no stored job names a runner (version 3 did not record one)
             assert [(j.job_id, j.state, j.runner) for j in await store.list_jobs()] == [
                 ("old", "running", None), ("paused", "paused", None), ("later", "running", None)]
             # and a migrated file records who runs a job
             await store.set_job_state("paused", "running", runner=OWNER)
             assert (await store.get_job("paused")).runner == OWNER
+        finally:
+            await store.aclose()
+
+    trio.run(main)
+
+
+def write_v4_file(folder) -> None:
+    """The version 1 store as version 4 left it, with item "b" of job "old"
+    running for a version 4 worker (no lease) and its attempt sent."""
+    write_v3_file(folder)
+    raw = sqlite3.connect(folder / DB_NAME, isolation_level=None)
+    raw.execute("BEGIN")
+    sqlite_backend._migrate_3_to_4(raw)
+    raw.execute("UPDATE items SET state = 'running', owner = 'old-host:1:v4' WHERE job_id = 'old' AND item_id = 'b'")
+    raw.execute("INSERT INTO attempts (job_id, item_id, attempt, model, state, started_at, finished_at, "
+                "reserved_usd, unknown) VALUES ('old', 'b', 2, 'm1', 'sent', ?, ?, 0.5, 1)", (NOW, NOW))
+    raw.execute("PRAGMA user_version = 4")
+    raw.execute("COMMIT")
+    raw.close()
+
+
+def test_sqlite_migrates_a_version_4_file_to_leases_and_fences(tmp_path):
+    write_v4_file(tmp_path)
+    assert "fence" not in {c[1] for c in schema_of(tmp_path / DB_NAME)[0]["items"]}
+
+    async def main():
+        store = SQLiteStore.open(tmp_path)
+        try:
+            assert pragma(store, "user_version") == SCHEMA_VERSION == 6
+            [row] = await store.running("old")
+            assert (row.item_id, row.owner, row.lease_left, row.fence) == ("b", "old-host:1:v4", None, 0)
+            # a version 4 claim has no lease: the first reap puts it back, its sent attempt stale
+            assert await store.reap() == 1
+            assert await store.reap() == 0
+            stale = [(r.item_id, r.attempt, r.state) for r in await store.attempts("old")]
+            assert ("b", 2, "stale") in stale
+            assert (await store.costs("old")).unknown_usd == pytest.approx(0.5)  # still maybe billed
+            # and a migrated file leases and fences its claims
+            [claimed] = await store.claim("old", 1, NOW + 10, OWNER, lease_s=30.0)
+            assert (claimed.item_id, claimed.fence) == ("c", 1)
+            assert await store.workers() == []
         finally:
             await store.aclose()
 
@@ -531,10 +572,11 @@ def test_sqlite_a_migrated_file_has_the_schema_of_a_fresh_one(tmp_path):
     SQLiteStore.open(tmp_path / "v4").close()
     assert schema_of(tmp_path / "v4" / DB_NAME) == fresh
     assert {"deps", "gates", "artifacts"} <= set(fresh[0])
+    assert "workers" in fresh[0] and "items_lease" in {name for name, _table, _sql in fresh[2]}
 
 
-def write_v4_file(folder) -> None:
-    """The version 1 store as version 4 left it: migrated step by step to 4."""
+def write_idle_v4_file(folder) -> None:
+    """The version 1 store as version 4 left it, nothing running: migrated step by step to 4."""
     write_v3_file(folder)
     raw = sqlite3.connect(folder / DB_NAME, isolation_level=None)
     raw.execute("BEGIN")
@@ -547,13 +589,13 @@ def write_v4_file(folder) -> None:
 def test_sqlite_migrates_a_version_4_file(tmp_path):
     from storyloom.artifacts import Artifact
 
-    write_v4_file(tmp_path)
+    write_idle_v4_file(tmp_path)
     assert "waiting" not in {c[1] for c in schema_of(tmp_path / DB_NAME)[0]["items"]}
 
     async def main():
         store = SQLiteStore.open(tmp_path)
         try:
-            assert pragma(store, "user_version") == SCHEMA_VERSION == 5
+            assert pragma(store, "user_version") == SCHEMA_VERSION == 6
             # nothing lost, nothing blocked: the queue reads as it did
             assert [(r.item_id, r.state) for r in await store.items("old")] == [
                 ("a", "completed"), ("b", "pending"), ("c", "pending"), ("d", "skipped")]
@@ -596,7 +638,8 @@ def test_sqlite_a_store_another_process_created_while_this_one_waited_opens_clea
     second.start()
     second.join(0.5)  # it reads version 0, then waits on the write lock
     for statement in (sqlite_backend._TABLES + sqlite_backend._INDEXES + sqlite_backend._INDEXES_3
-                      + sqlite_backend._TABLES_5 + sqlite_backend._INDEXES_5):
+                      + sqlite_backend._TABLES_5 + sqlite_backend._INDEXES_5
+                      + sqlite_backend._TABLES_6 + sqlite_backend._INDEXES_6):
         raw.execute(statement)
     raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     raw.execute("COMMIT")

@@ -1,6 +1,7 @@
 """Durable state: the Store protocol, and the one seam that opens a backend."""
 
 from .protocol import (
+    DEFAULT_LEASE_S,
     HELD_JOB_STATES,
     ITEM_STATES,
     JOB_STATES,
@@ -21,10 +22,15 @@ from .protocol import (
     StoreOpener,
     StoreUnavailable,
     StoreVersionError,
+    WorkerInfo,
+    WorkerRow,
 )
 from .opening import DEFAULT_STORE, STORE_ENV, mask_url, open_store, open_store_url, url_scheme
 
 __all__ = [
+    "DEFAULT_LEASE_S",
+    "WorkerInfo",
+    "WorkerRow",
     "HELD_JOB_STATES",
     "ITEM_STATES",
     "JOB_STATES",

@@ -36,6 +36,30 @@ error ``blocked: <id> failed`` (or ``skipped``), error_kind None, in the same
 transaction. A *gated* item (``gate``) is blocked until :meth:`Store.open_gate`
 opens its gate (gates are global, named by the caller: ``proj-a:outline``).
 Blocked items count as ``pending`` in :meth:`Store.counts`.
+
+Leases and fences (the only thing that decides who holds a running item; no
+process id is ever consulted):
+
+- A claim gives each item a *lease* until ``lease_until`` = the store's own
+  clock + ``lease_s`` (the database's clock, never the worker's, so workers
+  on hosts whose clocks differ agree), and increments the item's *fence*, a
+  counter that only ever grows. :class:`ClaimedItem` carries the new fence;
+  the worker quotes it in every :class:`StartRecord`, :class:`AttemptRecord`
+  and :meth:`Store.release` for that claim.
+- The worker renews its leases (:meth:`Store.renew`, every lease/3); one that
+  is no longer held (reaped, cancelled, finished elsewhere) is missing from
+  the result, and the worker cancels that attempt at once.
+- Any worker reaps (:meth:`Store.reap`): an item whose lease ran out goes
+  back to ``pending`` with ``fence + 1``, so that the late outcome of the
+  worker that lost it no longer matches.
+- A start, record or release applies only if the item is still ``running``
+  for that owner *and* its fence still matches, checked in the transaction
+  that writes the outcome. A refused outcome is still recorded as an attempt
+  (state ``stale``, with its tokens and cost, or ``skipped`` when a cancel
+  took the item while it ran): what a provider may have billed is never lost.
+- Workers also write heartbeats (:meth:`Store.heartbeat`) to a ``workers``
+  table, for operators only (``storyloom status`` and ``queue``, and showing a
+  job whose runner is gone as interrupted): never for correctness.
 """
 
 from __future__ import annotations
@@ -49,6 +73,13 @@ from ..errors import UsageError
 
 if TYPE_CHECKING:
     from ..settings import Settings
+
+#: Seconds a claim holds an item unless renewed (``queue: {lease: 30s}``).
+DEFAULT_LEASE_S = 30.0
+#: Most items one :meth:`Store.reap` call puts back.
+REAP_BATCH = 1000
+#: A worker whose heartbeat is older than this is forgotten by :meth:`Store.reap`.
+WORKER_FORGET_S = 3600.0
 
 ITEM_STATES = ("pending", "running", "completed", "failed", "skipped")
 TERMINAL_STATES = ("completed", "failed", "skipped")
@@ -151,6 +182,8 @@ class ClaimedItem:
     first_started_at: float | None = None  # wall clock of the first attempt
     last_error_kind: str | None = None
     job_id: str = ""  # claim_next serves many jobs
+    #: The item's fence for this claim: quote it in starts, records, releases and renewals.
+    fence: int = 0
 
 
 @dataclass(frozen=True)
@@ -202,6 +235,10 @@ class AttemptRecord:
     #: from this record, and ``created_at`` (``finished_at``). Content is
     #: stored as JSON and read back as equal JSON values.
     artifacts: tuple[Artifact, ...] = ()
+    #: The fence of the claim this attempt ran under (:attr:`ClaimedItem.fence`).
+    #: None: an old caller; then only the owner is checked, and a refused
+    #: record is not stored as stale.
+    fence: int | None = None
 
 
 @dataclass(frozen=True)
@@ -220,6 +257,8 @@ class StartRecord:
     started_at: float
     attempt: int = 0
     reserved_usd: float = 0.0
+    #: The claim's fence, as in :attr:`AttemptRecord.fence` (None: owner only).
+    fence: int | None = None
 
 
 @dataclass(frozen=True)
@@ -229,6 +268,37 @@ class RunningRow:
     started_at: float
     attempts: int
     owner: str
+    #: Seconds until the lease runs out, on the store's clock (negative:
+    #: expired, not yet reaped); None for an item claimed before leases.
+    lease_left: float | None = None
+    fence: int = 0
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """What a worker says of itself in :meth:`Store.heartbeat`."""
+
+    worker_id: str  # its owner string (storyloom.store.owner.make_owner)
+    host: str
+    pid: int
+    started_at: float  # wall clock, for display
+    lease_s: float  # its lease; its heartbeat counts as live for this long
+
+
+@dataclass(frozen=True)
+class WorkerRow:
+    """A worker as :meth:`Store.workers` lists it (for operators only)."""
+
+    worker_id: str
+    host: str
+    pid: int
+    started_at: float
+    beat_at: float  # the store's clock at its last heartbeat
+    lease_s: float
+    #: Its last heartbeat is no older than its lease (on the store's clock).
+    alive: bool
+    #: job_id -> how many items it holds running now.
+    holding: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -259,7 +329,9 @@ class QueuedRow:
 
 class AttemptRow(NamedTuple):
     """One stored attempt, as reports read it. ``state`` is the item state the
-    attempt led to: ``completed``, ``failed``, ``pending`` (a retry) or ``skipped``.
+    attempt led to: ``completed``, ``failed``, ``pending`` (a retry) or
+    ``skipped``; or ``stale``: its worker had lost the item (its lease ran out
+    and its fence moved on), so the outcome was refused, but what it cost counts.
     A tuple, because a report reads every attempt of a job (100,000 of them)."""
 
     item_id: str
@@ -348,13 +420,13 @@ class Store(Protocol):
         (``storyloom delete`` refuses one)."""
 
     async def recover(self, job_id: str, owner_alive: Callable[[str], bool]) -> int:
-        """Put items left ``running`` by a dead owner back to ``pending``.
-
-        ``owner_alive(owner) -> bool`` says whether an owner string is a live
-        process. Returns how many items were recovered."""
+        """Deprecated (the kernel no longer calls it; use :meth:`reap`): put
+        the job's items left ``running`` by owners that ``owner_alive`` calls
+        dead back to ``pending``, ``fence + 1``. Returns how many."""
 
     async def claim(self, job_id: str, limit: int, now: float, owner: str,
-                    only: Collection[str] | None = None, job_type: str | None = None) -> list[ClaimedItem]:
+                    only: Collection[str] | None = None, job_type: str | None = None,
+                    lease_s: float = DEFAULT_LEASE_S) -> list[ClaimedItem]:
         """``now`` is wall-clock time (``time.time()``), stored as ``started_at``.
 
         Move up to ``limit`` ready pending items (``not_before <= now``) of
@@ -363,17 +435,55 @@ class Store(Protocol):
         order), and return them. Held and blocked items are left alone. One
         transaction; the cost per item does not grow with blocked items or,
         given ``job_type``, with items of other stages. ``only``: claim none
-        but these item ids (``storyloom run --sample``)."""
+        but these item ids (``storyloom run --sample``).
+
+        Each claimed item's lease runs until the store's clock + ``lease_s``
+        (computed by the store, in the statement), and its fence is
+        incremented; the returned :class:`ClaimedItem` carries the new fence.
+        ``lease_s <= 0`` gives a lease that has already run out (the
+        conformance tests use it to reap without sleeping)."""
 
     async def claim_next(
-        self, job_type: str, limit: int, now: float, owner: str, exclude: Collection[str] = ()
+        self, job_type: str, limit: int, now: float, owner: str, exclude: Collection[str] = (),
+        lease_s: float = DEFAULT_LEASE_S,
     ) -> list[ClaimedItem]:
         """Like :meth:`claim`, across every job except those in ``exclude``,
         items of stage ``job_type`` (whatever their job's own job_type): the
         next ready, pending, unheld, unblocked items in queue order
         (lowest level, then submission order across jobs), returned in that
         order. One transaction; the cost per item does not grow with the
-        queue."""
+        queue. Leases and fences as in :meth:`claim`."""
+
+    async def renew(self, owner: str, held: Sequence[tuple[str, str, int]],
+                    lease_s: float = DEFAULT_LEASE_S) -> set[tuple[str, str, int]]:
+        """Extend the leases of ``held`` = (job_id, item_id, fence) triples to
+        the store's clock + ``lease_s``, in one transaction, and return the
+        triples that are still held: the item is ``running`` for ``owner``
+        with that fence. A lease that ran out but was not yet reaped is still
+        held (nobody else has the item) and is renewed. A triple missing from
+        the result was lost (reaped, cancelled, released): its outcome will
+        be refused, so the worker cancels that attempt."""
+
+    async def reap(self, limit: int = REAP_BATCH) -> int:
+        """Put up to ``limit`` items whose lease has run out (on the store's
+        clock) back to ``pending``, ``fence + 1``, owner cleared, in one
+        transaction; held items stay held. Each one's attempt rows still
+        ``sent`` under the lost fence become ``stale`` (outcome unknown: their
+        worst case still counts; a late outcome settles them with its real
+        cost). Concurrent reapers never reap an item twice. Also forgets
+        workers whose heartbeat is older than ``WORKER_FORGET_S``. Returns how
+        many items it put back."""
+
+    async def heartbeat(self, worker: WorkerInfo) -> None:
+        """Insert or refresh ``worker``'s row in the workers table, its beat
+        time from the store's clock. For operators only."""
+
+    async def forget_worker(self, worker_id: str) -> None:
+        """Remove a worker's row (it exits cleanly). Unknown ids are ignored."""
+
+    async def workers(self) -> list[WorkerRow]:
+        """Every known worker, oldest first, with whether its heartbeat is
+        within its lease and what it holds running now."""
 
     async def next_ready_at(self, job_id: str, job_type: str | None = None) -> float | None:
         """The earliest ``not_before`` among pending items that are not
@@ -412,7 +522,8 @@ class Store(Protocol):
         item's model and start time.
 
         Each record and each start applies only if its item is still
-        ``running`` for ``owner``; the returned list says which applied: one
+        ``running`` for ``owner`` and, when it carries a ``fence``, the item's
+        fence still equals it; the returned list says which applied: one
         entry per record, then one per start. A start that did not apply
         (the item was cancelled, or recovered by another owner) writes
         nothing, and its request must not be sent. This is what keeps a
@@ -434,16 +545,31 @@ class Store(Protocol):
         A completed record's ``follow_ups`` and ``artifacts`` are written in
         the same transaction (see :class:`AttemptRecord`); then the items
         waiting on it lose one open dependency. A failed or skipped record
-        skips the items waiting on it (see the module docs)."""
+        skips the items waiting on it (see the module docs).
 
-    async def release(self, job_id: str, owner: str, item_ids: Sequence[str] | None = None) -> int:
+        A refused record that carries a ``fence`` is *stale* unless a cancel
+        skipped its item under that same fence (then as above): it is still
+        stored as an attempt in state ``stale`` with its tokens, cost and
+        ``outcome_unknown``: it completes the newest ``sent`` or ``stale`` row
+        of its item, attempt number and fence (the one its start wrote, or
+        :meth:`reap` marked), or adds a row if there is none. The item, and
+        any newer claim of it, are not touched. :meth:`costs`,
+        :meth:`spend_by_model` and :meth:`attempts` count stale attempts like
+        any finished one. A start whose fence no longer matches writes
+        nothing (its request must not be sent)."""
+
+    async def release(self, job_id: str, owner: str, item_ids: Sequence[str] | None = None,
+                      fences: Sequence[int] | None = None) -> int:
         """Put the items ``owner`` holds ``running`` (every one, or those in
-        ``item_ids``) back to ``pending``. Returns how many."""
+        ``item_ids``) back to ``pending``, lease cleared. With ``fences``
+        (one per item id), an item goes back only if its fence still matches:
+        a stale release is ignored. Returns how many."""
 
     async def counts(self, job_id: str) -> dict[str, int]:
         """Items per state; every state in ITEM_STATES is a key."""
 
-    async def running(self, job_id: str) -> list[RunningRow]: ...
+    async def running(self, job_id: str) -> list[RunningRow]:
+        """The job's running items, longest-running first, with their leases."""
 
     async def items(self, job_id: str, state: str | None = None) -> list[ItemRow]: ...
 

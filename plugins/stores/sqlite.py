@@ -41,8 +41,13 @@ from storyloom.store.protocol import (
     JobRow,
     NewItem,
     QueuedRow,
+    REAP_BATCH,
+    WORKER_FORGET_S,
+    DEFAULT_LEASE_S,
     RunningRow,
     StartRecord,
+    WorkerInfo,
+    WorkerRow,
     StoreNotFound,
     StoreUnavailable,
     StoreVersionError,
@@ -52,7 +57,7 @@ from storyloom.store.opening import mask_url
 
 DB_NAME = "storyloom.db"
 #: Stored in ``PRAGMA user_version``; bump it (and add a migration) when the schema changes.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 BUSY_TIMEOUT_S = 10.0
 #: Seconds to wait for another process's write lock, instead of BUSY_TIMEOUT_S.
 BUSY_TIMEOUT_ENV = "STORYLOOM_SQLITE_BUSY_TIMEOUT"
@@ -87,6 +92,35 @@ _ATTEMPT_COLUMNS_3 = (
 _JOB_COLUMNS_4 = (
     "runner TEXT",
 )
+# Version 6's columns (leases and fences), last for the same reason. The
+# lease is on this database's clock (_DB_NOW); the fence only ever grows.
+_ITEM_COLUMNS_6 = (
+    "lease_until REAL",
+    "fence INTEGER NOT NULL DEFAULT 0",
+)
+#: The claim's fence an attempt ran under (NULL: written before version 6).
+_ATTEMPT_COLUMNS_6 = (
+    "fence INTEGER",
+)
+_TABLES_6 = (
+    # For operators only: who works on this store, and since when.
+    """CREATE TABLE IF NOT EXISTS workers (
+        worker_id TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        started_at REAL NOT NULL,
+        beat_at REAL NOT NULL,
+        lease_s REAL NOT NULL
+    )""",
+)
+_INDEXES_6 = (
+    # reap: running items by lease end.
+    "CREATE INDEX IF NOT EXISTS items_lease ON items (lease_until) WHERE state = 'running'",
+)
+#: The database's clock, in epoch seconds: every lease is computed and
+#: compared on it, never on a worker's clock. (unixepoch('now', 'subsec')
+#: needs SQLite 3.42; this works on every version storyloom supports.)
+_DB_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 
 # Version 5's columns of items (pipelines), last for the same reason.
 # ``held`` becomes two flags: 1 while the job is paused or cancelled, 2 while
@@ -129,6 +163,7 @@ _TABLES = (
         route TEXT,
         {', '.join(_ITEM_COLUMNS_2)},
         {', '.join(_ITEM_COLUMNS_5)},
+        {', '.join(_ITEM_COLUMNS_6)},
         PRIMARY KEY (job_id, item_id)
     )""",
     f"""CREATE TABLE IF NOT EXISTS attempts (
@@ -146,6 +181,7 @@ _TABLES = (
         finished_at REAL NOT NULL,
         route TEXT,
         {', '.join(_ATTEMPT_COLUMNS_3)},
+        {', '.join(_ATTEMPT_COLUMNS_6)},
         FOREIGN KEY (job_id, item_id) REFERENCES items (job_id, item_id)
     )""",
     """CREATE TABLE IF NOT EXISTS results (
@@ -240,23 +276,25 @@ _INDEXES_3 = (
 )
 # INDEXED BY: walking items_claim in order beats items_ready plus a sort,
 # whatever the planner's statistics say.
-_CLAIM = """
-UPDATE items SET state = 'running', owner = ?, started_at = ?
+_CLAIM = f"""
+UPDATE items SET state = 'running', owner = ?, started_at = ?, fence = fence + 1, lease_until = {_DB_NOW} + ?
 WHERE rowid IN (
     SELECT rowid FROM items INDEXED BY items_claim
     WHERE job_id = ? AND state = 'pending' AND held = 0 AND not_before <= ?
     ORDER BY level, seq LIMIT ?
 )
-RETURNING level, seq, item_id, definition, attempts, last_model, free_attempts, first_started_at, error_kind
+RETURNING level, seq, item_id, definition, attempts, last_model, free_attempts, first_started_at, error_kind,
+    fence
 """
-_CLAIM_STAGE = """
-UPDATE items SET state = 'running', owner = ?, started_at = ?
+_CLAIM_STAGE = f"""
+UPDATE items SET state = 'running', owner = ?, started_at = ?, fence = fence + 1, lease_until = {_DB_NOW} + ?
 WHERE rowid IN (
     SELECT rowid FROM items INDEXED BY items_claim_stage
     WHERE job_id = ? AND job_type = ? AND state = 'pending' AND held = 0 AND not_before <= ?
     ORDER BY level, seq LIMIT ?
 )
-RETURNING level, seq, item_id, definition, attempts, last_model, free_attempts, first_started_at, error_kind
+RETURNING level, seq, item_id, definition, attempts, last_model, free_attempts, first_started_at, error_kind,
+    fence
 """
 _NEXT_STAGE_READY_AT = """
 SELECT MIN(not_before) FROM items INDEXED BY items_claim_stage
@@ -271,8 +309,8 @@ _CLAIM_ONLY = _CLAIM.replace("AND not_before <= ?", _ONLY)
 _CLAIM_STAGE_ONLY = _CLAIM_STAGE.replace("AND not_before <= ?", _ONLY)
 # The same walk along the queue of one job type. exclude comes as one JSON
 # array, so the statement is the same whatever its length.
-_CLAIM_NEXT = """
-UPDATE items SET state = 'running', owner = ?, started_at = ?
+_CLAIM_NEXT = f"""
+UPDATE items SET state = 'running', owner = ?, started_at = ?, fence = fence + 1, lease_until = {_DB_NOW} + ?
 WHERE rowid IN (
     SELECT rowid FROM items INDEXED BY items_queue
     WHERE job_type = ? AND state = 'pending' AND held = 0 AND not_before <= ?
@@ -280,7 +318,7 @@ WHERE rowid IN (
     ORDER BY level, qseq LIMIT ?
 )
 RETURNING level, qseq, job_id, item_id, definition, attempts, last_model, free_attempts, first_started_at,
-    error_kind
+    error_kind, fence
 """
 _NEXT_QUEUED_AT = """
 SELECT MIN(not_before) FROM items INDEXED BY items_queue_ready
@@ -320,22 +358,22 @@ WHERE state = 'pending' AND held = 0 GROUP BY level, job_id
 """
 _START = """
 UPDATE items SET last_model = ?, started_at = ?
-WHERE job_id = ? AND item_id = ? AND state = 'running' AND owner = ?
+WHERE job_id = ? AND item_id = ? AND state = 'running' AND owner = ? AND (? IS NULL OR fence = ?)
 """
 _FINISH = """
 UPDATE items SET state = ?, attempts = ?, free_attempts = free_attempts + ?,
     first_started_at = COALESCE(first_started_at, ?), last_model = COALESCE(?, last_model), not_before = ?,
-    error_kind = ?, error = ?, route = ?, owner = NULL
-WHERE job_id = ? AND item_id = ? AND state = 'running' AND owner = ?
+    error_kind = ?, error = ?, route = ?, owner = NULL, lease_until = NULL
+WHERE job_id = ? AND item_id = ? AND state = 'running' AND owner = ? AND (? IS NULL OR fence = ?)
 """
 _INSERT_ATTEMPT = """
 INSERT INTO attempts (job_id, item_id, attempt, model, state, error_kind, error,
-    input_tokens, output_tokens, cost_usd, started_at, finished_at, route, reserved_usd, unknown)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    input_tokens, output_tokens, cost_usd, started_at, finished_at, route, reserved_usd, unknown, fence)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 _INSERT_SENT = """
-INSERT INTO attempts (job_id, item_id, attempt, model, state, started_at, finished_at, reserved_usd, unknown)
-VALUES (?, ?, ?, ?, 'sent', ?, ?, ?, 1)
+INSERT INTO attempts (job_id, item_id, attempt, model, state, started_at, finished_at, reserved_usd, unknown, fence)
+VALUES (?, ?, ?, ?, 'sent', ?, ?, ?, 1, ?)
 """
 # The newest 'sent' row of the attempt: an older one with the same number
 # belongs to a worker that died, and stays outcome unknown.
@@ -354,6 +392,42 @@ UPDATE attempts SET state = 'skipped', model = ?, error_kind = ?, error = ?, inp
 WHERE rowid = (SELECT MAX(rowid) FROM attempts INDEXED BY attempts_sent
                WHERE job_id = ? AND item_id = ? AND attempt = ? AND state = 'sent')
   AND EXISTS (SELECT 1 FROM items WHERE job_id = ? AND item_id = ? AND state = 'skipped')
+"""
+# A refused outcome under a fence: complete the row its start wrote (or that
+# reap marked stale) for that very claim; a newer claim's rows are not touched.
+_SETTLE_STALE = """
+UPDATE attempts SET state = ?, model = ?, error_kind = ?, error = ?, input_tokens = ?, output_tokens = ?,
+    cost_usd = ?, started_at = ?, finished_at = ?, route = ?, reserved_usd = ?, unknown = ?
+WHERE rowid = (SELECT MAX(rowid) FROM attempts INDEXED BY attempts_item
+               WHERE job_id = ? AND item_id = ? AND attempt = ? AND fence = ? AND state IN ('sent', 'stale'))
+"""
+# Expired leases back to pending; RETURNING the fence they were lost under. No
+# lease at all (an item claimed by a version 4 worker) counts as expired.
+_REAP = f"""
+UPDATE items SET state = 'pending', owner = NULL, lease_until = NULL, fence = fence + 1
+WHERE rowid IN (
+    SELECT rowid FROM items INDEXED BY items_lease
+    WHERE state = 'running' AND (lease_until IS NULL OR lease_until < {_DB_NOW}) LIMIT ?
+)
+RETURNING job_id, item_id, fence - 1
+"""
+# NULL: sent by a version 4 worker, whose claims left the fence at 0.
+_STALE_SENT = """
+UPDATE attempts SET state = 'stale', error_kind = 'LEASE_LOST',
+    error = 'its worker lost the lease (stopped, cut off or killed): outcome unknown'
+WHERE job_id = ? AND item_id = ? AND COALESCE(fence, 0) = ? AND state = 'sent'
+"""
+_RENEW = f"""
+UPDATE items SET lease_until = {_DB_NOW} + ?
+WHERE job_id = ? AND item_id = ? AND state = 'running' AND owner = ? AND fence = ?
+"""
+_HEARTBEAT = f"""
+INSERT INTO workers (worker_id, host, pid, started_at, beat_at, lease_s) VALUES (?, ?, ?, ?, {_DB_NOW}, ?)
+ON CONFLICT (worker_id) DO UPDATE SET beat_at = excluded.beat_at, lease_s = excluded.lease_s
+"""
+_WORKERS = f"""
+SELECT worker_id, host, pid, started_at, beat_at, lease_s, beat_at + lease_s >= {_DB_NOW}
+FROM workers ORDER BY started_at, worker_id
 """
 _REQUEUE_FAILED = """
 UPDATE items SET state = 'pending', free_attempts = attempts, first_started_at = NULL, not_before = 0,
@@ -579,59 +653,109 @@ class SQLiteStore:
         dead = [owner for owner in owners if not owner_alive(owner)]
         if not dead:
             return 0
-        return self._release(job_id, dead)
+        return self._release(job_id, dead, fence_up=True)
 
-    async def release(self, job_id: str, owner: str, item_ids: Sequence[str] | None = None) -> int:
-        """Put the items ``owner`` holds running (all, or only ``item_ids``) back to pending."""
+    async def release(self, job_id: str, owner: str, item_ids: Sequence[str] | None = None,
+                      fences: Sequence[int] | None = None) -> int:
+        """Put the items ``owner`` holds running (all, or only ``item_ids``,
+        each only under its fence if ``fences`` is given) back to pending."""
         if item_ids is None:
             return self._release(job_id, [owner])
+        if fences is not None and len(fences) != len(item_ids):
+            raise ValueError("release: one fence per item id")
         with self._write() as cur:
             cur.executemany(
-                "UPDATE items SET state = 'pending', owner = NULL "
-                "WHERE job_id = ? AND item_id = ? AND state = 'running' AND owner = ?",
-                [(job_id, item_id, owner) for item_id in item_ids],
+                "UPDATE items SET state = 'pending', owner = NULL, lease_until = NULL "
+                "WHERE job_id = ? AND item_id = ? AND state = 'running' AND owner = ? AND (? IS NULL OR fence = ?)",
+                [(job_id, item_id, owner, fence, fence)
+                 for item_id, fence in zip(item_ids, fences if fences is not None else [None] * len(item_ids))],
             )
             return cur.rowcount
 
-    def _release(self, job_id: str, owners: list[str]) -> int:
+    def _release(self, job_id: str, owners: list[str], fence_up: bool = False) -> int:
         count = 0
+        bump = ", fence = fence + 1" if fence_up else ""
         with self._write() as cur:
             for owner in owners:
                 cur.execute(
-                    "UPDATE items SET state = 'pending', owner = NULL "
+                    f"UPDATE items SET state = 'pending', owner = NULL, lease_until = NULL{bump} "
                     "WHERE job_id = ? AND state = 'running' AND owner = ?",
                     (job_id, owner),
                 )
                 count += cur.rowcount
         return count
 
+    async def renew(self, owner: str, held: Sequence[tuple[str, str, int]],
+                    lease_s: float = DEFAULT_LEASE_S) -> set[tuple[str, str, int]]:
+        """Extend the leases of the (job_id, item_id, fence) triples ``owner``
+        still holds; returns those."""
+        kept: set[tuple[str, str, int]] = set()
+        if not held:
+            return kept
+        with self._write() as cur:
+            for job_id, item_id, fence in held:
+                cur.execute(_RENEW, (lease_s, job_id, item_id, owner, fence))
+                if cur.rowcount == 1:
+                    kept.add((job_id, item_id, fence))
+        return kept
+
+    async def reap(self, limit: int = REAP_BATCH) -> int:
+        """Expired leases back to pending (fence + 1); their sent attempts become stale."""
+        if limit <= 0:
+            return 0
+        with self._write() as cur:
+            lost = cur.execute(_REAP, (limit,)).fetchall()
+            if lost:
+                cur.executemany(_STALE_SENT, lost)
+            cur.execute(f"DELETE FROM workers WHERE beat_at < {_DB_NOW} - ?", (WORKER_FORGET_S,))
+        return len(lost)
+
+    async def heartbeat(self, worker: WorkerInfo) -> None:
+        with self._write() as cur:
+            cur.execute(_HEARTBEAT, (worker.worker_id, worker.host, worker.pid, worker.started_at, worker.lease_s))
+
+    async def forget_worker(self, worker_id: str) -> None:
+        with self._write() as cur:
+            cur.execute("DELETE FROM workers WHERE worker_id = ?", (worker_id,))
+
+    async def workers(self) -> list[WorkerRow]:
+        holding: dict[str, dict[str, int]] = {}
+        for owner, job_id, n in self._conn.execute(
+                "SELECT owner, job_id, COUNT(*) FROM items WHERE state = 'running' GROUP BY owner, job_id"):
+            holding.setdefault(owner, {})[job_id] = n
+        return [WorkerRow(wid, host, pid, started, beat, lease, bool(alive), holding.get(wid, {}))
+                for wid, host, pid, started, beat, lease, alive in self._conn.execute(_WORKERS)]
+
     async def claim(self, job_id: str, limit: int, now: float, owner: str,
-                    only: Collection[str] | None = None, job_type: str | None = None) -> list[ClaimedItem]:
+                    only: Collection[str] | None = None, job_type: str | None = None,
+                    lease_s: float = DEFAULT_LEASE_S) -> list[ClaimedItem]:
         """Claim up to ``limit`` ready pending items (of stage ``job_type``,
         if given) for ``owner``: lowest level first, then insertion order.
         ``now`` is wall-clock time (it becomes the items' ``started_at``).
-        ``only``: among these ids."""
+        ``only``: among these ids. Each gets a lease of ``lease_s`` and a new fence."""
         if limit <= 0:
             return []
         with self._write() as cur:
             ids = None if only is None else json.dumps(list(only))
             if job_type is None:
-                rows = cur.execute(_CLAIM, (owner, now, job_id, now, limit)).fetchall() if ids is None else \
-                    cur.execute(_CLAIM_ONLY, (owner, now, job_id, now, ids, limit)).fetchall()
+                rows = cur.execute(_CLAIM, (owner, now, lease_s, job_id, now, limit)).fetchall() if ids is None \
+                    else cur.execute(_CLAIM_ONLY, (owner, now, lease_s, job_id, now, ids, limit)).fetchall()
             elif ids is None:
-                rows = cur.execute(_CLAIM_STAGE, (owner, now, job_id, job_type, now, limit)).fetchall()
+                rows = cur.execute(_CLAIM_STAGE, (owner, now, lease_s, job_id, job_type, now, limit)).fetchall()
             else:
-                rows = cur.execute(_CLAIM_STAGE_ONLY, (owner, now, job_id, job_type, now, ids, limit)).fetchall()
+                rows = cur.execute(_CLAIM_STAGE_ONLY, (owner, now, lease_s, job_id, job_type, now, ids,
+                                                       limit)).fetchall()
         # RETURNING gives rows in no particular order.
         rows.sort()
         loads = json.loads
         return [
-            ClaimedItem(item_id, loads(definition), attempts, last_model, free, first, error_kind, job_id)
-            for _level, _seq, item_id, definition, attempts, last_model, free, first, error_kind in rows
+            ClaimedItem(item_id, loads(definition), attempts, last_model, free, first, error_kind, job_id, fence)
+            for _level, _seq, item_id, definition, attempts, last_model, free, first, error_kind, fence in rows
         ]
 
     async def claim_next(
-        self, job_type: str, limit: int, now: float, owner: str, exclude: Collection[str] = ()
+        self, job_type: str, limit: int, now: float, owner: str, exclude: Collection[str] = (),
+        lease_s: float = DEFAULT_LEASE_S,
     ) -> list[ClaimedItem]:
         """Claim up to ``limit`` ready pending items of any job of
         ``job_type`` (but those in ``exclude``) for ``owner``, in queue order:
@@ -639,12 +763,14 @@ class SQLiteStore:
         if limit <= 0:
             return []
         with self._write() as cur:
-            rows = cur.execute(_CLAIM_NEXT, (owner, now, job_type, now, _encode(list(exclude)), limit)).fetchall()
+            rows = cur.execute(_CLAIM_NEXT, (owner, now, lease_s, job_type, now, _encode(list(exclude)),
+                                             limit)).fetchall()
         rows.sort()  # by level, qseq
         loads = json.loads
         return [
-            ClaimedItem(item_id, loads(definition), attempts, last_model, free, first, error_kind, job_id)
-            for _level, _qseq, job_id, item_id, definition, attempts, last_model, free, first, error_kind in rows
+            ClaimedItem(item_id, loads(definition), attempts, last_model, free, first, error_kind, job_id, fence)
+            for _level, _qseq, job_id, item_id, definition, attempts, last_model, free, first, error_kind, fence
+            in rows
         ]
 
     async def next_ready_at(self, job_id: str, job_type: str | None = None) -> float | None:
@@ -711,11 +837,11 @@ class SQLiteStore:
         with self._write() as cur:
             sent_rows = []
             for s in started:
-                cur.execute(_START, (s.model, s.started_at, s.job_id, s.item_id, owner))
+                cur.execute(_START, (s.model, s.started_at, s.job_id, s.item_id, owner, s.fence, s.fence))
                 starts_applied.append(cur.rowcount == 1)
                 if cur.rowcount == 1 and s.attempt:
                     sent_rows.append((s.job_id, s.item_id, s.attempt, s.model, s.started_at, s.started_at,
-                                      s.reserved_usd))
+                                      s.reserved_usd, s.fence))
             if sent_rows:
                 cur.executemany(_INSERT_SENT, sent_rows)
             for index, rec in enumerate(records):
@@ -723,10 +849,13 @@ class SQLiteStore:
                 cur.execute(
                     _FINISH,
                     (rec.state, rec.attempt, int(rec.free), rec.started_at, rec.model, rec.not_before,
-                     rec.error_kind, rec.error, route, rec.job_id, rec.item_id, owner),
+                     rec.error_kind, rec.error, route, rec.job_id, rec.item_id, owner, rec.fence, rec.fence),
                 )
                 ok = cur.rowcount == 1
                 applied.append(ok)
+                if not ok and rec.fence is not None:
+                    _settle_refused(cur, rec, route)
+                    continue
                 if not ok:
                     if rec.sent:
                         cur.execute(_SETTLE_REFUSED, (
@@ -743,7 +872,7 @@ class SQLiteStore:
                     attempt_rows.append(
                         (rec.job_id, rec.item_id, rec.attempt, rec.model, rec.state, rec.error_kind, rec.error,
                          rec.input_tokens, rec.output_tokens, rec.cost_usd, rec.started_at, rec.finished_at,
-                         route, rec.reserved_usd, int(rec.outcome_unknown))
+                         route, rec.reserved_usd, int(rec.outcome_unknown), rec.fence)
                     )
                 if rec.state == "completed":
                     text = rec.result_text if rec.result_text is not None else ""
@@ -778,8 +907,8 @@ class SQLiteStore:
     async def running(self, job_id: str) -> list[RunningRow]:
         """Items running now, longest-running first."""
         rows = self._conn.execute(
-            "SELECT item_id, last_model, started_at, attempts, owner FROM items INDEXED BY items_running "
-            "WHERE job_id = ? AND state = 'running' ORDER BY started_at, seq",
+            f"SELECT item_id, last_model, started_at, attempts, owner, lease_until - {_DB_NOW}, fence "
+            "FROM items INDEXED BY items_running WHERE job_id = ? AND state = 'running' ORDER BY started_at, seq",
             (job_id,),
         )
         return [RunningRow(*row) for row in rows]
@@ -992,6 +1121,24 @@ def _check_version(conn: sqlite3.Connection, path: Path) -> None:
         )
 
 
+def _settle_refused(cur: sqlite3.Cursor, rec: AttemptRecord, route: str | None) -> None:
+    """Store a refused record that carries a fence: ``skipped`` if a cancel
+    took the item under that fence, else ``stale``; either way with its cost."""
+    row = cur.execute("SELECT state, fence FROM items WHERE job_id = ? AND item_id = ?",
+                      (rec.job_id, rec.item_id)).fetchone()
+    cancelled = row is not None and row[0] == "skipped" and row[1] == rec.fence
+    state = "skipped" if cancelled else "stale"
+    cur.execute(_SETTLE_STALE, (
+        state, rec.model, rec.error_kind, rec.error, rec.input_tokens, rec.output_tokens, rec.cost_usd,
+        rec.started_at, rec.finished_at, route, rec.reserved_usd, int(rec.outcome_unknown),
+        rec.job_id, rec.item_id, rec.attempt, rec.fence))
+    if cur.rowcount == 0 and not cancelled and row is not None:
+        cur.execute(_INSERT_ATTEMPT, (
+            rec.job_id, rec.item_id, rec.attempt, rec.model, "stale", rec.error_kind, rec.error,
+            rec.input_tokens, rec.output_tokens, rec.cost_usd, rec.started_at, rec.finished_at,
+            route, rec.reserved_usd, int(rec.outcome_unknown), rec.fence))
+
+
 def _set_job_state(cur: sqlite3.Cursor, job_id: str, state: str, reason: str | None,
                    runner: str | None = None) -> None:
     """Set a job's state, its runner (only a running job has one) and its
@@ -1019,7 +1166,7 @@ def _create_schema(conn: sqlite3.Connection, path: Path) -> None:
         _check_version(conn, path)
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version == 0:
-            for statement in _TABLES + _INDEXES + _INDEXES_3 + _TABLES_5 + _INDEXES_5:
+            for statement in _TABLES + _INDEXES + _INDEXES_3 + _TABLES_5 + _INDEXES_5 + _TABLES_6 + _INDEXES_6:
                 conn.execute(statement)
         elif version < SCHEMA_VERSION:  # not if another process got there first
             if version == 1:
@@ -1028,7 +1175,9 @@ def _create_schema(conn: sqlite3.Connection, path: Path) -> None:
                 _migrate_2_to_3(conn)
             if version <= 3:
                 _migrate_3_to_4(conn)
-            _migrate_4_to_5_pipelines(conn)
+            if version <= 4:
+                _migrate_4_to_5_pipelines(conn)
+            _migrate_5_to_6_leases(conn)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
@@ -1084,6 +1233,17 @@ def _migrate_4_to_5_pipelines(conn: sqlite3.Connection) -> None:
     for column in _ITEM_COLUMNS_5:
         conn.execute(f"ALTER TABLE items ADD COLUMN {column}")
     for statement in _TABLES_5 + _INDEXES_5:
+        conn.execute(statement)
+
+
+def _migrate_5_to_6_leases(conn: sqlite3.Connection) -> None:
+    """Leases and fences: purely additive. An item left running by an older
+    worker has no lease (NULL), which reap reads as expired: it comes back."""
+    for column in _ITEM_COLUMNS_6:
+        conn.execute(f"ALTER TABLE items ADD COLUMN {column}")
+    for column in _ATTEMPT_COLUMNS_6:
+        conn.execute(f"ALTER TABLE attempts ADD COLUMN {column}")
+    for statement in _TABLES_6 + _INDEXES_6:
         conn.execute(statement)
 
 

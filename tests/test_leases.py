@@ -1,0 +1,367 @@
+"""Leases and fences in the kernel: a worker that loses an item's lease
+cancels its attempt at once; a renewal that fails lets the lease run out
+rather than pretend; killed, stopped and far-away workers lose their items
+within the lease, and their late outcomes are refused but still counted.
+No process id is consulted anywhere."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from storyloom import ConfigError
+from storyloom.api import run_job
+from storyloom.plugins.stores.sqlite import DB_NAME
+from storyloom.settingsfile import load_settings
+from storyloom.store import AttemptRecord, StartRecord, StoreNotFound, StoreUnavailable, WorkerInfo
+from test_cli import cli, completed_attempts, popen, read_store, results
+
+SETTINGS = """
+models:
+  sim: {{provider: simulated, latency_ms: {latency}, output_tokens: 20, hang: {hang}, seed: 5,
+         price: {{input: 1.0, output: 2.0}}}}
+default_models: [sim]
+progress: []
+queue: {{lease: {lease}}}
+"""
+ONE = """
+job_id: L
+job_type: qc_processing
+config: {max_parallel: 1, max_retries: 0, timeout_per_item: 10m}
+items:
+  - {item_id: a}
+"""
+OTHER = "far-away:1:0badc0de"  # pid 1 on another host: a pid check could tell nothing
+
+
+def settings(hang: float = 0.0, lease: str = "1s", latency: int = 1) -> str:
+    return SETTINGS.format(hang=hang, lease=lease, latency=latency)
+
+
+def test_the_lease_is_a_setting_of_the_queue(tmp_path):
+    path = tmp_path / "storyloom.yaml"
+    assert load_settings(None).lease == 30.0
+    path.write_text("queue: {lease: 45s}\n")
+    assert load_settings(path).lease == 45.0
+    path.write_text("queue:\n  lease: 500ms\n")
+    with pytest.raises(ConfigError, match=r"storyloom.yaml:2:\d+.*queue.lease.*at least 1s"):
+        load_settings(path)
+    path.write_text("queue: {leese: 5s}\n")
+    with pytest.raises(ConfigError, match="leese"):
+        load_settings(path)
+
+
+async def wait_until(check, timeout: float = 30.0) -> None:
+    with trio.fail_after(timeout):
+        while not await check():
+            await trio.sleep(0.02)
+
+
+def test_a_lost_lease_cancels_the_attempt_at_once_and_its_late_outcome_cannot_land(loom, capsys):
+    """The worker stops renewing in time (stood in for by ageing its lease);
+    another worker reaps the item and takes it: the first cancels its attempt,
+    which would otherwise hang for timeout_per_item (10 minutes)."""
+    loom.write("storyloom.yaml", settings(hang=1.0))  # every request hangs
+    path = loom.write("job.yaml", ONE)
+    ended: dict = {}
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            async def run():
+                ended["summary"] = await run_job(path, options=loom.options())
+
+            nursery.start_soon(run)
+            await wait_until(lambda: _sent(loom, "L", 1))
+            async with loom.store() as store:
+                db = sqlite3.connect(loom.state_dir / DB_NAME, isolation_level=None)
+                # No checkpoint between these: the worker cannot renew in between.
+                db.execute("UPDATE items SET lease_until = 0 WHERE job_id = 'L'")
+                db.close()
+                assert await store.reap() == 1
+                [taken] = await store.claim("L", 1, time.time(), OTHER, lease_s=60.0)
+                with trio.fail_after(30):  # not 10 minutes: the attempt was cancelled
+                    while not capsys.readouterr().err.count("lost the lease of L/a"):
+                        await trio.sleep(0.05)
+                assert await store.record([AttemptRecord(
+                    "L", "a", 1, "completed", "sim", time.time(), time.time(), input_tokens=5, output_tokens=7,
+                    cost_usd=0.001, result_text="from the other worker", fence=taken.fence)], OTHER) == [True]
+
+    trio.run(main)
+    assert ended["summary"].status == "completed"
+    rows = loom.read(lambda store: store.attempts("L"))
+    assert sorted((r.state, r.error_kind) for r in rows) == [("completed", None), ("stale", "LEASE_LOST")]
+    assert loom.read(lambda store: store.result("L", "a"))[0] == "from the other worker"
+    costs = loom.read(lambda store: store.costs("L"))
+    assert costs.unknown_attempts == 1  # the cancelled request may have been billed: its worst case counts
+
+
+def test_when_renewals_fail_the_attempt_is_cancelled_once_its_lease_may_have_run_out(loom, capsys, monkeypatch):
+    """Fault: the store refuses every write (a lock held elsewhere) while an
+    attempt runs. The keeper keeps trying; once the lease may have run out it
+    cancels the attempt (another worker may hold the item by now), and the
+    run stops with the store's error; the next resume finishes the item."""
+    monkeypatch.setenv("STORYLOOM_SQLITE_BUSY_TIMEOUT", "0.1")
+    loom.write("storyloom.yaml", settings(hang=1.0))
+    path = loom.write("job.yaml", ONE)
+    raised: list = []
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            async def run():
+                try:
+                    await run_job(path, options=loom.options())
+                except StoreUnavailable as exc:
+                    raised.append(exc)
+
+            nursery.start_soon(run)
+            await wait_until(lambda: _sent(loom, "L", 1))
+            lock = sqlite3.connect(loom.state_dir / DB_NAME, isolation_level=None)
+            lock.execute("BEGIN IMMEDIATE")
+            try:
+                with trio.fail_after(30):
+                    while not raised:
+                        await trio.sleep(0.05)
+            finally:
+                lock.execute("ROLLBACK")
+                lock.close()
+
+    trio.run(main)
+    err = capsys.readouterr().err
+    assert "cannot renew leases" in err and "the database is locked" in err
+    assert "lost the lease of L/a" in err  # cancelled, not left hanging for timeout_per_item
+    assert "locked" in raised[0].reason
+    loom.write("storyloom.yaml", settings(hang=0.0))
+    resumed = loom.resume("L")  # the lease has run out: reaped at start, then run
+    assert resumed.summary.status == "completed"
+    rows = loom.read(lambda store: store.attempts("L"))
+    assert sorted(r.state for r in rows) == ["completed", "stale"]
+
+
+async def _sent_in(store, job_id: str, at_least: int) -> bool:
+    return (await store.costs(job_id)).unknown_attempts >= at_least
+
+
+def _sent(loom, job_id: str, at_least: int):
+    async def check() -> bool:
+        try:
+            async with loom.store() as store:
+                return await store.get_job(job_id) is not None and await _sent_in(store, job_id, at_least)
+        except Exception:  # not created yet
+            return False
+
+    return check()
+
+
+# -- many processes
+
+
+JOBS = """
+job_id: {job_id}
+job_type: qc_processing
+config: {{max_parallel: 2, max_retries: 1, timeout_per_item: 1m}}
+items:
+  - {{project_id: p, chapters: 1-{n}}}
+"""
+
+
+def submit(folder: Path, job_id: str, n: int) -> None:
+    (folder / f"{job_id}.yaml").write_text(JOBS.format(job_id=job_id, n=n))
+    out = cli("submit", f"{job_id}.yaml", cwd=folder)
+    assert out.returncode == 0, out.stderr
+
+
+async def holding(store, job_ids) -> dict[str, set[tuple[str, str]]]:
+    """owner -> the (job_id, item_id) it holds running now."""
+    held: dict[str, set[tuple[str, str]]] = {}
+    for job_id in job_ids:
+        for row in await store.running(job_id):
+            held.setdefault(row.owner, set()).add((job_id, row.item_id))
+    return held
+
+
+async def sent_by(store, job_ids, owner: str) -> set[tuple[str, str]]:
+    """What ``owner`` holds whose request it has sent (its start is stored: the item names a model)."""
+    return {(job_id, row.item_id) for job_id in job_ids for row in await store.running(job_id)
+            if row.owner == owner and row.model is not None}
+
+
+def owner_of(held: dict, pid: int) -> str | None:
+    return next((owner for owner in held if f":{pid}:" in owner), None)
+
+
+def wait_for(condition, timeout: float = 60.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"no {what} within {timeout}s")
+
+
+def stop_outside_a_write(proc: subprocess.Popen, db: Path) -> None:
+    """SIGSTOP ``proc``, but not inside a write transaction: SQLite has one
+    write lock, and a process stopped while holding it stops every writer
+    until it is continued (no lease can help; see docs/store.md)."""
+    for _ in range(100):
+        proc.send_signal(signal.SIGSTOP)
+        probe = sqlite3.connect(db, timeout=1.0, isolation_level=None)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:  # it holds the lock: let it commit, then try again
+            proc.send_signal(signal.SIGCONT)
+            time.sleep(0.01)
+        finally:
+            probe.close()
+    raise AssertionError("the worker always held the write lock")
+
+
+@pytest.mark.slow
+def test_four_workers_drain_the_queue_exactly_once_through_a_kill_and_a_stop(tmp_path):
+    lease = 2.0
+    (tmp_path / "storyloom.yaml").write_text(settings(lease="2s", latency=400))
+    submit(tmp_path, "m1", 150)
+    submit(tmp_path, "m2", 150)
+    jobs = ("m1", "m2")
+    procs = [popen("work", "--burst", "-q", cwd=tmp_path) for _ in range(4)]
+    doomed, sleeper = procs[0], procs[1]
+    try:
+        def both_hold():
+            held = read_store(tmp_path, lambda store: holding(store, jobs))
+            if owner_of(held, doomed.pid) and owner_of(held, sleeper.pid):
+                return held
+            return None
+
+        wait_for(both_hold, what="items held by the doomed and the stopped worker")
+        queue = json.loads(cli("queue", "--json", cwd=tmp_path).stdout)
+        assert len(queue["workers"]) >= 3 and any(w["holding"] for w in queue["workers"])
+        doomed.kill()  # SIGKILL: no cleanup at all
+        doomed.wait(timeout=10)
+        stop_outside_a_write(sleeper, tmp_path / ".storyloom" / DB_NAME)
+        stopped_at = time.monotonic()
+        held = read_store(tmp_path, lambda store: holding(store, jobs))
+        stopped_owner, killed_owner = owner_of(held, sleeper.pid), owner_of(held, doomed.pid)
+        # Both are frozen now: what each had sent stays as it is until reaped.
+        lost = read_store(tmp_path, lambda store: sent_by(store, jobs, stopped_owner))
+        lost |= read_store(tmp_path, lambda store: sent_by(store, jobs, killed_owner))
+        stopped_items = held.get(stopped_owner, set())
+        assert stopped_items and lost
+
+        def stopped_lost_all():
+            now = read_store(tmp_path, lambda store: holding(store, jobs))
+            return not (now.get(stopped_owner, set()) & stopped_items)
+
+        try:
+            wait_for(stopped_lost_all, timeout=30, what="reaping of the stopped worker's items")
+        except AssertionError:
+            for proc in procs[2:]:
+                if proc.poll() is not None:
+                    print(proc.returncode, proc.communicate()[1])
+            raise
+        back_after = time.monotonic() - stopped_at
+        # Back within the lease and one reap interval (lease/3), plus room for a loaded machine.
+        assert back_after <= lease + lease / 3 + 3.0, back_after
+        time.sleep(max(0.0, lease + 1.0 - (time.monotonic() - stopped_at)))  # stopped longer than the lease
+        sleeper.send_signal(signal.SIGCONT)
+        for proc in procs[1:]:
+            _out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
+            assert "Traceback" not in err
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.kill()
+                proc.wait(timeout=10)
+    per_item = read_store(tmp_path, completed_attempts)
+    assert len(per_item) == 300 and set(per_item.values()) == {1}  # every item completed exactly once
+    assert sum(read_store(tmp_path, lambda store: results(store, job)) for job in jobs) == 300
+
+    async def stale(store):
+        return [(job, r.item_id) for job in jobs for r in await store.attempts(job) if r.state == "stale"]
+
+    # Every request the stopped or the killed worker had sent is on record as a
+    # stale attempt: reaped (outcome unknown, worst case counted), or settled by
+    # the stopped worker's late, refused outcome with its real cost.
+    assert lost <= set(read_store(tmp_path, stale))
+    states = read_store(tmp_path, lambda store: store.list_jobs())
+    assert {row.job_id: row.state for row in states} == {"m1": "completed", "m2": "completed"}
+    listing = json.loads(cli("status", "--json", cwd=tmp_path).stdout)
+    assert listing["workers"] == []  # the survivors left; the killed one's heartbeat has aged
+
+
+@pytest.mark.slow
+def test_a_worker_registered_as_another_host_dies_and_its_items_come_back_within_the_lease(tmp_path):
+    """The far-away worker claims five items, sends their requests, and is
+    never heard from again. A pid check would call it alive forever (another
+    host); its leases run out instead, and a local worker finishes the job."""
+    lease = 2.0
+    (tmp_path / "storyloom.yaml").write_text(settings(lease="2s", latency=20))
+    db = tmp_path / ".storyloom" / DB_NAME
+    worker = popen("work", "-q", cwd=tmp_path)  # waits for work
+    try:
+        async def up(store) -> bool:
+            return any(w.pid == worker.pid for w in await store.workers())
+
+        def worker_up() -> bool:
+            try:
+                return read_store(tmp_path, up)
+            except StoreNotFound:
+                return False
+
+        wait_for(worker_up, timeout=60, what="heartbeat of the local worker")
+        # Held still while the job is submitted and the far-away worker claims,
+        # so that the far-away worker gets its five items.
+        stop_outside_a_write(worker, db)
+        try:
+            submit(tmp_path, "far", 20)
+
+            async def die_far_away(store):
+                await store.heartbeat(WorkerInfo(OTHER, "far-away", 1, time.time(), lease))
+                claimed = await store.claim("far", 5, time.time(), OTHER, lease_s=lease)
+                await store.record([], OTHER, started=[StartRecord("far", c.item_id, "sim", time.time(), attempt=1,
+                                                                   reserved_usd=0.01, fence=c.fence)
+                                                       for c in claimed])
+                return {c.item_id for c in claimed}
+
+            taken = read_store(tmp_path, die_far_away)
+            claimed_at = time.monotonic()
+        finally:
+            worker.send_signal(signal.SIGCONT)
+        status = json.loads(cli("status", "far", "--json", cwd=tmp_path).stdout)
+        if time.monotonic() - claimed_at < lease * 0.9:  # still within its lease: shown as a live worker
+            assert ("far-away:1", {"far": 5}) in [(w["worker"], w["holding"]) for w in status["workers"]]
+
+        def far_lost_all():
+            held = read_store(tmp_path, lambda store: holding(store, ["far"]))
+            return OTHER not in held
+
+        wait_for(far_lost_all, timeout=30, what="reaping of the far-away worker's items")
+        back_after = time.monotonic() - claimed_at
+        # Within the lease and one reap interval (lease/3), plus room for a loaded machine.
+        assert back_after <= lease + lease / 3 + 2.0, back_after
+        wait_for(lambda: read_store(tmp_path, lambda store: store.counts("far"))["completed"] == 20,
+                 timeout=60, what="completion of every item")
+        worker.send_signal(signal.SIGINT)
+        _out, err = worker.communicate(timeout=60)
+        assert worker.returncode == 130 and "Traceback" not in err, err
+    finally:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGCONT)
+            worker.kill()
+            worker.wait(timeout=10)
+    per_item = read_store(tmp_path, completed_attempts)
+    assert len(per_item) == 20 and set(per_item.values()) == {1}
+    rows = read_store(tmp_path, lambda store: store.attempts("far"))
+    assert {r.item_id for r in rows if r.state == "stale"} == taken  # the far-away attempts: stale, maybe billed
+    assert read_store(tmp_path, lambda store: store.costs("far")).unknown_usd == pytest.approx(0.05)
+    assert json.loads(cli("status", "--json", cwd=tmp_path).stdout)["workers"] == []
