@@ -46,7 +46,10 @@ def test_a_job_stays_under_the_rpm_with_no_429s(loom, fake_provider):
     result, elapsed = run(loom, "rpm")
     result.assert_outcomes(completed=60)
     stats = fake_provider.stats("m1")
-    assert stats.rate_limited <= 1  # a request overtaking the first burst's handshakes, at most
+    # A request overtaking the first burst's handshakes, or a few sent late and
+    # bunched when a loaded CI machine stalls the client for more than the 0.1 s
+    # headroom (seen: 4 under a full suite at load 2-3). No limiter draws about 40.
+    assert stats.rate_limited <= 5
     assert stats.ok == 60
     assert elapsed >= 2.0  # the limit was kept by storyloom, not by luck
     admitted = stats.admitted_at

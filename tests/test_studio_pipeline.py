@@ -223,6 +223,16 @@ def test_an_outline_gate_holds_the_chapters_until_approved(loom, fake_provider):
     assert len(bodies(fake_provider, "chapter")) == 2
 
 
+@pytest.mark.slow
+def test_a_job_may_ask_for_the_outline_gate_too(loom, fake_provider):
+    studio_folder(loom, fake_provider, ["bk"], chapters=2)  # the project asks for no review
+    fake_provider.configure("m1", data=Studio())
+    job = pipeline("job-gated", ["bk"]).replace("vars: {max_rewrites: 2}", "vars: {max_rewrites: 2, review: [outline]}")
+    result = run_in(loom, job)
+    assert result.summary.status == "paused" and "bk:outline" in (result.summary.reason or "")
+    assert not bodies(fake_provider, "chapter")
+
+
 def test_approve_refuses_what_it_does_not_know(loom):
     loom.write("storyloom.yaml", "progress: []\n")
     loom.write("projects/bk.yaml", PROJECT.format(pid="bk", chapters=2, extra=""))

@@ -25,7 +25,7 @@ from storyloom.provider import Request, Response
 
 from . import book
 from .base import (StudioJobType, base_values, book_of, chapter_id, export_id, language_of, qc_id, render, result,
-                   stage_names)
+                   setting, stage_names)
 from .replies import data_of, invalid, need, outline_schema
 
 #: A project without ``chapters`` and without a hand-written outline gets this many.
@@ -89,7 +89,9 @@ def book_items(item: Item, job: Job, count: int) -> list[Item]:
     stages = stage_names(job)
     book_id = book_of(item)
     project = book.project_of(item.context)
-    gate = gate_name(book_id) if "outline" in (project.get("review") or ()) else None
+    # A human gate on the outline, asked for by the project file or the job (``vars: {review: [outline]}``).
+    review = [*(project.get("review") or ()), *(setting(job, "plot_outlining", "review", None) or ())]
+    gate = gate_name(book_id) if "outline" in review else None
     out: list[Item] = []
     if "chapter_writing" in stages:
         for n in range(1, count + 1):
