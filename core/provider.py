@@ -141,9 +141,7 @@ def structured_data(request: Request, text: str, data: Any = NO_DATA, *, who: st
     schema = request.response_schema
     if schema is None:
         return data
-    # A job type's schema is one dict for all its requests: compiled once (a copy would be compiled each time).
-    validator = compile_schema(schema if isinstance(schema, dict) else dict(schema),
-                               f"response_schema {request.schema_name!r}")
+    validator = compile_schema(schema, f"response_schema {request.schema_name!r}")
     error = next(iter(sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))), None)
     if error is not None:
         where = format_path(tuple(error.absolute_path)) or "the top"

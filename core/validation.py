@@ -17,6 +17,7 @@ import importlib.resources
 import json
 from collections.abc import Iterable
 from datetime import date, datetime
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from jsonschema import Draft202012Validator, FormatChecker
@@ -122,24 +123,42 @@ def config_errors(doc: Document, errors: list[ValidationError]) -> ConfigError:
     return ConfigErrors(found[:MAX_ERRORS], more=max(0, len(found) - MAX_ERRORS))
 
 
-def compile_schema(schema: dict[str, Any], owner: str) -> Draft202012Validator:
-    """A validator for a schema given in code (a job type's items), checked once.
+def compile_schema(schema: Mapping[str, Any], owner: str) -> Draft202012Validator:
+    """A validator for a schema given in code (a job type's items, a reply's
+    structured output), checked once.
+
+    Cached by the object and, failing that, by its content: a job type that
+    builds an equal schema (or a copy) for every request still pays for
+    ``check_schema`` once, not per request.
 
     :raises SchemaError: with ``owner`` named, if the schema itself is invalid.
     """
     key = id(schema)
     cached = _COMPILED.get(key)
-    if cached is None or cached[0] is not schema:
+    if cached is not None and cached[0] is schema:
+        return cached[1]
+    text = json.dumps(schema, sort_keys=True, default=str)
+    validator = _BY_CONTENT.get(text)
+    if validator is None:
+        plain = schema if isinstance(schema, dict) else dict(schema)
         try:
-            Draft202012Validator.check_schema(schema)
+            Draft202012Validator.check_schema(plain)
         except SchemaError as err:
             raise SchemaError(f"{owner}: invalid JSON Schema: {err.message}") from None
-        cached = _COMPILED[key] = (schema, Draft202012Validator(schema, format_checker=_FORMATS))
-    return cached[1]
+        validator = Draft202012Validator(plain, format_checker=_FORMATS)
+        if len(_BY_CONTENT) >= _MAX_CACHED:
+            _BY_CONTENT.pop(next(iter(_BY_CONTENT)))
+        _BY_CONTENT[text] = validator
+    if len(_COMPILED) >= _MAX_CACHED:
+        _COMPILED.pop(next(iter(_COMPILED)))
+    _COMPILED[key] = (schema, validator)  # holding the object keeps its id from being reused
+    return validator
 
 
-# id(schema) -> (schema, validator); the schema is kept so that its id stays its own.
-_COMPILED: dict[int, tuple[dict[str, Any], Draft202012Validator]] = {}
+_COMPILED: dict[int, tuple[Mapping[str, Any], Draft202012Validator]] = {}
+_BY_CONTENT: dict[str, Draft202012Validator] = {}
+#: Schemas kept compiled, oldest dropped first.
+_MAX_CACHED = 512
 
 # Among errors on the same value the first of these explains the others best:
 # a misspelt key also shows up as a missing required one.

@@ -28,6 +28,7 @@ Thai text uses them as invisible word breaks.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections import Counter
@@ -95,6 +96,7 @@ def spaceless(language: str | None) -> bool:
     return _base(language) in _SPACELESS
 
 
+@functools.lru_cache(maxsize=4096)  # per code point: a chapter asks about the same few hundred
 def _extends(cp: int) -> bool:
     return (cp in _THAI_MARKS or cp in _SARA_AM or cp in _JOINERS or unicodedata.combining(chr(cp)) != 0
             or unicodedata.category(chr(cp)) == "Mc")
