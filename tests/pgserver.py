@@ -1,0 +1,73 @@
+"""A throwaway PostgreSQL database for the test session, on a real server.
+
+``$STORYLOOM_TEST_POSTGRES`` names the server (a URL to a database the user
+can ``CREATE DATABASE`` from; default ``postgresql://postgres@127.0.0.1:5432/postgres``,
+trust auth). The session creates ``storyloom_test_<random>`` there and drops
+it at the end; each test gets a store URL with a schema of its own
+(:func:`pg_store_url`), so every test starts from an empty store.
+
+No server answering: the PostgreSQL tests are skipped with the reason, unless
+``STORYLOOM_REQUIRE_POSTGRES=1`` (CI sets it), which makes them fail.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+SERVER_ENV = "STORYLOOM_TEST_POSTGRES"
+REQUIRE_ENV = "STORYLOOM_REQUIRE_POSTGRES"
+DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def server_url() -> str:
+    return os.environ.get(SERVER_ENV, "").strip() or DEFAULT_SERVER
+
+
+def _with_database(url: str, database: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path="/" + database))
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get(REQUIRE_ENV) == "1":
+        pytest.fail(f"{REQUIRE_ENV}=1 but PostgreSQL cannot be used: {reason}", pytrace=False)
+    pytest.skip(f"no PostgreSQL server for the tests ({reason}); set ${SERVER_ENV} to one")
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> str:
+    """The URL of a fresh database for this session (dropped after)."""
+    try:
+        import psycopg
+    except ImportError as exc:  # pragma: no cover - psycopg is a dependency
+        _unavailable(f"psycopg is not installed: {exc}")
+    from storyloom.store import mask_url
+
+    server = server_url()
+    name = f"storyloom_test_{os.getpid()}_{secrets.token_hex(4)}"
+    try:
+        with psycopg.connect(server, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.Error as exc:
+        _unavailable(f"{mask_url(server)}: {' '.join(str(exc).split())}")
+    try:
+        yield _with_database(server, name)
+    finally:
+        with psycopg.connect(server, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def pg_store_url(database: str, schema: str | None = None) -> str:
+    """A store URL in ``database`` with a fresh schema (or ``schema``): an empty store."""
+    schema = schema or f"t_{secrets.token_hex(6)}"
+    sep = "&" if "?" in database else "?"
+    return f"{database}{sep}schema={schema}"
+
+
+@pytest.fixture
+def pg_url(postgres_database: str) -> str:
+    """A store URL of an empty PostgreSQL store, its own schema in the session's database."""
+    return pg_store_url(postgres_database)
