@@ -9,4 +9,4 @@ from ``tests/pgserver.py``.
 """
 
 from fakeprovider import fake_provider  # noqa: F401
-from pgserver import pg_url, postgres_database  # noqa: F401
+from pgserver import pg_admin, pg_url, postgres_database  # noqa: F401

@@ -67,7 +67,35 @@ def pg_store_url(database: str, schema: str | None = None) -> str:
     return f"{database}{sep}schema={schema}"
 
 
+#: The schema that :func:`pg_url` empties for each test.
+SHARED_SCHEMA = "shared"
+
+
+@pytest.fixture(scope="session")
+def pg_admin(postgres_database: str):
+    """One connection to the session's database, for emptying the shared schema."""
+    import psycopg
+
+    with psycopg.connect(postgres_database, autocommit=True) as conn:
+        # Foreign keys are not checked while emptying, so the order of the
+        # tables (which other branches add to) does not matter.
+        conn.execute("SET session_replication_role = replica")
+        yield conn
+
+
 @pytest.fixture
-def pg_url(postgres_database: str) -> str:
-    """A store URL of an empty PostgreSQL store, its own schema in the session's database."""
-    return pg_store_url(postgres_database)
+def pg_url(postgres_database: str, pg_admin) -> str:
+    """A store URL of an empty PostgreSQL store in the session's database.
+
+    One schema serves every test, its tables emptied before each (DELETE: a
+    TRUNCATE or a fresh schema's tables and indexes cost more than most
+    tests); a test of creating or migrating a store uses
+    :func:`pg_store_url` for a schema of its own.
+    """
+    tables = [name for (name,) in pg_admin.execute(
+        "SELECT tablename FROM pg_tables WHERE schemaname = %s AND tablename <> 'storyloom_schema'",
+        (SHARED_SCHEMA,))]
+    with pg_admin.transaction():
+        for name in tables:
+            pg_admin.execute(f'DELETE FROM "{SHARED_SCHEMA}"."{name}"')
+    return pg_store_url(postgres_database, SHARED_SCHEMA)

@@ -164,7 +164,6 @@ _INDEXES_1 = (
     "CREATE INDEX items_aging ON items (level, level_since) WHERE state = 'pending'",
     # add_job's MAX(qseq) is one step down this; unique because it is an order.
     "CREATE UNIQUE INDEX items_qseq ON items (qseq)",
-    "CREATE INDEX items_seq ON items (job_id, seq)",
     "CREATE INDEX attempts_item ON attempts (job_id, item_id, attempt)",
     "CREATE INDEX attempts_sent ON attempts (job_id, item_id, attempt) WHERE state = 'sent'",
     "CREATE INDEX attempts_finished ON attempts (job_id, finished_at, attempt_id)",
@@ -213,8 +212,14 @@ UPDATE items SET state = 'running', owner = %(owner)s, started_at = %(now)s
 FROM picked WHERE items.job_id = picked.job_id AND items.item_id = picked.item_id
 RETURNING {_CLAIMED_COLUMNS}
 """
-_NEXT_READY_AT = "SELECT MIN(not_before) FROM items WHERE job_id = %s AND state = 'pending'"
-_NEXT_QUEUED_AT = "SELECT MIN(not_before) FROM items WHERE job_type = %s AND state = 'pending' AND NOT held"
+# ORDER BY ... LIMIT 1 rather than MIN(): one step into the index even
+# before the table has statistics (the planner's MIN rewrite needs them).
+_NEXT_READY_AT = """
+SELECT not_before FROM items WHERE job_id = %s AND state = 'pending' ORDER BY not_before LIMIT 1
+"""
+_NEXT_QUEUED_AT = """
+SELECT not_before FROM items WHERE job_type = %s AND state = 'pending' AND NOT held ORDER BY not_before LIMIT 1
+"""
 _PROMOTE_CRITICAL = """
 UPDATE items SET level = 0, level_since = %s WHERE state = 'pending' AND level IN (1, 2, 3) AND deadline < %s
 """
@@ -303,8 +308,9 @@ WHERE job_id = %s AND state = 'failed' AND (%s::text[] IS NULL OR error_kind = A
 """
 _COPY_ITEMS = """
 COPY items (job_id, item_id, seq, level, state, definition, job_type, qseq, deadline, level_since, held)
-FROM STDIN
+FROM STDIN (FORMAT BINARY)
 """
+_COPY_TYPES = ("text", "text", "int4", "int4", "text", "text", "text", "int8", "float8", "float8", "bool")
 _COUNTS = "SELECT state, COUNT(*) FROM items WHERE job_id = %s GROUP BY state"
 _RUNNING = """
 SELECT item_id, last_model, started_at, attempts, owner FROM items
@@ -379,6 +385,7 @@ def _op_add_job(cur: "psycopg.Cursor", job: JobRow, items: Sequence[NewItem]) ->
     held = job.state in HELD_JOB_STATES
     now = time.time()
     with cur.copy(_COPY_ITEMS) as copy:
+        copy.set_types(_COPY_TYPES)  # binary: no text parsing on either side
         for seq, item in enumerate(items):
             copy.write_row((job.job_id, item.item_id, seq, int(item.level), item.state, _dumps(item.definition),
                             job.job_type, last + 1 + seq, item.deadline, now, held))
