@@ -23,7 +23,7 @@ import re
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Collection, Sequence
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import trio
 
@@ -897,10 +897,12 @@ def parse_url(url: str) -> _Target:
         raise UsageError(f"store URL {shown!r}: pool_size must be a whole number from 1 to {MAX_POOL_SIZE}, "
                          f"not {pool_text!r}")
     libpq = [(key, value) for key, value in pairs if key not in _OWN_KEYS]
-    if not any(key == "connect_timeout" for key, _ in libpq):
-        libpq.append(("connect_timeout", str(CONNECT_TIMEOUT_S)))
+    for key, default in (("connect_timeout", str(CONNECT_TIMEOUT_S)), ("application_name", "storyloom")):
+        if not any(given == key for given, _ in libpq):
+            libpq.append((key, default))  # application_name: what pg_stat_activity shows operators
     secret = secret or next((value for key, value in libpq if key == "password"), None)
-    conninfo = urlunsplit(parts._replace(query=urlencode(libpq)))
+    # By hand: urlunsplit drops the "//" of an empty host (libpq's defaults).
+    conninfo = f"postgresql://{parts.netloc}{parts.path}?{urlencode(libpq)}"
     try:
         conninfo_to_dict(conninfo)  # libpq's own check of its parameters
     except Exception as exc:  # psycopg.ProgrammingError: an unknown parameter, say
