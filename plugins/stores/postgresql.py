@@ -259,47 +259,71 @@ _RELEASE_ITEMS = """
 UPDATE items SET state = 'pending', owner = NULL
 WHERE job_id = %s AND item_id = ANY (%s::text[]) AND state = 'running' AND owner = %s
 """
-_START = """
-UPDATE items SET last_model = %s, started_at = %s
-WHERE job_id = %s AND item_id = %s AND state = 'running' AND owner = %s
+# record() sends one statement per start and one per outcome, all at once
+# (psycopg's executemany pipelines them: one round trip for a whole group
+# commit). Each statement does every step of its start or outcome in
+# data-modifying CTEs, which see the table as it was before the statement
+# but each other's RETURNING; the next statement sees this one's changes, so
+# two outcomes of one item in a batch apply in order (the second is refused).
+# Each returns how many items it applied to: 1 or 0.
+_RECORD_START = """
+WITH started AS (
+    UPDATE items SET last_model = %(model)s, started_at = %(started_at)s
+    WHERE job_id = %(job_id)s AND item_id = %(item_id)s AND state = 'running' AND owner = %(owner)s
+    RETURNING 1
+), sent AS (
+    INSERT INTO attempts (job_id, item_id, attempt, model, state, started_at, finished_at, reserved_usd, unknown)
+    SELECT %(job_id)s, %(item_id)s, %(attempt)s::integer, %(model)s, 'sent', %(started_at)s::float8,
+        %(started_at)s::float8, %(reserved_usd)s::float8, 1
+    FROM started WHERE %(attempt)s::integer <> 0
+)
+SELECT COUNT(*) FROM started
 """
-_FINISH = """
-UPDATE items SET state = %s, attempts = %s, free_attempts = free_attempts + %s,
-    first_started_at = COALESCE(first_started_at, %s), last_model = COALESCE(%s, last_model), not_before = %s,
-    error_kind = %s, error = %s, route = %s, owner = NULL
-WHERE job_id = %s AND item_id = %s AND state = 'running' AND owner = %s
-"""
-_INSERT_ATTEMPT = """
-INSERT INTO attempts (job_id, item_id, attempt, model, state, error_kind, error,
-    input_tokens, output_tokens, cost_usd, started_at, finished_at, route, reserved_usd, unknown)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-"""
-_INSERT_SENT = """
-INSERT INTO attempts (job_id, item_id, attempt, model, state, started_at, finished_at, reserved_usd, unknown)
-VALUES (%s, %s, %s, %s, 'sent', %s, %s, %s, 1)
-"""
-# The newest 'sent' row of the attempt: an older one with the same number
-# belongs to a worker that died, and stays outcome unknown.
-_COMPLETE_SENT = """
-UPDATE attempts SET model = %s, state = %s, error_kind = %s, error = %s, input_tokens = %s, output_tokens = %s,
-    cost_usd = %s, started_at = %s, finished_at = %s, route = %s, reserved_usd = %s, unknown = %s
-WHERE attempt_id = (SELECT MAX(attempt_id) FROM attempts
-                    WHERE job_id = %s AND item_id = %s AND attempt = %s AND state = 'sent')
-"""
-# A finished attempt refused because its item was cancelled meanwhile keeps
-# its real cost, not its worst case forever. Only for a skipped item: one
-# recovered elsewhere may have a newer row of the same number.
-_SETTLE_REFUSED = """
-UPDATE attempts SET state = 'skipped', model = %s, error_kind = %s, error = %s, input_tokens = %s,
-    output_tokens = %s, cost_usd = %s, finished_at = %s, route = %s, unknown = %s
-WHERE attempt_id = (SELECT MAX(attempt_id) FROM attempts
-                    WHERE job_id = %s AND item_id = %s AND attempt = %s AND state = 'sent')
-  AND EXISTS (SELECT 1 FROM items WHERE job_id = %s AND item_id = %s AND state = 'skipped')
-"""
-_INSERT_RESULT = """
-INSERT INTO results (job_id, item_id, text, data, created_at) VALUES (%s, %s, %s, %s, %s)
-ON CONFLICT (job_id, item_id) DO UPDATE SET text = EXCLUDED.text, data = EXCLUDED.data,
-    created_at = EXCLUDED.created_at
+# An outcome: the item's state change (only while it is running for this
+# owner), then the attempt row (completing the newest 'sent' row of its
+# number, else a new row: an older 'sent' one belongs to a worker that died
+# and stays outcome unknown) and the result. Refused, a 'sent' attempt of an
+# item that a cancel skipped still settles with its real cost (only a
+# skipped item: one recovered elsewhere may have a newer row of that number).
+_RECORD_OUTCOME = """
+WITH finished AS (
+    UPDATE items SET state = %(state)s, attempts = %(attempt)s, free_attempts = free_attempts + %(free)s,
+        first_started_at = COALESCE(first_started_at, %(started_at)s), last_model = COALESCE(%(model)s, last_model),
+        not_before = %(not_before)s, error_kind = %(error_kind)s, error = %(error)s, route = %(route)s, owner = NULL
+    WHERE job_id = %(job_id)s AND item_id = %(item_id)s AND state = 'running' AND owner = %(owner)s
+    RETURNING 1
+), newest_sent AS (
+    SELECT MAX(attempt_id) AS attempt_id FROM attempts
+    WHERE %(sent)s AND job_id = %(job_id)s AND item_id = %(item_id)s AND attempt = %(attempt)s AND state = 'sent'
+), completed_sent AS (
+    UPDATE attempts SET model = %(model)s, state = %(state)s, error_kind = %(error_kind)s, error = %(error)s,
+        input_tokens = %(input_tokens)s, output_tokens = %(output_tokens)s, cost_usd = %(cost_usd)s,
+        started_at = %(started_at)s, finished_at = %(finished_at)s, route = %(route)s,
+        reserved_usd = %(reserved_usd)s, unknown = %(unknown)s
+    WHERE attempt_id = (SELECT attempt_id FROM newest_sent) AND EXISTS (SELECT 1 FROM finished)
+    RETURNING 1
+), added AS (
+    INSERT INTO attempts (job_id, item_id, attempt, model, state, error_kind, error, input_tokens, output_tokens,
+        cost_usd, started_at, finished_at, route, reserved_usd, unknown)
+    SELECT %(job_id)s, %(item_id)s, %(attempt)s::integer, %(model)s::text, %(state)s::text, %(error_kind)s::text,
+        %(error)s::text, %(input_tokens)s::bigint, %(output_tokens)s::bigint, %(cost_usd)s::float8,
+        %(started_at)s::float8, %(finished_at)s::float8, %(route)s::text, %(reserved_usd)s::float8,
+        %(unknown)s::integer
+    WHERE EXISTS (SELECT 1 FROM finished) AND NOT EXISTS (SELECT 1 FROM completed_sent)
+), stored AS (
+    INSERT INTO results (job_id, item_id, text, data, created_at)
+    SELECT %(job_id)s, %(item_id)s, %(result_text)s::text, %(result_data)s::text, %(now)s::float8
+    WHERE EXISTS (SELECT 1 FROM finished) AND %(state)s::text = 'completed'
+    ON CONFLICT (job_id, item_id) DO UPDATE SET text = EXCLUDED.text, data = EXCLUDED.data,
+        created_at = EXCLUDED.created_at
+), settled AS (
+    UPDATE attempts SET state = 'skipped', model = %(model)s, error_kind = %(error_kind)s, error = %(error)s,
+        input_tokens = %(input_tokens)s, output_tokens = %(output_tokens)s, cost_usd = %(cost_usd)s,
+        finished_at = %(finished_at)s, route = %(route)s, unknown = %(unknown)s
+    WHERE attempt_id = (SELECT attempt_id FROM newest_sent) AND NOT EXISTS (SELECT 1 FROM finished)
+        AND EXISTS (SELECT 1 FROM items WHERE job_id = %(job_id)s AND item_id = %(item_id)s AND state = 'skipped')
+)
+SELECT COUNT(*) FROM finished
 """
 _REQUEUE_FAILED = """
 UPDATE items SET state = 'pending', free_attempts = attempts, first_started_at = NULL, not_before = 0,
@@ -512,53 +536,35 @@ def _op_queued(cur: "psycopg.Cursor", limit: int) -> list[QueuedRow]:
 
 def _op_record(cur: "psycopg.Cursor", records: Sequence[AttemptRecord], owner: str,
                started: Sequence[StartRecord]) -> list[bool]:
-    starts_applied: list[bool] = []
-    sent_rows = []
-    for s in started:
-        cur.execute(_START, (s.model, s.started_at, s.job_id, s.item_id, owner))
-        ok = cur.rowcount == 1
-        starts_applied.append(ok)
-        if ok and s.attempt:
-            sent_rows.append((s.job_id, s.item_id, s.attempt, s.model, s.started_at, s.started_at, s.reserved_usd))
-    if sent_rows:
-        cur.executemany(_INSERT_SENT, sent_rows)
-    applied: list[bool] = []
-    attempt_rows = []
-    result_rows = []
+    starts = [{"model": s.model, "started_at": s.started_at, "job_id": s.job_id, "item_id": s.item_id,
+               "owner": owner, "attempt": s.attempt, "reserved_usd": s.reserved_usd} for s in started]
     now = time.time()
-    for rec in records:
-        route = _dumps(rec.route)
-        error = _text(rec.error)
-        cur.execute(_FINISH, (rec.state, rec.attempt, int(rec.free), rec.started_at, rec.model, rec.not_before,
-                              rec.error_kind, error, route, rec.job_id, rec.item_id, owner))
-        ok = cur.rowcount == 1
-        applied.append(ok)
-        if not ok:
-            if rec.sent:
-                cur.execute(_SETTLE_REFUSED, (
-                    rec.model, rec.error_kind, error, rec.input_tokens, rec.output_tokens, rec.cost_usd,
-                    rec.finished_at, route, int(rec.outcome_unknown), rec.job_id, rec.item_id, rec.attempt,
-                    rec.job_id, rec.item_id))
-            continue
-        completed_sent = False
-        if rec.sent:
-            cur.execute(_COMPLETE_SENT, (
-                rec.model, rec.state, rec.error_kind, error, rec.input_tokens, rec.output_tokens, rec.cost_usd,
-                rec.started_at, rec.finished_at, route, rec.reserved_usd, int(rec.outcome_unknown),
-                rec.job_id, rec.item_id, rec.attempt))
-            completed_sent = cur.rowcount == 1
-        if not completed_sent:
-            attempt_rows.append((rec.job_id, rec.item_id, rec.attempt, rec.model, rec.state, rec.error_kind, error,
-                                 rec.input_tokens, rec.output_tokens, rec.cost_usd, rec.started_at,
-                                 rec.finished_at, route, rec.reserved_usd, int(rec.outcome_unknown)))
-        if rec.state == "completed":
-            text = rec.result_text if rec.result_text is not None else ""
-            result_rows.append((rec.job_id, rec.item_id, _text(text), _dumps(rec.result_data), now))
-    if attempt_rows:
-        cur.executemany(_INSERT_ATTEMPT, attempt_rows)
-    if result_rows:
-        cur.executemany(_INSERT_RESULT, result_rows)
-    return applied + starts_applied
+    outcomes = [{
+        "state": rec.state, "attempt": rec.attempt, "free": int(rec.free), "started_at": rec.started_at,
+        "finished_at": rec.finished_at, "model": rec.model, "not_before": rec.not_before,
+        "error_kind": rec.error_kind, "error": _text(rec.error), "route": _dumps(rec.route),
+        "job_id": rec.job_id, "item_id": rec.item_id, "owner": owner, "sent": rec.sent,
+        "input_tokens": rec.input_tokens, "output_tokens": rec.output_tokens, "cost_usd": float(rec.cost_usd),
+        "reserved_usd": float(rec.reserved_usd), "unknown": int(rec.outcome_unknown),
+        "result_text": _text(rec.result_text if rec.result_text is not None else ""),
+        "result_data": _dumps(rec.result_data), "now": now,
+    } for rec in records]
+    # Starts first, as one group: an outcome in the same batch is a later moment.
+    starts_applied = _applied(cur, _RECORD_START, starts)
+    return _applied(cur, _RECORD_OUTCOME, outcomes) + starts_applied
+
+
+def _applied(cur: "psycopg.Cursor", sql: str, rows: list[dict[str, Any]]) -> list[bool]:
+    """Run ``sql`` once per row, pipelined; whether each applied (its COUNT)."""
+    if not rows:
+        return []
+    cur.executemany(sql, rows, returning=True)
+    applied = []
+    while True:
+        applied.append(cur.fetchone()[0] == 1)
+        if not cur.nextset():
+            break
+    return applied
 
 
 def _op_counts(cur: "psycopg.Cursor", job_id: str) -> dict[str, int]:
