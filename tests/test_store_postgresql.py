@@ -85,7 +85,9 @@ def test_a_password_in_the_query_is_masked_in_the_location():
 # -- opening
 
 
-def test_an_unreachable_server_is_unavailable_and_never_shows_the_password(capsys):
+def test_an_unreachable_server_is_unavailable_and_never_shows_the_password(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "storyloom.yaml").write_text("{}\n")  # no settings file further up is read
     url = f"postgresql://loom:s3cr3t-pw@127.0.0.1:{free_port()}/studio?connect_timeout=3"
 
     async def opening():
@@ -131,6 +133,7 @@ def test_create_false_finds_no_store_and_creates_nothing(postgres_database):
 
 def test_read_only_commands_on_a_missing_schema_exit_2(postgres_database, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "storyloom.yaml").write_text("{}\n")  # no settings file further up is read
     url = pg_store_url(postgres_database)
     assert main(["status", "--store", url]) == 2
     assert "no store in" in capsys.readouterr().err
