@@ -43,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-p", dest="plugins", action="append", default=[], metavar="NAME",
                         help="load plugin module NAME; -p no:NAME blocks a plugin")
-    common.add_argument("--store", metavar="URL", help="which store: sqlite:///abs/folder, sqlite:relative/folder or "
-                                                       "a plugin's scheme (default $STORYLOOM_STORE, else store: in "
+    common.add_argument("--store", metavar="URL", help="which store: sqlite:///abs/folder, sqlite:relative/folder, "
+                                                       "postgresql://user@host/db or another plugin's scheme (default $STORYLOOM_STORE, else store: in "
                                                        "the settings, else sqlite in the state folder)")
     common.add_argument("--state-dir", help="where the store lives (default $STORYLOOM_HOME or ./.storyloom)")
     common.add_argument("--settings", dest="settings_file", help="settings file (default: storyloom.yaml found "
