@@ -80,6 +80,8 @@ _OWN_KEYS = ("schema", "pool_size")
 
 # job_id and item_id sort by bytes ("C"), as SQLite's do, whatever the
 # database's collation: list orders and the queue's ties are the same on both.
+# items leaves a fifth of each page free, so that a start's update (model,
+# time: no indexed column) can stay on its page (a HOT update, no index writes).
 _TABLES_1 = (
     """CREATE TABLE jobs (
         job_id text COLLATE "C" PRIMARY KEY,
@@ -114,7 +116,7 @@ _TABLES_1 = (
         level_since double precision NOT NULL,
         held boolean NOT NULL DEFAULT false,
         PRIMARY KEY (job_id, item_id)
-    )""",
+    ) WITH (fillfactor = 80)""",
     """CREATE TABLE attempts (
         attempt_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
         job_id text COLLATE "C" NOT NULL,
@@ -324,6 +326,83 @@ WITH finished AS (
         AND EXISTS (SELECT 1 FROM items WHERE job_id = %(job_id)s AND item_id = %(item_id)s AND state = 'skipped')
 )
 SELECT COUNT(*) FROM finished
+"""
+# The same two steps for a whole batch at once, its rows as arrays (unnest
+# WITH ORDINALITY keeps their order): two statements per group commit, however
+# large. Only for a batch that names each item once: the CTEs see the tables
+# as they were before the statement, so two outcomes of one item must be two
+# statements (then record() takes the per-row ones above).
+_BATCH_START = """
+WITH input AS (
+    SELECT * FROM unnest(%(job_id)s::text[], %(item_id)s::text[], %(model)s::text[], %(started_at)s::float8[],
+                         %(attempt)s::integer[], %(reserved_usd)s::float8[])
+        WITH ORDINALITY AS t (job_id, item_id, model, started_at, attempt, reserved_usd, ord)
+), started AS (
+    UPDATE items SET last_model = input.model, started_at = input.started_at FROM input
+    WHERE items.job_id = input.job_id AND items.item_id = input.item_id AND items.state = 'running'
+        AND items.owner = %(owner)s
+    RETURNING input.*
+), sent AS (
+    INSERT INTO attempts (job_id, item_id, attempt, model, state, started_at, finished_at, reserved_usd, unknown)
+    SELECT job_id, item_id, attempt, model, 'sent', started_at, started_at, reserved_usd, 1
+    FROM started WHERE attempt <> 0 ORDER BY ord
+)
+SELECT ord FROM started
+"""
+_BATCH_OUTCOME = """
+WITH input AS (
+    SELECT * FROM unnest(%(job_id)s::text[], %(item_id)s::text[], %(state)s::text[], %(attempt)s::integer[],
+                         %(free)s::integer[], %(started_at)s::float8[], %(finished_at)s::float8[],
+                         %(model)s::text[], %(not_before)s::float8[], %(error_kind)s::text[], %(error)s::text[],
+                         %(route)s::text[], %(sent)s::boolean[], %(input_tokens)s::bigint[],
+                         %(output_tokens)s::bigint[], %(cost_usd)s::float8[], %(reserved_usd)s::float8[],
+                         %(unknown)s::integer[], %(result_text)s::text[], %(result_data)s::text[])
+        WITH ORDINALITY AS t (job_id, item_id, state, attempt, free, started_at, finished_at, model, not_before,
+                              error_kind, error, route, sent, input_tokens, output_tokens, cost_usd, reserved_usd,
+                              unknown, result_text, result_data, ord)
+), finished AS (
+    UPDATE items SET state = input.state, attempts = input.attempt, free_attempts = items.free_attempts + input.free,
+        first_started_at = COALESCE(items.first_started_at, input.started_at),
+        last_model = COALESCE(input.model, items.last_model), not_before = input.not_before,
+        error_kind = input.error_kind, error = input.error, route = input.route, owner = NULL
+    FROM input
+    WHERE items.job_id = input.job_id AND items.item_id = input.item_id AND items.state = 'running'
+        AND items.owner = %(owner)s
+    RETURNING input.*
+), newest_sent AS (
+    SELECT input.ord, (SELECT MAX(attempt_id) FROM attempts
+                       WHERE attempts.job_id = input.job_id AND attempts.item_id = input.item_id
+                           AND attempts.attempt = input.attempt AND attempts.state = 'sent') AS attempt_id
+    FROM input WHERE input.sent
+), completed_sent AS (
+    UPDATE attempts SET model = f.model, state = f.state, error_kind = f.error_kind, error = f.error,
+        input_tokens = f.input_tokens, output_tokens = f.output_tokens, cost_usd = f.cost_usd,
+        started_at = f.started_at, finished_at = f.finished_at, route = f.route, reserved_usd = f.reserved_usd,
+        unknown = f.unknown
+    FROM finished AS f JOIN newest_sent AS n ON n.ord = f.ord
+    WHERE attempts.attempt_id = n.attempt_id
+    RETURNING f.ord
+), added AS (
+    INSERT INTO attempts (job_id, item_id, attempt, model, state, error_kind, error, input_tokens, output_tokens,
+        cost_usd, started_at, finished_at, route, reserved_usd, unknown)
+    SELECT job_id, item_id, attempt, model, state, error_kind, error, input_tokens, output_tokens, cost_usd,
+        started_at, finished_at, route, reserved_usd, unknown
+    FROM finished WHERE ord NOT IN (SELECT ord FROM completed_sent) ORDER BY ord
+), stored AS (
+    INSERT INTO results (job_id, item_id, text, data, created_at)
+    SELECT job_id, item_id, result_text, result_data, %(now)s::float8 FROM finished WHERE state = 'completed'
+    ON CONFLICT (job_id, item_id) DO UPDATE SET text = EXCLUDED.text, data = EXCLUDED.data,
+        created_at = EXCLUDED.created_at
+), settled AS (
+    UPDATE attempts SET state = 'skipped', model = i.model, error_kind = i.error_kind, error = i.error,
+        input_tokens = i.input_tokens, output_tokens = i.output_tokens, cost_usd = i.cost_usd,
+        finished_at = i.finished_at, route = i.route, unknown = i.unknown
+    FROM input AS i JOIN newest_sent AS n ON n.ord = i.ord
+    WHERE attempts.attempt_id = n.attempt_id AND i.ord NOT IN (SELECT ord FROM finished)
+        AND EXISTS (SELECT 1 FROM items WHERE items.job_id = i.job_id AND items.item_id = i.item_id
+                    AND items.state = 'skipped')
+)
+SELECT ord FROM finished
 """
 _REQUEUE_FAILED = """
 UPDATE items SET state = 'pending', free_attempts = attempts, first_started_at = NULL, not_before = 0,
@@ -550,15 +629,25 @@ def _op_record(cur: "psycopg.Cursor", records: Sequence[AttemptRecord], owner: s
         "result_data": _dumps(rec.result_data), "now": now,
     } for rec in records]
     # Starts first, as one group: an outcome in the same batch is a later moment.
-    starts_applied = _applied(cur, _RECORD_START, starts)
-    return _applied(cur, _RECORD_OUTCOME, outcomes) + starts_applied
+    starts_applied = _applied(cur, _RECORD_START, _BATCH_START, starts, owner)
+    return _applied(cur, _RECORD_OUTCOME, _BATCH_OUTCOME, outcomes, owner) + starts_applied
 
 
-def _applied(cur: "psycopg.Cursor", sql: str, rows: list[dict[str, Any]]) -> list[bool]:
-    """Run ``sql`` once per row, pipelined; whether each applied (its COUNT)."""
+#: A batch at least this long goes as arrays in one statement; a single row
+#: (and a batch naming an item twice) by the per-row statements, pipelined.
+BATCH_MIN = 2
+
+
+def _applied(cur: "psycopg.Cursor", per_row: str, batch: str, rows: list[dict[str, Any]], owner: str) -> list[bool]:
+    """Apply ``rows`` (starts or outcomes) in order; whether each applied."""
     if not rows:
         return []
-    cur.executemany(sql, rows, returning=True)
+    if len(rows) >= BATCH_MIN and len({(row["job_id"], row["item_id"]) for row in rows}) == len(rows):
+        columns = {key: [row[key] for row in rows] for key in rows[0] if key not in ("owner", "now")}
+        cur.execute(batch, {**columns, "owner": owner, "now": rows[0].get("now")})
+        done = {ord_ for (ord_,) in cur.fetchall()}
+        return [n in done for n in range(1, len(rows) + 1)]
+    cur.executemany(per_row, rows, returning=True)
     applied = []
     while True:
         applied.append(cur.fetchone()[0] == 1)
