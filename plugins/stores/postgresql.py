@@ -1095,15 +1095,15 @@ _quiet_lock = threading.Lock()
 
 def _quiet_pool_logs() -> None:
     """psycopg_pool logs reconnection attempts as warnings; with no logging
-    set up, Python would print them on stderr. The error that matters reaches
-    the caller as a StoreUnavailable."""
+    set up, Python's last-resort handler would print them on stderr (the
+    error that matters reaches the caller as a StoreUnavailable). A
+    NullHandler stops only that: an application's own logging still gets them."""
     import logging
 
     with _quiet_lock:
         logger = logging.getLogger("psycopg.pool")
-        if not logger.handlers:
+        if not any(isinstance(handler, logging.NullHandler) for handler in logger.handlers):
             logger.addHandler(logging.NullHandler())
-            logger.propagate = False
 
 
 async def open_postgres(url: str, *, state_dir: Any, settings: Any, create: bool) -> PostgresStore:
