@@ -92,6 +92,16 @@ def wait_for_completed(folder: Path, job_id: str, at_least: int, timeout: float 
     raise AssertionError(f"fewer than {at_least} items completed within {timeout}s")
 
 
+def wait_for_job_state(folder: Path, job_ids: tuple[str, ...], state: str, timeout: float = 30) -> None:
+    async def states(store) -> set[str]:
+        return {(await store.get_job(job_id)).state for job_id in job_ids}
+
+    deadline = time.monotonic() + timeout
+    while read_store(folder, states) != {state}:
+        assert time.monotonic() < deadline, f"{job_ids} not all {state} within {timeout}s"
+        time.sleep(0.05)
+
+
 async def all_counts(store) -> dict[str, int]:
     """Items per state over every job, non-zero states only."""
     total: dict[str, int] = {}
@@ -266,6 +276,9 @@ def test_two_workers_share_the_queue_and_one_finishes_what_a_killed_one_left(tmp
         assert held_by_doomed()  # the kill really left items claimed
         wait_for_completed(tmp_path, "first", 30, timeout=60)
         wait_for_completed(tmp_path, "second", 30, timeout=60)
+        # Every item is done; the job's own end (reports, then its state) follows
+        # a few store calls later: a signal before it would leave it interrupted.
+        wait_for_job_state(tmp_path, ("first", "second"), "completed")
         survivor.send_signal(signal.SIGINT)
         stdout, stderr = survivor.communicate(timeout=30)
         assert survivor.returncode == 130, stdout + stderr
