@@ -337,26 +337,40 @@ def test_claims_walk_the_queue_index(pg_url, postgres_database):
 # -- the test fixture itself: no server means skipped with the reason, or failed when required
 
 
+#: A test module for a pytest of its own that loads only tests/pgserver.py.
+_NEEDS_SERVER = """
+from pgserver import pg_admin, pg_url, postgres_database  # noqa: F401
+
+
+def test_needs_a_server(pg_url):
+    assert pg_url
+
+
+def test_needs_nothing():
+    pass
+"""
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("required", [False, True])
 def test_no_server_skips_the_postgresql_tests_unless_they_are_required(tmp_path, required):
     import os
     from pathlib import Path
 
-    tests = Path(__file__).resolve().parent
+    (tmp_path / "test_needs_server.py").write_text(_NEEDS_SERVER)
     env = {k: v for k, v in os.environ.items() if not k.startswith("STORYLOOM_")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent)
     env["STORYLOOM_TEST_POSTGRES"] = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
     if required:
         env["STORYLOOM_REQUIRE_POSTGRES"] = "1"
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
-                          f"--rootdir={tests.parent}", str(tests / "test_store.py"),
-                          "-k", "test_claim_respects_limit"],
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-p", "no:storyloom",
+                          f"--rootdir={tmp_path}", "test_needs_server.py"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     text = out.stdout + out.stderr
     if required:
         assert out.returncode == 1, text
-        assert "STORYLOOM_REQUIRE_POSTGRES=1 but PostgreSQL cannot be used" in text and "1 error" in text
+        assert "STORYLOOM_REQUIRE_POSTGRES=1 but PostgreSQL cannot be used" in text and "1 passed, 1 error" in text
     else:
         assert out.returncode == 0, text
         assert "no PostgreSQL server for the tests" in text and "refused" in text, text
-        assert "1 passed, 1 skipped" in text  # sqlite ran; postgresql was skipped, saying why
+        assert "1 passed, 1 skipped" in text  # the other test ran; the one that needs a server was skipped
