@@ -25,7 +25,9 @@ from .report import snapshot
 from .settings import DEFAULT_PROGRESS
 from .summary import Summary
 from .store import HELD_JOB_STATES, JobExists, JobRow, NewItem, Store, StoreNotFound, open_store
-from .store.owner import shown_state
+from .store.owner import owner_alive, shown_state
+from .estimate import Estimate, estimate
+from .jobtype import identifier_problem
 
 
 async def run_job(
@@ -36,6 +38,7 @@ async def run_job(
     store: Store | None = None,
     plugins: Sequence[object] = (),
     handle_signals: bool = False,
+    sample: int | None = None,
 ) -> Summary:
     """Validate, store and run a job to its end; return its :class:`Summary`.
 
@@ -46,17 +49,70 @@ async def run_job(
     :func:`resume_job` continues. ``plugins`` are plugin objects to register
     for this run; ``store`` defaults to the one the configuration chooses
     (``--store``, ``$STORYLOOM_STORE``, ``store:``, else SQLite in the state folder).
+
+    ``sample=N`` (``run --sample N``) runs only N items spread over the job's
+    projects and models (:func:`pick_sample`), then pauses the job (exit 3)
+    with the whole job's cost and time extrapolated in ``summary.sample``;
+    :func:`resume_job` runs the rest.
     """
     job_file = None if isinstance(job, Job) else job
     with _configured(config, options, job_file, plugins) as config:
         loaded = _load(config, job)
-        worker = Worker(config, only=config.plan(loaded), handle_signals=handle_signals)
+        plan = config.plan(loaded)
+        # A job with nothing pending has no sample: it simply ends.
+        chosen_ids = (pick_sample(loaded, sample) or None) if sample is not None else None
+        worker = Worker(config, only=plan, handle_signals=handle_signals, sample=chosen_ids)
         try:
             async with _opened(store, config) as store:
                 await add_job(store, loaded)
-                return _only_summary(await worker.run(store), loaded.job_id)
+                summary = _only_summary(await worker.run(store), loaded.job_id)
         finally:  # run() closes the providers too, but it may never be reached
             await worker.aclose()
+        summary.out_dir = os.fspath(job_folder(config, loaded.job_id))
+        if chosen_ids is not None:
+            summary.sample = extrapolate(summary, len(chosen_ids), plan.max_parallel)
+        return summary
+
+
+def pick_sample(job: Job, n: int) -> list[str]:
+    """The ids of ``n`` of the job's pending items, spread over its projects
+    and pinned models: one from each (project, model) group in turn, each
+    group's items in job order. Items without a pinned model go to the
+    job's models by its routing strategy, which spreads them (round_robin
+    gives each model its turn)."""
+    if n < 1:
+        raise UsageError("--sample: expected an integer >= 1")
+    groups: dict[tuple[str | None, str | None], list[str]] = {}
+    for item in job.items:
+        if item.status == "pending":
+            groups.setdefault((item.project_id, item.model), []).append(item.item_id)
+    queues = [list(reversed(ids)) for ids in groups.values()]
+    picked: list[str] = []
+    while len(picked) < n and any(queues):
+        for queue in queues:
+            if queue and len(picked) < n:
+                picked.append(queue.pop())
+    return picked
+
+
+def extrapolate(summary: Summary, size: int, max_parallel: int) -> dict[str, Any]:
+    """The whole job from its sample: cost at the sample's cost per item, time
+    at its pace (items per second, scaled from the sample's parallelism to
+    the job's ``max_parallel``). ``left`` is what ``resume`` would run.
+    An estimate from a few items: the per-item cost varies with item size."""
+    counts = summary.counts
+    left = counts["pending"] + counts["running"]
+    settled = counts["completed"] + counts["failed"]  # a fresh job: the sample's items that ended
+    per_item = summary.cost_usd / settled if settled else 0.0
+    pace = settled / summary.duration if summary.duration > 0 else 0.0
+    if pace and left:
+        pace *= min(max_parallel, left) / max(1, min(max_parallel, settled))
+    rest_s = left / pace if pace else None
+    return {"items": size, "left": left, "total_items": sum(counts.values()) - counts["skipped"],
+            "cost_usd": summary.cost_usd, "cost_per_item_usd": per_item,
+            "projected_cost_usd": summary.cost_usd + per_item * left,
+            "seconds": summary.duration, "projected_rest_seconds": rest_s,
+            "projected_seconds": summary.duration + rest_s if rest_s is not None else None}
 
 
 async def resume_job(
@@ -104,6 +160,7 @@ async def resume_job(
                     summary.retried = retried
             finally:  # run() closes the providers too, but it may never be reached
                 await worker.aclose()
+            summary.out_dir = os.fspath(job_folder(config, job_id))
             summary.outputs_rebuilt = sum(s.state == "rebuilt" for s in rebuilt)
             failed = tuple(s.problem for s in rebuilt if s.problem is not None)
             summary.output_problems = failed + tuple(summary.output_problems)
@@ -258,6 +315,8 @@ async def work(
                 summaries = WorkSummaries(await worker.run(store))
         finally:  # run() closes the providers too, but it may never be reached
             await worker.aclose()
+        for summary in summaries:
+            summary.out_dir = os.fspath(job_folder(config, summary.job_id))
         summaries.interrupted = worker.interrupted
         return summaries
 
@@ -449,11 +508,53 @@ def resume_job_sync(job_id: str, **kwargs) -> Summary:
 
 
 def _load(config: Config, job: str | os.PathLike | Job) -> Job:
-    """A job file loaded and validated, or a loaded Job validated by plugins."""
+    """A job file loaded and validated, or a loaded Job validated by plugins;
+    under ``options.job_id`` if given (``--job-id``)."""
+    new_id = config.options.job_id
+    if new_id is not None:
+        problem = identifier_problem(new_id)
+        if problem:
+            raise UsageError(f"--job-id {new_id!r}: {problem}")
     if isinstance(job, Job):
-        config.hooks.validate_job(job=job, config=config)
-        return job
-    return config.load_job(job)
+        loaded = dataclasses.replace(job, job_id=new_id) if new_id else job
+        config.hooks.validate_job(job=loaded, config=config)
+        return loaded
+    loaded = config.load_job(job)
+    # Replaced after the plugins' checks of the file as written: the id is the only change.
+    return dataclasses.replace(loaded, job_id=new_id) if new_id else loaded
+
+
+def estimate_job(job: str | os.PathLike | Job, *, options: Options = Options(), config: Config | None = None,
+                 plugins: Sequence[object] = ()) -> Estimate:
+    """``--dry-run``: validate and plan the job as ``run`` would, and return
+    its :class:`storyloom.estimate.Estimate` (each item's route, tokens and
+    cost, expected and worst case, and the rate limits' time floor). Nothing
+    is sent, no provider is built, no store is opened or created."""
+    job_file = None if isinstance(job, Job) else job
+    with _configured(config, options, job_file, plugins) as config:
+        loaded = _load(config, job)
+        return estimate(config, config.plan(loaded))
+
+
+async def delete_job(job_id: str, *, options: Options = Options(), config: Config | None = None,
+                     store: Store | None = None) -> dict[str, Any]:
+    """Remove a stored job and everything of it (``storyloom delete``), so
+    that its id can run again; its output files stay where they are.
+    Returns ``{"job_id", "state", "items"}`` as it was. A job that a live
+    worker is running is refused (pause or cancel it first, or let it end);
+    so is an unknown one. Creates no store."""
+    async with _opened(store, config, options, create=False, job_id=job_id) as opened:
+        row = await opened.get_job(job_id)
+        if row is None:
+            raise UsageError(f"no job {job_id!r} in {_where(opened)}")
+        state, _reason = await shown_state(opened, row)
+        live = [r for r in await opened.running(job_id) if r.owner and owner_alive(r.owner)]
+        if state == "running" or live:
+            raise UsageError(f"job {job_id!r} is running in a live worker; stop it first "
+                             f"(`storyloom pause {job_id}` or `storyloom cancel {job_id}`), then delete it")
+        counts = await opened.counts(job_id)
+        await opened.delete_job(job_id)
+    return {"job_id": job_id, "state": state, "items": sum(counts.values())}
 
 
 async def _unfinished(store: Store, job_id: str) -> None:
@@ -490,7 +591,8 @@ async def add_job(store: Store, job: Job) -> None:
             if failed else ""
         raise UsageError(
             f"job {job.job_id!r} already exists (state: {state}); continue it with "
-            f"`storyloom resume {job.job_id}`, or give the job a new job_id{again}") from None
+            f"`storyloom resume {job.job_id}`, run it again under another id with --job-id ID, or remove "
+            f"the stored one with `storyloom delete {job.job_id}`{again}") from None
 
 
 @contextmanager

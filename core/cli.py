@@ -22,8 +22,9 @@ import trio
 from . import __version__
 from . import api
 from .atomic import write_atomic
+from .estimate import SHOWN_ITEMS, shown_time
 from .config import Options
-from .errors import ConfigError, UsageError
+from .errors import ConfigError, ConfigErrors, UsageError
 from .outputs import missing_line, problem_line
 from .store import StoreUnavailable
 from .summary import EXIT_OUTPUTS, Summary
@@ -36,22 +37,56 @@ EXIT_BROKEN_PIPE = 141
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse's own exits 2 too; keep one format
-        raise UsageError(f"{self.prog}: {message}")
+        # main() adds the one "storyloom: error:" prefix; the command's help is named once.
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+#: Options every command takes, before the subcommand (as pytest's) or after it.
+GLOBAL_OPTIONS = ("plugins", "store", "state_dir", "settings_file")
+_GLOBAL = "global_"
+
+#: One example per command, shown at the end of its --help.
+EXAMPLES = {
+    "run": "storyloom run jobs/demo.yaml\n  storyloom run jobs/demo.yaml --dry-run\n"
+           "  storyloom run jobs/demo.yaml --sample 4   # then: storyloom resume demo-chapters\n"
+           "  storyloom run jobs/demo.yaml --job-id demo-2 --json",
+    "validate": "storyloom validate jobs/*.yaml",
+    "resume": "storyloom resume demo-chapters\n  storyloom resume demo-chapters --retry-failed --kind TIMEOUT",
+    "submit": "storyloom submit jobs/demo.yaml --job-id demo-nightly\n  storyloom work --burst",
+    "work": "storyloom work --burst --json",
+    "queue": "storyloom queue\n  storyloom queue position rain-over-chiang-mai-ch3 --job demo-chapters",
+    "cancel": "storyloom cancel demo-chapters",
+    "pause": "storyloom pause demo-chapters",
+    "status": "storyloom status\n  storyloom status demo-chapters --items",
+    "report": "storyloom report demo-chapters --format html --out report.html",
+    "outputs": "storyloom outputs demo-chapters --rebuild",
+    "plugins": "storyloom -p myplugin plugins",
+    "delete": "storyloom delete demo-chapters --yes   # then the demo runs again",
+}
+
+
+def _common_options(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    """The global options; ``prefix`` keeps the copy before the subcommand
+    apart, as argparse lets a subcommand's defaults overwrite it."""
+    parser.add_argument("-p", dest=prefix + "plugins", action="append", metavar="NAME",
+                        help="load plugin module NAME; -p no:NAME blocks a plugin")
+    parser.add_argument("--store", dest=prefix + "store", metavar="URL",
+                        help="which store: sqlite:///abs/folder, sqlite:relative/folder, postgresql://user@host/db "
+                             "or another plugin's scheme "
+                             "(default $STORYLOOM_STORE, else store: in the settings, else sqlite in the state folder)")
+    parser.add_argument("--state-dir", dest=prefix + "state_dir", metavar="DIR",
+                        help="where the store lives (default $STORYLOOM_HOME, else the .storyloom beside the "
+                             "nearest storyloom.yaml walking up, else ./.storyloom)")
+    parser.add_argument("--settings", dest=prefix + "settings_file", metavar="FILE",
+                        help="settings file (default: storyloom.yaml found walking up from the job file's folder)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-p", dest="plugins", action="append", default=[], metavar="NAME",
-                        help="load plugin module NAME; -p no:NAME blocks a plugin")
-    common.add_argument("--store", metavar="URL", help="which store: sqlite:///abs/folder, sqlite:relative/folder, "
-                                                       "postgresql://user@host/db or another plugin's scheme (default $STORYLOOM_STORE, else store: in "
-                                                       "the settings, else sqlite in the state folder)")
-    common.add_argument("--state-dir", help="where the store lives (default $STORYLOOM_HOME or ./.storyloom)")
-    common.add_argument("--settings", dest="settings_file", help="settings file (default: storyloom.yaml found "
-                                                                  "walking up from the job file's folder)")
+    _common_options(common)
 
     running = argparse.ArgumentParser(add_help=False)
-    running.add_argument("--out-dir", help="where results go (default ./storyloom-out)")
+    running.add_argument("--out-dir", help="where results go (default storyloom-out beside the store's .storyloom)")
     running.add_argument("--max-parallel", type=_positive_int, help="override max_parallel")
     running.add_argument("--timeout-per-item", type=_duration, help="override timeout_per_item (e.g. 90s, 5m)")
     running.add_argument("--max-retries", type=_non_negative_int, help="override max_retries")
@@ -62,14 +97,26 @@ def build_parser() -> argparse.ArgumentParser:
     running.add_argument("--progress", action="append", help="progress sink to use (repeatable; default: settings)")
     running.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
-    parser = _Parser(prog="storyloom", description="Batch-process a fiction studio's LLM work.")
+    summary_json = argparse.ArgumentParser(add_help=False)
+    summary_json.add_argument("--json", action="store_true", help="print the final summary as one JSON object")
+
+    parser = _Parser(prog="storyloom", description="Batch-process a fiction studio's LLM work.",
+                     epilog="example:\n  storyloom run jobs/demo.yaml\n  storyloom -p myplugin status",
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"storyloom {__version__}")
+    _common_options(parser, _GLOBAL)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    p = sub.add_parser("run", parents=[common, running], help="validate, store and run a job file")
+    p = sub.add_parser("run", parents=[common, running, summary_json], help="validate, store and run a job file")
     p.add_argument("file")
+    p.add_argument("--dry-run", action="store_true",
+                   help="show the plan (routes, tokens, cost, time) and stop: nothing is sent or stored")
+    p.add_argument("--sample", type=_positive_int, metavar="N",
+                   help="run N items spread over the job's projects and models, then pause with the whole "
+                        "job's cost and time extrapolated; `storyloom resume JOB_ID` runs the rest")
+    p.add_argument("--job-id", metavar="ID", help="run the job under this id instead of its file's")
     p = sub.add_parser("validate", parents=[common], help="check job files without running them")
     p.add_argument("files", nargs="+")
-    p = sub.add_parser("resume", parents=[common, running],
+    p = sub.add_parser("resume", parents=[common, running, summary_json],
                        help="continue a paused or interrupted job (here, or with --detach in a worker)")
     p.add_argument("job_id")
     p.add_argument("--detach", action="store_true", help="only put it back in the queue for `storyloom work`")
@@ -80,7 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(repeatable)")
     p = sub.add_parser("submit", parents=[common], help="validate a job file and queue it for `storyloom work`")
     p.add_argument("file")
-    p = sub.add_parser("work", parents=[common, running], help="work through the queue of every submitted job")
+    p.add_argument("--dry-run", action="store_true",
+                   help="show the plan (routes, tokens, cost, time) and stop: nothing is queued")
+    p.add_argument("--job-id", metavar="ID", help="queue the job under this id instead of its file's")
+    p.add_argument("--json", action="store_true", help="with --dry-run: the plan as one JSON object")
+    p = sub.add_parser("work", parents=[common, running, summary_json],
+                       help="work through the queue of every submitted job")
     p.add_argument("--burst", action="store_true", help="exit once nothing is left to run")
     p = sub.add_parser("queue", parents=[common], help="what waits, by level; `queue position ITEM_ID`")
     p.add_argument("what", nargs="*", metavar="position ITEM_ID")
@@ -103,18 +155,45 @@ def build_parser() -> argparse.ArgumentParser:
                        help="list a job's output files and whether each is present, missing or partial")
     p.add_argument("job_id")
     p.add_argument("--rebuild", action="store_true", help="write every output of the job again from the store")
-    p.add_argument("--out-dir", help="where results go (default ./storyloom-out)")
+    p.add_argument("--out-dir", help="where results go (default storyloom-out beside the store's .storyloom)")
     p.add_argument("--json", action="store_true")
     sub.add_parser("plugins", parents=[common], help="list plugins and the hooks they implement")
+    p = sub.add_parser("delete", parents=[common],
+                       help="remove a stored job and its history, so that its id can run again")
+    p.add_argument("job_id")
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask (needed when standard input is not a tty)")
+    for name, command in sub.choices.items():
+        if name in EXAMPLES:
+            command.epilog = "example:\n  " + EXAMPLES[name]
+            command.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Arguments with the global options merged: given after the subcommand
+    they win; ``-p`` adds up from both places."""
+    args = build_parser().parse_args(argv)
+    for name in GLOBAL_OPTIONS:
+        before = getattr(args, _GLOBAL + name)
+        after = getattr(args, name, None)
+        if name == "plugins":
+            setattr(args, name, [*(before or ()), *(after or ())])
+        else:
+            setattr(args, name, after if after is not None else before)
+        delattr(args, _GLOBAL + name)
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args = parse_args(argv)
         code = COMMANDS[args.command](args)
         sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
         return code
+    except ConfigErrors as many:  # run, submit...: the first, and where to see the rest
+        print(f"storyloom: error: {many} (and {len(many.errors) - 1 + many.more} more: "
+              f"`storyloom validate {many.location.file}` lists them)", file=sys.stderr)
+        return EXIT_USAGE
     except UsageError as exc:
         print(f"storyloom: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -139,13 +218,19 @@ def _options(args: argparse.Namespace) -> Options:
         out_dir=get("out_dir"), max_parallel=get("max_parallel"), timeout_per_item=get("timeout_per_item"),
         max_retries=get("max_retries"), models=tuple(get("models")) if get("models") else None,
         budget_usd=get("budget_usd"), grace_period=get("grace_period"),
-        progress=tuple(get("progress")) if get("progress") else None, quiet=bool(get("quiet")),
+        progress=tuple(get("progress")) if get("progress") else None,
+        quiet=bool(get("quiet")), job_id=get("job_id"),
     )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    summary = trio.run(lambda: api.run_job(args.file, options=_options(args), handle_signals=True))
-    return _report(summary)
+    if args.dry_run:
+        if args.sample is not None:
+            raise UsageError("--dry-run and --sample: choose one (a dry run sends nothing)")
+        return _print_estimate(api.estimate_job(args.file, options=_options(args)), args.json)
+    summary = trio.run(lambda: api.run_job(args.file, options=_options(args), handle_signals=True,
+                                           sample=args.sample))
+    return _report(summary, args.json)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -161,14 +246,19 @@ def cmd_resume(args: argparse.Namespace) -> int:
     summary = trio.run(lambda: api.resume_job(args.job_id, options=options, handle_signals=True,
                                               retry_failed=args.retry_failed, kinds=args.kinds))
     if summary.idle:
-        print(f"{summary.job_id}: {summary.reason}")
+        if args.json:
+            print(json.dumps(summary.as_dict(), ensure_ascii=False))
+        else:
+            print(f"{summary.job_id}: {summary.reason}")
         return summary.exit_code
-    if summary.retried:
+    if summary.retried and not args.json:
         print(f"{summary.job_id}: {summary.retried} failed item(s) ran again")
-    return _report(summary)
+    return _report(summary, args.json)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return _print_estimate(api.estimate_job(args.file, options=_options(args)), args.json)
     job = trio.run(lambda: api.submit_job(args.file, options=_options(args)))
     print(f"{job.job_id}: queued, {len(job.items)} items at {job.priority.name.lower()}")
     return 0
@@ -176,8 +266,54 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def cmd_work(args: argparse.Namespace) -> int:
     summaries = trio.run(lambda: api.work(burst=args.burst, options=_options(args), handle_signals=True))
-    codes = [_report(summary) for summary in summaries]
+    if args.json:  # one object for the whole worker: the jobs it ended, in order
+        for summary in summaries:
+            _report(summary, quiet=True)
+        print(json.dumps({"interrupted": summaries.interrupted, "jobs": [s.as_dict() for s in summaries]},
+                         ensure_ascii=False))
+    codes = [summary.exit_code if args.json else _report(summary) for summary in summaries]
     return 130 if summaries.interrupted else EXIT_OUTPUTS if EXIT_OUTPUTS in codes else 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    options = _options(args)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UsageError(f"delete {args.job_id!r}: standard input is not a terminal to ask on; pass --yes")
+        answer = input(f"Delete job {args.job_id!r} and its whole history from the store? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print(f"{args.job_id}: not deleted")
+            return 0
+    gone = trio.run(lambda: api.delete_job(args.job_id, options=options))
+    print(f"{args.job_id}: deleted ({gone['state']}, {gone['items']} item(s)); its output files are kept")
+    return 0
+
+
+def _print_estimate(plan: Any, as_json: bool) -> int:
+    """What ``--dry-run`` prints: the items (the first few), each model's totals, the job's."""
+    if as_json:
+        print(json.dumps(plan.as_dict(), ensure_ascii=False))
+        return 0
+    items = plan.items
+    print(f"{plan.job_id} ({plan.job_type}): dry run, nothing sent or stored; {len(items)} item(s) to run"
+          + (f", {plan.skipped} skipped" if plan.skipped else "") + f", max_parallel {plan.max_parallel}")
+    for row in items[:SHOWN_ITEMS]:
+        print(f"  {row.item_id}  -> {row.model}  ({_why(row.route)}; ~{row.prompt_tokens} in, "
+              f"~{row.expected_output_tokens}/{row.max_tokens} out; ${row.expected_usd:.4f}, "
+              f"worst ${row.worst_usd:.4f})")
+    if len(items) > SHOWN_ITEMS:
+        print(f"  ... and {len(items) - SHOWN_ITEMS} more (--json lists every item)")
+    for name, m in plan.models.items():
+        limits = ", ".join(f"{k} {v}" for k, v in (("rpm", m.rpm), ("tpm", m.tpm)) if v)
+        floor = f"{limits}: at least {shown_time(m.min_seconds)}" if limits else "no rate limit"
+        print(f"  model {name}: {m.items} item(s), ~{m.expected_tokens} tokens (worst {m.worst_tokens}), "
+              f"${m.expected_usd:.4f} (worst ${m.worst_usd:.4f}); {floor}")
+    floor = plan.min_seconds
+    time_text = (f"at least {shown_time(floor)} by the rate limits" if floor is not None
+                 else "no rate limit bounds it (the provider's speed does)")
+    budget = f" of a ${plan.budget_usd:.2f} budget" if plan.budget_usd is not None else ""
+    print(f"expected cost ${plan.expected_usd:.4f}, worst case ${plan.worst_usd:.4f}{budget}; time: {time_text}")
+    return 0
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
@@ -216,12 +352,21 @@ def cmd_queue(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report(summary: Summary) -> int:
+def _report(summary: Summary, as_json: bool = False, quiet: bool = False) -> int:
+    """Print how a job run ended (or, ``as_json``, the summary as one JSON
+    object on stdout; ``quiet``: only the messages on stderr)."""
     c = summary.counts
     total = sum(c.values())
-    print(f"{summary.job_id}: {summary.status} in {summary.duration:.1f}s: {c['completed']}/{total} completed, "
-          f"{c['failed']} failed, {c['skipped']} skipped, {c['pending']} pending; cost ${summary.cost_usd:.4f}"
-          + (f"; {len(summary.output_problems)} output(s) NOT written" if summary.output_problems else ""))
+    if as_json:
+        print(json.dumps(summary.as_dict(), ensure_ascii=False))
+    elif not quiet:
+        print(f"{summary.job_id}: {summary.status} in {summary.duration:.1f}s: {c['completed']}/{total} completed, "
+              f"{c['failed']} failed, {c['skipped']} skipped, {c['pending']} pending; cost ${summary.cost_usd:.4f}"
+              + (f"; {len(summary.output_problems)} output(s) NOT written" if summary.output_problems else ""))
+        if summary.sample:
+            print(_sample_line(summary))
+        if summary.out_dir and (c["completed"] or c["failed"]):
+            print(_where_line(summary.out_dir))
     if summary.outputs_rebuilt:
         print(f"{summary.job_id}: {summary.outputs_rebuilt} missing or partial output(s) rebuilt from the store",
               file=sys.stderr)
@@ -238,6 +383,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
         try:
             job = api.validate_job(file, options=_options(args))
             print(f"{file}: ok ({job.job_type}, {len(job.items)} items)")
+        except ConfigErrors as many:  # every problem in the file, each on its line
+            for problem in many.errors:
+                print(f"storyloom: error: {problem}", file=sys.stderr)
+            if many.more:
+                print(f"storyloom: error: {file}: more problems not shown (the first {len(many.errors)} are)",
+                      file=sys.stderr)
+            failed += 1
         except UsageError as exc:
             print(f"storyloom: error: {exc}", file=sys.stderr)
             failed += 1
@@ -324,9 +476,27 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sample_line(summary: Summary) -> str:
+    s = summary.sample or {}
+    rest = s.get("projected_rest_seconds")
+    time_text = f"about {shown_time(s['projected_seconds'])} in all ({shown_time(rest)} more)" \
+        if rest is not None else "time unknown"
+    return (f"{summary.job_id}: sample of {s['items']} item(s) cost ${s['cost_usd']:.4f} "
+            f"(${s['cost_per_item_usd']:.4f} an item); the whole job of {s['total_items']}: "
+            f"about ${s['projected_cost_usd']:.4f}, {time_text}")
+
+
+def _where_line(out_dir: str) -> str:
+    """Where a run wrote: the job's output folder and the reports in it."""
+    folder = Path(out_dir)
+    reports = sorted(p.name for p in folder.glob("report.*")) if folder.is_dir() else []
+    return f"outputs: {out_dir}{os.sep}" + (f" (reports: {', '.join(reports)})" if reports else "")
+
+
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "resume": cmd_resume, "status": cmd_status,
             "report": cmd_report, "plugins": cmd_plugins, "submit": cmd_submit, "work": cmd_work,
-            "queue": cmd_queue, "cancel": cmd_cancel, "pause": cmd_pause, "outputs": cmd_outputs}
+            "queue": cmd_queue, "cancel": cmd_cancel, "pause": cmd_pause, "outputs": cmd_outputs,
+            "delete": cmd_delete}
 
 
 # -- argument types: bad values are usage errors with the flag's own words

@@ -23,9 +23,11 @@ from .errors import UsageError
 from .hooks import Hooks
 from .job import Job, Plan
 from .pluginmanager import check, import_plugin, make_plugin_manager
+from .projects import find_projects_dir, load_project, project_path
 from .provider import check_factory, check_spec, missing_env
 from .registry import Registries, collect
 from .settings import BUILTIN_MODELS, Price, Settings
+from .settingsfile import SETTINGS_FILE
 from .store.opening import DEFAULT_STORE, STORE_ENV
 
 
@@ -49,10 +51,45 @@ class Options:
     progress: tuple[str, ...] | None = None
     quiet: bool = False
     autoload: bool | None = None
+    #: Run or submit the job under this id instead of its file's (``--job-id``).
+    job_id: str | None = None
 
     def state_path(self) -> Path:
-        """``--state-dir``, else ``$STORYLOOM_HOME``, else ``.storyloom`` in the working folder."""
-        return Path(self.state_dir or os.environ.get("STORYLOOM_HOME") or ".storyloom")
+        """``--state-dir``, else ``$STORYLOOM_HOME``, else the state folder found
+        walking up from the working folder (:func:`find_state_dir`)."""
+        given = self.state_dir or os.environ.get("STORYLOOM_HOME")
+        return Path(given) if given else find_state_dir(Path.cwd())
+
+    def out_path(self) -> Path:
+        """``--out-dir``, else ``storyloom-out`` beside the state folder found
+        walking up (the studio's folder), else in the working folder."""
+        if self.out_dir:
+            return Path(self.out_dir)
+        if self.state_dir or os.environ.get("STORYLOOM_HOME"):
+            return Path(OUT_DIR_NAME)
+        return find_state_dir(Path.cwd()).parent / OUT_DIR_NAME
+
+
+#: The state folder's name, beside a studio's ``storyloom.yaml``; outputs go beside it.
+STATE_DIR_NAME = ".storyloom"
+OUT_DIR_NAME = "storyloom-out"
+
+
+def find_state_dir(start: Path) -> Path:
+    """The state folder for commands run in ``start``, found as the settings
+    are: the ``.storyloom`` beside the nearest ``storyloom.yaml`` in
+    ``start`` or a parent (it need not exist yet); with none, ``./.storyloom``.
+
+    So ``status`` in a studio's ``jobs/`` folder reads the studio's store,
+    and a store never ends up inside a subfolder of the studio. A
+    ``.storyloom`` folder alone marks nothing: a stray one in ``/tmp`` or
+    the home folder must not capture every command run below it. Relative
+    (``.storyloom``) when it is the working folder's own."""
+    start = Path(start).resolve()
+    for folder in (start, *start.parents):
+        if (folder / SETTINGS_FILE).is_file():
+            return Path(STATE_DIR_NAME) if folder == start else folder / STATE_DIR_NAME
+    return Path(STATE_DIR_NAME)
 
 
 @dataclass
@@ -65,6 +102,8 @@ class Config:
     stash: dict[str, Any] = field(default_factory=dict)
     _configured: bool = False
     _registered: list[object] = field(default_factory=list)
+    #: project_id -> its loaded project file (None: no such file); see :meth:`project`.
+    _projects: dict[str, dict[str, Any] | None] = field(default_factory=dict)
 
     @property
     def hook(self) -> Any:
@@ -76,8 +115,9 @@ class Config:
         """The hooks the kernel calls, with checked signatures."""
         return Hooks(self.pluginmanager)
 
-    @property
+    @cached_property
     def state_dir(self) -> Path:
+        # Found once per config: outputs are written per item, and the walk up stats folders.
         return self.options.state_path()
 
     @property
@@ -89,9 +129,9 @@ class Config:
             return self.options.store
         return os.environ.get(STORE_ENV) or self.settings.store or DEFAULT_STORE
 
-    @property
+    @cached_property
     def out_dir(self) -> Path:
-        return Path(self.options.out_dir or "storyloom-out")
+        return self.options.out_path()
 
     @property
     def grace_period(self) -> float:
@@ -113,8 +153,27 @@ class Config:
         doc = loader.parse_document(Path(path))
         job = loader.load_job_document(doc, self.settings, self.known_names(), now=now)
         self.check_model_options()
+        for project_id in dict.fromkeys(item.project_id for item in job.items if item.project_id):
+            self.project(project_id)  # a bad project file is bad input, found before anything is stored
         self.hooks.validate_job(job=job, config=self)
         return job
+
+    @property
+    def projects_dir(self) -> Path:
+        """``projects/`` beside the settings file (else in the working folder)."""
+        return find_projects_dir(Path(self.settings.path).parent if self.settings.path else None)
+
+    def project(self, project_id: str) -> dict[str, Any] | None:
+        """The book project ``project_id`` (``projects/<project_id>.yaml``,
+        validated by ``schemas/project.schema.json``), or None if there is no
+        such file. Loaded once per config.
+
+        :raises ConfigError: the file is malformed or invalid, at its file:line:col.
+        """
+        if project_id not in self._projects:
+            path = project_path(self.projects_dir, project_id)
+            self._projects[project_id] = load_project(_shown(path)) if path is not None and path.exists() else None
+        return self._projects[project_id]
 
     def check_model_options(self) -> None:
         """Every model entry's provider options, checked by its provider
@@ -200,6 +259,14 @@ class Config:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _shown(path: Path) -> Path:
+    """``path`` relative to the working folder when it is inside it: errors name it as a user would."""
+    try:
+        return path.relative_to(Path.cwd()) if path.is_absolute() else path
+    except ValueError:
+        return path
 
 
 def _pick(*values: Any) -> Any:

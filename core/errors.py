@@ -18,6 +18,9 @@ class ErrorKind(enum.StrEnum):
     QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
     #: The reply hit max_tokens; a job type may retry with more room.
     OUTPUT_TRUNCATED = "OUTPUT_TRUNCATED"
+    #: The reply was asked for as structured data (``Request.response_schema``)
+    #: and is not JSON or fails the schema; retried ``invalid_output_retries`` times.
+    INVALID_OUTPUT = "INVALID_OUTPUT"
     #: A plugin raised something that is not a ProviderError: a bug, never retried.
     INTERNAL_ERROR = "INTERNAL_ERROR"
 
@@ -81,3 +84,18 @@ class ConfigError(UsageError):
         self.message = message
         where = f" at {path}" if path else ""
         super().__init__(f"{self.location}:{where}: {message}" if where else f"{self.location}: {message}")
+
+
+class ConfigErrors(ConfigError):
+    """Several problems in one file (``storyloom validate`` lists them all).
+
+    It is the first of them as a :class:`ConfigError` (its location, path
+    and message), so code that reports one error keeps working; ``errors``
+    holds every one reported, in file order, and ``more`` counts those left
+    out past the cap."""
+
+    def __init__(self, errors: "list[ConfigError]", more: int = 0) -> None:
+        first = errors[0]
+        super().__init__(first.location, first.path, first.message)
+        self.errors = list(errors)
+        self.more = more

@@ -22,14 +22,14 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from .document import Document, PathKey, duration_at, error_at, int_or_none, parse_document, value_at
-from .errors import ConfigError, UsageError
+from .errors import ConfigError, ConfigErrors, UsageError
 from .inputfile import open_input
 from .job import Item, Job, JobConfig, Priority
 from .jobtype import GENERIC_ITEM_KEYS, ItemSite, JobType, identifier_problem, one_item
 from .names import KnownNames, check_name
 from .settings import Settings
 from .settingsfile import check_settings
-from .validation import compile_schema, describe, format_path, unknown_name, validate
+from .validation import MAX_ERRORS, compile_schema, describe, format_path, unknown_name, validate
 
 __all__ = ["MAX_ITEMS", "load_job", "load_job_document"]
 
@@ -167,13 +167,28 @@ class _JobBuilder:
     def items(self, job_level: Priority, job_deadline: datetime | None, models: tuple[str, ...]) -> tuple[Item, ...]:
         expand = getattr(self.job_type, "expand_item", None) or one_item
         collected = _Collector(self.doc)
+        # Each entry is checked on its own: a file's bad entries are all reported.
+        problems: list[ConfigError] = []
         for i, entry in enumerate(self.data["items"]):
             path: PathKey = ("items", i)
-            item = self.item(entry, path, job_level, job_deadline, models)
-            for expanded, id_path in expand(item, entry, ItemSite(self.doc, path)):
-                if not expanded.item_id:
-                    raise error_at(self.doc, path, "missing required key 'item_id'")
-                collected.add(expanded, path + tuple(id_path))
+            try:
+                item = self.item(entry, path, job_level, job_deadline, models)
+                for expanded, id_path in expand(item, entry, ItemSite(self.doc, path)):
+                    if not expanded.item_id:
+                        raise error_at(self.doc, path, "missing required key 'item_id'")
+                    collected.add(expanded, path + tuple(id_path))
+            except ConfigErrors as many:
+                problems += many.errors
+            except ConfigError as problem:
+                if len(collected._items) > MAX_ITEMS:
+                    raise  # too many items: the rest would say the same
+                problems.append(problem)
+            if len(problems) > MAX_ERRORS:
+                break
+        if len(problems) == 1:
+            raise problems[0]
+        if problems:
+            raise ConfigErrors(problems[:MAX_ERRORS], more=max(0, len(problems) - MAX_ERRORS))
         return collected.items()
 
     def input_items(self, job_level: Priority, job_deadline: datetime | None) -> tuple[Item, ...]:

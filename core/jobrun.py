@@ -86,6 +86,10 @@ class JobRun:
         self._state_written: trio.Event | None = None
         #: Set by the worker once it has decided to finish this run.
         self.finishing = False
+        #: ``run --sample``: the sample's items not yet settled; the run pauses
+        #: once none is left (None: not a sample run).
+        self.sample: set[str] | None = None
+        self.sample_size = 0
 
     @property
     def job_id(self) -> str:
@@ -208,6 +212,15 @@ class JobRun:
         if self.status is None:
             self.status, self.reason = "paused", reason
             self._state_written = self.worker.store_state(self.job_id, "paused", reason)
+
+    def sample_settled(self, item_id: str) -> None:
+        """One of the sample's items has ended (completed, failed or
+        skipped); with the last, the job pauses so that the user can look
+        before the rest runs."""
+        assert self.sample is not None
+        self.sample.discard(item_id)
+        if not self.sample:
+            self.pause(f"sample of {self.sample_size} item(s) done")
 
     def interrupt(self) -> None:
         if self.status is None:

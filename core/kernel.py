@@ -27,7 +27,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import trio
 
@@ -55,6 +55,8 @@ LINGER_ROUNDS = 3
 #: How often a worker re-reads its jobs' states (another process's pause or
 #: cancel) and, when it waits for work, looks for newly submitted jobs.
 POLL_INTERVAL = 1.0
+#: How often a sample run (``run --sample``) looks again while its items wait for a retry.
+SAMPLE_POLL = 0.25
 #: How often levels are re-evaluated as deadlines approach and items age.
 PROMOTE_INTERVAL = 5.0
 #: How often a worker over the whole queue puts back items that a dead
@@ -88,7 +90,8 @@ class Worker:
     """
 
     def __init__(self, config: Config, *, only: Plan | None = None, burst: bool = True,
-                 handle_signals: bool = False, progress: tuple[str, ...] | None = None) -> None:
+                 handle_signals: bool = False, progress: tuple[str, ...] | None = None,
+                 sample: Sequence[str] | None = None) -> None:
         self.config = config
         self.burst = burst
         self.handle_signals = handle_signals
@@ -114,6 +117,9 @@ class Worker:
         if only is not None:  # built now, so bad options fail before anything is stored
             self.only = JobRun(self, only)
             self.runs[only.job.job_id] = self.only
+            if sample is not None:  # run these items only, then pause (``run --sample``)
+                self.only.sample = set(sample)
+                self.only.sample_size = len(self.only.sample)
 
     # -- what job runs use -------------------------------------------------
 
@@ -264,7 +270,12 @@ class Worker:
             # their run's in_flight: no run may be judged done meanwhile.
             self._claiming += 1
             try:
-                if only is not None:
+                if only is not None and only.sample is not None:
+                    # Only the sample's items, and no more of them than are not yet running.
+                    room = min(len(tokens), len(only.sample) - only.in_flight)
+                    claimed = [] if only.stopping or room <= 0 else await store.claim(
+                        only.job_id, room, now, self.owner, only=sorted(only.sample))
+                elif only is not None:
                     claimed = [] if only.stopping else await store.claim(only.job_id, len(tokens), now, self.owner)
                 else:
                     exclude = [job_id for job_id, run in self.runs.items() if not run.accepting]
@@ -287,6 +298,14 @@ class Worker:
                     self._recheck.discard(run)
                     await self._maybe_finish(run)
             if claimed:
+                continue
+            if only is not None and only.sample is not None:
+                if only.stopping or only.finishing:
+                    return
+                # The job's other items are ready, so next_ready_at cannot say when
+                # a sample item waiting for its retry is: look again shortly.
+                with trio.move_on_after(SAMPLE_POLL):
+                    await changed.wait()
                 continue
             if only is not None:
                 if only.stopping or only.finishing:
@@ -406,6 +425,8 @@ class Worker:
                     touched.add(done.run)
                     if ok:
                         _acknowledge(done)
+                        if done.run.sample is not None and done.record.state != "pending":
+                            done.run.sample_settled(done.item.item_id)
                 for run in touched:
                     await self._maybe_finish(run)
                 self._wake()

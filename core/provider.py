@@ -21,6 +21,9 @@ model entry chooses it. The factory, normally a class, is a
   is planned, for the models that job would use; an unset or empty one is a
   ConfigError naming the model, the variable and the model entry, before
   anything is stored. The value is never read into a message.
+* ``factory.expected_output_tokens(spec, request)`` (optional) is the reply
+  length to expect, for ``--dry-run``'s expected cost
+  (:mod:`storyloom.estimate`); without it half of ``max_tokens`` is assumed.
 
 What a provider knows about its vendor -- list prices, rate-limit headers,
 wire formats -- stays in its plugin: the kernel only sees the members below.
@@ -34,21 +37,23 @@ both contracts once (:func:`check_factory` when the settings are resolved,
 from __future__ import annotations
 
 import difflib
+import json
 import os
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Protocol, runtime_checkable
 
 from .document import PathKey, locate
-from .errors import ConfigError, Location, UsageError
+from .errors import ConfigError, ErrorKind, Location, ProviderError, UsageError
 from .pricing import lookup_price
 from .settings import Price
-from .validation import format_path
+from .validation import compile_schema, format_path
 
 if TYPE_CHECKING:
     from .settings import ModelSpec
 
-__all__ = ["BaseProvider", "Provider", "ProviderFactory", "RateLimitFeedback", "Request", "Response",
-           "check_factory", "check_provider", "check_spec", "merge_options", "missing_env", "spec_error"]
+__all__ = ["NO_DATA", "BaseProvider", "Provider", "ProviderFactory", "RateLimitFeedback", "Request", "Response",
+           "check_factory", "check_provider", "check_spec", "merge_options", "missing_env", "spec_error",
+           "structured_data"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,17 @@ class Request:
     stream: bool = False
     #: Free-form hints a provider may use (language, item_id, ...); never sent as-is.
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: Ask for structured data: a JSON Schema the reply must satisfy. Each
+    #: provider uses its API's native feature (OpenAI ``response_format``,
+    #: Anthropic a forced tool, Gemini ``responseJsonSchema``) and checks the
+    #: reply with :func:`structured_data`; ``Response.data`` holds the object.
+    response_schema: Mapping[str, Any] | None = None
+    #: The schema's name where an API wants one (OpenAI's json_schema name,
+    #: Anthropic's tool name): letters, digits, ``_`` and ``-``, at most 64.
+    schema_name: str = "result"
+    #: The language to write in (BCP 47: ``th``, ``en``); None: the item's or
+    #: job's, which the kernel also puts in ``metadata["language"]``.
+    language: str | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,49 @@ class Response:
     output_tokens: int
     finish_reason: str = "stop"
     model: str | None = None  # the provider's model id that answered
+    #: The parsed, schema-checked object when the request had a response_schema.
+    data: Any = None
+
+
+#: Longest piece of a model's reply quoted in an INVALID_OUTPUT message.
+QUOTED_REPLY = 120
+#: :func:`structured_data`'s "the API handed no object over": the text is the JSON.
+NO_DATA: Any = object()
+
+
+def structured_data(request: Request, text: str, data: Any = NO_DATA, *, who: str = "",
+                    input_tokens: int = 0, output_tokens: int = 0) -> Any:
+    """The reply's object for a request with a ``response_schema``: ``data``
+    if the API handed an object over (Anthropic's ``tool_use.input``), else
+    ``text`` parsed as JSON; checked against the schema.
+
+    :raises ProviderError: ``INVALID_OUTPUT`` (with the tokens the reply cost)
+        if the text is not JSON or the object fails the schema; the message
+        says where, quoting at most :data:`QUOTED_REPLY` characters of the reply.
+    """
+    prefix = f"{who}: " if who else ""
+
+    def invalid(message: str) -> ProviderError:
+        return ProviderError(ErrorKind.INVALID_OUTPUT, prefix + message, input_tokens=input_tokens,
+                             output_tokens=output_tokens)
+
+    if data is NO_DATA:
+        try:
+            data = json.loads(text)
+        except ValueError as err:
+            quoted = text.strip()[:QUOTED_REPLY]
+            raise invalid(f"the reply is not JSON ({err.msg} at character {err.pos}): {quoted!r}") from None
+    schema = request.response_schema
+    if schema is None:
+        return data
+    # A job type's schema is one dict for all its requests: compiled once (a copy would be compiled each time).
+    validator = compile_schema(schema if isinstance(schema, dict) else dict(schema),
+                               f"response_schema {request.schema_name!r}")
+    error = next(iter(sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))), None)
+    if error is not None:
+        where = format_path(tuple(error.absolute_path)) or "the top"
+        raise invalid(f"the reply fails the schema {request.schema_name!r} at {where}: {error.message[:200]}")
+    return data
 
 
 def spec_error(spec: "ModelSpec", key: PathKey, message: str, *, at_key: bool = False) -> ConfigError:

@@ -65,7 +65,8 @@ class RetryConfig:
     retry_delay: RetryDelay = RetryDelay()
     #: The seed's three, and a reply cut off at max_tokens (retried with more room).
     retryable_errors: frozenset[ErrorKind] = frozenset(
-        {ErrorKind.API_RATE_LIMIT, ErrorKind.TIMEOUT, ErrorKind.TEMPORARY_ERROR, ErrorKind.OUTPUT_TRUNCATED}
+        {ErrorKind.API_RATE_LIMIT, ErrorKind.TIMEOUT, ErrorKind.TEMPORARY_ERROR, ErrorKind.OUTPUT_TRUNCATED,
+         ErrorKind.INVALID_OUTPUT}
     )
     non_retryable_errors: frozenset[ErrorKind] = frozenset(
         {ErrorKind.INVALID_INPUT, ErrorKind.AUTH_ERROR, ErrorKind.QUOTA_EXCEEDED, ErrorKind.INTERNAL_ERROR}
@@ -74,6 +75,9 @@ class RetryConfig:
     #: Rate-limit rejections do not use up max_retries; an item stops being
     #: retried for them once this long has passed since its first attempt.
     rate_limit_timeout: float = 600.0
+    #: An item whose structured reply fails its schema (INVALID_OUTPUT) is
+    #: retried while its counted attempts are at most this (and max_retries).
+    invalid_output_retries: int = 2
 
 
 @dataclass(frozen=True)

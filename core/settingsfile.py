@@ -186,6 +186,7 @@ def _retry_config(doc: Document, data: dict[str, Any]) -> RetryConfig:
         policy=data.get("policy", defaults.policy),
         rate_limit_timeout=_duration(doc, ("retry_config", "rate_limit_timeout"), defaults.rate_limit_timeout,
                                      positive=True),
+        invalid_output_retries=int(data.get("invalid_output_retries", defaults.invalid_output_retries)),
     )
 
 

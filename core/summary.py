@@ -28,10 +28,25 @@ class Summary:
     outputs_rebuilt: int = 0  # missing or partial outputs a resume wrote again from the store
     retried: int = 0  # failed items put back by ``resume --retry-failed``
     idle: bool = False  # a resume that found nothing to run (``reason`` says why)
+    #: Where the job's outputs and reports are written (set by the API).
+    out_dir: str | None = None
+    #: ``run --sample``: the sample's size and the whole job extrapolated from it
+    #: (:func:`storyloom.api.extrapolate`).
+    sample: dict[str, Any] | None = None
 
     @property
     def duration(self) -> float:
         return self.finished_at - self.started_at
+
+    def as_dict(self) -> dict[str, Any]:
+        """The summary as ``--json`` prints it: one JSON-ready object."""
+        return {"job_id": self.job_id, "status": self.status, "exit_code": self.exit_code,
+                "counts": dict(self.counts), "cost_usd": self.cost_usd, "duration": round(self.duration, 3),
+                "started_at": self.started_at, "finished_at": self.finished_at, "reason": self.reason,
+                "recovered": self.recovered, "retried": self.retried, "outputs_rebuilt": self.outputs_rebuilt,
+                "output_problems": [{"path": str(getattr(p, "path", p)), "reason": getattr(p, "reason", str(p))}
+                                    for p in self.output_problems],
+                "out_dir": self.out_dir, "idle": self.idle, "sample": self.sample}
 
     @property
     def exit_code(self) -> int:

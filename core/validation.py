@@ -2,9 +2,11 @@
 
 The schemas shipped in ``storyloom.schemas`` (and the item schemas job types
 declare) check shapes and types. Of all the errors a document has, one is
-reported: the first in the file, the most telling on a tie (:data:`_RANK`),
-worded in the user's terms (:func:`describe`, :func:`format_path`,
-:func:`unknown_name`) and located by the :class:`~storyloom.document.Document`.
+reported per value: the most telling (:data:`_RANK`), worded in the user's
+terms (:func:`describe`, :func:`format_path`, :func:`unknown_name`) and
+located by the :class:`~storyloom.document.Document`; every value's, in file
+order, up to :data:`MAX_ERRORS` (a :class:`~storyloom.errors.ConfigErrors`
+when there are several).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import SchemaError, ValidationError, best_match
 
-from .errors import ConfigError, ErrorKind
+from .errors import ConfigError, ConfigErrors, ErrorKind
 from .wording import describe, format_path
 
 if TYPE_CHECKING:
@@ -29,6 +31,8 @@ if TYPE_CHECKING:
 __all__ = ["compile_schema", "describe", "format_path", "schema", "unknown_name", "validate", "validate_parts"]
 
 _FORMATS = FormatChecker(formats=())
+#: The most problems one file reports; the rest are counted ("and 3 more").
+MAX_ERRORS = 20
 
 
 @_FORMATS.checks("date")
@@ -72,10 +76,11 @@ def schema(name: str) -> dict[str, Any]:
 def validate(doc: Document, schema_name: str,
              parts: Iterable[tuple[PathKey, Draft202012Validator]] = ()) -> None:
     """Check ``doc`` against a shipped schema, and each value at a path in
-    ``parts`` against its own validator (a job type's items, say); report the
-    first error in the file among all of them.
+    ``parts`` against its own validator (a job type's items, say); report
+    the errors of all of them, the first in the file first.
 
-    :raises ConfigError: ``file:line:col: at path: message``.
+    :raises ConfigError: ``file:line:col: at path: message``
+        (:class:`~storyloom.errors.ConfigErrors` for several).
     """
     validate_parts(doc, parts, list(_validator(schema_name).iter_errors(doc.data)))
 
@@ -96,7 +101,25 @@ def validate_parts(doc: Document, parts: Iterable[tuple[PathKey, Draft202012Vali
             error.relative_path.extendleft(reversed(prefix))  # children's paths build on this one
             errors.append(error)
     if errors:
-        raise _config_error(doc, _pick(doc, errors))
+        raise config_errors(doc, errors)
+
+
+def config_errors(doc: Document, errors: list[ValidationError]) -> ConfigError:
+    """One error per value that has any (the most telling of its errors),
+    and one per unknown key, in file order, at most :data:`MAX_ERRORS`:
+    a ConfigError, or a ConfigErrors for several."""
+    by_value: dict[tuple[Any, ...], list[ValidationError]] = {}
+    for error in errors:
+        by_value.setdefault(tuple(error.absolute_path), []).append(error)
+    picked = sorted((_pick(doc, group) for group in by_value.values()), key=lambda e: _key(doc, e))
+    found: list[ConfigError] = []
+    for error in picked:
+        for problem in _config_errors(doc, error):
+            if str(problem) not in {str(f) for f in found}:
+                found.append(problem)
+    if len(found) == 1:
+        return found[0]
+    return ConfigErrors(found[:MAX_ERRORS], more=max(0, len(found) - MAX_ERRORS))
 
 
 def compile_schema(schema: dict[str, Any], owner: str) -> Draft202012Validator:
@@ -126,11 +149,23 @@ _RANK = {"additionalProperties": 0, "type": 1, "enum": 2, "format": 3, "required
 def _pick(doc: Document, errors: list[ValidationError]) -> ValidationError:
     """One error to report: the first in the file, the most telling on a tie."""
 
-    def key(error: ValidationError) -> tuple[int, int, int]:
-        where = doc.location(error.absolute_path)
-        return (where.line or 0, where.column or 0, _RANK.get(str(error.validator), 5))
+    return min(errors, key=lambda error: _key(doc, error))
 
-    return min(errors, key=key)
+
+def _key(doc: Document, error: ValidationError) -> tuple[int, int, int]:
+    where = doc.location(error.absolute_path)
+    return (where.line or 0, where.column or 0, _RANK.get(str(error.validator), 5))
+
+
+def _config_errors(doc: Document, error: ValidationError) -> list[ConfigError]:
+    """``error`` in the user's terms: one ConfigError, or one per unknown key."""
+    if error.validator == "additionalProperties":
+        allowed = list(error.schema.get("properties", {}))
+        path = tuple(error.absolute_path)
+        return [ConfigError(doc.key_location(path + (key,)), format_path(path + (key,)),
+                            unknown_name("key", key, allowed))
+                for key in error.instance if key not in allowed]
+    return [_config_error(doc, error)]
 
 
 def _config_error(doc: Document, error: ValidationError) -> ConfigError:

@@ -7,6 +7,8 @@ failing together do not retry together; never shorter than the server's
 as retryable) fail the item at once. A rate-limit rejection waits the
 server's ``retry-after`` (or the initial delay), plus up to 20% jitter, and
 is retried until ``rate_limit_timeout`` has passed since the first attempt.
+A structured reply that fails its schema (``INVALID_OUTPUT``) is retried only
+while the item's counted attempts are at most ``invalid_output_retries``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ class ExponentialBackoff:
             return RetryDecision(True, delay=delay * self.rng.uniform(1.0, 1.2), reason="rate limited")
         if attempt > max_retries:
             return RetryDecision(False, reason=f"gave up after {attempt} attempts")
+        if kind is ErrorKind.INVALID_OUTPUT and attempt > self.config.invalid_output_retries:
+            # A model that answers off-schema tends to do it again: fewer tries than other kinds.
+            return RetryDecision(False, reason=f"gave up after {attempt} attempts "
+                                               f"(invalid_output_retries {self.config.invalid_output_retries})")
         d = self.config.retry_delay
         delay = min(d.max, d.initial * d.multiplier ** (attempt - 1))
         delay = self.rng.uniform(delay / 2, delay)

@@ -71,6 +71,13 @@ class ModelConfig:
     input_token_factor: float = 1.0  # reported prompt tokens = estimate * factor
     stream_delay: float = 0.0  # between stream events
     text: str | None = None  # reply text (default: filler in the prompt's language)
+    #: The object a structured request (response_format json_schema, a forced
+    #: Anthropic tool, Gemini's responseMimeType application/json) is answered
+    #: with, in the API's own shape (JSON text; Anthropic's tool_use input).
+    #: None: ``text`` (or filler) as the text, which is then not JSON.
+    data: Any = None
+    #: Answer a forced Anthropic tool with a text block (a model ignoring it).
+    ignore_tools: bool = False
     seed: int = 0
     #: Sent with every reply past the key check, over the computed rate-limit
     #: headers: fixtures of a vendor's headers ("remaining 0, reset in 1m30s").
@@ -472,16 +479,23 @@ class _Handler(BaseHTTPRequestHandler):
             finish = "stop" if config.output_tokens <= max_tokens else "length"
             thai = any(_THAI.search(t) for t in texts)
             text = config.text if config.text is not None else _filler(completion, thai)
+            tool = None if config.ignore_tools else _forced_tool(kind, body)
+            if tool is None and config.data is not None and _structured(kind, body):
+                text = json.dumps(config.data, ensure_ascii=False)
             hang = config.hang_seconds if decision == "hang" else 0.0
             if not hang:
                 fake._count(model, "ok", prompt, completion)
             if stream:
                 self._send_stream(kind, model, text, prompt, completion, finish, hang, config.stream_delay,
-                                  limit_headers, body)
+                                  limit_headers, body, (tool, config.data) if tool else None)
             else:
                 if hang:
                     fake._stop.wait(hang)
-                self._send_json(200, _reply(kind, model, text, prompt, completion, finish), extra=limit_headers)
+                reply = _reply(kind, model, text, prompt, completion, finish)
+                if tool is not None:
+                    reply["content"] = [{"type": "tool_use", "id": "toolu_fake", "name": tool, "input": config.data}]
+                    reply["stop_reason"] = "tool_use" if finish == "stop" else "max_tokens"
+                self._send_json(200, reply, extra=limit_headers)
             if hang:
                 fake._count(model, "ok", prompt, completion)  # if the client is still there
         finally:
@@ -515,7 +529,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return "messages: roles must be user or assistant (system is a top-level field)"
         if kind == "gemini" and not body.get("contents"):
             return "contents is required"
-        return ""
+        return _check_structured(kind, body)
 
     # -- writing -----------------------------------------------------------
 
@@ -547,7 +561,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _send_stream(self, kind: str, model: str, text: str, prompt: int, completion: int, finish: str,
-                     hang: float, delay: float, extra: dict[str, str], body: dict[str, Any]) -> None:
+                     hang: float, delay: float, extra: dict[str, str], body: dict[str, Any],
+                     tool: tuple[str, Any] | None = None) -> None:
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.send_header("transfer-encoding", "chunked")
@@ -555,7 +570,7 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in extra.items():
             self.send_header(name, value)
         self.end_headers()
-        events = _stream_events(kind, model, text, prompt, completion, finish, body)
+        events = _stream_events(kind, model, text, prompt, completion, finish, body, tool)
         for i, event in enumerate(events):
             data = event.encode()
             self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
@@ -566,6 +581,46 @@ class _Handler(BaseHTTPRequestHandler):
                 self.fake._stop.wait(delay)
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
+
+
+def _structured(kind: str, body: dict[str, Any]) -> bool:
+    """Whether the request asks for structured data in its API's own way."""
+    if kind == "openai":
+        return (body.get("response_format") or {}).get("type") == "json_schema"
+    if kind == "gemini":
+        return (body.get("generationConfig") or {}).get("responseMimeType") == "application/json"
+    return _forced_tool(kind, body) is not None
+
+
+def _forced_tool(kind: str, body: dict[str, Any]) -> str | None:
+    """The tool an Anthropic request forces (``tool_choice: {type: tool, name}``), or None."""
+    choice = body.get("tool_choice") if kind == "anthropic" else None
+    return choice.get("name") if isinstance(choice, dict) and choice.get("type") == "tool" else None
+
+
+_SCHEMA_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _check_structured(kind: str, body: dict[str, Any]) -> str:
+    """What the real APIs refuse (400) in a structured request."""
+    if kind == "openai" and "response_format" in body:
+        fmt = body["response_format"]
+        spec = fmt.get("json_schema") if isinstance(fmt, dict) else None
+        if not isinstance(spec, dict) or not _SCHEMA_NAME.match(str(spec.get("name", ""))) \
+                or not isinstance(spec.get("schema"), dict):
+            return "response_format.json_schema needs a name ([A-Za-z0-9_-]{1,64}) and a schema object"
+    if kind == "anthropic" and "tool_choice" in body:
+        name = _forced_tool(kind, body)
+        tools = {t.get("name"): t for t in body.get("tools") or [] if isinstance(t, dict)}
+        if name not in tools:
+            return "tool_choice names a tool that is not in tools"
+        if not _SCHEMA_NAME.match(name) or (tools[name].get("input_schema") or {}).get("type") != "object":
+            return "tools[].input_schema must be a JSON Schema of type object"
+    if kind == "gemini":
+        config = body.get("generationConfig") or {}
+        if "responseJsonSchema" in config and config.get("responseMimeType") != "application/json":
+            return "responseJsonSchema needs responseMimeType application/json"
+    return ""
 
 
 def _filler(tokens: int, thai: bool) -> str:
@@ -598,7 +653,7 @@ def _reply(kind: str, model: str, text: str, prompt: int, completion: int, finis
 
 
 def _stream_events(kind: str, model: str, text: str, prompt: int, completion: int, finish: str,
-                   body: dict[str, Any]) -> list[str]:
+                   body: dict[str, Any], tool: tuple[str, Any] | None = None) -> list[str]:
     def sse(data: Any, event: str | None = None) -> str:
         head = f"event: {event}\n" if event else ""
         return f"{head}data: {json.dumps(data, ensure_ascii=False)}\n\n"
@@ -626,9 +681,19 @@ def _stream_events(kind: str, model: str, text: str, prompt: int, completion: in
         ]
         events += [sse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}},
                        "content_block_delta") for p in pieces]
+        stop = "end_turn"
+        if tool is not None:  # a forced tool: its input streams as JSON pieces
+            stop = "tool_use"
+            events += [sse({"type": "content_block_stop", "index": 0}, "content_block_stop"),
+                       sse({"type": "content_block_start", "index": 1, "content_block": {
+                           "type": "tool_use", "id": "toolu_fake", "name": tool[0], "input": {}}},
+                           "content_block_start")]
+            events += [sse({"type": "content_block_delta", "index": 1,
+                            "delta": {"type": "input_json_delta", "partial_json": p}}, "content_block_delta")
+                       for p in _pieces(json.dumps(tool[1], ensure_ascii=False))]
         events += [
-            sse({"type": "content_block_stop", "index": 0}, "content_block_stop"),
-            sse({"type": "message_delta", "delta": {"stop_reason": "end_turn" if finish == "stop" else "max_tokens",
+            sse({"type": "content_block_stop", "index": 1 if tool else 0}, "content_block_stop"),
+            sse({"type": "message_delta", "delta": {"stop_reason": stop if finish == "stop" else "max_tokens",
                                                     "stop_sequence": None},
                  "usage": {"output_tokens": completion}}, "message_delta"),
             sse({"type": "message_stop"}, "message_stop"),

@@ -208,6 +208,24 @@ async def test_add_job_keeps_skipped_items_out_of_claims(store):
 
 
 @trio_test
+async def test_delete_job_removes_everything_of_it_and_frees_its_id(store):
+    await add(store, "a", "b")
+    await add(store, "a", job_id="other")
+    await store.claim(JOB, 2, NOW, OWNER)
+    await store.record([rec("a"), rec("b", "failed", error_kind="TIMEOUT")], OWNER)
+    assert await store.delete_job(JOB) is True
+    assert await store.get_job(JOB) is None
+    assert await store.items(JOB) == [] and await store.attempts(JOB) == []
+    assert await store.result(JOB, "a") is None
+    assert [j.job_id for j in await store.list_jobs()] == ["other"]
+    assert [i.item_id for i in await store.items("other")] == ["a"]  # another job's items stay
+    assert await store.delete_job(JOB) is False
+    await add(store, "c")  # the id can be used again
+    assert [i.item_id for i in await store.items(JOB)] == ["c"]
+    assert (await store.costs(JOB)).attempts == 0
+
+
+@trio_test
 async def test_set_job_state_roundtrip(store):
     await add(store, "a")
     before = (await store.get_job(JOB)).updated_at
@@ -280,6 +298,15 @@ async def test_claim_respects_limit(store):
     assert await claim_ids(store, limit=3) == ["a", "b", "c"]
     assert await claim_ids(store, limit=0) == []
     assert await claim_ids(store, limit=10) == ["d", "e"]
+
+
+@trio_test
+async def test_claim_only_among_given_ids_keeps_their_order(store):
+    await add(store, "a", "b", "c", "d", "e")
+    got = await store.claim(JOB, 10, NOW, OWNER, only=["d", "b", "nope"])
+    assert [c.item_id for c in got] == ["b", "d"]
+    assert await store.claim(JOB, 10, NOW, OWNER, only=["b"]) == []  # running now
+    assert await claim_ids(store) == ["a", "c", "e"]
 
 
 @trio_test

@@ -39,17 +39,28 @@ def stage(name: str, folder: Path) -> list[str]:
     if name.startswith("settings_"):
         (folder / "job.yaml").write_text(GOOD_JOB)
         return ["validate", "--settings", name, "job.yaml"]
+    if name.startswith("project_"):
+        (folder / "projects").mkdir()
+        shutil.move(folder / name, folder / "projects" / name)
+        (folder / "storyloom.yaml").write_text("default_models: [simulated]\n")
+        (folder / "job.yaml").write_text(f"{GOOD_JOB}  - {{item_id: b, project_id: {Path(name).stem}}}\n")
+        return ["validate", "job.yaml"]
     if name.endswith(".jsonl"):
         (folder / "job.yaml").write_text(f"job_id: ok\njob_type: prompts\ninput: {name}\n")
         return ["validate", "job.yaml"]
     return ["validate", name]
 
 
+def shown(name: str) -> str:
+    """The file as the error names it."""
+    return f"projects/{name}" if name.startswith("project_") else name
+
+
 def check(name: str, line: int, words: str, code: int, err: str, folder: Path) -> None:
     assert code == 2, err
     assert "Traceback" not in err
     assert len(err.strip().splitlines()) == 1, err
-    assert err.startswith(f"storyloom: error: {name}:{line}:"), err
+    assert err.startswith(f"storyloom: error: {shown(name)}:{line}:"), err
     assert words in err, err
     leftovers = sorted(p.name for p in folder.iterdir())
     assert ".storyloom" not in leftovers and "storyloom-out" not in leftovers, leftovers
@@ -60,7 +71,7 @@ def test_the_corpus_table_lists_every_file_once_and_is_large_enough():
     assert len(listed) == len(set(listed))
     assert sorted(listed) == sorted(p.name for p in CORPUS.iterdir() if p.name != "EXPECTED.tsv")
     kinds = {name.split("_")[0] + Path(name).suffix for name in listed}
-    assert {"job.yaml", "job.json", "settings.yaml", "jsonl.jsonl"} <= kinds
+    assert {"job.yaml", "job.json", "settings.yaml", "jsonl.jsonl", "project.yaml"} <= kinds
     assert len(listed) >= 40
 
 
@@ -78,7 +89,7 @@ def test_a_malformed_input_is_exit_2_at_its_file_and_line(name, line, words, tmp
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["job_duplicate_key.json", "settings_unknown_option.yaml",
-                                  "jsonl_temperature_high.jsonl"])
+                                  "jsonl_temperature_high.jsonl", "project_unknown_style_key.yaml"])
 def test_the_installed_command_says_the_same(name, tmp_path):
     (line, words), = [(l, w) for n, l, w in CASES if n == name]
     env = {k: v for k, v in os.environ.items() if not k.startswith("STORYLOOM_") and k != UNSET_KEY}

@@ -286,19 +286,27 @@ class Store(Protocol):
         running returns False. Returns how many items were skipped; KeyError
         for an unknown job."""
 
+    async def delete_job(self, job_id: str) -> bool:
+        """Remove a job and everything stored of it (items, attempts, results)
+        in one transaction, so that its id can be used again; False if there
+        is no such job. Callers make sure no live worker runs it
+        (``storyloom delete`` refuses one)."""
+
     async def recover(self, job_id: str, owner_alive: Callable[[str], bool]) -> int:
         """Put items left ``running`` by a dead owner back to ``pending``.
 
         ``owner_alive(owner) -> bool`` says whether an owner string is a live
         process. Returns how many items were recovered."""
 
-    async def claim(self, job_id: str, limit: int, now: float, owner: str) -> list[ClaimedItem]:
+    async def claim(self, job_id: str, limit: int, now: float, owner: str,
+                    only: Collection[str] | None = None) -> list[ClaimedItem]:
         """``now`` is wall-clock time (``time.time()``), stored as ``started_at``.
 
         Move up to ``limit`` ready pending items (``not_before <= now``) of
         the job to ``running`` for ``owner``, highest level first, FIFO within
         a level (insertion order), and return them. Held items are left
-        alone. One transaction."""
+        alone. One transaction. ``only``: claim none but these item ids
+        (``storyloom run --sample``)."""
 
     async def claim_next(
         self, job_type: str, limit: int, now: float, owner: str, exclude: Collection[str] = ()

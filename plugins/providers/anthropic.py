@@ -11,7 +11,9 @@
         anthropic_version: "2023-06-01"       # the default
 
 System messages become the top-level ``system`` field (joined by blank
-lines). Input tokens include cache writes and reads. Streaming reads usage
+lines). A request with a ``response_schema`` sends it as the one tool, with
+``tool_choice: {type: tool, name}``; the reply is the ``tool_use`` block's
+``input`` (streamed: its ``input_json_delta`` pieces). Input tokens include cache writes and reads. Streaming reads usage
 from ``message_start`` (input) and ``message_delta`` (output, cumulative).
 
 Rate limits: every reply carries ``anthropic-ratelimit-{requests,tokens,
@@ -86,7 +88,8 @@ class AnthropicProvider(HTTPProvider):
     default_key_env = "ANTHROPIC_API_KEY"
     options = {"anthropic_version": "2023-06-01"}
     rules = RULES
-    stop_reasons = frozenset({"end_turn", "stop_sequence"})
+    #: ``tool_use``: the forced tool of a structured request was called.
+    stop_reasons = frozenset({"end_turn", "stop_sequence", "tool_use"})
     #: Anthropic charges output-token limits by max_tokens up front and gives
     #: the unused part back when the reply ends; the kernel's limiter follows.
     refunds_unused_tokens = True
@@ -120,6 +123,11 @@ class AnthropicProvider(HTTPProvider):
             body["temperature"] = request.temperature
         if request.stream:
             body["stream"] = True
+        if request.response_schema is not None:
+            # A forced tool is Anthropic's structured output: the reply is its input.
+            body["tools"] = [{"name": request.schema_name, "description": "Record the answer.",
+                              "input_schema": dict(request.response_schema)}]
+            body["tool_choice"] = {"type": "tool", "name": request.schema_name}
         return body
 
     def parse_reply(self, data: Any, reply: Reply) -> None:
@@ -128,6 +136,8 @@ class AnthropicProvider(HTTPProvider):
         for block in data.get("content") or []:
             if block.get("type") == "text":
                 reply.parts.append(block.get("text") or "")
+            elif block.get("type") == "tool_use" and not reply.has_data:
+                reply.data, reply.has_data = block.get("input"), True
         reply.finish = data.get("stop_reason")
         reply.model = data.get("model")
         self._usage(data.get("usage"), reply)
@@ -141,10 +151,17 @@ class AnthropicProvider(HTTPProvider):
             message = data.get("message") or {}
             reply.model = message.get("model")
             self._usage(message.get("usage"), reply)
+        elif kind == "content_block_start":
+            block = data.get("content_block") or {}
+            if block.get("type") == "tool_use":
+                reply.block = data.get("index")
+                reply.parts.clear()  # a forced tool comes first; anything before it is not the answer
         elif kind == "content_block_delta":
             delta = data.get("delta") or {}
-            if delta.get("type") == "text_delta":
+            if delta.get("type") == "text_delta" and reply.block is None:
                 reply.parts.append(delta.get("text") or "")
+            elif delta.get("type") == "input_json_delta" and data.get("index") == reply.block:
+                reply.parts.append(delta.get("partial_json") or "")  # the tool's input, as JSON text
         elif kind == "message_delta":
             reply.finish = (data.get("delta") or {}).get("stop_reason") or reply.finish
             self._usage(data.get("usage"), reply)  # cumulative counts

@@ -22,6 +22,9 @@ depleted prepaid credits: those are QUOTA_EXCEEDED, since no retry within a
 batch can succeed. The generic message "You exceeded your current quota"
 comes with per-minute limits too, so it decides nothing on its own.
 
+A request with a ``response_schema`` sets ``generationConfig.responseMimeType:
+application/json`` and ``responseJsonSchema``; the reply's text is the JSON.
+
 Gemini sends no rate-limit headers (``rate_limit_headers`` is empty): the
 model cools down from 429s and their ``retryDelay`` alone. A model without
 ``price:`` is priced from :data:`PRICES`.
@@ -95,6 +98,9 @@ class GeminiProvider(HTTPProvider):
             config["temperature"] = request.temperature
         if self.opts["thinking_budget"] is not None:
             config["thinkingConfig"] = {"thinkingBudget": self.opts["thinking_budget"]}
+        if request.response_schema is not None:
+            config["responseMimeType"] = "application/json"
+            config["responseJsonSchema"] = dict(request.response_schema)
         body: dict[str, Any] = {
             "contents": [{"role": "model" if m["role"] == "assistant" else "user", "parts": [{"text": m["content"]}]}
                          for m in request.messages if m["role"] not in ("system", "developer")],

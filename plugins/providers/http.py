@@ -37,7 +37,7 @@ import httpx
 import trio
 
 from storyloom import ErrorKind, ProviderError
-from storyloom.provider import BaseProvider, Request, Response, merge_options, spec_error
+from storyloom.provider import NO_DATA, BaseProvider, Request, Response, merge_options, spec_error, structured_data
 from storyloom.ratelimit import MAX_COOL_DOWN_S
 from storyloom.settings import ModelSpec
 from storyloom.store import mask_url
@@ -354,6 +354,13 @@ class Reply:
     finish: str | None = None
     model: str | None = None
     done: bool = False  # stop reading the stream (its end marker arrived)
+    #: An object the API handed over as such (Anthropic's ``tool_use.input``);
+    #: None: a structured reply is the text, as JSON.
+    data: Any = None
+    has_data: bool = False
+    #: The stream's content block that is the reply, once one starts
+    #: (Anthropic's tool_use block of a structured request); None: the text.
+    block: int | None = None
 
     @property
     def text(self) -> str:
@@ -525,9 +532,15 @@ class HTTPProvider(BaseProvider):
         if kind is not None:
             raise ProviderError(kind, f"{self.name}: the reply was stopped ({finish})",
                                 input_tokens=input_tokens, output_tokens=output_tokens)
-        return Response(text=reply.text, input_tokens=input_tokens, output_tokens=output_tokens,
+        data = None
+        if request.response_schema is not None:
+            given = reply.data if reply.has_data else NO_DATA
+            data = structured_data(request, reply.text, given, who=self.name, input_tokens=input_tokens,
+                                   output_tokens=output_tokens)
+        text = reply.text if not reply.has_data else json.dumps(reply.data, ensure_ascii=False)
+        return Response(text=text, input_tokens=input_tokens, output_tokens=output_tokens,
                         finish_reason="stop" if finish in self.stop_reasons else finish.lower(),
-                        model=reply.model or self.spec.model)
+                        model=reply.model or self.spec.model, data=data)
 
     def _saw(self, response: httpx.Response) -> None:
         if self.rate_limits is None or not self.rate_limit_headers:

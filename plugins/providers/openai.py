@@ -12,6 +12,10 @@
 
 Bodies follow the published ``CreateChatCompletionRequest`` schema. Streaming
 asks for ``stream_options.include_usage`` so the last event carries the usage.
+A request with a ``response_schema`` sends ``response_format: {type:
+json_schema, json_schema: {name, schema, strict: true}}`` (strict mode wants
+every property required and ``additionalProperties: false``: the schema is
+the job type's, sent as it is); the reply's content is the JSON.
 
 Rate limits: OpenAI counts a request's prompt plus ``max_tokens`` against
 TPM when it arrives and gives nothing back when the reply is shorter, so
@@ -107,6 +111,9 @@ class OpenAIProvider(HTTPProvider):
         if request.stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
+        if request.response_schema is not None:
+            body["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": request.schema_name, "schema": dict(request.response_schema), "strict": True}}
         # Fields a Batch API file carried (response_format, seed, top_p, ...), sent as they were.
         for key, value in request.metadata.get("extra_body", {}).items():
             body.setdefault(key, value)
@@ -116,7 +123,12 @@ class OpenAIProvider(HTTPProvider):
         if not isinstance(data, dict):
             raise ProviderError(ErrorKind.TEMPORARY_ERROR, f"{self.name}: unexpected reply (not an object)")
         choice = (data.get("choices") or [{}])[0]
-        reply.parts.append((choice.get("message") or {}).get("content") or "")
+        message = choice.get("message") or {}
+        if message.get("refusal") and not message.get("content"):
+            # Structured outputs: the model declined; the same prompt would be declined again.
+            raise ProviderError(ErrorKind.INVALID_INPUT, f"{self.name}: the model refused: "
+                                                         f"{str(message['refusal'])[:200]}")
+        reply.parts.append(message.get("content") or "")
         reply.finish = choice.get("finish_reason")
         self._usage(data, reply)
 

@@ -194,6 +194,8 @@ WHERE rowid IN (
 )
 RETURNING level, seq, item_id, definition, attempts, last_model, free_attempts, first_started_at, error_kind
 """
+# The same walk, among the item ids of one JSON array (a sample run's).
+_CLAIM_ONLY = _CLAIM.replace("AND not_before <= ?", "AND not_before <= ? AND item_id IN (SELECT value FROM json_each(?))")
 # The same walk along the queue of one job type. exclude comes as one JSON
 # array, so the statement is the same whatever its length.
 _CLAIM_NEXT = """
@@ -463,6 +465,14 @@ class SQLiteStore:
             _set_job_state(cur, job_id, "cancelled", reason)
         return skipped
 
+    async def delete_job(self, job_id: str) -> bool:
+        """Remove the job, its items, attempts and results in one transaction."""
+        with self._write() as cur:
+            for table in ("results", "attempts", "items"):
+                cur.execute(f"DELETE FROM {table} WHERE job_id = ?", (job_id,))
+            cur.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+            return cur.rowcount == 1
+
     async def set_job_definition(self, job_id: str, definition: dict[str, Any]) -> None:
         """Replace the stored definition (a resume that raised the budget, say)."""
         with self._write() as cur:
@@ -510,14 +520,18 @@ class SQLiteStore:
                 count += cur.rowcount
         return count
 
-    async def claim(self, job_id: str, limit: int, now: float, owner: str) -> list[ClaimedItem]:
+    async def claim(self, job_id: str, limit: int, now: float, owner: str,
+                    only: Collection[str] | None = None) -> list[ClaimedItem]:
         """Claim up to ``limit`` ready pending items for ``owner``: lowest
         level first, then insertion order. ``now`` is wall-clock time
-        (it becomes the items' ``started_at``)."""
+        (it becomes the items' ``started_at``). ``only``: among these ids."""
         if limit <= 0:
             return []
         with self._write() as cur:
-            rows = cur.execute(_CLAIM, (owner, now, job_id, now, limit)).fetchall()
+            if only is None:
+                rows = cur.execute(_CLAIM, (owner, now, job_id, now, limit)).fetchall()
+            else:
+                rows = cur.execute(_CLAIM_ONLY, (owner, now, job_id, now, json.dumps(list(only)), limit)).fetchall()
         # RETURNING gives rows in no particular order.
         rows.sort()
         loads = json.loads
