@@ -195,6 +195,7 @@ _CLAIM = f"""
 WITH picked AS (
     SELECT job_id, item_id FROM items
     WHERE job_id = %(job_id)s AND state = 'pending' AND NOT held AND not_before <= %(now)s
+        AND (%(only)s::text[] IS NULL OR item_id = ANY (%(only)s::text[]))
     ORDER BY level, seq LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
@@ -252,6 +253,8 @@ _CANCEL_ITEMS = """
 UPDATE items SET state = 'skipped', error_kind = NULL, error = %s, owner = NULL
 WHERE job_id = %s AND state IN ('pending', 'running')
 """
+# Children first, for the foreign keys; jobs last, so its rowcount says whether there was one.
+_DELETE_JOB = tuple(f"DELETE FROM {table} WHERE job_id = %s" for table in ("results", "attempts", "items", "jobs"))
 _SET_DEFINITION = "UPDATE jobs SET definition = %s, updated_at = %s WHERE job_id = %s"
 _RUNNING_OWNERS = "SELECT DISTINCT owner FROM items WHERE job_id = %s AND state = 'running'"
 _RELEASE_OWNER = """
@@ -538,6 +541,13 @@ def _op_cancel(cur: "psycopg.Cursor", job_id: str, reason: str) -> int:
     return skipped
 
 
+def _op_delete_job(cur: "psycopg.Cursor", job_id: str) -> bool:
+    cur.execute(_LOCK_JOB, (job_id,))  # as every change of a job: queue up behind the others
+    for statement in _DELETE_JOB:
+        cur.execute(statement, (job_id,))
+    return cur.rowcount == 1
+
+
 def _op_set_job_definition(cur: "psycopg.Cursor", job_id: str, definition: dict[str, Any]) -> None:
     cur.execute(_SET_DEFINITION, (_dumps(definition), time.time(), job_id))
     if cur.rowcount != 1:
@@ -562,8 +572,9 @@ def _op_release_items(cur: "psycopg.Cursor", job_id: str, owner: str, item_ids: 
     return cur.rowcount
 
 
-def _op_claim(cur: "psycopg.Cursor", job_id: str, limit: int, now: float, owner: str) -> list[ClaimedItem]:
-    cur.execute(_CLAIM, {"job_id": job_id, "now": now, "limit": limit, "owner": owner})
+def _op_claim(cur: "psycopg.Cursor", job_id: str, limit: int, now: float, owner: str,
+              only: list[str] | None) -> list[ClaimedItem]:
+    cur.execute(_CLAIM, {"job_id": job_id, "now": now, "limit": limit, "owner": owner, "only": only})
     return _claimed(cur.fetchall())
 
 
@@ -800,6 +811,10 @@ class PostgresStore:
     async def cancel(self, job_id: str, reason: str) -> int:
         return await self._run(_op_cancel, job_id, reason)
 
+    async def delete_job(self, job_id: str) -> bool:
+        """Remove the job, its items, attempts and results in one transaction."""
+        return await self._run(_op_delete_job, job_id)
+
     async def set_job_definition(self, job_id: str, definition: dict[str, Any]) -> None:
         await self._run(_op_set_job_definition, job_id, definition)
 
@@ -817,10 +832,12 @@ class PostgresStore:
             return await self._run(_op_release_owners, job_id, [owner])
         return await self._run(_op_release_items, job_id, owner, list(item_ids))
 
-    async def claim(self, job_id: str, limit: int, now: float, owner: str) -> list[ClaimedItem]:
+    async def claim(self, job_id: str, limit: int, now: float, owner: str,
+                    only: Collection[str] | None = None) -> list[ClaimedItem]:
+        """``only``: among these item ids (a sample run's)."""
         if limit <= 0:
             return []
-        return await self._run(_op_claim, job_id, limit, now, owner)
+        return await self._run(_op_claim, job_id, limit, now, owner, None if only is None else list(only))
 
     async def claim_next(
         self, job_type: str, limit: int, now: float, owner: str, exclude: Collection[str] = ()
