@@ -28,6 +28,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import trio
 
 from storyloom import hookimpl
+from storyloom.artifacts import Artifact
 from storyloom.errors import UsageError
 from storyloom.job import CRITICAL_WITHIN_S, HIGH_WITHIN_S
 from storyloom.store.opening import mask_url
@@ -39,6 +40,7 @@ from storyloom.store.protocol import (
     AttemptRow,
     ClaimedItem,
     CostTotals,
+    GateRow,
     ItemRow,
     JobExists,
     JobRow,
@@ -58,7 +60,7 @@ SCHEMES = ("postgresql", "postgres")
 #: The newest version of this backend's schema; one row per applied version
 #: sits in the schema's ``storyloom_schema`` table. Bump it with a new entry in
 #: :data:`MIGRATIONS`. Independent of the SQLite backend's numbers.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: Where the tables go when the URL names no ``schema``.
 DEFAULT_SCHEMA = "storyloom"
 DEFAULT_POOL_SIZE = 4
@@ -172,10 +174,73 @@ _INDEXES_1 = (
     "CREATE INDEX attempts_model ON attempts (model)",
 )
 
+# -- version 2: pipelines (dependencies, gates, artifacts; issue 10)
+
+# An item is *blocked* while ``waiting`` (its dependencies not completed yet:
+# rows of deps naming it) is above 0 or ``gate`` (a closed gate's name) is
+# set. Blocked is kept apart from ``held`` (which stays "the job is paused or
+# cancelled", set only with the job's state): the two change in different
+# transactions under different locks, so one flag made of both could race.
+_CLAIMABLE = "state = 'pending' AND NOT held AND waiting = 0 AND gate IS NULL"
+_UNBLOCKED = "state = 'pending' AND waiting = 0 AND gate IS NULL"
+_COLUMNS_2 = (
+    "ALTER TABLE items ADD COLUMN waiting integer NOT NULL DEFAULT 0",
+    "ALTER TABLE items ADD COLUMN gate text",
+)
+_TABLES_2 = (
+    # One row per open dependency: item_id waits on after_id (of the same
+    # job). Deleted when after_id completes; kept when it fails, so that a
+    # requeued item can bring back what it blocked.
+    """CREATE TABLE deps (
+        job_id text COLLATE "C" NOT NULL,
+        after_id text COLLATE "C" NOT NULL,
+        item_id text COLLATE "C" NOT NULL,
+        PRIMARY KEY (job_id, after_id, item_id)
+    )""",
+    """CREATE TABLE gates (
+        name text COLLATE "C" PRIMARY KEY,
+        opened_at double precision
+    )""",
+    # artifact_id: the order they were committed in.
+    """CREATE TABLE artifacts (
+        artifact_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        project_id text COLLATE "C" NOT NULL,
+        kind text COLLATE "C" NOT NULL,
+        key text COLLATE "C" NOT NULL,
+        version integer NOT NULL,
+        content text NOT NULL,
+        job_id text NOT NULL,
+        item_id text NOT NULL,
+        attempt integer NOT NULL,
+        model text,
+        created_at double precision NOT NULL,
+        UNIQUE (project_id, kind, key, version)
+    )""",
+)
+# The queue's partial indexes again, now without blocked items: a claim
+# never meets one, however many wait. Same names, so the statements and
+# tests that name them are unchanged.
+_INDEXES_2 = tuple(f"DROP INDEX {name}" for name in (
+    "items_queue", "items_claim", "items_queue_ready", "items_position")) + (
+    f"CREATE INDEX items_queue ON items (job_type, level, qseq) INCLUDE (not_before, job_id) WHERE {_CLAIMABLE}",
+    f"CREATE INDEX items_claim ON items (job_id, level, seq) INCLUDE (not_before) WHERE {_CLAIMABLE}",
+    # claim of one stage of one job (storyloom run of a pipeline).
+    f"CREATE INDEX items_claim_stage ON items (job_id, job_type, level, seq) INCLUDE (not_before) "
+    f"WHERE {_CLAIMABLE}",
+    f"CREATE INDEX items_queue_ready ON items (job_type, not_before) WHERE {_CLAIMABLE}",
+    f"CREATE INDEX items_position ON items (level, qseq) INCLUDE (job_id) WHERE {_CLAIMABLE}",
+    # next_ready_at: as items_ready, without blocked items.
+    f"CREATE INDEX items_unblocked ON items (job_id, not_before) WHERE {_UNBLOCKED}",
+    "CREATE INDEX items_gate ON items (gate) WHERE gate IS NOT NULL AND state = 'pending'",
+    "CREATE INDEX deps_item ON deps (job_id, item_id)",
+    "CREATE INDEX artifacts_project ON artifacts (project_id, kind, artifact_id)",
+)
+
 #: version -> the statements that bring a store from the version before to it,
 #: run in one transaction. Only ever append.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: _TABLES_1 + _INDEXES_1,
+    2: _COLUMNS_2 + _TABLES_2 + _INDEXES_2,
 }
 
 _VERSION_TABLE = """CREATE TABLE IF NOT EXISTS storyloom_schema (
@@ -194,7 +259,7 @@ _CLAIMED_COLUMNS = ("items.level, items.qseq, items.job_id, items.item_id, items
 _CLAIM = f"""
 WITH picked AS (
     SELECT job_id, item_id FROM items
-    WHERE job_id = %(job_id)s AND state = 'pending' AND NOT held AND not_before <= %(now)s
+    WHERE job_id = %(job_id)s AND {_CLAIMABLE} AND not_before <= %(now)s
         AND (%(only)s::text[] IS NULL OR item_id = ANY (%(only)s::text[]))
     ORDER BY level, seq LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -206,7 +271,7 @@ RETURNING {_CLAIMED_COLUMNS}
 _CLAIM_NEXT = f"""
 WITH picked AS (
     SELECT job_id, item_id FROM items
-    WHERE job_type = %(job_type)s AND state = 'pending' AND NOT held AND not_before <= %(now)s
+    WHERE job_type = %(job_type)s AND {_CLAIMABLE} AND not_before <= %(now)s
         AND job_id <> ALL (%(exclude)s::text[])
     ORDER BY level, qseq LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -215,13 +280,18 @@ UPDATE items SET state = 'running', owner = %(owner)s, started_at = %(now)s
 FROM picked WHERE items.job_id = picked.job_id AND items.item_id = picked.item_id
 RETURNING {_CLAIMED_COLUMNS}
 """
+# The claim of one stage of one job (storyloom run of a pipeline).
+_CLAIM_STAGE = _CLAIM.replace("job_id = %(job_id)s AND", "job_id = %(job_id)s AND job_type = %(job_type)s AND")
 # ORDER BY ... LIMIT 1 rather than MIN(): one step into the index even
 # before the table has statistics (the planner's MIN rewrite needs them).
-_NEXT_READY_AT = """
-SELECT not_before FROM items WHERE job_id = %s AND state = 'pending' ORDER BY not_before LIMIT 1
+_NEXT_READY_AT = f"""
+SELECT not_before FROM items WHERE job_id = %s AND {_UNBLOCKED} ORDER BY not_before LIMIT 1
 """
-_NEXT_QUEUED_AT = """
-SELECT not_before FROM items WHERE job_type = %s AND state = 'pending' AND NOT held ORDER BY not_before LIMIT 1
+_NEXT_STAGE_READY_AT = f"""
+SELECT not_before FROM items WHERE job_id = %s AND job_type = %s AND {_CLAIMABLE} ORDER BY not_before LIMIT 1
+"""
+_NEXT_QUEUED_AT = f"""
+SELECT not_before FROM items WHERE job_type = %s AND {_CLAIMABLE} ORDER BY not_before LIMIT 1
 """
 _PROMOTE_CRITICAL = """
 UPDATE items SET level = 0, level_since = %s WHERE state = 'pending' AND level IN (1, 2, 3) AND deadline < %s
@@ -233,18 +303,18 @@ _AGE = """
 UPDATE items SET level = level - 1, level_since = %s WHERE state = 'pending' AND level IN (2, 3) AND level_since <= %s
 """
 _POSITION = """
-SELECT CASE WHEN item.state = 'pending' AND NOT item.held THEN 1 + (
+SELECT CASE WHEN item.state = 'pending' AND NOT item.held AND item.waiting = 0 AND item.gate IS NULL THEN 1 + (
     SELECT COUNT(*) FROM items AS ahead
-    WHERE ahead.state = 'pending' AND NOT ahead.held AND (ahead.level, ahead.qseq) < (item.level, item.qseq)
+    WHERE ahead.state = 'pending' AND NOT ahead.held AND ahead.waiting = 0 AND ahead.gate IS NULL AND (ahead.level, ahead.qseq) < (item.level, item.qseq)
 ) ELSE -1 END
 FROM items AS item WHERE item.job_id = %s AND item.item_id = %s
 """
-_QUEUED = """
+_QUEUED = f"""
 SELECT job_id, item_id, job_type, level, not_before, deadline FROM items
-WHERE state = 'pending' AND NOT held ORDER BY level, qseq LIMIT %s
+WHERE {_CLAIMABLE} ORDER BY level, qseq LIMIT %s
 """
-_QUEUE_COUNTS = """
-SELECT level, job_id, COUNT(*) FROM items WHERE state = 'pending' AND NOT held GROUP BY level, job_id
+_QUEUE_COUNTS = f"""
+SELECT level, job_id, COUNT(*) FROM items WHERE {_CLAIMABLE} GROUP BY level, job_id
 """
 _LOCK_JOB = "SELECT state FROM jobs WHERE job_id = %s FOR UPDATE"
 _SET_JOB_STATE = "UPDATE jobs SET state = %s, reason = %s, updated_at = %s, runner = %s WHERE job_id = %s"
@@ -254,7 +324,7 @@ UPDATE items SET state = 'skipped', error_kind = NULL, error = %s, owner = NULL
 WHERE job_id = %s AND state IN ('pending', 'running')
 """
 # Children first, for the foreign keys; jobs last, so its rowcount says whether there was one.
-_DELETE_JOB = tuple(f"DELETE FROM {table} WHERE job_id = %s" for table in ("results", "attempts", "items", "jobs"))
+_DELETE_JOB = tuple(f"DELETE FROM {table} WHERE job_id = %s" for table in ("results", "attempts", "deps", "items", "jobs"))
 _SET_DEFINITION = "UPDATE jobs SET definition = %s, updated_at = %s WHERE job_id = %s"
 _RUNNING_OWNERS = "SELECT DISTINCT owner FROM items WHERE job_id = %s AND state = 'running'"
 _RELEASE_OWNER = """
@@ -412,6 +482,87 @@ UPDATE items SET state = 'pending', free_attempts = attempts, first_started_at =
     owner = NULL, held = %s
 WHERE job_id = %s AND state = 'failed' AND (%s::text[] IS NULL OR error_kind = ANY (%s::text[]))
 """
+# -- pipelines
+_DEPENDENCIES = """
+SELECT item_id, state, error FROM items WHERE job_id = %s AND item_id = ANY (%s::text[]) ORDER BY item_id FOR SHARE
+"""
+_INSERT_DEP = "INSERT INTO deps (job_id, after_id, item_id) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING"
+_ADD_GATE = "INSERT INTO gates (name, opened_at) VALUES (%s, NULL) ON CONFLICT DO NOTHING"
+_GATE_OPENED = "SELECT opened_at FROM gates WHERE name = %s FOR SHARE"
+_BLOCK = "UPDATE items SET waiting = %s, gate = %s WHERE job_id = %s AND item_id = %s"
+_SKIP_ONE = """
+UPDATE items SET state = 'skipped', error = %s, error_kind = NULL, owner = NULL
+WHERE job_id = %s AND item_id = %s AND state = 'pending'
+"""
+_SKIP_WAITERS = """
+UPDATE items SET state = 'skipped', error = %s, error_kind = NULL, owner = NULL
+WHERE job_id = %s AND state = 'pending'
+    AND item_id IN (SELECT item_id FROM deps WHERE job_id = %s AND after_id = ANY (%s::text[]))
+RETURNING item_id
+"""
+# Items completed: their deps rows go, and each waiter has that many fewer
+# (one that waited on two of them, two fewer).
+_RELEASE_WAITERS = """
+WITH done AS (
+    DELETE FROM deps USING unnest(%s::text[], %s::text[]) AS d (job_id, after_id)
+    WHERE deps.job_id = d.job_id AND deps.after_id = d.after_id
+    RETURNING deps.job_id, deps.item_id
+), released AS (
+    SELECT job_id, item_id, COUNT(*) AS n FROM done GROUP BY job_id, item_id
+)
+UPDATE items SET waiting = items.waiting - released.n FROM released
+WHERE items.job_id = released.job_id AND items.item_id = released.item_id AND items.state = 'pending'
+"""
+# Every item waiting on old waits on new instead; one that waited on both,
+# on new once (one fewer). old's deps rows go; new's stay or are added.
+_MOVE_DEPS = """
+WITH moved AS (
+    DELETE FROM deps WHERE job_id = %(job_id)s AND after_id = %(old)s AND item_id <> %(new)s
+    RETURNING item_id
+), added AS (
+    INSERT INTO deps (job_id, after_id, item_id) SELECT %(job_id)s, %(new)s, item_id FROM moved
+    ON CONFLICT DO NOTHING RETURNING item_id
+)
+UPDATE items SET waiting = waiting - 1
+WHERE job_id = %(job_id)s AND state = 'pending'
+    AND item_id IN (SELECT item_id FROM moved) AND item_id NOT IN (SELECT item_id FROM added)
+"""
+_FOLLOW_UP_START = """
+SELECT job_type, state, (SELECT COALESCE(MAX(seq), -1) FROM items WHERE job_id = jobs.job_id),
+    (SELECT COALESCE(MAX(qseq), 0) FROM items) FROM jobs WHERE job_id = %s
+"""
+_INSERT_FOLLOW_UP = """
+INSERT INTO items (job_id, item_id, seq, level, state, definition, job_type, qseq, deadline, level_since, held)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (job_id, item_id) DO NOTHING
+"""
+_INSERT_ARTIFACT = """
+INSERT INTO artifacts (project_id, kind, key, version, content, job_id, item_id, attempt, model, created_at)
+SELECT %(project_id)s, %(kind)s, %(key)s, COALESCE(MAX(version), 0) + 1, %(content)s, %(job_id)s, %(item_id)s,
+    %(attempt)s, %(model)s, %(created_at)s
+FROM artifacts WHERE project_id = %(project_id)s AND kind = %(kind)s AND key = %(key)s
+"""
+_OPEN_GATE = """
+INSERT INTO gates (name, opened_at) VALUES (%s, %s)
+ON CONFLICT (name) DO UPDATE SET opened_at = COALESCE(gates.opened_at, EXCLUDED.opened_at)
+"""
+_UNGATE = "UPDATE items SET gate = NULL WHERE gate = %s AND state = 'pending'"
+_GATES = """
+SELECT name, opened_at, (SELECT COUNT(*) FROM items WHERE items.gate = gates.name AND items.state = 'pending')
+FROM gates ORDER BY name
+"""
+_ARTIFACTS = """
+SELECT project_id, kind, key, content, version, job_id, item_id, attempt, model, created_at FROM artifacts
+WHERE project_id = %s AND (%s::text[] IS NULL OR kind = ANY (%s::text[])) ORDER BY artifact_id
+"""
+_UNBLOCK_CASCADED = """
+WITH back AS (
+    SELECT item_id FROM items WHERE job_id = %(job_id)s AND state = 'skipped' AND error = ANY (%(reasons)s::text[])
+)
+UPDATE items SET state = 'pending', error = NULL, owner = NULL, not_before = 0, held = %(held)s,
+    waiting = (SELECT COUNT(*) FROM deps WHERE deps.job_id = items.job_id AND deps.item_id = items.item_id),
+    gate = CASE WHEN gate IN (SELECT name FROM gates WHERE opened_at IS NOT NULL) THEN NULL ELSE gate END
+WHERE job_id = %(job_id)s AND item_id IN (SELECT item_id FROM back)
+"""
 _COPY_ITEMS = """
 COPY items (job_id, item_id, seq, level, state, definition, job_type, qseq, deadline, level_since, held)
 FROM STDIN (FORMAT BINARY)
@@ -494,7 +645,8 @@ def _op_add_job(cur: "psycopg.Cursor", job: JobRow, items: Sequence[NewItem]) ->
         copy.set_types(_COPY_TYPES)  # binary: no text parsing on either side
         for seq, item in enumerate(items):
             copy.write_row((job.job_id, item.item_id, seq, int(item.level), item.state, _dumps(item.definition),
-                            job.job_type, last + 1 + seq, item.deadline, now, held))
+                            item.job_type or job.job_type, last + 1 + seq, item.deadline, now, held))
+    _link(cur, job.job_id, items)
 
 
 def _op_get_job(cur: "psycopg.Cursor", job_id: str) -> JobRow | None:
@@ -573,8 +725,9 @@ def _op_release_items(cur: "psycopg.Cursor", job_id: str, owner: str, item_ids: 
 
 
 def _op_claim(cur: "psycopg.Cursor", job_id: str, limit: int, now: float, owner: str,
-              only: list[str] | None) -> list[ClaimedItem]:
-    cur.execute(_CLAIM, {"job_id": job_id, "now": now, "limit": limit, "owner": owner, "only": only})
+              only: list[str] | None, job_type: str | None = None) -> list[ClaimedItem]:
+    cur.execute(_CLAIM if job_type is None else _CLAIM_STAGE,
+                {"job_id": job_id, "now": now, "limit": limit, "owner": owner, "only": only, "job_type": job_type})
     return _claimed(cur.fetchall())
 
 
@@ -641,7 +794,9 @@ def _op_record(cur: "psycopg.Cursor", records: Sequence[AttemptRecord], owner: s
     } for rec in records]
     # Starts first, as one group: an outcome in the same batch is a later moment.
     starts_applied = _applied(cur, _RECORD_START, _BATCH_START, starts, owner)
-    return _applied(cur, _RECORD_OUTCOME, _BATCH_OUTCOME, outcomes, owner) + starts_applied
+    applied = _applied(cur, _RECORD_OUTCOME, _BATCH_OUTCOME, outcomes, owner)
+    _pipeline_steps(cur, [rec for rec, ok in zip(records, applied) if ok])
+    return applied + starts_applied
 
 
 #: A batch at least this long goes as arrays in one statement; a single row
@@ -727,13 +882,181 @@ def _op_requeue_failed(cur: "psycopg.Cursor", job_id: str, kinds: list[str] | No
     row = cur.fetchone()
     if row is None:
         raise KeyError(job_id)
-    cur.execute(_REQUEUE_FAILED, (row[0] in HELD_JOB_STATES, job_id, kinds, kinds))
+    held = row[0] in HELD_JOB_STATES
+    cur.execute(_REQUEUE_FAILED + " RETURNING item_id", (held, job_id, kinds, kinds))
+    requeued = [item_id for (item_id,) in cur.fetchall()]
+    if requeued:
+        _unblock_cascaded(cur, job_id, requeued, held)
+    return len(requeued)
+
+
+def _op_open_gate(cur: "psycopg.Cursor", name: str, now: float) -> int:
+    # The upsert locks the gate's row: a transaction linking an item to it
+    # (_link, FOR SHARE) either saw it open or committed before this update.
+    cur.execute(_OPEN_GATE, (name, now))
+    cur.execute(_UNGATE, (name,))
     return cur.rowcount
+
+
+def _op_gates(cur: "psycopg.Cursor") -> list[GateRow]:
+    cur.execute(_GATES)
+    return [GateRow(*row) for row in cur.fetchall()]
+
+
+def _op_artifacts(cur: "psycopg.Cursor", project_id: str, kinds: list[str] | None) -> list[Artifact]:
+    cur.execute(_ARTIFACTS, (project_id, kinds, kinds))
+    return [Artifact(pid, kind, key, json.loads(content), version=version, job_id=job_id, item_id=item_id,
+                     attempt=attempt, model=model, created_at=created_at)
+            for pid, kind, key, content, version, job_id, item_id, attempt, model, created_at in cur.fetchall()]
+
+
+# -- pipelines, inside the caller's transaction
+
+
+def _check_new_items(items: Sequence[NewItem]) -> None:
+    for item in items:
+        if item.state not in NEW_ITEM_STATES:
+            raise ValueError(f"item {item.item_id!r}: state must be pending or skipped, not {item.state!r}")
+        if item.item_id in item.after:
+            raise ValueError(f"item {item.item_id!r} waits on itself")
+
+
+def _artifact_json(item_id: str, artifact: Artifact) -> str:
+    for name in ("project_id", "kind"):
+        value = getattr(artifact, name)
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"item {item_id!r}: an artifact's {name} must be a non-empty string, not {value!r}")
+    if not isinstance(artifact.key, str):
+        raise ValueError(f"item {item_id!r}: an artifact's key must be a string, not {artifact.key!r}")
+    try:
+        return _encode(artifact.content)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"item {item_id!r}: artifact {artifact.kind}/{artifact.key} is not JSON: {exc}") from None
+
+
+def _link(cur: "psycopg.Cursor", job_id: str, items: Sequence[NewItem]) -> None:
+    """Store the dependencies and gates of items just inserted, and skip
+    those that wait on an item already failed or skipped.
+
+    The items waited on are read FOR SHARE: one completing or failing in
+    another transaction either did so before (and this sees it) or waits
+    for this one, and then its release or cascade meets the new deps rows."""
+    ended: list[tuple[str, str]] = []  # (item, why it is skipped)
+    for item in items:
+        if item.state != "pending" or not (item.after or item.gate is not None):
+            continue
+        after = list(dict.fromkeys(item.after))
+        found: list[tuple] = []
+        if after:
+            cur.execute(_DEPENDENCIES, (job_id, after))
+            found = cur.fetchall()
+        states = {found_id: state for found_id, state, _error in found}
+        waits_on = [a for a in after if states.get(a) != "completed"]
+        if waits_on:
+            cur.executemany(_INSERT_DEP, [(job_id, a, item.item_id) for a in waits_on])
+        gate = None
+        if item.gate is not None:
+            cur.execute(_ADD_GATE, (item.gate,))
+            cur.execute(_GATE_OPENED, (item.gate,))
+            (opened,) = cur.fetchone()
+            gate = item.gate if opened is None else None
+        cur.execute(_BLOCK, (len(waits_on), gate, job_id, item.item_id))
+        dead = next(((a, state, error) for a in after for found_id, state, error in found
+                     if found_id == a and state in ("failed", "skipped")), None)
+        if dead is not None:
+            # Behind an item a cascade skipped: the same reason, naming the first to end.
+            name, state, error = dead
+            cascaded = state == "skipped" and error is not None and error.startswith("blocked: ")
+            ended.append((item.item_id, error if cascaded else f"blocked: {name} {state}"))
+    for item_id, reason in ended:
+        _skip(cur, job_id, item_id, reason)
+
+
+def _skip(cur: "psycopg.Cursor", job_id: str, item_id: str, reason: str) -> None:
+    """Skip a pending item that can never run, and what waits on it."""
+    cur.execute(_SKIP_ONE, (_text(reason), job_id, item_id))
+    if cur.rowcount:
+        _cascade(cur, job_id, item_id, reason)
+
+
+def _cascade(cur: "psycopg.Cursor", job_id: str, item_id: str, reason: str) -> None:
+    """``item_id`` ended failed or skipped: every pending item waiting on it,
+    transitively, is skipped with ``reason`` (naming the first to end)."""
+    frontier = [item_id]
+    while frontier:
+        cur.execute(_SKIP_WAITERS, (_text(reason), job_id, job_id, frontier))
+        frontier = [waiter for (waiter,) in cur.fetchall()]
+
+
+def _pipeline_steps(cur: "psycopg.Cursor", records: Sequence[AttemptRecord]) -> None:
+    """What the applied ``records`` do to their jobs' pipelines, in order:
+    follow-ups (before any release, so that one taking its item over
+    catches the waiters) and artifacts, the cascades of failed and skipped
+    items, then one statement that releases the waiters of every completed one."""
+    completed = []
+    for rec in records:
+        if rec.state == "completed":
+            if rec.follow_ups:
+                _add_follow_ups(cur, rec.job_id, rec.follow_ups)
+            for artifact in rec.artifacts:
+                # Versions of one key are numbered one at a time, in any process.
+                cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                            (_ARTIFACT_LOCK, _encode([artifact.project_id, artifact.kind, artifact.key])))
+                cur.execute(_INSERT_ARTIFACT, {
+                    "project_id": artifact.project_id, "kind": artifact.kind, "key": artifact.key,
+                    "content": _artifact_json(rec.item_id, artifact), "job_id": rec.job_id,
+                    "item_id": rec.item_id, "attempt": rec.attempt, "model": rec.model,
+                    "created_at": rec.finished_at})
+            completed.append(rec)
+        elif rec.state in ("failed", "skipped"):
+            _cascade(cur, rec.job_id, rec.item_id, f"blocked: {rec.item_id} {rec.state}")
+    if completed:
+        cur.execute(_RELEASE_WAITERS, ([rec.job_id for rec in completed], [rec.item_id for rec in completed]))
+
+
+def _add_follow_ups(cur: "psycopg.Cursor", job_id: str, items: Sequence[NewItem]) -> None:
+    """Insert the follow-ups the job does not hold yet, link them, and move
+    the waiters of the items they take over onto them."""
+    cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SUBMIT_LOCK,))  # qseq: after everything submitted
+    cur.execute(_FOLLOW_UP_START, (job_id,))
+    job_type, state, seq, qseq = cur.fetchone()
+    held = state in HELD_JOB_STATES
+    now = time.time()
+    inserted = []
+    for item in items:
+        seq += 1
+        qseq += 1
+        cur.execute(_INSERT_FOLLOW_UP, (job_id, item.item_id, seq, int(item.level), item.state,
+                                        _dumps(item.definition), item.job_type or job_type, qseq, item.deadline,
+                                        now, held))
+        if cur.rowcount == 1:
+            inserted.append(item)
+    _link(cur, job_id, inserted)
+    for item in inserted:
+        if item.takes_over is not None and item.takes_over != item.item_id:
+            _take_over(cur, job_id, item.item_id, item.takes_over)
+
+
+def _take_over(cur: "psycopg.Cursor", job_id: str, new_id: str, old_id: str) -> None:
+    """Every pending item waiting on ``old_id`` waits on ``new_id`` instead."""
+    cur.execute(_MOVE_DEPS, {"job_id": job_id, "old": old_id, "new": new_id})
+    cur.execute("SELECT state, error FROM items WHERE job_id = %s AND item_id = %s", (job_id, new_id))
+    state, error = cur.fetchone()
+    if state == "skipped":  # the new item can never run: neither can they
+        _cascade(cur, job_id, new_id, error or f"blocked: {new_id} skipped")
+
+
+def _unblock_cascaded(cur: "psycopg.Cursor", job_id: str, requeued: list[str], held: bool) -> None:
+    """Items skipped because a requeued item failed are pending again, waiting as before."""
+    cur.execute(_UNBLOCK_CASCADED, {"held": held, "job_id": job_id,
+                                    "reasons": [f"blocked: {item_id} failed" for item_id in requeued]})
 
 
 #: pg_advisory_xact_lock keys: one per purpose, the same in every process.
 _SUBMIT_LOCK = 0x5354_4C4D_0001  # "STLM" 1: add_job's qseq
 _MIGRATE_LOCK = 0x5354_4C4D_0002  # "STLM" 2: creating or migrating a schema
+#: The first key of the two-key (int4, int4) locks of artifact versions, a space of its own.
+_ARTIFACT_LOCK = 0x5354_4C4D
 
 
 class PostgresStore:
@@ -785,9 +1108,7 @@ class PostgresStore:
 
         if job.state not in JOB_STATES:
             raise ValueError(f"unknown job state {job.state!r}")
-        for item in items:
-            if item.state not in NEW_ITEM_STATES:
-                raise ValueError(f"item {item.item_id!r}: state must be pending or skipped, not {item.state!r}")
+        _check_new_items(items)
         try:
             await self._run(_op_add_job, job, list(items))
         except errors.UniqueViolation as exc:
@@ -833,11 +1154,12 @@ class PostgresStore:
         return await self._run(_op_release_items, job_id, owner, list(item_ids))
 
     async def claim(self, job_id: str, limit: int, now: float, owner: str,
-                    only: Collection[str] | None = None) -> list[ClaimedItem]:
-        """``only``: among these item ids (a sample run's)."""
+                    only: Collection[str] | None = None, job_type: str | None = None) -> list[ClaimedItem]:
+        """``only``: among these item ids (a sample run's); ``job_type``: of that stage only."""
         if limit <= 0:
             return []
-        return await self._run(_op_claim, job_id, limit, now, owner, None if only is None else list(only))
+        return await self._run(_op_claim, job_id, limit, now, owner, None if only is None else list(only),
+                               job_type)
 
     async def claim_next(
         self, job_type: str, limit: int, now: float, owner: str, exclude: Collection[str] = ()
@@ -846,7 +1168,9 @@ class PostgresStore:
             return []
         return await self._run(_op_claim_next, job_type, limit, now, owner, list(exclude))
 
-    async def next_ready_at(self, job_id: str) -> float | None:
+    async def next_ready_at(self, job_id: str, job_type: str | None = None) -> float | None:
+        if job_type is not None:
+            return await self._run(_op_scalar, _NEXT_STAGE_READY_AT, (job_id, job_type))
         return await self._run(_op_scalar, _NEXT_READY_AT, (job_id,))
 
     async def next_queued_at(self, job_type: str) -> float | None:
@@ -872,6 +1196,11 @@ class PostgresStore:
         for rec in records:
             if rec.state not in RECORD_STATES:
                 raise ValueError(f"item {rec.item_id!r}: cannot record state {rec.state!r}")
+            if (rec.follow_ups or rec.artifacts) and rec.state != "completed":
+                raise ValueError(f"item {rec.item_id!r}: follow-ups and artifacts come only with a completion")
+            _check_new_items(rec.follow_ups)
+            for artifact in rec.artifacts:
+                _artifact_json(rec.item_id, artifact)  # a bad one: ValueError before anything is written
         return await self._run(_op_record, list(records), owner, list(started))
 
     # -- reading
@@ -900,6 +1229,20 @@ class PostgresStore:
 
     async def requeue_failed(self, job_id: str, kinds: Collection[str] | None = None) -> int:
         return await self._run(_op_requeue_failed, job_id, None if kinds is None else list(kinds))
+
+    # -- pipelines
+
+    async def open_gate(self, name: str) -> int:
+        """Open the gate (created open if unknown) and unblock its pending
+        items that wait on nothing else; returns how many it blocked."""
+        return await self._run(_op_open_gate, name, time.time())
+
+    async def gates(self) -> list[GateRow]:
+        return await self._run(_op_gates)
+
+    async def artifacts(self, project_id: str, kinds: Collection[str] | None = None) -> list[Artifact]:
+        """Every version, in the order committed."""
+        return await self._run(_op_artifacts, project_id, None if kinds is None else list(kinds))
 
     async def aclose(self) -> None:
         """Close the pool (idempotent)."""
