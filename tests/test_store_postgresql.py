@@ -23,6 +23,7 @@ from storyloom.cli import main
 from storyloom.errors import UsageError
 from storyloom.plugins.stores import postgresql as pg
 from storyloom.settings import Settings
+from storyloom.store.protocol import NewItem
 from storyloom.store import StoreNotFound, StoreUnavailable, StoreVersionError, open_store_url
 from pgserver import pg_store_url
 from store_conformance import JOB, NOW, OWNER, OTHER, STORES, job_row, new_items
@@ -326,12 +327,78 @@ def test_claims_walk_the_queue_index(pg_url, postgres_database):
         conn.execute("ANALYZE items")
         params = {"job_type": "chapter", "now": NOW, "limit": 8, "owner": OWNER, "exclude": [], "job_id": JOB, "only": None}
         plans = {name: "\n".join(row[0] for row in conn.execute("EXPLAIN " + sql, params))
-                 for name, sql in (("claim_next", pg._CLAIM_NEXT), ("claim", pg._CLAIM))}
+                 for name, sql in (("claim_next", pg._CLAIM_NEXT), ("claim", pg._CLAIM),
+                                   ("claim_stage", pg._CLAIM_STAGE))}
         conn.rollback()
     assert "Index Scan using items_queue on items" in plans["claim_next"], plans["claim_next"]
     assert "Index Scan using items_claim on items" in plans["claim"], plans["claim"]
+    assert "Index Scan using items_claim_stage on items" in plans["claim_stage"], plans["claim_stage"]
     for plan in plans.values():
         assert "LockRows" in plan and "Sort" not in plan.split("LockRows")[1], plan  # in index order, no sort
+
+
+def test_a_claim_walks_past_no_blocked_item(pg_url, postgres_database):
+    """The claim indexes hold only claimable items: 500 items ahead of the
+    one ready item, waiting on one not done (or on a closed gate), are not
+    met, let alone filtered out, by any claim's walk."""
+    async def fill():
+        store = await open_url(pg_url)
+        try:
+            await store.add_job(job_row(), [
+                *(NewItem(f"w{n:03d}", 2, "pending", {}, after=("last",)) for n in range(250)),
+                *(NewItem(f"g{n:03d}", 2, "pending", {}, gate="proj:outline") for n in range(250)),
+                *new_items("last")])
+        finally:
+            await store.aclose()
+
+    trio.run(fill)
+    schema = pg.parse_url(pg_url).schema
+    params = {"job_type": "chapter", "now": NOW, "limit": 1, "owner": OWNER, "exclude": [], "job_id": JOB,
+              "only": None}
+    with psycopg.connect(postgres_database) as conn:
+        conn.execute(f'SET search_path TO "{schema}"')
+        conn.execute("ANALYZE items")
+        conn.commit()  # a rollback below would undo the SET
+        for sql in (pg._CLAIM, pg._CLAIM_STAGE, pg._CLAIM_NEXT):
+            plan = "\n".join(row[0] for row in conn.execute("EXPLAIN (ANALYZE, BUFFERS OFF) " + sql, params))
+            assert "Index Scan using items_" in plan and "Rows Removed by Filter" not in plan, plan
+            assert "rows=1 loops=1" in plan.split("LockRows")[1], plan  # one row read: the ready one
+            conn.rollback()  # EXPLAIN ANALYZE ran the claim
+
+
+def test_a_version_1_store_migrates_to_pipelines(postgres_database):
+    """A store written before pipelines (version 1) opens as version 2: its
+    items keep their state and order and nothing waits; new pipeline jobs work."""
+    url = pg_store_url(postgres_database)
+    schema = pg.parse_url(url).schema
+    with psycopg.connect(postgres_database) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+        conn.execute(f'SET search_path TO "{schema}"')
+        conn.execute(pg._VERSION_TABLE)
+        for statement in pg.MIGRATIONS[1]:
+            conn.execute(statement)
+        conn.execute("INSERT INTO storyloom_schema (version) VALUES (1)")
+        conn.execute("INSERT INTO jobs (job_id, job_type, state, definition, created_at, updated_at) "
+                     "VALUES (%s, 'chapter', 'pending', '{}', 1, 1)", (JOB,))
+        for seq, item_id in enumerate(("b", "a")):
+            conn.execute("INSERT INTO items (job_id, item_id, seq, level, state, definition, job_type, qseq, "
+                         "level_since) VALUES (%s, %s, %s, 2, 'pending', '{}', 'chapter', %s, 1)",
+                         (JOB, item_id, seq, seq + 1))
+
+    async def use():
+        store = await open_url(url, create=False)
+        try:
+            assert [c.item_id for c in await store.claim(JOB, 5, NOW, OWNER)] == ["b", "a"]
+            await store.add_job(job_row("pipe"), [*new_items("x"), NewItem("y", 2, "pending", {}, after=("x",))])
+            assert [c.item_id for c in await store.claim("pipe", 5, NOW, OWNER)] == ["x"]
+            assert await store.gates() == [] and await store.artifacts("p") == []
+        finally:
+            await store.aclose()
+
+    trio.run(use)
+    with psycopg.connect(postgres_database) as conn:
+        rows = conn.execute(f'SELECT version FROM "{schema}".storyloom_schema ORDER BY version').fetchall()
+    assert rows == [(1,), (2,)]
 
 
 # -- the test fixture itself: no server means skipped with the reason, or failed when required
