@@ -4,6 +4,11 @@ zero latency and the durable SQLite store (WAL, synchronous=NORMAL).
     .venv/bin/python bench/overhead.py            # N = 10,000 and 100,000
     .venv/bin/python bench/overhead.py 20000      # one N
     .venv/bin/python bench/overhead.py --outputs 10000   # with a result file per item
+    .venv/bin/python bench/overhead.py --store postgresql://postgres@127.0.0.1/postgres 10000
+
+``--store URL`` runs on that store instead of a fresh SQLite folder; a
+``postgresql`` URL gets a fresh schema of its own for each N (``schema=``
+added, dropped after), so runs never see each other's items.
 
 Each N runs in a fresh process so peak RSS is its own. Prints items/s for the
 run (dispatch to last commit; loading and storing the job are timed apart)
@@ -46,7 +51,25 @@ def job_yaml(n: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def one(n: int, outputs: bool = False) -> dict:
+def fresh_store(url: str | None) -> tuple[str | None, object]:
+    """(the URL to run on, a function that removes what the run stored)."""
+    if not url or not url.startswith(("postgresql:", "postgres:")):
+        return url, lambda: None
+    import secrets
+
+    import psycopg
+
+    schema = f"bench_{secrets.token_hex(4)}"
+    base = url.split("?", 1)[0]
+
+    def drop() -> None:
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+    return f"{url}{'&' if '?' in url else '?'}schema={schema}", drop
+
+
+def one(n: int, outputs: bool = False, store_url: str | None = None) -> dict:
     from storyloom.api import add_job
     from storyloom.config import Options, make_config
     from storyloom.kernel import Worker
@@ -55,8 +78,9 @@ def one(n: int, outputs: bool = False) -> dict:
     folder = Path(tempfile.mkdtemp(prefix="storyloom-bench-"))
     (folder / "storyloom.yaml").write_text(SETTINGS)
     (folder / "job.yaml").write_text(job_yaml(n))
+    store_url, drop = fresh_store(store_url)
     options = Options(state_dir=str(folder / "state"), out_dir=str(folder / "out"), quiet=True,
-                      plugins=() if outputs else ("no:outputs",), autoload=False)
+                      plugins=() if outputs else ("no:outputs",), autoload=False, store=store_url)
 
     async def main() -> dict:
         t0 = time.perf_counter()
@@ -80,22 +104,31 @@ def one(n: int, outputs: bool = False) -> dict:
                 "run_cpu_s": round(c2 - c1, 2),
                 "items_per_s": round(n / (t2 - t1)), "status": summary.status}
 
-    result = trio.run(main)
+    try:
+        result = trio.run(main)
+    finally:
+        drop()
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return result
 
 
 def main() -> None:
-    if len(sys.argv) > 2 and sys.argv[1] == "--one":
-        print(json.dumps(one(int(sys.argv[2]), outputs="--outputs" in sys.argv[3:])))
-        return
     args = sys.argv[1:]
+    store: list[str] = []
+    if "--store" in args:
+        at = args.index("--store")
+        store = args[at:at + 2]
+        del args[at:at + 2]
     outputs = "--outputs" in args
-    sizes = [int(a) for a in args if a != "--outputs"] or [10_000, 100_000]
+    args = [a for a in args if a != "--outputs"]
+    if len(args) > 1 and args[0] == "--one":
+        print(json.dumps(one(int(args[1]), outputs, store[1] if store else None)))
+        return
+    sizes = [int(a) for a in args] or [10_000, 100_000]
     print(f"{'N':>8} {'items/s':>9} {'run s':>7} {'run CPU s':>10} {'load+store s':>13} {'peak RSS MB':>12}"
           + ("  (result files written)" if outputs else ""))
     for n in sizes:
-        out = subprocess.run([sys.executable, __file__, "--one", str(n), *(["--outputs"] if outputs else [])],
+        out = subprocess.run([sys.executable, __file__, "--one", str(n), *(["--outputs"] if outputs else []), *store],
                              capture_output=True, text=True,
                              env={**os.environ, "STORYLOOM_DISABLE_PLUGIN_AUTOLOAD": "1"})
         if out.returncode:

@@ -335,8 +335,12 @@ class Worker:
                     return
                 ready_at = await store.next_ready_at(only.job_id, job_type=stage) if stage \
                     else await store.next_ready_at(only.job_id)
-                if ready_at is None and only.in_flight == 0 and (
-                        not stage or await store.next_ready_at(only.job_id) is None):
+                # Not while another stage's dispatcher is claiming: the items it
+                # claimed are running in the store but not yet in in_flight
+                # (a store that runs claims in a thread yields meanwhile).
+                if ready_at is None and only.in_flight == 0 and not self._claiming and (
+                        not stage or await store.next_ready_at(only.job_id) is None) and (
+                        only.in_flight == 0 and not self._claiming):  # again: that await yielded
                     elsewhere = await self.leased_elsewhere([only.job_id])
                     if elsewhere is None:
                         return  # nothing pending, nothing running anywhere: done

@@ -86,7 +86,8 @@ def test_artifacts_are_stored_with_provenance_and_read_as_context(loom):
     assert all(context is None for job_type, _i, context in pipeline.LOG if job_type != "pipe_write")
 
 
-def test_a_failed_qc_makes_a_rewrite_that_takes_over_its_waiters(loom):
+def test_a_failed_qc_makes_a_rewrite_that_takes_over_its_waiters(loom_each_store):
+    loom = loom_each_store  # on SQLite, then on PostgreSQL
     loom.write("storyloom.yaml", SETTINGS)
     result = loom.run(book_job("b1", fields="chapters: 3, fail_qc: [2]"), plugins=PLUGINS)
     assert result.summary.status == "completed"
@@ -144,7 +145,8 @@ def test_retry_failed_brings_a_blocked_pipeline_back(loom):
     assert len(items) == 1 + 3 + 3 + 1
 
 
-def test_a_gate_holds_its_items_until_opened_and_the_job_ends_paused(loom):
+def test_a_gate_holds_its_items_until_opened_and_the_job_ends_paused(loom_each_store):
+    loom = loom_each_store  # on SQLite, then on PostgreSQL
     loom.write("storyloom.yaml", SETTINGS)
     result = loom.run(book_job("b1", fields="chapters: 2, gate: 'b1:outline'"), plugins=PLUGINS)
     assert result.summary.status == "paused"
