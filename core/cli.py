@@ -71,7 +71,8 @@ def _common_options(parser: argparse.ArgumentParser, prefix: str = "") -> None:
     parser.add_argument("-p", dest=prefix + "plugins", action="append", metavar="NAME",
                         help="load plugin module NAME; -p no:NAME blocks a plugin")
     parser.add_argument("--store", dest=prefix + "store", metavar="URL",
-                        help="which store: sqlite:///abs/folder, sqlite:relative/folder or a plugin's scheme "
+                        help="which store: sqlite:///abs/folder, sqlite:relative/folder, postgresql://user@host/db "
+                             "or another plugin's scheme "
                              "(default $STORYLOOM_STORE, else store: in the settings, else sqlite in the state folder)")
     parser.add_argument("--state-dir", dest=prefix + "state_dir", metavar="DIR",
                         help="where the store lives (default $STORYLOOM_HOME, else the .storyloom beside the "

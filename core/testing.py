@@ -79,10 +79,14 @@ class WorkResult:
 
 
 class Loom:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, store_url: str | None = None) -> None:
         self.path = path
         self.state_dir = path / ".storyloom"
         self.out_dir = path / "storyloom-out"
+        #: The store every run, read and command of this folder uses (``--store``):
+        #: None is the default, SQLite in :attr:`state_dir`. Set it to run the same
+        #: test on another backend (``loom.store_url = "postgresql://..."``).
+        self.store_url = store_url
 
     def write(self, name: str, text: str) -> Path:
         target = self.path / name
@@ -93,6 +97,8 @@ class Loom:
     def options(self, **overrides: Any) -> Options:
         base: dict[str, Any] = dict(state_dir=str(self.state_dir), out_dir=str(self.out_dir), quiet=True,
                                     autoload=False)
+        if self.store_url is not None:
+            base["store"] = self.store_url
         base.update(overrides)
         return Options(**base)
 

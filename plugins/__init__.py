@@ -22,6 +22,7 @@ DEFAULT_PLUGINS = {
     "failure_policy": "storyloom.plugins.failure_policy",
     "reports": "storyloom.plugins.reports",
     "sqlite": "storyloom.plugins.stores.sqlite",
+    "postgresql": "storyloom.plugins.stores.postgresql",
 }
 #: Without these the kernel cannot dispatch at all (nor run without a store),
 #: so ``-p no:`` cannot block them.

@@ -3,7 +3,31 @@
 ``loom`` (a scratch studio folder that runs jobs) comes from storyloom's own
 pytest plugin, ``storyloom.testing``; ``fake_provider`` (real HTTP on
 127.0.0.1 speaking the OpenAI, Anthropic and Gemini formats) from
-``tests/fakeprovider.py``.
+``tests/fakeprovider.py``; ``postgres_database`` and ``pg_url`` (a fresh
+database per session on a real PostgreSQL server, an empty store per test)
+from ``tests/pgserver.py``; ``store_url`` and ``loom_each_store`` run a test
+on each bundled backend.
 """
 
 from fakeprovider import fake_provider  # noqa: F401
+from pgserver import pg_admin, pg_url, postgres_database  # noqa: F401
+
+import pytest
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request):
+    """Each bundled backend in turn: None (the default, SQLite in the state
+    folder), then the URL of an empty PostgreSQL store (skipped with the
+    reason when no server answers)."""
+    return None if request.param == "sqlite" else request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def loom_each_store(loom, store_url):
+    """``loom``, once on each bundled backend: an end-to-end test that takes
+    it runs twice."""
+    loom.store_url = store_url
+    yield loom
+    if store_url is not None:  # it really ran on the other backend
+        assert not (loom.state_dir / "storyloom.db").exists()

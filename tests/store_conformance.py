@@ -6,7 +6,8 @@ Not collected on its own (the name does not start with ``test_``):
 through ``loom_register_stores`` (:data:`BACKENDS`), so each test runs once per
 backend. A backend is opened through the registry, from the URL
 :data:`TEST_URLS` gives for a fresh, empty store; a backend with no test URL
-(a PostgreSQL one without ``$STORYLOOM_TEST_POSTGRES``, say) is skipped.
+is skipped, and so is PostgreSQL when no server answers (unless
+``STORYLOOM_REQUIRE_POSTGRES=1``).
 
 Tests are sync functions wrapped by :func:`trio_test`, which opens the store
 and runs the async body inside one ``trio.run`` (the project does not use
@@ -50,14 +51,27 @@ DAY = 24 * 3600.0
 
 #: Every registered store backend (URL scheme -> opener), bundled and entry-point ones.
 STORES = collect(make_plugin_manager()).stores
-BACKENDS = sorted(STORES)
 
-#: scheme -> URL of a fresh, empty store under the test's tmp_path (None: skip the backend).
-TEST_URLS: dict[str, Callable[[Path], str | None]] = {
-    "sqlite": lambda tmp_path: f"sqlite://{tmp_path / 'state'}",
-    # A networked backend names a throwaway database, e.g. (with a fresh schema per test)
-    # "postgresql": lambda tmp_path: os.environ.get("STORYLOOM_TEST_POSTGRES"),
+#: scheme -> URL of a fresh, empty store, given the test's request and
+#: tmp_path (None: skip the backend). PostgreSQL: a fresh schema in the
+#: session's database (``tests/pgserver.py``; skipped, with the reason, if no
+#: server answers).
+TEST_URLS: dict[str, Callable[[pytest.FixtureRequest, Path], str | None]] = {
+    "sqlite": lambda request, tmp_path: f"sqlite://{tmp_path / 'state'}",
+    "postgresql": lambda request, tmp_path: request.getfixturevalue("pg_url"),
 }
+
+
+def _one_scheme_per_backend(stores: dict[str, Any]) -> list[str]:
+    """One scheme per opener (``postgres`` is ``postgresql`` again), the one with a test URL if any."""
+    chosen: dict[Any, str] = {}
+    for scheme in sorted(stores):
+        if stores[scheme] not in chosen or scheme in TEST_URLS:
+            chosen[stores[scheme]] = scheme
+    return sorted(chosen.values())
+
+
+BACKENDS = _one_scheme_per_backend(STORES)
 
 
 class Backend:
@@ -74,7 +88,7 @@ class Backend:
 @pytest.fixture(params=BACKENDS)
 def store_backend(request, tmp_path) -> Backend:
     """Each registered backend, by scheme."""
-    url = TEST_URLS.get(request.param, lambda _path: None)(tmp_path)
+    url = TEST_URLS.get(request.param, lambda _request, _path: None)(request, tmp_path)
     if url is None:
         pytest.skip(f"no test store configured for the {request.param!r} backend")
     return Backend(request.param, url, tmp_path)

@@ -116,5 +116,5 @@ def test_validate_job_and_describe_plugins(loom):
     path = loom.write("v.yaml", job("v", 2))
     assert len(storyloom.validate_job(path, options=loom.options()).items) == 2
     described = storyloom.describe_plugins(options=loom.options())
-    assert described["registries"]["stores"] == {"sqlite": "sqlite"}
+    assert described["registries"]["stores"] == {"sqlite": "sqlite", "postgresql": "postgresql", "postgres": "postgresql"}
     assert "loom_register_stores" in described["plugins"]["sqlite"]["hooks"]

@@ -60,8 +60,12 @@ def popen(*args: str, cwd: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def project(tmp_path: Path, *, n: int = 6, latency: int = 0, parallel: int = 3, job_id: str = "cli-job") -> Path:
-    (tmp_path / "storyloom.yaml").write_text(SETTINGS.format(latency=latency))
+def project(tmp_path: Path, *, n: int = 6, latency: int = 0, parallel: int = 3, job_id: str = "cli-job",
+            store: str | None = None) -> Path:
+    """A folder with settings and a job; ``store``: a store URL for ``store:``
+    in the settings (None: the default, SQLite in the state folder)."""
+    settings = SETTINGS.format(latency=latency) + (f"store: '{store}'\n" if store else "")
+    (tmp_path / "storyloom.yaml").write_text(settings)
     (tmp_path / "jobs").mkdir(exist_ok=True)
     job = tmp_path / "jobs" / f"{job_id}.yaml"
     job.write_text(JOB.format(job_id=job_id, n=n, parallel=parallel))
@@ -87,6 +91,16 @@ def wait_for_completed(folder: Path, job_id: str, at_least: int, timeout: float 
             pass  # not created yet
         time.sleep(0.05)
     raise AssertionError(f"fewer than {at_least} items completed within {timeout}s")
+
+
+def wait_for_job_state(folder: Path, job_ids: tuple[str, ...], state: str, timeout: float = 30) -> None:
+    async def states(store) -> set[str]:
+        return {(await store.get_job(job_id)).state for job_id in job_ids}
+
+    deadline = time.monotonic() + timeout
+    while read_store(folder, states) != {state}:
+        assert time.monotonic() < deadline, f"{job_ids} not all {state} within {timeout}s"
+        time.sleep(0.05)
 
 
 async def all_counts(store) -> dict[str, int]:
@@ -205,12 +219,13 @@ def test_a_signal_puts_running_items_back_and_exits_130(tmp_path, signum):
 
 
 @pytest.mark.slow
-def test_sigkill_mid_run_then_resume_completes_every_item_exactly_once(tmp_path):
-    project(tmp_path, n=60, latency=100, parallel=6)
+def test_sigkill_mid_run_then_resume_completes_every_item_exactly_once(tmp_path, store_url):
+    project(tmp_path, n=60, latency=100, parallel=6, store=store_url)
     proc = popen("run", "jobs/cli-job.yaml", "-q", cwd=tmp_path)
     wait_for_completed(tmp_path, "cli-job", 10)
     proc.kill()  # SIGKILL: no cleanup at all
     proc.wait(timeout=10)
+    assert (tmp_path / ".storyloom" / "storyloom.db").exists() == (store_url is None)  # the store chosen
     before = read_store(tmp_path, lambda store: store.counts("cli-job"))
     assert before["running"] > 0  # the kill really left work in flight
     assert before["completed"] < 60
@@ -239,9 +254,9 @@ def test_the_seed_job_definition_runs_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_workers_share_the_queue_and_one_finishes_what_a_killed_one_left(tmp_path):
-    project(tmp_path, n=30, latency=100, parallel=3, job_id="first")
-    project(tmp_path, n=30, latency=100, parallel=3, job_id="second")
+def test_two_workers_share_the_queue_and_one_finishes_what_a_killed_one_left(tmp_path, store_url):
+    project(tmp_path, n=30, latency=100, parallel=3, job_id="first", store=store_url)
+    project(tmp_path, n=30, latency=100, parallel=3, job_id="second", store=store_url)
     for job_id in ("first", "second"):
         out = cli("submit", f"jobs/{job_id}.yaml", cwd=tmp_path)
         assert out.returncode == 0 and f"{job_id}: queued, 30 items" in out.stdout, out.stderr
@@ -262,6 +277,9 @@ def test_two_workers_share_the_queue_and_one_finishes_what_a_killed_one_left(tmp
         assert held_by_doomed()  # the kill really left items claimed
         wait_for_completed(tmp_path, "first", 30, timeout=60)
         wait_for_completed(tmp_path, "second", 30, timeout=60)
+        # Every item is done; the job's own end (reports, then its state) follows
+        # a few store calls later: a signal before it would leave it interrupted.
+        wait_for_job_state(tmp_path, ("first", "second"), "completed")
         survivor.send_signal(signal.SIGINT)
         stdout, stderr = survivor.communicate(timeout=30)
         assert survivor.returncode == 130, stdout + stderr

@@ -62,7 +62,8 @@ def scripted_settings(limit: int, latency: float = 0.02) -> str:
     return SCRIPTED.replace("LIMIT", str(limit)).replace("LATENCY", str(latency))
 
 
-def test_work_drains_every_submitted_job_by_level(loom):
+def test_work_drains_every_submitted_job_by_level(loom_each_store):
+    loom = loom_each_store
     loom.write("storyloom.yaml", SETTINGS.replace("max_parallel: 3", "max_parallel: 1"))
     loom.submit(job("low", 3, extra="priority: low\n"), name="low.yaml")
     loom.submit(job("normal", 3), name="normal.yaml")
@@ -183,7 +184,8 @@ def _another_process(loom: Loom, action) -> None:
     loom.read(action)
 
 
-def test_cancel_stops_running_items_and_skips_the_rest(loom):
+def test_cancel_stops_running_items_and_skips_the_rest(loom_each_store):
+    loom = loom_each_store
     scripted.reset()
     loom.write("storyloom.yaml", """
         models:
@@ -207,7 +209,8 @@ def test_cancel_stops_running_items_and_skips_the_rest(loom):
     assert {r.error for r in rows.values()} == {"the editor dropped this book"}
 
 
-def test_pause_from_another_process_then_resume_detached(loom):
+def test_pause_from_another_process_then_resume_detached(loom_each_store):
+    loom = loom_each_store
     loom.write("storyloom.yaml", SETTINGS.replace("latency_ms: 1", "latency_ms: 30"))
     loom.submit(job("held", 30), name="held.yaml")
     starts = Starts()
@@ -229,7 +232,8 @@ def test_pause_from_another_process_then_resume_detached(loom):
 
 
 def main_cli(loom: Loom, *args: str) -> int:
-    return main([*args, "--state-dir", str(loom.state_dir)])
+    store = ["--store", loom.store_url] if loom.store_url else []
+    return main([*args, "--state-dir", str(loom.state_dir), *store])
 
 
 def test_a_job_this_worker_cannot_run_is_paused_with_the_reason(loom, capsys):

@@ -87,10 +87,10 @@ def test_flag_beats_environment_beats_settings_beats_the_default(folder, monkeyp
 
 
 def test_an_unknown_scheme_lists_the_registered_ones_and_masks_the_password(folder, capsys):
-    assert main(["status", "--store", "postgresql://loom:s3cr3t-pw@db.example:5432/studio"]) == 2
+    assert main(["status", "--store", "mysql://loom:s3cr3t-pw@db.example:3306/studio"]) == 2
     err = capsys.readouterr().err
-    assert "unknown store scheme 'postgresql'" in err and "(registered: sqlite)" in err
-    assert "postgresql://loom:***@db.example:5432/studio" in err
+    assert "unknown store scheme 'mysql'" in err and "(registered: postgres, postgresql, sqlite)" in err
+    assert "mysql://loom:***@db.example:3306/studio" in err
     assert "s3cr3t-pw" not in err
 
 
@@ -131,7 +131,7 @@ def test_read_only_commands_create_no_store(folder, capsys, command):
 def test_plugins_lists_the_store_backends(folder, capsys):
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
-    assert "stores: sqlite [sqlite]" in out.splitlines()
+    assert "stores: postgres [postgresql], postgresql [postgresql], sqlite [sqlite]" in out.splitlines()
     assert "    loom_register_stores" in out
 
 

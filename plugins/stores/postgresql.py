@@ -1,0 +1,1138 @@
+"""The bundled ``postgresql`` store backend: the store's tables in one schema of a PostgreSQL database.
+
+Chosen by a ``postgresql://`` (or ``postgres://``) store URL; see
+:func:`parse_url` and docs/store.md "PostgreSQL".
+
+The driver is psycopg 3 in sync mode with a ``psycopg_pool.ConnectionPool``:
+psycopg's async mode and asyncpg both drive the asyncio loop, and the kernel
+runs on trio. So every method runs one transaction in a worker thread
+(``trio.to_thread.run_sync``) under a ``trio.CapacityLimiter`` the size of
+the pool: no task ever waits for a connection while holding a thread.
+
+Each method's transaction is a plain function of a cursor (``_op_*``), and
+each statement a module constant, so that a protocol change touches one
+function here. psycopg is imported only when a store is opened: the CLI of
+a SQLite user does not pay for loading it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable, Collection, Sequence
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import trio
+
+from storyloom import hookimpl
+from storyloom.errors import UsageError
+from storyloom.job import CRITICAL_WITHIN_S, HIGH_WITHIN_S
+from storyloom.store.opening import mask_url
+from storyloom.store.protocol import (
+    HELD_JOB_STATES,
+    ITEM_STATES,
+    JOB_STATES,
+    AttemptRecord,
+    AttemptRow,
+    ClaimedItem,
+    CostTotals,
+    ItemRow,
+    JobExists,
+    JobRow,
+    NewItem,
+    QueuedRow,
+    RunningRow,
+    StartRecord,
+    StoreNotFound,
+    StoreUnavailable,
+    StoreVersionError,
+)
+
+if TYPE_CHECKING:
+    import psycopg
+
+SCHEMES = ("postgresql", "postgres")
+#: The newest version of this backend's schema; one row per applied version
+#: sits in the schema's ``storyloom_schema`` table. Bump it with a new entry in
+#: :data:`MIGRATIONS`. Independent of the SQLite backend's numbers.
+SCHEMA_VERSION = 1
+#: Where the tables go when the URL names no ``schema``.
+DEFAULT_SCHEMA = "storyloom"
+DEFAULT_POOL_SIZE = 4
+MAX_POOL_SIZE = 64
+#: Seconds to wait for a connection (libpq ``connect_timeout``, unless the URL sets one).
+CONNECT_TIMEOUT_S = 10
+#: Seconds a call waits for a free pooled connection (or a lost one to come back).
+POOL_TIMEOUT_S = 30.0
+#: Times a transaction is run again after PostgreSQL aborted it for a deadlock
+#: or a serialization failure: nothing of it was written, so again is safe.
+RETRIES = 5
+RECORD_STATES = ("completed", "failed", "pending", "skipped")
+NEW_ITEM_STATES = ("pending", "skipped")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+#: Query keys this backend reads itself; every other one goes to libpq.
+_OWN_KEYS = ("schema", "pool_size")
+
+# -- the schema, version 1
+
+# job_id and item_id sort by bytes ("C"), as SQLite's do, whatever the
+# database's collation: list orders and the queue's ties are the same on both.
+# items leaves a fifth of each page free, so that a start's update (model,
+# time: no indexed column) can stay on its page (a HOT update, no index writes).
+_TABLES_1 = (
+    """CREATE TABLE jobs (
+        job_id text COLLATE "C" PRIMARY KEY,
+        job_type text NOT NULL,
+        state text NOT NULL,
+        definition text NOT NULL,
+        reason text,
+        created_at double precision NOT NULL,
+        updated_at double precision NOT NULL,
+        runner text
+    )""",
+    """CREATE TABLE items (
+        job_id text COLLATE "C" NOT NULL REFERENCES jobs (job_id),
+        item_id text COLLATE "C" NOT NULL,
+        seq integer NOT NULL,
+        level integer NOT NULL,
+        state text NOT NULL,
+        attempts integer NOT NULL DEFAULT 0,
+        free_attempts integer NOT NULL DEFAULT 0,
+        first_started_at double precision,
+        last_model text,
+        owner text,
+        started_at double precision,
+        not_before double precision NOT NULL DEFAULT 0,
+        error_kind text,
+        error text,
+        definition text NOT NULL,
+        route text,
+        job_type text NOT NULL,
+        qseq bigint NOT NULL,
+        deadline double precision,
+        level_since double precision NOT NULL,
+        held boolean NOT NULL DEFAULT false,
+        PRIMARY KEY (job_id, item_id)
+    ) WITH (fillfactor = 80)""",
+    """CREATE TABLE attempts (
+        attempt_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        job_id text COLLATE "C" NOT NULL,
+        item_id text COLLATE "C" NOT NULL,
+        attempt integer NOT NULL,
+        model text,
+        state text NOT NULL,
+        error_kind text,
+        error text,
+        input_tokens bigint NOT NULL DEFAULT 0,
+        output_tokens bigint NOT NULL DEFAULT 0,
+        cost_usd double precision NOT NULL DEFAULT 0,
+        started_at double precision NOT NULL,
+        finished_at double precision NOT NULL,
+        route text,
+        reserved_usd double precision NOT NULL DEFAULT 0,
+        unknown integer NOT NULL DEFAULT 0,
+        FOREIGN KEY (job_id, item_id) REFERENCES items (job_id, item_id)
+    )""",
+    """CREATE TABLE results (
+        job_id text COLLATE "C" NOT NULL,
+        item_id text COLLATE "C" NOT NULL,
+        text text NOT NULL,
+        data text,
+        created_at double precision NOT NULL,
+        PRIMARY KEY (job_id, item_id),
+        FOREIGN KEY (job_id, item_id) REFERENCES items (job_id, item_id)
+    )""",
+)
+# Partial indexes, as in the SQLite backend: each holds only the rows it
+# serves (pending and unheld items for the queue), so finished items, most of
+# a big store, are in none of them and a claim costs the same on any size.
+_INDEXES_1 = (
+    # claim_next: an ordered walk for one job type; the claim's other tests
+    # (not_before, exclude) read the included columns.
+    "CREATE INDEX items_queue ON items (job_type, level, qseq) INCLUDE (not_before, job_id) "
+    "WHERE state = 'pending' AND NOT held",
+    # claim: the same for one job.
+    "CREATE INDEX items_claim ON items (job_id, level, seq) INCLUDE (not_before) "
+    "WHERE state = 'pending' AND NOT held",
+    "CREATE INDEX items_queue_ready ON items (job_type, not_before) WHERE state = 'pending' AND NOT held",
+    "CREATE INDEX items_ready ON items (job_id, not_before) WHERE state = 'pending'",
+    "CREATE INDEX items_running ON items (job_id, owner) WHERE state = 'running'",
+    # position, queued, queue_counts: the whole queue in order.
+    "CREATE INDEX items_position ON items (level, qseq) INCLUDE (job_id) WHERE state = 'pending' AND NOT held",
+    "CREATE INDEX items_deadline ON items (level, deadline) WHERE state = 'pending' AND deadline IS NOT NULL",
+    "CREATE INDEX items_aging ON items (level, level_since) WHERE state = 'pending'",
+    # add_job's MAX(qseq) is one step down this; unique because it is an order.
+    "CREATE UNIQUE INDEX items_qseq ON items (qseq)",
+    "CREATE INDEX attempts_item ON attempts (job_id, item_id, attempt)",
+    "CREATE INDEX attempts_sent ON attempts (job_id, item_id, attempt) WHERE state = 'sent'",
+    "CREATE INDEX attempts_finished ON attempts (job_id, finished_at, attempt_id)",
+    "CREATE INDEX attempts_model ON attempts (model)",
+)
+
+#: version -> the statements that bring a store from the version before to it,
+#: run in one transaction. Only ever append.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: _TABLES_1 + _INDEXES_1,
+}
+
+_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS storyloom_schema (
+    version integer PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT clock_timestamp()
+)"""
+
+# -- statements
+
+_JOB_COLUMNS = "job_id, job_type, state, definition, created_at, updated_at, reason, runner"
+_CLAIMED_COLUMNS = ("items.level, items.qseq, items.job_id, items.item_id, items.definition, items.attempts, "
+                    "items.last_model, items.free_attempts, items.first_started_at, items.error_kind")
+# SKIP LOCKED: two workers claiming at once each take the next rows the other
+# has not locked, never waiting and never sharing one. Read committed
+# re-checks each locked row, so an item claimed and committed meanwhile drops out.
+_CLAIM = f"""
+WITH picked AS (
+    SELECT job_id, item_id FROM items
+    WHERE job_id = %(job_id)s AND state = 'pending' AND NOT held AND not_before <= %(now)s
+        AND (%(only)s::text[] IS NULL OR item_id = ANY (%(only)s::text[]))
+    ORDER BY level, seq LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE items SET state = 'running', owner = %(owner)s, started_at = %(now)s
+FROM picked WHERE items.job_id = picked.job_id AND items.item_id = picked.item_id
+RETURNING {_CLAIMED_COLUMNS}
+"""
+_CLAIM_NEXT = f"""
+WITH picked AS (
+    SELECT job_id, item_id FROM items
+    WHERE job_type = %(job_type)s AND state = 'pending' AND NOT held AND not_before <= %(now)s
+        AND job_id <> ALL (%(exclude)s::text[])
+    ORDER BY level, qseq LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE items SET state = 'running', owner = %(owner)s, started_at = %(now)s
+FROM picked WHERE items.job_id = picked.job_id AND items.item_id = picked.item_id
+RETURNING {_CLAIMED_COLUMNS}
+"""
+# ORDER BY ... LIMIT 1 rather than MIN(): one step into the index even
+# before the table has statistics (the planner's MIN rewrite needs them).
+_NEXT_READY_AT = """
+SELECT not_before FROM items WHERE job_id = %s AND state = 'pending' ORDER BY not_before LIMIT 1
+"""
+_NEXT_QUEUED_AT = """
+SELECT not_before FROM items WHERE job_type = %s AND state = 'pending' AND NOT held ORDER BY not_before LIMIT 1
+"""
+_PROMOTE_CRITICAL = """
+UPDATE items SET level = 0, level_since = %s WHERE state = 'pending' AND level IN (1, 2, 3) AND deadline < %s
+"""
+_PROMOTE_HIGH = """
+UPDATE items SET level = 1, level_since = %s WHERE state = 'pending' AND level IN (2, 3) AND deadline < %s
+"""
+_AGE = """
+UPDATE items SET level = level - 1, level_since = %s WHERE state = 'pending' AND level IN (2, 3) AND level_since <= %s
+"""
+_POSITION = """
+SELECT CASE WHEN item.state = 'pending' AND NOT item.held THEN 1 + (
+    SELECT COUNT(*) FROM items AS ahead
+    WHERE ahead.state = 'pending' AND NOT ahead.held AND (ahead.level, ahead.qseq) < (item.level, item.qseq)
+) ELSE -1 END
+FROM items AS item WHERE item.job_id = %s AND item.item_id = %s
+"""
+_QUEUED = """
+SELECT job_id, item_id, job_type, level, not_before, deadline FROM items
+WHERE state = 'pending' AND NOT held ORDER BY level, qseq LIMIT %s
+"""
+_QUEUE_COUNTS = """
+SELECT level, job_id, COUNT(*) FROM items WHERE state = 'pending' AND NOT held GROUP BY level, job_id
+"""
+_LOCK_JOB = "SELECT state FROM jobs WHERE job_id = %s FOR UPDATE"
+_SET_JOB_STATE = "UPDATE jobs SET state = %s, reason = %s, updated_at = %s, runner = %s WHERE job_id = %s"
+_HOLD_ITEMS = "UPDATE items SET held = %s WHERE job_id = %s AND state IN ('pending', 'running')"
+_CANCEL_ITEMS = """
+UPDATE items SET state = 'skipped', error_kind = NULL, error = %s, owner = NULL
+WHERE job_id = %s AND state IN ('pending', 'running')
+"""
+# Children first, for the foreign keys; jobs last, so its rowcount says whether there was one.
+_DELETE_JOB = tuple(f"DELETE FROM {table} WHERE job_id = %s" for table in ("results", "attempts", "items", "jobs"))
+_SET_DEFINITION = "UPDATE jobs SET definition = %s, updated_at = %s WHERE job_id = %s"
+_RUNNING_OWNERS = "SELECT DISTINCT owner FROM items WHERE job_id = %s AND state = 'running'"
+_RELEASE_OWNER = """
+UPDATE items SET state = 'pending', owner = NULL WHERE job_id = %s AND state = 'running' AND owner = %s
+"""
+_RELEASE_ITEMS = """
+UPDATE items SET state = 'pending', owner = NULL
+WHERE job_id = %s AND item_id = ANY (%s::text[]) AND state = 'running' AND owner = %s
+"""
+# record() sends one statement per start and one per outcome, all at once
+# (psycopg's executemany pipelines them: one round trip for a whole group
+# commit). Each statement does every step of its start or outcome in
+# data-modifying CTEs, which see the table as it was before the statement
+# but each other's RETURNING; the next statement sees this one's changes, so
+# two outcomes of one item in a batch apply in order (the second is refused).
+# Each returns how many items it applied to: 1 or 0.
+_RECORD_START = """
+WITH started AS (
+    UPDATE items SET last_model = %(model)s, started_at = %(started_at)s
+    WHERE job_id = %(job_id)s AND item_id = %(item_id)s AND state = 'running' AND owner = %(owner)s
+    RETURNING 1
+), sent AS (
+    INSERT INTO attempts (job_id, item_id, attempt, model, state, started_at, finished_at, reserved_usd, unknown)
+    SELECT %(job_id)s, %(item_id)s, %(attempt)s::integer, %(model)s, 'sent', %(started_at)s::float8,
+        %(started_at)s::float8, %(reserved_usd)s::float8, 1
+    FROM started WHERE %(attempt)s::integer <> 0
+)
+SELECT COUNT(*) FROM started
+"""
+# An outcome: the item's state change (only while it is running for this
+# owner), then the attempt row (completing the newest 'sent' row of its
+# number, else a new row: an older 'sent' one belongs to a worker that died
+# and stays outcome unknown) and the result. Refused, a 'sent' attempt of an
+# item that a cancel skipped still settles with its real cost (only a
+# skipped item: one recovered elsewhere may have a newer row of that number).
+_RECORD_OUTCOME = """
+WITH finished AS (
+    UPDATE items SET state = %(state)s, attempts = %(attempt)s, free_attempts = free_attempts + %(free)s,
+        first_started_at = COALESCE(first_started_at, %(started_at)s), last_model = COALESCE(%(model)s, last_model),
+        not_before = %(not_before)s, error_kind = %(error_kind)s, error = %(error)s, route = %(route)s, owner = NULL
+    WHERE job_id = %(job_id)s AND item_id = %(item_id)s AND state = 'running' AND owner = %(owner)s
+    RETURNING 1
+), newest_sent AS (
+    SELECT MAX(attempt_id) AS attempt_id FROM attempts
+    WHERE %(sent)s AND job_id = %(job_id)s AND item_id = %(item_id)s AND attempt = %(attempt)s AND state = 'sent'
+), completed_sent AS (
+    UPDATE attempts SET model = %(model)s, state = %(state)s, error_kind = %(error_kind)s, error = %(error)s,
+        input_tokens = %(input_tokens)s, output_tokens = %(output_tokens)s, cost_usd = %(cost_usd)s,
+        started_at = %(started_at)s, finished_at = %(finished_at)s, route = %(route)s,
+        reserved_usd = %(reserved_usd)s, unknown = %(unknown)s
+    WHERE attempt_id = (SELECT attempt_id FROM newest_sent) AND EXISTS (SELECT 1 FROM finished)
+    RETURNING 1
+), added AS (
+    INSERT INTO attempts (job_id, item_id, attempt, model, state, error_kind, error, input_tokens, output_tokens,
+        cost_usd, started_at, finished_at, route, reserved_usd, unknown)
+    SELECT %(job_id)s, %(item_id)s, %(attempt)s::integer, %(model)s::text, %(state)s::text, %(error_kind)s::text,
+        %(error)s::text, %(input_tokens)s::bigint, %(output_tokens)s::bigint, %(cost_usd)s::float8,
+        %(started_at)s::float8, %(finished_at)s::float8, %(route)s::text, %(reserved_usd)s::float8,
+        %(unknown)s::integer
+    WHERE EXISTS (SELECT 1 FROM finished) AND NOT EXISTS (SELECT 1 FROM completed_sent)
+), stored AS (
+    INSERT INTO results (job_id, item_id, text, data, created_at)
+    SELECT %(job_id)s, %(item_id)s, %(result_text)s::text, %(result_data)s::text, %(now)s::float8
+    WHERE EXISTS (SELECT 1 FROM finished) AND %(state)s::text = 'completed'
+    ON CONFLICT (job_id, item_id) DO UPDATE SET text = EXCLUDED.text, data = EXCLUDED.data,
+        created_at = EXCLUDED.created_at
+), settled AS (
+    UPDATE attempts SET state = 'skipped', model = %(model)s, error_kind = %(error_kind)s, error = %(error)s,
+        input_tokens = %(input_tokens)s, output_tokens = %(output_tokens)s, cost_usd = %(cost_usd)s,
+        finished_at = %(finished_at)s, route = %(route)s, unknown = %(unknown)s
+    WHERE attempt_id = (SELECT attempt_id FROM newest_sent) AND NOT EXISTS (SELECT 1 FROM finished)
+        AND EXISTS (SELECT 1 FROM items WHERE job_id = %(job_id)s AND item_id = %(item_id)s AND state = 'skipped')
+)
+SELECT COUNT(*) FROM finished
+"""
+# The same two steps for a whole batch at once, its rows as arrays (unnest
+# WITH ORDINALITY keeps their order): two statements per group commit, however
+# large. Only for a batch that names each item once: the CTEs see the tables
+# as they were before the statement, so two outcomes of one item must be two
+# statements (then record() takes the per-row ones above).
+_BATCH_START = """
+WITH input AS (
+    SELECT * FROM unnest(%(job_id)s::text[], %(item_id)s::text[], %(model)s::text[], %(started_at)s::float8[],
+                         %(attempt)s::integer[], %(reserved_usd)s::float8[])
+        WITH ORDINALITY AS t (job_id, item_id, model, started_at, attempt, reserved_usd, ord)
+), started AS (
+    UPDATE items SET last_model = input.model, started_at = input.started_at FROM input
+    WHERE items.job_id = input.job_id AND items.item_id = input.item_id AND items.state = 'running'
+        AND items.owner = %(owner)s
+    RETURNING input.*
+), sent AS (
+    INSERT INTO attempts (job_id, item_id, attempt, model, state, started_at, finished_at, reserved_usd, unknown)
+    SELECT job_id, item_id, attempt, model, 'sent', started_at, started_at, reserved_usd, 1
+    FROM started WHERE attempt <> 0 ORDER BY ord
+)
+SELECT ord FROM started
+"""
+_BATCH_OUTCOME = """
+WITH input AS (
+    SELECT * FROM unnest(%(job_id)s::text[], %(item_id)s::text[], %(state)s::text[], %(attempt)s::integer[],
+                         %(free)s::integer[], %(started_at)s::float8[], %(finished_at)s::float8[],
+                         %(model)s::text[], %(not_before)s::float8[], %(error_kind)s::text[], %(error)s::text[],
+                         %(route)s::text[], %(sent)s::boolean[], %(input_tokens)s::bigint[],
+                         %(output_tokens)s::bigint[], %(cost_usd)s::float8[], %(reserved_usd)s::float8[],
+                         %(unknown)s::integer[], %(result_text)s::text[], %(result_data)s::text[])
+        WITH ORDINALITY AS t (job_id, item_id, state, attempt, free, started_at, finished_at, model, not_before,
+                              error_kind, error, route, sent, input_tokens, output_tokens, cost_usd, reserved_usd,
+                              unknown, result_text, result_data, ord)
+), finished AS (
+    UPDATE items SET state = input.state, attempts = input.attempt, free_attempts = items.free_attempts + input.free,
+        first_started_at = COALESCE(items.first_started_at, input.started_at),
+        last_model = COALESCE(input.model, items.last_model), not_before = input.not_before,
+        error_kind = input.error_kind, error = input.error, route = input.route, owner = NULL
+    FROM input
+    WHERE items.job_id = input.job_id AND items.item_id = input.item_id AND items.state = 'running'
+        AND items.owner = %(owner)s
+    RETURNING input.*
+), newest_sent AS (
+    SELECT input.ord, (SELECT MAX(attempt_id) FROM attempts
+                       WHERE attempts.job_id = input.job_id AND attempts.item_id = input.item_id
+                           AND attempts.attempt = input.attempt AND attempts.state = 'sent') AS attempt_id
+    FROM input WHERE input.sent
+), completed_sent AS (
+    UPDATE attempts SET model = f.model, state = f.state, error_kind = f.error_kind, error = f.error,
+        input_tokens = f.input_tokens, output_tokens = f.output_tokens, cost_usd = f.cost_usd,
+        started_at = f.started_at, finished_at = f.finished_at, route = f.route, reserved_usd = f.reserved_usd,
+        unknown = f.unknown
+    FROM finished AS f JOIN newest_sent AS n ON n.ord = f.ord
+    WHERE attempts.attempt_id = n.attempt_id
+    RETURNING f.ord
+), added AS (
+    INSERT INTO attempts (job_id, item_id, attempt, model, state, error_kind, error, input_tokens, output_tokens,
+        cost_usd, started_at, finished_at, route, reserved_usd, unknown)
+    SELECT job_id, item_id, attempt, model, state, error_kind, error, input_tokens, output_tokens, cost_usd,
+        started_at, finished_at, route, reserved_usd, unknown
+    FROM finished WHERE ord NOT IN (SELECT ord FROM completed_sent) ORDER BY ord
+), stored AS (
+    INSERT INTO results (job_id, item_id, text, data, created_at)
+    SELECT job_id, item_id, result_text, result_data, %(now)s::float8 FROM finished WHERE state = 'completed'
+    ON CONFLICT (job_id, item_id) DO UPDATE SET text = EXCLUDED.text, data = EXCLUDED.data,
+        created_at = EXCLUDED.created_at
+), settled AS (
+    UPDATE attempts SET state = 'skipped', model = i.model, error_kind = i.error_kind, error = i.error,
+        input_tokens = i.input_tokens, output_tokens = i.output_tokens, cost_usd = i.cost_usd,
+        finished_at = i.finished_at, route = i.route, unknown = i.unknown
+    FROM input AS i JOIN newest_sent AS n ON n.ord = i.ord
+    WHERE attempts.attempt_id = n.attempt_id AND i.ord NOT IN (SELECT ord FROM finished)
+        AND EXISTS (SELECT 1 FROM items WHERE items.job_id = i.job_id AND items.item_id = i.item_id
+                    AND items.state = 'skipped')
+)
+SELECT ord FROM finished
+"""
+_REQUEUE_FAILED = """
+UPDATE items SET state = 'pending', free_attempts = attempts, first_started_at = NULL, not_before = 0,
+    owner = NULL, held = %s
+WHERE job_id = %s AND state = 'failed' AND (%s::text[] IS NULL OR error_kind = ANY (%s::text[]))
+"""
+_COPY_ITEMS = """
+COPY items (job_id, item_id, seq, level, state, definition, job_type, qseq, deadline, level_since, held)
+FROM STDIN (FORMAT BINARY)
+"""
+_COPY_TYPES = ("text", "text", "int4", "int4", "text", "text", "text", "int8", "float8", "float8", "bool")
+_COUNTS = "SELECT state, COUNT(*) FROM items WHERE job_id = %s GROUP BY state"
+_RUNNING = """
+SELECT item_id, last_model, started_at, attempts, owner FROM items
+WHERE job_id = %s AND state = 'running' ORDER BY started_at, seq
+"""
+_ITEMS = """
+SELECT item_id, state, attempts, last_model, error_kind, error, definition, level, route, free_attempts
+FROM items WHERE job_id = %s AND (%s::text IS NULL OR state = %s) ORDER BY seq
+"""
+_RESULT = "SELECT text, data FROM results WHERE job_id = %s AND item_id = %s"
+_COSTS = """
+SELECT model, SUM(cost_usd), SUM(input_tokens), SUM(output_tokens), COUNT(*) FILTER (WHERE state <> 'sent'),
+    COUNT(*) FILTER (WHERE state = 'completed'), SUM(unknown), SUM(reserved_usd * unknown)
+FROM attempts WHERE job_id = %s GROUP BY model
+"""
+_SPEND_BY_MODEL = """
+SELECT model, SUM(cost_usd + reserved_usd * unknown) FROM attempts WHERE model IS NOT NULL GROUP BY model
+"""
+_ATTEMPTS = """
+SELECT item_id, attempt, state, model, started_at, finished_at, error_kind, error,
+    input_tokens, output_tokens, cost_usd
+FROM attempts WHERE job_id = %s AND state <> 'sent' ORDER BY finished_at, attempt_id
+"""
+
+# One encoder for every call: json.dumps with options builds a new one each time.
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def _dumps(value: Any) -> str | None:
+    return None if value is None else _encode(value)
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _text(value: str | None) -> str | None:
+    """``value`` fit for a PostgreSQL text column, which cannot hold NUL: a
+    NUL becomes U+FFFD (JSON columns never meet this: JSON escapes it)."""
+    return value.replace("\x00", "\ufffd") if value is not None and "\x00" in value else value
+
+
+def _job_row(row: tuple) -> JobRow:
+    job_id, job_type, state, definition, created_at, updated_at, reason, runner = row
+    return JobRow(job_id, job_type, state, json.loads(definition), created_at, updated_at, reason, runner)
+
+
+def _claimed(rows: list[tuple]) -> list[ClaimedItem]:
+    rows.sort()  # RETURNING gives rows in no particular order: by level, then seq or qseq
+    loads = json.loads
+    return [
+        ClaimedItem(item_id, loads(definition), attempts, last_model, free, first, error_kind, job_id)
+        for _level, _order, job_id, item_id, definition, attempts, last_model, free, first, error_kind in rows
+    ]
+
+
+# -- transactions: each a function of a cursor, run in a worker thread
+
+
+def _op_add_job(cur: "psycopg.Cursor", job: JobRow, items: Sequence[NewItem]) -> None:
+    # One submitter at a time, so that a job's qseq run is unbroken and after
+    # every item already stored (read committed: MAX sees the last one's commit).
+    cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SUBMIT_LOCK,))
+    cur.execute("SELECT 1 FROM jobs WHERE job_id = %s", (job.job_id,))
+    if cur.fetchone():
+        raise JobExists(job.job_id)
+    cur.execute(f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                (job.job_id, job.job_type, job.state, _dumps(job.definition), job.created_at, job.updated_at,
+                 _text(job.reason), job.runner if job.state == "running" else None))
+    cur.execute("SELECT COALESCE(MAX(qseq), 0) FROM items")
+    (last,) = cur.fetchone()
+    held = job.state in HELD_JOB_STATES
+    now = time.time()
+    with cur.copy(_COPY_ITEMS) as copy:
+        copy.set_types(_COPY_TYPES)  # binary: no text parsing on either side
+        for seq, item in enumerate(items):
+            copy.write_row((job.job_id, item.item_id, seq, int(item.level), item.state, _dumps(item.definition),
+                            job.job_type, last + 1 + seq, item.deadline, now, held))
+
+
+def _op_get_job(cur: "psycopg.Cursor", job_id: str) -> JobRow | None:
+    cur.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = %s", (job_id,))
+    row = cur.fetchone()
+    return _job_row(row) if row else None
+
+
+def _op_list_jobs(cur: "psycopg.Cursor") -> list[JobRow]:
+    cur.execute(f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY created_at, job_id")
+    return [_job_row(row) for row in cur.fetchall()]
+
+
+def _set_job_state(cur: "psycopg.Cursor", job_id: str, state: str, reason: str | None,
+                   runner: str | None = None) -> None:
+    """Set a job's state, its runner (only a running job has one) and its
+    items' ``held`` to match, in the caller's transaction. The job's row is
+    locked first, as every transaction that changes a job does, so two of
+    them queue up rather than deadlock."""
+    cur.execute(_LOCK_JOB, (job_id,))
+    row = cur.fetchone()
+    if row is None:
+        raise KeyError(job_id)
+    cur.execute(_SET_JOB_STATE, (state, _text(reason), time.time(), runner if state == "running" else None, job_id))
+    held = state in HELD_JOB_STATES
+    if held != (row[0] in HELD_JOB_STATES):
+        # Running items too, since they may come back to pending; a terminal
+        # item never does, so its flag is never read.
+        cur.execute(_HOLD_ITEMS, (held, job_id))
+
+
+def _op_set_job_state(cur: "psycopg.Cursor", job_id: str, state: str, reason: str | None,
+                      runner: str | None) -> None:
+    _set_job_state(cur, job_id, state, reason, runner)
+
+
+def _op_cancel(cur: "psycopg.Cursor", job_id: str, reason: str) -> int:
+    cur.execute(_LOCK_JOB, (job_id,))
+    if cur.fetchone() is None:
+        raise KeyError(job_id)
+    cur.execute(_CANCEL_ITEMS, (_text(reason), job_id))
+    skipped = cur.rowcount
+    _set_job_state(cur, job_id, "cancelled", reason)
+    return skipped
+
+
+def _op_delete_job(cur: "psycopg.Cursor", job_id: str) -> bool:
+    cur.execute(_LOCK_JOB, (job_id,))  # as every change of a job: queue up behind the others
+    for statement in _DELETE_JOB:
+        cur.execute(statement, (job_id,))
+    return cur.rowcount == 1
+
+
+def _op_set_job_definition(cur: "psycopg.Cursor", job_id: str, definition: dict[str, Any]) -> None:
+    cur.execute(_SET_DEFINITION, (_dumps(definition), time.time(), job_id))
+    if cur.rowcount != 1:
+        raise KeyError(job_id)
+
+
+def _op_running_owners(cur: "psycopg.Cursor", job_id: str) -> list[str]:
+    cur.execute(_RUNNING_OWNERS, (job_id,))
+    return [owner for (owner,) in cur.fetchall()]
+
+
+def _op_release_owners(cur: "psycopg.Cursor", job_id: str, owners: Sequence[str]) -> int:
+    count = 0
+    for owner in owners:
+        cur.execute(_RELEASE_OWNER, (job_id, owner))
+        count += cur.rowcount
+    return count
+
+
+def _op_release_items(cur: "psycopg.Cursor", job_id: str, owner: str, item_ids: Sequence[str]) -> int:
+    cur.execute(_RELEASE_ITEMS, (job_id, list(item_ids), owner))
+    return cur.rowcount
+
+
+def _op_claim(cur: "psycopg.Cursor", job_id: str, limit: int, now: float, owner: str,
+              only: list[str] | None) -> list[ClaimedItem]:
+    cur.execute(_CLAIM, {"job_id": job_id, "now": now, "limit": limit, "owner": owner, "only": only})
+    return _claimed(cur.fetchall())
+
+
+def _op_claim_next(cur: "psycopg.Cursor", job_type: str, limit: int, now: float, owner: str,
+                   exclude: list[str]) -> list[ClaimedItem]:
+    cur.execute(_CLAIM_NEXT, {"job_type": job_type, "now": now, "limit": limit, "owner": owner,
+                              "exclude": exclude})
+    return _claimed(cur.fetchall())
+
+
+def _op_scalar(cur: "psycopg.Cursor", sql: str, params: tuple) -> Any:
+    cur.execute(sql, params)
+    row = cur.fetchone()
+    return row[0] if row else None
+
+
+def _op_promote(cur: "psycopg.Cursor", now: float, aging: float | None) -> int:
+    changed = 0
+    cur.execute(_PROMOTE_CRITICAL, (now, now + CRITICAL_WITHIN_S))
+    changed += cur.rowcount
+    cur.execute(_PROMOTE_HIGH, (now, now + HIGH_WITHIN_S))
+    changed += cur.rowcount
+    if aging is not None:
+        cur.execute(_AGE, (now, now - aging))
+        changed += cur.rowcount
+    return changed
+
+
+def _op_position(cur: "psycopg.Cursor", job_id: str, item_id: str) -> int:
+    cur.execute(_POSITION, (job_id, item_id))
+    row = cur.fetchone()
+    if row is None:
+        raise KeyError(item_id)
+    return row[0]
+
+
+def _op_queue_counts(cur: "psycopg.Cursor") -> dict[int, dict[str, int]]:
+    out: dict[int, dict[str, int]] = {}
+    cur.execute(_QUEUE_COUNTS)
+    for level, job_id, n in cur.fetchall():
+        out.setdefault(level, {})[job_id] = n
+    return out
+
+
+def _op_queued(cur: "psycopg.Cursor", limit: int) -> list[QueuedRow]:
+    cur.execute(_QUEUED, (limit,))
+    return [QueuedRow(*row) for row in cur.fetchall()]
+
+
+def _op_record(cur: "psycopg.Cursor", records: Sequence[AttemptRecord], owner: str,
+               started: Sequence[StartRecord]) -> list[bool]:
+    starts = [{"model": s.model, "started_at": s.started_at, "job_id": s.job_id, "item_id": s.item_id,
+               "owner": owner, "attempt": s.attempt, "reserved_usd": s.reserved_usd} for s in started]
+    now = time.time()
+    outcomes = [{
+        "state": rec.state, "attempt": rec.attempt, "free": int(rec.free), "started_at": rec.started_at,
+        "finished_at": rec.finished_at, "model": rec.model, "not_before": rec.not_before,
+        "error_kind": rec.error_kind, "error": _text(rec.error), "route": _dumps(rec.route),
+        "job_id": rec.job_id, "item_id": rec.item_id, "owner": owner, "sent": rec.sent,
+        "input_tokens": rec.input_tokens, "output_tokens": rec.output_tokens, "cost_usd": float(rec.cost_usd),
+        "reserved_usd": float(rec.reserved_usd), "unknown": int(rec.outcome_unknown),
+        "result_text": _text(rec.result_text if rec.result_text is not None else ""),
+        "result_data": _dumps(rec.result_data), "now": now,
+    } for rec in records]
+    # Starts first, as one group: an outcome in the same batch is a later moment.
+    starts_applied = _applied(cur, _RECORD_START, _BATCH_START, starts, owner)
+    return _applied(cur, _RECORD_OUTCOME, _BATCH_OUTCOME, outcomes, owner) + starts_applied
+
+
+#: A batch at least this long goes as arrays in one statement; a single row
+#: (and a batch naming an item twice) by the per-row statements, pipelined.
+BATCH_MIN = 2
+
+
+def _applied(cur: "psycopg.Cursor", per_row: str, batch: str, rows: list[dict[str, Any]], owner: str) -> list[bool]:
+    """Apply ``rows`` (starts or outcomes) in order; whether each applied."""
+    if not rows:
+        return []
+    if len(rows) >= BATCH_MIN and len({(row["job_id"], row["item_id"]) for row in rows}) == len(rows):
+        columns = {key: [row[key] for row in rows] for key in rows[0] if key not in ("owner", "now")}
+        cur.execute(batch, {**columns, "owner": owner, "now": rows[0].get("now")})
+        done = {ord_ for (ord_,) in cur.fetchall()}
+        return [n in done for n in range(1, len(rows) + 1)]
+    cur.executemany(per_row, rows, returning=True)
+    applied = []
+    while True:
+        applied.append(cur.fetchone()[0] == 1)
+        if not cur.nextset():
+            break
+    return applied
+
+
+def _op_counts(cur: "psycopg.Cursor", job_id: str) -> dict[str, int]:
+    out = dict.fromkeys(ITEM_STATES, 0)
+    cur.execute(_COUNTS, (job_id,))
+    for state, n in cur.fetchall():
+        out[state] = n
+    return out
+
+
+def _op_running(cur: "psycopg.Cursor", job_id: str) -> list[RunningRow]:
+    cur.execute(_RUNNING, (job_id,))
+    return [RunningRow(*row) for row in cur.fetchall()]
+
+
+def _op_items(cur: "psycopg.Cursor", job_id: str, state: str | None) -> list[ItemRow]:
+    cur.execute(_ITEMS, (job_id, state, state))
+    return [ItemRow(i, s, a, m, ek, e, json.loads(d), lv, _loads(r), fa)
+            for i, s, a, m, ek, e, d, lv, r, fa in cur.fetchall()]
+
+
+def _op_result(cur: "psycopg.Cursor", job_id: str, item_id: str) -> tuple[str, dict[str, Any] | None] | None:
+    cur.execute(_RESULT, (job_id, item_id))
+    row = cur.fetchone()
+    return (row[0], _loads(row[1])) if row else None
+
+
+def _op_costs(cur: "psycopg.Cursor", job_id: str) -> CostTotals:
+    totals = CostTotals()
+    cur.execute(_COSTS, (job_id,))
+    for model, cost, tokens_in, tokens_out, attempts, completed, unknown, unknown_usd in cur.fetchall():
+        totals.unknown_attempts += int(unknown)
+        totals.unknown_usd += unknown_usd
+        if not attempts:
+            continue  # only sent, nothing finished on this model yet
+        totals.cost_usd += cost
+        totals.input_tokens += int(tokens_in)
+        totals.output_tokens += int(tokens_out)
+        totals.attempts += attempts
+        if model is not None:
+            totals.by_model[model] = {"cost_usd": cost, "input_tokens": int(tokens_in),
+                                      "output_tokens": int(tokens_out), "attempts": attempts,
+                                      "completed": completed}
+    return totals
+
+
+def _op_spend_by_model(cur: "psycopg.Cursor") -> dict[str, float]:
+    cur.execute(_SPEND_BY_MODEL)
+    return dict(cur.fetchall())
+
+
+def _op_attempts(cur: "psycopg.Cursor", job_id: str) -> list[AttemptRow]:
+    cur.execute(_ATTEMPTS, (job_id,))
+    return [AttemptRow(i, a, s, m, st, fin, ek, e, int(ti), int(to), c)
+            for i, a, s, m, st, fin, ek, e, ti, to, c in cur.fetchall()]
+
+
+def _op_requeue_failed(cur: "psycopg.Cursor", job_id: str, kinds: list[str] | None) -> int:
+    cur.execute(_LOCK_JOB, (job_id,))
+    row = cur.fetchone()
+    if row is None:
+        raise KeyError(job_id)
+    cur.execute(_REQUEUE_FAILED, (row[0] in HELD_JOB_STATES, job_id, kinds, kinds))
+    return cur.rowcount
+
+
+#: pg_advisory_xact_lock keys: one per purpose, the same in every process.
+_SUBMIT_LOCK = 0x5354_4C4D_0001  # "STLM" 1: add_job's qseq
+_MIGRATE_LOCK = 0x5354_4C4D_0002  # "STLM" 2: creating or migrating a schema
+
+
+class PostgresStore:
+    """A :class:`~storyloom.store.protocol.Store` in one schema of a PostgreSQL database.
+
+    Open it with :func:`open_postgres`; close it with ``await store.aclose()``.
+    Any trio task may call it; at most ``pool_size`` calls run at once.
+    """
+
+    def __init__(self, pool: Any, location: str, schema: str, pool_size: int, secret: str | None) -> None:
+        self._pool = pool
+        #: The URL, password masked (``Store.location``).
+        self.location = location
+        #: The PostgreSQL schema that holds the tables.
+        self.schema = schema
+        self.pool_size = pool_size
+        self._limiter = trio.CapacityLimiter(pool_size)
+        self._secret = secret
+        self._closed = False
+
+    async def _run(self, op: Callable[..., Any], *args: Any) -> Any:
+        """``op(cursor, *args)`` in one transaction, in a worker thread."""
+        return await trio.to_thread.run_sync(functools.partial(self._transaction, op, *args),
+                                             limiter=self._limiter)
+
+    def _transaction(self, op: Callable[..., Any], *args: Any) -> Any:
+        import psycopg
+        from psycopg import errors
+
+        for attempt in range(RETRIES + 1):
+            try:
+                with self._pool.connection() as conn:  # commits at the end, rolls back on an exception
+                    with conn.cursor() as cur:
+                        return op(cur, *args)
+            except (errors.DeadlockDetected, errors.SerializationFailure) as exc:
+                if attempt == RETRIES:
+                    raise _unavailable_from(exc, self.location, self._secret) or exc from None
+                time.sleep(0.01 * (attempt + 1))  # in the worker thread: the other transaction finishes
+            except psycopg.Error as exc:
+                raise _unavailable_from(exc, self.location, self._secret) or exc from None
+        raise AssertionError("unreachable")
+
+    # -- jobs
+
+    async def add_job(self, job: JobRow, items: Sequence[NewItem]) -> None:
+        """Insert the job and its items (``seq`` = position in ``items``) in
+        one transaction, queued after every item already submitted."""
+        from psycopg import errors
+
+        if job.state not in JOB_STATES:
+            raise ValueError(f"unknown job state {job.state!r}")
+        for item in items:
+            if item.state not in NEW_ITEM_STATES:
+                raise ValueError(f"item {item.item_id!r}: state must be pending or skipped, not {item.state!r}")
+        try:
+            await self._run(_op_add_job, job, list(items))
+        except errors.UniqueViolation as exc:
+            if exc.diag.constraint_name == "jobs_pkey":  # another submitter got there first
+                raise JobExists(job.job_id) from None
+            raise ValueError(f"job {job.job_id!r}: duplicate item_id ({exc.diag.message_detail})") from None
+
+    async def get_job(self, job_id: str) -> JobRow | None:
+        return await self._run(_op_get_job, job_id)
+
+    async def list_jobs(self) -> list[JobRow]:
+        """Every job, oldest first."""
+        return await self._run(_op_list_jobs)
+
+    async def set_job_state(self, job_id: str, state: str, reason: str | None = None,
+                            runner: str | None = None) -> None:
+        if state not in JOB_STATES:
+            raise ValueError(f"unknown job state {state!r}")
+        await self._run(_op_set_job_state, job_id, state, reason, runner)
+
+    async def cancel(self, job_id: str, reason: str) -> int:
+        return await self._run(_op_cancel, job_id, reason)
+
+    async def delete_job(self, job_id: str) -> bool:
+        """Remove the job, its items, attempts and results in one transaction."""
+        return await self._run(_op_delete_job, job_id)
+
+    async def set_job_definition(self, job_id: str, definition: dict[str, Any]) -> None:
+        await self._run(_op_set_job_definition, job_id, definition)
+
+    # -- claiming and recording
+
+    async def recover(self, job_id: str, owner_alive: Callable[[str], bool]) -> int:
+        owners = await self._run(_op_running_owners, job_id)
+        dead = [owner for owner in owners if not owner_alive(owner)]
+        if not dead:
+            return 0
+        return await self._run(_op_release_owners, job_id, dead)
+
+    async def release(self, job_id: str, owner: str, item_ids: Sequence[str] | None = None) -> int:
+        if item_ids is None:
+            return await self._run(_op_release_owners, job_id, [owner])
+        return await self._run(_op_release_items, job_id, owner, list(item_ids))
+
+    async def claim(self, job_id: str, limit: int, now: float, owner: str,
+                    only: Collection[str] | None = None) -> list[ClaimedItem]:
+        """``only``: among these item ids (a sample run's)."""
+        if limit <= 0:
+            return []
+        return await self._run(_op_claim, job_id, limit, now, owner, None if only is None else list(only))
+
+    async def claim_next(
+        self, job_type: str, limit: int, now: float, owner: str, exclude: Collection[str] = ()
+    ) -> list[ClaimedItem]:
+        if limit <= 0:
+            return []
+        return await self._run(_op_claim_next, job_type, limit, now, owner, list(exclude))
+
+    async def next_ready_at(self, job_id: str) -> float | None:
+        return await self._run(_op_scalar, _NEXT_READY_AT, (job_id,))
+
+    async def next_queued_at(self, job_type: str) -> float | None:
+        return await self._run(_op_scalar, _NEXT_QUEUED_AT, (job_type,))
+
+    async def promote(self, now: float, aging: float | None) -> int:
+        return await self._run(_op_promote, now, aging)
+
+    async def position(self, job_id: str, item_id: str) -> int:
+        return await self._run(_op_position, job_id, item_id)
+
+    async def queue_counts(self) -> dict[int, dict[str, int]]:
+        return await self._run(_op_queue_counts)
+
+    async def queued(self, limit: int) -> list[QueuedRow]:
+        if limit <= 0:
+            return []
+        return await self._run(_op_queued, limit)
+
+    async def record(
+        self, records: Sequence[AttemptRecord], owner: str, started: Sequence[StartRecord] = ()
+    ) -> list[bool]:
+        for rec in records:
+            if rec.state not in RECORD_STATES:
+                raise ValueError(f"item {rec.item_id!r}: cannot record state {rec.state!r}")
+        return await self._run(_op_record, list(records), owner, list(started))
+
+    # -- reading
+
+    async def counts(self, job_id: str) -> dict[str, int]:
+        return await self._run(_op_counts, job_id)
+
+    async def running(self, job_id: str) -> list[RunningRow]:
+        """Items running now, longest-running first."""
+        return await self._run(_op_running, job_id)
+
+    async def items(self, job_id: str, state: str | None = None) -> list[ItemRow]:
+        return await self._run(_op_items, job_id, state)
+
+    async def result(self, job_id: str, item_id: str) -> tuple[str, dict[str, Any] | None] | None:
+        return await self._run(_op_result, job_id, item_id)
+
+    async def costs(self, job_id: str) -> CostTotals:
+        return await self._run(_op_costs, job_id)
+
+    async def spend_by_model(self) -> dict[str, float]:
+        return await self._run(_op_spend_by_model)
+
+    async def attempts(self, job_id: str) -> list[AttemptRow]:
+        return await self._run(_op_attempts, job_id)
+
+    async def requeue_failed(self, job_id: str, kinds: Collection[str] | None = None) -> int:
+        return await self._run(_op_requeue_failed, job_id, None if kinds is None else list(kinds))
+
+    async def aclose(self) -> None:
+        """Close the pool (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(self._pool.close)
+
+
+# -- errors: what "cannot use the store" looks like, never with a password
+
+_RETRY_LATER = "check that the PostgreSQL server is up and reachable, then run the command again"
+#: SQLSTATE classes and codes that mean the store cannot be used: reason; hint.
+_FAULT_CODES = {
+    "53100": ("the database server's disk is full", "free space on the server, then run the command again; "
+              "`storyloom resume JOB_ID` continues a stopped job"),
+    "53200": ("the database server is out of memory", "free memory on the server, then run the command again"),
+    "53300": ("the database server has too many connections",
+              "lower pool_size or raise the server's max_connections, then run the command again"),
+    "25006": ("the database is read-only (a standby?)", "point the store URL at the primary server"),
+    "42501": ("permission denied", "grant the user rights on the database and schema, or use another user"),
+    "3D000": ("the database does not exist", "create it (createdb NAME), or fix the store URL"),
+    "3F000": ("the store's schema is gone", "restore it from a backup, or use another schema"),
+    "42P01": ("the store's tables are gone", "restore them from a backup, or use another schema"),
+    "55P03": ("a lock could not be taken in time", "wait for the other process to finish, then run again"),
+    "40P01": ("deadlocks kept aborting a transaction", "run the command again"),
+    "40001": ("serialization failures kept aborting a transaction", "run the command again"),
+}
+_FAULT_CLASSES = {
+    "08": ("the connection to the database failed", _RETRY_LATER),
+    "28": ("the database refused the login", "check the user and password of the store URL"),
+    "53": ("the database server is out of resources", "fix the server, then run the command again"),
+    "57": ("the database server stopped the query (shutting down or restarting?)", _RETRY_LATER),
+    "58": ("the database server had a system error", "check the server's log, then run the command again"),
+    "XX": ("the database server reports internal damage", "check the server's log; restore from a backup"),
+}
+
+
+def _scrub(message: str, secret: str | None) -> str:
+    line = " ".join(message.strip().split())
+    return line.replace(secret, "***") if secret else line
+
+
+def _unavailable_from(exc: BaseException, location: str, secret: str | None) -> StoreUnavailable | None:
+    """The StoreUnavailable a psycopg error means, or None if it means a bug."""
+    import psycopg
+
+    code = getattr(exc, "sqlstate", None) or ""
+    fault = _FAULT_CODES.get(code) or _FAULT_CLASSES.get(code[:2])
+    if fault is None and isinstance(exc, psycopg.OperationalError):  # libpq: no SQLSTATE for a lost server
+        fault = ("the connection to the database failed", _RETRY_LATER)
+    if fault is None:
+        return None
+    reason, hint = fault
+    detail = _scrub(str(exc), secret)
+    if detail:
+        reason = f"{reason} ({detail})"
+    return StoreUnavailable(location, reason, hint)
+
+
+# -- opening
+
+
+class _Target:
+    """What a store URL names: libpq's connection string, the schema, the pool size."""
+
+    def __init__(self, conninfo: str, schema: str, pool_size: int, location: str, secret: str | None) -> None:
+        self.conninfo, self.schema, self.pool_size = conninfo, schema, pool_size
+        self.location, self.secret = location, secret
+
+
+def parse_url(url: str) -> _Target:
+    """Split a ``postgresql://`` or ``postgres://`` store URL into libpq's part and ours.
+
+    ``postgresql://user:password@host:port/dbname?schema=NAME&pool_size=N&...``:
+    ``schema`` (default ``storyloom``) is the PostgreSQL schema that holds the
+    tables, created if missing; ``pool_size`` (default 4, 1 to 64) how many
+    connections the store keeps. Every other query parameter is libpq's
+    (``sslmode``, ``connect_timeout``, ``application_name``, ...). A bare
+    ``postgresql`` uses libpq's defaults (``PGHOST``, ``PGDATABASE``, ...).
+    A malformed URL is a UsageError that shows no password.
+    """
+    from psycopg.conninfo import conninfo_to_dict
+
+    shown = mask_url(url)
+    scheme, _, rest = url.partition(":")
+    if scheme.lower() not in SCHEMES:
+        raise UsageError(f"store URL {shown!r} is not a postgresql:// URL")
+    if rest and not rest.startswith("//"):
+        raise UsageError(f"store URL {shown!r}: write postgresql://user@host:port/dbname")
+    try:
+        parts = urlsplit("postgresql:" + (rest or "//"))
+        pairs = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+        secret = parts.password
+    except ValueError as exc:
+        raise UsageError(f"store URL {shown!r}: {exc}") from None
+    if parts.fragment:
+        raise UsageError(f"store URL {shown!r}: a postgresql URL takes no fragment")
+    own = {key: value for key, value in pairs if key in _OWN_KEYS}
+    schema = own.get("schema", DEFAULT_SCHEMA)
+    if not _IDENTIFIER.match(schema):
+        raise UsageError(f"store URL {shown!r}: schema must be letters, digits and _ (not starting with a "
+                         f"digit, at most 63), not {schema!r}")
+    pool_text = own.get("pool_size", str(DEFAULT_POOL_SIZE))
+    if not pool_text.isdigit() or not 1 <= int(pool_text) <= MAX_POOL_SIZE:
+        raise UsageError(f"store URL {shown!r}: pool_size must be a whole number from 1 to {MAX_POOL_SIZE}, "
+                         f"not {pool_text!r}")
+    libpq = [(key, value) for key, value in pairs if key not in _OWN_KEYS]
+    for key, default in (("connect_timeout", str(CONNECT_TIMEOUT_S)), ("application_name", "storyloom")):
+        if not any(given == key for given, _ in libpq):
+            libpq.append((key, default))  # application_name: what pg_stat_activity shows operators
+    secret = secret or next((value for key, value in libpq if key == "password"), None)
+    # By hand: urlunsplit drops the "//" of an empty host (libpq's defaults).
+    conninfo = f"postgresql://{parts.netloc}{parts.path}?{urlencode(libpq)}"
+    try:
+        conninfo_to_dict(conninfo)  # libpq's own check of its parameters
+    except Exception as exc:  # psycopg.ProgrammingError: an unknown parameter, say
+        raise UsageError(f"store URL {shown!r}: {_scrub(str(exc), secret)}") from None
+    return _Target(conninfo, schema, int(pool_text), shown, secret or None)
+
+
+def _connect(target: _Target) -> "psycopg.Connection":
+    import psycopg
+
+    try:
+        return psycopg.connect(target.conninfo)
+    except psycopg.Error as exc:
+        fault = _unavailable_from(exc, target.location, target.secret)
+        reason = fault.reason if fault else _scrub(str(exc), target.secret)
+        hint = fault.hint if fault else _RETRY_LATER
+        if "does not exist" in str(exc) and "database" in str(exc):
+            hint = _FAULT_CODES["3D000"][1]
+        raise StoreUnavailable(target.location, f"cannot connect: {reason}", hint) from None
+
+
+def stored_version(conn: "psycopg.Connection", schema: str) -> int | None:
+    """The schema version of the store in ``schema``; None if there is none."""
+    row = conn.execute("SELECT to_regclass(format('%%I.storyloom_schema', %s::text))", (schema,)).fetchone()
+    if row[0] is None:
+        return None
+    (version,) = conn.execute(
+        f"SELECT COALESCE(MAX(version), 0) FROM {_quote(schema)}.storyloom_schema").fetchone()
+    return version
+
+
+def _quote(schema: str) -> str:
+    return '"' + schema.replace('"', '""') + '"'
+
+
+def _prepare(target: _Target, create: bool) -> None:
+    """Check the store ``target`` names, creating or migrating its schema; in a thread."""
+    import psycopg
+
+    conn = _connect(target)
+    try:
+        with conn:
+            version = stored_version(conn, target.schema)
+            conn.commit()
+            if version == SCHEMA_VERSION:
+                return
+            _check_version(version, target)
+            if version is None and not create:
+                raise StoreNotFound(f"no store in {target.location} (schema {target.schema!r}; run a job first, "
+                                    "or pass --store)", target.location)
+            with conn.transaction():
+                # One migrator at a time; another may have done it while we waited.
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
+                conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(target.schema)}")
+                conn.execute(f"SET LOCAL search_path TO {_quote(target.schema)}")
+                conn.execute(_VERSION_TABLE)
+                version = stored_version(conn, target.schema) or 0
+                _check_version(version, target)
+                for step in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in MIGRATIONS[step]:
+                        conn.execute(statement)
+                    conn.execute("INSERT INTO storyloom_schema (version) VALUES (%s)", (step,))
+    except psycopg.Error as exc:
+        raise _unavailable_from(exc, target.location, target.secret) or exc from None
+
+
+def _check_version(version: int | None, target: _Target) -> None:
+    if version is not None and version > SCHEMA_VERSION:
+        raise StoreVersionError(
+            f"{target.location} (schema {target.schema!r}) has state schema version {version}, but this "
+            f"storyloom only knows version {SCHEMA_VERSION}: upgrade storyloom (or use another schema)")
+
+
+def _make_pool(target: _Target) -> Any:
+    from psycopg_pool import ConnectionPool
+
+    search_path = f"SET search_path TO {_quote(target.schema)}"
+
+    def configure(conn: "psycopg.Connection") -> None:
+        conn.execute(search_path)
+        conn.commit()
+
+    pool = ConnectionPool(target.conninfo, min_size=1, max_size=target.pool_size, open=False,
+                          configure=configure, timeout=POOL_TIMEOUT_S, name=f"storyloom-{target.schema}")
+    try:
+        pool.open(wait=True, timeout=float(CONNECT_TIMEOUT_S))
+    except Exception:
+        pool.close()
+        raise StoreUnavailable(target.location, "cannot open a pool of connections", _RETRY_LATER) from None
+    return pool
+
+
+_quiet_lock = threading.Lock()
+
+
+def _quiet_pool_logs() -> None:
+    """psycopg_pool logs reconnection attempts as warnings; with no logging
+    set up, Python's last-resort handler would print them on stderr (the
+    error that matters reaches the caller as a StoreUnavailable). A
+    NullHandler stops only that: an application's own logging still gets them."""
+    import logging
+
+    with _quiet_lock:
+        logger = logging.getLogger("psycopg.pool")
+        if not any(isinstance(handler, logging.NullHandler) for handler in logger.handlers):
+            logger.addHandler(logging.NullHandler())
+
+
+async def open_postgres(url: str, *, state_dir: Any, settings: Any, create: bool) -> PostgresStore:
+    """The :class:`~storyloom.store.StoreOpener` for ``postgresql`` and ``postgres`` URLs."""
+    target = parse_url(url)
+    _quiet_pool_logs()
+    await trio.to_thread.run_sync(_prepare, target, create)
+    pool = await trio.to_thread.run_sync(_make_pool, target)
+    return PostgresStore(pool, target.location, target.schema, target.pool_size, target.secret)
+
+
+@hookimpl
+def loom_register_stores(register):
+    for scheme in SCHEMES:
+        register(scheme, open_postgres)

@@ -1,0 +1,376 @@
+"""The postgresql store backend's own tests, on a real server: URL forms,
+schema versions, StoreNotFound and StoreUnavailable (passwords never shown),
+a lost connection, concurrent claims and opens, the pool's limiter, and the
+claim's query plan.
+
+Every backend's shared behaviour is in ``store_conformance.py`` (run by
+``test_store.py``). A server: ``tests/pgserver.py`` (skipped with the reason
+if none answers, unless ``STORYLOOM_REQUIRE_POSTGRES=1``).
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import textwrap
+
+import psycopg
+import pytest
+import trio
+
+from storyloom.cli import main
+from storyloom.errors import UsageError
+from storyloom.plugins.stores import postgresql as pg
+from storyloom.settings import Settings
+from storyloom.store import StoreNotFound, StoreUnavailable, StoreVersionError, open_store_url
+from pgserver import pg_store_url
+from store_conformance import JOB, NOW, OWNER, OTHER, STORES, job_row, new_items
+
+
+def open_url(url: str, create: bool = True):
+    return open_store_url(url, stores=STORES, state_dir=".", settings=Settings(), create=create)
+
+
+def schema_exists(database: str, schema: str) -> bool:
+    with psycopg.connect(database) as conn:
+        return conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone() is not None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# -- URLs (no server needed)
+
+
+@pytest.mark.parametrize("url,schema,pool_size", [
+    ("postgresql://u@h/db", "storyloom", 4),
+    ("postgres://u@h:5433/db?schema=studio_a", "studio_a", 4),
+    ("PostgreSQL://u@h/db?pool_size=9&sslmode=disable", "storyloom", 9),
+    ("postgresql", "storyloom", 4),
+])
+def test_url_forms(url, schema, pool_size):
+    target = pg.parse_url(url)
+    assert (target.schema, target.pool_size) == (schema, pool_size)
+    assert "schema=" not in target.conninfo and "pool_size" not in target.conninfo  # ours, not libpq's
+    assert "connect_timeout=10" in target.conninfo
+    assert target.conninfo.startswith("postgresql://")
+
+
+@pytest.mark.parametrize("url,message", [
+    ("postgresql://u@h/db?schema=bad-name", "schema must be"),
+    ("postgresql://u@h/db?schema=1x", "schema must be"),
+    ("postgresql://u@h/db?pool_size=0", "pool_size must be"),
+    ("postgresql://u@h/db?pool_size=many", "pool_size must be"),
+    ("postgresql://u@h/db?no_such_option=1", "no_such_option"),
+    ("postgresql://u@h/db#frag", "no fragment"),
+    ("postgresql:db", "postgresql://user@host"),
+])
+def test_malformed_urls_are_usage_errors_without_the_password(url, message):
+    url = url.replace("u@h", "u:s3cr3t@h")
+    with pytest.raises(UsageError, match=message) as info:
+        pg.parse_url(url)
+    assert "s3cr3t" not in str(info.value)
+
+
+def test_a_password_in_the_query_is_masked_in_the_location():
+    target = pg.parse_url("postgresql://h/db?user=u&password=s3cr3t")
+    assert "s3cr3t" not in target.location and "password=***" in target.location
+    assert target.secret == "s3cr3t"
+
+
+# -- opening
+
+
+def test_an_unreachable_server_is_unavailable_and_never_shows_the_password(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "storyloom.yaml").write_text("{}\n")  # no settings file further up is read
+    url = f"postgresql://loom:s3cr3t-pw@127.0.0.1:{free_port()}/studio?connect_timeout=3"
+
+    async def opening():
+        with pytest.raises(StoreUnavailable) as info:
+            await open_url(url)
+        return info.value
+
+    err = trio.run(opening)
+    assert err.path == f"postgresql://loom:***@127.0.0.1:{url.split(':')[3].split('/')[0]}/studio?connect_timeout=3"
+    assert "cannot connect" in err.reason and "refused" in err.reason
+    assert "s3cr3t-pw" not in str(err)
+    # the CLI: one line, exit 5, no password
+    assert main(["status", "--store", url]) == 5
+    out = capsys.readouterr()
+    assert "s3cr3t-pw" not in out.err + out.out
+    assert "storyloom: error: postgresql://loom:***@127.0.0.1" in out.err and "Traceback" not in out.err
+
+
+def test_a_missing_database_is_unavailable_with_a_hint(postgres_database):
+    url = postgres_database.rsplit("/", 1)[0] + "/storyloom_no_such_db"
+
+    async def opening():
+        with pytest.raises(StoreUnavailable) as info:
+            await open_url(url)
+        return info.value
+
+    err = trio.run(opening)
+    assert "does not exist" in err.reason and "createdb" in err.hint
+
+
+def test_create_false_finds_no_store_and_creates_nothing(postgres_database):
+    url = pg_store_url(postgres_database)
+    schema = pg.parse_url(url).schema
+
+    async def opening():
+        with pytest.raises(StoreNotFound, match="no store in") as info:
+            await open_url(url, create=False)
+        return info.value
+
+    assert trio.run(opening).location == url
+    assert not schema_exists(postgres_database, schema)
+
+
+def test_read_only_commands_on_a_missing_schema_exit_2(postgres_database, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "storyloom.yaml").write_text("{}\n")  # no settings file further up is read
+    url = pg_store_url(postgres_database)
+    assert main(["status", "--store", url]) == 2
+    assert "no store in" in capsys.readouterr().err
+    assert not schema_exists(postgres_database, pg.parse_url(url).schema)
+
+
+def test_a_fresh_store_records_its_version_once(postgres_database):
+    url = pg_store_url(postgres_database)
+    schema = pg.parse_url(url).schema
+
+    async def twice():
+        for _ in range(2):
+            store = await open_url(url)
+            await store.aclose()
+        store = await open_url(url, create=False)  # now it exists
+        await store.aclose()
+
+    trio.run(twice)
+    with psycopg.connect(postgres_database) as conn:
+        rows = conn.execute(f'SELECT version FROM "{schema}".storyloom_schema').fetchall()
+    assert rows == [(pg.SCHEMA_VERSION,)]
+
+
+def test_a_newer_schema_is_refused(postgres_database):
+    url = pg_store_url(postgres_database)
+    schema = pg.parse_url(url).schema
+
+    async def create():
+        await (await open_url(url)).aclose()
+
+    trio.run(create)
+    with psycopg.connect(postgres_database) as conn:
+        conn.execute(f'INSERT INTO "{schema}".storyloom_schema (version) VALUES (%s)', (pg.SCHEMA_VERSION + 1,))
+
+    async def reopen():
+        with pytest.raises(StoreVersionError, match=f"version {pg.SCHEMA_VERSION + 1}.*upgrade storyloom"):
+            await open_url(url)
+
+    trio.run(reopen)
+
+
+def test_two_processes_creating_one_store_at_once_both_open_it(postgres_database, tmp_path):
+    url = pg_store_url(postgres_database)
+    script = textwrap.dedent(f"""
+        import sys, trio
+        sys.path.insert(0, {str(sys.path[0])!r})
+        from storyloom.settings import Settings
+        from storyloom.store import open_store_url
+        from store_conformance import STORES
+        async def main():
+            store = await open_store_url({url!r}, stores=STORES, state_dir=".", settings=Settings())
+            print(len(await store.list_jobs()))
+            await store.aclose()
+        trio.run(main)
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(3)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert (proc.returncode, out.strip()) == (0, "0"), err
+
+
+def test_schemas_are_separate_stores(postgres_database):
+    one, two = pg_store_url(postgres_database), pg_store_url(postgres_database)
+
+    async def both():
+        a, b = await open_url(one), await open_url(two)
+        try:
+            await a.add_job(job_row(), new_items("x"))
+            assert await b.get_job(JOB) is None
+            await b.add_job(job_row(), new_items("y", "z"))  # the same job id, another store
+            assert [i.item_id for i in await a.items(JOB)] == ["x"]
+            assert b.location == two and a.schema != b.schema
+        finally:
+            await a.aclose()
+            await b.aclose()
+
+    trio.run(both)
+
+
+# -- faults while open
+
+
+def test_a_connection_the_server_drops_is_unavailable_then_the_pool_reconnects(pg_url, postgres_database):
+    async def scenario():
+        store = await open_url(pg_url)
+        try:
+            await store.add_job(job_row(), new_items("a"))
+            with psycopg.connect(postgres_database, autocommit=True) as admin:
+                killed = admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                    "AND application_name = 'storyloom'").fetchall()
+            assert killed
+            with pytest.raises(StoreUnavailable) as info:
+                await store.get_job(JOB)
+            assert "connection" in info.value.reason or "stopped" in info.value.reason
+            # the broken connection left the pool: the next call has a new one
+            assert (await store.get_job(JOB)).job_id == JOB
+        finally:
+            await store.aclose()
+
+    trio.run(scenario)
+
+
+def test_a_bug_is_not_a_store_fault(pg_url):
+    """An SQL error that is not about the storage passes unchanged (it is a bug to fix)."""
+    async def scenario():
+        store = await open_url(pg_url)
+        try:
+            with pytest.raises(psycopg.errors.UndefinedFunction):
+                await store._run(pg._op_scalar, "SELECT no_such_function()", ())
+        finally:
+            await store.aclose()
+
+    trio.run(scenario)
+
+
+# -- concurrency
+
+
+def test_two_stores_claiming_at_once_never_share_an_item(pg_url):
+    ids = [f"i{n:03d}" for n in range(120)]
+
+    async def scenario():
+        first, second = await open_url(pg_url), await open_url(pg_url)
+        await first.add_job(job_row(), new_items(*ids))
+        got: dict[str, list[str]] = {OWNER: [], OTHER: []}
+
+        async def drain(store, owner):
+            while batch := await store.claim_next("chapter", 3, NOW, owner):
+                got[owner] += [c.item_id for c in batch]
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for _ in range(3):  # several claimers per store: the pool's connections at once
+                    nursery.start_soon(drain, first, OWNER)
+                    nursery.start_soon(drain, second, OTHER)
+        finally:
+            await first.aclose()
+            await second.aclose()
+        return got
+
+    got = trio.run(scenario)
+    assert sorted(got[OWNER] + got[OTHER]) == ids  # each exactly once
+    assert got[OWNER] and got[OTHER]
+
+
+def test_more_calls_than_connections_wait_for_the_limiter(pg_url):
+    async def scenario():
+        store = await open_url(pg_url + "&pool_size=2")
+        await store.add_job(job_row(), new_items("a"))
+        results = []
+
+        async def read():
+            results.append(await store.counts(JOB))
+
+        try:
+            assert store.pool_size == 2 and store._limiter.total_tokens == 2
+            async with trio.open_nursery() as nursery:
+                for _ in range(30):
+                    nursery.start_soon(read)
+        finally:
+            await store.aclose()
+        return results
+
+    results = trio.run(scenario)
+    assert len(results) == 30 and all(r["pending"] == 1 for r in results)
+
+
+# -- query plans
+
+
+def test_claims_walk_the_queue_index(pg_url, postgres_database):
+    async def fill():
+        store = await open_url(pg_url)
+        try:
+            await store.add_job(job_row(), new_items(*[f"i{n:04d}" for n in range(2000)]))
+            # another job type ahead in the queue: a walk of the whole queue would meet it first
+            await store.add_job(job_row("summaries", job_type="summary"),
+                                new_items(*[f"s{n:04d}" for n in range(2000)], level=0))
+            await store.add_job(job_row("two"), new_items(*[f"i{n:04d}" for n in range(2000)]))
+        finally:
+            await store.aclose()
+
+    trio.run(fill)
+    schema = pg.parse_url(pg_url).schema
+    with psycopg.connect(postgres_database) as conn:
+        conn.execute(f'SET search_path TO "{schema}"')
+        conn.execute("ANALYZE items")
+        params = {"job_type": "chapter", "now": NOW, "limit": 8, "owner": OWNER, "exclude": [], "job_id": JOB, "only": None}
+        plans = {name: "\n".join(row[0] for row in conn.execute("EXPLAIN " + sql, params))
+                 for name, sql in (("claim_next", pg._CLAIM_NEXT), ("claim", pg._CLAIM))}
+        conn.rollback()
+    assert "Index Scan using items_queue on items" in plans["claim_next"], plans["claim_next"]
+    assert "Index Scan using items_claim on items" in plans["claim"], plans["claim"]
+    for plan in plans.values():
+        assert "LockRows" in plan and "Sort" not in plan.split("LockRows")[1], plan  # in index order, no sort
+
+
+# -- the test fixture itself: no server means skipped with the reason, or failed when required
+
+
+#: A test module for a pytest of its own that loads only tests/pgserver.py.
+_NEEDS_SERVER = """
+from pgserver import pg_admin, pg_url, postgres_database  # noqa: F401
+
+
+def test_needs_a_server(pg_url):
+    assert pg_url
+
+
+def test_needs_nothing():
+    pass
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("required", [False, True])
+def test_no_server_skips_the_postgresql_tests_unless_they_are_required(tmp_path, required):
+    import os
+    from pathlib import Path
+
+    (tmp_path / "test_needs_server.py").write_text(_NEEDS_SERVER)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STORYLOOM_")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent)
+    env["STORYLOOM_TEST_POSTGRES"] = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+    if required:
+        env["STORYLOOM_REQUIRE_POSTGRES"] = "1"
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-p", "no:storyloom",
+                          f"--rootdir={tmp_path}", "test_needs_server.py"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    text = out.stdout + out.stderr
+    if required:
+        assert out.returncode == 1, text
+        assert "STORYLOOM_REQUIRE_POSTGRES=1 but PostgreSQL cannot be used" in text and "1 passed, 1 error" in text
+    else:
+        assert out.returncode == 0, text
+        assert "no PostgreSQL server for the tests" in text and "refused" in text, text
+        assert "1 passed, 1 skipped" in text  # the other test ran; the one that needs a server was skipped
