@@ -325,7 +325,8 @@ def test_claims_walk_the_queue_index(pg_url, postgres_database):
     with psycopg.connect(postgres_database) as conn:
         conn.execute(f'SET search_path TO "{schema}"')
         conn.execute("ANALYZE items")
-        params = {"job_type": "chapter", "now": NOW, "limit": 8, "owner": OWNER, "exclude": [], "job_id": JOB, "only": None}
+        params = {"job_type": "chapter", "now": NOW, "limit": 8, "owner": OWNER, "exclude": [], "job_id": JOB, "only": None,
+                  "lease_s": 30.0}
         plans = {name: "\n".join(row[0] for row in conn.execute("EXPLAIN " + sql, params))
                  for name, sql in (("claim_next", pg._CLAIM_NEXT), ("claim", pg._CLAIM))}
         conn.rollback()
