@@ -342,8 +342,12 @@ class Worker:
                         not stage or await store.next_ready_at(only.job_id) is None) and (
                         only.in_flight == 0 and not self._claiming):  # again: that await yielded
                     elsewhere = await self.leased_elsewhere([only.job_id])
+                    # Read again: a store that awaits (PostgreSQL) lets the lease
+                    # keeper reap between the two reads, and a reaped item is pending.
                     if elsewhere is None:
-                        return  # nothing pending, nothing running anywhere: done
+                        ready_at = await store.next_ready_at(only.job_id)
+                        if ready_at is None:
+                            return  # nothing pending, nothing running anywhere: done
             else:
                 ready_at = await store.next_queued_at(job_type)
                 if ready_at is None and self.burst and await self._drained():
@@ -353,7 +357,9 @@ class Worker:
                             if row.state not in ("completed", "failed", "cancelled")]
                     elsewhere = await self.leased_elsewhere(jobs)
                     if elsewhere is None:
-                        return
+                        ready_at = await store.next_queued_at(job_type)  # read again, as above
+                        if ready_at is None:
+                            return
             wait = math.inf if ready_at is None else max(0.0, ready_at - time.time())
             if only is None and not self.burst:
                 wait = min(wait, POLL_INTERVAL)  # another process may submit work

@@ -225,10 +225,35 @@ def stop_outside_a_write(proc: subprocess.Popen, db: Path) -> None:
     raise AssertionError("the worker always held the write lock")
 
 
+def stop_outside_a_transaction(proc: subprocess.Popen, store_url: str) -> None:
+    """SIGSTOP ``proc``, but not inside a PostgreSQL transaction: one stopped
+    there keeps its rows locked, and the reap skips locked rows (SKIP LOCKED)
+    until it is continued. Stopped mid-transaction, its session sits "idle in
+    transaction"; then continue it and try again."""
+    import psycopg
+
+    from storyloom.plugins.stores.postgresql import parse_url
+
+    with psycopg.connect(parse_url(store_url).conninfo, autocommit=True) as probe:
+        for _ in range(100):
+            proc.send_signal(signal.SIGSTOP)
+            time.sleep(0.3)
+            (idle,) = probe.execute(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = 'storyloom' AND pid <> "
+                "pg_backend_pid() AND state LIKE 'idle in transaction%%' "
+                "AND state_change < clock_timestamp() - interval '0.25 s'").fetchone()
+            if not idle:
+                return
+            proc.send_signal(signal.SIGCONT)
+            time.sleep(0.01)
+    raise AssertionError("the worker was always inside a transaction")
+
+
 @pytest.mark.slow
-def test_four_workers_drain_the_queue_exactly_once_through_a_kill_and_a_stop(tmp_path):
+def test_four_workers_drain_the_queue_exactly_once_through_a_kill_and_a_stop(tmp_path, store_url):
     lease = 2.0
-    (tmp_path / "storyloom.yaml").write_text(settings(lease="2s", latency=400))
+    store = f"store: '{store_url}'\n" if store_url else ""
+    (tmp_path / "storyloom.yaml").write_text(settings(lease="2s", latency=400) + store)
     submit(tmp_path, "m1", 150)
     submit(tmp_path, "m2", 150)
     jobs = ("m1", "m2")
@@ -246,7 +271,10 @@ def test_four_workers_drain_the_queue_exactly_once_through_a_kill_and_a_stop(tmp
         assert len(queue["workers"]) >= 3 and any(w["holding"] for w in queue["workers"])
         doomed.kill()  # SIGKILL: no cleanup at all
         doomed.wait(timeout=10)
-        stop_outside_a_write(sleeper, tmp_path / ".storyloom" / DB_NAME)
+        if store_url:
+            stop_outside_a_transaction(sleeper, store_url)
+        else:
+            stop_outside_a_write(sleeper, tmp_path / ".storyloom" / DB_NAME)
         stopped_at = time.monotonic()
         held = read_store(tmp_path, lambda store: holding(store, jobs))
         stopped_owner, killed_owner = owner_of(held, sleeper.pid), owner_of(held, doomed.pid)
@@ -297,15 +325,18 @@ def test_four_workers_drain_the_queue_exactly_once_through_a_kill_and_a_stop(tmp
     assert {row.job_id: row.state for row in states} == {"m1": "completed", "m2": "completed"}
     listing = json.loads(cli("status", "--json", cwd=tmp_path).stdout)
     assert listing["workers"] == []  # the survivors left; the killed one's heartbeat has aged
+    if store_url:  # it really ran on PostgreSQL
+        assert not (tmp_path / ".storyloom" / DB_NAME).exists()
 
 
 @pytest.mark.slow
-def test_a_worker_registered_as_another_host_dies_and_its_items_come_back_within_the_lease(tmp_path):
+def test_a_worker_registered_as_another_host_dies_and_its_items_come_back_within_the_lease(tmp_path, store_url):
     """The far-away worker claims five items, sends their requests, and is
     never heard from again. A pid check would call it alive forever (another
     host); its leases run out instead, and a local worker finishes the job."""
     lease = 2.0
-    (tmp_path / "storyloom.yaml").write_text(settings(lease="2s", latency=20))
+    store = f"store: '{store_url}'\n" if store_url else ""
+    (tmp_path / "storyloom.yaml").write_text(settings(lease="2s", latency=20) + store)
     db = tmp_path / ".storyloom" / DB_NAME
     worker = popen("work", "-q", cwd=tmp_path)  # waits for work
     try:
@@ -321,7 +352,10 @@ def test_a_worker_registered_as_another_host_dies_and_its_items_come_back_within
         wait_for(worker_up, timeout=60, what="heartbeat of the local worker")
         # Held still while the job is submitted and the far-away worker claims,
         # so that the far-away worker gets its five items.
-        stop_outside_a_write(worker, db)
+        if store_url:
+            stop_outside_a_transaction(worker, store_url)
+        else:
+            stop_outside_a_write(worker, db)
         try:
             submit(tmp_path, "far", 20)
 
@@ -365,3 +399,4 @@ def test_a_worker_registered_as_another_host_dies_and_its_items_come_back_within
     assert {r.item_id for r in rows if r.state == "stale"} == taken  # the far-away attempts: stale, maybe billed
     assert read_store(tmp_path, lambda store: store.costs("far")).unknown_usd == pytest.approx(0.05)
     assert json.loads(cli("status", "--json", cwd=tmp_path).stdout)["workers"] == []
+    assert db.exists() != bool(store_url)  # it really ran on that backend

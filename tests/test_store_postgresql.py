@@ -26,7 +26,8 @@ from storyloom.settings import Settings
 from storyloom.store.protocol import NewItem
 from storyloom.store import StoreNotFound, StoreUnavailable, StoreVersionError, open_store_url
 from pgserver import pg_store_url
-from store_conformance import JOB, NOW, OWNER, OTHER, STORES, job_row, new_items
+from storyloom.store.protocol import StartRecord
+from store_conformance import JOB, NOW, OWNER, OTHER, STORES, job_row, new_items, rec
 
 
 def open_url(url: str, create: bool = True):
@@ -154,8 +155,9 @@ def test_a_fresh_store_records_its_version_once(postgres_database):
 
     trio.run(twice)
     with psycopg.connect(postgres_database) as conn:
-        rows = conn.execute(f'SELECT version FROM "{schema}".storyloom_schema').fetchall()
-    assert rows == [(version,) for version in range(1, pg.SCHEMA_VERSION + 1)]  # one row per version applied
+        rows = conn.execute(f'SELECT version FROM "{schema}".storyloom_schema ORDER BY version').fetchall()
+    # one row per migration applied, each once, however many times it was opened
+    assert rows == [(version,) for version in range(1, pg.SCHEMA_VERSION + 1)]
 
 
 def test_a_newer_schema_is_refused(postgres_database):
@@ -213,6 +215,70 @@ def test_schemas_are_separate_stores(postgres_database):
             await b.aclose()
 
     trio.run(both)
+
+
+def test_a_version_1_store_migrates_to_leases_and_its_running_items_come_back(postgres_database):
+    """Version 1 (before leases) had no lease: an item it left running reads as expired."""
+    url = pg_store_url(postgres_database)
+    schema = pg.parse_url(url).schema
+    with psycopg.connect(postgres_database) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+        conn.execute(f'SET search_path TO "{schema}"')
+        conn.execute(pg._VERSION_TABLE)
+        for statement in pg.MIGRATIONS[1]:
+            conn.execute(statement)
+        conn.execute("INSERT INTO storyloom_schema (version) VALUES (1)")
+        conn.execute("INSERT INTO jobs VALUES ('j', 'chapter', 'running', '{}', NULL, 1, 1, NULL)")
+        conn.execute("INSERT INTO items (job_id, item_id, seq, level, state, definition, job_type, qseq, "
+                     "level_since, owner, started_at) VALUES "
+                     "('j', 'a', 0, 2, 'running', '{}', 'chapter', 1, 1, 'old-worker', 1), "
+                     "('j', 'b', 1, 2, 'pending', '{}', 'chapter', 2, 1, NULL, NULL)")
+
+    async def scenario():
+        store = await open_url(url)
+        try:
+            [row] = await store.running("j")
+            assert (row.item_id, row.owner, row.lease_left, row.fence) == ("a", "old-worker", None, 0)
+            assert await store.reap() == 1
+            assert (await store.counts("j"))["pending"] == 2
+            claimed = await store.claim("j", 2, NOW, OWNER)
+            assert {c.item_id: c.fence for c in claimed} == {"a": 2, "b": 1}  # reap +1, claim +1
+            assert await store.workers() == []
+        finally:
+            await store.aclose()
+
+    trio.run(scenario)
+    with psycopg.connect(postgres_database) as conn:
+        versions = conn.execute(f'SELECT version FROM "{schema}".storyloom_schema ORDER BY version').fetchall()
+    assert versions == [(1,), (2,), (3,)]
+
+
+def test_a_batch_of_starts_and_outcomes_fences_each_row(pg_url):
+    """Two or more rows go as one statement of arrays: each row's fence is checked on its own."""
+    async def scenario():
+        store = await open_url(pg_url)
+        try:
+            await store.add_job(job_row(), new_items("a", "b"))
+            [lost] = await store.claim(JOB, 1, NOW, OWNER, lease_s=-1.0)  # a, run out
+            assert await store.reap() == 1
+            [taken] = await store.claim(JOB, 1, NOW, OTHER, only=["a"])
+            [held] = await store.claim(JOB, 1, NOW, OWNER, only=["b"])
+            starts = [StartRecord(JOB, "a", "m1", NOW, attempt=1, reserved_usd=0.5, fence=lost.fence),
+                      StartRecord(JOB, "b", "m1", NOW, attempt=1, reserved_usd=0.5, fence=held.fence)]
+            assert await store.record([], OWNER, started=starts) == [False, True]
+            outcomes = [rec("a", fence=lost.fence, cost_usd=0.25, result_text="late"),
+                        rec("b", fence=held.fence, sent=True, reserved_usd=0.5, cost_usd=0.125, result_text="b")]
+            assert await store.record(outcomes, OWNER) == [False, True]
+            assert await store.result(JOB, "a") is None and await store.result(JOB, "b") == ("b", None)
+            assert [(r.item_id, r.owner, r.fence) for r in await store.running(JOB)] == [("a", OTHER, taken.fence)]
+            assert sorted((r.item_id, r.state, r.cost_usd) for r in await store.attempts(JOB)) == [
+                ("a", "stale", 0.25), ("b", "completed", 0.125)]
+            costs = await store.costs(JOB)
+            assert (costs.cost_usd, costs.unknown_attempts) == (pytest.approx(0.375), 0)
+        finally:
+            await store.aclose()
+
+    trio.run(scenario)
 
 
 # -- faults while open
@@ -325,7 +391,8 @@ def test_claims_walk_the_queue_index(pg_url, postgres_database):
     with psycopg.connect(postgres_database) as conn:
         conn.execute(f'SET search_path TO "{schema}"')
         conn.execute("ANALYZE items")
-        params = {"job_type": "chapter", "now": NOW, "limit": 8, "owner": OWNER, "exclude": [], "job_id": JOB, "only": None}
+        params = {"job_type": "chapter", "now": NOW, "limit": 8, "owner": OWNER, "exclude": [], "job_id": JOB, "only": None,
+                  "lease_s": 30.0}
         plans = {name: "\n".join(row[0] for row in conn.execute("EXPLAIN " + sql, params))
                  for name, sql in (("claim_next", pg._CLAIM_NEXT), ("claim", pg._CLAIM),
                                    ("claim_stage", pg._CLAIM_STAGE))}
@@ -367,7 +434,7 @@ def test_a_claim_walks_past_no_blocked_item(pg_url, postgres_database):
 
 
 def test_a_version_1_store_migrates_to_pipelines(postgres_database):
-    """A store written before pipelines (version 1) opens as version 2: its
+    """A store written before pipelines (version 1) opens as the newest version: its
     items keep their state and order and nothing waits; new pipeline jobs work."""
     url = pg_store_url(postgres_database)
     schema = pg.parse_url(url).schema
@@ -398,7 +465,7 @@ def test_a_version_1_store_migrates_to_pipelines(postgres_database):
     trio.run(use)
     with psycopg.connect(postgres_database) as conn:
         rows = conn.execute(f'SELECT version FROM "{schema}".storyloom_schema ORDER BY version').fetchall()
-    assert rows == [(1,), (2,)]
+    assert rows == [(1,), (2,), (3,)]
 
 
 # -- the test fixture itself: no server means skipped with the reason, or failed when required

@@ -46,8 +46,13 @@ from storyloom.store.protocol import (
     JobRow,
     NewItem,
     QueuedRow,
+    REAP_BATCH,
+    WORKER_FORGET_S,
+    DEFAULT_LEASE_S,
     RunningRow,
     StartRecord,
+    WorkerInfo,
+    WorkerRow,
     StoreNotFound,
     StoreUnavailable,
     StoreVersionError,
@@ -60,7 +65,7 @@ SCHEMES = ("postgresql", "postgres")
 #: The newest version of this backend's schema; one row per applied version
 #: sits in the schema's ``storyloom_schema`` table. Bump it with a new entry in
 #: :data:`MIGRATIONS`. Independent of the SQLite backend's numbers.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Where the tables go when the URL names no ``schema``.
 DEFAULT_SCHEMA = "storyloom"
 DEFAULT_POOL_SIZE = 4
@@ -236,11 +241,32 @@ _INDEXES_2 = tuple(f"DROP INDEX {name}" for name in (
     "CREATE INDEX artifacts_project ON artifacts (project_id, kind, artifact_id)",
 )
 
+# -- version 3: leases and fences, purely additive. The lease is on the
+# database's clock (_DB_NOW); the fence only ever grows. An item left running
+# by a version 1 or 2 worker has no lease (NULL), which reap reads as expired.
+_LEASES_3 = (
+    "ALTER TABLE items ADD COLUMN lease_until double precision, ADD COLUMN fence integer NOT NULL DEFAULT 0",
+    # The claim's fence an attempt ran under (NULL: written before version 3).
+    "ALTER TABLE attempts ADD COLUMN fence integer",
+    # For operators only: who works on this store, and since when.
+    """CREATE TABLE workers (
+        worker_id text COLLATE "C" PRIMARY KEY,
+        host text NOT NULL,
+        pid integer NOT NULL,
+        started_at double precision NOT NULL,
+        beat_at double precision NOT NULL,
+        lease_s double precision NOT NULL
+    )""",
+    # reap: running items by lease end.
+    "CREATE INDEX items_lease ON items (lease_until) WHERE state = 'running'",
+)
+
 #: version -> the statements that bring a store from the version before to it,
 #: run in one transaction. Only ever append.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: _TABLES_1 + _INDEXES_1,
     2: _COLUMNS_2 + _TABLES_2 + _INDEXES_2,
+    3: _LEASES_3,
 }
 
 _VERSION_TABLE = """CREATE TABLE IF NOT EXISTS storyloom_schema (
@@ -250,9 +276,14 @@ _VERSION_TABLE = """CREATE TABLE IF NOT EXISTS storyloom_schema (
 
 # -- statements
 
+#: The database's clock, in epoch seconds: clock_timestamp(), not now() (the
+#: transaction's start), so a lease counts from the statement that sets it.
+#: Every lease is computed and compared on it, never on a worker's clock.
+_DB_NOW = "extract(epoch FROM clock_timestamp())::float8"
+
 _JOB_COLUMNS = "job_id, job_type, state, definition, created_at, updated_at, reason, runner"
 _CLAIMED_COLUMNS = ("items.level, items.qseq, items.job_id, items.item_id, items.definition, items.attempts, "
-                    "items.last_model, items.free_attempts, items.first_started_at, items.error_kind")
+                    "items.last_model, items.free_attempts, items.first_started_at, items.error_kind, items.fence")
 # SKIP LOCKED: two workers claiming at once each take the next rows the other
 # has not locked, never waiting and never sharing one. Read committed
 # re-checks each locked row, so an item claimed and committed meanwhile drops out.
@@ -264,7 +295,8 @@ WITH picked AS (
     ORDER BY level, seq LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
-UPDATE items SET state = 'running', owner = %(owner)s, started_at = %(now)s
+UPDATE items SET state = 'running', owner = %(owner)s, started_at = %(now)s, fence = items.fence + 1,
+    lease_until = {_DB_NOW} + %(lease_s)s
 FROM picked WHERE items.job_id = picked.job_id AND items.item_id = picked.item_id
 RETURNING {_CLAIMED_COLUMNS}
 """
@@ -276,7 +308,8 @@ WITH picked AS (
     ORDER BY level, qseq LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
-UPDATE items SET state = 'running', owner = %(owner)s, started_at = %(now)s
+UPDATE items SET state = 'running', owner = %(owner)s, started_at = %(now)s, fence = items.fence + 1,
+    lease_until = {_DB_NOW} + %(lease_s)s
 FROM picked WHERE items.job_id = picked.job_id AND items.item_id = picked.item_id
 RETURNING {_CLAIMED_COLUMNS}
 """
@@ -328,12 +361,63 @@ _DELETE_JOB = tuple(f"DELETE FROM {table} WHERE job_id = %s" for table in ("resu
 _SET_DEFINITION = "UPDATE jobs SET definition = %s, updated_at = %s WHERE job_id = %s"
 _RUNNING_OWNERS = "SELECT DISTINCT owner FROM items WHERE job_id = %s AND state = 'running'"
 _RELEASE_OWNER = """
-UPDATE items SET state = 'pending', owner = NULL WHERE job_id = %s AND state = 'running' AND owner = %s
+UPDATE items SET state = 'pending', owner = NULL, lease_until = NULL
+WHERE job_id = %s AND state = 'running' AND owner = %s
 """
+# recover: the owner is gone, so its late outcomes must no longer match.
+_RECOVER_OWNER = """
+UPDATE items SET state = 'pending', owner = NULL, lease_until = NULL, fence = fence + 1
+WHERE job_id = %s AND state = 'running' AND owner = %s
+"""
+# A NULL fence: an old caller's release, by owner only.
 _RELEASE_ITEMS = """
-UPDATE items SET state = 'pending', owner = NULL
-WHERE job_id = %s AND item_id = ANY (%s::text[]) AND state = 'running' AND owner = %s
+UPDATE items SET state = 'pending', owner = NULL, lease_until = NULL
+FROM unnest(%s::text[], %s::integer[]) AS given (item_id, fence)
+WHERE items.job_id = %s AND items.item_id = given.item_id AND items.state = 'running' AND items.owner = %s
+    AND (given.fence IS NULL OR items.fence = given.fence)
 """
+_RENEW = f"""
+UPDATE items SET lease_until = {_DB_NOW} + %(lease_s)s
+FROM unnest(%(job_id)s::text[], %(item_id)s::text[], %(fence)s::integer[]) AS held (job_id, item_id, fence)
+WHERE items.job_id = held.job_id AND items.item_id = held.item_id AND items.state = 'running'
+    AND items.owner = %(owner)s AND items.fence = held.fence
+RETURNING items.job_id, items.item_id, items.fence
+"""
+# Expired leases back to pending, fence + 1, in one batch; SKIP LOCKED so
+# that concurrent reapers (and a worker recording meanwhile) never collide,
+# and read committed re-checks each locked row. No lease at all (an item
+# claimed by a version 1 worker) counts as expired. The attempts still 'sent'
+# under the lost fence become stale: outcome unknown, their worst case counts.
+_REAP = f"""
+WITH lost AS (
+    SELECT job_id, item_id FROM items
+    WHERE state = 'running' AND (lease_until IS NULL OR lease_until < {_DB_NOW})
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), reaped AS (
+    UPDATE items SET state = 'pending', owner = NULL, lease_until = NULL, fence = items.fence + 1
+    FROM lost WHERE items.job_id = lost.job_id AND items.item_id = lost.item_id
+    RETURNING items.job_id, items.item_id, items.fence - 1 AS fence
+), staled AS (
+    UPDATE attempts SET state = 'stale', error_kind = 'LEASE_LOST',
+        error = 'its worker lost the lease (stopped, cut off or killed): outcome unknown'
+    FROM reaped
+    WHERE attempts.job_id = reaped.job_id AND attempts.item_id = reaped.item_id
+        AND COALESCE(attempts.fence, 0) = reaped.fence AND attempts.state = 'sent'
+)
+SELECT COUNT(*) FROM reaped
+"""
+_FORGET_OLD_WORKERS = f"DELETE FROM workers WHERE beat_at < {_DB_NOW} - %s"
+_HEARTBEAT = f"""
+INSERT INTO workers (worker_id, host, pid, started_at, beat_at, lease_s) VALUES (%s, %s, %s, %s, {_DB_NOW}, %s)
+ON CONFLICT (worker_id) DO UPDATE SET beat_at = EXCLUDED.beat_at, lease_s = EXCLUDED.lease_s
+"""
+_FORGET_WORKER = "DELETE FROM workers WHERE worker_id = %s"
+_WORKERS = f"""
+SELECT worker_id, host, pid, started_at, beat_at, lease_s, beat_at + lease_s >= {_DB_NOW}
+FROM workers ORDER BY started_at, worker_id
+"""
+_HOLDING = "SELECT owner, job_id, COUNT(*) FROM items WHERE state = 'running' GROUP BY owner, job_id"
 # record() sends one statement per start and one per outcome, all at once
 # (psycopg's executemany pipelines them: one round trip for a whole group
 # commit). Each statement does every step of its start or outcome in
@@ -345,11 +429,13 @@ _RECORD_START = """
 WITH started AS (
     UPDATE items SET last_model = %(model)s, started_at = %(started_at)s
     WHERE job_id = %(job_id)s AND item_id = %(item_id)s AND state = 'running' AND owner = %(owner)s
+        AND (%(fence)s::integer IS NULL OR fence = %(fence)s::integer)
     RETURNING 1
 ), sent AS (
-    INSERT INTO attempts (job_id, item_id, attempt, model, state, started_at, finished_at, reserved_usd, unknown)
+    INSERT INTO attempts (job_id, item_id, attempt, model, state, started_at, finished_at, reserved_usd, unknown,
+        fence)
     SELECT %(job_id)s, %(item_id)s, %(attempt)s::integer, %(model)s, 'sent', %(started_at)s::float8,
-        %(started_at)s::float8, %(reserved_usd)s::float8, 1
+        %(started_at)s::float8, %(reserved_usd)s::float8, 1, %(fence)s::integer
     FROM started WHERE %(attempt)s::integer <> 0
 )
 SELECT COUNT(*) FROM started
@@ -364,8 +450,10 @@ _RECORD_OUTCOME = """
 WITH finished AS (
     UPDATE items SET state = %(state)s, attempts = %(attempt)s, free_attempts = free_attempts + %(free)s,
         first_started_at = COALESCE(first_started_at, %(started_at)s), last_model = COALESCE(%(model)s, last_model),
-        not_before = %(not_before)s, error_kind = %(error_kind)s, error = %(error)s, route = %(route)s, owner = NULL
+        not_before = %(not_before)s, error_kind = %(error_kind)s, error = %(error)s, route = %(route)s, owner = NULL,
+        lease_until = NULL
     WHERE job_id = %(job_id)s AND item_id = %(item_id)s AND state = 'running' AND owner = %(owner)s
+        AND (%(fence)s::integer IS NULL OR fence = %(fence)s::integer)
     RETURNING 1
 ), newest_sent AS (
     SELECT MAX(attempt_id) AS attempt_id FROM attempts
@@ -379,11 +467,11 @@ WITH finished AS (
     RETURNING 1
 ), added AS (
     INSERT INTO attempts (job_id, item_id, attempt, model, state, error_kind, error, input_tokens, output_tokens,
-        cost_usd, started_at, finished_at, route, reserved_usd, unknown)
+        cost_usd, started_at, finished_at, route, reserved_usd, unknown, fence)
     SELECT %(job_id)s, %(item_id)s, %(attempt)s::integer, %(model)s::text, %(state)s::text, %(error_kind)s::text,
         %(error)s::text, %(input_tokens)s::bigint, %(output_tokens)s::bigint, %(cost_usd)s::float8,
         %(started_at)s::float8, %(finished_at)s::float8, %(route)s::text, %(reserved_usd)s::float8,
-        %(unknown)s::integer
+        %(unknown)s::integer, %(fence)s::integer
     WHERE EXISTS (SELECT 1 FROM finished) AND NOT EXISTS (SELECT 1 FROM completed_sent)
 ), stored AS (
     INSERT INTO results (job_id, item_id, text, data, created_at)
@@ -396,7 +484,7 @@ WITH finished AS (
         input_tokens = %(input_tokens)s, output_tokens = %(output_tokens)s, cost_usd = %(cost_usd)s,
         finished_at = %(finished_at)s, route = %(route)s, unknown = %(unknown)s
     WHERE attempt_id = (SELECT attempt_id FROM newest_sent) AND NOT EXISTS (SELECT 1 FROM finished)
-        AND EXISTS (SELECT 1 FROM items WHERE job_id = %(job_id)s AND item_id = %(item_id)s AND state = 'skipped')
+        AND %(fence)s::integer IS NULL AND EXISTS (SELECT 1 FROM items WHERE job_id = %(job_id)s AND item_id = %(item_id)s AND state = 'skipped')
 )
 SELECT COUNT(*) FROM finished
 """
@@ -408,16 +496,17 @@ SELECT COUNT(*) FROM finished
 _BATCH_START = """
 WITH input AS (
     SELECT * FROM unnest(%(job_id)s::text[], %(item_id)s::text[], %(model)s::text[], %(started_at)s::float8[],
-                         %(attempt)s::integer[], %(reserved_usd)s::float8[])
-        WITH ORDINALITY AS t (job_id, item_id, model, started_at, attempt, reserved_usd, ord)
+                         %(attempt)s::integer[], %(reserved_usd)s::float8[], %(fence)s::integer[])
+        WITH ORDINALITY AS t (job_id, item_id, model, started_at, attempt, reserved_usd, fence, ord)
 ), started AS (
     UPDATE items SET last_model = input.model, started_at = input.started_at FROM input
     WHERE items.job_id = input.job_id AND items.item_id = input.item_id AND items.state = 'running'
-        AND items.owner = %(owner)s
+        AND items.owner = %(owner)s AND (input.fence IS NULL OR items.fence = input.fence)
     RETURNING input.*
 ), sent AS (
-    INSERT INTO attempts (job_id, item_id, attempt, model, state, started_at, finished_at, reserved_usd, unknown)
-    SELECT job_id, item_id, attempt, model, 'sent', started_at, started_at, reserved_usd, 1
+    INSERT INTO attempts (job_id, item_id, attempt, model, state, started_at, finished_at, reserved_usd, unknown,
+        fence)
+    SELECT job_id, item_id, attempt, model, 'sent', started_at, started_at, reserved_usd, 1, fence
     FROM started WHERE attempt <> 0 ORDER BY ord
 )
 SELECT ord FROM started
@@ -429,18 +518,19 @@ WITH input AS (
                          %(model)s::text[], %(not_before)s::float8[], %(error_kind)s::text[], %(error)s::text[],
                          %(route)s::text[], %(sent)s::boolean[], %(input_tokens)s::bigint[],
                          %(output_tokens)s::bigint[], %(cost_usd)s::float8[], %(reserved_usd)s::float8[],
-                         %(unknown)s::integer[], %(result_text)s::text[], %(result_data)s::text[])
+                         %(unknown)s::integer[], %(result_text)s::text[], %(result_data)s::text[],
+                         %(fence)s::integer[])
         WITH ORDINALITY AS t (job_id, item_id, state, attempt, free, started_at, finished_at, model, not_before,
                               error_kind, error, route, sent, input_tokens, output_tokens, cost_usd, reserved_usd,
-                              unknown, result_text, result_data, ord)
+                              unknown, result_text, result_data, fence, ord)
 ), finished AS (
     UPDATE items SET state = input.state, attempts = input.attempt, free_attempts = items.free_attempts + input.free,
         first_started_at = COALESCE(items.first_started_at, input.started_at),
         last_model = COALESCE(input.model, items.last_model), not_before = input.not_before,
-        error_kind = input.error_kind, error = input.error, route = input.route, owner = NULL
+        error_kind = input.error_kind, error = input.error, route = input.route, owner = NULL, lease_until = NULL
     FROM input
     WHERE items.job_id = input.job_id AND items.item_id = input.item_id AND items.state = 'running'
-        AND items.owner = %(owner)s
+        AND items.owner = %(owner)s AND (input.fence IS NULL OR items.fence = input.fence)
     RETURNING input.*
 ), newest_sent AS (
     SELECT input.ord, (SELECT MAX(attempt_id) FROM attempts
@@ -457,9 +547,9 @@ WITH input AS (
     RETURNING f.ord
 ), added AS (
     INSERT INTO attempts (job_id, item_id, attempt, model, state, error_kind, error, input_tokens, output_tokens,
-        cost_usd, started_at, finished_at, route, reserved_usd, unknown)
+        cost_usd, started_at, finished_at, route, reserved_usd, unknown, fence)
     SELECT job_id, item_id, attempt, model, state, error_kind, error, input_tokens, output_tokens, cost_usd,
-        started_at, finished_at, route, reserved_usd, unknown
+        started_at, finished_at, route, reserved_usd, unknown, fence
     FROM finished WHERE ord NOT IN (SELECT ord FROM completed_sent) ORDER BY ord
 ), stored AS (
     INSERT INTO results (job_id, item_id, text, data, created_at)
@@ -471,12 +561,32 @@ WITH input AS (
         input_tokens = i.input_tokens, output_tokens = i.output_tokens, cost_usd = i.cost_usd,
         finished_at = i.finished_at, route = i.route, unknown = i.unknown
     FROM input AS i JOIN newest_sent AS n ON n.ord = i.ord
-    WHERE attempts.attempt_id = n.attempt_id AND i.ord NOT IN (SELECT ord FROM finished)
+    WHERE attempts.attempt_id = n.attempt_id AND i.ord NOT IN (SELECT ord FROM finished) AND i.fence IS NULL
         AND EXISTS (SELECT 1 FROM items WHERE items.job_id = i.job_id AND items.item_id = i.item_id
                     AND items.state = 'skipped')
 )
 SELECT ord FROM finished
 """
+# A refused outcome under a fence (see _settle_refused): complete the row its
+# start wrote (or that reap marked stale) for that very claim; a newer
+# claim's rows are not touched. Else a new 'stale' row.
+_SETTLE_STALE = """
+UPDATE attempts SET state = %(state)s, model = %(model)s, error_kind = %(error_kind)s, error = %(error)s,
+    input_tokens = %(input_tokens)s, output_tokens = %(output_tokens)s, cost_usd = %(cost_usd)s,
+    started_at = %(started_at)s, finished_at = %(finished_at)s, route = %(route)s,
+    reserved_usd = %(reserved_usd)s, unknown = %(unknown)s
+WHERE attempt_id = (SELECT MAX(attempt_id) FROM attempts
+                    WHERE job_id = %(job_id)s AND item_id = %(item_id)s AND attempt = %(attempt)s
+                        AND fence = %(fence)s AND state IN ('sent', 'stale'))
+"""
+_INSERT_STALE = """
+INSERT INTO attempts (job_id, item_id, attempt, model, state, error_kind, error, input_tokens, output_tokens,
+    cost_usd, started_at, finished_at, route, reserved_usd, unknown, fence)
+VALUES (%(job_id)s, %(item_id)s, %(attempt)s, %(model)s, 'stale', %(error_kind)s, %(error)s, %(input_tokens)s,
+    %(output_tokens)s, %(cost_usd)s, %(started_at)s, %(finished_at)s, %(route)s, %(reserved_usd)s, %(unknown)s,
+    %(fence)s)
+"""
+_ITEM_STATE_FENCE = "SELECT state, fence FROM items WHERE job_id = %s AND item_id = %s"
 _REQUEUE_FAILED = """
 UPDATE items SET state = 'pending', free_attempts = attempts, first_started_at = NULL, not_before = 0,
     owner = NULL, held = %s
@@ -569,8 +679,8 @@ FROM STDIN (FORMAT BINARY)
 """
 _COPY_TYPES = ("text", "text", "int4", "int4", "text", "text", "text", "int8", "float8", "float8", "bool")
 _COUNTS = "SELECT state, COUNT(*) FROM items WHERE job_id = %s GROUP BY state"
-_RUNNING = """
-SELECT item_id, last_model, started_at, attempts, owner FROM items
+_RUNNING = f"""
+SELECT item_id, last_model, started_at, attempts, owner, lease_until - {_DB_NOW}, fence FROM items
 WHERE job_id = %s AND state = 'running' ORDER BY started_at, seq
 """
 _ITEMS = """
@@ -619,8 +729,9 @@ def _claimed(rows: list[tuple]) -> list[ClaimedItem]:
     rows.sort()  # RETURNING gives rows in no particular order: by level, then seq or qseq
     loads = json.loads
     return [
-        ClaimedItem(item_id, loads(definition), attempts, last_model, free, first, error_kind, job_id)
-        for _level, _order, job_id, item_id, definition, attempts, last_model, free, first, error_kind in rows
+        ClaimedItem(item_id, loads(definition), attempts, last_model, free, first, error_kind, job_id, fence)
+        for _level, _order, job_id, item_id, definition, attempts, last_model, free, first, error_kind, fence
+        in rows
     ]
 
 
@@ -711,30 +822,65 @@ def _op_running_owners(cur: "psycopg.Cursor", job_id: str) -> list[str]:
     return [owner for (owner,) in cur.fetchall()]
 
 
-def _op_release_owners(cur: "psycopg.Cursor", job_id: str, owners: Sequence[str]) -> int:
+def _op_release_owners(cur: "psycopg.Cursor", job_id: str, owners: Sequence[str], fence_up: bool = False) -> int:
     count = 0
     for owner in owners:
-        cur.execute(_RELEASE_OWNER, (job_id, owner))
+        cur.execute(_RECOVER_OWNER if fence_up else _RELEASE_OWNER, (job_id, owner))
         count += cur.rowcount
     return count
 
 
-def _op_release_items(cur: "psycopg.Cursor", job_id: str, owner: str, item_ids: Sequence[str]) -> int:
-    cur.execute(_RELEASE_ITEMS, (job_id, list(item_ids), owner))
+def _op_release_items(cur: "psycopg.Cursor", job_id: str, owner: str, item_ids: Sequence[str],
+                      fences: Sequence[int | None]) -> int:
+    cur.execute(_RELEASE_ITEMS, (list(item_ids), list(fences), job_id, owner))
     return cur.rowcount
 
 
+def _op_renew(cur: "psycopg.Cursor", owner: str, held: Sequence[tuple[str, str, int]],
+              lease_s: float) -> set[tuple[str, str, int]]:
+    cur.execute(_RENEW, {"owner": owner, "lease_s": lease_s, "job_id": [h[0] for h in held],
+                         "item_id": [h[1] for h in held], "fence": [h[2] for h in held]})
+    return {(job_id, item_id, fence) for job_id, item_id, fence in cur.fetchall()}
+
+
+def _op_reap(cur: "psycopg.Cursor", limit: int) -> int:
+    cur.execute(_REAP, {"limit": limit})
+    (reaped,) = cur.fetchone()
+    cur.execute(_FORGET_OLD_WORKERS, (WORKER_FORGET_S,))
+    return reaped
+
+
+def _op_heartbeat(cur: "psycopg.Cursor", worker: WorkerInfo) -> None:
+    cur.execute(_HEARTBEAT, (worker.worker_id, worker.host, worker.pid, worker.started_at, worker.lease_s))
+
+
+def _op_forget_worker(cur: "psycopg.Cursor", worker_id: str) -> None:
+    cur.execute(_FORGET_WORKER, (worker_id,))
+
+
+def _op_workers(cur: "psycopg.Cursor") -> list[WorkerRow]:
+    holding: dict[str, dict[str, int]] = {}
+    cur.execute(_HOLDING)
+    for owner, job_id, n in cur.fetchall():
+        holding.setdefault(owner, {})[job_id] = n
+    cur.execute(_WORKERS)
+    return [WorkerRow(wid, host, pid, started, beat, lease, bool(alive), holding.get(wid, {}))
+            for wid, host, pid, started, beat, lease, alive in cur.fetchall()]
+
+
 def _op_claim(cur: "psycopg.Cursor", job_id: str, limit: int, now: float, owner: str,
-              only: list[str] | None, job_type: str | None = None) -> list[ClaimedItem]:
+              only: list[str] | None, job_type: str | None = None,
+              lease_s: float = DEFAULT_LEASE_S) -> list[ClaimedItem]:
     cur.execute(_CLAIM if job_type is None else _CLAIM_STAGE,
-                {"job_id": job_id, "now": now, "limit": limit, "owner": owner, "only": only, "job_type": job_type})
+                {"job_id": job_id, "now": now, "limit": limit, "owner": owner, "only": only, "job_type": job_type,
+                 "lease_s": lease_s})
     return _claimed(cur.fetchall())
 
 
 def _op_claim_next(cur: "psycopg.Cursor", job_type: str, limit: int, now: float, owner: str,
-                   exclude: list[str]) -> list[ClaimedItem]:
+                   exclude: list[str], lease_s: float = DEFAULT_LEASE_S) -> list[ClaimedItem]:
     cur.execute(_CLAIM_NEXT, {"job_type": job_type, "now": now, "limit": limit, "owner": owner,
-                              "exclude": exclude})
+                              "exclude": exclude, "lease_s": lease_s})
     return _claimed(cur.fetchall())
 
 
@@ -780,7 +926,8 @@ def _op_queued(cur: "psycopg.Cursor", limit: int) -> list[QueuedRow]:
 def _op_record(cur: "psycopg.Cursor", records: Sequence[AttemptRecord], owner: str,
                started: Sequence[StartRecord]) -> list[bool]:
     starts = [{"model": s.model, "started_at": s.started_at, "job_id": s.job_id, "item_id": s.item_id,
-               "owner": owner, "attempt": s.attempt, "reserved_usd": s.reserved_usd} for s in started]
+               "owner": owner, "attempt": s.attempt, "reserved_usd": s.reserved_usd, "fence": s.fence}
+              for s in started]
     now = time.time()
     outcomes = [{
         "state": rec.state, "attempt": rec.attempt, "free": int(rec.free), "started_at": rec.started_at,
@@ -790,13 +937,28 @@ def _op_record(cur: "psycopg.Cursor", records: Sequence[AttemptRecord], owner: s
         "input_tokens": rec.input_tokens, "output_tokens": rec.output_tokens, "cost_usd": float(rec.cost_usd),
         "reserved_usd": float(rec.reserved_usd), "unknown": int(rec.outcome_unknown),
         "result_text": _text(rec.result_text if rec.result_text is not None else ""),
-        "result_data": _dumps(rec.result_data), "now": now,
+        "result_data": _dumps(rec.result_data), "now": now, "fence": rec.fence,
     } for rec in records]
     # Starts first, as one group: an outcome in the same batch is a later moment.
     starts_applied = _applied(cur, _RECORD_START, _BATCH_START, starts, owner)
     applied = _applied(cur, _RECORD_OUTCOME, _BATCH_OUTCOME, outcomes, owner)
+    for ok, outcome in zip(applied, outcomes):
+        if not ok and outcome["fence"] is not None:
+            _settle_refused(cur, outcome)
     _pipeline_steps(cur, [rec for rec, ok in zip(records, applied) if ok])
     return applied + starts_applied
+
+
+def _settle_refused(cur: "psycopg.Cursor", outcome: dict[str, Any]) -> None:
+    """Store a refused outcome that carries a fence, in the record's
+    transaction: ``skipped`` if a cancel took the item under that fence, else
+    ``stale``; either way with its tokens and cost (rare: one statement each)."""
+    cur.execute(_ITEM_STATE_FENCE, (outcome["job_id"], outcome["item_id"]))
+    row = cur.fetchone()
+    cancelled = row is not None and row[0] == "skipped" and row[1] == outcome["fence"]
+    cur.execute(_SETTLE_STALE, {**outcome, "state": "skipped" if cancelled else "stale"})
+    if cur.rowcount == 0 and not cancelled and row is not None:
+        cur.execute(_INSERT_STALE, outcome)
 
 
 #: A batch at least this long goes as arrays in one statement; a single row
@@ -1146,27 +1308,54 @@ class PostgresStore:
         dead = [owner for owner in owners if not owner_alive(owner)]
         if not dead:
             return 0
-        return await self._run(_op_release_owners, job_id, dead)
+        return await self._run(_op_release_owners, job_id, dead, True)
 
-    async def release(self, job_id: str, owner: str, item_ids: Sequence[str] | None = None) -> int:
+    async def release(self, job_id: str, owner: str, item_ids: Sequence[str] | None = None,
+                      fences: Sequence[int] | None = None) -> int:
+        """Each item only under its fence, if ``fences`` is given."""
         if item_ids is None:
             return await self._run(_op_release_owners, job_id, [owner])
-        return await self._run(_op_release_items, job_id, owner, list(item_ids))
+        if fences is not None and len(fences) != len(item_ids):
+            raise ValueError("release: one fence per item id")
+        given = list(fences) if fences is not None else [None] * len(item_ids)
+        return await self._run(_op_release_items, job_id, owner, list(item_ids), given)
+
+    async def renew(self, owner: str, held: Sequence[tuple[str, str, int]],
+                    lease_s: float = DEFAULT_LEASE_S) -> set[tuple[str, str, int]]:
+        if not held:
+            return set()
+        return await self._run(_op_renew, owner, list(held), lease_s)
+
+    async def reap(self, limit: int = REAP_BATCH) -> int:
+        if limit <= 0:
+            return 0
+        return await self._run(_op_reap, limit)
+
+    async def heartbeat(self, worker: WorkerInfo) -> None:
+        await self._run(_op_heartbeat, worker)
+
+    async def forget_worker(self, worker_id: str) -> None:
+        await self._run(_op_forget_worker, worker_id)
+
+    async def workers(self) -> list[WorkerRow]:
+        return await self._run(_op_workers)
 
     async def claim(self, job_id: str, limit: int, now: float, owner: str,
-                    only: Collection[str] | None = None, job_type: str | None = None) -> list[ClaimedItem]:
+                    only: Collection[str] | None = None, job_type: str | None = None,
+                    lease_s: float = DEFAULT_LEASE_S) -> list[ClaimedItem]:
         """``only``: among these item ids (a sample run's); ``job_type``: of that stage only."""
         if limit <= 0:
             return []
         return await self._run(_op_claim, job_id, limit, now, owner, None if only is None else list(only),
-                               job_type)
+                               job_type, lease_s)
 
     async def claim_next(
-        self, job_type: str, limit: int, now: float, owner: str, exclude: Collection[str] = ()
+        self, job_type: str, limit: int, now: float, owner: str, exclude: Collection[str] = (),
+        lease_s: float = DEFAULT_LEASE_S,
     ) -> list[ClaimedItem]:
         if limit <= 0:
             return []
-        return await self._run(_op_claim_next, job_type, limit, now, owner, list(exclude))
+        return await self._run(_op_claim_next, job_type, limit, now, owner, list(exclude), lease_s)
 
     async def next_ready_at(self, job_id: str, job_type: str | None = None) -> float | None:
         if job_type is not None:
