@@ -345,9 +345,12 @@ class Worker:
                     # Read again: a store that awaits (PostgreSQL) lets the lease
                     # keeper reap between the two reads, and a reaped item is pending.
                     if elsewhere is None:
-                        ready_at = await store.next_ready_at(only.job_id)
-                        if ready_at is None:
+                        if await store.next_ready_at(only.job_id) is None:
                             return  # nothing pending, nothing running anywhere: done
+                        # Pending after all: this stage's (reaped) to claim now, or another
+                        # stage's, whose completions wake this dispatcher.
+                        ready_at = await store.next_ready_at(only.job_id, job_type=stage) if stage \
+                            else await store.next_ready_at(only.job_id)
             else:
                 ready_at = await store.next_queued_at(job_type)
                 if ready_at is None and self.burst and await self._drained():
