@@ -434,3 +434,18 @@ async def test_follow_ups_of_a_held_job_are_held(store):
     assert await store.next_queued_at("chapter") is None
     await store.set_job_state(JOB, "running")
     assert await claim_ids(store) == ["b"]
+
+
+@test
+async def test_a_deleted_jobs_dependencies_do_not_reach_a_new_job_of_its_id(store):
+    """``delete_job`` removes the job's dependency rows too: the old "y after x"
+    must not release a new job's y, which waits on z, when the new x completes."""
+    await add_pipeline(store, item("x"), item("y", after=("x",)))
+    assert await store.delete_job(JOB) is True
+    await add_pipeline(store, item("x"), item("z"), item("y", after=("z",)))
+    run_ids = await claim_ids(store, limit=1)
+    assert run_ids == ["x"]
+    assert await complete(store, "x")
+    assert await claim_ids(store) == ["z"]  # y still waits on z
+    assert await complete(store, "z")
+    assert await claim_ids(store) == ["y"]

@@ -421,7 +421,7 @@ def test_a_claim_walks_past_no_blocked_item(pg_url, postgres_database):
     trio.run(fill)
     schema = pg.parse_url(pg_url).schema
     params = {"job_type": "chapter", "now": NOW, "limit": 1, "owner": OWNER, "exclude": [], "job_id": JOB,
-              "only": None}
+              "only": None, "lease_s": 30.0}
     with psycopg.connect(postgres_database) as conn:
         conn.execute(f'SET search_path TO "{schema}"')
         conn.execute("ANALYZE items")

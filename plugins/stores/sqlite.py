@@ -625,9 +625,9 @@ class SQLiteStore:
         return skipped
 
     async def delete_job(self, job_id: str) -> bool:
-        """Remove the job, its items, attempts and results in one transaction."""
+        """Remove the job, its items, attempts, results and dependency rows in one transaction."""
         with self._write() as cur:
-            for table in ("results", "attempts", "items"):
+            for table in ("results", "attempts", "deps", "items"):
                 cur.execute(f"DELETE FROM {table} WHERE job_id = ?", (job_id,))
             cur.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
             return cur.rowcount == 1
