@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from storyloom import api
@@ -281,6 +281,9 @@ def test_a_books_chapters_run_in_order_while_books_interleave(tmp_path_factory, 
     ids = [f"b{i}" for i in range(books)]
     simulated_folder(loom, ids, chapters, seed=seed)
     result = loom.run(pipeline("order", ids, models="sim", max_rewrites=6), settings_file=str(loom.path / "storyloom.yaml"))
+    # A chapter whose QC failed 1 + max_rewrites times in a row (drawn at 0.3 each: about 2 in 10,000,
+    # and hypothesis finds such seeds, e.g. 255) rightly waits for review: not this test's subject.
+    assume(not (result.summary.status == "paused" and "chapter-" in (result.summary.reason or "")))
     assert result.summary.status == "completed"
     spans = chapter_spans(loom, "order")
     assert_in_order(spans, ids, chapters)
