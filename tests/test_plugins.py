@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -205,3 +206,49 @@ def test_the_bundled_package_declares_the_bundled_list():
     assert set(storyloom.plugins.ESSENTIAL_PLUGINS) <= set(storyloom.plugins.DEFAULT_PLUGINS)
     source = Path(storyloom.pluginmanager.__file__).read_text()
     assert "storyloom.plugins." not in source  # core names no bundled module
+
+
+def routing_doc_example() -> str:
+    """The strategy module docs/routing.md shows (``studio_plugins/routing.py``)."""
+    doc = (ROOT / "docs" / "routing.md").read_text(encoding="utf-8")
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if b.startswith("# studio_plugins/routing.py")]
+    return block
+
+
+def test_plugins_beside_the_settings_import_without_pythonpath(tmp_path):
+    # The doc's module, in the doc's package, beside storyloom.yaml; the process starts elsewhere.
+    studio = tmp_path / "studio"
+    (studio / "studio_plugins").mkdir(parents=True)
+    (studio / "studio_plugins" / "routing.py").write_text(routing_doc_example())
+    (studio / "storyloom.yaml").write_text("plugins: [studio_plugins.routing]\nmodels:\n"
+                                           "  a: {provider: simulated, latency_ms: 0}\n"
+                                           "  b: {provider: simulated, latency_ms: 0}\n")
+    (studio / "jobs").mkdir()
+    (studio / "jobs" / "job.yaml").write_text(
+        "job_id: beside\njob_type: qc_processing\nmodels: [a, b]\nrouting: {strategy: alphabetical, reverse: true}\n"
+        "items:\n  - {item_id: x}\n  - {item_id: y}\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = storyloom("run", str(studio / "jobs" / "job.yaml"), "-q", cwd=elsewhere)
+    assert out.returncode == 0, out.stderr
+    status = storyloom("status", "beside", "--json", cwd=elsewhere)  # the store is the working folder's
+    assert status.returncode == 0, status.stderr
+    status = json.loads(status.stdout)
+    assert set(status["by_model"]) == {"b"}  # the doc's strategy, reversed
+
+
+def test_the_settings_folder_is_searched_for_that_import_only(tmp_path, monkeypatch):
+    from storyloom import api
+    from storyloom.config import Options
+
+    (tmp_path / "scoped_rules_7f3a.py").write_text(THIRD_PARTY.replace("alphabetical", "scoped"))
+    (tmp_path / "storyloom.yaml").write_text("plugins: [scoped_rules_7f3a]\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "scoped_rules_7f3a", raising=False)
+    before = list(sys.path)
+    try:
+        data = api.describe_plugins(options=Options(autoload=False))
+    finally:
+        sys.modules.pop("scoped_rules_7f3a", None)
+    assert data["registries"]["strategies"]["scoped"] == "scoped_rules_7f3a"
+    assert sys.path == before  # no lasting change to the process's imports
