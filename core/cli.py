@@ -23,7 +23,6 @@ from . import __version__
 from . import api
 from .atomic import write_atomic
 from .estimate import SHOWN_ITEMS, shown_time
-from .init import init_studio
 from .config import Options
 from .errors import ConfigError, ConfigErrors, UsageError
 from .outputs import missing_line, problem_line
@@ -238,7 +237,7 @@ def _options(args: argparse.Namespace) -> Options:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    written = init_studio(args.dir)
+    written = api.init_studio(args.dir)
     root = Path(args.dir)
     print(f"a new studio in {root.resolve()}:")
     for path in written:
