@@ -13,6 +13,7 @@ import pytest
 
 from storyloom import api, cli
 from storyloom.config import Options
+from storyloom.errors import ConfigError
 from storyloom.init import template_files
 
 from test_epub import epubcheck_command
@@ -92,3 +93,28 @@ def test_init_then_run_the_pipeline_offline_ends_with_a_valid_epub(tmp_path):
     assert len(chapters) == 2
     check = subprocess.run([*epubcheck_command(), str(book)], capture_output=True, text=True, timeout=300)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def uncommented(settings: str) -> str:
+    """The settings with the commented real-provider entry (from ``  # gpt:`` on) uncommented, as its comment says."""
+    lines = settings.splitlines(keepends=True)
+    start = lines.index("  # gpt:\n")
+    return "".join(lines[:start] + [line.replace("# ", "", 1) for line in lines[start:]])
+
+
+def test_the_commented_real_provider_is_the_tutorials_and_validates_once_uncommented(tmp_path, monkeypatch):
+    tutorial = (Path(__file__).resolve().parent.parent / "docs" / "tutorial.md").read_text(encoding="utf-8")
+    api.init_studio(tmp_path)
+    settings = tmp_path / "storyloom.yaml"
+    text = settings.read_text(encoding="utf-8")
+    entry = uncommented(text)[len(text[:text.index("  # gpt:")]):]
+    assert entry.startswith("  gpt:\n    provider: openai\n")
+    assert f"cat >> storyloom.yaml <<'EOF'\n{entry}EOF\n" in tutorial  # one entry, in both places
+    settings.write_text(uncommented(text), encoding="utf-8")
+    demo = tmp_path / "jobs" / "demo.yaml"
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY"):  # named, before anything is sent
+        api.validate_job(demo, options=Options(autoload=False, models=("gpt",)))
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    assert len(api.validate_job(demo, options=Options(autoload=False, models=("gpt",))).items) == 4
+    assert len(api.validate_job(demo, options=Options(autoload=False)).items) == 4  # sim still the default
