@@ -61,7 +61,7 @@ def init_studio(folder: str | os.PathLike) -> list[Path]:
     try:
         for name, data in wanted.items():
             path = root / name
-            for parent in reversed([root / p for p in Path(name).parents if str(p) != "."] + [root]):
+            for parent in reversed(path.parents):  # the folders it needs, outermost first, DIR's own included
                 if not parent.exists():
                     parent.mkdir()
                     made_dirs.append(parent)

@@ -39,6 +39,11 @@ def test_init_makes_a_new_folder_whose_jobs_validate(tmp_path, capsys, monkeypat
     assert "# gpt:" in settings and "#   api_key_env: OPENAI_API_KEY" in settings  # the real provider, commented
 
 
+def test_init_makes_the_folders_a_new_dir_needs(tmp_path, capsys):
+    assert cli.main(["init", str(tmp_path / "a" / "b")]) == 0
+    assert (tmp_path / "a" / "b" / "projects" / "lighthouse-ledger.yaml").is_file()
+
+
 def test_init_dot_fills_the_working_folder_and_keeps_other_files(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "notes.txt").write_text("mine")
