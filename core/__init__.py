@@ -17,7 +17,7 @@ hookimpl = pluggy.HookimplMarker("storyloom")
 _API = ("run_job", "run_job_sync", "resume_job", "resume_job_sync", "submit_job", "work", "cancel_job",
         "pause_job", "requeue_job", "retry_failed_items", "job_status", "queue_overview", "queue_position",
         "render_report", "validate_job", "describe_plugins", "job_outputs", "estimate_job", "delete_job",
-        "book", "approve")
+        "book", "approve", "init_studio")
 
 
 def __getattr__(name: str):

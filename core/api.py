@@ -27,6 +27,7 @@ from .summary import Summary
 from .store import HELD_JOB_STATES, JobExists, JobRow, NewItem, Store, StoreNotFound, open_store
 from .store.owner import held_live, shown_state
 from .estimate import Estimate, estimate
+from .init import init_studio  # noqa: F401 - `storyloom init`, part of the public API
 from .jobtype import identifier_problem
 
 

@@ -47,6 +47,7 @@ _GLOBAL = "global_"
 
 #: One example per command, shown at the end of its --help.
 EXAMPLES = {
+    "init": "storyloom init my-studio && cd my-studio && storyloom run jobs/book.yaml\n  storyloom init   # here",
     "run": "storyloom run jobs/demo.yaml\n  storyloom run jobs/demo.yaml --dry-run\n"
            "  storyloom run jobs/demo.yaml --sample 4   # then: storyloom resume demo-chapters\n"
            "  storyloom run jobs/demo.yaml --job-id demo-2 --json",
@@ -108,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"storyloom {__version__}")
     _common_options(parser, _GLOBAL)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = sub.add_parser("init", help="make a studio folder (settings, a book project, jobs) that runs offline")
+    p.add_argument("dir", nargs="?", default=".", metavar="DIR", help="the folder (default: this one; made if missing)")
     p = sub.add_parser("run", parents=[common, running, summary_json], help="validate, store and run a job file")
     p.add_argument("file")
     p.add_argument("--dry-run", action="store_true",
@@ -231,6 +234,17 @@ def _options(args: argparse.Namespace) -> Options:
         progress=tuple(get("progress")) if get("progress") else None,
         quiet=bool(get("quiet")), job_id=get("job_id"),
     )
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    written = api.init_studio(args.dir)
+    root = Path(args.dir)
+    print(f"a new studio in {root.resolve()}:")
+    for path in written:
+        print(f"  {path.relative_to(root)}")
+    go = "" if root.resolve() == Path.cwd().resolve() else f"cd {args.dir} && "
+    print(f"next: {go}storyloom run jobs/book.yaml   # offline: one book, premise to EPUB")
+    return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -531,7 +545,7 @@ def cmd_approve(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"book": cmd_book, "approve": cmd_approve, "run": cmd_run, "validate": cmd_validate, "resume": cmd_resume, "status": cmd_status,
+COMMANDS = {"init": cmd_init, "book": cmd_book, "approve": cmd_approve, "run": cmd_run, "validate": cmd_validate, "resume": cmd_resume, "status": cmd_status,
             "report": cmd_report, "plugins": cmd_plugins, "submit": cmd_submit, "work": cmd_work,
             "queue": cmd_queue, "cancel": cmd_cancel, "pause": cmd_pause, "outputs": cmd_outputs,
             "delete": cmd_delete}

@@ -301,12 +301,15 @@ def make_config(options: Options = Options(), *, job_file: str | os.PathLike | N
     else:
         base = Path(job_file).resolve().parent if job_file else Path(start_dir or ".").resolve()
         settings_path = loader.find_settings(base)
+    # ``plugins:`` modules import from the settings file's folder first, for
+    # that import only (the studio's own code; a job file's folder is not searched).
+    studio = settings_path.resolve().parent if settings_path is not None else None
     if settings_path is not None:
         for name, where in loader.peek_plugins(loader.parse_document(settings_path)):
-            import_plugin(pm, name, where, "plugins")
+            import_plugin(pm, name, where, "plugins", folder=studio)
     if job_file is not None:
         for name, where in loader.peek_plugins(loader.parse_document(Path(job_file))):
-            import_plugin(pm, name, where, "plugins")
+            import_plugin(pm, name, where, "plugins", folder=studio)
     check(pm)
     registries = collect(pm)
     settings = loader.load_settings(settings_path)

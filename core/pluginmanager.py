@@ -11,10 +11,11 @@ re-exports both.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import pluggy
 
@@ -62,18 +63,45 @@ def make_plugin_manager(plugin_args: Iterable[str] = (), *, autoload: bool | Non
     return pm
 
 
-def import_plugin(pm: pluggy.PluginManager, modname: str, where: Location | None = None, path: str = "") -> None:
-    """Import and register a plugin module by name (a no-op if already there or blocked)."""
+def import_plugin(pm: pluggy.PluginManager, modname: str, where: Location | None = None, path: str = "",
+                  folder: str | os.PathLike | None = None) -> None:
+    """Import and register a plugin module by name (a no-op if already there or blocked).
+
+    ``folder`` (the settings file's) is searched first for this import only,
+    as Python searches a script's folder: a studio's ``plugins:`` modules sit
+    beside its ``storyloom.yaml`` and need no ``PYTHONPATH``.
+    """
     if pm.is_blocked(modname) or pm.get_plugin(modname) is not None:
         return
     try:
-        module = importlib.import_module(modname)
+        with _searched_first(folder):
+            module = importlib.import_module(modname)
     except ImportError as exc:
         message = f"cannot import plugin {modname!r}: {exc}"
         if where is not None:
             raise ConfigError(where, path, message) from None
         raise UsageError(message) from None
     pm.register(module, name=modname)
+
+
+@contextlib.contextmanager
+def _searched_first(folder: str | os.PathLike | None) -> Iterator[None]:
+    """``folder`` at the front of ``sys.path`` while the block runs, then taken
+    out again: no lasting change to the process's imports (an embedding
+    program's included). Modules imported meanwhile stay imported."""
+    entry = os.fspath(folder) if folder is not None else None
+    if entry is None or entry in sys.path:
+        yield
+        return
+    sys.path.insert(0, entry)
+    importlib.invalidate_caches()  # a module written since the last import is found
+    try:
+        yield
+    finally:
+        try:
+            sys.path.remove(entry)
+        except ValueError:  # the plugin took it out itself
+            pass
 
 
 def check(pm: pluggy.PluginManager) -> None:

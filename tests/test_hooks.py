@@ -13,6 +13,7 @@ import trio
 import storyloom.api
 from storyloom import hookspecs
 from sample_plugins import every_hook
+from hook_signatures import documented_lines, signature_line
 
 ROOT = Path(__file__).resolve().parent.parent
 HOOKS = sorted(name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("loom_"))
@@ -57,6 +58,25 @@ def test_every_hookspec_is_documented(name):
     assert documented == params, f"{name}'s docstring documents parameters {documented}, not {params}"
     assert re.search(r"\bCalled\b", doc), f"{name}'s docstring does not say when it is called"
     assert re.search(r"\b(raises?|exception)\b", doc, re.I), f"{name}'s docstring does not say whether it may raise"
+
+
+@pytest.mark.parametrize("name", HOOKS)
+def test_every_hook_section_starts_with_its_signature_from_the_hookspec(name):
+    # Generated: `python tests/hook_signatures.py` rewrites these lines after a hookspec changes.
+    docs = (ROOT / "docs" / "hooks.md").read_text(encoding="utf-8")
+    assert documented_lines(docs).get(name) == signature_line(name), (
+        f"docs/hooks.md's {name} signature differs from core/hookspecs.py: run `python tests/hook_signatures.py`")
+
+
+def test_the_signature_check_sees_a_changed_hookspec(monkeypatch):
+    docs = (ROOT / "docs" / "hooks.md").read_text(encoding="utf-8")
+
+    def loom_item_started(job, item, attempt: int, model: str, worker: str) -> None:
+        """A grown spec."""
+
+    monkeypatch.setattr(hookspecs, "loom_item_started", loom_item_started)
+    assert documented_lines(docs)["loom_item_started"] != signature_line("loom_item_started")
+    assert "worker: str" in signature_line("loom_item_started")
 
 
 def test_docs_name_no_unknown_hooks():

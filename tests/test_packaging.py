@@ -67,3 +67,11 @@ def test_schema_errors_from_the_installed_wheel(wheel_site, tmp_path):
     out = run(["-m", "storyloom.cli", "validate", "bad.yaml"], wheel_site, tmp_path)
     assert out.returncode == 2
     assert "bad.yaml:4:" in out.stderr and "chapter_num" in out.stderr
+
+
+@pytest.mark.slow
+def test_init_from_the_installed_wheel_writes_the_studio_template(wheel_site, tmp_path):
+    out = run(["-m", "storyloom", "init", "studio"], wheel_site, tmp_path)
+    assert out.returncode == 0, out.stderr
+    for name in ("storyloom.yaml", "projects/lighthouse-ledger.yaml", "jobs/book.yaml", "jobs/demo.yaml"):
+        assert (tmp_path / "studio" / name).read_bytes() == (ROOT / "core" / "studio_template" / name).read_bytes()

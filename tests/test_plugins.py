@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import site as sitemodule
 import subprocess
 import sys
 import textwrap
@@ -205,3 +207,94 @@ def test_the_bundled_package_declares_the_bundled_list():
     assert set(storyloom.plugins.ESSENTIAL_PLUGINS) <= set(storyloom.plugins.DEFAULT_PLUGINS)
     source = Path(storyloom.pluginmanager.__file__).read_text()
     assert "storyloom.plugins." not in source  # core names no bundled module
+
+
+def routing_doc_example() -> str:
+    """The strategy module docs/routing.md shows (``studio_plugins/routing.py``)."""
+    doc = (ROOT / "docs" / "routing.md").read_text(encoding="utf-8")
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if b.startswith("# studio_plugins/routing.py")]
+    return block
+
+
+def test_plugins_beside_the_settings_import_without_pythonpath(tmp_path):
+    # The doc's module, in the doc's package, beside storyloom.yaml; the process starts elsewhere.
+    studio = tmp_path / "studio"
+    (studio / "studio_plugins").mkdir(parents=True)
+    (studio / "studio_plugins" / "routing.py").write_text(routing_doc_example())
+    (studio / "storyloom.yaml").write_text("plugins: [studio_plugins.routing]\nmodels:\n"
+                                           "  a: {provider: simulated, latency_ms: 0}\n"
+                                           "  b: {provider: simulated, latency_ms: 0}\n")
+    (studio / "jobs").mkdir()
+    (studio / "jobs" / "job.yaml").write_text(
+        "job_id: beside\njob_type: qc_processing\nmodels: [a, b]\nrouting: {strategy: alphabetical, reverse: true}\n"
+        "items:\n  - {item_id: x}\n  - {item_id: y}\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = storyloom("run", str(studio / "jobs" / "job.yaml"), "-q", cwd=elsewhere)
+    assert out.returncode == 0, out.stderr
+    import trio
+    from storyloom import api
+    from storyloom.config import Options
+
+    # The store is the working folder's; read it here rather than in another process.
+    status = trio.run(lambda: api.job_status("beside", options=Options(state_dir=str(elsewhere / ".storyloom"))))
+    assert set(status["by_model"]) == {"b"}  # the doc's strategy, reversed
+
+
+def test_the_settings_folder_is_searched_for_that_import_only(tmp_path, monkeypatch):
+    from storyloom import api
+    from storyloom.config import Options
+
+    (tmp_path / "scoped_rules_7f3a.py").write_text(THIRD_PARTY.replace("alphabetical", "scoped"))
+    (tmp_path / "storyloom.yaml").write_text("plugins: [scoped_rules_7f3a]\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "scoped_rules_7f3a", raising=False)
+    before = list(sys.path)
+    try:
+        data = api.describe_plugins(options=Options(autoload=False))
+    finally:
+        sys.modules.pop("scoped_rules_7f3a", None)
+    assert data["registries"]["strategies"]["scoped"] == "scoped_rules_7f3a"
+    assert sys.path == before  # no lasting change to the process's imports
+
+
+def plugins_doc_package() -> tuple[dict[str, str], str]:
+    """docs/plugins.md's package: its files (by the name on their first line) and its offline install command."""
+    doc = (ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")
+    section = doc[doc.index("## A third-party routing strategy, as a package"):doc.index("## Async work")]
+    files = {}
+    for block in re.findall(r"```(?:python|toml)\n(.*?)```", section, re.S):
+        first = block.splitlines()[0]
+        assert first.startswith("# "), first
+        files[first[2:].strip()] = block
+    (offline,) = [cmd for cmd in re.findall(r"```sh\n(.*?)\n```", section, re.S) if "--no-index" in cmd]
+    return files, offline
+
+
+@pytest.mark.slow
+def test_the_documented_package_installs_offline_and_storyloom_finds_it(tmp_path):
+    files, offline = plugins_doc_package()
+    assert set(files) == {"loom_alpha.py", "pyproject.toml"}
+    package = tmp_path / "loom-alpha"
+    package.mkdir()
+    for name, text in files.items():
+        (package / name).write_text(text)
+    # A fresh environment that sees this one's packages (storyloom, setuptools) but not its plugins.
+    env_dir = tmp_path / "env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True)
+    python = env_dir / "bin" / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    (Path(purelib) / "storyloom-test-env.pth").write_text(
+        "".join(f"import site; site.addsitedir({d!r})\n" for d in sitemodule.getsitepackages()))
+    # The doc's command as it stands, with this environment's pip pointed at the fresh one.
+    args = offline.split()
+    assert args[:2] == ["pip", "install"] and args[-1] == "."
+    installed = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), *args[1:]], cwd=package,
+                               capture_output=True, text=True, timeout=120)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("STORYLOOM_", "PYTHON"))}
+    listing = subprocess.run([str(python), "-m", "storyloom", "plugins"], cwd=tmp_path, env=environ,
+                             capture_output=True, text=True, timeout=60)
+    assert listing.returncode == 0, listing.stderr
+    assert "alphabetical [alpha]" in listing.stdout
