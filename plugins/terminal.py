@@ -119,10 +119,20 @@ def view(tracker: ProgressTracker, now: float, height: int | None = None) -> lis
             section = _running(t, now, height - len(fixed))
             if not blanks:
                 section = [line for line in section if line[0]]
-            if section or not t.running or keep == 0:
-                lines = head + section + tail + messages[len(messages) - keep:]
-                return [line for line in lines if blanks or line[0]]
-    return [line for line in head + tail if line[0]][:height]
+            lines = head + section + tail + messages[len(messages) - keep:]
+            return [line for line in lines if blanks or line[0]]
+    lines = [line for line in head + tail if line[0]]
+    for prefix in _GIVEN_UP_LAST:
+        if len(lines) <= height:
+            break
+        lines = [line for line in lines if not line[0].startswith(prefix)]
+    return lines[-height:] if height > 0 else []
+
+
+#: On a very short terminal, the lines left out (after the list, messages and
+#: blank lines), in order; the progress bar, throughput, cost and ETA stay.
+_GIVEN_UP_LAST = ("Type:", "Status Breakdown:", "Started:", "🔁 Retrying", "⏳ Pending", "➖ Skipped", "✅ Completed",
+                  "🔄 Running", "Elapsed:", "❌ Failed", "Batch Job:")
 
 
 def render(tracker: ProgressTracker, now: float, height: int | None = None) -> Text:
