@@ -20,6 +20,8 @@ from storyloom.events import Event
 THROUGHPUT_SAMPLE = 60
 #: Draws of the last rounds' item lengths an ETA averages over.
 ETA_TRIALS = 24
+#: At most about this many draws an ETA (it is asked four times a second).
+ETA_DRAWS = 6_000
 #: Recent notify / escalate messages kept for display.
 MESSAGES_KEPT = 3
 
@@ -192,18 +194,22 @@ class ProgressTracker:
         items in flight count too, at their expected length, so that the
         first, short, finishes do not make the batch look quick). Whole rounds
         are counted at the average; the last two are drawn from those lengths
-        ETA_TRIALS times (with a fixed seed: the same events give the same
-        answer), because the batch ends with its slowest item, not an average
-        one. Once the throughput sample is full, a slot takes no less than the
+        ETA_TRIALS times, fewer for a very wide batch (with a fixed seed: the
+        same events give the same answer), because the batch ends with its
+        slowest item, not an average one. Once the throughput sample is full, a slot takes no less than the
         measured throughput says (rate limits, gaps between items)."""
         if self.status is not None:
             return 0.0
         if not self._durations:
             return None
         lengths = sorted(self._item_times or self._durations)
+        n = len(lengths)
+        after = [0.0] * (n + 1)  # after[i]: the sum of lengths[i:]
+        for i in range(n - 1, -1, -1):
+            after[i] = after[i + 1] + lengths[i]
         running = [(self._spent.get(r.item_id, 0.0) + max(0.0, now - r.started)) for r in self.running.values()]
-        longer = [lengths[bisect_right(lengths, so_far):] for so_far in running]
-        expected = [so_far + (sum(rest) / len(rest) - so_far if rest else 0.0) for so_far, rest in zip(running, longer)]
+        longer = [bisect_right(lengths, so_far) for so_far in running]  # lengths[i:] outlasted it so far
+        expected = [after[i] / (n - i) if i < n else so_far for so_far, i in zip(running, longer)]
         pool = lengths + expected
         per_item = sum(pool) / len(pool)
         slots = max(max(self._in_flight, default=1), len(running), 1)
@@ -217,12 +223,14 @@ class ProgressTracker:
         drawn = waiting - rounds * slots
         ahead = rounds * per_item * scale
         rng = random.Random(0)
+        trials = max(2, min(ETA_TRIALS, ETA_DRAWS // (drawn + slots)))  # a wide batch: fewer, bigger trials
         total = 0.0
-        for _ in range(ETA_TRIALS):
-            free = [ahead + (rng.choice(rest) - so_far if rest else 0.0) for so_far, rest in zip(running, longer)]
+        for _ in range(trials):
+            free = [ahead + (lengths[rng.randrange(i, n)] - so_far if i < n else 0.0)
+                    for so_far, i in zip(running, longer)]
             free += [ahead] * (slots - len(free))
             heapq.heapify(free)
             for _ in range(drawn):
                 heapq.heappush(free, heapq.heappop(free) + rng.choice(pool) * scale)
             total += max(free)
-        return total / ETA_TRIALS
+        return total / trials
