@@ -44,15 +44,15 @@ def _clock(seconds: float) -> str:
 
 
 def _seconds(value: float) -> str:
-    return f"{value:g}s" if value >= 1 or value == 0 else f"{value * 1000:g}ms"
+    return f"{round(value, 3):g}s"
 
 
 def _usd(value: float) -> str:
     return f"${value:,.4f}" if value < 1 else f"${value:,.2f}"
 
 
-def _frame(chart_id: str, title: str, x_label: str, y_label: str, *, height: int = 240, left: int = 64,
-           bottom: int = 44, top: int = 44) -> dict[str, Any]:
+def _frame(chart_id: str, title: str, x_label: str, y_label: str, *, height: int = 240,
+           bottom: int = 44, top: int = 44, left: int = 76) -> dict[str, Any]:
     """An empty chart: the plot area is x0..x1 by y0 (top) .. y1 (the baseline)."""
     return {"id": chart_id, "title": title, "x_label": x_label, "y_label": y_label, "width": WIDTH,
             "height": height, "x0": left, "x1": WIDTH - 12, "y0": top, "y1": height - bottom,
@@ -168,7 +168,7 @@ def latency(rows: list[dict[str, Any]]) -> dict[str, Any]:
     a bar at the median and a tick at the 90th."""
     row_h = 28
     chart = _frame("chart-latency", "Reply time per model (completed attempts)", "Reply time (seconds)", "Model",
-                   height=44 + 44 + max(1, len(rows)) * row_h, left=170)
+                   height=44 + 44 + max(1, len(rows)) * row_h, left=196)
     peak = _nice_max(max((r["max_s"] for r in rows), default=0))
     width = chart["x1"] - chart["x0"]
 
