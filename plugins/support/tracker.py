@@ -196,8 +196,9 @@ class ProgressTracker:
         are counted at the average; the last two are drawn from those lengths
         ETA_TRIALS times, fewer for a very wide batch (with a fixed seed: the
         same events give the same answer), because the batch ends with its
-        slowest item, not an average one. Once the throughput sample is full, a slot takes no less than the
-        measured throughput says (rate limits, gaps between items)."""
+        slowest item, not an average one. Once the throughput sample is full,
+        a slot takes no less than the measured throughput says (rate limits,
+        gaps between items)."""
         if self.status is not None:
             return 0.0
         if not self._durations:
