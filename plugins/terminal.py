@@ -4,8 +4,9 @@ On a terminal, rich redraws the view in place four times a second: job and
 type, start and elapsed time, a progress bar, the breakdown by state, the
 items running now, throughput, cost against the budget and an ETA, kept
 within the terminal's rows (the running list gives way first, to ``+N more``)
-and columns (long lines are cut, not wrapped). When stderr is not a terminal (CI logs, pipes) it prints the ``plain`` sink's lines
-instead. ``--quiet`` silences it.
+and columns (long lines are cut, not wrapped). When stderr is not a terminal
+(CI logs, pipes) it prints the ``plain`` sink's lines instead. ``--quiet``
+silences it.
 """
 
 from __future__ import annotations
