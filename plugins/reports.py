@@ -107,10 +107,11 @@ def render_json(report: dict[str, Any]) -> tuple[str, str]:
 
 
 def render_html(report: dict[str, Any]) -> tuple[str, str]:
+    finished = bool(report["timeline"]["buckets"])  # charts over time need something finished
     figures = {
         "status": charts.status(report["counts"]),
-        "throughput": charts.throughput(report["timeline"]),
-        "spend": charts.spend(report["timeline"], report["budget"], report["cost_usd"]),
+        "throughput": charts.throughput(report["timeline"]) if finished else None,
+        "spend": charts.spend(report["timeline"], report["budget"], report["cost_usd"]) if finished else None,
         "latency": charts.latency(report["latency"]) if report["latency"] else None,
     }
     return "report.html", _html.get_template("report.html.j2").render(r=report, charts=figures,

@@ -300,6 +300,13 @@ def test_the_charts_draw_the_runs_numbers(tmp_path):
     assert widths[0] == pytest.approx(4 * widths[2], rel=0.01)  # 4 completed, 1 skipped
 
 
+def test_charts_over_time_wait_for_something_to_finish(tmp_path):
+    report = fixed_report(tmp_path)
+    report.update(timeline={"bucket_s": 0, "window_s": 0, "buckets": []}, latency=[])  # nothing finished yet
+    page = parse(render_html(report)[1])
+    assert set(page.svgs) == {"chart-status"}
+
+
 def bursts(slots: int, took: float, rounds: int) -> list[AttemptRow]:
     """Every slot finishing at once, round after round: the case one-bucket counts saw on."""
     return [AttemptRow(f"i{r}-{s}", 1, "completed", "m", T + r * took, T + (r + 1) * took, cost_usd=0.001)
