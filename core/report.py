@@ -28,6 +28,10 @@ REPORT_VERSION = 2
 MAX_FAILED_LISTED = 200
 #: The throughput chart's resolution.
 TIMELINE_BUCKETS = 30
+#: The smoothed throughput's centred moving window, in buckets.
+SMOOTH_BUCKETS = 5
+#: The latency distribution's quantiles (of completed attempts, per model).
+LATENCY_QUANTILES = {"p25_s": 0.25, "p50_s": 0.5, "p75_s": 0.75, "p90_s": 0.9}
 _BUCKET_LADDER = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 86400)
 #: A gap this long with no attempt running (a pause before a resume) is not active time.
 IDLE_GAP_S = 300.0
@@ -66,6 +70,11 @@ def _iso(ts: float) -> str:
 
 def _share(part: float, whole: float) -> float:
     return part / whole if whole else 0.0
+
+
+def _percent(share: float) -> str:
+    """``40%``; one decimal below 10%, so that 1 in 200 reads 0.5%, not 0%."""
+    return f"{share:.1%}" if 0 < share < 0.1 else f"{share:.0%}"
 
 
 async def build_report(store: Store, job: Job, summary: Summary, *,
@@ -135,7 +144,8 @@ async def build_report(store: Store, job: Job, summary: Summary, *,
         },
         "failed_items_total": len(failed_rows),
         "failed_items": [_failed_item(row, shown_fields) for row in failed_rows[:MAX_FAILED_LISTED]],
-        "timeline": _timeline(tally.finishes, started),
+        "timeline": _timeline(tally, started),
+        "latency": tally.latency(),
     }
     report["recommendations"] = _recommendations(report)
     return report
@@ -151,8 +161,10 @@ class _Tally:
         self.stale = 0
         self.first_start: float | None = None
         self.by_kind: dict[str, int] = {}
-        self.finishes: list[tuple[float, str]] = []  # (finished_at, completed | failed)
+        self.finishes: list[tuple[float, float, str]] = []  # (started_at, finished_at, completed | failed)
+        self.spends: list[tuple[float, float]] = []  # (finished_at, cost) of attempts that cost something
         self.spans: list[tuple[float, float]] = []
+        self.replies: dict[str, list[float]] = {}  # model -> durations of its completed attempts
         self._item_time: dict[str, float] = {}
         self._completed: list[str] = []
         # model -> [items, attempts, input, output, cost, timeouts, rate_limited, time of completing attempts]
@@ -163,12 +175,14 @@ class _Tally:
             took = end - start if end > start else 0.0
             item_time[item_id] = item_time.get(item_id, 0.0) + took
             self.spans.append((start, end))
+            if cost:
+                self.spends.append((end, cost))
             if state == "pending":
                 self.retries += 1
             elif state == "stale":
                 self.stale += 1  # refused: its worker had lost the lease; the cost counts
             elif state in ("completed", "failed"):
-                self.finishes.append((end, state))
+                self.finishes.append((start, end, state))
                 if state == "completed":
                     self._completed.append(item_id)
             if kind:
@@ -185,6 +199,7 @@ class _Tally:
             if state == "completed":
                 m[0] += 1
                 m[7] += took
+                self.replies.setdefault(model, []).append(took)
             if kind == timeout:
                 m[5] += 1
             elif kind == rate_limit:
@@ -193,22 +208,36 @@ class _Tally:
             self.spans.sort()
             self.first_start = self.spans[0][0]
 
-    def active_seconds(self) -> float:
-        """Time with an attempt running, bridging gaps up to IDLE_GAP_S (retry
-        delays, rate-limit waits) but not a pause that lasted longer."""
-        total = 0.0
+    def active_spans(self) -> list[tuple[float, float]]:
+        """The stretches with an attempt running, bridging gaps up to IDLE_GAP_S
+        (retry delays, rate-limit waits) but not a pause that lasted longer."""
+        merged: list[tuple[float, float]] = []
         start = end = None
         for s, e in self.spans:
             if start is None:
                 start, end = s, e
             elif s - end > IDLE_GAP_S:
-                total += end - start
+                merged.append((start, end))
                 start, end = s, e
             elif e > end:
                 end = e
         if start is not None:
-            total += end - start
-        return total
+            merged.append((start, end))
+        return merged
+
+    def active_seconds(self) -> float:
+        return sum(end - start for start, end in self.active_spans())
+
+    def latency(self) -> list[dict[str, Any]]:
+        """Per model, the distribution of its completed attempts' durations."""
+        rows = []
+        for name in sorted(self.replies):
+            durations = sorted(self.replies[name])
+            row: dict[str, Any] = {"name": name, "count": len(durations), "min_s": round(durations[0], 3)}
+            row.update((key, round(_quantile(durations, q), 3)) for key, q in LATENCY_QUANTILES.items())
+            row["max_s"] = round(durations[-1], 3)
+            rows.append(row)
+        return rows
 
     def completed_item_seconds(self) -> list[float]:
         """Per completed item, the time its attempts took (retries included)."""
@@ -232,25 +261,100 @@ def _failed_item(row: Any, shown_fields: Sequence[str]) -> dict[str, Any]:
             "model": row.last_model, "error_kind": row.error_kind, "error": row.error}
 
 
-def _timeline(finishes: list[tuple[float, str]], started: float) -> dict[str, Any]:
-    """Items finished (completed or failed) per time bucket since the start."""
+def _quantile(ordered: list[float], q: float) -> float:
+    """The ``q`` quantile of a sorted, non-empty list, interpolating between ranks."""
+    at = q * (len(ordered) - 1)
+    low = int(at)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (at - low)
+
+
+def _timeline(tally: _Tally, started: float) -> dict[str, Any]:
+    """Per time bucket since the start: items finished (completed or failed),
+    the smoothed throughput, and the spend so far.
+
+    ``per_min`` counts the items that ended in the bucket. ``smoothed_per_min``
+    spreads each item's finish over the time its last attempt ran (items
+    finishing in bursts, every slot at once, would make the count saw between
+    0 and a peak) and takes items per minute of active time over a centred
+    window of SMOOTH_BUCKETS buckets; None where nothing ran (a pause shows
+    as a gap, not as a slow stretch)."""
+    finishes = tally.finishes
     if not finishes:
-        return {"bucket_s": 0, "buckets": []}
-    span = max(end for end, _state in finishes) - started
+        return {"bucket_s": 0, "window_s": 0, "buckets": []}
+    span = max(end for _start, end, _state in finishes) - started
     bucket = next((b for b in _BUCKET_LADDER if b * TIMELINE_BUCKETS >= span), _BUCKET_LADDER[-1])
     n = max(1, min(math.ceil(span / bucket) if span > 0 else 1, 10 * TIMELINE_BUCKETS))
+
+    def index(at: float) -> int:
+        return min(max(int((at - started) // bucket), 0), n - 1)
+
+    def overlap(i: int, start: float, end: float) -> float:
+        return max(0.0, min(end, started + (i + 1) * bucket) - max(start, started + i * bucket))
+
     buckets = [{"offset_s": i * bucket, "completed": 0, "failed": 0} for i in range(n)]
-    for end, state in finishes:
-        buckets[min(max(int((end - started) // bucket), 0), n - 1)][state] += 1
-    for b in buckets:
+    spread = {"completed": [0.0] * n, "failed": [0.0] * n}
+    for start, end, state in finishes:
+        buckets[index(end)][state] += 1
+        shares = spread[state]
+        if end - start <= 0 or index(start) == index(end):
+            shares[index(end)] += 1
+            continue
+        for i in range(index(start), index(end) + 1):
+            shares[i] += overlap(i, start, end) / (end - start)
+    spent = [0.0] * n
+    for end, cost in tally.spends:
+        spent[index(end)] += cost
+    active = [0.0] * n  # seconds of each bucket with something running
+    for start, end in tally.active_spans():
+        for i in range(index(start), index(end) + 1):
+            active[i] += overlap(i, start, end)
+    half = SMOOTH_BUCKETS // 2
+    total = 0.0
+    for i, b in enumerate(buckets):
         b["per_min"] = round((b["completed"] + b["failed"]) * 60 / bucket, 2)
-    return {"bucket_s": bucket, "buckets": buckets}
+        window = range(max(0, i - half), min(n, i + half + 1))
+        seconds = sum(active[j] for j in window)
+        shown = active[i] > 0 and seconds > 0
+        failed = sum(spread["failed"][j] for j in window)
+        finished = failed + sum(spread["completed"][j] for j in window)
+        b["smoothed_per_min"] = round(finished * 60 / seconds, 2) if shown else None
+        b["smoothed_failed_per_min"] = round(failed * 60 / seconds, 2) if shown else None
+        total += spent[i]
+        b["spent_usd"] = round(total, 6)
+    return {"bucket_s": bucket, "window_s": SMOOTH_BUCKETS * bucket, "buckets": buckets}
+
+
+#: The kinds no retry can fix, whatever a job's settings.
+UNFIXABLE = frozenset(RetryConfig().non_retryable_errors)
+
+
+def _failures(report: dict[str, Any], failed: int) -> str:
+    """Which kinds failed, with their share of the items, and the command that runs them again."""
+    total, job_id = report["total"], report["job_id"]
+    by_kind = sorted(report["errors"]["failed_by_kind"].items(), key=lambda kv: (-kv[1], kv[0]))
+    kinds = ", ".join(f"{kind} {n} ({_percent(_share(n, total))})" for kind, n in by_kind)
+    text = f"{failed} of {total} items failed ({_percent(_share(failed, total))}): {kinds}. "
+    retryable = [kind for kind, _n in by_kind if kind not in UNFIXABLE and kind in _KNOWN_KINDS]
+    command = f"storyloom resume {job_id} --retry-failed"
+    if len(retryable) == len(by_kind):
+        return text + f"Run them again with {command}."
+    if not retryable:
+        return text + "Another attempt cannot fix these: see below."
+    only = " ".join(f"--kind {kind}" for kind in retryable)
+    return text + f"Run the ones another attempt may fix again with {command} {only}; for the others, see below."
+
+
+_KNOWN_KINDS = frozenset(kind.value for kind in ErrorKind)
 
 
 def _recommendations(report: dict[str, Any]) -> list[dict[str, str]]:
     """What the numbers suggest doing, each with a code renderers may style by."""
     out: list[dict[str, str]] = []
     job_id = report["job_id"]
+    failed = report["counts"]["failed"]
+    if failed:
+        out.append({"code": "failed_items", "text": _failures(report, failed)})
     for m in report["models"]:
         share = _share(m["timeouts"], m["attempts"])
         if m["attempts"] >= MIN_ATTEMPTS_FOR_SHARE and share >= TIMEOUT_SHARE:
@@ -276,7 +380,7 @@ def _recommendations(report: dict[str, Any]) -> list[dict[str, str]]:
             f"({budget['share']:.0%}). Raise it with storyloom resume {job_id} --budget-usd AMOUNT "
             "before running more.")})
     for kind, n in errors["failed_by_kind"].items():
-        if kind in RetryConfig().non_retryable_errors:  # the kinds no retry can fix, whatever a job's settings
+        if kind in UNFIXABLE:  # the kinds no retry can fix, whatever a job's settings
             advice = UNFIXABLE_ADVICE.get(ErrorKind(kind), "see Failed Items")
             out.append({"code": "unfixable_failures",
                         "text": f"{n} item(s) failed with {kind}, which retrying cannot fix: {advice}."})

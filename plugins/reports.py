@@ -58,6 +58,27 @@ def one_line(text: Any) -> str:
     return " ".join(str(text if text is not None else "").split()).translate(_MARKDOWN_ESCAPES)
 
 
+#: The model table's columns, in the Markdown and HTML alike: every key of a
+#: JSON ``models`` row, its header, and how its cells are written.
+MODEL_COLUMNS = (
+    ("name", "Model", "text"),
+    ("items", "Items", "number"),
+    ("attempts", "Attempts", "number"),
+    ("input_tokens", "Input tokens", "number"),
+    ("output_tokens", "Output tokens", "number"),
+    ("tokens", "Tokens", "number"),
+    ("cost_usd", "Cost", "usd"),
+    ("timeouts", "Timeouts", "number"),
+    ("rate_limited", "Rate-limited", "number"),
+    ("avg_s", "Avg time", "duration"),
+)
+
+
+def cell(value: Any, kind: str) -> Any:
+    """A model table cell: ``kind`` from MODEL_COLUMNS."""
+    return {"number": number, "usd": usd, "duration": duration}.get(kind, lambda v: v)(value)
+
+
 def _environment(autoescape: bool) -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("storyloom.plugins", "templates"),
@@ -68,7 +89,8 @@ def _environment(autoescape: bool) -> jinja2.Environment:
         lstrip_blocks=True,
         auto_reload=False,
     )
-    env.filters.update(usd=usd, number=number, duration=duration, one_line=one_line)
+    env.filters.update(usd=usd, number=number, duration=duration, one_line=one_line, cell=cell)
+    env.globals["model_columns"] = MODEL_COLUMNS
     return env
 
 
@@ -85,11 +107,12 @@ def render_json(report: dict[str, Any]) -> tuple[str, str]:
 
 
 def render_html(report: dict[str, Any]) -> tuple[str, str]:
+    finished = bool(report["timeline"]["buckets"])  # charts over time need something finished
     figures = {
-        "throughput": charts.throughput(report["timeline"]),
         "status": charts.status(report["counts"]),
-        "cost": charts.per_model(report["models"], "cost_usd", "usd"),
-        "tokens": charts.per_model(report["models"], "tokens", "tokens"),
+        "throughput": charts.throughput(report["timeline"]) if finished else None,
+        "spend": charts.spend(report["timeline"], report["budget"], report["cost_usd"]) if finished else None,
+        "latency": charts.latency(report["latency"]) if report["latency"] else None,
     }
     return "report.html", _html.get_template("report.html.j2").render(r=report, charts=figures,
                                                                       colours=charts.COLOURS)

@@ -7,6 +7,9 @@ It draws nothing, so the terminal view, the plain lines and tests share it.
 
 from __future__ import annotations
 
+import heapq
+import random
+from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass
 
@@ -15,6 +18,10 @@ from storyloom.events import Event
 #: Terminal outcomes the throughput is measured over: the last this many, or
 #: three times ``max_parallel`` if larger, so a sample spans a few rounds of work.
 THROUGHPUT_SAMPLE = 60
+#: Draws of the last rounds' item lengths an ETA averages over.
+ETA_TRIALS = 24
+#: At most about this many draws an ETA (it is asked four times a second).
+ETA_DRAWS = 6_000
 #: Recent notify / escalate messages kept for display.
 MESSAGES_KEPT = 3
 
@@ -55,6 +62,7 @@ class ProgressTracker:
         self._item_times: deque[float] = deque(maxlen=sample)  # recent items: attempts and retry delays
         self._tokens: dict[str, int] = {}  # item -> tokens of its finished attempts, until it is done
         self._spent: dict[str, float] = {}  # item -> time its earlier attempts and retry delays took
+        self._in_flight: deque[int] = deque(maxlen=sample)  # items running as each recent one started
 
     # -- feeding ---------------------------------------------------------
 
@@ -85,6 +93,7 @@ class ProgressTracker:
         self.retrying.discard(item_id)
         self.running[item_id] = RunningItem(item_id, label, data.get("model") or "?", data.get("attempt", 1),
                                             event.time, self._tokens.get(item_id, 0))
+        self._in_flight.append(len(self.running))
 
     def _on_item_finished(self, event: Event) -> None:
         data, item_id = event.data, event.item_id or ""
@@ -177,20 +186,52 @@ class ProgressTracker:
     def eta(self, now: float) -> float | None:
         """Seconds until every item is done, or None if it cannot be told yet.
 
-        While items wait, the last of them starts once the ones before it
-        have gone through at the recent throughput, and then takes as long as
-        recent items took (retries and their delays included); once none
-        waits, it is the running item with the most left (its elapsed time
-        against the recent average attempt)."""
+        The expected end of a schedule of what is left. Slots: as many as
+        have recently run at once. Each running item goes on as long as a
+        recent item that took longer than it has so far; the waiting (and
+        retrying) items go one after another into whichever slot frees first,
+        each as long as a recent item (retries and their delays included; the
+        items in flight count too, at their expected length, so that the
+        first, short, finishes do not make the batch look quick). Whole rounds
+        are counted at the average; the last two are drawn from those lengths
+        ETA_TRIALS times, fewer for a very wide batch (with a fixed seed: the
+        same events give the same answer), because the batch ends with its
+        slowest item, not an average one. Once the throughput sample is full,
+        a slot takes no less than the measured throughput says (rate limits,
+        gaps between items)."""
         if self.status is not None:
             return 0.0
-        rate = self.throughput(now)
-        if not rate:
+        if not self._durations:
             return None
-        average = self._average()
-        left_running = max((max(0.0, average - (now - r.started)) for r in self.running.values()), default=0.0)
+        lengths = sorted(self._item_times or self._durations)
+        n = len(lengths)
+        after = [0.0] * (n + 1)  # after[i]: the sum of lengths[i:]
+        for i in range(n - 1, -1, -1):
+            after[i] = after[i + 1] + lengths[i]
+        running = [(self._spent.get(r.item_id, 0.0) + max(0.0, now - r.started)) for r in self.running.values()]
+        longer = [bisect_right(lengths, so_far) for so_far in running]  # lengths[i:] outlasted it so far
+        expected = [after[i] / (n - i) if i < n else so_far for so_far, i in zip(running, longer)]
+        pool = lengths + expected
+        per_item = sum(pool) / len(pool)
+        slots = max(max(self._in_flight, default=1), len(running), 1)
+        scale = 1.0
+        if len(self._finishes) == self._finishes.maxlen:
+            rate = self.throughput(now)
+            if rate:
+                scale = max(1.0, slots / rate / per_item)
         waiting = self.pending + len(self.retrying)
-        if waiting:
-            per_item = sum(self._item_times) / len(self._item_times) if self._item_times else average
-            return max(waiting / rate + per_item, left_running)
-        return left_running
+        rounds = max(0, waiting // slots - 2)  # whole rounds keep the slots' order: skip them at the average
+        drawn = waiting - rounds * slots
+        ahead = rounds * per_item * scale
+        rng = random.Random(0)
+        trials = max(2, min(ETA_TRIALS, ETA_DRAWS // (drawn + slots)))  # a wide batch: fewer, bigger trials
+        total = 0.0
+        for _ in range(trials):
+            free = [ahead + (lengths[rng.randrange(i, n)] - so_far if i < n else 0.0)
+                    for so_far, i in zip(running, longer)]
+            free += [ahead] * (slots - len(free))
+            heapq.heapify(free)
+            for _ in range(drawn):
+                heapq.heappush(free, heapq.heappop(free) + rng.choice(pool) * scale)
+            total += max(free)
+        return total / trials
