@@ -440,9 +440,16 @@ def test_completion_turns_bad_follow_ups_and_artifacts_into_a_failure():
         assert (out.state, out.error_kind, new, arts) == ("failed", "INTERNAL_ERROR", (), ()), message
         assert message in out.error, (message, out.error)
         assert out.result is None
-    for bad in (Artifact("p", "k", "", {1, 2}), Artifact("p", "", "", "v"), Artifact("p", "k", 3, "v"), "text"):
+    bad_artifacts = {
+        "artifact k/: content is not JSON": Artifact("p", "k", "", {1, 2}),
+        "artifact k/1: content is not JSON (Out of range float": Artifact("p", "k", "1", float("nan")),
+        "artifact '': kind must be a non-empty string": Artifact("p", "", "", "v"),
+        "artifact 'k': key must be a string, not 3": Artifact("p", "k", 3, "v"),
+        "an artifact must be a storyloom.artifacts.Artifact, not str": "text",
+    }
+    for message, bad in bad_artifacts.items():
         out, _new, _arts = completion(registries, job, done, outcome_with(Result("t", "a.md", artifacts=(bad,))))
-        assert out.state == "failed", bad
+        assert out.state == "failed" and out.error.startswith(message), (message, out.error)
     # good ones: the job's level and deadline, the stage kept, chaining by default
     out, new, arts = completion(registries, job, done, outcome_with(Result("t", "a.md")))
     assert out.state == "completed" and arts == ()
