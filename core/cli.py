@@ -434,6 +434,11 @@ def _print_status(data: dict[str, Any]) -> None:
           + (f" - {data['reason']}" if data["reason"] else ""))
     for state, n in data["counts"].items():
         print(f"  {state:<10} {n}")
+    review = data.get("needs_review") or ()
+    if review:
+        print(f"  {'needs_review':<10} {len(review)}")
+    for entry in review:
+        print(f"    {entry['project_id'] or '-'} {entry['what']}: `{entry['approve']}`")
     for r in data["running"]:
         print(f"  running: {r['item_id']} -> {r['model']} ({r['elapsed']:.0f}s, attempt {r['attempt']}, "
               f"worker {r['worker']})")

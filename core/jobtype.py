@@ -135,6 +135,17 @@ def event_fields(job_type: object) -> tuple[str, ...]:
     return tuple(getattr(job_type, "event_fields", ()))
 
 
+class FlagsForReview(Protocol):
+    """Optional, for a job type whose items can end needing a person: a
+    chapter that failed QC ``1 + max_rewrites`` times. ``storyloom status``
+    and the report list them (:func:`storyloom.report.needs_review`)."""
+
+    async def needs_review(self, job: "Job", store: Any) -> list[dict[str, Any]]:
+        """What of ``job`` waits for a person now, read from ``store``: each
+        ``{"project_id", "what", "approve"}`` (``"chapter 3"``, the command
+        that lets it go on), JSON-able, in a stable order."""
+
+
 @dataclass(frozen=True)
 class ItemSite:
     """Where an item entry (or the ``input:`` key) is in its job file, so a job

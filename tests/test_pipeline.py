@@ -8,6 +8,7 @@ plan -> write -> qc -> export); the provider is the scripted one.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -119,6 +120,14 @@ def test_a_failure_skips_every_item_waiting_on_it(loom):
     assert (items["b1-ch3"].state, items["b1-export"].state) == ("pending", "pending")
     assert "b1-ch3" not in started_order()
     assert all(row.state == "completed" for item_id, row in items.items() if item_id.startswith("b2-"))
+    # the report lists a later stage's failure with its stage and the fields its job type shows
+    _name, text = trio.run(lambda: api.render_report("bk", "json", options=loom.options(), plugins=PLUGINS))
+    failed = [{k: f[k] for k in ("item_id", "project_id", "job_type", "stage", "fields", "error_kind")}
+              for f in json.loads(text)["failed_items"]]
+    assert failed == [{"item_id": "b1-ch2", "project_id": "b1", "job_type": "pipe_write", "stage": 1,
+                       "fields": {"chapter": 2}, "error_kind": "INVALID_INPUT"}]
+    _name, text = trio.run(lambda: api.render_report("bk", "md", options=loom.options(), plugins=PLUGINS))
+    assert "- b1-ch2 (pipe_write, chapter 2): INVALID_INPUT: " in text
 
 
 def test_a_failed_dependency_skips_what_waits_on_it(loom):
