@@ -109,4 +109,4 @@ def _state(path: "Path", output: Output) -> str:
         return "partial"
     if not output.exact:
         return "present" if data else "partial"
-    return "present" if data == output.text.encode("utf-8", "surrogatepass") else "partial"
+    return "present" if data == output.data() else "partial"

@@ -174,6 +174,14 @@ def test_a_book_from_premise_to_epub_with_what_each_request_carries(loom, fake_p
     assert loom.outputs("studio")["bk.txt"] == "missing"
     assert loom.outputs("studio", rebuild=True)["bk.txt"] == "rebuilt"
     assert (folder / "bk.txt").read_text() == text
+    # the EPUB comes back from the store byte for byte (its dcterms:modified is stored with the result)
+    written = epub.read_bytes()
+    epub.write_bytes(written[:100])
+    assert loom.outputs("studio")["bk.epub"] == "partial"
+    epub.unlink()
+    assert loom.outputs("studio")["bk.epub"] == "missing"
+    assert loom.outputs("studio", rebuild=True)["bk.epub"] == "rebuilt"
+    assert epub.read_bytes() == written
     command = epubcheck_command()
     if command is not None:
         checked = subprocess.run([*command, str(epub)], capture_output=True, text=True, timeout=120)
