@@ -23,10 +23,10 @@ from typing import Any
 
 from storyloom import ErrorKind, ProviderError
 from storyloom.job import Item, Job
-from storyloom.jobtype import Result
+from storyloom.jobtype import Planned, Result
 from storyloom.provider import Request
 
-from . import book
+from . import book, planning
 from .base import StudioJobType, book_of, language_of
 
 
@@ -81,6 +81,13 @@ def plain_text(contents: dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class Export(StudioJobType):
+    def planned_items(self, source: Item, job: Job) -> list[Planned]:
+        """Before the run (dry run, budget check): what this stage sends for ``source``'s book
+        (:func:`.planning.export_items`)."""
+        if not self.studio(source):
+            return planning.single_planned(self, source, job)
+        return planning.export_items(self, source, job)
+
     def items_after(self, done: Item, result: Result, job: Job) -> list[Item]:
         return []  # the outline's completion makes the one export item per book
 

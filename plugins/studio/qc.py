@@ -28,12 +28,12 @@ from typing import Any
 from storyloom import ErrorKind, ProviderError
 from storyloom.artifacts import Artifact
 from storyloom.job import Item, Job
-from storyloom.jobtype import Result
+from storyloom.jobtype import Planned, Result
 from storyloom.plugins.support.qccheck import check_chapter
 from storyloom.provider import Request, Response
 from storyloom.store import Store
 
-from . import book
+from . import book, planning
 from .base import (StudioJobType, base_values, book_of, chapter_id, language_of, qc_id, render, result, setting,
                    stage_names, state_text)
 from .chapters import chapter_number
@@ -69,6 +69,13 @@ def _checks(text: str, language: str, target: int | None) -> tuple[dict, ...]:
 
 @dataclass(frozen=True)
 class QualityCheck(StudioJobType):
+    def planned_items(self, source: Item, job: Job) -> list[Planned]:
+        """Before the run (dry run, budget check): what this stage sends for ``source``'s book
+        (:func:`.planning.qc_items`)."""
+        if not self.studio(source):
+            return planning.single_planned(self, source, job)
+        return planning.qc_items(self, source, job)
+
     def items_after(self, done: Item, result: Result, job: Job) -> list[Item]:
         """After a chapter (or a rewrite) completes: its QC item."""
         number = done.fields.get("chapter_num")
