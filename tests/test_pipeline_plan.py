@@ -62,13 +62,17 @@ def test_the_dry_run_plans_every_stage_of_each_book_expected_and_worst(loom):
                       "qc_processing": (6, 18), "export": (2, 2)}
     assert plan.unplanned_stages == []
     rows = {row.item_id: row for row in plan.items}
-    assert (rows["short-ch2-r1"].count, rows["short-ch2-r1"].worst_count) == (0, 2)
-    assert (rows["short-ch2-qc"].count, rows["short-ch2-qc"].worst_count) == (1, 3)
+    # chapter 1, then one row for chapters 2..3 (their stand-in requests are alike)
+    assert [r.item_id for r in plan.items if r.project_id == "short" and r.job_type == "chapter_writing"] == [
+        "short-ch1", "short-ch1-r1", "short-ch2..3", "short-ch2..3-r1"]
+    assert (rows["short-ch1-r1"].count, rows["short-ch1-r1"].worst_count) == (0, 2)
+    assert (rows["short-ch2..3-r1"].count, rows["short-ch2..3-r1"].worst_count) == (0, 4)
+    assert (rows["short-ch2..3-qc"].count, rows["short-ch2..3-qc"].worst_count) == (2, 6)
     # the requests are the real ones over the planned book: chapter 2 carries chapter 1's ending and
     # summary, a rewrite the version it rewrites, QC the chapter, so they grow with chapter_length
-    assert rows["short-ch2"].prompt_tokens > rows["short-ch1"].prompt_tokens
-    assert rows["short-ch2-r1"].prompt_tokens > rows["short-ch2"].prompt_tokens
-    assert rows["long-ch2-qc"].prompt_tokens > rows["short-ch2-qc"].prompt_tokens + 1000
+    assert rows["short-ch2..3"].prompt_tokens > rows["short-ch1"].prompt_tokens
+    assert rows["short-ch2..3-r1"].prompt_tokens > rows["short-ch2..3"].prompt_tokens
+    assert rows["long-ch1-qc"].prompt_tokens > rows["short-ch1-qc"].prompt_tokens + 1000
     assert rows["long-ch1"].max_tokens > rows["short-ch1"].max_tokens  # room for the planned length
     assert rows["short-export"].model is None and rows["short-export"].worst_usd == 0.0  # code, not a model
     assert plan.worst_usd == pytest.approx(sum(r.worst_count * r.worst_usd for r in plan.items))
@@ -82,6 +86,7 @@ def test_without_qc_or_rewrites_the_worst_case_is_the_expected_one(loom):
     for plan in (estimate(loom, studio(loom, rewrites=0)), estimate(loom, studio(loom, qc=False))):
         assert (plan.stages["chapter_writing"].items, plan.stages["chapter_writing"].worst_items) == (6, 6)
         assert not any(row.item_id.endswith("-r1") for row in plan.items)
+    assert estimate(loom, studio(loom, qc=False)).stages.get("qc_processing") is None
 
 
 def test_the_dry_run_text_names_the_stages(loom, capsys):
@@ -93,6 +98,7 @@ def test_the_dry_run_text_names_the_stages(loom, capsys):
     out = capsys.readouterr().out
     assert "2 item(s) to run, then 16 planned in 4 later stage(s) (up to 40)" in out, out
     assert "  short-ch1-r1 x0-2  -> sim  (chapter_writing, " in out
+    assert "  short-ch2..3-qc x2-6  -> sim  (qc_processing, " in out
     assert "  stage qc_processing: 6 item(s), up to 18; $" in out
     assert not loom.state_dir.exists()  # a dry run stores nothing
 

@@ -122,19 +122,30 @@ def outline_items(job_type: Any, source: Item, job: Job) -> list[Planned]:
     return [Planned(item.item_id, job_type.studio_request(item, job))]
 
 
+def _alike(book_id: str, count: int, make: Any) -> list[tuple[int, int, str]]:
+    """``(chapter, how many it stands for, row name)``: chapter 1 (no previous
+    chapter), and chapter 2 for chapters 2..N, whose stand-in requests are
+    the same size (one render instead of N-1: the plan is made on every
+    run with a budget)."""
+    rows = [(1, 1, make(book_id, 1))] if count >= 1 else []
+    if count >= 2:
+        rows.append((2, count - 1, make(book_id, 2) + (f"..{count}" if count > 2 else "")))
+    return rows
+
+
 def chapter_items(job_type: Any, source: Item, job: Job) -> list[Planned]:
     context = stand_in(source, job)
     book_id, language = book_of(source), language_of(source, job, book.project_of(context))
     most = rewrites(job)
     out = []
-    for n in range(1, planned_count(context) + 1):
+    for n, alike, name in _alike(book_id, planned_count(context), chapter_id):
         first = Item(item_id=chapter_id(book_id, n), project_id=source.project_id, job_type=job_type.name,
                      fields={"chapter_num": n, **carried(source)}, context=context)
-        out.append(Planned(first.item_id, job_type.studio_request(first, job)))
+        out.append(Planned(name, job_type.studio_request(first, job), expected=alike, worst=alike))
         if most:
             again = dataclasses.replace(first, item_id=chapter_id(book_id, n, 1),
                                         fields={**first.fields, "rewrite": 1, "feedback": feedback(language)})
-            out.append(Planned(again.item_id, job_type.studio_request(again, job), expected=0, worst=most))
+            out.append(Planned(f"{name}-r1", job_type.studio_request(again, job), expected=0, worst=most * alike))
     return out
 
 
@@ -143,12 +154,13 @@ def qc_items(job_type: Any, source: Item, job: Job) -> list[Planned]:
     book_id = book_of(source)
     most = rewrites(job)
     out = []
-    for n in range(1, planned_count(context) + 1):
+    for n, alike, name in _alike(book_id, planned_count(context), chapter_id):
         item = Item(item_id=qc_id(book_id, n), project_id=source.project_id, job_type=job_type.name,
                     fields={"chapter_num": n, "source_item": chapter_id(book_id, n), "rewrite": 0,
                             **carried(source)}, context=context)
         # Each version's QC reads a chapter of the same planned length: one request stands for all.
-        out.append(Planned(item.item_id, job_type.studio_request(item, job), expected=1, worst=1 + most))
+        out.append(Planned(f"{name}-qc", job_type.studio_request(item, job), expected=alike,
+                           worst=(1 + most) * alike))
     return out
 
 
