@@ -61,6 +61,8 @@ class ItemEstimate:
 
 @dataclass
 class StageEstimate:
+    """Totals of a stage: items expected and at most, and their cost."""
+
     items: int = 0
     worst_items: int = 0
     expected_usd: float = 0.0
@@ -68,13 +70,11 @@ class StageEstimate:
 
 
 @dataclass
-class ModelEstimate:
-    items: int = 0
-    worst_items: int = 0
+class ModelEstimate(StageEstimate):
+    """A model's totals, its tokens too, and the time its rate limits need."""
+
     expected_tokens: int = 0
     worst_tokens: int = 0
-    expected_usd: float = 0.0
-    worst_usd: float = 0.0
     rpm: int | None = None
     tpm: int | None = None
     #: Seconds the model's rate limits need for its items at least (None: no limit set).
