@@ -128,3 +128,14 @@ def test_the_budget_check_refuses_a_budget_a_later_stage_cannot_fit_in(loom):
         estimate(loom, path)
     path = studio(loom, budget=round(dearest.worst_usd * 1.01, 6))
     assert estimate(loom, path).budget_usd == round(dearest.worst_usd * 1.01, 6)  # every planned attempt fits
+
+
+def test_an_item_without_a_project_file_plans_what_its_next_stage_chains(loom):
+    loom.write("storyloom.yaml", SETTINGS)
+    path = loom.write("job.yaml", "job_id: one\njob_type: chapter_writing\n"
+                                  "then: [{job_type: qc_processing}, {job_type: export}]\n"
+                                  "items:\n  - {item_id: a, title: Story A, genre: fantasy, chapter_num: 1}\n")
+    plan = estimate(loom, path)
+    # as the run does: the chapter's QC (qc_processing's items_after), and no export (nothing makes one)
+    assert [(r.item_id, r.job_type) for r in plan.items] == [("a", "chapter_writing"), ("a-qc", "qc_processing")]
+    assert plan.stages["export"].worst_items == 0

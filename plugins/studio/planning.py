@@ -19,7 +19,7 @@ from typing import Any
 
 from storyloom.artifacts import Artifact, ProjectContext
 from storyloom.job import Item, Job
-from storyloom.jobtype import Planned
+from storyloom.jobtype import Planned, Result
 
 from . import book
 from .base import book_of, chapter_id, export_id, language_of, qc_id, setting, stage_names
@@ -108,11 +108,15 @@ def carried(source: Item) -> dict[str, Any]:
 
 
 def single_planned(job_type: Any, source: Item, job: Job) -> list[Planned]:
-    """A source without a project file: one item of this stage by default
-    chaining (``<source>-<job_type>``), in the one-prompt form."""
-    item = Item(item_id=f"{source.item_id}-{job_type.name}", project_id=source.project_id,
-                fields={"source_item": source.item_id}, job_type=job_type.name)
-    return [Planned(item.item_id, job_type.single.build_request(item, job))]
+    """A source without a project file (the one-prompt form): the items this
+    stage chains to it (``items_after``, as the run would) when it is the
+    stage right after the source's; a stage further on is not planned (it
+    is chained from items that do not exist yet)."""
+    stages = stage_names(job)
+    if len(stages) < 2 or stages[1] != job_type.name:
+        return []
+    made = job_type.items_after(source, Result(text="", file_name=""), job)
+    return [Planned(item.item_id, job_type.single.build_request(item, job)) for item in made]
 
 
 def outline_items(job_type: Any, source: Item, job: Job) -> list[Planned]:
