@@ -21,7 +21,7 @@ from .kernel import Worker
 from .outputs import as_dict as outputs_as_dict, job_folder
 from .projection import check_outputs, rebuild_outputs, render_reports
 from .registry import REGISTRY_HOOKS
-from .report import snapshot
+from .report import needs_review, snapshot
 from .settings import DEFAULT_PROGRESS
 from .summary import Summary
 from .store import HELD_JOB_STATES, JobExists, JobRow, NewItem, Store, StoreNotFound, open_store
@@ -348,7 +348,8 @@ async def job_status(job_id: str | None = None, *, items: bool = False, options:
     (model, seconds elapsed, attempt), cost and tokens (``by_model`` too),
     attempts sent whose outcome is unknown (``unknown_attempts``, and their
     worst case, ``unknown_usd``: in flight, lost with a killed worker, or
-    timed out), and
+    timed out), ``needs_review`` (what waits for a person: a chapter that
+    failed QC every time, :func:`storyloom.report.needs_review`), and
     with ``items=True`` every item's state, level, attempts, model and route.
     A ``running`` job whose worker is gone shows as ``interrupted``, with a
     reason that says so (:func:`storyloom.store.owner.shown_state`).
@@ -358,6 +359,7 @@ async def job_status(job_id: str | None = None, *, items: bool = False, options:
     and ``lease_left`` (seconds).
     Reads only: a missing store is a :class:`storyloom.store.StoreNotFound`.
     """
+    config = _located(config, options)
     async with _opened(store, config, options, create=False) as store:
         workers = await _live_workers(store)
         if job_id is None:
@@ -382,6 +384,7 @@ async def job_status(job_id: str | None = None, *, items: bool = False, options:
             "cost_usd": costs.cost_usd, "input_tokens": costs.input_tokens, "output_tokens": costs.output_tokens,
             "attempts": costs.attempts, "by_model": costs.by_model,
             "unknown_attempts": costs.unknown_attempts, "unknown_usd": costs.unknown_usd,
+            "needs_review": await needs_review(config.registries.job_types, job_from_dict(job.definition), store),
             **({"items": [{"item_id": i.item_id, "state": i.state, "level": Priority(i.level).name.lower(),
                            "attempts": i.attempts, "model": i.last_model, "route": i.route,
                            "error_kind": i.error_kind} for i in await store.items(job_id)]} if items else {}),

@@ -12,8 +12,12 @@ Data only: this module imports nothing of storyloom.
 
 from __future__ import annotations
 
+import json
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
+
+# Compact and byte-exact (Thai stays Thai); NaN and infinities are not JSON.
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 
 @dataclass(frozen=True)
@@ -65,3 +69,27 @@ class ProjectContext:
             if artifact.kind == kind and (artifact.key not in out or artifact.version > out[artifact.key].version):
                 out[artifact.key] = artifact
         return out
+
+
+def check_artifact(artifact: Any) -> str:
+    """``artifact``'s content as the JSON text a store keeps, once it is an
+    :class:`Artifact` with a non-empty ``project_id`` and ``kind``, a string
+    ``key`` and JSON content (no NaN).
+
+    The one check: the pipeline calls it before a completion reaches the
+    store, and every store before it writes.
+
+    :raises ValueError: saying what is wrong; callers prefix where.
+    """
+    if not isinstance(artifact, Artifact):
+        raise ValueError(f"an artifact must be a storyloom.artifacts.Artifact, not {type(artifact).__name__}")
+    for name in ("project_id", "kind"):
+        value = getattr(artifact, name)
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"artifact {artifact.kind!r}: {name} must be a non-empty string, not {value!r}")
+    if not isinstance(artifact.key, str):
+        raise ValueError(f"artifact {artifact.kind!r}: key must be a string, not {artifact.key!r}")
+    try:
+        return _encode(artifact.content)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"artifact {artifact.kind}/{artifact.key}: content is not JSON ({exc})") from None

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .errors import UsageError
+from .planning import planned_requests
 from .tokens import estimate_request_tokens
 
 if TYPE_CHECKING:
     from .job import Plan
-    from .settings import Settings
 
 #: The budget reserves the prompt estimate times this, plus max_tokens: the
 #: estimate is calibrated per model, but a reservation must not fall short.
@@ -91,30 +91,30 @@ class Budget:
         return f"budget reached: {spent}, {held}; one more item needs up to ${needed:.4f}"
 
 
-def check_budget(plan: "Plan", job_type: Any, settings: "Settings") -> None:
-    """UsageError if the job's budget cannot cover some item's worst case on
-    the most expensive of its models: that item could never be sent, and the
-    job would pause at once on every resume. The estimate is the kernel's own
-    (:func:`worst_case` of the uncalibrated prompt estimate)."""
+def check_budget(plan: "Plan", config: Any) -> None:
+    """UsageError if the job's budget cannot cover some attempt's worst case
+    on the most expensive of its models, at any stage of the pipeline (the
+    job file's items and what the later stages plan for them,
+    :func:`storyloom.planning.planned_requests`): that item could never be
+    sent, and the job would pause there on every resume. The estimate is the
+    kernel's own (:func:`worst_case` of the uncalibrated prompt estimate)."""
     job = plan.job
     if job.budget_usd is None:
         return
-    worst_item, worst = None, 0.0
-    for item in job.items:
-        if item.status != "pending":  # skipped or completed in the file: never sent
+    settings = config.settings
+    worst_item, worst_stage, worst = None, None, 0.0
+    for row in planned_requests(config, plan, strict=False):
+        if row.request is None:  # done in code: costs nothing
             continue
-        try:
-            request = job_type.build_request(item, job)
-        except Exception:
-            continue  # the job type's own checks report a bad item
-        prompt = estimate_request_tokens(request)
-        for name in (item.model,) if item.model else plan.models:
+        prompt = estimate_request_tokens(row.request)
+        for name in row.models:
             spec = settings.models.get(name)
-            cost = worst_case(spec.price, prompt, request.max_tokens) if spec is not None else 0.0
+            cost = worst_case(spec.price, prompt, row.request.max_tokens) if spec is not None else 0.0
             if cost > worst:
-                worst_item, worst = item.item_id, cost
+                worst_item, worst_stage, worst = row.item_id, row.stage.stage_type, cost
     if worst_item is not None and worst > job.budget_usd:
+        stage = "" if worst_stage == job.job_type else f" (stage {worst_stage}, planned)"
         raise UsageError(
-            f"budget_usd ${job.budget_usd:.4f} cannot cover one attempt at item {worst_item!r}, whose worst "
+            f"budget_usd ${job.budget_usd:.4f} cannot cover one attempt at item {worst_item!r}{stage}, whose worst "
             f"case is ${worst:.4f} (its prompt estimate x{BUDGET_PROMPT_MARGIN:g} plus max_tokens, at the "
             "price of its dearest model): raise budget_usd, or lower config.max_tokens")

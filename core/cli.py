@@ -319,14 +319,30 @@ def _print_estimate(plan: Any, as_json: bool) -> int:
         print(json.dumps(plan.as_dict(), ensure_ascii=False))
         return 0
     items = plan.items
-    print(f"{plan.job_id} ({plan.job_type}): dry run, nothing sent or stored; {len(items)} item(s) to run"
-          + (f", {plan.skipped} skipped" if plan.skipped else "") + f", max_parallel {plan.max_parallel}")
+    first = sum(1 for row in items if row.job_type == plan.job_type)
+    later = {name: t for name, t in plan.stages.items() if name != plan.job_type}
+    planned = (f", then {sum(t.items for t in later.values())} planned in {len(later)} later stage(s) "
+               f"(up to {sum(t.worst_items for t in later.values())})") if later else ""
+    print(f"{plan.job_id} ({plan.job_type}): dry run, nothing sent or stored; {first} item(s) to run"
+          + (f", {plan.skipped} skipped" if plan.skipped else "") + planned + f", max_parallel {plan.max_parallel}")
     for row in items[:SHOWN_ITEMS]:
-        print(f"  {row.item_id}  -> {row.model}  ({_why(row.route)}; ~{row.prompt_tokens} in, "
+        times = "" if (row.count, row.worst_count) == (1, 1) else (
+            f" x{row.count}" if row.count == row.worst_count else f" x{row.count}-{row.worst_count}")
+        if row.model is None:
+            print(f"  {row.item_id}{times}  ({row.job_type}: done in code, sends nothing)")
+            continue
+        stage = f"{row.job_type}, " if later else ""
+        print(f"  {row.item_id}{times}  -> {row.model}  ({stage}{_why(row.route)}; ~{row.prompt_tokens} in, "
               f"~{row.expected_output_tokens}/{row.max_tokens} out; ${row.expected_usd:.4f}, "
               f"worst ${row.worst_usd:.4f})")
     if len(items) > SHOWN_ITEMS:
         print(f"  ... and {len(items) - SHOWN_ITEMS} more (--json lists every item)")
+    if later:
+        for name, t in plan.stages.items():
+            print(f"  stage {name}: {t.items} item(s), up to {t.worst_items}; ${t.expected_usd:.4f} "
+                  f"(worst ${t.worst_usd:.4f})")
+    for name in plan.unplanned_stages:
+        print(f"  stage {name}: not estimated (its job type plans no items before the run)")
     for name, m in plan.models.items():
         limits = ", ".join(f"{k} {v}" for k, v in (("rpm", m.rpm), ("tpm", m.tpm)) if v)
         floor = f"{limits}: at least {shown_time(m.min_seconds)}" if limits else "no rate limit"
@@ -448,6 +464,11 @@ def _print_status(data: dict[str, Any]) -> None:
           + (f" - {data['reason']}" if data["reason"] else ""))
     for state, n in data["counts"].items():
         print(f"  {state:<10} {n}")
+    review = data.get("needs_review") or ()
+    if review:
+        print(f"  {'needs_review':<10} {len(review)}")
+    for entry in review:
+        print(f"    {entry['project_id'] or '-'} {entry['what']}: `{entry['approve']}`")
     for r in data["running"]:
         print(f"  running: {r['item_id']} -> {r['model']} ({r['elapsed']:.0f}s, attempt {r['attempt']}, "
               f"worker {r['worker']})")

@@ -203,7 +203,7 @@ class Config:
         pinned = tuple(item.model for item in job.items if item.model and item.model in self.settings.models)
         stages = {stage.job_type: self._stage_plan(job, stage) for stage in job.stages[1:]}
         plan = dataclasses.replace(self._stage_plan(job, job.stages[0], pinned), stage_plans=stages)
-        check_budget(plan, self._job_type(job.job_type), self.settings)  # a budget no item fits in is bad input
+        check_budget(plan, self)  # a budget no attempt of the pipeline fits in is bad input
         return plan
 
     def _stage_plan(self, job: Job, stage: Stage, pinned: tuple[str, ...] = ()) -> Plan:

@@ -317,7 +317,8 @@ def loom_job_outputs(job: "Job", store: "Store",
     :param config: the configuration: ``config.out_dir`` and the settings.
     :returns: None, or an async callable taking no arguments that returns
         :class:`storyloom.outputs.Output` objects (``name`` relative to the
-        job's output folder, ``text``, and ``exact=False`` for a file that
+        job's output folder, ``text``: a str written as UTF-8 or bytes for a
+        binary file such as an EPUB, and ``exact=False`` for a file that
         is rendered anew each time and so is only checked to exist).
 
     An exception here or in the callable propagates: the command fails

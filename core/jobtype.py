@@ -136,6 +136,47 @@ def event_fields(job_type: object) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
+class Planned:
+    """Items of one later stage that an item of the job file is expected to
+    lead to, alike enough to share one request's estimate (a chapter and its
+    rewrites; the QC of each version).
+
+    ``request`` is what each of them sends (None: done in code, sends
+    nothing); ``expected`` how many a run makes with nothing failing,
+    ``worst`` at most (every rewrite taken). ``item_id`` names the row in
+    the dry run (``bk-ch3``)."""
+
+    item_id: str
+    request: "Request | None"
+    expected: int = 1
+    worst: int = 1
+
+
+class PlansItems(Protocol):
+    """Optional, for a later stage of a pipeline: what it will send for one
+    item of the job file, before anything runs (``--dry-run`` and the
+    up-front budget check, :mod:`storyloom.planning`). A stage without it is
+    left out of both, and the dry run names it."""
+
+    def planned_items(self, source: "Item", job: "Job") -> Iterable[Planned]:
+        """This stage's items that ``source`` (a pending item of the job
+        file, its project in ``source.context`` when the job type
+        ``reads_project``) leads to. Raise ProviderError(INVALID_INPUT) for
+        a source it cannot plan (the dry run fails with it)."""
+
+
+class FlagsForReview(Protocol):
+    """Optional, for a job type whose items can end needing a person: a
+    chapter that failed QC ``1 + max_rewrites`` times. ``storyloom status``
+    and the report list them (:func:`storyloom.report.needs_review`)."""
+
+    async def needs_review(self, job: "Job", store: Any) -> list[dict[str, Any]]:
+        """What of ``job`` waits for a person now, read from ``store``: each
+        ``{"project_id", "what", "approve"}`` (``"chapter 3"``, the command
+        that lets it go on), JSON-able, in a stable order."""
+
+
+@dataclass(frozen=True)
 class ItemSite:
     """Where an item entry (or the ``input:`` key) is in its job file, so a job
     type can raise errors located like the loader's own."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
-from .atomic import write_atomic
+from .atomic import write_atomic, write_atomic_bytes
 
 if TYPE_CHECKING:
     from .contracts import HookConfig
@@ -38,13 +38,19 @@ class Output:
     """One file of a job's outputs, as the store says it should be.
 
     ``name`` is relative to the job's output folder (``<out_dir>/<job_id>/``).
-    ``exact``: the file must hold ``text`` byte for byte; False for outputs
-    rendered anew each time (reports: their durations are taken at the run's
-    end), which are present when the file exists and is not empty."""
+    ``text`` is written as UTF-8; ``bytes`` as they are (a binary file: an
+    EPUB). ``exact``: the file must hold ``text`` byte for byte; False for
+    outputs rendered anew each time (reports: their durations are taken at
+    the run's end), which are present when the file exists and is not empty."""
 
     name: str
-    text: str
+    text: str | bytes
     exact: bool = True
+
+    def data(self) -> bytes:
+        """The file's bytes."""
+        text = self.text
+        return text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
 
 
 @dataclass(frozen=True)
@@ -72,12 +78,16 @@ def job_folder(config: "HookConfig", job_id: str) -> Path:
     return config.out_dir / job_id
 
 
-def write_output(config: "HookConfig", job_id: str, path: Path, text: str) -> OutputProblem | None:
-    """Write one of a job's outputs atomically. A failure (OSError: disk full,
-    folder read-only, a file in the way) is recorded for the job's run, which
-    then ends with exit code 6, and returned; nothing is raised."""
+def write_output(config: "HookConfig", job_id: str, path: Path, text: str | bytes) -> OutputProblem | None:
+    """Write one of a job's outputs atomically: ``text`` as UTF-8, bytes as
+    they are. A failure (OSError: disk full, folder read-only, a file in the
+    way) is recorded for the job's run, which then ends with exit code 6, and
+    returned; nothing is raised."""
     try:
-        write_atomic(path, text)
+        if isinstance(text, bytes):
+            write_atomic_bytes(path, text)
+        else:
+            write_atomic(path, text)
     except OSError as err:
         return record_problem(config, job_id, path, err)
     return None

@@ -18,12 +18,11 @@ blocked items (a closed gate, a dependency never made).
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import traceback
 from typing import TYPE_CHECKING, Any, Iterable
 
-from .artifacts import Artifact, ProjectContext
+from .artifacts import Artifact, ProjectContext, check_artifact
 from .contracts import Outcome, Result
 from .errors import ErrorKind
 from .job import Item, Job, item_to_dict
@@ -123,18 +122,10 @@ def _new_items(job: Job, done: Item, items: Iterable[Any]) -> tuple[NewItem, ...
 def _checked_artifacts(artifacts: Iterable[Any]) -> tuple[Artifact, ...]:
     out = []
     for artifact in artifacts:
-        if not isinstance(artifact, Artifact):
-            raise PipelineError(f"an artifact must be a storyloom.artifacts.Artifact, not {type(artifact).__name__}")
-        for name in ("project_id", "kind"):
-            value = getattr(artifact, name)
-            if not isinstance(value, str) or not value:
-                raise PipelineError(f"artifact {artifact.kind!r}: {name} must be a non-empty string, not {value!r}")
-        if not isinstance(artifact.key, str):
-            raise PipelineError(f"artifact {artifact.kind!r}: key must be a string, not {artifact.key!r}")
         try:
-            json.dumps(artifact.content, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise PipelineError(f"artifact {artifact.kind}/{artifact.key}: content is not JSON ({exc})") from None
+            check_artifact(artifact)
+        except ValueError as exc:
+            raise PipelineError(f"{exc}") from None
         out.append(artifact)
     return tuple(out)
 

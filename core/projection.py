@@ -15,7 +15,7 @@ from .atomic import remove_temporary
 from .chosen import report_renderers
 from .jobtype import event_fields
 from .outputs import Output, OutputState, job_folder, take_problems, write_output
-from .report import build_report, snapshot
+from .report import build_report, needs_review, snapshot
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -55,8 +55,10 @@ async def render_reports(config: "RunConfig", job: "Job", store: "Store", summar
     out: one buggy renderer costs only its own report. Never raises for a renderer."""
     if not renderers:
         return []
-    report = await build_report(store, job, summary,
-                                shown_fields=event_fields(config.registries.job_types.get(job.job_type)))
+    job_types = config.registries.job_types
+    shown = dict.fromkeys(name for stage in job.stage_types for name in event_fields(job_types.get(stage)))
+    report = await build_report(store, job, summary, shown_fields=tuple(shown),
+                                review=await needs_review(job_types, job, store))
     rendered = []
     for name, renderer in renderers:
         try:
@@ -107,4 +109,4 @@ def _state(path: "Path", output: Output) -> str:
         return "partial"
     if not output.exact:
         return "present" if data else "partial"
-    return "present" if data == output.text.encode("utf-8", "surrogatepass") else "partial"
+    return "present" if data == output.data() else "partial"

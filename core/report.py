@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from datetime import datetime, timezone
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from .errors import ErrorKind
 from .job import Job, item_from_dict
@@ -50,6 +50,17 @@ UNFIXABLE_ADVICE = {
 }
 
 
+async def needs_review(job_types: Mapping[str, Any], job: Job, store: Store) -> list[dict[str, Any]]:
+    """What of ``job`` waits for a person: every stage's job type's
+    :class:`~storyloom.jobtype.FlagsForReview` answer, in stage order."""
+    out: list[dict[str, Any]] = []
+    for name in dict.fromkeys(job.stage_types):
+        flagged = getattr(job_types.get(name), "needs_review", None)
+        if flagged is not None:
+            out.extend(await flagged(job, store))
+    return out
+
+
 async def snapshot(store: Store, row: JobRow, now: float | None = None) -> Summary:
     """The job as it stands: a running or pending job is reported up to ``now``;
     a running one whose worker is gone, as ``interrupted`` (display only)."""
@@ -78,14 +89,16 @@ def _percent(share: float) -> str:
 
 
 async def build_report(store: Store, job: Job, summary: Summary, *,
-                       shown_fields: Sequence[str] = ()) -> dict[str, Any]:
+                       shown_fields: Sequence[str] = (),
+                       review: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
     """Everything a report shows, from the store and ``summary`` (what the
     batch returned, or :func:`snapshot` of a job still going).
 
     Covers the whole job, earlier runs included (a resumed job reports every
     item). Renderers (``loom_register_renderers``) turn this mapping into files.
     ``shown_fields`` are the item fields a failed item's row shows besides
-    ``project_id``: the job type's ``event_fields``.
+    ``project_id``: the job type's ``event_fields``; ``review`` what
+    :func:`needs_review` found (``needs_review`` in the report).
     """
     job_id = job.job_id
     counts = {state: summary.counts.get(state, 0) for state in ITEM_STATES}
@@ -142,8 +155,9 @@ async def build_report(store: Store, job: Job, summary: Summary, *,
             "rate_limited": rate_limited,
             "rate_limited_share": round(_share(rate_limited, tally.count), 4),
         },
+        "needs_review": [dict(entry) for entry in review],
         "failed_items_total": len(failed_rows),
-        "failed_items": [_failed_item(row, shown_fields) for row in failed_rows[:MAX_FAILED_LISTED]],
+        "failed_items": [_failed_item(row, job, shown_fields) for row in failed_rows[:MAX_FAILED_LISTED]],
         "timeline": _timeline(tally, started),
         "latency": tally.latency(),
     }
@@ -254,11 +268,15 @@ class _Tally:
         return rows
 
 
-def _failed_item(row: Any, shown_fields: Sequence[str]) -> dict[str, Any]:
+def _failed_item(row: Any, job: Job, shown_fields: Sequence[str]) -> dict[str, Any]:
     item = item_from_dict({"item_id": row.item_id, **(row.definition or {})})
     shown = {name: item.fields[name] for name in shown_fields if item.fields.get(name) is not None}
-    return {"item_id": row.item_id, "project_id": item.project_id, "fields": shown, "attempts": row.attempts,
-            "model": row.last_model, "error_kind": row.error_kind, "error": row.error}
+    # A follow-up of a later stage stores its job type; the first stage's items do not.
+    job_type = item.job_type or job.job_type
+    stages = job.stage_types
+    return {"item_id": row.item_id, "project_id": item.project_id, "job_type": job_type,
+            "stage": stages.index(job_type) if job_type in stages else None, "fields": shown,
+            "attempts": row.attempts, "model": row.last_model, "error_kind": row.error_kind, "error": row.error}
 
 
 def _quantile(ordered: list[float], q: float) -> float:

@@ -14,20 +14,23 @@ with 180 s each.
 
 When an export item completes, this plugin writes the book's EPUB 3
 (``<project>.epub``) and plain text (``<project>.txt``) beside its Markdown
-result, atomically, from the book the result carries.
+result, atomically, from the book the result carries; ``storyloom outputs
+--rebuild`` makes them again, byte for byte, from the same stored result.
 """
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 from storyloom import UsageError, hookimpl
 from storyloom.artifacts import ProjectContext
-from storyloom.outputs import Output, job_folder, record_problem, write_output
+from storyloom.outputs import Output, job_folder, write_output
 from storyloom.plugins.studio.base import (CHAPTERS_PATTERN, ITEM_SCHEMA, MAX_CHAPTERS, expand_chapters,  # noqa: F401
                                            expand_story_item)
 from storyloom.plugins.studio import book
 from storyloom.plugins.studio.chapters import ChapterWriting
 from storyloom.plugins.studio.characters import CharacterGeneration
-from storyloom.plugins.studio.export import Export, plain_text
+from storyloom.plugins.studio.export import MODIFIED_FORMAT, Export, plain_text
 from storyloom.plugins.studio.outline import PlotOutlining, gate_name
 from storyloom.plugins.studio.qc import QualityCheck, review_gate
 from storyloom.plugins.studio.single import TemplateJobType
@@ -69,9 +72,9 @@ class BookWriter:
 
     @hookimpl
     def loom_job_outputs(self, job, store):
-        """Each exported book's text, from the book its stored result carries
-        (the Markdown is the result file itself; the EPUB, bytes, is written
-        when the export completes and not rebuilt)."""
+        """Each exported book's text and EPUB, from the book its stored result
+        carries (the Markdown is the result file itself), byte for byte what
+        the export wrote."""
         if "export" not in job.stage_types:
             return None
 
@@ -81,25 +84,39 @@ class BookWriter:
                 stored = await store.result(job.job_id, row.item_id)
                 data = stored[1] if stored else None
                 if isinstance(data, dict) and isinstance(data.get("book"), dict) and data.get("file_name"):
-                    stem = data["file_name"].removesuffix(".md")
-                    found.append(Output(f"{stem}.txt", plain_text(data["book"])))
+                    found += book_files(data["file_name"].removesuffix(".md"), data["book"])
             return found
 
         return books
 
 
+def book_files(stem: str, contents: dict) -> list[Output]:
+    """The book's text and EPUB, as the export writes them and a rebuild makes them again."""
+    from storyloom.plugins.support.epub import epub_bytes  # here: the EPUB writer is only needed by an export
+
+    epub = epub_bytes(identifier=contents["identifier"], title=contents["title"], language=contents["language"],
+                      chapters=[tuple(c) for c in contents["chapters"]], author=contents.get("author"),
+                      modified=modified_of(contents))
+    return [Output(f"{stem}.txt", plain_text(contents)), Output(f"{stem}.epub", epub)]
+
+
+def modified_of(contents: dict) -> datetime:
+    """The book's ``dcterms:modified``: when it was exported (a book exported
+    before that was stored gets the zip entries' fixed 1980 date, so that its
+    rebuilds agree with each other)."""
+    when = contents.get("modified")
+    if isinstance(when, str):
+        try:
+            return datetime.strptime(when, MODIFIED_FORMAT).replace(tzinfo=timezone.utc)
+        except ValueError:
+            pass
+    return datetime(1980, 1, 1, tzinfo=timezone.utc)
+
+
 def write_book(config, job_id: str, stem: str, contents: dict) -> None:
     folder = job_folder(config, job_id)
-    write_output(config, job_id, folder / f"{stem}.txt", plain_text(contents))
-    from storyloom.plugins.support.epub import write_epub  # here: the EPUB writer is only needed by an export
-
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        write_epub(folder / f"{stem}.epub", identifier=contents["identifier"], title=contents["title"],
-                   language=contents["language"], chapters=[tuple(c) for c in contents["chapters"]],
-                   author=contents.get("author"))
-    except OSError as exc:  # a full disk: the store has the book; the run says so
-        record_problem(config, job_id, folder / f"{stem}.epub", exc)
+    for output in book_files(stem, contents):
+        write_output(config, job_id, folder / output.name, output.text)  # a full disk: recorded, exit 6
 
 
 @hookimpl

@@ -147,9 +147,13 @@ async def test_a_bad_follow_up_or_artifact_writes_nothing(store):
     for bad in ({"follow_ups": (item("x", state="running"),)},
                 {"follow_ups": (item("x", after=("x",)),)},
                 {"artifacts": (Artifact("p", "k", "", object()),)},
+                {"artifacts": (Artifact("p", "k", "", [float("inf")]),)},
                 {"artifacts": (Artifact("", "k", "", "v"),)}):
         with pytest.raises(ValueError):
             await store.record([rec("b"), rec("a", **bad)], OWNER)
+    # the same check as the pipeline's (storyloom.artifacts.check_artifact), saying which item
+    with pytest.raises(ValueError, match=r"^item 'a': artifact 'k': key must be a string, not 1$"):
+        await store.record([rec("a", artifacts=(Artifact("p", "k", 1, "v"),))], OWNER)
     assert await states(store) == {"a": "running", "b": "running"}
     assert await store.artifacts("p") == []
 

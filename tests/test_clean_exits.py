@@ -21,7 +21,6 @@ from storyloom.errors import ConfigError
 from storyloom.loader import load_job
 from storyloom.settings import Settings
 from test_cli import cli, project
-from fakeprovider import fake_provider  # noqa: F401
 from test_loader import KNOWN
 from test_prompts import BATCH_INPUT, write_jsonl
 from test_prompts import settings as prompts_settings

@@ -233,3 +233,21 @@ def test_the_plain_text_book(tmp_path):
                       chapters=[("บทที่ ๑", "ย่อหน้าแรก\n\nย่อหน้าสอง"), ("บทที่ ๒", "จบ")])
     assert path.read_text(encoding="utf-8") == (
         "ถนนโคมไฟ\nสตูดิโอ\n\n\nบทที่ ๑\n\nย่อหน้าแรก\n\nย่อหน้าสอง\n\n\nบทที่ ๒\n\nจบ\n")
+
+
+def test_an_exported_books_files_are_made_again_the_same_from_what_the_result_stores(tmp_path):
+    from storyloom.plugins.jobtypes import book_files
+
+    contents = {"identifier": "urn:storyloom:bk", "title": "Salt & Signal", "language": "en", "author": None,
+                "chapters": [["One", "First."], ["Two", "Second."]], "versions": {"1": 1, "2": 2},
+                "modified": "2026-03-04T05:06:07Z"}
+    txt, epub = book_files("bk", contents)
+    assert (txt.name, epub.name) == ("bk.txt", "bk.epub") and "Second." in txt.text
+    assert book_files("bk", dict(contents))[1].data() == epub.data()  # the same result, the same bytes
+    (tmp_path / "bk.epub").write_bytes(epub.data())
+    assert check_epub(tmp_path / "bk.epub") == []
+    with zipfile.ZipFile(tmp_path / "bk.epub") as book:
+        assert "<meta property=\"dcterms:modified\">2026-03-04T05:06:07Z</meta>" in book.read("OEBPS/content.opf").decode()
+    # a result stored before the export kept its time: a fixed date, still the same bytes each time
+    older = {k: v for k, v in contents.items() if k != "modified"}
+    assert book_files("bk", older)[1].data() == book_files("bk", older)[1].data() != epub.data()

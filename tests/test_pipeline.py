@@ -8,6 +8,7 @@ plan -> write -> qc -> export); the provider is the scripted one.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -119,6 +120,14 @@ def test_a_failure_skips_every_item_waiting_on_it(loom):
     assert (items["b1-ch3"].state, items["b1-export"].state) == ("pending", "pending")
     assert "b1-ch3" not in started_order()
     assert all(row.state == "completed" for item_id, row in items.items() if item_id.startswith("b2-"))
+    # the report lists a later stage's failure with its stage and the fields its job type shows
+    _name, text = trio.run(lambda: api.render_report("bk", "json", options=loom.options(), plugins=PLUGINS))
+    failed = [{k: f[k] for k in ("item_id", "project_id", "job_type", "stage", "fields", "error_kind")}
+              for f in json.loads(text)["failed_items"]]
+    assert failed == [{"item_id": "b1-ch2", "project_id": "b1", "job_type": "pipe_write", "stage": 1,
+                       "fields": {"chapter": 2}, "error_kind": "INVALID_INPUT"}]
+    _name, text = trio.run(lambda: api.render_report("bk", "md", options=loom.options(), plugins=PLUGINS))
+    assert "- b1-ch2 (pipe_write, chapter 2): INVALID_INPUT: " in text
 
 
 def test_a_failed_dependency_skips_what_waits_on_it(loom):
@@ -440,9 +449,16 @@ def test_completion_turns_bad_follow_ups_and_artifacts_into_a_failure():
         assert (out.state, out.error_kind, new, arts) == ("failed", "INTERNAL_ERROR", (), ()), message
         assert message in out.error, (message, out.error)
         assert out.result is None
-    for bad in (Artifact("p", "k", "", {1, 2}), Artifact("p", "", "", "v"), Artifact("p", "k", 3, "v"), "text"):
+    bad_artifacts = {
+        "artifact k/: content is not JSON": Artifact("p", "k", "", {1, 2}),
+        "artifact k/1: content is not JSON (Out of range float": Artifact("p", "k", "1", float("nan")),
+        "artifact '': kind must be a non-empty string": Artifact("p", "", "", "v"),
+        "artifact 'k': key must be a string, not 3": Artifact("p", "k", 3, "v"),
+        "an artifact must be a storyloom.artifacts.Artifact, not str": "text",
+    }
+    for message, bad in bad_artifacts.items():
         out, _new, _arts = completion(registries, job, done, outcome_with(Result("t", "a.md", artifacts=(bad,))))
-        assert out.state == "failed", bad
+        assert out.state == "failed" and out.error.startswith(message), (message, out.error)
     # good ones: the job's level and deadline, the stage kept, chaining by default
     out, new, arts = completion(registries, job, done, outcome_with(Result("t", "a.md")))
     assert out.state == "completed" and arts == ()

@@ -174,6 +174,14 @@ def test_a_book_from_premise_to_epub_with_what_each_request_carries(loom, fake_p
     assert loom.outputs("studio")["bk.txt"] == "missing"
     assert loom.outputs("studio", rebuild=True)["bk.txt"] == "rebuilt"
     assert (folder / "bk.txt").read_text() == text
+    # the EPUB comes back from the store byte for byte (its dcterms:modified is stored with the result)
+    written = epub.read_bytes()
+    epub.write_bytes(written[:100])
+    assert loom.outputs("studio")["bk.epub"] == "partial"
+    epub.unlink()
+    assert loom.outputs("studio")["bk.epub"] == "missing"
+    assert loom.outputs("studio", rebuild=True)["bk.epub"] == "rebuilt"
+    assert epub.read_bytes() == written
     command = epubcheck_command()
     if command is not None:
         checked = subprocess.run([*command, str(epub)], capture_output=True, text=True, timeout=120)
@@ -186,7 +194,8 @@ def test_a_book_from_premise_to_epub_with_what_each_request_carries(loom, fake_p
 
 
 @pytest.mark.slow
-def test_a_chapter_failing_every_rewrite_needs_review_and_its_approval_lets_the_export_run(loom, fake_provider):
+def test_a_chapter_failing_every_rewrite_needs_review_and_its_approval_lets_the_export_run(loom, fake_provider,
+                                                                                          capsys):
     studio_folder(loom, fake_provider, ["bk"], chapters=2)
     fake_provider.configure("m1", data=Studio(always_fail={1}))
     options = dict(settings_file=str(loom.path / "storyloom.yaml"))
@@ -196,15 +205,32 @@ def test_a_chapter_failing_every_rewrite_needs_review_and_its_approval_lets_the_
     view = trio.run(lambda: api.book("bk", options=loom.options(**options)))
     assert view["chapters"][0]["state"] == "needs_review"
     assert any("storyloom approve bk chapter 1" in line for line in view["text"])
+    flagged = [{"project_id": "bk", "what": "chapter 1", "chapter": 1, "approve": "storyloom approve bk chapter 1"}]
+    assert trio.run(lambda: api.job_status("review", options=loom.options(**options)))["needs_review"] == flagged
+    from storyloom import cli as storyloom_cli
+    assert storyloom_cli.main(["status", "review", "--state-dir", str(loom.state_dir),
+                               "--settings", options["settings_file"], "-p", "no:progress"]) == 0
+    shown = capsys.readouterr().out
+    assert "  needs_review 1\n    bk chapter 1: `storyloom approve bk chapter 1`\n" in shown, shown
+    reports = {f: trio.run(lambda: api.render_report("review", f, options=loom.options(**options)))[1]
+               for f in ("json", "md", "html")}
+    assert json.loads(reports["json"])["needs_review"] == flagged
+    assert "| Needs review | 1 | - |" in reports["md"]
+    assert "- Needs review: bk chapter 1 (`storyloom approve bk chapter 1`)" in reports["md"]
+    assert re.search(r"<td>Needs review</td><td class=\"n\">1</td>", reports["html"])
+    assert "<li>bk chapter 1: <code>storyloom approve bk chapter 1</code></li>" in reports["html"]
     with pytest.raises(api.UsageError if hasattr(api, "UsageError") else Exception, match="is passed"):
         trio.run(lambda: api.approve("bk", ["chapter", "2"], options=loom.options(**options)))
     said = trio.run(lambda: api.approve("bk", ["chapter", "1"], options=loom.options(**options)))
     assert "approved chapter 1 of bk" in said
+    assert trio.run(lambda: api.job_status("review", options=loom.options(**options)))["needs_review"] == []
     resumed = loom.resume("review", **options)
     assert resumed.summary.status == "completed"
     assert (loom.out_dir / "review" / "bk.epub").exists()
     view = trio.run(lambda: api.book("bk", options=loom.options(**options)))
     assert view["chapters"][0]["state"] == "approved"
+    assert json.loads(trio.run(lambda: api.render_report("review", "json", options=loom.options(**options)))[1]
+                      )["needs_review"] == []
 
 
 @pytest.mark.slow

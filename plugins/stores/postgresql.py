@@ -28,7 +28,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import trio
 
 from storyloom import hookimpl
-from storyloom.artifacts import Artifact
+from storyloom.artifacts import Artifact, check_artifact
 from storyloom.errors import UsageError
 from storyloom.job import CRITICAL_WITHIN_S, HIGH_WITHIN_S
 from storyloom.store.opening import mask_url
@@ -1084,16 +1084,10 @@ def _check_new_items(items: Sequence[NewItem]) -> None:
 
 
 def _artifact_json(item_id: str, artifact: Artifact) -> str:
-    for name in ("project_id", "kind"):
-        value = getattr(artifact, name)
-        if not isinstance(value, str) or not value:
-            raise ValueError(f"item {item_id!r}: an artifact's {name} must be a non-empty string, not {value!r}")
-    if not isinstance(artifact.key, str):
-        raise ValueError(f"item {item_id!r}: an artifact's key must be a string, not {artifact.key!r}")
     try:
-        return _encode(artifact.content)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"item {item_id!r}: artifact {artifact.kind}/{artifact.key} is not JSON: {exc}") from None
+        return check_artifact(artifact)
+    except ValueError as exc:
+        raise ValueError(f"item {item_id!r}: {exc}") from None
 
 
 def _link(cur: "psycopg.Cursor", job_id: str, items: Sequence[NewItem]) -> None:

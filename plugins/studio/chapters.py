@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from storyloom import ErrorKind, ProviderError
 from storyloom.artifacts import Artifact
 from storyloom.job import Item, Job
-from storyloom.jobtype import Result
+from storyloom.jobtype import Planned, Result
 from storyloom.provider import Request, Response
 
-from . import book
+from . import book, planning
 from .base import StudioJobType, base_values, book_of, language_of, render, result, state_text
 from .replies import chapter_schema, data_of, invalid, need
 
@@ -43,6 +43,13 @@ def chapter_number(item: Item) -> int:
 
 @dataclass(frozen=True)
 class ChapterWriting(StudioJobType):
+    def planned_items(self, source: Item, job: Job) -> list[Planned]:
+        """Before the run (dry run, budget check): what this stage sends for ``source``'s book
+        (:func:`.planning.chapter_items`)."""
+        if not self.studio(source):
+            return planning.single_planned(self, source, job)
+        return planning.chapter_items(self, source, job)
+
     def items_after(self, done: Item, result: Result, job: Job) -> list[Item]:
         return []  # the outline's completion makes the chapters (plot_outlining.book_items)
 

@@ -10,22 +10,28 @@ naming each blocking chapter and its state, and ``storyloom resume JOB_ID
 Output: the Markdown as the item's result (``<project>.md``, rebuilt from the
 store like every result); the EPUB (``<project>.epub``) and the text
 (``<project>.txt``) are written by the plugin when the item completes, from
-the book the result carries (:func:`storyloom.plugins.jobtypes.write_book`).
+the book the result carries (:func:`storyloom.plugins.jobtypes.write_book`),
+and rebuilt from it byte for byte (its export time is stored with it).
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 from storyloom import ErrorKind, ProviderError
 from storyloom.job import Item, Job
-from storyloom.jobtype import Result
+from storyloom.jobtype import Planned, Result
 from storyloom.provider import Request
 
-from . import book
+from . import book, planning
 from .base import StudioJobType, book_of, language_of
+
+
+#: How the book's ``modified`` (its EPUB's ``dcterms:modified``) is stored in the result.
+MODIFIED_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
 def identifier(book_id: str) -> str:
@@ -54,7 +60,9 @@ def book_contents(item: Item, job: Job) -> dict[str, Any]:
         chapters.append([row["title"] or str(row["chapter"]), book.chapter_text(artifact)])
     return {"identifier": identifier(book_id), "title": project.get("title") or item.fields.get("title") or book_id,
             "language": language_of(item, job, project), "author": project.get("author"), "chapters": chapters,
-            "versions": {str(r["chapter"]): r["version"] for r in rows}}
+            "versions": {str(r["chapter"]): r["version"] for r in rows},
+            # stored with the result, so a rebuild of the EPUB is byte for byte the one written
+            "modified": datetime.now(timezone.utc).strftime(MODIFIED_FORMAT)}
 
 
 def markdown(contents: dict[str, Any]) -> str:
@@ -73,6 +81,13 @@ def plain_text(contents: dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class Export(StudioJobType):
+    def planned_items(self, source: Item, job: Job) -> list[Planned]:
+        """Before the run (dry run, budget check): what this stage sends for ``source``'s book
+        (:func:`.planning.export_items`)."""
+        if not self.studio(source):
+            return planning.single_planned(self, source, job)
+        return planning.export_items(self, source, job)
+
     def items_after(self, done: Item, result: Result, job: Job) -> list[Item]:
         return []  # the outline's completion makes the one export item per book
 

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 from storyloom.artifacts import Artifact
 from storyloom.job import Item, Job
-from storyloom.jobtype import Result
+from storyloom.jobtype import Planned, Result
 from storyloom.provider import Request, Response
 
-from . import book
+from . import book, planning
 from .base import (StudioJobType, base_values, book_of, chapter_id, export_id, language_of, qc_id, render, result,
                    setting, stage_names)
 from .replies import data_of, invalid, need, outline_schema
@@ -38,6 +38,13 @@ def gate_name(book_id: str) -> str:
 
 @dataclass(frozen=True)
 class PlotOutlining(StudioJobType):
+    def planned_items(self, source: Item, job: Job) -> list[Planned]:
+        """Before the run (dry run, budget check): what this stage sends for ``source``'s book
+        (:func:`.planning.outline_items`)."""
+        if not self.studio(source):
+            return planning.single_planned(self, source, job)
+        return planning.outline_items(self, source, job)
+
     def items_after(self, done: Item, result: Result, job: Job) -> list[Item]:
         """After the characters: the book's one outline item."""
         book_id = book_of(done)

@@ -23,15 +23,17 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from statistics import mean
+from typing import Any
 
 from storyloom import ErrorKind, ProviderError
 from storyloom.artifacts import Artifact
 from storyloom.job import Item, Job
-from storyloom.jobtype import Result
+from storyloom.jobtype import Planned, Result
 from storyloom.plugins.support.qccheck import check_chapter
 from storyloom.provider import Request, Response
+from storyloom.store import Store
 
-from . import book
+from . import book, planning
 from .base import (StudioJobType, base_values, book_of, chapter_id, language_of, qc_id, render, result, setting,
                    stage_names, state_text)
 from .chapters import chapter_number
@@ -67,6 +69,13 @@ def _checks(text: str, language: str, target: int | None) -> tuple[dict, ...]:
 
 @dataclass(frozen=True)
 class QualityCheck(StudioJobType):
+    def planned_items(self, source: Item, job: Job) -> list[Planned]:
+        """Before the run (dry run, budget check): what this stage sends for ``source``'s book
+        (:func:`.planning.qc_items`)."""
+        if not self.studio(source):
+            return planning.single_planned(self, source, job)
+        return planning.qc_items(self, source, job)
+
     def items_after(self, done: Item, result: Result, job: Job) -> list[Item]:
         """After a chapter (or a rewrite) completes: its QC item."""
         number = done.fields.get("chapter_num")
@@ -76,6 +85,34 @@ class QualityCheck(StudioJobType):
         return [Item(item_id=f"{done.item_id}-qc", project_id=done.project_id, job_type="qc_processing",
                      fields={"chapter_num": number, "source_item": done.item_id, "rewrite": rewrite,
                              **{k: done.fields[k] for k in ("language", "genre", "vars") if k in done.fields}})]
+
+    async def needs_review(self, job: Job, store: Store) -> list[dict[str, Any]]:
+        """The job's chapters whose newest QC says ``needs_review`` (this
+        job's QC, for the chapter version it read) and that no approval let
+        go since (an opened review gate is an approval on its way):
+        ``storyloom status`` and the report list them."""
+        books = dict.fromkeys(row.definition.get("project_id") for row in await store.items(job.job_id))
+        opened = {gate.name for gate in await store.gates() if gate.opened_at is not None}
+        out = []
+        for book_id in (b for b in books if isinstance(b, str)):
+            newest: dict[str, Any] = {}
+            for artifact in await store.artifacts(book_id, kinds=("qc", "approval")):  # oldest first
+                newest[(artifact.kind, artifact.key)] = artifact
+            flagged = []
+            for (kind, key), artifact in newest.items():
+                report = artifact.content
+                if (kind != "qc" or artifact.job_id != job.job_id or not isinstance(report, dict)
+                        or report.get("verdict") != book.NEEDS_REVIEW):
+                    continue
+                approval = newest.get(("approval", key))
+                if approval is not None and isinstance(approval.content, dict) and \
+                        approval.content.get("chapter_item") in (None, report.get("chapter_item")):
+                    continue
+                if key.isdigit() and review_gate(book_id, int(key)) not in opened:
+                    flagged.append(int(key))
+            out += [{"project_id": book_id, "what": f"chapter {n}", "chapter": n,
+                     "approve": f"storyloom approve {book_id} chapter {n}"} for n in sorted(flagged)]
+        return out
 
     def perform(self, item: Item, job: Job) -> Result | None:
         """A review item (``review: true``), once its gate is opened: the

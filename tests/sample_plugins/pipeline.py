@@ -77,6 +77,7 @@ class Plan(_Base):
 
 class Write(_Base):
     reads_project = True
+    event_fields = ("chapter",)
 
     def handle_result(self, item, job, response):
         key = str(item.fields.get("chapter", 0))
