@@ -24,7 +24,7 @@ from storyloom.errors import UsageError
 from storyloom.plugins.stores import postgresql as pg
 from storyloom.settings import Settings
 from storyloom.store.protocol import NewItem
-from storyloom.store import StoreNotFound, StoreUnavailable, StoreVersionError, open_store_url
+from storyloom.store import RateTake, StoreNotFound, StoreUnavailable, StoreVersionError, WorkerInfo, open_store_url
 from pgserver import pg_store_url
 from storyloom.store.protocol import StartRecord
 from store_conformance import JOB, NOW, OWNER, OTHER, STORES, job_row, new_items, rec
@@ -250,7 +250,40 @@ def test_a_version_1_store_migrates_to_leases_and_its_running_items_come_back(po
     trio.run(scenario)
     with psycopg.connect(postgres_database) as conn:
         versions = conn.execute(f'SELECT version FROM "{schema}".storyloom_schema ORDER BY version').fetchall()
-    assert versions == [(1,), (2,), (3,)]
+    assert versions == [(1,), (2,), (3,), (4,)]
+
+
+def test_a_version_3_store_migrates_to_shared_limits(postgres_database):
+    """Version 4 adds only tables: a version 3 store's job gets a budget, its models rate rows."""
+    url = pg_store_url(postgres_database)
+    schema = pg.parse_url(url).schema
+    with psycopg.connect(postgres_database) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+        conn.execute(f'SET search_path TO "{schema}"')
+        conn.execute(pg._VERSION_TABLE)
+        for version in (1, 2, 3):
+            for statement in pg.MIGRATIONS[version]:
+                conn.execute(statement)
+            conn.execute("INSERT INTO storyloom_schema (version) VALUES (%s)", (version,))
+        conn.execute("INSERT INTO jobs VALUES ('j', 'chapter', 'running', '{}', NULL, 1, 1, NULL)")
+
+    async def scenario():
+        store = await open_url(url)
+        try:
+            assert [j.job_id for j in await store.list_jobs()] == ["j"]
+            await store.heartbeat(WorkerInfo(OWNER, "h", 1, NOW, 30.0))
+            assert (await store.budget_open("j", 1.0, 0.5)).spent == 0.5
+            assert await store.budget_reserve("j", OWNER, 0.5) is not None
+            assert await store.budget_reserve("j", OWNER, 0.01) is None
+            taken = await store.rate_take(RateTake("m1", request_cost=1.0))
+            assert taken.send_at == taken.now
+        finally:
+            await store.aclose()
+
+    trio.run(scenario)
+    with psycopg.connect(postgres_database) as conn:
+        versions = conn.execute(f'SELECT version FROM "{schema}".storyloom_schema ORDER BY version').fetchall()
+    assert versions == [(1,), (2,), (3,), (4,)]
 
 
 def test_a_batch_of_starts_and_outcomes_fences_each_row(pg_url):
@@ -465,7 +498,7 @@ def test_a_version_1_store_migrates_to_pipelines(postgres_database):
     trio.run(use)
     with psycopg.connect(postgres_database) as conn:
         rows = conn.execute(f'SELECT version FROM "{schema}".storyloom_schema ORDER BY version').fetchall()
-    assert rows == [(1,), (2,), (3,)]
+    assert rows == [(1,), (2,), (3,), (4,)]
 
 
 # -- the test fixture itself: no server means skipped with the reason, or failed when required
