@@ -79,6 +79,10 @@ class Budget:
         self._changed.set()
         self._changed = trio.Event()
 
+    async def asettle(self, reserved: float, actual: float) -> None:
+        """:meth:`settle`, awaitable as :class:`storyloom.sharedlimits.SharedBudget`'s is."""
+        self.settle(reserved, actual)
+
     def reached(self, needed: float) -> str:
         """Why an attempt needing ``needed`` cannot start: the pause reason."""
         spent = f"spent ${self.spent:.4f} of ${self.limit:.4f}"
