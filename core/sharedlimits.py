@@ -73,15 +73,16 @@ class SharedRate:
             token_cost, token_slack = _terms(limiter._tokens, tokens)
             adjust, self.adjust = self.adjust, 0.0
             take = RateTake(self.model, request_cost, request_slack, token_cost, token_slack, adjust)
-            before = limiter._clock()
             try:
                 taken = await self.store.rate_take(take)
             except BaseException:
                 self.adjust += adjust  # not applied: the next take carries it
                 raise
             self.trips += 1
-            # Store time + offset = this process's trio time (the store read its clock mid-trip).
-            offset = (before + limiter._clock()) / 2 - taken.now
+            # Store time + offset = this process's trio time, as if the store
+            # read its clock as the answer arrived: late, never early, so a
+            # request never leaves before its turn on the store's clock.
+            offset = limiter._clock() - taken.now
             self._mirror(taken, offset)
             await trio.sleep_until(taken.send_at + offset)
             if limiter.cooling_until <= limiter._clock() + _EPSILON:

@@ -15,7 +15,12 @@ from store_conformance import JOB, NOW, OTHER, OWNER, Backend, add
 
 __all__: list[str] = []
 
+#: Float sums of seconds since 1970.
 EPS = 1e-6
+#: Readings of the store's clock in one take differ by microseconds
+#: (PostgreSQL reads it per expression, after the row lock), each later than
+#: the one before: a TAT may be that much later than its send time plus cost.
+NOW_EPS = 0.01
 
 
 def _test(fn: Callable[..., Awaitable[None]]) -> Callable[[Any], None]:
@@ -52,18 +57,18 @@ async def test_the_bundled_backends_share_limits(store):
 async def test_a_take_waits_for_the_requests_gcra(store):
     # 6 RPM with a bucket of one: each request adds 10 s, none may go early.
     first = await store.rate_take(RateTake("m1", request_cost=10.0, request_slack=0.0))
-    assert first.send_at == first.now  # a new model's bucket is full
-    assert abs(first.requests_tat - (first.send_at + 10.0)) < EPS
+    assert abs(first.send_at - first.now) < NOW_EPS  # a new model's bucket is full
+    assert 0 <= first.requests_tat - (first.send_at + 10.0) < NOW_EPS
     then = await store.rate_take(RateTake("m1", request_cost=10.0, request_slack=0.0))
     assert abs(then.send_at - first.requests_tat) < EPS  # right behind the first
-    assert 9.0 < then.send_at - then.now <= 10.0
+    assert 9.0 < then.send_at - then.now <= 10.0 + NOW_EPS
     assert abs(then.requests_tat - (first.requests_tat + 10.0)) < EPS
     # Slack lets a request go that far ahead of the TAT: a bucket of several.
     burst = await store.rate_take(RateTake("m1", request_cost=10.0, request_slack=25.0))
-    assert abs(burst.send_at - max(burst.now, then.requests_tat - 25.0)) < EPS, (burst, then)
+    assert abs(burst.send_at - max(burst.now, then.requests_tat - 25.0)) < NOW_EPS, (burst, then)
     # Models are apart.
     other = await store.rate_take(RateTake("m2", request_cost=10.0, request_slack=0.0))
-    assert other.send_at == other.now
+    assert abs(other.send_at - other.now) < NOW_EPS
 
 
 @_test
@@ -74,7 +79,7 @@ async def test_a_take_sends_when_both_gcras_allow_it(store):
     # The tokens bind (TAT now + 30, less 5 of slack), not the requests (now + 1).
     assert 24.0 < taken.send_at - taken.now <= 25.0
     assert abs(taken.requests_tat - (taken.send_at + 1.0)) < EPS
-    assert abs(taken.tokens_tat - (taken.send_at + 5.0 + 30.0)) < EPS  # max(TAT, send_at) + cost
+    assert abs(taken.tokens_tat - (taken.send_at + 5.0 + 30.0)) < NOW_EPS  # max(TAT, send_at) + cost
 
 
 @_test
@@ -85,8 +90,8 @@ async def test_a_take_applies_charges_and_refunds_first(store):
     assert abs(charged.send_at - charged.tokens_tat) < EPS  # no slack: it waits for the whole bucket
     refunded = await store.rate_take(RateTake("m1", token_slack=0.0, token_adjust=-100.0))  # more than is owed
     # A refund never makes the bucket fuller than full: the TAT stops at now.
-    assert abs(refunded.tokens_tat - refunded.now) < EPS
-    assert refunded.send_at == refunded.now
+    assert abs(refunded.tokens_tat - refunded.now) < NOW_EPS
+    assert abs(refunded.send_at - refunded.now) < NOW_EPS
 
 
 @_test
@@ -120,7 +125,7 @@ async def test_two_workers_taking_at_once_share_one_schedule(store, backend):
     sends.sort()
     # One second apart, whoever took them: no two workers got the same slot.
     gaps = [b - a for a, b in zip(sends, sends[1:])]
-    assert len(sends) == 30 and min(gaps) > 1.0 - EPS, gaps
+    assert len(sends) == 30 and min(gaps) > 1.0 - EPS, gaps  # a gap is never short
 
 
 # -- budgets

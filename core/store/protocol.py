@@ -674,7 +674,8 @@ class SharedLimits(Protocol):
     ``clock_timestamp()``; SQLite's is the host's wall clock, which is one
     clock for every process on one host).
 
-    **Rate limits.** :meth:`rate_take` is one statement: it applies the
+    **Rate limits.** :meth:`rate_take` is one transaction that locks the
+    model's row and reads the clock once, then one UPDATE: it applies the
     take's ``token_adjust``, computes ``send_at`` = the latest of now, the
     cool-down end and each TAT less its slack, and moves each TAT to
     ``max(TAT, send_at) + cost``. A model's row is made by its first take.

@@ -1,0 +1,71 @@
+"""Rate limits and budgets shared by every worker of a PostgreSQL store
+(issue 11): ``storyloom work`` processes together stay under one provider's
+per-minute limit, enforced by the fake provider in one-second buckets, and
+under one job's ``budget_usd``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_cli import cli, read_store
+
+WORKERS = 4
+
+
+def run_workers(folder: Path, env: dict[str, str], n: int = WORKERS, timeout: float = 120) -> None:
+    """``storyloom work --burst`` in ``n`` processes at once, until each is done."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("STORYLOOM_")}
+    environ.update(STORYLOOM_DISABLE_PLUGIN_AUTOLOAD="1", **env)
+    procs = [subprocess.Popen([sys.executable, "-m", "storyloom.cli", "work", "--burst", "-q"], cwd=folder,
+                              env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(n)]
+    try:
+        for proc in procs:
+            _out, err = proc.communicate(timeout=timeout)
+            assert proc.returncode == 0, err
+            assert "Traceback" not in err, err
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_four_workers_share_one_rpm_with_no_rate_limit_errors(tmp_path, pg_url, fake_provider):
+    # 1,200 RPM is 20 a second in a bucket of 20: 200 requests need at least
+    # (200 - 20) / 20 = 9 s. Four workers each keeping it alone drew 71% 429s.
+    n, rpm = 200, 1200
+    fake_provider.configure("m1", rpm=rpm, latency=0.05)
+    (tmp_path / "storyloom.yaml").write_text(
+        f"models:\n  m1: {{provider: openai, model: m1, base_url: '{fake_provider.base_url('openai')}', "
+        f"api_key_env: {fake_provider.key_env('openai')}, rpm: {rpm}}}\n"
+        "default_models: [m1]\nprogress: []\nreports: []\n"
+        "retry_config: {max_retries: 3, retry_delay: {initial: 0.05s, max: 0.2s}}\n"
+        f"store: '{pg_url}'\n")
+    (tmp_path / "requests.jsonl").write_text("".join(json.dumps({
+        "custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+        "body": {"max_tokens": 32, "messages": [{"role": "user", "content": f"Line {i}: fix the grammar."}]}})
+        + "\n" for i in range(n)))
+    (tmp_path / "job.yaml").write_text("job_id: rpm\njob_type: prompts\ninput: requests.jsonl\n"
+                                       "config: {max_parallel: 16}\n")
+    out = cli("submit", "job.yaml", cwd=tmp_path, env=fake_provider.env())
+    assert out.returncode == 0, out.stderr
+    run_workers(tmp_path, fake_provider.env())
+    stats = fake_provider.stats("m1")
+    assert stats.ok == n
+    counts = read_store(tmp_path, lambda store: store.counts("rpm"))
+    assert counts["completed"] == n
+    # At most 0.1% of the requests, rounded up: one in 200.
+    assert stats.rate_limited <= 1, stats.rate_limited
+    admitted = stats.admitted_at
+    span = admitted[-1] - admitted[0]
+    assert span >= (n - rpm / 60) / (rpm / 60) * 0.95  # kept by storyloom, not by luck
+    for i, t in enumerate(admitted):  # any second holds at most a bucket and a second's refill
+        assert sum(1 for u in admitted[i:] if u < t + 1.0) <= 2 * rpm / 60
