@@ -155,6 +155,11 @@ async def test_a_budget_reserves_only_what_fits_and_settles_to_spent(store):
     # Reopened (a resume, another worker): spent and holds stay, the cap is the new one.
     state = await store.budget_open(JOB, 2.0, 0.0)
     assert (state.cap, state.spent, state.reserved, state.holds) == (2.0, 0.375, 0.25, 1)
+    # Float residue does not outlive the holds: 0.1 + 0.2 - 0.1 - 0.2 is not 0 in floats.
+    small = [await store.budget_reserve(JOB, OWNER, x) for x in (0.1, 0.2)]
+    for hold in [*small, two]:
+        await store.budget_settle(hold, 0.0)
+    assert (await store.budget_state(JOB)).reserved == 0.0
     assert await store.budget_state("nope") is None
     try:
         await store.budget_reserve("nope", OWNER, 0.1)

@@ -485,9 +485,12 @@ WITH b AS (
 INSERT INTO budget_holds (job_id, owner, amount) SELECT job_id, %(owner)s, %(amount)s FROM b
 RETURNING hold_id
 """
-_BUDGET_SETTLE = """
+# Float sums leave residue (0.1 + 0.2 - 0.3 != 0): what is left below a
+# billionth of a cent once a hold is gone is none.
+_LESS = "CASE WHEN reserved - {amount} < 1e-11 THEN 0 ELSE reserved - {amount} END"
+_BUDGET_SETTLE = f"""
 WITH h AS (DELETE FROM budget_holds WHERE hold_id = %(hold_id)s RETURNING job_id, amount)
-UPDATE budgets SET spent = spent + %(actual)s, reserved = GREATEST(0, reserved - h.amount)
+UPDATE budgets SET spent = spent + %(actual)s, reserved = {_LESS.format(amount="h.amount")}
 FROM h WHERE budgets.job_id = h.job_id
 RETURNING budgets.job_id
 """
@@ -498,7 +501,7 @@ WITH gone AS (
         SELECT 1 FROM workers w WHERE w.worker_id = h.owner AND w.beat_at + w.lease_s >= {_DB_NOW})
     RETURNING job_id, amount
 ), per_job AS (SELECT job_id, SUM(amount) AS amount FROM gone GROUP BY job_id)
-UPDATE budgets SET spent = spent + per_job.amount, reserved = GREATEST(0, reserved - per_job.amount)
+UPDATE budgets SET spent = spent + per_job.amount, reserved = {_LESS.format(amount="per_job.amount")}
 FROM per_job WHERE budgets.job_id = per_job.job_id
 """
 _FORGET_OLD_WORKERS = f"DELETE FROM workers WHERE beat_at < {_DB_NOW} - %s"

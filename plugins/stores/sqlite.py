@@ -481,7 +481,13 @@ DELETE FROM budget_holds WHERE NOT EXISTS (
     SELECT 1 FROM workers w WHERE w.worker_id = budget_holds.owner AND w.beat_at + w.lease_s >= {_DB_NOW})
 RETURNING job_id, amount
 """
-_BUDGET_CHARGE = "UPDATE budgets SET spent = spent + ?, reserved = MAX(0, reserved - ?) WHERE job_id = ?"
+# Float sums leave residue (0.1 + 0.2 - 0.3 != 0): what is left below a
+# billionth of a cent once a hold is gone is none.
+_BUDGET_CHARGE = """
+UPDATE budgets SET spent = spent + :actual,
+    reserved = CASE WHEN reserved - :amount < 1e-11 THEN 0 ELSE reserved - :amount END
+WHERE job_id = :job_id
+"""
 _HEARTBEAT = f"""
 INSERT INTO workers (worker_id, host, pid, started_at, beat_at, lease_s) VALUES (?, ?, ?, ?, {_DB_NOW}, ?)
 ON CONFLICT (worker_id) DO UPDATE SET beat_at = excluded.beat_at, lease_s = excluded.lease_s
@@ -818,7 +824,7 @@ class SQLiteStore:
                               (hold_id,)).fetchone()
             if row is None:
                 return False
-            cur.execute(_BUDGET_CHARGE, (float(actual), row[1], row[0]))
+            cur.execute(_BUDGET_CHARGE, {"actual": float(actual), "amount": row[1], "job_id": row[0]})
             return True
 
     async def heartbeat(self, worker: WorkerInfo) -> None:
@@ -1376,7 +1382,7 @@ def _reclaim_holds(cur: sqlite3.Cursor) -> None:
     for job_id, amount in cur.execute(_BUDGET_GONE).fetchall():
         gone[job_id] = gone.get(job_id, 0.0) + amount
     for job_id, amount in gone.items():
-        cur.execute(_BUDGET_CHARGE, (amount, amount, job_id))
+        cur.execute(_BUDGET_CHARGE, {"actual": amount, "amount": amount, "job_id": job_id})
 
 
 def _check_new_items(items: Sequence[NewItem]) -> None:
