@@ -7,16 +7,127 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import trio
 
+from storyloom.ratelimit import RateLimiter
+from storyloom.sharedlimits import SharedRate
+from storyloom.store import StoreUnavailable
+from storyloom.plugins.stores.sqlite import DB_NAME, SQLiteStore
 from test_cli import cli, read_store
 
 WORKERS = 4
 
+
+# -- two limiters on one store, as two workers' would be (SQLite: fast, and the same code path)
+
+
+def linked(stores, model: str = "m1", rpm: int | None = 600, tpm: int | None = None, nursery=None):
+    """One limiter per store, each linked to the store's shared state of ``model``."""
+    limiters = []
+    for store in stores:
+        limiter = RateLimiter(rpm, tpm)
+        limiter.share(SharedRate(store, model, limiter, nursery.start_soon))
+        limiters.append(limiter)
+    return limiters
+
+
+def test_two_workers_limiters_keep_one_rpm_between_them(tmp_path):
+    # 600 RPM: a bucket of 10, 9 of them at once (0.1 s of headroom), then one
+    # every 0.1 s. Eight requests each go at once alone; sixteen together
+    # need (16 - 9) x 0.1 = 0.7 s.
+    async def main():
+        stores = [SQLiteStore.open(tmp_path), SQLiteStore.open(tmp_path)]
+        sent: list[float] = []
+        try:
+            async with trio.open_nursery() as nursery:
+                a, b = linked(stores, nursery=nursery)
+                start = trio.current_time()
+
+                async def send(limiter):
+                    await limiter.acquire(0)
+                    sent.append(trio.current_time() - start)
+
+                for _ in range(8):
+                    nursery.start_soon(send, a)
+                    nursery.start_soon(send, b)
+        finally:
+            for store in stores:
+                store.close()
+        sent.sort()
+        assert sent[8] < 0.3  # the bucket's nine go at once, whichever worker sends them
+        assert sent[-1] >= 0.65, sent  # then one per 0.1 s for both together
+        gaps = [y - x for x, y in zip(sent[9:], sent[10:])]
+        assert min(gaps) > 0.05, gaps
+
+    trio.run(main)
+
+
+def test_a_429_in_one_worker_cools_the_model_down_in_the_other(tmp_path):
+    async def main():
+        stores = [SQLiteStore.open(tmp_path), SQLiteStore.open(tmp_path)]
+        try:
+            async with trio.open_nursery() as nursery:
+                a, b = linked(stores, nursery=nursery)
+                await b.acquire(0)
+                a.exhausted(0.5)  # the server said: nothing left for 0.5 s
+                assert a.cooling_until > trio.current_time()  # at once here
+                await trio.sleep(0.05)  # the write, in the background
+                t0 = trio.current_time()
+                await b.acquire(0)
+                assert trio.current_time() - t0 >= 0.4
+                # b's mirror knows it now too: routing sees the cool-down there.
+                assert b.cooling_until > t0
+        finally:
+            for store in stores:
+                store.close()
+
+    trio.run(main)
+
+
+def test_routing_reads_the_mirror_each_take_refreshes(tmp_path):
+    async def main():
+        stores = [SQLiteStore.open(tmp_path), SQLiteStore.open(tmp_path)]
+        try:
+            async with trio.open_nursery() as nursery:
+                a, b = linked(stores, rpm=60, nursery=nursery)  # a bucket of one
+                await a.acquire(0)
+                assert b.wait_time() == 0.0  # b has not heard yet
+                with trio.move_on_after(0.2):
+                    await b.acquire(0)  # its take waits for a's request's second
+                assert b.wait_time() > 0.5  # and now its mirror shows the queue
+                assert b.requests_per_second() == 1.0
+        finally:
+            for store in stores:
+                store.close()
+
+    trio.run(main)
+
+
+def test_a_take_the_store_refuses_stops_the_request(tmp_path):
+    """No fallback to a limit of this process's own: the store's fault stops the worker (exit 5)."""
+    async def main():
+        store = SQLiteStore.open(tmp_path, busy_timeout=0)
+        other = sqlite3.connect(tmp_path / DB_NAME, isolation_level=None)
+        try:
+            async with trio.open_nursery() as nursery:
+                [limiter] = linked([store], nursery=nursery)
+                other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+                with pytest.raises(StoreUnavailable, match="locked"):
+                    await limiter.acquire(0)
+                assert limiter.waiting == 0
+                other.execute("ROLLBACK")
+                await limiter.acquire(0)  # the store is back: so are the turns
+        finally:
+            other.close()
+            store.close()
+
+    trio.run(main)
 
 def run_workers(folder: Path, env: dict[str, str], n: int = WORKERS, timeout: float = 120) -> None:
     """``storyloom work --burst`` in ``n`` processes at once, until each is done."""
