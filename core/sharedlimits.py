@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import trio
 
+from .budget import reached_reason
 from .store import BudgetState, RateTake, RateTaken, StoreUnavailable
 
 if TYPE_CHECKING:
@@ -187,12 +188,5 @@ class SharedBudget:
             self._changed = trio.Event()
 
     def reached(self, needed: float) -> str:
-        """Why an attempt needing ``needed`` cannot start: the pause reason."""
-        spent = f"spent ${self.spent:.4f} of ${self.limit:.4f}"  # by every worker of the job
-        if self.unknown:
-            spent += f" (${self.unknown:.4f} of it the worst case of attempts sent, outcome unknown)"
-        if self.holders:
-            held = f"${self.reserved:.4f} reserved by {self.holders} attempt(s) in flight"
-        else:
-            held = "nothing in flight"
-        return f"budget reached: {spent}, {held}; one more item needs up to ${needed:.4f}"
+        """Why an attempt needing ``needed`` cannot start: the pause reason (every worker's spend)."""
+        return reached_reason(self.spent, self.limit, self.unknown, self.reserved, self.holders, needed)

@@ -45,6 +45,16 @@ def _test(fn: Callable[..., Awaitable[None]]) -> Callable[[Any], None]:
     return wrapped
 
 
+async def shares_after_migration(store: Any, job_id: str) -> None:
+    """A migrated store's stored job gets a budget, its models rate rows (the migration tests use it)."""
+    await store.heartbeat(WorkerInfo(OWNER, "h", 1, NOW, 30.0))
+    assert (await store.budget_open(job_id, 1.0, 0.5)).spent == 0.5
+    assert await store.budget_reserve(job_id, OWNER, 0.5) is not None
+    assert await store.budget_reserve(job_id, OWNER, 0.01) is None
+    taken = await store.rate_take(RateTake("m1", request_cost=1.0))
+    assert abs(taken.send_at - taken.now) < NOW_EPS
+
+
 # -- rate limits
 
 

@@ -24,10 +24,11 @@ from storyloom.errors import UsageError
 from storyloom.plugins.stores import postgresql as pg
 from storyloom.settings import Settings
 from storyloom.store.protocol import NewItem
-from storyloom.store import RateTake, StoreNotFound, StoreUnavailable, StoreVersionError, WorkerInfo, open_store_url
+from storyloom.store import StoreNotFound, StoreUnavailable, StoreVersionError, open_store_url
 from pgserver import pg_store_url
 from storyloom.store.protocol import StartRecord
 from store_conformance import JOB, NOW, OWNER, OTHER, STORES, job_row, new_items, rec
+from store_conformance_shared import shares_after_migration
 
 
 def open_url(url: str, create: bool = True):
@@ -271,12 +272,7 @@ def test_a_version_3_store_migrates_to_shared_limits(postgres_database):
         store = await open_url(url)
         try:
             assert [j.job_id for j in await store.list_jobs()] == ["j"]
-            await store.heartbeat(WorkerInfo(OWNER, "h", 1, NOW, 30.0))
-            assert (await store.budget_open("j", 1.0, 0.5)).spent == 0.5
-            assert await store.budget_reserve("j", OWNER, 0.5) is not None
-            assert await store.budget_reserve("j", OWNER, 0.01) is None
-            taken = await store.rate_take(RateTake("m1", request_cost=1.0))
-            assert abs(taken.send_at - taken.now) < 0.01
+            await shares_after_migration(store, "j")
         finally:
             await store.aclose()
 

@@ -22,8 +22,9 @@ from storyloom.errors import UsageError
 from storyloom.plugins.stores import sqlite as sqlite_backend
 from storyloom.plugins.stores.sqlite import DB_NAME, SCHEMA_VERSION, SQLiteStore, folder_of, open_sqlite
 from storyloom.settings import Settings
-from storyloom.store import NewItem, QueuedRow, RateTake, StartRecord, StoreNotFound, StoreVersionError, WorkerInfo
+from storyloom.store import NewItem, QueuedRow, StartRecord, StoreNotFound, StoreVersionError
 from store_conformance import JOB, NOW, OWNER, THAI, claim_ids, job_row, levels, new_items, next_ids, rec
+from store_conformance_shared import shares_after_migration
 
 
 @pytest.mark.parametrize("url,folder", [
@@ -600,12 +601,7 @@ def test_sqlite_migrates_a_version_6_file_to_shared_limits(tmp_path):
         try:
             assert pragma(store, "user_version") == SCHEMA_VERSION == 7
             assert [j.job_id for j in await store.list_jobs()] == ["old", "paused", "later"]
-            await store.heartbeat(WorkerInfo(OWNER, "h", 1, NOW, 30.0))
-            assert (await store.budget_open("old", 1.0, 0.5)).spent == 0.5
-            assert await store.budget_reserve("old", OWNER, 0.5) is not None
-            assert await store.budget_reserve("old", OWNER, 0.01) is None
-            taken = await store.rate_take(RateTake("m1", request_cost=1.0))
-            assert abs(taken.send_at - taken.now) < 0.01
+            await shares_after_migration(store, "old")
         finally:
             await store.aclose()
 
