@@ -10,6 +10,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -27,14 +28,22 @@ WORKERS = 4
 # -- two limiters on one store, as two workers' would be (SQLite: fast, and the same code path)
 
 
-def linked(stores, model: str = "m1", rpm: int | None = 600, tpm: int | None = None, nursery=None):
-    """One limiter per store, each linked to the store's shared state of ``model``."""
-    limiters = []
-    for store in stores:
-        limiter = RateLimiter(rpm, tpm)
-        limiter.share(SharedRate(store, model, limiter, nursery.start_soon))
-        limiters.append(limiter)
-    return limiters
+@asynccontextmanager
+async def two_workers(folder: Path, rpm: int = 600):
+    """Two limiters of one model, each linked through its own connection to
+    one SQLite store, and a nursery for their background writes."""
+    stores = [SQLiteStore.open(folder), SQLiteStore.open(folder)]
+    try:
+        async with trio.open_nursery() as nursery:
+            limiters = []
+            for store in stores:
+                limiter = RateLimiter(rpm, None)
+                limiter.share(SharedRate(store, "m1", limiter, nursery.start_soon))
+                limiters.append(limiter)
+            yield nursery, limiters
+    finally:
+        for store in stores:
+            store.close()
 
 
 def test_two_workers_limiters_keep_one_rpm_between_them(tmp_path):
@@ -42,23 +51,17 @@ def test_two_workers_limiters_keep_one_rpm_between_them(tmp_path):
     # every 0.1 s. Eight requests each go at once alone; sixteen together
     # need (16 - 9) x 0.1 = 0.7 s.
     async def main():
-        stores = [SQLiteStore.open(tmp_path), SQLiteStore.open(tmp_path)]
         sent: list[float] = []
-        try:
-            async with trio.open_nursery() as nursery:
-                a, b = linked(stores, nursery=nursery)
-                start = trio.current_time()
+        async with two_workers(tmp_path) as (nursery, (a, b)):
+            start = trio.current_time()
 
-                async def send(limiter):
-                    await limiter.acquire(0)
-                    sent.append(trio.current_time() - start)
+            async def send(limiter):
+                await limiter.acquire(0)
+                sent.append(trio.current_time() - start)
 
-                for _ in range(8):
-                    nursery.start_soon(send, a)
-                    nursery.start_soon(send, b)
-        finally:
-            for store in stores:
-                store.close()
+            for _ in range(8):
+                nursery.start_soon(send, a)
+                nursery.start_soon(send, b)
         sent.sort()
         assert sent[8] < 0.3  # the bucket's nine go at once, whichever worker sends them
         assert sent[-1] >= 0.65, sent  # then one per 0.1 s for both together
@@ -70,41 +73,29 @@ def test_two_workers_limiters_keep_one_rpm_between_them(tmp_path):
 
 def test_a_429_in_one_worker_cools_the_model_down_in_the_other(tmp_path):
     async def main():
-        stores = [SQLiteStore.open(tmp_path), SQLiteStore.open(tmp_path)]
-        try:
-            async with trio.open_nursery() as nursery:
-                a, b = linked(stores, nursery=nursery)
-                await b.acquire(0)
-                a.exhausted(0.5)  # the server said: nothing left for 0.5 s
-                assert a.cooling_until > trio.current_time()  # at once here
-                await trio.sleep(0.05)  # the write, in the background
-                t0 = trio.current_time()
-                await b.acquire(0)
-                assert trio.current_time() - t0 >= 0.4
-                # b's mirror knows it now too: routing sees the cool-down there.
-                assert b.cooling_until > t0
-        finally:
-            for store in stores:
-                store.close()
+        async with two_workers(tmp_path) as (_nursery, (a, b)):
+            await b.acquire(0)
+            a.exhausted(0.5)  # the server said: nothing left for 0.5 s
+            assert a.cooling_until > trio.current_time()  # at once here
+            await trio.sleep(0.05)  # the write, in the background
+            t0 = trio.current_time()
+            await b.acquire(0)
+            assert trio.current_time() - t0 >= 0.4
+            # b's mirror knows it now too: routing sees the cool-down there.
+            assert b.cooling_until > t0
 
     trio.run(main)
 
 
 def test_routing_reads_the_mirror_each_take_refreshes(tmp_path):
     async def main():
-        stores = [SQLiteStore.open(tmp_path), SQLiteStore.open(tmp_path)]
-        try:
-            async with trio.open_nursery() as nursery:
-                a, b = linked(stores, rpm=60, nursery=nursery)  # a bucket of one
-                await a.acquire(0)
-                assert b.wait_time() == 0.0  # b has not heard yet
-                with trio.move_on_after(0.2):
-                    await b.acquire(0)  # its take waits for a's request's second
-                assert b.wait_time() > 0.5  # and now its mirror shows the queue
-                assert b.requests_per_second() == 1.0
-        finally:
-            for store in stores:
-                store.close()
+        async with two_workers(tmp_path, rpm=60) as (_nursery, (a, b)):  # a bucket of one
+            await a.acquire(0)
+            assert b.wait_time() == 0.0  # b has not heard yet
+            with trio.move_on_after(0.2):
+                await b.acquire(0)  # its take waits for a's request's second
+            assert b.wait_time() > 0.5  # and now its mirror shows the queue
+            assert b.requests_per_second() == 1.0
 
     trio.run(main)
 
@@ -116,7 +107,8 @@ def test_a_take_the_store_refuses_stops_the_request(tmp_path):
         other = sqlite3.connect(tmp_path / DB_NAME, isolation_level=None)
         try:
             async with trio.open_nursery() as nursery:
-                [limiter] = linked([store], nursery=nursery)
+                limiter = RateLimiter(600, None)
+                limiter.share(SharedRate(store, "m1", limiter, nursery.start_soon))
                 other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
                 with pytest.raises(StoreUnavailable, match="locked"):
                     await limiter.acquire(0)
