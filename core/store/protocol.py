@@ -415,8 +415,8 @@ class Store(Protocol):
         for an unknown job."""
 
     async def delete_job(self, job_id: str) -> bool:
-        """Remove a job and everything stored of it (items, attempts, results)
-        in one transaction, so that its id can be used again; False if there
+        """Remove a job and everything stored of it (items, attempts, results,
+        its shared budget and holds) in one transaction, so that its id can be used again; False if there
         is no such job. Callers make sure no live worker runs it
         (``storyloom delete`` refuses one)."""
 
@@ -472,15 +472,18 @@ class Store(Protocol):
         ``sent`` under the lost fence become ``stale`` (outcome unknown: their
         worst case still counts; a late outcome settles them with its real
         cost). Concurrent reapers never reap an item twice. Also forgets
-        workers whose heartbeat is older than ``WORKER_FORGET_S``. Returns how
-        many items it put back."""
+        workers whose heartbeat is older than ``WORKER_FORGET_S``, and (a
+        :class:`SharedLimits` store) moves the budget holds of workers with no
+        live heartbeat to spent. Returns how many items it put back."""
 
     async def heartbeat(self, worker: WorkerInfo) -> None:
         """Insert or refresh ``worker``'s row in the workers table, its beat
         time from the store's clock. For operators only."""
 
     async def forget_worker(self, worker_id: str) -> None:
-        """Remove a worker's row (it exits cleanly). Unknown ids are ignored."""
+        """Remove a worker's row (it exits cleanly). Unknown ids are ignored.
+        A :class:`SharedLimits` store then moves holds of workers with no live
+        heartbeat (this one's included) to spent, as :meth:`reap` does."""
 
     async def workers(self) -> list[WorkerRow]:
         """Every known worker, oldest first, with whether its heartbeat is
