@@ -18,7 +18,7 @@ import trio
 
 from storyloom.ratelimit import RateLimiter
 from storyloom.sharedlimits import SharedRate
-from storyloom.store import StoreUnavailable
+from storyloom.store import RateTake, StoreUnavailable
 from storyloom.plugins.stores.sqlite import DB_NAME, SQLiteStore
 from test_cli import cli, read_store
 
@@ -96,6 +96,33 @@ def test_routing_reads_the_mirror_each_take_refreshes(tmp_path):
                 await b.acquire(0)  # its take waits for a's request's second
             assert b.wait_time() > 0.5  # and now its mirror shows the queue
             assert b.requests_per_second() == 1.0
+
+    trio.run(main)
+
+
+def test_usage_reconciled_after_a_reply_rides_on_the_next_take(tmp_path):
+    async def main():
+        store = SQLiteStore.open(tmp_path)
+        try:
+            async with trio.open_nursery() as nursery:
+                limiter = RateLimiter(None, 6000, refund_unused=True)  # 100 tokens a second
+                limiter.share(SharedRate(store, "m1", limiter, nursery.start_soon))
+                await limiter.acquire(50)
+                before = (await store.rate_take(RateTake("m1"))).tokens_tat
+                limiter.reconcile(50, 150)  # the reply used 100 tokens more than reserved
+                assert limiter.shared.adjust == pytest.approx(1.0)  # 100 tokens: 1 s, not written yet
+                assert (await store.rate_take(RateTake("m1"))).tokens_tat == before
+                await limiter.acquire(0)  # the next take carries it
+                assert limiter.shared.adjust == 0.0
+                after = (await store.rate_take(RateTake("m1"))).tokens_tat
+                assert after == pytest.approx(before + 1.0, abs=0.05)
+                limiter.reconcile(150, 50)  # and a refund, for a provider that gives unused tokens back
+                await limiter.acquire(0)  # (it waited for the overdrawn bucket: now is past `before`)
+                refunded = await store.rate_take(RateTake("m1"))
+                assert refunded.tokens_tat <= after - 0.5
+                assert refunded.tokens_tat == pytest.approx(max(before, refunded.now), abs=0.05)
+        finally:
+            store.close()
 
     trio.run(main)
 
