@@ -29,7 +29,7 @@ from .jobtype import event_fields
 from .pool import NoModelLeft, spend_cap_reached
 from .provider import Request, well_formed
 from .routing import AttrMap, Choice, LazyMap, RouteContext
-from .store import ClaimedItem, StartRecord
+from .store import ClaimedItem, StartRecord, StoreUnavailable
 from .tokens import estimate_request_tokens
 
 if TYPE_CHECKING:
@@ -142,8 +142,8 @@ async def run_attempt(batch: "Batch", claimed: ClaimedItem, item: Item) -> Outco
             if moved is None:
                 break
             # Moving on before anything was sent: give back what this model held.
-            batch.budget.settle(reserved, 0.0)
-            reserved = None
+            held, reserved = reserved, None
+            await batch.budget.asettle(held, 0.0)
             if model_reserved is not None:
                 state.spend.settle(model_reserved, 0.0)
                 model_reserved = None
@@ -181,7 +181,7 @@ async def run_attempt(batch: "Batch", claimed: ClaimedItem, item: Item) -> Outco
         unknown = (sent is not None and response is None and not (exc.input_tokens or exc.output_tokens)
                    and exc.billed is not False)
         return _failure(batch, exc, claimed, attempt, model, t0, route, cost, sent, unknown)
-    except (Stop, NotStarted):
+    except (Stop, NotStarted, StoreUnavailable):  # the store's fault stops the worker (exit 5), as anywhere
         raise
     except Exception as exc:  # a plugin bug must not take the batch down
         traceback.print_exc(file=sys.stderr)
@@ -195,7 +195,8 @@ async def run_attempt(batch: "Batch", claimed: ClaimedItem, item: Item) -> Outco
     finally:
         charged = worst if unknown else cost
         if reserved is not None:
-            batch.budget.settle(reserved, charged)
+            with trio.CancelScope(shield=True):  # a shared budget's settle is a store write
+                await batch.budget.asettle(reserved, charged)
         if model_reserved is not None:
             pool[model].spend.settle(model_reserved, charged)
 

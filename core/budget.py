@@ -79,16 +79,23 @@ class Budget:
         self._changed.set()
         self._changed = trio.Event()
 
+    async def asettle(self, reserved: float, actual: float) -> None:
+        """:meth:`settle`, awaitable as :class:`storyloom.sharedlimits.SharedBudget`'s is."""
+        self.settle(reserved, actual)
+
     def reached(self, needed: float) -> str:
         """Why an attempt needing ``needed`` cannot start: the pause reason."""
-        spent = f"spent ${self.spent:.4f} of ${self.limit:.4f}"
-        if self.unknown:
-            spent += f" (${self.unknown:.4f} of it the worst case of attempts sent, outcome unknown)"
-        if self._holders:
-            held = f"${self.reserved:.4f} reserved by {self._holders} attempt(s) in flight"
-        else:
-            held = "nothing in flight"
-        return f"budget reached: {spent}, {held}; one more item needs up to ${needed:.4f}"
+        return reached_reason(self.spent, self.limit, self.unknown, self.reserved, self._holders, needed)
+
+
+def reached_reason(spent: float, limit: float, unknown: float, reserved: float, holders: int,
+                   needed: float) -> str:
+    """The pause reason of a budget that cannot take ``needed`` more."""
+    said = f"spent ${spent:.4f} of ${limit:.4f}"
+    if unknown:
+        said += f" (${unknown:.4f} of it the worst case of attempts sent, outcome unknown)"
+    held = f"${reserved:.4f} reserved by {holders} attempt(s) in flight" if holders else "nothing in flight"
+    return f"budget reached: {said}, {held}; one more item needs up to ${needed:.4f}"
 
 
 def check_budget(plan: "Plan", config: Any) -> None:

@@ -31,7 +31,8 @@ from .chosen import lookup, progress_sinks, report_renderers
 from .pipeline import blocked_end
 from .outputs import OutputProblem, job_folder, problem_line, take_problems, write_output
 from .projection import render_reports
-from .store import StartRecord, Store
+from .sharedlimits import SharedBudget
+from .store import StartRecord, Store, shares_limits
 from .summary import Summary
 
 if TYPE_CHECKING:
@@ -126,7 +127,12 @@ class JobRun:
         job_id = self.job_id
         costs = await store.costs(job_id)
         # Attempts whose outcome never arrived may have been billed: their worst case counts as spent.
-        self.budget = Budget(self.job.budget_usd, costs.cost_usd, costs.unknown_usd)
+        if self.job.budget_usd is not None and shares_limits(store):
+            # One budget for every worker of the job, in the store.
+            self.budget = await SharedBudget.open(store, job_id, self.job.budget_usd, owner,
+                                                  costs.cost_usd + costs.unknown_usd, costs.unknown_usd)
+        else:
+            self.budget = Budget(self.job.budget_usd, costs.cost_usd, costs.unknown_usd)
         if self.config.options.budget_usd is not None:
             await self._keep_budget(store)
         if costs.by_model and hasattr(self.strategy, "resume"):
@@ -342,7 +348,7 @@ class StageRun:
         self.active = 0
 
     @property
-    def budget(self) -> Budget:
+    def budget(self) -> Budget | SharedBudget:
         return self.run.budget  # one budget for the whole job, replaced when the run starts
 
     @property

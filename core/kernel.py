@@ -51,7 +51,7 @@ from .pool import ModelPool
 from .provider import check_provider
 from .artifacts import Artifact
 from .leases import LeaseKeeper
-from .store import AttemptRecord, ClaimedItem, NewItem, Store, StoreUnavailable
+from .store import AttemptRecord, ClaimedItem, NewItem, Store, StoreUnavailable, shares_limits
 from .store.owner import make_owner
 from .summary import Summary
 
@@ -198,6 +198,8 @@ class Worker:
             async with trio.open_nursery() as outer:
                 self._background = outer
                 await self.leases.tick()  # heartbeat, and reap what dead workers left, before claiming
+                if shares_limits(store):  # every worker of the store keeps to one limit per model
+                    self.pool.share(store, outer.start_soon)
                 chores = trio.CancelScope()
                 outer.start_soon(self._chores, chores)
                 self.pool.cap_spend(await store.spend_by_model())

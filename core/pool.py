@@ -8,12 +8,14 @@ batch. Routing strategies only ever see the usable ones.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import trio
 
 from .budget import Budget
 from .errors import ErrorKind
 from .ratelimit import RateLimiter
+from .sharedlimits import SharedRate
 from .settings import ModelSpec
 from .tokens import TokenCalibrator
 
@@ -78,6 +80,17 @@ class ModelPool:
             changed = self._changed
             with trio.move_on_at(min(m.limiter.cooling_until for m in alive)):
                 await changed.wait()
+
+    def share(self, store: object, spawn: Callable[..., object]) -> int:
+        """Link each model with an rpm or tpm to the store's shared limits
+        (the store offers them); returns how many. Models with neither never
+        touch the store (their 429 cool-downs stay in this process)."""
+        shared = 0
+        for name, state in self.models.items():
+            if state.spec.rpm or state.spec.tpm:
+                state.limiter.share(SharedRate(store, name, state.limiter, spawn))
+                shared += 1
+        return shared
 
     def cap_spend(self, spent_by_model: dict[str, float]) -> None:
         """Give each model with a ``max_spend_usd`` its budget, starting from

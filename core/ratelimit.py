@@ -30,12 +30,18 @@ Waiters are served first come, first served: one waiter at a time (the head)
 watches the clock; the others queue behind it on a fair lock. Use one
 limiter per model; the kernel holds them. ``clock`` must be trio's clock (or
 read it): waiting uses :func:`trio.sleep_until`.
+
+This is the limiter of one process. When the store can share limits, the
+kernel links each limited model's limiter to it (:meth:`RateLimiter.share`,
+:mod:`storyloom.sharedlimits`): then every request's turn comes from the
+store, the same rules computed on the store's clock for every worker, and
+this limiter's state is a mirror of the store's for routing.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import trio
 
@@ -117,6 +123,13 @@ class RateLimiter:
         self._changed = trio.Event()
         self._queued_requests = 0
         self._queued_tokens = 0
+        #: The store's side when limits are shared (:meth:`share`); None: this process alone.
+        self.shared: Any = None
+
+    def share(self, shared: Any) -> None:
+        """Take turns from ``shared`` (a :class:`storyloom.sharedlimits.SharedRate`)
+        from now on: the store's state decides, this limiter mirrors it."""
+        self.shared = shared
 
     # -- sending ---------------------------------------------------------
 
@@ -126,6 +139,15 @@ class RateLimiter:
         FIFO-fair; cancellation while waiting takes nothing.
         """
         tokens = max(0, int(tokens))
+        if self.shared is not None:
+            self._queued_requests += 1
+            self._queued_tokens += tokens
+            try:
+                await self.shared.acquire(tokens)  # one store round trip, then the wait it gives
+            finally:
+                self._queued_requests -= 1
+                self._queued_tokens -= tokens
+            return
         if not self._queued_requests and self._ready_at(tokens) <= self._clock() + _EPSILON:
             self._take(tokens)  # nobody waiting and it fits: no need to queue
             return
@@ -159,6 +181,8 @@ class RateLimiter:
         if self._tokens is None or actual == reserved or (actual < reserved and not self.refund_unused):
             return
         self._tokens.adjust(actual - reserved, self._clock())
+        if self.shared is not None:
+            self.shared.charge(actual - reserved)  # rides on the next take
         self._wake()
 
     def cool_down(self, seconds: float) -> None:
@@ -169,6 +193,8 @@ class RateLimiter:
         if seconds is None or seconds <= 0:
             return
         self._cool_until = max(self._cool_until, self._clock() + min(seconds, MAX_COOL_DOWN_S))
+        if self.shared is not None:
+            self.shared.cool_down(min(seconds, MAX_COOL_DOWN_S))  # every worker backs off
         self._wake()
 
     def exhausted(self, reset_in: float | None) -> None:
@@ -211,15 +237,18 @@ class RateLimiter:
 
     def _free_at(self, tokens: int, now: float, more_requests: int = 0, more_tokens: int = 0) -> float:
         ready = self._cool_until
+        # Shared: the waiters' turns are in the mirrored TATs already.
+        local_requests, local_tokens = (0, 0) if self.shared is not None else (
+            self._queued_requests, self._queued_tokens)
         if self._requests is not None:
             ahead = self._requests.tat
-            queued = self._queued_requests + more_requests
+            queued = local_requests + more_requests
             if queued:
                 ahead = max(ahead, now) + queued * self._requests.interval
             ready = max(ready, self._requests.ready_at(1, ahead))
         if self._tokens is not None:
             ahead = self._tokens.tat
-            queued = self._queued_tokens + more_tokens
+            queued = local_tokens + more_tokens
             if queued:
                 ahead = max(ahead, now) + queued * self._tokens.interval
             ready = max(ready, self._tokens.ready_at(max(0, tokens), ahead))
@@ -256,4 +285,4 @@ class RateLimiter:
 
     def __repr__(self) -> str:
         return (f"RateLimiter(rpm={self.rpm}, tpm={self.tpm}, burst_seconds={self.burst_seconds}, "
-                f"refund_unused={self.refund_unused})")
+                f"refund_unused={self.refund_unused}{', shared' if self.shared is not None else ''})")

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     import trio
 
     from .budget import Budget
+    from .sharedlimits import SharedBudget
     from .contracts import BatchControl
     from .events import Event
     from .hooks import Hooks
@@ -92,7 +93,7 @@ class AttemptBatch(Protocol):
     def policy(self) -> "RetryPolicy": ...
 
     @property
-    def budget(self) -> "Budget": ...
+    def budget(self) -> "Budget | SharedBudget": ...  # shared when the store offers it
 
     @property
     def control(self) -> "BatchControl": ...

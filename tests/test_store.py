@@ -15,6 +15,7 @@ import sys
 from storyloom.store.owner import make_owner, owner_alive
 from store_conformance import *  # noqa: F403 - the tests, collected here once per backend
 from store_conformance_pipelines import *  # noqa: F403 - part two: pipelines
+from store_conformance_shared import *  # noqa: F403 - part three: shared rate limits and budgets
 from store_conformance import BACKENDS, JOB, add, claim_ids, store_backend, trio_test  # noqa: F401 - the fixture
 
 

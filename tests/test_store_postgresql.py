@@ -28,6 +28,7 @@ from storyloom.store import StoreNotFound, StoreUnavailable, StoreVersionError, 
 from pgserver import pg_store_url
 from storyloom.store.protocol import StartRecord
 from store_conformance import JOB, NOW, OWNER, OTHER, STORES, job_row, new_items, rec
+from store_conformance_shared import shares_after_migration
 
 
 def open_url(url: str, create: bool = True):
@@ -217,18 +218,28 @@ def test_schemas_are_separate_stores(postgres_database):
     trio.run(both)
 
 
-def test_a_version_1_store_migrates_to_leases_and_its_running_items_come_back(postgres_database):
-    """Version 1 (before leases) had no lease: an item it left running reads as expired."""
-    url = pg_store_url(postgres_database)
+def old_store(database: str, version: int) -> tuple[str, str]:
+    """A store as ``version`` left it, in a fresh schema, holding one running
+    job ``j``: its URL and schema."""
+    url = pg_store_url(database)
     schema = pg.parse_url(url).schema
-    with psycopg.connect(postgres_database) as conn:
+    with psycopg.connect(database) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
         conn.execute(f'SET search_path TO "{schema}"')
         conn.execute(pg._VERSION_TABLE)
-        for statement in pg.MIGRATIONS[1]:
-            conn.execute(statement)
-        conn.execute("INSERT INTO storyloom_schema (version) VALUES (1)")
+        for step in range(1, version + 1):
+            for statement in pg.MIGRATIONS[step]:
+                conn.execute(statement)
+            conn.execute("INSERT INTO storyloom_schema (version) VALUES (%s)", (step,))
         conn.execute("INSERT INTO jobs VALUES ('j', 'chapter', 'running', '{}', NULL, 1, 1, NULL)")
+    return url, schema
+
+
+def test_a_version_1_store_migrates_to_leases_and_its_running_items_come_back(postgres_database):
+    """Version 1 (before leases) had no lease: an item it left running reads as expired."""
+    url, schema = old_store(postgres_database, 1)
+    with psycopg.connect(postgres_database) as conn:
+        conn.execute(f'SET search_path TO "{schema}"')
         conn.execute("INSERT INTO items (job_id, item_id, seq, level, state, definition, job_type, qseq, "
                      "level_since, owner, started_at) VALUES "
                      "('j', 'a', 0, 2, 'running', '{}', 'chapter', 1, 1, 'old-worker', 1), "
@@ -250,7 +261,26 @@ def test_a_version_1_store_migrates_to_leases_and_its_running_items_come_back(po
     trio.run(scenario)
     with psycopg.connect(postgres_database) as conn:
         versions = conn.execute(f'SELECT version FROM "{schema}".storyloom_schema ORDER BY version').fetchall()
-    assert versions == [(1,), (2,), (3,)]
+    assert versions == [(1,), (2,), (3,), (4,)]
+
+
+def test_a_version_3_store_migrates_to_shared_limits(postgres_database):
+    """Version 4 adds only tables: a version 3 store's job gets a budget, its models rate rows."""
+    url, schema = old_store(postgres_database, 3)
+
+    async def scenario():
+        store = await open_url(url)
+        try:
+            assert [j.job_id for j in await store.list_jobs()] == ["j"]
+            await shares_after_migration(store, "j")
+            assert await store.budget_state("j") is not None
+        finally:
+            await store.aclose()
+
+    trio.run(scenario)
+    with psycopg.connect(postgres_database) as conn:
+        (version,) = conn.execute(f'SELECT MAX(version) FROM "{schema}".storyloom_schema').fetchone()
+    assert version == pg.SCHEMA_VERSION == 4
 
 
 def test_a_batch_of_starts_and_outcomes_fences_each_row(pg_url):
@@ -465,7 +495,7 @@ def test_a_version_1_store_migrates_to_pipelines(postgres_database):
     trio.run(use)
     with psycopg.connect(postgres_database) as conn:
         rows = conn.execute(f'SELECT version FROM "{schema}".storyloom_schema ORDER BY version').fetchall()
-    assert rows == [(1,), (2,), (3,)]
+    assert rows == [(1,), (2,), (3,), (4,)]
 
 
 # -- the test fixture itself: no server means skipped with the reason, or failed when required

@@ -24,6 +24,7 @@ from storyloom.plugins.stores.sqlite import DB_NAME, SCHEMA_VERSION, SQLiteStore
 from storyloom.settings import Settings
 from storyloom.store import NewItem, QueuedRow, StartRecord, StoreNotFound, StoreVersionError
 from store_conformance import JOB, NOW, OWNER, THAI, claim_ids, job_row, levels, new_items, next_ids, rec
+from store_conformance_shared import shares_after_migration
 
 
 @pytest.mark.parametrize("url,folder", [
@@ -393,7 +394,7 @@ def test_sqlite_migrates_a_version_1_file(tmp_path):
     async def main():
         store = SQLiteStore.open(tmp_path)
         try:
-            assert pragma(store, "user_version") == SCHEMA_VERSION == 6
+            assert pragma(store, "user_version") == SCHEMA_VERSION == 7
             # nothing lost
             assert [(j.job_id, j.state, j.definition["title"]) for j in await store.list_jobs()] == [
                 ("old", "running", THAI), ("paused", "paused", THAI), ("later", "running", THAI)]
@@ -463,7 +464,7 @@ def test_sqlite_migrates_a_version_2_file(tmp_path):
     async def main():
         store = SQLiteStore.open(tmp_path)
         try:
-            assert pragma(store, "user_version") == SCHEMA_VERSION == 6
+            assert pragma(store, "user_version") == SCHEMA_VERSION == 7
             # every stored attempt is a finished one, its usage known
             assert [(r.item_id, r.state, r.cost_usd) for r in await store.attempts("old")] == [
                 ("b", "pending", 0.125), ("a", "completed", 0.5)]
@@ -499,7 +500,7 @@ def test_sqlite_migrates_a_version_3_file(tmp_path):
     async def main():
         store = SQLiteStore.open(tmp_path)
         try:
-            assert pragma(store, "user_version") == SCHEMA_VERSION == 6
+            assert pragma(store, "user_version") == SCHEMA_VERSION == 7
             # nothing lost; no stored job names a runner (version 3 did not record one)
             assert [(j.job_id, j.state, j.runner) for j in await store.list_jobs()] == [
                 ("old", "running", None), ("paused", "paused", None), ("later", "running", None)]
@@ -534,7 +535,7 @@ def test_sqlite_migrates_a_version_4_file_to_leases_and_fences(tmp_path):
     async def main():
         store = SQLiteStore.open(tmp_path)
         try:
-            assert pragma(store, "user_version") == SCHEMA_VERSION == 6
+            assert pragma(store, "user_version") == SCHEMA_VERSION == 7
             [row] = await store.running("old")
             assert (row.item_id, row.owner, row.lease_left, row.fence) == ("b", "old-host:1:v4", None, 0)
             # a version 4 claim has no lease: the first reap puts it back, its sent attempt stale
@@ -573,6 +574,38 @@ def test_sqlite_a_migrated_file_has_the_schema_of_a_fresh_one(tmp_path):
     assert schema_of(tmp_path / "v4" / DB_NAME) == fresh
     assert {"deps", "gates", "artifacts"} <= set(fresh[0])
     assert "workers" in fresh[0] and "items_lease" in {name for name, _table, _sql in fresh[2]}
+    write_v6_file(tmp_path / "v6")
+    SQLiteStore.open(tmp_path / "v6").close()
+    assert schema_of(tmp_path / "v6" / DB_NAME) == fresh
+    assert {"rate_limits", "budgets", "budget_holds"} <= set(fresh[0])
+
+
+def write_v6_file(folder) -> None:
+    """The version 1 store as version 6 left it: migrated step by step to 6."""
+    write_idle_v4_file(folder)
+    raw = sqlite3.connect(folder / DB_NAME, isolation_level=None)
+    raw.execute("BEGIN")
+    sqlite_backend._migrate_4_to_5_pipelines(raw)
+    sqlite_backend._migrate_5_to_6_leases(raw)
+    raw.execute("PRAGMA user_version = 6")
+    raw.execute("COMMIT")
+    raw.close()
+
+
+def test_sqlite_migrates_a_version_6_file_to_shared_limits(tmp_path):
+    write_v6_file(tmp_path)
+    assert "budgets" not in schema_of(tmp_path / DB_NAME)[0]
+
+    async def main():
+        store = SQLiteStore.open(tmp_path)
+        try:
+            assert pragma(store, "user_version") == SCHEMA_VERSION == 7
+            assert [j.job_id for j in await store.list_jobs()] == ["old", "paused", "later"]
+            await shares_after_migration(store, "old")
+        finally:
+            await store.aclose()
+
+    trio.run(main)
 
 
 def write_idle_v4_file(folder) -> None:
@@ -595,7 +628,7 @@ def test_sqlite_migrates_a_version_4_file(tmp_path):
     async def main():
         store = SQLiteStore.open(tmp_path)
         try:
-            assert pragma(store, "user_version") == SCHEMA_VERSION == 6
+            assert pragma(store, "user_version") == SCHEMA_VERSION == 7
             # nothing lost, nothing blocked: the queue reads as it did
             assert [(r.item_id, r.state) for r in await store.items("old")] == [
                 ("a", "completed"), ("b", "pending"), ("c", "pending"), ("d", "skipped")]

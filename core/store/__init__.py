@@ -7,6 +7,7 @@ from .protocol import (
     JOB_STATES,
     TERMINAL_STATES,
     AttemptRecord,
+    BudgetState,
     ClaimedItem,
     CostTotals,
     GateRow,
@@ -15,7 +16,10 @@ from .protocol import (
     JobRow,
     NewItem,
     QueuedRow,
+    RateTake,
+    RateTaken,
     RunningRow,
+    SharedLimits,
     StartRecord,
     Store,
     StoreNotFound,
@@ -24,6 +28,7 @@ from .protocol import (
     StoreVersionError,
     WorkerInfo,
     WorkerRow,
+    shares_limits,
 )
 from .opening import DEFAULT_STORE, STORE_ENV, mask_url, open_store, open_store_url, url_scheme
 
@@ -36,6 +41,11 @@ __all__ = [
     "JOB_STATES",
     "TERMINAL_STATES",
     "AttemptRecord",
+    "BudgetState",
+    "RateTake",
+    "RateTaken",
+    "SharedLimits",
+    "shares_limits",
     "ClaimedItem",
     "CostTotals",
     "GateRow",

@@ -64,9 +64,10 @@ process id is ever consulted):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Collection, NamedTuple, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Collection, NamedTuple, Protocol, Sequence, runtime_checkable
 
 from ..artifacts import Artifact
 from ..errors import UsageError
@@ -414,8 +415,8 @@ class Store(Protocol):
         for an unknown job."""
 
     async def delete_job(self, job_id: str) -> bool:
-        """Remove a job and everything stored of it (items, attempts, results)
-        in one transaction, so that its id can be used again; False if there
+        """Remove a job and everything stored of it (items, attempts, results,
+        its shared budget and holds) in one transaction, so that its id can be used again; False if there
         is no such job. Callers make sure no live worker runs it
         (``storyloom delete`` refuses one)."""
 
@@ -471,15 +472,18 @@ class Store(Protocol):
         ``sent`` under the lost fence become ``stale`` (outcome unknown: their
         worst case still counts; a late outcome settles them with its real
         cost). Concurrent reapers never reap an item twice. Also forgets
-        workers whose heartbeat is older than ``WORKER_FORGET_S``. Returns how
-        many items it put back."""
+        workers whose heartbeat is older than ``WORKER_FORGET_S``, and (a
+        :class:`SharedLimits` store) moves the budget holds of workers with no
+        live heartbeat to spent. Returns how many items it put back."""
 
     async def heartbeat(self, worker: WorkerInfo) -> None:
         """Insert or refresh ``worker``'s row in the workers table, its beat
         time from the store's clock. For operators only."""
 
     async def forget_worker(self, worker_id: str) -> None:
-        """Remove a worker's row (it exits cleanly). Unknown ids are ignored."""
+        """Remove a worker's row (it exits cleanly). Unknown ids are ignored.
+        A :class:`SharedLimits` store then moves holds of workers with no live
+        heartbeat (this one's included) to spent, as :meth:`reap` does."""
 
     async def workers(self) -> list[WorkerRow]:
         """Every known worker, oldest first, with whether its heartbeat is
@@ -618,6 +622,110 @@ class Store(Protocol):
         one key ascend)."""
 
     async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class RateTake:
+    """One request's take of a model's shared rate limits (:meth:`SharedLimits.rate_take`).
+
+    The store keeps, per model, the theoretical arrival time (TAT) of its
+    requests GCRA and of its tokens GCRA, and a cool-down end, all on the
+    store's clock. The caller turns its limits into seconds (so the store
+    needs no rpm, tpm or burst of its own): ``*_cost`` is what this request
+    adds to each TAT (units x 60 / per-minute rate; 0 without that limit),
+    ``*_slack`` how far ahead of the TAT it may still go (a full bucket less
+    the request and the headroom; ``inf``, the default, for a budget with no
+    limit, which then never holds a request). ``token_adjust`` (seconds) is charged
+    (positive) or refunded (negative, never making the bucket fuller than
+    full) on the tokens TAT first: earlier requests' reconciled usage."""
+
+    model: str
+    request_cost: float = 0.0
+    request_slack: float = math.inf
+    token_cost: float = 0.0
+    token_slack: float = math.inf
+    token_adjust: float = 0.0
+
+
+class RateTaken(NamedTuple):
+    """What a take returned, every time on the store's clock (epoch seconds)."""
+
+    now: float  # when the store computed it
+    send_at: float  # when the request may go (>= now)
+    requests_tat: float  # the TATs after the take
+    tokens_tat: float
+    cool_until: float  # the model's cool-down end (in the past when none)
+
+
+class BudgetState(NamedTuple):
+    """A job's shared budget (:meth:`SharedLimits.budget_state`)."""
+
+    cap: float
+    spent: float
+    reserved: float  # held by reservations not settled yet
+    holds: int  # how many
+
+
+@runtime_checkable
+class SharedLimits(Protocol):
+    """An optional method group: rate limits and budgets shared by every
+    worker of the store (docs/scale-out.md, "Shared rate limits and budgets").
+
+    A backend that has it is used for them; one that has not leaves each
+    process its own limiter and budget (:func:`shares_limits`). Every method
+    is one transaction; the clock is the store's (PostgreSQL's
+    ``clock_timestamp()``; SQLite's is the host's wall clock, which is one
+    clock for every process on one host).
+
+    **Rate limits.** :meth:`rate_take` is one transaction that locks the
+    model's row and reads the clock once, then one UPDATE: it applies the
+    take's ``token_adjust``, computes ``send_at`` = the latest of now, the
+    cool-down end and each TAT less its slack, and moves each TAT to
+    ``max(TAT, send_at) + cost``. A model's row is made by its first take.
+    Takes are served in the order they commit, so the waits they hand out
+    keep every worker together under the limit. :meth:`rate_cool_down`
+    (a 429) moves the cool-down end, only ever later, so that every later
+    take of any worker waits for it.
+
+    **Budgets.** A job's ``budget_usd`` is a row (cap, spent, reserved).
+    :meth:`budget_reserve` is one conditional update (``spent + reserved +
+    amount <= cap``) that also writes a *hold* of the reserving worker;
+    :meth:`budget_settle` ends a hold, moving its amount out of reserved and
+    the real cost into spent. A hold dies with its worker: :meth:`Store.reap`
+    and :meth:`Store.forget_worker` move the holds of workers with no live
+    heartbeat (none, older than their lease, or forgotten) to spent, whole:
+    what a lost worker may have sent counts at its worst case, as its
+    ``sent`` attempts do in :meth:`Store.costs`. A late settle of a hold so
+    reclaimed changes nothing (its worst case is already spent).
+    :meth:`Store.delete_job` removes the job's row and holds.
+    """
+
+    async def rate_take(self, take: RateTake) -> RateTaken: ...
+
+    async def rate_cool_down(self, model: str, seconds: float) -> float:
+        """Hold every take of ``model`` until the store's clock + ``seconds``
+        (only ever extends); returns the cool-down end."""
+
+    async def budget_open(self, job_id: str, cap: float, spent: float) -> BudgetState:
+        """Make the job's budget row if there is none, starting at ``spent``
+        (what its stored attempts already cost); an existing row keeps its
+        spent and reservations and takes the new ``cap``."""
+
+    async def budget_state(self, job_id: str) -> BudgetState | None: ...
+
+    async def budget_reserve(self, job_id: str, owner: str, amount: float) -> int | None:
+        """Reserve ``amount`` if spent + reserved + amount <= cap: returns the
+        new hold's id, or None (nothing changed). KeyError if the job has no
+        budget row."""
+
+    async def budget_settle(self, hold_id: int, actual: float) -> bool:
+        """End a hold, charging ``actual``; False if it was reclaimed already
+        (nothing changes then)."""
+
+
+def shares_limits(store: Any) -> bool:
+    """Whether ``store`` offers :class:`SharedLimits`."""
+    return isinstance(store, SharedLimits)
 
 
 class StoreOpener(Protocol):

@@ -38,6 +38,7 @@ from storyloom.store.protocol import (
     JOB_STATES,
     AttemptRecord,
     AttemptRow,
+    BudgetState,
     ClaimedItem,
     CostTotals,
     GateRow,
@@ -49,6 +50,8 @@ from storyloom.store.protocol import (
     REAP_BATCH,
     WORKER_FORGET_S,
     DEFAULT_LEASE_S,
+    RateTake,
+    RateTaken,
     RunningRow,
     StartRecord,
     WorkerInfo,
@@ -65,7 +68,7 @@ SCHEMES = ("postgresql", "postgres")
 #: The newest version of this backend's schema; one row per applied version
 #: sits in the schema's ``storyloom_schema`` table. Bump it with a new entry in
 #: :data:`MIGRATIONS`. Independent of the SQLite backend's numbers.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: Where the tables go when the URL names no ``schema``.
 DEFAULT_SCHEMA = "storyloom"
 DEFAULT_POOL_SIZE = 4
@@ -261,12 +264,42 @@ _LEASES_3 = (
     "CREATE INDEX items_lease ON items (lease_until) WHERE state = 'running'",
 )
 
+# -- version 4: rate limits and budgets shared by every worker (issue 11).
+_SHARED_4 = (
+    # One row per model: both GCRAs (requests, tokens) and the cool-down, so
+    # that a take computes one send time for both in one single-row UPDATE.
+    """CREATE TABLE rate_limits (
+        model text COLLATE "C" PRIMARY KEY,
+        requests_tat double precision NOT NULL DEFAULT 0,
+        tokens_tat double precision NOT NULL DEFAULT 0,
+        cool_until double precision NOT NULL DEFAULT 0,
+        sent_at double precision NOT NULL DEFAULT 0,
+        taken_at double precision NOT NULL DEFAULT 0
+    )""",
+    """CREATE TABLE budgets (
+        job_id text COLLATE "C" PRIMARY KEY,
+        cap double precision NOT NULL,
+        spent double precision NOT NULL DEFAULT 0,
+        reserved double precision NOT NULL DEFAULT 0
+    )""",
+    # A reservation not settled yet, and the worker that holds it.
+    """CREATE TABLE budget_holds (
+        hold_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        job_id text COLLATE "C" NOT NULL,
+        owner text COLLATE "C" NOT NULL,
+        amount double precision NOT NULL
+    )""",
+    "CREATE INDEX budget_holds_job ON budget_holds (job_id)",
+    "CREATE INDEX budget_holds_owner ON budget_holds (owner)",
+)
+
 #: version -> the statements that bring a store from the version before to it,
 #: run in one transaction. Only ever append.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: _TABLES_1 + _INDEXES_1,
     2: _COLUMNS_2 + _TABLES_2 + _INDEXES_2,
     3: _LEASES_3,
+    4: _SHARED_4,
 }
 
 _VERSION_TABLE = """CREATE TABLE IF NOT EXISTS storyloom_schema (
@@ -357,7 +390,8 @@ UPDATE items SET state = 'skipped', error_kind = NULL, error = %s, owner = NULL
 WHERE job_id = %s AND state IN ('pending', 'running')
 """
 # Children first, for the foreign keys; jobs last, so its rowcount says whether there was one.
-_DELETE_JOB = tuple(f"DELETE FROM {table} WHERE job_id = %s" for table in ("results", "attempts", "deps", "items", "jobs"))
+_DELETE_JOB = tuple(f"DELETE FROM {table} WHERE job_id = %s" for table in (
+    "budget_holds", "budgets", "results", "attempts", "deps", "items", "jobs"))
 _SET_DEFINITION = "UPDATE jobs SET definition = %s, updated_at = %s WHERE job_id = %s"
 _RUNNING_OWNERS = "SELECT DISTINCT owner FROM items WHERE job_id = %s AND state = 'running'"
 _RELEASE_OWNER = """
@@ -406,6 +440,69 @@ WITH lost AS (
         AND COALESCE(attempts.fence, 0) = reaped.fence AND attempts.state = 'sent'
 )
 SELECT COUNT(*) FROM reaped
+"""
+# -- shared rate limits and budgets. A take locks its model's row first
+# (_RATE_LOCK), then reads the database's clock once (``n.now``), so the
+# clock it computes with is read while it holds the row: never earlier than
+# the take before it, and one reading for every value it writes.
+_RATE_LOCK = "SELECT 1 FROM rate_limits WHERE model = %s FOR UPDATE"
+_TOKENS_ADJUSTED = """(CASE WHEN %(adjust)s > 0 THEN GREATEST(tokens_tat, n.now) + %(adjust)s
+    WHEN tokens_tat > n.now THEN GREATEST(n.now, tokens_tat + %(adjust)s) ELSE tokens_tat END)"""
+_SEND_AT = (f"GREATEST(n.now, cool_until, requests_tat - %(request_slack)s, "
+            f"{_TOKENS_ADJUSTED} - %(token_slack)s)")
+_RATE_TAKE = f"""
+UPDATE rate_limits SET
+    requests_tat = GREATEST(requests_tat, {_SEND_AT}) + %(request_cost)s,
+    tokens_tat = GREATEST({_TOKENS_ADJUSTED}, {_SEND_AT}) + %(token_cost)s,
+    sent_at = {_SEND_AT}, taken_at = n.now
+FROM (SELECT {_DB_NOW} AS now) n
+WHERE model = %(model)s
+RETURNING n.now, sent_at, requests_tat, tokens_tat, cool_until
+"""
+# A take lost in a crash costs nothing (the request it timed was not sent
+# either): its commit need not wait for the disk, nor hold the row that long.
+_NO_FLUSH = "SET LOCAL synchronous_commit TO off"
+_RATE_ROW = "INSERT INTO rate_limits (model) VALUES (%s) ON CONFLICT (model) DO NOTHING"
+_RATE_COOL = f"""
+INSERT INTO rate_limits (model, cool_until) VALUES (%s, {_DB_NOW} + %s)
+ON CONFLICT (model) DO UPDATE SET cool_until = GREATEST(rate_limits.cool_until, EXCLUDED.cool_until)
+RETURNING cool_until
+"""
+_BUDGET_OPEN = """
+INSERT INTO budgets (job_id, cap, spent) VALUES (%s, %s, %s)
+ON CONFLICT (job_id) DO UPDATE SET cap = EXCLUDED.cap
+"""
+_BUDGET_STATE = """
+SELECT cap, spent, reserved, (SELECT COUNT(*) FROM budget_holds h WHERE h.job_id = b.job_id)
+FROM budgets b WHERE job_id = %s
+"""
+_BUDGET_RESERVE = """
+WITH b AS (
+    UPDATE budgets SET reserved = reserved + %(amount)s
+    WHERE job_id = %(job_id)s AND spent + reserved + %(amount)s <= cap
+    RETURNING job_id
+)
+INSERT INTO budget_holds (job_id, owner, amount) SELECT job_id, %(owner)s, %(amount)s FROM b
+RETURNING hold_id
+"""
+# Float sums leave residue (0.1 + 0.2 - 0.3 != 0): what is left below a
+# billionth of a cent once a hold is gone is none.
+_LESS = "CASE WHEN reserved - {amount} < 1e-11 THEN 0 ELSE reserved - {amount} END"
+_BUDGET_SETTLE = f"""
+WITH h AS (DELETE FROM budget_holds WHERE hold_id = %(hold_id)s RETURNING job_id, amount)
+UPDATE budgets SET spent = spent + %(actual)s, reserved = {_LESS.format(amount="h.amount")}
+FROM h WHERE budgets.job_id = h.job_id
+RETURNING budgets.job_id
+"""
+# The holds of workers with no live heartbeat go to spent, whole.
+_BUDGET_RECLAIM = f"""
+WITH gone AS (
+    DELETE FROM budget_holds h WHERE NOT EXISTS (
+        SELECT 1 FROM workers w WHERE w.worker_id = h.owner AND w.beat_at + w.lease_s >= {_DB_NOW})
+    RETURNING job_id, amount
+), per_job AS (SELECT job_id, SUM(amount) AS amount FROM gone GROUP BY job_id)
+UPDATE budgets SET spent = spent + per_job.amount, reserved = {_LESS.format(amount="per_job.amount")}
+FROM per_job WHERE budgets.job_id = per_job.job_id
 """
 _FORGET_OLD_WORKERS = f"DELETE FROM workers WHERE beat_at < {_DB_NOW} - %s"
 _HEARTBEAT = f"""
@@ -847,7 +944,53 @@ def _op_reap(cur: "psycopg.Cursor", limit: int) -> int:
     cur.execute(_REAP, {"limit": limit})
     (reaped,) = cur.fetchone()
     cur.execute(_FORGET_OLD_WORKERS, (WORKER_FORGET_S,))
+    cur.execute(_BUDGET_RECLAIM)
     return reaped
+
+
+def _op_rate_take(cur: "psycopg.Cursor", take: RateTake) -> RateTaken:
+    cur.execute(_NO_FLUSH)
+    cur.execute(_RATE_LOCK, (take.model,))
+    if cur.fetchone() is None:  # the model's first take
+        cur.execute(_RATE_ROW, (take.model,))
+        cur.execute(_RATE_LOCK, (take.model,))
+    cur.execute(_RATE_TAKE, {
+        "model": take.model, "request_cost": float(take.request_cost), "request_slack": float(take.request_slack),
+        "token_cost": float(take.token_cost), "token_slack": float(take.token_slack),
+        "adjust": float(take.token_adjust)})
+    return RateTaken(*cur.fetchone())
+
+
+def _op_rate_cool_down(cur: "psycopg.Cursor", model: str, seconds: float) -> float:
+    cur.execute(_RATE_COOL, (model, float(seconds)))
+    return cur.fetchone()[0]
+
+
+def _op_budget_state(cur: "psycopg.Cursor", job_id: str) -> BudgetState | None:
+    cur.execute(_BUDGET_STATE, (job_id,))
+    row = cur.fetchone()
+    return None if row is None else BudgetState(*row)
+
+
+def _op_budget_open(cur: "psycopg.Cursor", job_id: str, cap: float, spent: float) -> BudgetState:
+    cur.execute(_BUDGET_OPEN, (job_id, float(cap), float(spent)))
+    return _op_budget_state(cur, job_id)
+
+
+def _op_budget_reserve(cur: "psycopg.Cursor", job_id: str, owner: str, amount: float) -> int | None:
+    cur.execute(_BUDGET_RESERVE, {"job_id": job_id, "owner": owner, "amount": float(amount)})
+    row = cur.fetchone()
+    if row is not None:
+        return row[0]
+    cur.execute("SELECT 1 FROM budgets WHERE job_id = %s", (job_id,))
+    if cur.fetchone() is None:
+        raise KeyError(job_id)
+    return None
+
+
+def _op_budget_settle(cur: "psycopg.Cursor", hold_id: int, actual: float) -> bool:
+    cur.execute(_BUDGET_SETTLE, {"hold_id": hold_id, "actual": float(actual)})
+    return cur.fetchone() is not None
 
 
 def _op_heartbeat(cur: "psycopg.Cursor", worker: WorkerInfo) -> None:
@@ -856,6 +999,7 @@ def _op_heartbeat(cur: "psycopg.Cursor", worker: WorkerInfo) -> None:
 
 def _op_forget_worker(cur: "psycopg.Cursor", worker_id: str) -> None:
     cur.execute(_FORGET_WORKER, (worker_id,))
+    cur.execute(_BUDGET_RECLAIM)
 
 
 def _op_workers(cur: "psycopg.Cursor") -> list[WorkerRow]:
@@ -1324,6 +1468,26 @@ class PostgresStore:
         if limit <= 0:
             return 0
         return await self._run(_op_reap, limit)
+
+    # -- shared rate limits and budgets (SharedLimits)
+
+    async def rate_take(self, take: RateTake) -> RateTaken:
+        return await self._run(_op_rate_take, take)
+
+    async def rate_cool_down(self, model: str, seconds: float) -> float:
+        return await self._run(_op_rate_cool_down, model, seconds)
+
+    async def budget_open(self, job_id: str, cap: float, spent: float) -> BudgetState:
+        return await self._run(_op_budget_open, job_id, cap, spent)
+
+    async def budget_state(self, job_id: str) -> BudgetState | None:
+        return await self._run(_op_budget_state, job_id)
+
+    async def budget_reserve(self, job_id: str, owner: str, amount: float) -> int | None:
+        return await self._run(_op_budget_reserve, job_id, owner, amount)
+
+    async def budget_settle(self, hold_id: int, actual: float) -> bool:
+        return await self._run(_op_budget_settle, hold_id, actual)
 
     async def heartbeat(self, worker: WorkerInfo) -> None:
         await self._run(_op_heartbeat, worker)

@@ -33,6 +33,7 @@ from storyloom.store.protocol import (
     JOB_STATES,
     AttemptRecord,
     AttemptRow,
+    BudgetState,
     ClaimedItem,
     CostTotals,
     GateRow,
@@ -44,6 +45,8 @@ from storyloom.store.protocol import (
     REAP_BATCH,
     WORKER_FORGET_S,
     DEFAULT_LEASE_S,
+    RateTake,
+    RateTaken,
     RunningRow,
     StartRecord,
     WorkerInfo,
@@ -57,7 +60,7 @@ from storyloom.store.opening import mask_url
 
 DB_NAME = "storyloom.db"
 #: Stored in ``PRAGMA user_version``; bump it (and add a migration) when the schema changes.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 BUSY_TIMEOUT_S = 10.0
 #: Seconds to wait for another process's write lock, instead of BUSY_TIMEOUT_S.
 BUSY_TIMEOUT_ENV = "STORYLOOM_SQLITE_BUSY_TIMEOUT"
@@ -116,6 +119,34 @@ _TABLES_6 = (
 _INDEXES_6 = (
     # reap: running items by lease end.
     "CREATE INDEX IF NOT EXISTS items_lease ON items (lease_until) WHERE state = 'running'",
+)
+# Version 7: rate limits and budgets shared by every process on this host
+# (issue 11). One row per model holds both GCRAs and the cool-down, so that
+# a take computes one send time for both in one single-row UPDATE.
+_TABLES_7 = (
+    """CREATE TABLE IF NOT EXISTS rate_limits (
+        model TEXT PRIMARY KEY,
+        requests_tat REAL NOT NULL DEFAULT 0,
+        tokens_tat REAL NOT NULL DEFAULT 0,
+        cool_until REAL NOT NULL DEFAULT 0,
+        sent_at REAL NOT NULL DEFAULT 0,
+        taken_at REAL NOT NULL DEFAULT 0
+    )""",
+    """CREATE TABLE IF NOT EXISTS budgets (
+        job_id TEXT PRIMARY KEY,
+        cap REAL NOT NULL,
+        spent REAL NOT NULL DEFAULT 0,
+        reserved REAL NOT NULL DEFAULT 0
+    )""",
+    # A reservation not settled yet, and the worker that holds it.
+    """CREATE TABLE IF NOT EXISTS budget_holds (
+        hold_id INTEGER PRIMARY KEY,
+        job_id TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        amount REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS budget_holds_job ON budget_holds (job_id)",
+    "CREATE INDEX IF NOT EXISTS budget_holds_owner ON budget_holds (owner)",
 )
 #: The database's clock, in epoch seconds: every lease is computed and
 #: compared on it, never on a worker's clock. (unixepoch('now', 'subsec')
@@ -421,6 +452,42 @@ _RENEW = f"""
 UPDATE items SET lease_until = {_DB_NOW} + ?
 WHERE job_id = ? AND item_id = ? AND state = 'running' AND owner = ? AND fence = ?
 """
+# Shared rate limits: ``:now`` is this process's wall clock (time.time()),
+# taken inside the write lock, so it is one clock for every process on the
+# host and takes are serialised by the lock.
+_TOKENS_ADJUSTED = """(CASE WHEN :adjust > 0 THEN MAX(tokens_tat, :now) + :adjust
+    WHEN tokens_tat > :now THEN MAX(:now, tokens_tat + :adjust) ELSE tokens_tat END)"""
+_SEND_AT = f"MAX(:now, cool_until, requests_tat - :request_slack, {_TOKENS_ADJUSTED} - :token_slack)"
+_RATE_TAKE = f"""
+UPDATE rate_limits SET
+    requests_tat = MAX(requests_tat, {_SEND_AT}) + :request_cost,
+    tokens_tat = MAX({_TOKENS_ADJUSTED}, {_SEND_AT}) + :token_cost,
+    sent_at = {_SEND_AT}, taken_at = :now
+WHERE model = :model
+RETURNING taken_at, sent_at, requests_tat, tokens_tat, cool_until
+"""
+_RATE_COOL = """
+INSERT INTO rate_limits (model, cool_until) VALUES (?, ?)
+ON CONFLICT (model) DO UPDATE SET cool_until = MAX(cool_until, excluded.cool_until)
+RETURNING cool_until
+"""
+_BUDGET_STATE = """
+SELECT cap, spent, reserved, (SELECT COUNT(*) FROM budget_holds h WHERE h.job_id = b.job_id)
+FROM budgets b WHERE job_id = ?
+"""
+# The holds of workers with no live heartbeat go to spent, whole.
+_BUDGET_GONE = f"""
+DELETE FROM budget_holds WHERE NOT EXISTS (
+    SELECT 1 FROM workers w WHERE w.worker_id = budget_holds.owner AND w.beat_at + w.lease_s >= {_DB_NOW})
+RETURNING job_id, amount
+"""
+# Float sums leave residue (0.1 + 0.2 - 0.3 != 0): what is left below a
+# billionth of a cent once a hold is gone is none.
+_BUDGET_CHARGE = """
+UPDATE budgets SET spent = spent + :actual,
+    reserved = CASE WHEN reserved - :amount < 1e-11 THEN 0 ELSE reserved - :amount END
+WHERE job_id = :job_id
+"""
 _HEARTBEAT = f"""
 INSERT INTO workers (worker_id, host, pid, started_at, beat_at, lease_s) VALUES (?, ?, ?, ?, {_DB_NOW}, ?)
 ON CONFLICT (worker_id) DO UPDATE SET beat_at = excluded.beat_at, lease_s = excluded.lease_s
@@ -627,7 +694,7 @@ class SQLiteStore:
     async def delete_job(self, job_id: str) -> bool:
         """Remove the job, its items, attempts, results and dependency rows in one transaction."""
         with self._write() as cur:
-            for table in ("results", "attempts", "deps", "items"):
+            for table in ("budget_holds", "budgets", "results", "attempts", "deps", "items"):
                 cur.execute(f"DELETE FROM {table} WHERE job_id = ?", (job_id,))
             cur.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
             return cur.rowcount == 1
@@ -708,7 +775,57 @@ class SQLiteStore:
             if lost:
                 cur.executemany(_STALE_SENT, lost)
             cur.execute(f"DELETE FROM workers WHERE beat_at < {_DB_NOW} - ?", (WORKER_FORGET_S,))
+            _reclaim_holds(cur)
         return len(lost)
+
+    # -- shared rate limits and budgets (SharedLimits); the clock is the host's
+
+    async def rate_take(self, take: RateTake) -> RateTaken:
+        params = {"model": take.model, "request_cost": float(take.request_cost),
+                  "request_slack": float(take.request_slack), "token_cost": float(take.token_cost),
+                  "token_slack": float(take.token_slack), "adjust": float(take.token_adjust)}
+        with self._write() as cur:
+            params["now"] = time.time()  # inside the lock: takes are in clock order
+            row = cur.execute(_RATE_TAKE, params).fetchone()
+            if row is None:  # the model's first take
+                cur.execute("INSERT OR IGNORE INTO rate_limits (model) VALUES (?)", (take.model,))
+                row = cur.execute(_RATE_TAKE, params).fetchone()
+        return RateTaken(*row)
+
+    async def rate_cool_down(self, model: str, seconds: float) -> float:
+        with self._write() as cur:
+            return cur.execute(_RATE_COOL, (model, time.time() + float(seconds))).fetchone()[0]
+
+    async def budget_open(self, job_id: str, cap: float, spent: float) -> BudgetState:
+        with self._write() as cur:
+            cur.execute("INSERT INTO budgets (job_id, cap, spent) VALUES (?, ?, ?) "
+                        "ON CONFLICT (job_id) DO UPDATE SET cap = excluded.cap", (job_id, float(cap), float(spent)))
+            return BudgetState(*cur.execute(_BUDGET_STATE, (job_id,)).fetchone())
+
+    async def budget_state(self, job_id: str) -> BudgetState | None:
+        row = self._conn.execute(_BUDGET_STATE, (job_id,)).fetchone()
+        return None if row is None else BudgetState(*row)
+
+    async def budget_reserve(self, job_id: str, owner: str, amount: float) -> int | None:
+        with self._write() as cur:
+            cur.execute("UPDATE budgets SET reserved = reserved + ? WHERE job_id = ? AND spent + reserved + ? <= cap",
+                        (float(amount), job_id, float(amount)))
+            if cur.rowcount != 1:
+                if cur.execute("SELECT 1 FROM budgets WHERE job_id = ?", (job_id,)).fetchone() is None:
+                    raise KeyError(job_id)
+                return None
+            cur.execute("INSERT INTO budget_holds (job_id, owner, amount) VALUES (?, ?, ?)",
+                        (job_id, owner, float(amount)))
+            return cur.lastrowid
+
+    async def budget_settle(self, hold_id: int, actual: float) -> bool:
+        with self._write() as cur:
+            row = cur.execute("DELETE FROM budget_holds WHERE hold_id = ? RETURNING job_id, amount",
+                              (hold_id,)).fetchone()
+            if row is None:
+                return False
+            cur.execute(_BUDGET_CHARGE, {"actual": float(actual), "amount": row[1], "job_id": row[0]})
+            return True
 
     async def heartbeat(self, worker: WorkerInfo) -> None:
         with self._write() as cur:
@@ -717,6 +834,7 @@ class SQLiteStore:
     async def forget_worker(self, worker_id: str) -> None:
         with self._write() as cur:
             cur.execute("DELETE FROM workers WHERE worker_id = ?", (worker_id,))
+            _reclaim_holds(cur)
 
     async def workers(self) -> list[WorkerRow]:
         holding: dict[str, dict[str, int]] = {}
@@ -1166,7 +1284,7 @@ def _create_schema(conn: sqlite3.Connection, path: Path) -> None:
         _check_version(conn, path)
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version == 0:
-            for statement in _TABLES + _INDEXES + _INDEXES_3 + _TABLES_5 + _INDEXES_5 + _TABLES_6 + _INDEXES_6:
+            for statement in _TABLES + _INDEXES + _INDEXES_3 + _TABLES_5 + _INDEXES_5 + _TABLES_6 + _INDEXES_6 + _TABLES_7:
                 conn.execute(statement)
         elif version < SCHEMA_VERSION:  # not if another process got there first
             if version == 1:
@@ -1177,7 +1295,9 @@ def _create_schema(conn: sqlite3.Connection, path: Path) -> None:
                 _migrate_3_to_4(conn)
             if version <= 4:
                 _migrate_4_to_5_pipelines(conn)
-            _migrate_5_to_6_leases(conn)
+            if version <= 5:
+                _migrate_5_to_6_leases(conn)
+            _migrate_6_to_7_shared_limits(conn)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
@@ -1247,7 +1367,22 @@ def _migrate_5_to_6_leases(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _migrate_6_to_7_shared_limits(conn: sqlite3.Connection) -> None:
+    """Shared rate limits and budgets: new tables only."""
+    for statement in _TABLES_7:
+        conn.execute(statement)
+
+
 # -- pipelines, inside the caller's transaction
+
+
+def _reclaim_holds(cur: sqlite3.Cursor) -> None:
+    """Move the budget holds of workers with no live heartbeat to spent, whole."""
+    gone: dict[str, float] = {}
+    for job_id, amount in cur.execute(_BUDGET_GONE).fetchall():
+        gone[job_id] = gone.get(job_id, 0.0) + amount
+    for job_id, amount in gone.items():
+        cur.execute(_BUDGET_CHARGE, {"actual": amount, "amount": amount, "job_id": job_id})
 
 
 def _check_new_items(items: Sequence[NewItem]) -> None:
