@@ -172,6 +172,13 @@ def classify(rules: tuple[Rule, ...], info: ErrorInfo) -> ErrorKind | None:
     return None
 
 
+@functools.lru_cache(maxsize=256)
+def _classify_finish(rules: tuple[Rule, ...], finish: str) -> ErrorKind | None:
+    """classify() of a 2xx reply: it depends on the finish reason alone, and
+    walking the table for every reply cost more than parsing the reply."""
+    return classify(rules, ErrorInfo(200, finish=finish))
+
+
 #: Failures below HTTP, first match (by isinstance) wins.
 TRANSPORT_ERRORS: tuple[tuple[type[Exception], ErrorKind], ...] = (
     (httpx.TimeoutException, ErrorKind.TIMEOUT),
@@ -378,6 +385,31 @@ def _proxied(base_url: str) -> bool:
     return not urllib.request.proxy_bypass(url.host)
 
 
+class _Cookies(httpx.Cookies):
+    """httpx's cookie jar, read only from replies that set a cookie: building
+    the jar's urllib view of every reply cost a tenth of a request's CPU."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        if "set-cookie" in response.headers:
+            super().extract_cookies(response)
+
+
+class _Client(httpx.AsyncClient):
+    """httpx's client with :class:`_Cookies` as its jar; otherwise the same."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.cookies = self._cookies
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._cookies
+
+    @cookies.setter
+    def cookies(self, cookies: Any) -> None:
+        self._cookies = _Cookies(cookies)
+
+
 @dataclass
 class Reply:
     """A reply being read, from one JSON body or many stream events."""
@@ -438,6 +470,8 @@ class HTTPProvider(BaseProvider):
         self.base_url = (spec.base_url or self.default_base_url).rstrip("/")
         self.key_env = spec.api_key_env or self.default_key_env
         self._key = os.environ.get(self.key_env) or None
+        self._key_bytes = self._key.encode("utf-8", "surrogatepass") if self._key else None
+        self._key_plain = self._key is not None and self._key.isascii() and self._key.isprintable() and not set(self._key) & set('"\\/')
         self.max_parallel = spec.max_parallel or DEFAULT_MAX_PARALLEL
         timeout = dict(connect=self.opts["connect_timeout"], write=self.opts["read_timeout"], pool=None)
         self._timeout = httpx.Timeout(read=self.opts["read_timeout"], **timeout)
@@ -447,7 +481,7 @@ class HTTPProvider(BaseProvider):
             # A connection per allowed request in flight; waiting for one is
             # bounded by the kernel's timeout, not a pool timeout.
             transport = TrioTransport(max_connections=self.max_parallel)
-        self._client = httpx.AsyncClient(
+        self._client = _Client(
             headers=self.headers(self._key) if self._key else {},
             timeout=self._timeout,
             # Only used behind a proxy (httpx's own transport reads *_PROXY).
@@ -582,7 +616,7 @@ class HTTPProvider(BaseProvider):
         input_tokens = reply.input_tokens if reply.input_tokens is not None else estimate_request_tokens(request)
         output_tokens = reply.output_tokens if reply.output_tokens is not None else estimate_tokens(reply.text)
         finish = reply.finish or "stop"
-        kind = classify(self.rules, ErrorInfo(200, finish=finish))
+        kind = _classify_finish(self.rules, finish)
         if kind is ErrorKind.OUTPUT_TRUNCATED:
             raise ProviderError(kind, f"{self.name}: the reply hit the length limit ({finish}) after "
                                       f"{output_tokens} tokens (max_tokens {request.max_tokens})",
@@ -620,7 +654,7 @@ class HTTPProvider(BaseProvider):
         """The reply as it is kept (stored, written to results files): the key
         redacted wherever the server echoed it, half a surrogate pair replaced
         by U+FFFD, as in the reply's text."""
-        if body is not None:
+        if body is not None and not self._plain(response.content):
             text = json.dumps(body, ensure_ascii=False)
             if (self._key and self._key in text) or not text.isascii():
                 fixed = self._redact(text.encode("utf-16", "surrogatepass").decode("utf-16", "replace"))
@@ -628,6 +662,16 @@ class HTTPProvider(BaseProvider):
                     body = json.loads(fixed)
         request_id = response.headers.get(self.request_id_header)
         return RawReply(response.status_code, self._redact(request_id) if request_id else None, body)
+
+    def _plain(self, content: bytes) -> bool:
+        """Whether a JSON body surely holds neither the key nor a character
+        outside ASCII (so nothing in it to redact or repair), read from its
+        bytes instead of re-encoding the parsed body: ASCII without a ``\\u``
+        escape decodes to ASCII, and a key without ``"``, ``\\`` or ``/`` can
+        only appear in it as written."""
+        if not content.isascii() or b"\\u" in content:
+            return False
+        return self._key_bytes is None or (self._key_bytes not in content and self._key_plain)
 
     def error_from_body(self, status: int, body: Any, headers: Mapping[str, str] | None = None,
                         fallback: str = "") -> ProviderError:
