@@ -311,6 +311,36 @@ async def test_a_cookie_the_server_sets_is_sent_back(fake_provider):  # noqa: F8
     assert second.headers["cookie"] == "lb=blue"
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@trio_test
+async def test_a_reply_is_asked_for_as_client_post_would(kind, fake_provider):  # noqa: F811
+    # The provider hands a JSON request straight to its transport, past the
+    # client's pipeline: the request must be the one client.post builds.
+    import httpx
+
+    seen: list[httpx.Request] = []
+
+    def handler(sent: httpx.Request) -> httpx.Response:
+        seen.append(sent)
+        return httpx.Response(500, json={"error": {"message": "stop here"}})
+
+    spec = fake_provider.model_spec(kind, "m1")
+    instance = CLASSES[kind](spec, transport=httpx.MockTransport(handler))
+    reference = CLASSES[kind](spec)
+    try:
+        with pytest.raises(ProviderError):
+            await instance.complete(THAI_REQUEST)
+        expected = reference._client.build_request("POST", reference.url(THAI_REQUEST),
+                                                   json=reference.build_body(THAI_REQUEST))
+    finally:
+        await instance.aclose()
+        await reference.aclose()
+    (sent,) = seen
+    assert (sent.method, sent.url, sent.headers.raw, sent.content) == (
+        expected.method, expected.url, expected.headers.raw, expected.content)
+    assert sent.extensions["timeout"] == expected.extensions["timeout"]
+
+
 # -- keys ---------------------------------------------------------------------------
 
 

@@ -52,6 +52,7 @@ from storyloom.tokens import estimate_request_tokens, estimate_tokens
 from .transport import TrioTransport
 
 log = logging.getLogger("storyloom.providers")
+_httpx_log = logging.getLogger("httpx")  # httpx's own line for each request, kept on the direct path
 
 #: Connections per model when the model entry sets no ``max_parallel``.
 DEFAULT_MAX_PARALLEL = 100
@@ -481,6 +482,10 @@ class HTTPProvider(BaseProvider):
             # A connection per allowed request in flight; waiting for one is
             # bounded by the kernel's timeout, not a pool timeout.
             transport = TrioTransport(max_connections=self.max_parallel)
+        #: Where a reply that is one JSON body is sent (see :meth:`_send_json`);
+        #: None behind a proxy, where the client picks httpx's proxy transport.
+        self._transport = transport
+        self._extensions = {"timeout": self._timeout.as_dict()}
         self._client = _Client(
             headers=self.headers(self._key) if self._key else {},
             timeout=self._timeout,
@@ -570,7 +575,7 @@ class HTTPProvider(BaseProvider):
     # -- internals -------------------------------------------------------------
 
     async def _post(self, request: Request, reply: Reply) -> None:
-        response = await self._client.post(self._parsed_url(request), json=self.build_body(request))
+        response = await self._send_json(self._parsed_url(request), self.build_body(request))
         self._saw(response)
         if not 200 <= response.status_code < 300:
             raise self._http_error(response)
@@ -600,6 +605,31 @@ class HTTPProvider(BaseProvider):
         if reply.finish is None:
             raise ProviderError(ErrorKind.TEMPORARY_ERROR,
                                 f"{self.name}: the stream ended before the reply finished")
+
+    async def _send_json(self, url: httpx.URL, body: Any) -> httpx.Response:
+        """POST a JSON body and read the whole reply: what ``client.post(url,
+        json=body)`` does (the client's headers, timeouts and cookie jar, the
+        same body bytes, httpx's log line), handed straight to the transport.
+        The client's general pipeline (merging arguments, auth and redirect
+        flows, event hooks, the stream wrapper) cost as much CPU per request
+        as the transport itself, for none of which a provider has a use."""
+        if self._transport is None:
+            return await self._client.post(url, json=body)
+        request = httpx.Request("POST", url, headers=self._client.headers, json=body, extensions=self._extensions)
+        cookies = self._client.cookies
+        if cookies:
+            cookies.set_cookie_header(request)
+        response = await self._transport.handle_async_request(request)
+        response.request = request
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
+        cookies.extract_cookies(response)
+        if _httpx_log.isEnabledFor(logging.INFO):
+            _httpx_log.info('HTTP Request: %s %s "%s %d %s"', request.method, request.url, response.http_version,
+                            response.status_code, response.reason_phrase)
+        return response
 
     def _parsed_url(self, request: Request) -> httpx.URL:
         # A provider posts to one or two URLs; parsing the text each time cost
