@@ -110,6 +110,21 @@ class _Connection:
                 raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
             self.h11.receive_data(data)
 
+    def buffered_body(self) -> tuple[list[bytes], bool]:
+        """The body h11 already holds, without receiving, and whether that is
+        all of it (a small reply arrives in the same read as its head)."""
+        chunks = []
+        while True:
+            event = self.h11.next_event()
+            if type(event) is h11.Data:
+                chunks.append(bytes(event.data))
+            elif type(event) is h11.EndOfMessage:
+                return chunks, True
+            elif event is h11.NEED_DATA:
+                return chunks, False
+            else:  # ConnectionClosed
+                raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+
     def done(self) -> bool:
         return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
 
@@ -128,13 +143,17 @@ class _Body(httpx.AsyncByteStream):
     pool when the body has been read to its end, else it is closed."""
 
     def __init__(self, transport: "TrioTransport", conn: _Connection, request: httpx.Request,
-                 read_timeout: float) -> None:
+                 read_timeout: float, first: list[bytes]) -> None:
         self._transport, self._conn, self._request, self._timeout = transport, conn, request, read_timeout
+        self._first = first  # what arrived with the head
         self._released = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         conn = self._conn
         try:
+            first, self._first = self._first, []
+            for chunk in first:
+                yield chunk
             while True:
                 with _mapped(self._request, read=True):
                     event = await conn.next_event(None, self._timeout)
@@ -318,15 +337,23 @@ class TrioTransport(httpx.AsyncBaseTransport):
                 phase.timed_out()
             if not isinstance(event, h11.Response):
                 raise httpx.RemoteProtocolError(f"unexpected {type(event).__name__} from the server", request=request)
+            with phase:
+                chunks, complete = conn.buffered_body()
         except BaseException:
             if conn is not None:
                 self._active.discard(conn)
                 conn.close()
             self._slots.release()
             raise
+        extensions = {"http_version": b"HTTP/1.1", "reason_phrase": event.reason}
+        if complete:
+            # The whole reply is here: the connection goes back now, and the
+            # body is bytes in memory, not a stream to run.
+            self._release(conn, conn.done())
+            return httpx.Response(status_code=event.status_code, headers=event.headers,
+                                  stream=httpx.ByteStream(b"".join(chunks)), extensions=extensions)
         return httpx.Response(status_code=event.status_code, headers=event.headers,
-                              stream=_Body(self, conn, request, read),
-                              extensions={"http_version": b"HTTP/1.1", "reason_phrase": event.reason})
+                              stream=_Body(self, conn, request, read, chunks), extensions=extensions)
 
     def _trim_for_new(self) -> None:
         """Make room for a new connection by closing an idle one of another origin."""
