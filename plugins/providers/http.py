@@ -19,7 +19,9 @@ with ``trio.fail_after``). Options on the model entry::
 Requests go through httpx's API on :class:`.transport.TrioTransport` (trio
 streams and h11, a fair pool of ``max_parallel`` connections: see that
 module for why not httpcore's pool); behind a proxy from the environment,
-httpx's own transport carries them.
+httpx's own transport carries them. A request with a JSON reply is built as
+``client.post(url, json=...)`` would build it and handed straight to the
+transport (``HTTPProvider._send_json``); streams go through the client.
 """
 
 from __future__ import annotations
