@@ -176,7 +176,7 @@ async def _read_request(stream: trio.SocketStream, buffer: bytearray) -> bool:
             return False
         buffer += data
     head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
-    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    (length,) = [int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")]
     while len(rest) < length:
         rest += await stream.receive_some(65536)
     buffer[:] = rest[length:]

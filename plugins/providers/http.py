@@ -474,7 +474,8 @@ class HTTPProvider(BaseProvider):
         self.key_env = spec.api_key_env or self.default_key_env
         self._key = os.environ.get(self.key_env) or None
         self._key_bytes = self._key.encode("utf-8", "surrogatepass") if self._key else None
-        self._key_plain = self._key is not None and self._key.isascii() and self._key.isprintable() and not set(self._key) & set('"\\/')
+        self._key_plain = (self._key is not None and self._key.isascii() and self._key.isprintable()
+                           and not set(self._key) & set('"\\/'))
         self.max_parallel = spec.max_parallel or DEFAULT_MAX_PARALLEL
         timeout = dict(connect=self.opts["connect_timeout"], write=self.opts["read_timeout"], pool=None)
         self._timeout = httpx.Timeout(read=self.opts["read_timeout"], **timeout)
@@ -487,7 +488,7 @@ class HTTPProvider(BaseProvider):
         #: Where a reply that is one JSON body is sent (see :meth:`_send_json`);
         #: None behind a proxy, where the client picks httpx's proxy transport.
         self._transport = transport
-        self._extensions = {"timeout": self._timeout.as_dict()}
+        self._timeouts = self._timeout.as_dict()
         self._client = _Client(
             headers=self.headers(self._key) if self._key else {},
             timeout=self._timeout,
@@ -623,7 +624,7 @@ class HTTPProvider(BaseProvider):
         headers = [(b"Host", url.netloc), *self._client.headers.raw, (b"Content-Length", b"%d" % len(content)),
                    (b"Content-Type", b"application/json")]
         request = httpx.Request("POST", url, headers=headers, stream=httpx.ByteStream(content),
-                                extensions=self._extensions)
+                                extensions={"timeout": self._timeouts})  # a fresh dict: a request may add to it
         request.read()
         cookies = self._client.cookies
         if cookies:
