@@ -23,7 +23,9 @@ bookkeeping): ``httpx`` (one ``AsyncClient``, one pool of C connections),
 ``httpx-shards`` (C/8 clients of 8 connections, each task keeps to one),
 ``httpx2`` and ``httpx2-shards`` (the fork, if it is installed).
 
-Printed per client and connection count: wall seconds, requests/s, the
+Each client first runs an untimed round of 100 requests, so that imports
+and first-call caches are not charged to the first row. Printed per client
+and connection count: wall seconds, requests/s, the
 client process's CPU ms per request (``time.process_time``), and for
 storyloom its makespan over the bare client's in the same run. Targets
 (issue 14): makespan at most 3x the bare client's; CPU per request within

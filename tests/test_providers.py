@@ -280,6 +280,67 @@ async def test_connection_refused_is_temporary(kind):
     assert "ConnectError" in error.message
 
 
+@pytest.mark.parametrize("text, kept", [
+    ("plain text,\nover two lines", "plain text,\nover two lines"),
+    ("the key {key} echoed", "the key [redacted] echoed"),
+    ("half a pair \ud800 here", "half a pair \ufffd here"),
+    ("ฝนตก {key}", "ฝนตก [redacted]"),
+], ids=["plain", "key", "surrogate", "thai-and-key"])
+@trio_test
+async def test_the_kept_reply_is_redacted_and_repaired(text, kept, fake_provider):  # noqa: F811
+    # Response.raw is stored and written to results files: the key never,
+    # half a surrogate pair never (it cannot be written as UTF-8).
+    key = fake_provider.keys["openai"]
+    fake_provider.configure("m1", text=text.format(key=key))
+    response = await complete(provider(fake_provider, "openai"), THAI_REQUEST)
+    assert response.raw.body["choices"][0]["message"]["content"] == kept
+    assert key not in json.dumps(response.raw.body)
+
+
+@trio_test
+async def test_a_cookie_the_server_sets_is_sent_back(fake_provider):  # noqa: F811
+    fake_provider.configure("m1", headers={"set-cookie": "lb=blue; Path=/"})
+    instance = provider(fake_provider, "openai")
+    try:
+        for _ in range(2):
+            await instance.complete(THAI_REQUEST)
+    finally:
+        await instance.aclose()
+    first, second = fake_provider.requests[-2:]
+    assert "cookie" not in first.headers
+    assert second.headers["cookie"] == "lb=blue"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@trio_test
+async def test_a_reply_is_asked_for_as_client_post_would(kind, fake_provider):  # noqa: F811
+    # The provider hands a JSON request straight to its transport, past the
+    # client's pipeline: the request must be the one client.post builds.
+    import httpx
+
+    seen: list[httpx.Request] = []
+
+    def handler(sent: httpx.Request) -> httpx.Response:
+        seen.append(sent)
+        return httpx.Response(500, json={"error": {"message": "stop here"}})
+
+    spec = fake_provider.model_spec(kind, "m1")
+    instance = CLASSES[kind](spec, transport=httpx.MockTransport(handler))
+    reference = CLASSES[kind](spec)
+    try:
+        with pytest.raises(ProviderError):
+            await instance.complete(THAI_REQUEST)
+        expected = reference._client.build_request("POST", reference.url(THAI_REQUEST),
+                                                   json=reference.build_body(THAI_REQUEST))
+    finally:
+        await instance.aclose()
+        await reference.aclose()
+    (sent,) = seen
+    assert (sent.method, sent.url, sent.headers.raw, sent.content) == (
+        expected.method, expected.url, expected.headers.raw, expected.content)
+    assert sent.extensions["timeout"] == expected.extensions["timeout"]
+
+
 # -- keys ---------------------------------------------------------------------------
 
 

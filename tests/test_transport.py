@@ -164,6 +164,60 @@ async def test_a_full_pool_waits_and_the_pool_timeout_applies(fake_provider):
             nursery.cancel_scope.cancel()
 
 
+REPLY = b'{"text": "' + b"rain " * 1000 + b'"}'
+HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(REPLY)
+
+
+async def _read_request(stream: trio.SocketStream, buffer: bytearray) -> bool:
+    """Read one request with a Content-Length body off ``stream``; False at EOF."""
+    while b"\r\n\r\n" not in buffer:
+        data = await stream.receive_some(65536)
+        if not data:
+            return False
+        buffer += data
+    head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
+    (length,) = [int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")]
+    while len(rest) < length:
+        rest += await stream.receive_some(65536)
+    buffer[:] = rest[length:]
+    return True
+
+
+@trio_test
+async def test_a_reply_that_came_whole_and_one_that_came_in_pieces_read_the_same():
+    # A reply whose body arrived with its head is handed over as bytes and
+    # its connection goes back at once; one still arriving is streamed.
+    go = trio.Event()
+
+    async def serve(stream: trio.SocketStream) -> None:
+        buffer = bytearray()
+        await _read_request(stream, buffer)
+        await stream.send_all(HEAD + REPLY)  # whole, in one write
+        await _read_request(stream, buffer)
+        await stream.send_all(HEAD + REPLY[:100])  # the head and a piece; the rest when the client has the head
+        await go.wait()
+        await stream.send_all(REPLY[100:])
+        await _read_request(stream, buffer)
+        await stream.send_all(HEAD + REPLY)
+
+    transport = TrioTransport(max_connections=1)
+    async with trio.open_nursery() as nursery:
+        (listener,) = await nursery.start(functools.partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
+        url = f"http://127.0.0.1:{listener.socket.getsockname()[1]}/v1/chat"
+        bodies, streams = [], []
+        for _ in range(3):
+            response = await transport.handle_async_request(httpx.Request("POST", url, json={"hi": 1}))
+            streams.append(type(response.stream).__name__)
+            go.set()
+            bodies.append(await response.aread())
+            await response.aclose()
+        nursery.cancel_scope.cancel()
+    await transport.aclose()
+    assert bodies == [REPLY] * 3
+    assert streams == ["ByteStream", "_Body", "ByteStream"]
+    assert transport.opened == 1  # both kinds gave the connection back for reuse
+
+
 @pytest.fixture
 def tls_fake(tmp_path, monkeypatch):
     """The fake provider over HTTPS with a certificate made here for 127.0.0.1,

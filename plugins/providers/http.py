@@ -19,7 +19,9 @@ with ``trio.fail_after``). Options on the model entry::
 Requests go through httpx's API on :class:`.transport.TrioTransport` (trio
 streams and h11, a fair pool of ``max_parallel`` connections: see that
 module for why not httpcore's pool); behind a proxy from the environment,
-httpx's own transport carries them.
+httpx's own transport carries them. A request with a JSON reply is built as
+``client.post(url, json=...)`` would build it and handed straight to the
+transport (``HTTPProvider._send_json``); streams go through the client.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from storyloom.tokens import estimate_request_tokens, estimate_tokens
 from .transport import TrioTransport
 
 log = logging.getLogger("storyloom.providers")
+_httpx_log = logging.getLogger("httpx")  # httpx's own line for each request, kept on the direct path
 
 #: Connections per model when the model entry sets no ``max_parallel``.
 DEFAULT_MAX_PARALLEL = 100
@@ -170,6 +173,13 @@ def classify(rules: tuple[Rule, ...], info: ErrorInfo) -> ErrorKind | None:
         if rule.matches(info):
             return rule.kind
     return None
+
+
+@functools.lru_cache(maxsize=256)
+def _classify_finish(rules: tuple[Rule, ...], finish: str) -> ErrorKind | None:
+    """classify() of a 2xx reply: it depends on the finish reason alone, and
+    walking the table for every reply cost more than parsing the reply."""
+    return classify(rules, ErrorInfo(200, finish=finish))
 
 
 #: Failures below HTTP, first match (by isinstance) wins.
@@ -378,6 +388,31 @@ def _proxied(base_url: str) -> bool:
     return not urllib.request.proxy_bypass(url.host)
 
 
+class _Cookies(httpx.Cookies):
+    """httpx's cookie jar, read only from replies that set a cookie: building
+    the jar's urllib view of every reply cost a tenth of a request's CPU."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        if "set-cookie" in response.headers:
+            super().extract_cookies(response)
+
+
+class _Client(httpx.AsyncClient):
+    """httpx's client with :class:`_Cookies` as its jar; otherwise the same."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.cookies = self._cookies
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._cookies
+
+    @cookies.setter
+    def cookies(self, cookies: Any) -> None:
+        self._cookies = _Cookies(cookies)
+
+
 @dataclass
 class Reply:
     """A reply being read, from one JSON body or many stream events."""
@@ -438,6 +473,9 @@ class HTTPProvider(BaseProvider):
         self.base_url = (spec.base_url or self.default_base_url).rstrip("/")
         self.key_env = spec.api_key_env or self.default_key_env
         self._key = os.environ.get(self.key_env) or None
+        self._key_bytes = self._key.encode("utf-8", "surrogatepass") if self._key else None
+        self._key_plain = (self._key is not None and self._key.isascii() and self._key.isprintable()
+                           and not set(self._key) & set('"\\/'))
         self.max_parallel = spec.max_parallel or DEFAULT_MAX_PARALLEL
         timeout = dict(connect=self.opts["connect_timeout"], write=self.opts["read_timeout"], pool=None)
         self._timeout = httpx.Timeout(read=self.opts["read_timeout"], **timeout)
@@ -447,7 +485,11 @@ class HTTPProvider(BaseProvider):
             # A connection per allowed request in flight; waiting for one is
             # bounded by the kernel's timeout, not a pool timeout.
             transport = TrioTransport(max_connections=self.max_parallel)
-        self._client = httpx.AsyncClient(
+        #: Where a reply that is one JSON body is sent (see :meth:`_send_json`);
+        #: None behind a proxy, where the client picks httpx's proxy transport.
+        self._transport = transport
+        self._timeouts = self._timeout.as_dict()
+        self._client = _Client(
             headers=self.headers(self._key) if self._key else {},
             timeout=self._timeout,
             # Only used behind a proxy (httpx's own transport reads *_PROXY).
@@ -536,7 +578,7 @@ class HTTPProvider(BaseProvider):
     # -- internals -------------------------------------------------------------
 
     async def _post(self, request: Request, reply: Reply) -> None:
-        response = await self._client.post(self._parsed_url(request), json=self.build_body(request))
+        response = await self._send_json(self._parsed_url(request), self.build_body(request))
         self._saw(response)
         if not 200 <= response.status_code < 300:
             raise self._http_error(response)
@@ -567,6 +609,41 @@ class HTTPProvider(BaseProvider):
             raise ProviderError(ErrorKind.TEMPORARY_ERROR,
                                 f"{self.name}: the stream ended before the reply finished")
 
+    async def _send_json(self, url: httpx.URL, body: Any) -> httpx.Response:
+        """POST a JSON body and read the whole reply: what ``client.post(url,
+        json=body)`` does (the client's headers, timeouts and cookie jar, the
+        same body bytes, httpx's log line), handed straight to the transport.
+        The client's general pipeline (merging arguments, auth and redirect
+        flows, event hooks, the stream wrapper) cost as much CPU per request
+        as the transport itself, for none of which a provider has a use."""
+        if self._transport is None:
+            return await self._client.post(url, json=body)
+        # httpx's own encoding and header order (Host, the client's, Content-Length,
+        # Content-Type), given whole: filling them in one by one cost more.
+        content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        headers = [(b"Host", url.netloc), *self._client.headers.raw, (b"Content-Length", b"%d" % len(content)),
+                   (b"Content-Type", b"application/json")]
+        request = httpx.Request("POST", url, headers=headers, stream=httpx.ByteStream(content),
+                                extensions={"timeout": self._timeouts})  # a fresh dict: a request may add to it
+        request.read()
+        cookies = self._client.cookies
+        if cookies:
+            cookies.set_cookie_header(request)
+        response = await self._transport.handle_async_request(request)
+        response.request = request
+        try:
+            if isinstance(response.stream, httpx.SyncByteStream):
+                response.read()  # bytes in memory already (the transport's small replies)
+            else:
+                await response.aread()
+        finally:
+            await response.aclose()
+        cookies.extract_cookies(response)
+        if _httpx_log.isEnabledFor(logging.INFO):
+            _httpx_log.info('HTTP Request: %s %s "%s %d %s"', request.method, request.url, response.http_version,
+                            response.status_code, response.reason_phrase)
+        return response
+
     def _parsed_url(self, request: Request) -> httpx.URL:
         # A provider posts to one or two URLs; parsing the text each time cost
         # as much CPU as the rest of building the request.
@@ -582,7 +659,7 @@ class HTTPProvider(BaseProvider):
         input_tokens = reply.input_tokens if reply.input_tokens is not None else estimate_request_tokens(request)
         output_tokens = reply.output_tokens if reply.output_tokens is not None else estimate_tokens(reply.text)
         finish = reply.finish or "stop"
-        kind = classify(self.rules, ErrorInfo(200, finish=finish))
+        kind = _classify_finish(self.rules, finish)
         if kind is ErrorKind.OUTPUT_TRUNCATED:
             raise ProviderError(kind, f"{self.name}: the reply hit the length limit ({finish}) after "
                                       f"{output_tokens} tokens (max_tokens {request.max_tokens})",
@@ -620,7 +697,7 @@ class HTTPProvider(BaseProvider):
         """The reply as it is kept (stored, written to results files): the key
         redacted wherever the server echoed it, half a surrogate pair replaced
         by U+FFFD, as in the reply's text."""
-        if body is not None:
+        if body is not None and not self._plain(response.content):
             text = json.dumps(body, ensure_ascii=False)
             if (self._key and self._key in text) or not text.isascii():
                 fixed = self._redact(text.encode("utf-16", "surrogatepass").decode("utf-16", "replace"))
@@ -628,6 +705,16 @@ class HTTPProvider(BaseProvider):
                     body = json.loads(fixed)
         request_id = response.headers.get(self.request_id_header)
         return RawReply(response.status_code, self._redact(request_id) if request_id else None, body)
+
+    def _plain(self, content: bytes) -> bool:
+        """Whether a JSON body surely holds neither the key nor a character
+        outside ASCII (so nothing in it to redact or repair), read from its
+        bytes instead of re-encoding the parsed body: ASCII without a ``\\u``
+        escape decodes to ASCII, and a key without ``"``, ``\\`` or ``/`` can
+        only appear in it as written."""
+        if not content.isascii() or b"\\u" in content:
+            return False
+        return self._key_bytes is None or (self._key_bytes not in content and self._key_plain)
 
     def error_from_body(self, status: int, body: Any, headers: Mapping[str, str] | None = None,
                         fallback: str = "") -> ProviderError:

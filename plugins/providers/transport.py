@@ -16,7 +16,11 @@ under it, for two measured reasons (docs/performance.md, "HTTP path"):
   order (``trio.Semaphore`` is fair): nobody overtakes a waiting request.
 * **CPU per request.** httpcore's pool rebuilds its view of every
   connection on each request and each response close (quadratic in the pool
-  size); here a request costs O(1) pool work at any size.
+  size); here a request costs O(1) pool work at any size. Per request it
+  also enters one cancel scope, not one per operation (entering a scope
+  costs several times moving its deadline), and a reply whose body came in
+  the same read as its head is returned as bytes, its connection back in
+  the pool before the caller reads it.
 
 HTTP/1.1 only (what the three providers' APIs serve to HTTP/1.1 clients),
 ``http`` and ``https`` (``trio.SSLStream`` with httpx's default SSL
@@ -77,27 +81,53 @@ class _Connection:
         except (OSError, ValueError):
             return False
 
-    async def send(self, request: httpx.Request, timeout: float) -> None:
+    async def send(self, request: httpx.Request) -> None:
+        """Send the request; the caller's cancel scope holds the write timeout."""
         target = request.url.raw_path
         head = h11.Request(method=request.method, target=target, headers=request.headers.raw)
         data = [self.h11.send(head)]
-        async for chunk in request.stream:  # type: ignore[union-attr]
+        try:
+            chunks: list[bytes] = [request.content]  # a body in memory, as providers send (no generator to run)
+        except httpx.RequestNotRead:
+            chunks = [chunk async for chunk in request.stream]  # type: ignore[union-attr]
+        for chunk in chunks:
             if chunk:
                 data.append(self.h11.send(h11.Data(data=chunk)))
         data.append(self.h11.send(h11.EndOfMessage()))
-        with trio.fail_after(timeout):
-            await self.stream.send_all(b"".join(data))
+        await self.stream.send_all(b"".join(data))
 
-    async def next_event(self, timeout: float) -> h11.Event:
+    async def next_event(self, scope: trio.CancelScope | None, timeout: float) -> h11.Event:
+        """The next h11 event, receiving as needed; each receive gets
+        ``timeout`` seconds, on ``scope``'s deadline if given (one scope for a
+        request's phases costs a third of one per operation), else on its own."""
         while True:
             event = self.h11.next_event()
             if event is not h11.NEED_DATA:
                 return event
-            with trio.fail_after(timeout):
+            if scope is not None:
+                scope.deadline = trio.current_time() + timeout
                 data = await self.stream.receive_some(READ_SIZE)
+            else:
+                with trio.fail_after(timeout):
+                    data = await self.stream.receive_some(READ_SIZE)
             if not data and self.h11.their_state is h11.SEND_RESPONSE:
                 raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
             self.h11.receive_data(data)
+
+    def buffered_body(self) -> tuple[list[bytes], bool]:
+        """The body h11 already holds, without receiving, and whether that is
+        all of it (a small reply arrives in the same read as its head)."""
+        chunks = []
+        while True:
+            event = self.h11.next_event()
+            if type(event) is h11.Data:
+                chunks.append(bytes(event.data))
+            elif type(event) is h11.EndOfMessage:
+                return chunks, True
+            elif event is h11.NEED_DATA:
+                return chunks, False
+            else:  # ConnectionClosed
+                raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
 
     def done(self) -> bool:
         return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
@@ -117,16 +147,20 @@ class _Body(httpx.AsyncByteStream):
     pool when the body has been read to its end, else it is closed."""
 
     def __init__(self, transport: "TrioTransport", conn: _Connection, request: httpx.Request,
-                 read_timeout: float) -> None:
+                 read_timeout: float, first: list[bytes]) -> None:
         self._transport, self._conn, self._request, self._timeout = transport, conn, request, read_timeout
+        self._first = first  # what arrived with the head
         self._released = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         conn = self._conn
         try:
+            first, self._first = self._first, []
+            for chunk in first:
+                yield chunk
             while True:
                 with _mapped(self._request, read=True):
-                    event = await conn.next_event(self._timeout)
+                    event = await conn.next_event(None, self._timeout)
                 if isinstance(event, h11.Data):
                     yield bytes(event.data)
                 elif isinstance(event, (h11.EndOfMessage, h11.PAUSED)):
@@ -162,7 +196,7 @@ class _mapped:
                 exc.request = self.request
             return False
         if isinstance(exc, trio.TooSlowError):
-            cls = httpx.ConnectTimeout if self.connect else httpx.ReadTimeout if self.read else httpx.WriteTimeout
+            self.timed_out(exc)
         elif isinstance(exc, h11.RemoteProtocolError):
             cls = httpx.RemoteProtocolError
         elif isinstance(exc, h11.LocalProtocolError):
@@ -172,6 +206,10 @@ class _mapped:
         else:
             return False
         raise cls(str(exc) or type(exc).__name__, request=self.request) from exc
+
+    def timed_out(self, cause: BaseException | None = None) -> None:
+        cls = httpx.ConnectTimeout if self.connect else httpx.ReadTimeout if self.read else httpx.WriteTimeout
+        raise cls("timed out", request=self.request) from cause
 
 
 class TrioTransport(httpx.AsyncBaseTransport):
@@ -211,22 +249,21 @@ class TrioTransport(httpx.AsyncBaseTransport):
             conn.close()
         return found
 
-    async def _open(self, origin: _Origin, request: httpx.Request, timeout: float) -> _Connection:
+    async def _open(self, origin: _Origin) -> _Connection:
+        """A new connection; the caller's cancel scope holds the connect timeout."""
         scheme, host, port = origin
-        with _mapped(request, connect=True), trio.fail_after(timeout):
-            tcp = await trio.open_tcp_stream(host.decode("ascii"), port)
-            stream: trio.abc.Stream = tcp
-            if scheme == b"https":
-                if self._ssl_context is None:
-                    self._ssl_context = httpx.create_ssl_context()  # certifi's CAs, as httpx's own transport
-                context = self._ssl_context
-                stream = trio.SSLStream(tcp, context, server_hostname=host.decode("ascii"), https_compatible=True)
-                try:
-                    await stream.do_handshake()
-                except BaseException:
-                    tcp.socket.close()
-                    raise
-        self.opened += 1
+        tcp = await trio.open_tcp_stream(host.decode("ascii"), port)
+        stream: trio.abc.Stream = tcp
+        if scheme == b"https":
+            if self._ssl_context is None:
+                self._ssl_context = httpx.create_ssl_context()  # certifi's CAs, as httpx's own transport
+            context = self._ssl_context
+            stream = trio.SSLStream(tcp, context, server_hostname=host.decode("ascii"), https_compatible=True)
+            try:
+                await stream.do_handshake()
+            except BaseException:
+                tcp.socket.close()
+                raise
         log.debug("opened a connection to %s://%s:%d (%d open)", scheme.decode(), host.decode("ascii"), port,
                   len(self._active) + 1 + sum(len(s) for s in self._idle.values()))
         return _Connection(origin, stream, tcp.socket)
@@ -266,35 +303,61 @@ class TrioTransport(httpx.AsyncBaseTransport):
         port = request.url.port or (443 if scheme == b"https" else 80)
         origin = (scheme, request.url.raw_host, port)
         timeouts = request.extensions.get("timeout", {})
-        with trio.move_on_after(_timeout(timeouts.get("pool"))) as waited:
+        pool = timeouts.get("pool")
+        if pool is None:  # the providers' case: the kernel's timeout bounds the wait
             await self._slots.acquire()
-        if waited.cancelled_caught:
-            raise httpx.PoolTimeout("no connection became free within the pool timeout", request=request)
+        else:
+            with trio.move_on_after(pool) as waited:
+                await self._slots.acquire()
+            if waited.cancelled_caught:
+                raise httpx.PoolTimeout("no connection became free within the pool timeout", request=request)
         conn: _Connection | None = None
+        event: h11.Event | None = None
+        read = _timeout(timeouts.get("read"))
+        phase = _mapped(request, connect=True)
         try:
-            conn = self._take_idle(origin)
-            if conn is None:
-                self._trim_for_new()
-                conn = await self._open(origin, request, _timeout(timeouts.get("connect")))
-            self._active.add(conn)
-            with _mapped(request):
-                await conn.send(request, _timeout(timeouts.get("write")))
-            read = _timeout(timeouts.get("read"))
-            with _mapped(request, read=True):
-                event = await conn.next_event(read)
-                while isinstance(event, h11.InformationalResponse):
-                    event = await conn.next_event(read)
+            # One cancel scope for connect, write and the reply's head, its
+            # deadline set afresh for each operation (httpx's per-operation
+            # timeouts): entering a scope costs more than moving its deadline.
+            with trio.CancelScope() as scope:
+                with phase:
+                    conn = self._take_idle(origin)
+                    if conn is None:
+                        self._trim_for_new()
+                        scope.deadline = trio.current_time() + _timeout(timeouts.get("connect"))
+                        conn = await self._open(origin)
+                        self.opened += 1
+                self._active.add(conn)
+                phase = _mapped(request)
+                with phase:
+                    scope.deadline = trio.current_time() + _timeout(timeouts.get("write"))
+                    await conn.send(request)
+                phase = _mapped(request, read=True)
+                with phase:
+                    event = await conn.next_event(scope, read)
+                    while isinstance(event, h11.InformationalResponse):
+                        event = await conn.next_event(scope, read)
+            if scope.cancelled_caught:
+                phase.timed_out()
             if not isinstance(event, h11.Response):
                 raise httpx.RemoteProtocolError(f"unexpected {type(event).__name__} from the server", request=request)
+            with phase:
+                chunks, complete = conn.buffered_body()
         except BaseException:
             if conn is not None:
                 self._active.discard(conn)
                 conn.close()
             self._slots.release()
             raise
+        extensions = {"http_version": b"HTTP/1.1", "reason_phrase": event.reason}
+        if complete:
+            # The whole reply is here: the connection goes back now, and the
+            # body is bytes in memory, not a stream to run.
+            self._release(conn, conn.done())
+            return httpx.Response(status_code=event.status_code, headers=event.headers,
+                                  stream=httpx.ByteStream(b"".join(chunks)), extensions=extensions)
         return httpx.Response(status_code=event.status_code, headers=event.headers,
-                              stream=_Body(self, conn, request, read),
-                              extensions={"http_version": b"HTTP/1.1", "reason_phrase": event.reason})
+                              stream=_Body(self, conn, request, read, chunks), extensions=extensions)
 
     def _trim_for_new(self) -> None:
         """Make room for a new connection by closing an idle one of another origin."""
