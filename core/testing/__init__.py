@@ -22,11 +22,11 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import pytest
 import trio
 
-from . import hookimpl
-from .api import job_outputs, resume_job, run_job, submit_job, work
-from .config import Options, make_config
-from .summary import Summary
-from .store import Store, StoreNotFound, open_store
+from .. import hookimpl
+from ..api import job_outputs, resume_job, run_job, submit_job, work
+from ..config import Options, make_config
+from ..summary import Summary
+from ..store import Store, StoreNotFound, open_store
 
 
 class HookRecorder:
