@@ -1,0 +1,143 @@
+"""storyloom.testing.strategies: every document each strategy draws loads with
+the kernel's own loaders (and the invalid ones fail with a located ConfigError)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from storyloom import ConfigError
+from storyloom.config import Options, make_config
+from storyloom.projects import load_project
+from storyloom.testing.strategies import (STORY_JOB_TYPES, batch_lines, invalid_job_documents, job_documents,
+                                          project_documents, settings_documents, to_jsonl, to_yaml)
+
+SETTINGS = """
+models:
+  house-a: {provider: simulated, latency_ms: 0, model: house-model-a}
+  house-b: {provider: simulated, latency_ms: 0, model: house-model-b, price: {input: 1, output: 2}}
+default_models: [house-a]
+"""
+MODELS = ["house-a", "house-b"]
+FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def expanded_ids(doc):
+    out = []
+    for entry in doc["items"]:
+        chapters = entry.get("chapters")
+        if chapters is None:
+            out.append(entry["item_id"])
+        else:
+            first, _, last = str(chapters).partition("-")
+            out += [f"{entry['item_id']}-ch{n}" for n in range(int(first), int(last or first) + 1)]
+    return out
+
+
+@FAST
+@given(doc=job_documents(models=MODELS))
+def test_job_documents_load_against_the_settings(loom_factory, doc):
+    with loom_factory() as loom:
+        loom.write("storyloom.yaml", SETTINGS)
+        job = loom.validate(to_yaml(doc))
+    assert job.job_id == doc["job_id"] and job.job_type == doc["job_type"]
+    assert [item.item_id for item in job.items] == expanded_ids(doc)
+    assert job.models == tuple(doc["models"])
+    assert job.stage_types == (doc["job_type"], *(stage["job_type"] for stage in doc.get("then", ())))
+    assert job.budget_usd == doc.get("budget_usd")
+    assert job.config.max_parallel == doc.get("config", {}).get("max_parallel")
+    pinned = {entry["item_id"]: entry["model"] for entry in doc["items"] if "model" in entry and "chapters" not in entry}
+    assert {item.item_id: item.model for item in job.items if item.item_id in pinned} == pinned
+
+
+@settings(max_examples=15, deadline=None)
+@given(doc=job_documents(job_type="chapter_writing", models=MODELS))
+def test_job_documents_of_one_job_type(loom_factory, doc):
+    assert doc["job_type"] == "chapter_writing"
+    assert all(stage["job_type"] in STORY_JOB_TYPES for stage in doc.get("then", ()))
+    with loom_factory() as loom:
+        loom.write("storyloom.yaml", SETTINGS)
+        assert loom.validate(to_yaml(doc)).job_type == "chapter_writing"
+
+
+@FAST
+@given(doc=settings_documents(providers=("simulated", "openai", "anthropic", "gemini")))
+def test_settings_documents_load(loom_factory, doc):
+    with loom_factory() as loom:
+        path = loom.write("storyloom.yaml", to_yaml(doc))
+        with make_config(Options(settings_file=str(path), autoload=False), start_dir=loom.path) as config:
+            loaded = config.settings
+    assert set(doc["models"]) <= set(loaded.models)
+    assert loaded.default_models == tuple(doc["default_models"])
+    for name, entry in doc["models"].items():
+        spec = loaded.models[name]
+        assert (spec.provider, spec.model, spec.rpm, spec.tpm) == (
+            entry["provider"], entry.get("model", name), entry.get("rpm"), entry.get("tpm"))
+        if "price" in entry:
+            assert (spec.price.input, spec.price.output) == (entry["price"].get("input", 0.0),
+                                                             entry["price"].get("output", 0.0))
+    if "retry_config" in doc and "max_retries" in doc["retry_config"]:
+        assert loaded.retry_config.max_retries == doc["retry_config"]["max_retries"]
+
+
+@settings(max_examples=10, deadline=None)
+@given(data=st.data())
+def test_settings_documents_take_the_jobs_of_their_own_models(loom_factory, data):
+    doc = data.draw(settings_documents())
+    job = data.draw(job_documents(models=list(doc["models"]), max_items=3))
+    with loom_factory() as loom:
+        loom.write("storyloom.yaml", to_yaml(doc))
+        assert loom.validate(to_yaml(job)).job_id == job["job_id"]
+
+
+@FAST
+@given(doc=project_documents())
+def test_project_documents_load_as_written(loom_factory, doc):
+    with loom_factory() as loom:
+        path = loom.write(f"projects/{doc['project_id']}.yaml", to_yaml(doc))
+        assert load_project(path) == doc
+
+
+@settings(max_examples=20, deadline=None)
+@given(doc=project_documents(language="th"))
+def test_project_documents_in_thai(doc):
+    assert doc["language"] == "th"
+
+
+@FAST
+@given(lines=batch_lines(model_ids=["house-model-a", "house-model-b"]))
+def test_batch_lines_are_read_by_a_prompts_job_verbatim(loom_factory, lines):
+    with loom_factory() as loom:
+        loom.write("storyloom.yaml", SETTINGS)
+        (loom.path / "requests.jsonl").write_text(to_jsonl(lines), encoding="utf-8")
+        job = loom.validate("job_id: batch\njob_type: prompts\nmodels: [house-a, house-b]\ninput: requests.jsonl\n")
+    assert [item.fields["custom_id"] for item in job.items] == [line["custom_id"] for line in lines]
+    assert [item.fields["body"] for item in job.items] == [line["body"] for line in lines]
+    by_id = {"house-model-a": "house-a", "house-model-b": "house-b"}
+    assert [item.model for item in job.items] == [by_id[line["body"]["model"]] for line in lines]
+
+
+def test_batch_lines_go_through_a_run_and_back(loom):
+    lines = batch_lines(model_ids=["house-model-a"], min_size=3, max_size=3).example()
+    loom.write("storyloom.yaml", SETTINGS)
+    (loom.path / "requests.jsonl").write_text(to_jsonl(lines), encoding="utf-8")
+    loom.run("job_id: batch\njob_type: prompts\nmodels: [house-a]\ninput: requests.jsonl\n").assert_outcomes(
+        completed=3)
+    out = [json.loads(line) for line in (loom.out_dir / "batch" / "results.jsonl").read_text("utf-8").splitlines()]
+    assert [line["custom_id"] for line in out] == [line["custom_id"] for line in lines]
+
+
+@FAST
+@given(text=invalid_job_documents(models=MODELS))
+def test_invalid_job_documents_fail_cleanly(loom_factory, text):
+    with loom_factory() as loom:
+        loom.write("storyloom.yaml", SETTINGS)
+        with pytest.raises(ConfigError) as caught:
+            loom.validate(text)
+    error = caught.value
+    assert error.location.file.endswith("job.yaml"), error
+    assert error.location.line is not None, error  # file:line:col
+    assert error.message, error
