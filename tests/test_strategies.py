@@ -4,6 +4,8 @@ the kernel's own loaders (and the invalid ones fail with a located ConfigError).
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -22,7 +24,32 @@ models:
 default_models: [house-a]
 """
 MODELS = ["house-a", "house-b"]
-FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.fixture(scope="module")
+def house(tmp_path_factory):
+    """One configured kernel (the bundled plugins, SETTINGS) for the module:
+    building the plugin manager per example would be most of each example's time."""
+    folder = tmp_path_factory.mktemp("house")
+    (folder / "storyloom.yaml").write_text(SETTINGS, encoding="utf-8")
+    with make_config(Options(autoload=False, settings_file=str(folder / "storyloom.yaml")),
+                     start_dir=folder) as config:
+        yield folder, config
+
+
+def load(house, text, **files):
+    """Check ``text`` as a job file as ``storyloom validate`` does (load, then plan),
+    in a folder of its own beside ``files``."""
+    base, config = house
+    folder = Path(tempfile.mkdtemp(dir=base))
+    for name, content in files.items():
+        (folder / name.replace("_", ".")).write_text(content, encoding="utf-8")
+    path = folder / "job.yaml"
+    path.write_text(text, encoding="utf-8")
+    job = config.load_job(path)
+    config.plan(job)
+    return job
 
 
 def expanded_ids(doc):
@@ -39,10 +66,8 @@ def expanded_ids(doc):
 
 @FAST
 @given(doc=job_documents(models=MODELS))
-def test_job_documents_load_against_the_settings(loom_factory, doc):
-    with loom_factory() as loom:
-        loom.write("storyloom.yaml", SETTINGS)
-        job = loom.validate(to_yaml(doc))
+def test_job_documents_load_against_the_settings(house, doc):
+    job = load(house, to_yaml(doc))
     assert job.job_id == doc["job_id"] and job.job_type == doc["job_type"]
     assert [item.item_id for item in job.items] == expanded_ids(doc)
     assert job.models == tuple(doc["models"])
@@ -55,12 +80,10 @@ def test_job_documents_load_against_the_settings(loom_factory, doc):
 
 @settings(max_examples=15, deadline=None)
 @given(doc=job_documents(job_type="chapter_writing", models=MODELS))
-def test_job_documents_of_one_job_type(loom_factory, doc):
+def test_job_documents_of_one_job_type(house, doc):
     assert doc["job_type"] == "chapter_writing"
     assert all(stage["job_type"] in STORY_JOB_TYPES for stage in doc.get("then", ()))
-    with loom_factory() as loom:
-        loom.write("storyloom.yaml", SETTINGS)
-        assert loom.validate(to_yaml(doc)).job_type == "chapter_writing"
+    assert load(house, to_yaml(doc)).job_type == "chapter_writing"
 
 
 @FAST
@@ -109,19 +132,23 @@ def test_project_documents_in_thai(doc):
 
 @FAST
 @given(lines=batch_lines(model_ids=["house-model-a", "house-model-b"]))
-def test_batch_lines_are_read_by_a_prompts_job_verbatim(loom_factory, lines):
-    with loom_factory() as loom:
-        loom.write("storyloom.yaml", SETTINGS)
-        (loom.path / "requests.jsonl").write_text(to_jsonl(lines), encoding="utf-8")
-        job = loom.validate("job_id: batch\njob_type: prompts\nmodels: [house-a, house-b]\ninput: requests.jsonl\n")
+def test_batch_lines_are_read_by_a_prompts_job_verbatim(house, lines):
+    job = load(house, "job_id: batch\njob_type: prompts\nmodels: [house-a, house-b]\ninput: requests.jsonl\n",
+               requests_jsonl=to_jsonl(lines))
     assert [item.fields["custom_id"] for item in job.items] == [line["custom_id"] for line in lines]
     assert [item.fields["body"] for item in job.items] == [line["body"] for line in lines]
     by_id = {"house-model-a": "house-a", "house-model-b": "house-b"}
     assert [item.model for item in job.items] == [by_id[line["body"]["model"]] for line in lines]
 
 
-def test_batch_lines_go_through_a_run_and_back(loom):
-    lines = batch_lines(model_ids=["house-model-a"], min_size=3, max_size=3).example()
+@settings(max_examples=3, deadline=None)
+@given(lines=batch_lines(model_ids=["house-model-a"], min_size=3, max_size=3))
+def test_batch_lines_go_through_a_run_and_back(loom_factory, lines):
+    with loom_factory() as loom:
+        run_batch(loom, lines)
+
+
+def run_batch(loom, lines):
     loom.write("storyloom.yaml", SETTINGS)
     (loom.path / "requests.jsonl").write_text(to_jsonl(lines), encoding="utf-8")
     loom.run("job_id: batch\njob_type: prompts\nmodels: [house-a]\ninput: requests.jsonl\n").assert_outcomes(
@@ -132,11 +159,9 @@ def test_batch_lines_go_through_a_run_and_back(loom):
 
 @FAST
 @given(text=invalid_job_documents(models=MODELS))
-def test_invalid_job_documents_fail_cleanly(loom_factory, text):
-    with loom_factory() as loom:
-        loom.write("storyloom.yaml", SETTINGS)
-        with pytest.raises(ConfigError) as caught:
-            loom.validate(text)
+def test_invalid_job_documents_fail_cleanly(house, text):
+    with pytest.raises(ConfigError) as caught:
+        load(house, text)
     error = caught.value
     assert error.location.file.endswith("job.yaml"), error
     assert error.location.line is not None, error  # file:line:col

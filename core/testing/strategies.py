@@ -22,9 +22,10 @@ the defaults for the other names. docs/testing.md has a whole example.
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import datetime, timedelta, timezone
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import yaml
 from hypothesis import strategies as st
@@ -53,11 +54,13 @@ ENGLISH = ("The Lantern Keeper", "Salt and Signal", "A Quiet Harbour",
            "A lighthouse keeper finds letters that were never sent.", "Chapter one, in which nothing goes to plan.")
 
 
+@functools.cache
 def identifiers(max_size: int = 40) -> st.SearchStrategy[str]:
     """Safe names (``$defs/identifier``): job, item and project ids."""
     return st.from_regex(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{max_size - 1}}}", fullmatch=True)
 
 
+@functools.cache
 def prose(max_size: int = 60) -> st.SearchStrategy[str]:
     """Thai and English titles and paragraphs, or any printable text without
     braces (so that no field reads as a Jinja2 template)."""
@@ -66,6 +69,7 @@ def prose(max_size: int = 60) -> st.SearchStrategy[str]:
     return st.one_of(st.sampled_from(THAI), st.sampled_from(ENGLISH), drawn)
 
 
+@functools.cache
 def durations(*, positive: bool = False, max_seconds: int = 3600) -> st.SearchStrategy[Any]:
     """A number of seconds or a string with units (``120s``, ``250ms``, ``5m``, ``1h30m``)."""
     low = 1 if positive else 0
@@ -78,6 +82,7 @@ def durations(*, positive: bool = False, max_seconds: int = 3600) -> st.SearchSt
     )
 
 
+@functools.cache
 def _moments() -> st.SearchStrategy[str]:
     """ISO 8601 date-times (with an offset or Z) and dates."""
     offsets = st.sampled_from([timezone.utc, timezone(timedelta(hours=7)), timezone(timedelta(hours=-5))])
@@ -88,9 +93,15 @@ def _moments() -> st.SearchStrategy[str]:
 
 
 def _subset(names: Sequence[str], min_size: int = 1) -> st.SearchStrategy[list[str]]:
-    return st.lists(st.sampled_from(list(names)), min_size=min_size, max_size=len(names), unique=True)
+    return _subset_of(tuple(names), min_size)
 
 
+@functools.cache  # strategies are built once: building them is much of a draw's time
+def _subset_of(names: tuple[str, ...], min_size: int) -> st.SearchStrategy[list[str]]:
+    return st.lists(st.sampled_from(names), min_size=min_size, max_size=len(names), unique=True)
+
+
+@functools.cache
 def _vars() -> st.SearchStrategy[dict[str, Any]]:
     keys = st.from_regex(r"[a-z][a-z0-9_]{0,11}", fullmatch=True).filter(lambda k: k not in ("system", "vars"))
     values = st.one_of(prose(30), st.integers(-1000, 1000), st.booleans())
@@ -170,6 +181,7 @@ def settings_documents(draw: st.DrawFn, *, model_names: Sequence[str] | None = N
     return doc
 
 
+@functools.cache
 def _seconds(seconds: int) -> st.SearchStrategy[Any]:
     """``seconds`` written any way a duration may be."""
     ways: list[Any] = [seconds, f"{seconds}s", f"{seconds * 1000}ms"]
@@ -214,6 +226,7 @@ def _routing(models: list[str]) -> st.SearchStrategy[dict[str, Any]]:
     }[name])
 
 
+@functools.cache
 def _config() -> st.SearchStrategy[dict[str, Any]]:
     return st.fixed_dictionaries({}, optional={
         "max_parallel": st.integers(1, 50),
@@ -412,28 +425,28 @@ def _broken(doc: dict[str, Any], models: Sequence[str]) -> st.SearchStrategy[str
     unknown_model = "no-such-model"
     while unknown_model in models:
         unknown_model += "-x"
-    mistakes = [
-        change(job_id=_GONE), change(job_type=_GONE), change(items=_GONE),
-        change(job_type="no_such_job_type"), change(items=[]), change(input="requests.jsonl"),
-        change(colour="blue"), change(priority="urgent"), change(deadline="next tuesday"),
-        change(budget_usd=0), change(budget_usd=-5), change(models=[unknown_model]),
-        change(routing={"strategy": "no_such_strategy"}), change(routing={}),
-        change(config={"max_parallel": 0}), change(config={"max_retries": -1}),
-        change(config={"parallel": 4}), change(config={"timeout_per_item": "soon"}),
-        change(timeout_per_item=0), change(then=[{"job_type": doc["job_type"]}]),
-        change(items=[item, dict(item)]), item_change(item_id="two words"), item_change(item_id="../escape"),
-        item_change(item_id=""), item_change(priority="asap"), item_change(model=unknown_model),
-        item_change(deadline="2025-13-45"), item_change(not_a_field=1),
+    in_job: list[tuple[str, Any]] = [
+        ("job_id", _GONE), ("job_type", _GONE), ("items", _GONE), ("job_type", "no_such_job_type"), ("items", []),
+        ("input", "requests.jsonl"), ("colour", "blue"), ("priority", "urgent"), ("deadline", "next tuesday"),
+        ("budget_usd", 0), ("budget_usd", -5), ("models", [unknown_model]), ("routing", {}),
+        ("routing", {"strategy": "no_such_strategy"}), ("config", {"max_parallel": 0}),
+        ("config", {"max_retries": -1}), ("config", {"parallel": 4}), ("config", {"timeout_per_item": "soon"}),
+        ("timeout_per_item", 0), ("then", [{"job_type": doc["job_type"]}]), ("items", [item, dict(item)]),
     ]
-    text = to_yaml(doc)
-    mistakes += [
-        text + "job_id: twice\n",  # a duplicate key
-        text.replace("job_type:", "job_type: [unclosed", 1),  # a YAML syntax error
-        "\t" + text,  # a tab where YAML wants spaces
-        "- " + text.replace("\n", "\n  "),  # a list, not a mapping
-        "",  # nothing at all
+    in_item: list[tuple[str, Any]] = [
+        ("item_id", "two words"), ("item_id", "../escape"), ("item_id", ""), ("priority", "asap"),
+        ("model", unknown_model), ("deadline", "2025-13-45"), ("not_a_field", 1),
     ]
-    return st.sampled_from(mistakes)
+    in_text: list[Callable[[str], str]] = [
+        lambda text: text + "job_id: twice\n",  # a duplicate key
+        lambda text: text.replace("job_type:", "job_type: [unclosed", 1),  # a YAML syntax error
+        lambda text: "\t" + text,  # a tab where YAML wants spaces
+        lambda text: "- " + text.replace("\n", "\n  "),  # a list, not a mapping
+        lambda text: "",  # nothing at all
+    ]
+    return st.one_of(st.sampled_from(in_job).map(lambda kv: change(**{kv[0]: kv[1]})),
+                     st.sampled_from(in_item).map(lambda kv: item_change(**{kv[0]: kv[1]})),
+                     st.sampled_from(in_text).map(lambda mistake: mistake(to_yaml(doc))))
 
 
 _GONE = object()
