@@ -239,18 +239,26 @@ def _config() -> st.SearchStrategy[dict[str, Any]]:
     })
 
 
-@st.composite
-def _item(draw: st.DrawFn, item_id: str, job_type: str, models: list[str], projects: list[str]) -> dict[str, Any]:
-    entry: dict[str, Any] = {"item_id": item_id}
-    generic = {
-        "project_id": st.sampled_from(projects),
+@functools.cache
+def _item_keys(prompts: bool) -> dict[str, st.SearchStrategy[Any]]:
+    """The optional keys of an item entry that do not depend on the job."""
+    keys = {
         "status": st.sampled_from(["pending", "skipped", "completed"]),
         "priority": st.sampled_from(PRIORITIES),
         "deadline": _moments(),
-        "model": st.sampled_from(models),
         "language": st.sampled_from(LANGUAGES),
         "vars": _vars(),
     }
+    if not prompts:
+        keys.update(genre=st.sampled_from(GENRES), title=prose(), prompt=prose())
+    return keys
+
+
+@st.composite
+def _item(draw: st.DrawFn, item_id: str, job_type: str, models: list[str], projects: list[str]) -> dict[str, Any]:
+    entry: dict[str, Any] = {"item_id": item_id}
+    generic = {"project_id": st.sampled_from(projects), "model": st.sampled_from(models),
+               **_item_keys(job_type == "prompts")}
     if job_type == "prompts":
         if draw(st.booleans()):
             entry["prompt"] = draw(prose())
@@ -259,7 +267,6 @@ def _item(draw: st.DrawFn, item_id: str, job_type: str, models: list[str], proje
             entry["messages"] = draw(st.lists(st.fixed_dictionaries({"role": roles, "content": prose()}),
                                               min_size=1, max_size=3))
     else:
-        generic.update(genre=st.sampled_from(GENRES), title=prose(), prompt=prose())
         chapters = draw(st.sampled_from(["none", "chapter_num", "chapters"]))
         if chapters == "chapter_num":
             entry["chapter_num"] = draw(st.integers(0, 200))
@@ -376,12 +383,28 @@ def project_documents(draw: st.DrawFn, *, project_id: str | None = None,
 # -- Batch API input files ----------------------------------------------------------
 
 
+@functools.cache
 def _custom_ids() -> st.SearchStrategy[str]:
     """Any non-empty string a Batch API file may hold as a custom_id: spaces,
     ``/``, any script, quotes, control characters (JSON escapes them)."""
     anything = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=40)
     return st.one_of(identifiers(), anything, st.sampled_from(
         ["request 1", "batch/2025/ch-01", "บทที่ 1", "章节 7", "a\"quoted\" id", "tab\there", " leading space"]))
+
+
+@functools.cache
+def _messages() -> st.SearchStrategy[list[dict[str, Any]]]:
+    roles = st.sampled_from(["system", "developer", "user", "assistant"])
+    content = st.one_of(prose(), st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": prose()}),
+                                          min_size=1, max_size=2))
+    return st.lists(st.fixed_dictionaries({"role": roles, "content": content}), min_size=1, max_size=3)
+
+
+@functools.cache
+def _body_options() -> st.SearchStrategy[dict[str, Any]]:
+    return st.fixed_dictionaries({}, optional={
+        "max_tokens": st.integers(1, 4096), "temperature": st.floats(0, 2, allow_nan=False),
+        "top_p": st.floats(0, 1, allow_nan=False), "seed": st.integers(0, 2**31 - 1)})
 
 
 @st.composite
@@ -393,17 +416,10 @@ def batch_lines(draw: st.DrawFn, *, model_ids: Sequence[str] = ("gpt-4o-mini",),
     ``model_ids`` (provider model ids: the ``model:`` of a settings entry),
     with messages, and maybe a token cap and sampling options."""
     custom_ids = draw(st.lists(_custom_ids(), min_size=min_size, max_size=max_size, unique=True))
-    roles = st.sampled_from(["system", "developer", "user", "assistant"])
-    content = st.one_of(prose(), st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": prose()}),
-                                          min_size=1, max_size=2))
     lines = []
     for custom_id in custom_ids:
-        body: dict[str, Any] = {"model": draw(st.sampled_from(list(model_ids))),
-                                "messages": draw(st.lists(st.fixed_dictionaries({"role": roles, "content": content}),
-                                                          min_size=1, max_size=3))}
-        body.update(draw(st.fixed_dictionaries({}, optional={
-            "max_tokens": st.integers(1, 4096), "temperature": st.floats(0, 2, allow_nan=False),
-            "top_p": st.floats(0, 1, allow_nan=False), "seed": st.integers(0, 2**31 - 1)})))
+        body: dict[str, Any] = {"model": draw(st.sampled_from(tuple(model_ids))), "messages": draw(_messages())}
+        body.update(draw(_body_options()))
         lines.append({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body})
     return lines
 
