@@ -40,11 +40,13 @@ def house(tmp_path_factory):
 
 def load(house, text, **files):
     """Check ``text`` as a job file as ``storyloom validate`` does (load, then plan),
-    in a folder of its own beside ``files``."""
+    in a folder of its own beside ``files`` (``requests_jsonl=`` is requests.jsonl)."""
     base, config = house
     folder = Path(tempfile.mkdtemp(dir=base))
     for name, content in files.items():
-        (folder / name.replace("_", ".")).write_text(content, encoding="utf-8")
+        path = folder / (name if "/" in name else name.replace("_", "."))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content, encoding="utf-8")
     path = folder / "job.yaml"
     path.write_text(text, encoding="utf-8")
     job = config.load_job(path)
@@ -78,7 +80,7 @@ def test_job_documents_load_against_the_settings(house, doc):
     assert {item.item_id: item.model for item in job.items if item.item_id in pinned} == pinned
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(doc=job_documents(job_type="chapter_writing", models=MODELS))
 def test_job_documents_of_one_job_type(house, doc):
     assert doc["job_type"] == "chapter_writing"
@@ -106,7 +108,7 @@ def test_settings_documents_load(loom_factory, doc):
         assert loaded.retry_config.max_retries == doc["retry_config"]["max_retries"]
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_settings_documents_take_the_jobs_of_their_own_models(loom_factory, data):
     doc = data.draw(settings_documents())
@@ -124,10 +126,23 @@ def test_project_documents_load_as_written(loom_factory, doc):
         assert load_project(path) == doc
 
 
-@settings(max_examples=20, deadline=None)
-@given(doc=project_documents(language="th"))
-def test_project_documents_in_thai(doc):
-    assert doc["language"] == "th"
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_story_jobs_load_beside_their_projects(loom_factory, data):
+    """With a project file for each project_id its items name (loading reads them), in Thai."""
+    doc = data.draw(job_documents(job_type="chapter_writing", models=MODELS, max_items=3))
+    names = sorted({entry["project_id"] for entry in doc["items"] if "project_id" in entry})
+    with loom_factory() as loom:
+        loom.write("storyloom.yaml", SETTINGS)
+        for name in names:
+            project = data.draw(project_documents(project_id=name, language="th"))
+            loom.write(f"projects/{name}.yaml", to_yaml(project))
+        job = loom.validate(to_yaml(doc))
+        if names:  # a broken project file is refused as the job loads: they were read
+            (loom.path / "projects" / f"{names[0]}.yaml").write_text("project_id: [\n", encoding="utf-8")
+            with pytest.raises(ConfigError, match=f"{names[0]}.yaml"):
+                loom.validate(to_yaml(doc))
+    assert sorted({item.project_id for item in job.items} - {None}) == names
 
 
 @FAST
@@ -141,7 +156,7 @@ def test_batch_lines_are_read_by_a_prompts_job_verbatim(house, lines):
     assert [item.model for item in job.items] == [by_id[line["body"]["model"]] for line in lines]
 
 
-@settings(max_examples=3, deadline=None)
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(lines=batch_lines(model_ids=["house-model-a"], min_size=3, max_size=3))
 def test_batch_lines_go_through_a_run_and_back(loom_factory, lines):
     with loom_factory() as loom:
