@@ -263,9 +263,7 @@ def _item(draw: st.DrawFn, item_id: str, job_type: str, models: list[str], proje
         if draw(st.booleans()):
             entry["prompt"] = draw(prose())
         else:
-            roles = st.sampled_from(["system", "developer", "user", "assistant"])
-            entry["messages"] = draw(st.lists(st.fixed_dictionaries({"role": roles, "content": prose()}),
-                                              min_size=1, max_size=3))
+            entry["messages"] = draw(_messages())
     else:
         chapters = draw(st.sampled_from(["none", "chapter_num", "chapters"]))
         if chapters == "chapter_num":
