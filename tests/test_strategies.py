@@ -168,7 +168,9 @@ def run_batch(loom, lines):
     (loom.path / "requests.jsonl").write_text(to_jsonl(lines), encoding="utf-8")
     loom.run("job_id: batch\njob_type: prompts\nmodels: [house-a]\ninput: requests.jsonl\n").assert_outcomes(
         completed=3)
-    out = [json.loads(line) for line in (loom.out_dir / "batch" / "results.jsonl").read_text("utf-8").splitlines()]
+    text = (loom.out_dir / "batch" / "results.jsonl").read_text("utf-8")
+    # split, not splitlines: a custom_id may hold U+0085 or U+2028, written as itself
+    out = [json.loads(line) for line in text.split("\n") if line]
     assert [line["custom_id"] for line in out] == [line["custom_id"] for line in lines]
 
 
