@@ -125,3 +125,21 @@ def test_mock_clock_runs_latency_retries_and_rate_limits_without_waiting(loom):
     assert simulated >= 12, simulated
     # ...none of it waited for: far less real time than simulated (not a speed target: a real clock would take it all).
     assert real < simulated / 3, (real, simulated)
+
+
+def test_wall_time_follows_a_mock_clock_and_is_real_time_otherwise():
+    from storyloom.clock import wall
+
+    async def jumps() -> tuple[float, float]:
+        before = wall()
+        await trio.sleep(3600)  # an hour, jumped over at once
+        return before, wall()
+
+    async def real() -> float:
+        return wall()
+
+    start = time.time()
+    assert start <= wall() <= time.time()  # outside trio
+    before, after = trio.run(jumps, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert start - 1 <= before <= time.time() and after - before == pytest.approx(3600, abs=1e-6)
+    assert start <= trio.run(real) <= time.time()  # trio's own clock: real time
