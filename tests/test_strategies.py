@@ -146,14 +146,20 @@ def test_story_jobs_load_beside_their_projects(loom_factory, data):
 
 
 @FAST
-@given(lines=batch_lines(model_ids=["house-model-a", "house-model-b"]))
-def test_batch_lines_are_read_by_a_prompts_job_verbatim(house, lines):
-    job = load(house, "job_id: batch\njob_type: prompts\nmodels: [house-a, house-b]\ninput: requests.jsonl\n",
-               requests_jsonl=to_jsonl(lines))
-    assert [item.fields["custom_id"] for item in job.items] == [line["custom_id"] for line in lines]
-    assert [item.fields["body"] for item in job.items] == [line["body"] for line in lines]
-    by_id = {"house-model-a": "house-a", "house-model-b": "house-b"}
-    assert [item.model for item in job.items] == [by_id[line["body"]["model"]] for line in lines]
+@given(data=st.data())
+def test_batch_lines_are_read_by_a_prompts_job_verbatim(house, data):
+    """A job_documents(input=...) job and its file of batch_lines: every custom_id and body as written."""
+    job = data.draw(job_documents(models=MODELS, input="requests.jsonl"))
+    ids = {"house-a": "house-model-a", "house-b": "house-model-b"}
+    matched = job.get("input_model", "match") == "match"
+    lines = data.draw(batch_lines(model_ids=[ids[m] for m in job["models"]] if matched else ["any-model-id"]))
+    loaded = load(house, to_yaml(job), requests_jsonl=to_jsonl(lines))
+    assert [item.fields["custom_id"] for item in loaded.items] == [line["custom_id"] for line in lines]
+    assert [item.fields["body"] for item in loaded.items] == [line["body"] for line in lines]
+    if matched:  # each request runs on the job's model with its provider id
+        assert [ids[item.model] for item in loaded.items] == [line["body"]["model"] for line in lines]
+    else:
+        assert all(item.model is None for item in loaded.items)
 
 
 @settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -289,7 +289,8 @@ def _item_ids(entry: dict[str, Any]) -> list[str]:
 
 @st.composite
 def job_documents(draw: st.DrawFn, *, job_type: str | None = None, models: Sequence[str] = ("simulated",),
-                  max_items: int = 6, budgets: st.SearchStrategy[float] | None = None) -> dict[str, Any]:
+                  max_items: int = 6, budgets: st.SearchStrategy[float] | None = None,
+                  input: str | None = None) -> dict[str, Any]:
     """Job files that load against settings defining ``models``: ``job_type``
     (default: any bundled one) with 1..``max_items`` entries (story job types:
     ``chapter_num`` or ``chapters`` ranges, genre, title; prompts: a prompt or
@@ -300,19 +301,32 @@ def job_documents(draw: st.DrawFn, *, job_type: str | None = None, models: Seque
     max_retries, timeout_per_item, ...) and, for the story job types,
     ``then:`` stages of the other story job types.
 
+    With ``input`` (a file name), a ``prompts`` job that reads its requests
+    from that Batch API file instead of ``items:``, with ``input_model:``
+    match or job; write the file with :func:`batch_lines` and
+    :func:`to_jsonl` (for ``match``, naming the provider model ids of the
+    job's ``models``).
+
     ``budgets`` draws ``budget_usd`` (default: $100 to $10,000). A job loads
     only if its budget covers one attempt's worst case at the dearest of its
     models, so with dear models or small budgets pass your own."""
-    kind = job_type or draw(st.sampled_from(JOB_TYPES))
+    if input is not None and job_type not in (None, "prompts"):
+        raise ValueError(f"input: is read by the prompts job type, not {job_type!r}")
+    kind = "prompts" if input is not None else job_type or draw(st.sampled_from(JOB_TYPES))
     names = draw(_subset(list(models)))
     doc: dict[str, Any] = {"job_id": draw(identifiers()), "job_type": kind, "models": names}
-    projects = draw(st.lists(identifiers(24), min_size=1, max_size=3, unique=True))
-    ids = draw(st.lists(identifiers(24), min_size=1, max_size=max_items, unique=True))
-    items = [draw(_item(item_id, kind, names, projects)) for item_id in ids]
-    expanded = [item_id for entry in items for item_id in _item_ids(entry)]
-    if len(set(expanded)) < len(expanded):  # "a-ch1" written as an id and as chapter 1 of "a"
-        items = [{key: value for key, value in entry.items() if key != "chapters"} for entry in items]
-    doc["items"] = items
+    if input is not None:
+        doc["input"] = input
+        if draw(st.booleans()):
+            doc["input_model"] = draw(st.sampled_from(["match", "job"]))
+    else:
+        projects = draw(st.lists(identifiers(24), min_size=1, max_size=3, unique=True))
+        ids = draw(st.lists(identifiers(24), min_size=1, max_size=max_items, unique=True))
+        items = [draw(_item(item_id, kind, names, projects)) for item_id in ids]
+        expanded = [item_id for entry in items for item_id in _item_ids(entry)]
+        if len(set(expanded)) < len(expanded):  # "a-ch1" written as an id and as chapter 1 of "a"
+            items = [{key: value for key, value in entry.items() if key != "chapters"} for entry in items]
+        doc["items"] = items
     optional = {
         "priority": st.sampled_from(PRIORITIES),
         "deadline": _moments(),
