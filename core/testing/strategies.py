@@ -347,10 +347,13 @@ def job_documents(draw: st.DrawFn, *, job_type: str | None = None, models: Seque
     if kind in STORY_JOB_TYPES and draw(st.booleans()):
         later = draw(st.lists(st.sampled_from([t for t in STORY_JOB_TYPES if t != kind]), unique=True,
                               min_size=1, max_size=3))
+        own_routing = st.sampled_from([{"strategy": "round_robin"}, {"strategy": "least_loaded"}])
         doc["then"] = [draw(st.fixed_dictionaries({"job_type": st.just(stage)}, optional={
-            "models": _subset(names),
-            "routing": st.sampled_from([{"strategy": "round_robin"}, {"strategy": "least_loaded"}]),
-            "config": _config()})) for stage in later]
+            "models": _subset(names), "routing": own_routing, "config": _config()})) for stage in later]
+        if doc.get("routing", {}).get("strategy") == "genre":
+            for stage in doc["then"]:  # the job's genre table may name a model a stage of its own models lacks
+                if "models" in stage and "routing" not in stage:
+                    stage["routing"] = draw(own_routing)
     return doc
 
 
