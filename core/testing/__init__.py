@@ -159,7 +159,9 @@ class Loom:
     def validate(self, job_yaml: str, *, name: str = "job.yaml", plugins: tuple = (), **overrides: Any) -> Job:
         """Write ``job_yaml`` to a file and check it as ``storyloom validate`` does
         (schema, settings, plugins, routing); returns the loaded job, or raises
-        ``storyloom.ConfigError`` saying where and what. Nothing is stored."""
+        ``storyloom.ConfigError`` saying where and what (``UsageError`` for what
+        only the plan shows: a budget no item fits in, a strategy's options).
+        Nothing is stored."""
         path = self.write(name, job_yaml)
         return validate_job(path, options=self.options(**overrides), plugins=plugins)
 
