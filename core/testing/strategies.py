@@ -30,6 +30,8 @@ from typing import Any, Callable, Sequence
 import yaml
 from hypothesis import strategies as st
 
+from ..errors import ErrorKind
+
 __all__ = ["STORY_JOB_TYPES", "batch_lines", "durations", "identifiers", "invalid_job_documents",
            "job_documents", "project_documents", "prose", "settings_documents", "to_jsonl", "to_yaml"]
 
@@ -41,9 +43,8 @@ PRIORITIES = ("critical", "high", "normal", "low")
 STRATEGIES = ("round_robin", "least_loaded", "cheapest", "genre")
 SINKS = ("terminal", "plain", "eventlog", "webhook")
 RENDERERS = ("md", "json", "html")
-ERROR_KINDS = ("API_RATE_LIMIT", "TIMEOUT", "TEMPORARY_ERROR", "INVALID_INPUT", "AUTH_ERROR", "QUOTA_EXCEEDED",
-               "OUTPUT_TRUNCATED", "INVALID_OUTPUT", "INTERNAL_ERROR")
-#: The simulated provider's error kinds (the others are the kernel's own).
+ERROR_KINDS = tuple(kind.value for kind in ErrorKind)
+#: The seed's six kinds (the first of ErrorKind), which the simulated provider can inject.
 SIMULATED_ERRORS = ERROR_KINDS[:6]
 GENRES = ("romantic-comedy", "fantasy", "mystery", "นิยายรัก", "สยองขวัญ")
 LANGUAGES = ("th", "en", "en-GB")
