@@ -21,28 +21,29 @@ import trio.testing
 
 from storyloom.testing import fresh_loom
 
-SETTINGS = """
-models:
-  slow: {provider: simulated, latency_ms: 1000, output_tokens: 20, seed: 3, rpm: 60,
-         errors: {TEMPORARY_ERROR: 0.3, API_RATE_LIMIT: 0.2}, retry_after: 2}
-default_models: [slow]
-retry_config: {max_retries: 6, retry_delay: {initial: 2s, max: 8s}}
-failure_policy: {pause_above: 1}
-progress: []
-reports: []
-"""
-JOB = "job_id: slow\njob_type: qc_processing\nconfig: {max_parallel: 3}\nitems:\n" + "".join(
-    f"  - {{item_id: i{i}}}\n" for i in range(12))
+def settings(latency_ms: int, rpm: int) -> str:
+    return (f"models:\n  slow: {{provider: simulated, latency_ms: {latency_ms}, output_tokens: 20, seed: 3, "
+            f"rpm: {rpm}, errors: {{TEMPORARY_ERROR: 0.3, API_RATE_LIMIT: 0.2}}, retry_after: 2}}\n"
+            "default_models: [slow]\nretry_config: {max_retries: 6, retry_delay: {initial: 2s, max: 8s}}\n"
+            "failure_policy: {pause_above: 1}\nprogress: []\nreports: []\n")
+
+
+def job(items: int) -> str:
+    return "job_id: slow\njob_type: qc_processing\nconfig: {max_parallel: 3}\nitems:\n" + "".join(
+        f"  - {{item_id: i{i}}}\n" for i in range(items))
+
+
+ITEMS, LATENCY_MS, RPM = 12, 1000, 60
 
 
 def once(real_clock: bool) -> tuple[float, float, int]:
     clock = None if real_clock else trio.testing.MockClock(autojump_threshold=0)
     with fresh_loom(clock=clock) as loom:
-        loom.write("storyloom.yaml", SETTINGS)
+        loom.write("storyloom.yaml", settings(LATENCY_MS, RPM))
         started = time.perf_counter()
-        result = loom.run(JOB)
+        result = loom.run(job(ITEMS))
         real = time.perf_counter() - started
-        result.assert_outcomes(completed=12)
+        result.assert_outcomes(completed=ITEMS)
         attempts = len(loom.read(lambda store: store.attempts("slow")))
     return result.summary.finished_at - result.summary.started_at, real, attempts
 
