@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import time
 import traceback
 from typing import TYPE_CHECKING, Any
 
 import trio
 
+from .clock import wall
 from .budget import worst_case
 from .contracts import Outcome, Stop
 from .errors import ErrorKind, ProviderError
@@ -128,7 +128,7 @@ async def run_attempt(batch: "Batch", claimed: ClaimedItem, item: Item) -> Outco
                     # unknown". Recorded before the rate-limit wait, not after it, so that the
                     # request leaves the moment the limiter lets it: a commit between the two
                     # would send requests late and bunched, past the bucket the limiter kept.
-                    if not await batch.started(StartRecord(job.job_id, item.item_id, model, time.time(),
+                    if not await batch.started(StartRecord(job.job_id, item.item_id, model, wall(),
                                                            attempt=attempt, reserved_usd=worst,
                                                            fence=claimed.fence)):
                         raise NotStarted(item.item_id)  # cancelled or taken elsewhere: sending would bill an unrecorded attempt
@@ -325,7 +325,7 @@ def _failure(batch: "Batch", exc: ProviderError, claimed: ClaimedItem, attempt: 
             batch.control.escalate(f"model {model!r} taken out of the batch: {exc}", model=model,
                                    error_kind=str(exc.kind))
         return Outcome(state="retrying", error=exc.message, retry_delay=0.0, free=True, **common)
-    elapsed = time.time() - (claimed.first_started_at or time.time())
+    elapsed = wall() - (claimed.first_started_at or wall())
     counted = attempt - claimed.free_attempts
     decision = batch.policy.decide(exc, counted, batch.plan.max_retries, elapsed)
     message = exc.message if decision.retry or not decision.reason else f"{exc.message} ({decision.reason})"

@@ -19,6 +19,7 @@ import pluggy
 
 from . import loader
 from .budget import check_budget
+from .chosen import lookup
 from .errors import UsageError
 from .hooks import Hooks
 from .job import Job, Plan, Stage
@@ -203,8 +204,18 @@ class Config:
         pinned = tuple(item.model for item in job.items if item.model and item.model in self.settings.models)
         stages = {stage.job_type: self._stage_plan(job, stage) for stage in job.stages[1:]}
         plan = dataclasses.replace(self._stage_plan(job, job.stages[0], pinned), stage_plans=stages)
+        for stage_plan in (plan, *stages.values()):
+            self._strategy(stage_plan)
         check_budget(plan, self)  # a budget no attempt of the pipeline fits in is bad input
         return plan
+
+    def _strategy(self, plan: Plan) -> Any:
+        """The stage's routing strategy, built as its worker will build it: options
+        it refuses (a genre table naming a model the stage does not have, say)
+        fail validate and submit, not the worker after the job is stored."""
+        options = {key: value for key, value in plan.routing.items() if key != "strategy"}
+        return lookup(self.registries.strategies, plan.routing.get("strategy", "round_robin"),
+                      "routing strategy")(options, plan)
 
     def _stage_plan(self, job: Job, stage: Stage, pinned: tuple[str, ...] = ()) -> Plan:
         job_type = self._job_type(stage.job_type)

@@ -16,13 +16,13 @@ pause, one report) covers every stage.
 from __future__ import annotations
 
 import sys
-import time
 import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import trio
 
+from .clock import wall
 from .budget import Budget
 from .contracts import BatchControl
 from .events import Event
@@ -79,7 +79,7 @@ class JobRun:
         #: Set when the run stops early: paused | interrupted | cancelled.
         self.status: str | None = None
         self.reason: str | None = None
-        self.started_at = time.time()
+        self.started_at = wall()
         self.recovered = 0
         self.summary: Summary | None = None
         self._sinks: list[trio.MemorySendChannel[Event]] = []
@@ -229,7 +229,7 @@ class JobRun:
     def _summary(self, counts: dict[str, int], cost_usd: float) -> Summary:
         assert self.status is not None
         self.summary = Summary(job_id=self.job_id, status=self.status, counts=counts, cost_usd=cost_usd,
-                               started_at=self.started_at, finished_at=time.time(), reason=self.reason,
+                               started_at=self.started_at, finished_at=wall(), reason=self.reason,
                                recovered=self.recovered)
         return self.summary
 

@@ -30,13 +30,13 @@ import dataclasses
 import math
 import signal
 import sys
-import time
 import traceback
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import trio
 
+from .clock import wall
 from .attempt import NotStarted, run_attempt
 from .config import Config
 from .contracts import Outcome, Result, Stop
@@ -283,7 +283,7 @@ class Worker:
                 except trio.WouldBlock:
                     break
                 tokens.append(token)
-            now, asked_at = time.time(), trio.current_time()
+            now, asked_at = wall(), trio.current_time()
             # Claimed items are running in the store but not yet counted in
             # their run's in_flight: no run may be judged done meanwhile.
             self._claiming += 1
@@ -365,7 +365,7 @@ class Worker:
                         ready_at = await store.next_queued_at(job_type)  # read again, as above
                         if ready_at is None:
                             return
-            wait = math.inf if ready_at is None else max(0.0, ready_at - time.time())
+            wait = math.inf if ready_at is None else max(0.0, ready_at - wall())
             if only is None and not self.burst:
                 wait = min(wait, POLL_INTERVAL)  # another process may submit work
             if elsewhere is not None:
@@ -449,7 +449,7 @@ class Worker:
                     await self.send(_Released(run, claimed.item_id, claimed.fence))
                     return
                 item = item_from_dict(claimed.definition)
-                started_wall = time.time()
+                started_wall = wall()
                 try:
                     outcome = await self._attempt(run, batch, claimed, item)
                 except Stop as stop:
@@ -560,7 +560,7 @@ class Worker:
     async def _promote(self) -> None:
         """Approaching deadlines and aging raise waiting items' levels."""
         while True:
-            if await self.store.promote(time.time(), self.config.settings.aging):
+            if await self.store.promote(wall(), self.config.settings.aging):
                 self._wake()
             await trio.sleep(PROMOTE_INTERVAL)
 
@@ -603,10 +603,10 @@ def _record(run: JobRun, claimed: ClaimedItem, item: Item, outcome: Outcome, sta
     return AttemptRecord(
         job_id=run.job_id, item_id=item.item_id, attempt=outcome.attempt,
         state="pending" if outcome.state == "retrying" else outcome.state, model=outcome.model,
-        started_at=started_wall, finished_at=time.time(), error_kind=outcome.error_kind,
+        started_at=started_wall, finished_at=wall(), error_kind=outcome.error_kind,
         error=outcome.error, input_tokens=outcome.input_tokens, output_tokens=outcome.output_tokens,
         cost_usd=outcome.cost_usd,
-        not_before=time.time() + outcome.retry_delay if outcome.retry_delay else 0.0,
+        not_before=wall() + outcome.retry_delay if outcome.retry_delay else 0.0,
         free=outcome.free, route=outcome.route or None, sent=outcome.sent_worst_usd is not None,
         reserved_usd=outcome.sent_worst_usd or 0.0, outcome_unknown=outcome.usage_unknown,
         result_text=outcome.result.text if outcome.result else None,

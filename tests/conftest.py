@@ -1,7 +1,8 @@
 """Fixtures shared by the test modules.
 
-``loom`` (a scratch studio folder that runs jobs) comes from storyloom's own
-pytest plugin, ``storyloom.testing``; ``fake_provider`` (real HTTP on
+``loom`` (a scratch studio folder that runs jobs) and ``loom_factory`` (a
+fresh one per hypothesis example) come from storyloom's own pytest plugin,
+``storyloom.testing``; ``fake_provider`` (real HTTP on
 127.0.0.1 speaking the OpenAI, Anthropic and Gemini formats) from
 ``tests/fakeprovider.py``; ``postgres_database`` and ``pg_url`` (a fresh
 database per session on a real PostgreSQL server, an empty store per test)

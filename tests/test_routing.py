@@ -768,3 +768,24 @@ def test_an_attempt_waiting_for_a_slow_models_limiter_moves_when_another_model_f
         assert raw.execute("SELECT COUNT(*) FROM attempts").fetchone() == (9,)
     finally:
         raw.close()
+
+
+STAGE_WITHOUT_THE_TABLES_MODEL = """
+job_id: staged
+job_type: qc_processing
+models: [a, b]
+routing: {strategy: genre, table: {fantasy: a}}
+then:
+  - {job_type: export, models: [b]}   # inherits the job's routing: its table names a, which this stage lacks
+items: [{item_id: x, genre: fantasy}]
+"""
+
+
+def test_validate_and_submit_refuse_a_stage_whose_routing_names_a_model_it_lacks(loom):
+    # Found by storyloom.testing.strategies: validate said yes, and the worker refused it once stored.
+    loom.write("storyloom.yaml", "models: {a: {provider: simulated}, b: {provider: simulated}}\n")
+    with pytest.raises(UsageError, match="genre routing: table: fantasy: 'a' is not one of the job's models"):
+        loom.validate(STAGE_WITHOUT_THE_TABLES_MODEL)
+    with pytest.raises(UsageError, match="genre routing"):
+        loom.submit(STAGE_WITHOUT_THE_TABLES_MODEL)
+    assert loom.stored_jobs() == []

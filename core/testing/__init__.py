@@ -9,24 +9,35 @@ suite can do::
         result.assert_outcomes(completed=12)
 
 Everything lives under the test's ``tmp_path``; nothing reaches the network.
+A :class:`Loom` runs with the bundled plugins only unless ``loom.autoload =
+True``; ``loom.store_url`` picks the store, ``loom.clock`` the trio clock
+(``MockClock(autojump_threshold=0)``: retry delays and latency take no real
+time). Under hypothesis's ``@given``, take a fresh folder per example from
+the session-wide ``loom_factory`` fixture (``with loom_factory() as loom:``),
+or from :func:`fresh_loom` outside pytest. Hypothesis strategies for job,
+settings, project and Batch API documents: :mod:`storyloom.testing.strategies`.
+See docs/testing.md.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 import textwrap
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 import trio
 
-from . import hookimpl
-from .api import job_outputs, resume_job, run_job, submit_job, work
-from .config import Options, make_config
-from .summary import Summary
-from .store import Store, StoreNotFound, open_store
+from .. import hookimpl
+from ..api import delete_job, job_outputs, resume_job, run_job, submit_job, validate_job, work
+from ..config import Options, make_config
+from ..job import Job
+from ..summary import Summary
+from ..store import Store, StoreNotFound, open_store
 
 
 class HookRecorder:
@@ -79,7 +90,23 @@ class WorkResult:
 
 
 class Loom:
-    def __init__(self, path: Path, store_url: str | None = None) -> None:
+    """A scratch studio folder: write settings and jobs, run them in-process, read the store.
+
+    Three attributes change how every run, read and command of the folder goes:
+
+    - :attr:`autoload`: False (the default) runs with the bundled plugins and
+      those a test passes (``plugins=``) or the files name (``plugins:``);
+      True also loads the installed plugins (entry point group
+      ``storyloom``), as the ``storyloom`` command does.
+    - :attr:`store_url`: None (the default) is SQLite in :attr:`state_dir`;
+      a URL (``postgresql://...``) runs the test against that store.
+    - :attr:`clock`: None (the default) is trio's real clock; a
+      ``trio.testing.MockClock(autojump_threshold=0)`` makes latency, retry
+      delays and rate-limit waits pass as soon as nothing else can run.
+    """
+
+    def __init__(self, path: Path, store_url: str | None = None, *, autoload: bool = False,
+                 clock: trio.abc.Clock | None = None) -> None:
         self.path = path
         self.state_dir = path / ".storyloom"
         self.out_dir = path / "storyloom-out"
@@ -87,6 +114,13 @@ class Loom:
         #: None is the default, SQLite in :attr:`state_dir`. Set it to run the same
         #: test on another backend (``loom.store_url = "postgresql://..."``).
         self.store_url = store_url
+        #: Load installed plugins (entry points) too, as the CLI does.
+        self.autoload = autoload
+        #: The trio clock every run uses (None: the real one).
+        self.clock = clock
+
+    def _trio(self, action: Callable[[], Awaitable[Any]]) -> Any:
+        return trio.run(action, clock=self.clock)
 
     def write(self, name: str, text: str) -> Path:
         target = self.path / name
@@ -96,7 +130,7 @@ class Loom:
 
     def options(self, **overrides: Any) -> Options:
         base: dict[str, Any] = dict(state_dir=str(self.state_dir), out_dir=str(self.out_dir), quiet=True,
-                                    autoload=False)
+                                    autoload=self.autoload)
         if self.store_url is not None:
             base["store"] = self.store_url
         base.update(overrides)
@@ -106,26 +140,35 @@ class Loom:
         """Write ``job_yaml`` to a file and run it to its end in-process."""
         path = self.write(name, job_yaml)
         recorder = HookRecorder()
-        summary = trio.run(lambda: run_job(path, options=self.options(**overrides), plugins=(recorder, *plugins)))
+        summary = self._trio(lambda: run_job(path, options=self.options(**overrides), plugins=(recorder, *plugins)))
         return RunResult(summary, recorder, self.items(summary.job_id))
 
     def resume(self, job_id: str, *, plugins: tuple = (), **overrides: Any) -> RunResult:
         recorder = HookRecorder()
-        summary = trio.run(lambda: resume_job(job_id, options=self.options(**overrides),
+        summary = self._trio(lambda: resume_job(job_id, options=self.options(**overrides),
                                               plugins=(recorder, *plugins)))
         return RunResult(summary, recorder, self.items(job_id))
 
     def outputs(self, job_id: str, *, rebuild: bool = False, plugins: tuple = (), **overrides: Any) -> dict[str, str]:
         """``storyloom outputs JOB_ID [--rebuild]``: each output's file name -> its state
         (present, missing, partial; rebuilt or failed after ``rebuild``)."""
-        data = trio.run(lambda: job_outputs(job_id, rebuild=rebuild, options=self.options(**overrides),
+        data = self._trio(lambda: job_outputs(job_id, rebuild=rebuild, options=self.options(**overrides),
                                             plugins=plugins))
         return {output["name"]: output["state"] for output in data["outputs"]}
+
+    def validate(self, job_yaml: str, *, name: str = "job.yaml", plugins: tuple = (), **overrides: Any) -> Job:
+        """Write ``job_yaml`` to a file and check it as ``storyloom validate`` does
+        (schema, settings, plugins, routing); returns the loaded job, or raises
+        ``storyloom.ConfigError`` saying where and what (``UsageError`` for what
+        only the plan shows: a budget no item fits in, a strategy's options).
+        Nothing is stored."""
+        path = self.write(name, job_yaml)
+        return validate_job(path, options=self.options(**overrides), plugins=plugins)
 
     def submit(self, job_yaml: str, *, name: str = "job.yaml", plugins: tuple = (), **overrides: Any) -> str:
         """Write ``job_yaml`` to a file and queue it (``storyloom submit``); returns the job_id."""
         path = self.write(name, job_yaml)
-        job = trio.run(lambda: submit_job(path, options=self.options(**overrides), plugins=plugins))
+        job = self._trio(lambda: submit_job(path, options=self.options(**overrides), plugins=plugins))
         return job.job_id
 
     def work(self, *, plugins: tuple = (), **overrides: Any) -> "WorkResult":
@@ -134,7 +177,7 @@ class Loom:
         if (self.path / "storyloom.yaml").exists():
             overrides.setdefault("settings_file", str(self.path / "storyloom.yaml"))
         recorder = HookRecorder()
-        summaries = trio.run(lambda: work(burst=True, options=self.options(**overrides),
+        summaries = self._trio(lambda: work(burst=True, options=self.options(**overrides),
                                           plugins=(recorder, *plugins)))
         return WorkResult({s.job_id: s for s in summaries}, recorder)
 
@@ -157,7 +200,7 @@ class Loom:
             async with self.store(**overrides) as store:
                 return await action(store)
 
-        return trio.run(main)
+        return self._trio(main)
 
     def stored_jobs(self) -> list[str]:
         """The ids of every stored job; [] when there is no store yet."""
@@ -177,10 +220,58 @@ async def _job_ids(store: Store) -> list[str]:
     return [row.job_id for row in await store.list_jobs()]
 
 
+_CLEARED_ENV = ("STORYLOOM_HOME", "STORYLOOM_STORE")
+
+
+@contextmanager
+def fresh_loom(base: str | os.PathLike | None = None, *, store_url: str | None = None, autoload: bool = False,
+               clock: trio.abc.Clock | None = None) -> Iterator[Loom]:
+    """A :class:`Loom` in a new empty folder (under ``base``, else the system's
+    temporary folder), the working folder while it is open, with
+    ``$STORYLOOM_HOME`` and ``$STORYLOOM_STORE`` unset; all three are put back
+    after. A context manager rather than a fixture, so that each example of a
+    hypothesis ``@given`` test gets its own. With ``store_url``, the jobs it
+    stored there are deleted on the way out: examples sharing one store
+    (a studio's PostgreSQL) start alike."""
+    folder = Path(tempfile.mkdtemp(prefix="loom-", dir=base))
+    before, saved = os.getcwd(), {name: os.environ.pop(name, None) for name in _CLEARED_ENV}
+    loom = Loom(folder, store_url, autoload=autoload, clock=clock)
+    existing = set(loom.stored_jobs()) if store_url is not None else set()
+    os.chdir(folder)
+    try:
+        yield loom
+    finally:
+        try:
+            if store_url is not None:
+                for job_id in set(loom.stored_jobs()) - existing:
+                    loom._trio(lambda: delete_job(job_id, options=loom.options()))
+        finally:
+            os.chdir(before)
+            for name, value in saved.items():
+                if value is not None:
+                    os.environ[name] = value
+
+
 @pytest.fixture
 def loom(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Loom:
-    """A scratch studio folder: write settings and jobs, run them, read the store."""
+    """A scratch studio folder: write settings and jobs, run them, read the store
+    (see :class:`Loom`). One per test: under ``@given`` use ``loom_factory``."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("STORYLOOM_HOME", raising=False)
-    monkeypatch.delenv("STORYLOOM_STORE", raising=False)
+    for name in _CLEARED_ENV:
+        monkeypatch.delenv(name, raising=False)
     return Loom(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def loom_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Any]:
+    """Fresh looms on demand, for hypothesis: ``with loom_factory() as loom:``
+    inside a ``@given`` test gives each example its own empty folder (see
+    :func:`fresh_loom` for the keyword arguments: ``store_url``,
+    ``autoload``, ``clock``). Session-scoped, so hypothesis's
+    function-scoped-fixture health check has nothing to object to."""
+    base = tmp_path_factory.mktemp("looms")
+
+    def factory(**kwargs: Any) -> Any:
+        return fresh_loom(base, **kwargs)
+
+    return factory
