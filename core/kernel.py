@@ -62,9 +62,6 @@ COMMIT_BATCH = 512
 SINK_GRACE = 2.0
 #: How many scheduler rounds the writer waits for more outcomes before it commits.
 LINGER_ROUNDS = 3
-#: How often a worker re-reads its jobs' states (another process's pause or
-#: cancel) and, when it waits for work, looks for newly submitted jobs.
-POLL_INTERVAL = 1.0
 #: How often a sample run (``run --sample``) looks again while its items wait for a retry.
 SAMPLE_POLL = 0.25
 #: How often levels are re-evaluated as deadlines approach and items age.
@@ -110,6 +107,10 @@ class Worker:
         self.owner = make_owner()
         #: ``queue: {lease: ...}``: how long a claim holds an item unless renewed.
         self.lease_s = config.settings.lease
+        #: ``queue: {poll: ...}``: how often it re-reads its jobs' states (another
+        #: process's pause or cancel) and, waiting for work, looks for new jobs,
+        #: unless the store's wake-up (``wait_for_change``) comes first.
+        self.poll_s = config.settings.poll
         self.pool = ModelPool(dict(config.settings.models))
         self.providers: dict[str, Any] = {}
         self.runs: dict[str, JobRun] = {}
@@ -365,7 +366,7 @@ class Worker:
                             return
             wait = math.inf if ready_at is None else max(0.0, ready_at - time.time())
             if only is None and not self.burst:
-                wait = min(wait, POLL_INTERVAL)  # another process may submit work
+                wait = min(wait, self.poll_s)  # another process may submit work
             if elsewhere is not None:
                 # Held elsewhere: it ends there, or its lease runs out and it is reaped here.
                 wait = min(wait, max(0.0, elsewhere), LEASE_POLL)
@@ -563,9 +564,10 @@ class Worker:
             await trio.sleep(PROMOTE_INTERVAL)
 
     async def _poll(self) -> None:
-        """Notice pauses and cancels made by other processes (``storyloom pause``)."""
+        """Notice pauses and cancels made by other processes (``storyloom pause``),
+        and new work: at once when the store sends a wake-up, else every poll."""
         while True:
-            await trio.sleep(POLL_INTERVAL)
+            await self.store.wait_for_change(self.poll_s)
             for run in list(self.runs.values()):
                 row = await self.store.get_job(run.job_id)
                 if row is not None and row.state in ("paused", "cancelled") and not run.finishing:
