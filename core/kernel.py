@@ -69,6 +69,11 @@ PROMOTE_INTERVAL = 5.0
 #: Longest wait between looks at items another worker holds, when a run
 #: waits for them (their lease to run out, or their worker to finish them).
 LEASE_POLL = 1.0
+#: Over the whole queue, a dispatcher whose type has nothing queued looks
+#: again at most this often: every commit wakes every dispatcher, and on a
+#: store across the network each look is a claim and a query, round trips
+#: that would otherwise outnumber the work of the busy types.
+IDLE_LOOK = 0.05
 
 
 @dataclass
@@ -372,6 +377,8 @@ class Worker:
                 wait = min(wait, max(0.0, elsewhere), LEASE_POLL)
             with trio.move_on_after(wait):
                 await changed.wait()
+            if only is None and ready_at is None:
+                await trio.sleep(IDLE_LOOK)
             if elsewhere is not None and elsewhere <= wait:
                 await store.reap()
 
