@@ -73,7 +73,7 @@ LEASE_POLL = 1.0
 #: again at most this often: every commit wakes every dispatcher, and on a
 #: store across the network each look is a claim and a query, round trips
 #: that would otherwise outnumber the work of the busy types.
-IDLE_LOOK = 0.05
+IDLE_LOOK = 0.1
 
 
 @dataclass
