@@ -21,7 +21,7 @@ store (branch ``shared-limits``) each worker keeps its own bucket, so N
 workers ask N times the limit and draw 429s.
 
 ``throughput``: N items of a zero-latency ``simulated`` model (qc_processing,
-max_parallel 256), on PostgreSQL with 1, 2 and 4 workers and on SQLite with
+max_parallel 256 for the job and its type), on PostgreSQL with 1, 2 and 4 workers and on SQLite with
 one. Items/s counts from the first attempt's start to the last one's finish
 (from the attempts table). Each worker times its store calls (a wrapper
 around every ``PostgresStore``/``SQLiteStore`` method, including the hop to
@@ -152,6 +152,7 @@ models:
 default_models: [sim]
 progress: []
 reports: []
+batch_limits: {qc_processing: {max_parallel: 256}}
 """
 
 
