@@ -12,6 +12,7 @@ import psycopg
 import pytest
 import trio
 
+from storyloom import UsageError
 from storyloom.api import cancel_job, pause_job, run_job, submit_job, work
 from storyloom.plugins.stores.pg_listen import channel
 from storyloom.plugins.stores.postgresql import open_postgres, parse_url
@@ -63,6 +64,14 @@ async def wait_until(check, what: str, timeout: float = PROMPTLY_S) -> float:
             await trio.sleep(0.02)
         return time.monotonic() - start
     raise AssertionError(f"no {what} within {timeout}s")
+
+
+def test_listen_is_on_or_off_in_the_store_url():
+    assert parse_url("postgresql://loom@db/storyloom").listen is True
+    target = parse_url("postgresql://loom@db/storyloom?listen=off&sslmode=require")
+    assert target.listen is False and "listen" not in target.conninfo  # ours, not libpq's
+    with pytest.raises(UsageError, match="listen must be on or off, not 'maybe'"):
+        parse_url("postgresql://loom@db/storyloom?listen=maybe")
 
 
 def test_wait_for_change_wakes_on_submit_pause_and_cancel_not_otherwise(pg_url):
