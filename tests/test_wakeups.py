@@ -79,12 +79,13 @@ def test_wait_for_change_wakes_on_submit_pause_and_cancel_not_otherwise(pg_url):
         def opened(url):
             return open_postgres(url, state_dir=None, settings=None, create=True)
 
+        since = time.time() - 0.5  # not a listener of an earlier test, closing
         waiter, other, off = await opened(pg_url), await opened(pg_url), await opened(OFF(pg_url))
         try:
             assert await waiter.wait_for_change(0.05) is False  # nothing happened: the timeout
             assert await off.wait_for_change(0.05) is False
             with trio.fail_after(5):
-                while not listeners(pg_url, 0):  # the first wait started the listener
+                while not listeners(pg_url, since):  # the first wait started the listener
                     await trio.sleep(0.02)
             now = time.time()
             await other.add_job(JobRow("w", "qc_processing", "pending", {}, now, now), [NewItem("a", 2, "pending", {})])
