@@ -130,7 +130,7 @@ def test_an_idle_worker_takes_a_submitted_job_at_once(loom, pg_url):
     trio.run(main)
 
 
-@pytest.mark.parametrize("stop", ["pause", "cancel"])
+@pytest.mark.parametrize("stop", [pytest.param("pause", marks=pytest.mark.slow), "cancel"])
 def test_a_pause_or_cancel_from_elsewhere_reaches_a_running_job_at_once(loom, pg_url, stop):
     """Two items, one at a time, each about a second (a cancel: minutes). A pause while
     the first runs ends the run once it is in, the second untouched; a cancel
