@@ -62,9 +62,6 @@ COMMIT_BATCH = 512
 SINK_GRACE = 2.0
 #: How many scheduler rounds the writer waits for more outcomes before it commits.
 LINGER_ROUNDS = 3
-#: How often a worker re-reads its jobs' states (another process's pause or
-#: cancel) and, when it waits for work, looks for newly submitted jobs.
-POLL_INTERVAL = 1.0
 #: How often a sample run (``run --sample``) looks again while its items wait for a retry.
 SAMPLE_POLL = 0.25
 #: How often levels are re-evaluated as deadlines approach and items age.
@@ -72,6 +69,11 @@ PROMOTE_INTERVAL = 5.0
 #: Longest wait between looks at items another worker holds, when a run
 #: waits for them (their lease to run out, or their worker to finish them).
 LEASE_POLL = 1.0
+#: Over the whole queue, a dispatcher whose type has nothing queued looks
+#: again at most this often: every commit wakes every dispatcher, and on a
+#: store across the network each look is a claim and a query, round trips
+#: that would otherwise outnumber the work of the busy types.
+IDLE_LOOK = 0.1
 
 
 @dataclass
@@ -110,6 +112,10 @@ class Worker:
         self.owner = make_owner()
         #: ``queue: {lease: ...}``: how long a claim holds an item unless renewed.
         self.lease_s = config.settings.lease
+        #: ``queue: {poll: ...}``: how often it re-reads its jobs' states (another
+        #: process's pause or cancel) and, waiting for work, looks for new jobs,
+        #: unless the store's wake-up (``wait_for_change``) comes first.
+        self.poll_s = config.settings.poll
         self.pool = ModelPool(dict(config.settings.models))
         self.providers: dict[str, Any] = {}
         self.runs: dict[str, JobRun] = {}
@@ -367,12 +373,14 @@ class Worker:
                             return
             wait = math.inf if ready_at is None else max(0.0, ready_at - wall())
             if only is None and not self.burst:
-                wait = min(wait, POLL_INTERVAL)  # another process may submit work
+                wait = min(wait, self.poll_s)  # another process may submit work
             if elsewhere is not None:
                 # Held elsewhere: it ends there, or its lease runs out and it is reaped here.
                 wait = min(wait, max(0.0, elsewhere), LEASE_POLL)
             with trio.move_on_after(wait):
                 await changed.wait()
+            if only is None and ready_at is None:
+                await trio.sleep(IDLE_LOOK)
             if elsewhere is not None and elsewhere <= wait:
                 await store.reap()
 
@@ -565,9 +573,10 @@ class Worker:
             await trio.sleep(PROMOTE_INTERVAL)
 
     async def _poll(self) -> None:
-        """Notice pauses and cancels made by other processes (``storyloom pause``)."""
+        """Notice pauses and cancels made by other processes (``storyloom pause``),
+        and new work: at once when the store sends a wake-up, else every poll."""
         while True:
-            await trio.sleep(POLL_INTERVAL)
+            await self.store.wait_for_change(self.poll_s)
             for run in list(self.runs.values()):
                 row = await self.store.get_job(run.job_id)
                 if row is not None and row.state in ("paused", "cancelled") and not run.finishing:

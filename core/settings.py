@@ -150,6 +150,10 @@ class Settings:
     #: ``queue: {lease: ...}``: how long a claim holds an item unless renewed
     #: (workers renew every lease/3; see docs/store.md, "Leases and fences").
     lease: float = 30.0
+    #: ``queue: {poll: ...}``: how often a worker looks for new work and for
+    #: other processes' pauses and cancels; a store with wake-ups (PostgreSQL
+    #: LISTEN/NOTIFY) tells it sooner, and polling is the fallback.
+    poll: float = 1.0
     #: The store URL (``store:``); None: ``sqlite`` in the state folder.
     #: ``--store`` and ``$STORYLOOM_STORE`` override it.
     store: str | None = None

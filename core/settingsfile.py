@@ -88,6 +88,7 @@ def settings_from_document(doc: Document) -> Settings:
         grace_period=_duration(doc, ("grace_period",), defaults.grace_period),
         aging=_duration(doc, ("aging",), defaults.aging, positive=True),
         lease=_lease(doc, defaults.lease),
+        poll=_duration(doc, ("queue", "poll"), defaults.poll, positive=True),
         synchronous=data.get("synchronous", defaults.synchronous),
         store=data.get("store", defaults.store),
         input_roots=tuple(str((Path(doc.file).parent / root).resolve()) for root in data.get("input_roots", ())),

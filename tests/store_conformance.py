@@ -176,6 +176,19 @@ async def test_add_job_roundtrips_definition_with_unicode(store):
 
 
 @trio_test
+async def test_wait_for_change_returns_by_its_timeout_and_the_store_goes_on(store):
+    """Wake-ups are best effort: a wait returns by its timeout, True (a
+    notice) or False (none, or a backend without them), and the store
+    answers as ever after it."""
+    with trio.fail_after(5):
+        assert await store.wait_for_change(0.05) in (True, False)
+    await add(store, "a")
+    with trio.fail_after(5):
+        assert await store.wait_for_change(0.05) in (True, False)
+    assert await claim_ids(store) == ["a"]
+
+
+@trio_test
 async def test_get_job_unknown_is_none(store):
     assert await store.get_job("nope") is None
     assert await store.list_jobs() == []

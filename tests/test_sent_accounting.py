@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from storyloom import hookimpl, kernel
+from storyloom import hookimpl
 from storyloom.routing import Choice
 
 
@@ -45,11 +45,9 @@ class CancelOnRoute:
 
 
 @pytest.mark.slow
-def test_no_request_is_sent_for_an_item_cancelled_before_its_start_is_recorded(loom, fake_provider,
-                                                                               monkeypatch):
+def test_no_request_is_sent_for_an_item_cancelled_before_its_start_is_recorded(loom, fake_provider):
     # The worker must not notice the cancel by polling first: only the store's refusal of the start is tested.
-    monkeypatch.setattr(kernel, "POLL_INTERVAL", 3600.0)
-    loom.write("storyloom.yaml", settings(fake_provider))
+    loom.write("storyloom.yaml", settings(fake_provider) + "queue: {poll: 1h}\n")
     requests_file(loom, 1)
 
     class Strategy:

@@ -621,6 +621,16 @@ class Store(Protocol):
         if given), oldest first (the order they were committed; versions of
         one key ascend)."""
 
+    async def wait_for_change(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a notice that some process
+        submitted a job or paused or cancelled one; True if a notice came
+        (also one that came since the last call), False if the time ran out.
+
+        Best effort: a notice may be lost (a dropped connection, a pooler
+        that does not pass them), so a caller looks for changes itself after
+        every return, and the timeout is its poll interval. A backend without
+        notices sleeps the timeout. One waiting task per store."""
+
     async def aclose(self) -> None: ...
 
 

@@ -32,6 +32,7 @@ from storyloom.artifacts import Artifact, check_artifact
 from storyloom.errors import UsageError
 from storyloom.job import CRITICAL_WITHIN_S, HIGH_WITHIN_S
 from storyloom.store.opening import mask_url
+from storyloom.plugins.stores.pg_listen import NOTIFY_SQL, Listener
 from storyloom.store.protocol import (
     HELD_JOB_STATES,
     ITEM_STATES,
@@ -84,7 +85,9 @@ RECORD_STATES = ("completed", "failed", "pending", "skipped")
 NEW_ITEM_STATES = ("pending", "skipped")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 #: Query keys this backend reads itself; every other one goes to libpq.
-_OWN_KEYS = ("schema", "pool_size")
+_OWN_KEYS = ("schema", "pool_size", "listen")
+#: ``listen=`` values: wake workers with LISTEN/NOTIFY (default), or only poll.
+_LISTEN_VALUES = {"on": True, "off": False}
 
 # -- the schema, version 1
 
@@ -855,6 +858,7 @@ def _op_add_job(cur: "psycopg.Cursor", job: JobRow, items: Sequence[NewItem]) ->
             copy.write_row((job.job_id, item.item_id, seq, int(item.level), item.state, _dumps(item.definition),
                             item.job_type or job.job_type, last + 1 + seq, item.deadline, now, held))
     _link(cur, job.job_id, items)
+    cur.execute(NOTIFY_SQL, ("submit",))
 
 
 def _op_get_job(cur: "psycopg.Cursor", job_id: str) -> JobRow | None:
@@ -884,6 +888,10 @@ def _set_job_state(cur: "psycopg.Cursor", job_id: str, state: str, reason: str |
         # Running items too, since they may come back to pending; a terminal
         # item never does, so its flag is never read.
         cur.execute(_HOLD_ITEMS, (held, job_id))
+    if state == "cancelled" or held != (row[0] in HELD_JOB_STATES):
+        # Wake-ups: a pause or cancel for the workers that run the job; a
+        # resume puts its items back in the queue, as a submit does.
+        cur.execute(NOTIFY_SQL, ("cancel" if state == "cancelled" else "pause" if held else "submit",))
 
 
 def _op_set_job_state(cur: "psycopg.Cursor", job_id: str, state: str, reason: str | None,
@@ -1366,8 +1374,11 @@ class PostgresStore:
     Any trio task may call it; at most ``pool_size`` calls run at once.
     """
 
-    def __init__(self, pool: Any, location: str, schema: str, pool_size: int, secret: str | None) -> None:
+    def __init__(self, pool: Any, location: str, schema: str, pool_size: int, secret: str | None,
+                 listener: Listener | None = None) -> None:
         self._pool = pool
+        #: Wake-ups (LISTEN/NOTIFY); None with ``listen=off``: polling only.
+        self.listener = listener
         #: The URL, password masked (``Store.location``).
         self.location = location
         #: The PostgreSQL schema that holds the tables.
@@ -1591,11 +1602,20 @@ class PostgresStore:
         """Every version, in the order committed."""
         return await self._run(_op_artifacts, project_id, None if kinds is None else list(kinds))
 
+    async def wait_for_change(self, timeout: float) -> bool:
+        """A NOTIFY on this store's channel (see :mod:`.pg_listen`), or ``timeout``."""
+        if self.listener is None:
+            await trio.sleep(timeout)
+            return False
+        return await self.listener.wait(timeout)
+
     async def aclose(self) -> None:
-        """Close the pool (idempotent)."""
+        """Close the pool and the listener (idempotent)."""
         if self._closed:
             return
         self._closed = True
+        if self.listener is not None:
+            self.listener.close()
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(self._pool.close)
 
@@ -1657,9 +1677,10 @@ def _unavailable_from(exc: BaseException, location: str, secret: str | None) -> 
 class _Target:
     """What a store URL names: libpq's connection string, the schema, the pool size."""
 
-    def __init__(self, conninfo: str, schema: str, pool_size: int, location: str, secret: str | None) -> None:
+    def __init__(self, conninfo: str, schema: str, pool_size: int, location: str, secret: str | None,
+                 listen: bool = True) -> None:
         self.conninfo, self.schema, self.pool_size = conninfo, schema, pool_size
-        self.location, self.secret = location, secret
+        self.location, self.secret, self.listen = location, secret, listen
 
 
 def parse_url(url: str) -> _Target:
@@ -1668,7 +1689,9 @@ def parse_url(url: str) -> _Target:
     ``postgresql://user:password@host:port/dbname?schema=NAME&pool_size=N&...``:
     ``schema`` (default ``storyloom``) is the PostgreSQL schema that holds the
     tables, created if missing; ``pool_size`` (default 4, 1 to 64) how many
-    connections the store keeps. Every other query parameter is libpq's
+    connections the store keeps; ``listen`` (``on``, the default, or ``off``)
+    whether a waiting worker also holds a LISTEN connection for wake-ups
+    (``off`` behind PgBouncer in transaction mode: it only polls). Every other query parameter is libpq's
     (``sslmode``, ``connect_timeout``, ``application_name``, ...). A bare
     ``postgresql`` uses libpq's defaults (``PGHOST``, ``PGDATABASE``, ...).
     A malformed URL is a UsageError that shows no password.
@@ -1698,6 +1721,9 @@ def parse_url(url: str) -> _Target:
     if not pool_text.isdigit() or not 1 <= int(pool_text) <= MAX_POOL_SIZE:
         raise UsageError(f"store URL {shown!r}: pool_size must be a whole number from 1 to {MAX_POOL_SIZE}, "
                          f"not {pool_text!r}")
+    listen_text = own.get("listen", "on")
+    if listen_text not in _LISTEN_VALUES:
+        raise UsageError(f"store URL {shown!r}: listen must be on or off, not {listen_text!r}")
     libpq = [(key, value) for key, value in pairs if key not in _OWN_KEYS]
     for key, default in (("connect_timeout", str(CONNECT_TIMEOUT_S)), ("application_name", "storyloom")):
         if not any(given == key for given, _ in libpq):
@@ -1709,7 +1735,7 @@ def parse_url(url: str) -> _Target:
         conninfo_to_dict(conninfo)  # libpq's own check of its parameters
     except Exception as exc:  # psycopg.ProgrammingError: an unknown parameter, say
         raise UsageError(f"store URL {shown!r}: {_scrub(str(exc), secret)}") from None
-    return _Target(conninfo, schema, int(pool_text), shown, secret or None)
+    return _Target(conninfo, schema, int(pool_text), shown, secret or None, _LISTEN_VALUES[listen_text])
 
 
 def _connect(target: _Target) -> "psycopg.Connection":
@@ -1819,7 +1845,8 @@ async def open_postgres(url: str, *, state_dir: Any, settings: Any, create: bool
     _quiet_pool_logs()
     await trio.to_thread.run_sync(_prepare, target, create)
     pool = await trio.to_thread.run_sync(_make_pool, target)
-    return PostgresStore(pool, target.location, target.schema, target.pool_size, target.secret)
+    listener = Listener(target.conninfo, target.schema, target.location, target.secret) if target.listen else None
+    return PostgresStore(pool, target.location, target.schema, target.pool_size, target.secret, listener)
 
 
 @hookimpl

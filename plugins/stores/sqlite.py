@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any, Callable, Collection, Iterator, Sequence
 from urllib.parse import unquote
 
+import trio
+
 from storyloom import hookimpl
 from storyloom.artifacts import Artifact, check_artifact
 from storyloom.job import CRITICAL_WITHIN_S, HIGH_WITHIN_S
@@ -1141,6 +1143,11 @@ class SQLiteStore:
                          attempt=attempt, model=model, created_at=created_at)
                 for pid, kind, key, content, version, job_id, item_id, attempt, model, created_at
                 in self._conn.execute(sql + " ORDER BY rowid", params)]
+
+    async def wait_for_change(self, timeout: float) -> bool:
+        """SQLite has no notices: sleep the poll interval."""
+        await trio.sleep(timeout)
+        return False
 
     async def aclose(self) -> None:
         self.close()
