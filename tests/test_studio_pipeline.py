@@ -246,9 +246,9 @@ def test_approve_refuses_what_it_does_not_know(loom):
 # -- order, interleaving, crashes (the simulated provider, with latency) -----
 
 
-def simulated_folder(loom, books, chapters, latency_ms=20, seed=1):
+def simulated_folder(loom, books, chapters, latency_ms=20, seed=1, extra=""):
     loom.write("storyloom.yaml", f"models:\n  sim: {{provider: simulated, latency_ms: {latency_ms}, seed: {seed}, "
-                                 "fail_qc_rate: 0.3}\nprogress: []\nreports: []\n"
+                                 f"fail_qc_rate: 0.3}}\nprogress: []\nreports: []\n{extra}"
                                  "batch_limits: {chapter_writing: {max_parallel: 8}, qc_processing: {max_parallel: 8}}\n")
     for pid in books:
         loom.write(f"projects/{pid}.yaml", PROJECT.format(pid=pid, chapters=chapters, extra="").replace(
@@ -301,7 +301,8 @@ def test_a_books_chapters_run_in_order_while_books_interleave(tmp_path_factory, 
 @pytest.mark.slow
 def test_a_kill_mid_pipeline_then_resume_loses_and_repeats_nothing(loom):
     ids = ["k0", "k1"]
-    simulated_folder(loom, ids, chapters=4, latency_ms=150, seed=4)
+    # a 2 s lease: the resume gets the killed run's items back within 2s + 2s/3, not 30s + 10s
+    simulated_folder(loom, ids, chapters=4, latency_ms=150, seed=4, extra="queue: {lease: 2s}\n")
     job = loom.write("job.yaml", pipeline("killed", ids, models="sim", max_rewrites=6))
     env = {**os.environ, "STORYLOOM_HOME": str(loom.state_dir)}
     command = [sys.executable, "-m", "storyloom.cli", "run", str(job), "-q", "--out-dir", str(loom.out_dir)]
