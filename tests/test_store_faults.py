@@ -23,7 +23,9 @@ import time
 from pathlib import Path
 
 import pytest
+import trio
 
+from storyloom import api
 from storyloom.plugins.stores.sqlite import DB_NAME, SQLiteStore
 from storyloom.store import StoreUnavailable
 from storyloom.testing import Loom
@@ -92,13 +94,22 @@ def assert_shown_interrupted(folder: Path, job_id: str, *state: str) -> None:
     process that is gone) is shown as interrupted, with how to continue: at
     once if stored so, else once its heartbeat and leases are older than its
     lease (2s in these tests)."""
-    deadline = time.monotonic() + 30
-    while (seen := shown(folder, job_id, *state))[0] != "interrupted" and time.monotonic() < deadline:
-        time.sleep(0.2)
-    shown_state, reason = seen
+    wait_until_interrupted(folder, job_id, *state)
+    shown_state, reason = shown(folder, job_id, *state)
     assert shown_state == "interrupted", (shown_state, reason)
     assert reason.startswith("the store failed: ") or (
         "is gone; storyloom resume" in reason and reason.endswith(f"resume {job_id} continues")), reason
+
+
+def wait_until_interrupted(folder: Path, job_id: str, *state: str) -> None:
+    """Poll the status in-process (a CLI per poll costs ~0.5 s) until the job
+    shows as interrupted, at most 30 s; the caller then asks the CLI once."""
+    options = Loom(folder).options(**({"state_dir": state[1]} if state else {}))
+    deadline = time.monotonic() + 30
+    while trio.run(lambda: api.job_status(job_id, options=options))["state"] != "interrupted":
+        if time.monotonic() > deadline:
+            return  # the CLI's answer, asserted by the caller, says what it is
+        time.sleep(0.1)
 
 
 def _stored_jobs(folder: Path, state_dir: Path) -> list[str]:
@@ -205,10 +216,8 @@ def test_a_lock_taken_mid_run_leaves_a_job_that_resume_or_work_completes(tmp_pat
     state, counts = states(tmp_path, "cli-job")
     assert state == "running" and counts["completed"] < 60  # the final state write failed too
     # but status tells the truth, once the worker's heartbeat and leases are older than its lease (2s)
-    deadline = time.monotonic() + 30
-    while (seen := shown(tmp_path, "cli-job"))[0] != "interrupted" and time.monotonic() < deadline:
-        time.sleep(0.2)
-    shown_state, reason = seen
+    wait_until_interrupted(tmp_path, "cli-job")
+    shown_state, reason = shown(tmp_path, "cli-job")
     assert shown_state == "interrupted" and f":{proc.pid}) is gone; storyloom resume cli-job continues" in reason
     args = ("resume", "cli-job") if then == "resume" else ("work", "--burst")
     out = cli(*args, "-q", cwd=tmp_path)
