@@ -194,8 +194,8 @@ def test_usage_errors_exit_2(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_puts_running_items_back_and_exits_130(tmp_path, signum):
-    # Six seconds of work: on a loaded machine the status call below can take two.
-    project(tmp_path, n=40, latency=600, parallel=4)
+    # Fifteen seconds of work: on a loaded machine the status call below can take several.
+    project(tmp_path, n=100, latency=600, parallel=4)
     proc = popen("run", "jobs/cli-job.yaml", "--grace-period", "0.1s", cwd=tmp_path)
     wait_for_completed(tmp_path, "cli-job", 4)
     status = json.loads(cli("status", "cli-job", "--json", cwd=tmp_path).stdout)
@@ -213,9 +213,10 @@ def test_a_signal_puts_running_items_back_and_exits_130(tmp_path, signum):
     job_state = read_store(tmp_path, lambda store: store.get_job("cli-job")).state
     assert "running" not in states and states.get("pending", 0) > 0
     assert job_state == "interrupted"
+    project(tmp_path, n=100, latency=0, parallel=4)  # the same job; the rest need not take 14 s more
     out = cli("resume", "cli-job", "-q", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert "40/40 completed" in out.stdout
+    assert "100/100 completed" in out.stdout
 
 
 @pytest.mark.slow
