@@ -26,6 +26,7 @@ import pytest
 import trio
 
 from storyloom import api
+from storyloom.cli import main
 from storyloom.plugins.stores.sqlite import DB_NAME, SQLiteStore
 from storyloom.store import StoreUnavailable
 from storyloom.testing import Loom
@@ -55,6 +56,27 @@ def cli(*args: str, cwd: Path, env: dict | None = None, limit: int | None = None
 
     return subprocess.run([sys.executable, "-m", "storyloom.cli", *args], cwd=cwd, env=environ,
                           capture_output=True, text=True, timeout=120, preexec_fn=limited)
+
+
+@pytest.fixture
+def main_in(monkeypatch, capsys):
+    """``cli`` without the interpreter start-up: ``storyloom.cli.main`` run
+    in-process in ``cwd``, with the same environment (STORYLOOM_* cleared,
+    autoload off). For commands whose point is the message and the code, not
+    the process: the tests below that need a process (exit 5 at a real
+    process's end) keep ``cli``."""
+    def run(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+        for name in [n for n in os.environ if n.startswith("STORYLOOM_")]:
+            monkeypatch.delenv(name)
+        for name, value in {"STORYLOOM_DISABLE_PLUGIN_AUTOLOAD": "1", **(env or {})}.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        code = main(list(args))
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+    return run
 
 
 def assert_store_fault(out: subprocess.CompletedProcess, path: Path | str, *words: str) -> None:
@@ -125,13 +147,13 @@ def _stored_jobs(folder: Path, state_dir: Path) -> list[str]:
 @pytest.mark.parametrize("command", [("status",), ("status", "cli-job"), ("run", "jobs/cli-job.yaml"),
                                      ("submit", "jobs/cli-job.yaml"), ("resume", "cli-job"), ("queue",),
                                      ("report", "cli-job")])
-def test_a_garbage_database_is_exit_5_and_left_as_it_was(tmp_path, command):
+def test_a_garbage_database_is_exit_5_and_left_as_it_was(tmp_path, command, main_in):
     project(tmp_path)
     db = tmp_path / ".storyloom" / DB_NAME
     db.parent.mkdir()
     db.write_bytes(b"not a database, just some bytes\n" * 200)
     before = db.read_bytes()
-    out = cli(*command, cwd=tmp_path)
+    out = main_in(*command, cwd=tmp_path)  # a process's exit 5: the truncated and locked tests
     assert_store_fault(out, Path(".storyloom") / DB_NAME, "not a storyloom database", "backup")
     assert db.read_bytes() == before
     assert sorted(p.name for p in db.parent.iterdir()) == [DB_NAME]
@@ -184,9 +206,9 @@ def test_a_locked_database_is_exit_5_and_nothing_is_stored(tmp_path):
 
 
 @pytest.mark.parametrize("value", ["soon", "inf", "1e300", "86401"])
-def test_a_bad_busy_timeout_is_a_usage_error(tmp_path, value):
+def test_a_bad_busy_timeout_is_a_usage_error(tmp_path, value, main_in):
     project(tmp_path)
-    out = cli("run", "jobs/cli-job.yaml", "-q", cwd=tmp_path, env={"STORYLOOM_SQLITE_BUSY_TIMEOUT": value})
+    out = main_in("run", "jobs/cli-job.yaml", "-q", cwd=tmp_path, env={"STORYLOOM_SQLITE_BUSY_TIMEOUT": value})
     assert out.returncode == 2 and "STORYLOOM_SQLITE_BUSY_TIMEOUT" in out.stderr and "Traceback" not in out.stderr
     assert "<= 86400" in out.stderr, out.stderr
 
