@@ -160,9 +160,9 @@ def test_a_garbage_database_is_exit_5_and_left_as_it_was(tmp_path, command, main
 
 
 @pytest.mark.slow
-def test_a_truncated_database_is_exit_5(tmp_path):
+def test_a_truncated_database_is_exit_5(tmp_path, main_in):
     project(tmp_path, n=40)
-    assert cli("run", "jobs/cli-job.yaml", cwd=tmp_path).returncode == 0
+    assert main_in("run", "jobs/cli-job.yaml", cwd=tmp_path).returncode == 0  # set-up: in-process
     db = tmp_path / ".storyloom" / DB_NAME
     os.truncate(db, db.stat().st_size // 2)
     for command in (("status", "cli-job"), ("report", "cli-job")):
@@ -188,9 +188,9 @@ def hold_write_lock(db: Path) -> sqlite3.Connection:
 
 
 @pytest.mark.slow
-def test_a_locked_database_is_exit_5_and_nothing_is_stored(tmp_path):
+def test_a_locked_database_is_exit_5_and_nothing_is_stored(tmp_path, main_in):
     project(tmp_path, job_id="first")
-    assert cli("run", "jobs/first.yaml", cwd=tmp_path).returncode == 0
+    assert main_in("run", "jobs/first.yaml", cwd=tmp_path).returncode == 0  # set-up: in-process
     project(tmp_path, job_id="second")
     lock = hold_write_lock(tmp_path / ".storyloom" / DB_NAME)
     try:
@@ -202,7 +202,7 @@ def test_a_locked_database_is_exit_5_and_nothing_is_stored(tmp_path):
     finally:
         lock.close()
     assert _stored_jobs(tmp_path, tmp_path / ".storyloom") == ["first"]
-    assert cli("run", "jobs/second.yaml", cwd=tmp_path).returncode == 0
+    assert main_in("run", "jobs/second.yaml", cwd=tmp_path).returncode == 0
 
 
 @pytest.mark.parametrize("value", ["soon", "inf", "1e300", "86401"])
@@ -253,9 +253,9 @@ def test_a_lock_taken_mid_run_leaves_a_job_that_resume_or_work_completes(tmp_pat
 
 
 @pytest.mark.slow
-def test_a_full_state_disk_is_exit_5_and_resume_completes_the_job(tmp_path):
+def test_a_full_state_disk_is_exit_5_and_resume_completes_the_job(tmp_path, main_in):
     project(tmp_path, n=400, parallel=4)
-    assert cli("submit", "jobs/cli-job.yaml", cwd=tmp_path).returncode == 0
+    assert main_in("submit", "jobs/cli-job.yaml", cwd=tmp_path).returncode == 0  # set-up: in-process
     out = cli("resume", "cli-job", "-q", cwd=tmp_path, limit=400_000)  # the WAL cannot grow past it
     assert_store_fault(out, Path(".storyloom") / DB_NAME, "free space")
     state, counts = states(tmp_path, "cli-job")
@@ -295,10 +295,10 @@ def remount(mount: Path, options: str) -> None:
 
 
 @pytest.mark.slow
-def test_a_full_tmpfs_state_folder_is_exit_5_and_resume_completes_once_there_is_room(tmp_path, tmpfs):
+def test_a_full_tmpfs_state_folder_is_exit_5_and_resume_completes_once_there_is_room(tmp_path, tmpfs, main_in):
     project(tmp_path, n=300)
     state = ("--state-dir", str(tmpfs / "state"))
-    assert cli("submit", "jobs/cli-job.yaml", *state, cwd=tmp_path).returncode == 0
+    assert main_in("submit", "jobs/cli-job.yaml", *state, cwd=tmp_path).returncode == 0  # set-up: in-process
     out = cli("resume", "cli-job", "-q", *state, cwd=tmp_path)
     assert_store_fault(out, tmpfs / "state" / DB_NAME, "disk is full", "free space")
     job_state, counts = states(tmp_path, "cli-job", state_dir=state[1])
@@ -316,10 +316,10 @@ def test_a_full_tmpfs_state_folder_is_exit_5_and_resume_completes_once_there_is_
 
 
 @pytest.mark.slow
-def test_a_read_only_tmpfs_state_folder_is_exit_5(tmp_path, tmpfs):
+def test_a_read_only_tmpfs_state_folder_is_exit_5(tmp_path, tmpfs, main_in):
     project(tmp_path, job_id="first")
     state = tmpfs / "state"
-    assert cli("run", "jobs/first.yaml", "-q", "--state-dir", str(state), cwd=tmp_path).returncode == 0
+    assert main_in("run", "jobs/first.yaml", "-q", "--state-dir", str(state), cwd=tmp_path).returncode == 0
     project(tmp_path, job_id="second")
     remount(tmpfs, "ro")
     out = cli("run", "jobs/second.yaml", "-q", "--state-dir", str(state), cwd=tmp_path)
