@@ -100,24 +100,25 @@ def states(folder: Path, job_id: str, **overrides) -> tuple[str | None, dict[str
     return Loom(folder).read(read, **overrides)
 
 
-def shown(folder: Path, job_id: str, *state: str) -> tuple[str, str | None]:
-    """The state and reason ``storyloom status JOB --json`` shows; it must write nothing."""
+def shown(folder: Path, job_id: str, *state: str, run=cli) -> tuple[str, str | None]:
+    """The state and reason ``storyloom status JOB --json`` shows (``run``: ``cli`` or
+    ``main_in``); it must write nothing."""
     db = Path(state[1]) if state else folder / ".storyloom"
     before = {p.name: p.read_bytes() for p in db.glob(f"{DB_NAME}*")}
-    out = cli("status", job_id, "--json", *state, cwd=folder)
+    out = run("status", job_id, "--json", *state, cwd=folder)
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
     assert {p.name: p.read_bytes() for p in db.glob(f"{DB_NAME}*")} == before
     data = json.loads(out.stdout)
     return data["state"], data["reason"]
 
 
-def assert_shown_interrupted(folder: Path, job_id: str, *state: str) -> None:
+def assert_shown_interrupted(folder: Path, job_id: str, *state: str, run=cli) -> None:
     """A job its worker left (stored as interrupted, or left running by a
     process that is gone) is shown as interrupted, with how to continue: at
     once if stored so, else once its heartbeat and leases are older than its
     lease (2s in these tests)."""
     wait_until_interrupted(folder, job_id, *state)
-    shown_state, reason = shown(folder, job_id, *state)
+    shown_state, reason = shown(folder, job_id, *state, run=run)
     assert shown_state == "interrupted", (shown_state, reason)
     assert reason.startswith("the store failed: ") or (
         "is gone; storyloom resume" in reason and reason.endswith(f"resume {job_id} continues")), reason
@@ -162,11 +163,11 @@ def test_a_garbage_database_is_exit_5_and_left_as_it_was(tmp_path, command, main
 @pytest.mark.slow
 def test_a_truncated_database_is_exit_5(tmp_path, main_in):
     project(tmp_path, n=40)
-    assert main_in("run", "jobs/cli-job.yaml", cwd=tmp_path).returncode == 0  # set-up: in-process
+    assert main_in("run", "jobs/cli-job.yaml", cwd=tmp_path).returncode == 0
     db = tmp_path / ".storyloom" / DB_NAME
     os.truncate(db, db.stat().st_size // 2)
     for command in (("status", "cli-job"), ("report", "cli-job")):
-        assert_store_fault(cli(*command, cwd=tmp_path), Path(".storyloom") / DB_NAME, "damaged")
+        assert_store_fault(main_in(*command, cwd=tmp_path), Path(".storyloom") / DB_NAME, "damaged")
 
 
 def test_the_backend_raises_store_unavailable_with_path_reason_and_hint(tmp_path):
@@ -198,7 +199,7 @@ def test_a_locked_database_is_exit_5_and_nothing_is_stored(tmp_path, main_in):
             out = cli(*command, cwd=tmp_path, env=FAST_LOCK)
             assert_store_fault(out, Path(".storyloom") / DB_NAME, "locked by another process", "0.3s")
         # Readers are never blocked: status still answers.
-        assert cli("status", cwd=tmp_path, env=FAST_LOCK).returncode == 0
+        assert main_in("status", cwd=tmp_path, env=FAST_LOCK).returncode == 0
     finally:
         lock.close()
     assert _stored_jobs(tmp_path, tmp_path / ".storyloom") == ["first"]
@@ -215,7 +216,7 @@ def test_a_bad_busy_timeout_is_a_usage_error(tmp_path, value, main_in):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("then", ["resume", "work"])
-def test_a_lock_taken_mid_run_leaves_a_job_that_resume_or_work_completes(tmp_path, then):
+def test_a_lock_taken_mid_run_leaves_a_job_that_resume_or_work_completes(tmp_path, then, main_in):
     """Every write fails, the last state write too: the job is left running,
     its items held by a process that is gone, and the next command takes it up."""
     project(tmp_path, n=60, latency=40, parallel=2)
@@ -238,11 +239,12 @@ def test_a_lock_taken_mid_run_leaves_a_job_that_resume_or_work_completes(tmp_pat
     state, counts = states(tmp_path, "cli-job")
     assert state == "running" and counts["completed"] < 60  # the final state write failed too
     # but status tells the truth, once the worker's heartbeat and leases are older than its lease (2s)
+    # what follows the fault needs no process of its own: in-process
     wait_until_interrupted(tmp_path, "cli-job")
-    shown_state, reason = shown(tmp_path, "cli-job")
+    shown_state, reason = shown(tmp_path, "cli-job", run=main_in)
     assert shown_state == "interrupted" and f":{proc.pid}) is gone; storyloom resume cli-job continues" in reason
     args = ("resume", "cli-job") if then == "resume" else ("work", "--burst")
-    out = cli(*args, "-q", cwd=tmp_path)
+    out = main_in(*args, "-q", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     state, counts = states(tmp_path, "cli-job")
     assert state == "completed" and counts["completed"] == 60
@@ -262,8 +264,8 @@ def test_a_full_state_disk_is_exit_5_and_resume_completes_the_job(tmp_path, main
     # Stored as interrupted when the last write still fits in the WAL; else left
     # running, held by a process that is gone (the lock test pins that case).
     assert state in ("interrupted", "running") and 0 < counts["completed"] < 400
-    assert_shown_interrupted(tmp_path, "cli-job")
-    out = cli("resume", "cli-job", "-q", cwd=tmp_path)
+    assert_shown_interrupted(tmp_path, "cli-job", run=main_in)
+    out = main_in("resume", "cli-job", "-q", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     state, counts = states(tmp_path, "cli-job")
     assert state == "completed" and counts["completed"] == 400
@@ -303,9 +305,9 @@ def test_a_full_tmpfs_state_folder_is_exit_5_and_resume_completes_once_there_is_
     assert_store_fault(out, tmpfs / "state" / DB_NAME, "disk is full", "free space")
     job_state, counts = states(tmp_path, "cli-job", state_dir=state[1])
     assert job_state in ("interrupted", "running") and counts["completed"] < 300
-    assert_shown_interrupted(tmp_path, "cli-job", *state)
+    assert_shown_interrupted(tmp_path, "cli-job", *state, run=main_in)
     remount(tmpfs, "size=64m")
-    out = cli("resume", "cli-job", "-q", *state, cwd=tmp_path)
+    out = main_in("resume", "cli-job", "-q", *state, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert states(tmp_path, "cli-job", state_dir=state[1]) == (
         "completed", {"pending": 0, "running": 0, "completed": 300, "failed": 0, "skipped": 0})
@@ -324,7 +326,7 @@ def test_a_read_only_tmpfs_state_folder_is_exit_5(tmp_path, tmpfs, main_in):
     remount(tmpfs, "ro")
     out = cli("run", "jobs/second.yaml", "-q", "--state-dir", str(state), cwd=tmp_path)
     assert_store_fault(out, state / DB_NAME, "read-only", "--state-dir")
-    out = cli("run", "jobs/second.yaml", "-q", "--state-dir", str(tmpfs / "new"), cwd=tmp_path)
+    out = main_in("run", "jobs/second.yaml", "-q", "--state-dir", str(tmpfs / "new"), cwd=tmp_path)
     assert_store_fault(out, tmpfs / "new", "cannot create the state folder", "read-only")
     remount(tmpfs, "rw")
     assert _stored_jobs(tmp_path, state) == ["first"]
