@@ -26,7 +26,6 @@ import pytest
 import trio
 
 from storyloom import api
-from storyloom.cli import main
 from storyloom.plugins.stores.sqlite import DB_NAME, SQLiteStore
 from storyloom.store import StoreUnavailable
 from storyloom.testing import Loom
@@ -56,27 +55,6 @@ def cli(*args: str, cwd: Path, env: dict | None = None, limit: int | None = None
 
     return subprocess.run([sys.executable, "-m", "storyloom.cli", *args], cwd=cwd, env=environ,
                           capture_output=True, text=True, timeout=120, preexec_fn=limited)
-
-
-@pytest.fixture
-def main_in(monkeypatch, capsys):
-    """``cli`` without the interpreter start-up: ``storyloom.cli.main`` run
-    in-process in ``cwd``, with the same environment (STORYLOOM_* cleared,
-    autoload off). For commands whose point is the message and the code, not
-    the process: the tests below that need a process (exit 5 at a real
-    process's end) keep ``cli``."""
-    def run(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-        for name in [n for n in os.environ if n.startswith("STORYLOOM_")]:
-            monkeypatch.delenv(name)
-        for name, value in {"STORYLOOM_DISABLE_PLUGIN_AUTOLOAD": "1", **(env or {})}.items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.chdir(cwd)
-        capsys.readouterr()
-        code = main(list(args))
-        out = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, out.out, out.err)
-
-    return run
 
 
 def assert_store_fault(out: subprocess.CompletedProcess, path: Path | str, *words: str) -> None:
