@@ -220,7 +220,7 @@ def test_a_signal_puts_running_items_back_and_exits_130(tmp_path, signum):
 
 
 @pytest.mark.slow
-def test_sigkill_mid_run_then_resume_completes_every_item_exactly_once(tmp_path, store_url):
+def test_sigkill_mid_run_then_resume_completes_every_item_exactly_once(tmp_path, store_url, main_in):
     project(tmp_path, n=60, latency=100, parallel=6, store=store_url)
     proc = popen("run", "jobs/cli-job.yaml", "-q", cwd=tmp_path)
     wait_for_completed(tmp_path, "cli-job", 10)
@@ -230,7 +230,7 @@ def test_sigkill_mid_run_then_resume_completes_every_item_exactly_once(tmp_path,
     before = read_store(tmp_path, lambda store: store.counts("cli-job"))
     assert before["running"] > 0  # the kill really left work in flight
     assert before["completed"] < 60
-    out = cli("resume", "cli-job", "-q", cwd=tmp_path)
+    out = main_in("resume", "cli-job", "-q", cwd=tmp_path)  # in-process: the killed run was the process
     assert out.returncode == 0, out.stderr
     per_item = read_store(tmp_path, completed_attempts)
     assert read_store(tmp_path, all_counts) == {"completed": 60}
@@ -255,11 +255,11 @@ def test_the_seed_job_definition_runs_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_workers_share_the_queue_and_one_finishes_what_a_killed_one_left(tmp_path, store_url):
+def test_two_workers_share_the_queue_and_one_finishes_what_a_killed_one_left(tmp_path, store_url, main_in):
     project(tmp_path, n=30, latency=100, parallel=3, job_id="first", store=store_url)
     project(tmp_path, n=30, latency=100, parallel=3, job_id="second", store=store_url)
     for job_id in ("first", "second"):
-        out = cli("submit", f"jobs/{job_id}.yaml", cwd=tmp_path)
+        out = main_in("submit", f"jobs/{job_id}.yaml", cwd=tmp_path)  # in-process: the workers are the processes
         assert out.returncode == 0 and f"{job_id}: queued, 30 items" in out.stdout, out.stderr
     doomed = popen("work", "-q", cwd=tmp_path)
     survivor = popen("work", "-q", cwd=tmp_path)
