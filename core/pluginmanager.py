@@ -15,6 +15,7 @@ import contextlib
 import importlib
 import os
 import sys
+import types
 from typing import Iterable, Iterator
 
 import pluggy
@@ -29,12 +30,35 @@ __all__ = ["DEFAULT_PLUGINS", "ENTRY_POINT_GROUP", "ESSENTIAL_PLUGINS", "check",
 ENTRY_POINT_GROUP = "storyloom"
 
 
+class LoomPluginManager(pluggy.PluginManager):
+    """pluggy's manager, quicker to fill: a bundled plugin is a module of ~50
+    names, and pluggy looks each one up with ``inspect.getattr_static``, most of
+    the time a manager takes to build (one per config, so per store opened). A
+    module's plain function or other value is read from its ``__dict__`` here
+    with the same answer; everything else goes to pluggy as before."""
+
+    def parse_hookimpl_opts(self, plugin, name):
+        if isinstance(plugin, types.ModuleType):
+            value = plugin.__dict__.get(name, _ABSENT)
+            if value is not _ABSENT and not isinstance(value, _WRAPPED):
+                if not isinstance(value, types.FunctionType):
+                    return None  # not hookable (a class, module, constant)
+                opts = getattr(value, self.project_name + "_impl", None)
+                return opts if isinstance(opts, dict) else None
+        return super().parse_hookimpl_opts(plugin, name)
+
+
+_ABSENT = object()
+#: Module values pluggy unwraps itself (staticmethod, classmethod, bound methods).
+_WRAPPED = (staticmethod, classmethod, types.MethodType)
+
+
 def make_plugin_manager(plugin_args: Iterable[str] = (), *, autoload: bool | None = None) -> pluggy.PluginManager:
     """Register bundled plugins, entry points and ``-p`` plugins; honour ``-p no:NAME``.
 
     ``autoload`` None means "unless STORYLOOM_DISABLE_PLUGIN_AUTOLOAD is set".
     """
-    pm = pluggy.PluginManager("storyloom")
+    pm = LoomPluginManager("storyloom")
     pm.add_hookspecs(hookspecs)
     if os.environ.get("STORYLOOM_TRACE_PLUGINS"):
         pm.trace.root.setwriter(sys.stderr.write)

@@ -194,8 +194,8 @@ def test_usage_errors_exit_2(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_puts_running_items_back_and_exits_130(tmp_path, signum):
-    # Six seconds of work: on a loaded machine the status call below can take two.
-    project(tmp_path, n=40, latency=600, parallel=4)
+    # Fifteen seconds of work: on a loaded machine the status call below can take several.
+    project(tmp_path, n=100, latency=600, parallel=4)
     proc = popen("run", "jobs/cli-job.yaml", "--grace-period", "0.1s", cwd=tmp_path)
     wait_for_completed(tmp_path, "cli-job", 4)
     status = json.loads(cli("status", "cli-job", "--json", cwd=tmp_path).stdout)
@@ -213,13 +213,14 @@ def test_a_signal_puts_running_items_back_and_exits_130(tmp_path, signum):
     job_state = read_store(tmp_path, lambda store: store.get_job("cli-job")).state
     assert "running" not in states and states.get("pending", 0) > 0
     assert job_state == "interrupted"
+    project(tmp_path, n=100, latency=0, parallel=4)  # the same job; the rest need not take 14 s more
     out = cli("resume", "cli-job", "-q", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert "40/40 completed" in out.stdout
+    assert "100/100 completed" in out.stdout
 
 
 @pytest.mark.slow
-def test_sigkill_mid_run_then_resume_completes_every_item_exactly_once(tmp_path, store_url):
+def test_sigkill_mid_run_then_resume_completes_every_item_exactly_once(tmp_path, store_url, main_in):
     project(tmp_path, n=60, latency=100, parallel=6, store=store_url)
     proc = popen("run", "jobs/cli-job.yaml", "-q", cwd=tmp_path)
     wait_for_completed(tmp_path, "cli-job", 10)
@@ -229,7 +230,7 @@ def test_sigkill_mid_run_then_resume_completes_every_item_exactly_once(tmp_path,
     before = read_store(tmp_path, lambda store: store.counts("cli-job"))
     assert before["running"] > 0  # the kill really left work in flight
     assert before["completed"] < 60
-    out = cli("resume", "cli-job", "-q", cwd=tmp_path)
+    out = main_in("resume", "cli-job", "-q", cwd=tmp_path)  # in-process: the killed run was the process
     assert out.returncode == 0, out.stderr
     per_item = read_store(tmp_path, completed_attempts)
     assert read_store(tmp_path, all_counts) == {"completed": 60}
@@ -254,11 +255,11 @@ def test_the_seed_job_definition_runs_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_workers_share_the_queue_and_one_finishes_what_a_killed_one_left(tmp_path, store_url):
+def test_two_workers_share_the_queue_and_one_finishes_what_a_killed_one_left(tmp_path, store_url, main_in):
     project(tmp_path, n=30, latency=100, parallel=3, job_id="first", store=store_url)
     project(tmp_path, n=30, latency=100, parallel=3, job_id="second", store=store_url)
     for job_id in ("first", "second"):
-        out = cli("submit", f"jobs/{job_id}.yaml", cwd=tmp_path)
+        out = main_in("submit", f"jobs/{job_id}.yaml", cwd=tmp_path)  # in-process: the workers are the processes
         assert out.returncode == 0 and f"{job_id}: queued, 30 items" in out.stdout, out.stderr
     doomed = popen("work", "-q", cwd=tmp_path)
     survivor = popen("work", "-q", cwd=tmp_path)

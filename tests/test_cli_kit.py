@@ -1,6 +1,8 @@
-"""The everyday commands, run as a user runs them (``storyloom`` in a
-subprocess, or ``cli.main`` in-process): dry runs, samples, running a job
-again, finding the store from a subfolder, global options, help, ``--json``."""
+"""The everyday commands, run as a user runs them (``cli.main`` in-process
+through the ``main_in`` fixture; ``storyloom`` in a subprocess where the
+process is the point: a terminal, a live worker, no tty, ``python -m``, a
+bad input's exit): dry runs, samples, running a job again, finding the store
+from a subfolder, global options, help, ``--json``."""
 
 from __future__ import annotations
 
@@ -74,10 +76,10 @@ def nothing_written(folder: Path) -> bool:
 # -- --dry-run
 
 
-def test_dry_run_shows_routes_cost_and_time_and_sends_and_stores_nothing(tmp_path, fake_provider):  # noqa: F811
+def test_dry_run_shows_routes_cost_and_time_and_sends_and_stores_nothing(tmp_path, fake_provider, main_in):  # noqa: F811
     (tmp_path / "storyloom.yaml").write_text(FAKE_SETTINGS.format(base=fake_provider.base_url("openai")))
     (tmp_path / "job.yaml").write_text(TWO_PROJECTS.format(job_id="dry", models="gpt, gpt-b"))
-    out = cli("run", "job.yaml", "--dry-run", "--json", cwd=tmp_path, env=fake_provider.env())
+    out = main_in("run", "job.yaml", "--dry-run", "--json", cwd=tmp_path, env=fake_provider.env())
     assert out.returncode == 0, out.stderr
     plan = json.loads(out.stdout)
     assert plan["dry_run"] and plan["total_items"] == 10
@@ -94,11 +96,11 @@ def test_dry_run_shows_routes_cost_and_time_and_sends_and_stores_nothing(tmp_pat
     assert plan["min_seconds"] == pytest.approx(10.0)
     assert plan["expected_usd"] == pytest.approx(sum(row["expected_usd"] for row in plan["items"]))
     assert plan["worst_usd"] > plan["expected_usd"]
-    text = cli("run", "job.yaml", "--dry-run", cwd=tmp_path, env=fake_provider.env())
+    text = main_in("run", "job.yaml", "--dry-run", cwd=tmp_path, env=fake_provider.env())
     assert text.returncode == 0, text.stderr
     assert "dry run, nothing sent or stored; 10 item(s)" in text.stdout
     assert "rain-ch2  -> gpt-b" in text.stdout and "at least 10s by the rate limits" in text.stdout
-    queued = cli("submit", "job.yaml", "--dry-run", cwd=tmp_path, env=fake_provider.env())
+    queued = main_in("submit", "job.yaml", "--dry-run", cwd=tmp_path, env=fake_provider.env())
     assert queued.returncode == 0 and "dry run" in queued.stdout, queued.stderr
     assert fake_provider.stats().requests == 0 and fake_provider.requests == [] and fake_provider.connections == 0
     assert nothing_written(tmp_path)
@@ -122,9 +124,9 @@ async def items_by_state(store, job_id: str) -> dict[str, list]:
     return found
 
 
-def test_sample_runs_n_items_over_projects_and_models_then_resume_runs_the_rest(tmp_path):
+def test_sample_runs_n_items_over_projects_and_models_then_resume_runs_the_rest(tmp_path, main_in):
     studio(tmp_path)
-    out = cli("run", "jobs/two.yaml", "--sample", "4", "-q", cwd=tmp_path)
+    out = main_in("run", "jobs/two.yaml", "--sample", "4", "-q", cwd=tmp_path)
     assert out.returncode == 3, out.stdout + out.stderr
     assert "two: paused" in out.stdout and "4/10 completed" in out.stdout
     assert "sample of 4 item(s) cost $" in out.stdout and "the whole job of 10: about $" in out.stdout
@@ -134,9 +136,9 @@ def test_sample_runs_n_items_over_projects_and_models_then_resume_runs_the_rest(
     assert len(done) == 4 and len(states["pending"]) == 6
     assert {row.item_id.split("-")[0] for row in done} == {"rain", "lantern"}  # both projects
     assert {row.last_model for row in done} == {"sim", "sim-large"}  # both models
-    status = json.loads(cli("status", "two", "--json", cwd=tmp_path).stdout)
+    status = json.loads(main_in("status", "two", "--json", cwd=tmp_path).stdout)
     assert status["state"] == "paused" and "sample of 4" in status["reason"]
-    resumed = cli("resume", "two", "-q", "--json", cwd=tmp_path)
+    resumed = main_in("resume", "two", "-q", "--json", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     summary = json.loads(resumed.stdout)
     assert summary["status"] == "completed" and summary["counts"]["completed"] == 10
@@ -145,9 +147,9 @@ def test_sample_runs_n_items_over_projects_and_models_then_resume_runs_the_rest(
         [f"rain-ch{i}" for i in range(1, 7)] + [f"lantern-ch{i}" for i in range(1, 5)])  # each once
 
 
-def test_sample_extrapolates_cost_from_what_the_sample_cost(tmp_path):
+def test_sample_extrapolates_cost_from_what_the_sample_cost(tmp_path, main_in):
     studio(tmp_path)
-    out = cli("run", "jobs/two.yaml", "--sample", "2", "--json", "-q", cwd=tmp_path)
+    out = main_in("run", "jobs/two.yaml", "--sample", "2", "--json", "-q", cwd=tmp_path)
     assert out.returncode == 3, out.stderr
     summary = json.loads(out.stdout)
     sample = summary["sample"]
@@ -157,59 +159,59 @@ def test_sample_extrapolates_cost_from_what_the_sample_cost(tmp_path):
     assert sample["projected_seconds"] >= sample["seconds"]
 
 
-def test_a_sample_as_large_as_the_job_completes_it(tmp_path):
+def test_a_sample_as_large_as_the_job_completes_it(tmp_path, main_in):
     studio(tmp_path)
-    out = cli("run", "jobs/two.yaml", "--sample", "50", "-q", cwd=tmp_path)
+    out = main_in("run", "jobs/two.yaml", "--sample", "50", "-q", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "10/10 completed" in out.stdout
 
 
-def test_sample_and_dry_run_together_is_a_usage_error(tmp_path):
+def test_sample_and_dry_run_together_is_a_usage_error(tmp_path, main_in):
     studio(tmp_path)
-    out = cli("run", "jobs/two.yaml", "--sample", "2", "--dry-run", cwd=tmp_path)
+    out = main_in("run", "jobs/two.yaml", "--sample", "2", "--dry-run", cwd=tmp_path)
     assert out.returncode == 2 and "--dry-run and --sample" in out.stderr
-    assert cli("run", "jobs/two.yaml", "--sample", "0", cwd=tmp_path).returncode == 2
+    assert main_in("run", "jobs/two.yaml", "--sample", "0", cwd=tmp_path).returncode == 2
     assert nothing_written(tmp_path)
 
 
 # -- running a job again
 
 
-def test_the_demo_runs_twice_with_job_id_or_after_delete(tmp_path):
+def test_the_demo_runs_twice_with_job_id_or_after_delete(tmp_path, main_in):
     shutil.copy(ROOT / "jobs" / "demo.yaml", tmp_path / "demo.yaml")
     (tmp_path / "storyloom.yaml").write_text(QUICK_MODELS)
-    first = cli("run", "demo.yaml", "-q", cwd=tmp_path)
+    first = main_in("run", "demo.yaml", "-q", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert "outputs: storyloom-out/demo-chapters/ (reports: report.html, report.json, report.md)" in first.stdout
-    again = cli("run", "demo.yaml", "-q", cwd=tmp_path)
+    again = main_in("run", "demo.yaml", "-q", cwd=tmp_path)
     assert again.returncode == 2 and "already exists" in again.stderr
     assert "--job-id" in again.stderr and "storyloom delete demo-chapters" in again.stderr
-    other = cli("run", "demo.yaml", "-q", "--job-id", "demo-2", cwd=tmp_path)
+    other = main_in("run", "demo.yaml", "-q", "--job-id", "demo-2", cwd=tmp_path)
     assert other.returncode == 0, other.stderr
     assert "demo-2: completed" in other.stdout and (tmp_path / "storyloom-out" / "demo-2" / "report.md").exists()
     refused = cli("delete", "demo-chapters", cwd=tmp_path)  # no tty to ask on
     assert refused.returncode == 2 and "--yes" in refused.stderr
-    gone = cli("delete", "demo-chapters", "--yes", cwd=tmp_path)
+    gone = main_in("delete", "demo-chapters", "--yes", cwd=tmp_path)
     assert gone.returncode == 0 and "demo-chapters: deleted (completed, 20 item(s))" in gone.stdout, gone.stderr
     assert read_store(tmp_path, lambda store: store.get_job("demo-chapters")) is None
     assert read_store(tmp_path, lambda store: store.get_job("demo-2")) is not None  # the other run stays
-    third = cli("run", "demo.yaml", "-q", cwd=tmp_path)
+    third = main_in("run", "demo.yaml", "-q", cwd=tmp_path)
     assert third.returncode == 0 and "20/20 completed" in third.stdout, third.stderr
-    assert cli("delete", "nope", "--yes", cwd=tmp_path).returncode == 2
+    assert main_in("delete", "nope", "--yes", cwd=tmp_path).returncode == 2
 
 
-def test_a_bad_job_id_is_refused_before_anything_is_stored(tmp_path):
+def test_a_bad_job_id_is_refused_before_anything_is_stored(tmp_path, main_in):
     studio(tmp_path)
-    out = cli("run", "jobs/two.yaml", "--job-id", "../escape", cwd=tmp_path)
+    out = main_in("run", "jobs/two.yaml", "--job-id", "../escape", cwd=tmp_path)
     assert out.returncode == 2 and "--job-id '../escape'" in out.stderr
     assert nothing_written(tmp_path)
 
 
-def test_submit_with_job_id_queues_the_job_under_it(tmp_path):
+def test_submit_with_job_id_queues_the_job_under_it(tmp_path, main_in):
     studio(tmp_path)
-    out = cli("submit", "jobs/two.yaml", "--job-id", "nightly", cwd=tmp_path)
+    out = main_in("submit", "jobs/two.yaml", "--job-id", "nightly", cwd=tmp_path)
     assert out.returncode == 0 and "nightly: queued, 10 items" in out.stdout, out.stderr
-    worked = cli("work", "--burst", "-q", "--json", cwd=tmp_path)
+    worked = main_in("work", "--burst", "-q", "--json", cwd=tmp_path)
     assert worked.returncode == 0, worked.stderr
     data = json.loads(worked.stdout)
     assert data["interrupted"] is False
@@ -248,9 +250,9 @@ def _delete_on_a_tty(tmp_path: Path, answer: bytes) -> tuple[int, str]:
 
 
 @pytest.mark.slow
-def test_delete_asks_on_a_terminal(tmp_path):
+def test_delete_asks_on_a_terminal(tmp_path, main_in):
     studio(tmp_path)
-    assert cli("run", "jobs/two.yaml", "-q", cwd=tmp_path).returncode == 0
+    assert main_in("run", "jobs/two.yaml", "-q", cwd=tmp_path).returncode == 0
     code, shown = _delete_on_a_tty(tmp_path, b"n\n")
     assert code == 0 and "Delete job 'two'" in shown and "two: not deleted" in shown
     assert read_store(tmp_path, lambda store: store.get_job("two")) is not None
@@ -260,12 +262,12 @@ def test_delete_asks_on_a_terminal(tmp_path):
 
 
 @pytest.mark.slow
-def test_delete_refuses_a_job_that_a_live_worker_runs(tmp_path):
+def test_delete_refuses_a_job_that_a_live_worker_runs(tmp_path, main_in):
     project(tmp_path, n=40, latency=300, parallel=2)
     proc = popen("run", "jobs/cli-job.yaml", "-q", cwd=tmp_path)
     try:
         wait_for_completed(tmp_path, "cli-job", 1)
-        out = cli("delete", "cli-job", "--yes", cwd=tmp_path)
+        out = main_in("delete", "cli-job", "--yes", cwd=tmp_path)  # the worker is the other process
         assert out.returncode == 2 and "running in a live worker" in out.stderr, out.stderr
         assert read_store(tmp_path, lambda store: store.get_job("cli-job")) is not None
     finally:
@@ -274,7 +276,7 @@ def test_delete_refuses_a_job_that_a_live_worker_runs(tmp_path):
     # The worker is gone: once its heartbeat and leases are older than the lease (2s), what it
     # left can be deleted.
     deadline = time.monotonic() + 30
-    while (out := cli("delete", "cli-job", "--yes", cwd=tmp_path)).returncode != 0 and time.monotonic() < deadline:
+    while (out := main_in("delete", "cli-job", "--yes", cwd=tmp_path)).returncode != 0 and time.monotonic() < deadline:
         assert "running in a live worker" in out.stderr, out.stderr
         time.sleep(0.2)
     assert out.returncode == 0, out.stderr
@@ -283,15 +285,15 @@ def test_delete_refuses_a_job_that_a_live_worker_runs(tmp_path):
 # -- where things are
 
 
-def test_the_store_is_found_from_a_subfolder(tmp_path):
+def test_the_store_is_found_from_a_subfolder(tmp_path, main_in):
     studio(tmp_path)
-    assert cli("run", "jobs/two.yaml", "--sample", "2", "-q", cwd=tmp_path).returncode == 3
+    assert main_in("run", "jobs/two.yaml", "--sample", "2", "-q", cwd=tmp_path).returncode == 3
     deep = tmp_path / "jobs" / "drafts"
     deep.mkdir()
-    status = cli("status", "two", "--json", cwd=deep)
+    status = main_in("status", "two", "--json", cwd=deep)
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["counts"]["completed"] == 2
-    resumed = cli("resume", "two", "-q", cwd=deep)
+    resumed = main_in("resume", "two", "-q", cwd=deep)
     assert resumed.returncode == 0, resumed.stderr
     # Outputs go beside the store, not into the subfolder.
     assert f"outputs: {tmp_path / 'storyloom-out' / 'two'}{os.sep}" in resumed.stdout
@@ -300,7 +302,7 @@ def test_the_store_is_found_from_a_subfolder(tmp_path):
     assert not (tmp_path / "jobs" / ".storyloom").exists()
 
 
-def test_a_stray_state_folder_above_captures_nothing(tmp_path):
+def test_a_stray_state_folder_above_captures_nothing(tmp_path, main_in):
     """Only a storyloom.yaml marks a studio: a .storyloom alone in a parent
     (in /tmp, say, above every test's folder) is not used."""
     (tmp_path / ".storyloom").mkdir()
@@ -308,42 +310,42 @@ def test_a_stray_state_folder_above_captures_nothing(tmp_path):
     below.mkdir()
     project(below, n=2)
     (below / "storyloom.yaml").rename(below / "settings.yaml")
-    out = cli("run", "jobs/cli-job.yaml", "--settings", "settings.yaml", "-q", cwd=below)
+    out = main_in("run", "jobs/cli-job.yaml", "--settings", "settings.yaml", "-q", cwd=below)
     assert out.returncode == 0, out.stderr
     assert (below / ".storyloom").is_dir() and list((tmp_path / ".storyloom").iterdir()) == []
 
 
-def test_a_nearer_settings_file_starts_its_own_store(tmp_path):
+def test_a_nearer_settings_file_starts_its_own_store(tmp_path, main_in):
     studio(tmp_path)
-    assert cli("run", "jobs/two.yaml", "--sample", "1", "-q", cwd=tmp_path).returncode == 3
+    assert main_in("run", "jobs/two.yaml", "--sample", "1", "-q", cwd=tmp_path).returncode == 3
     other = tmp_path / "other-studio"
     other.mkdir()
     (other / "storyloom.yaml").write_text(QUICK_MODELS)
-    out = cli("status", "two", cwd=other)
+    out = main_in("status", "two", cwd=other)
     assert out.returncode == 2 and "no store in .storyloom" in out.stderr
 
 
-def test_global_options_work_before_the_subcommand_and_after_it(tmp_path):
+def test_global_options_work_before_the_subcommand_and_after_it(tmp_path, main_in):
     project(tmp_path, n=2)
-    out = cli("--state-dir", "elsewhere", "-p", "no:webhook", "run", "jobs/cli-job.yaml", "-q", cwd=tmp_path)
+    out = main_in("--state-dir", "elsewhere", "-p", "no:webhook", "run", "jobs/cli-job.yaml", "-q", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "elsewhere").is_dir() and not (tmp_path / ".storyloom").exists()
-    assert "cli-job  chapter_writing  completed" in cli("--state-dir", "elsewhere", "status", cwd=tmp_path).stdout
-    assert "cli-job" in cli("status", "--state-dir", "elsewhere", cwd=tmp_path).stdout
+    assert "cli-job  chapter_writing  completed" in main_in("--state-dir", "elsewhere", "status", cwd=tmp_path).stdout
+    assert "cli-job" in main_in("status", "--state-dir", "elsewhere", cwd=tmp_path).stdout
     # After the subcommand wins over before it; -p adds up from both places.
-    missing = cli("--state-dir", "elsewhere", "status", "--state-dir", "nowhere", cwd=tmp_path)
+    missing = main_in("--state-dir", "elsewhere", "status", "--state-dir", "nowhere", cwd=tmp_path)
     assert missing.returncode == 2 and "no store in nowhere" in missing.stderr
     def blocked(*args: str) -> set[str]:  # pluggy lists a blocked name with no module of its own
-        listing = cli(*args, cwd=tmp_path).stdout
+        listing = main_in(*args, cwd=tmp_path).stdout
         return {line.split()[0] for line in listing.splitlines() if line.endswith("(builtins)")}
 
     assert blocked("plugins") == set()
     assert blocked("-p", "no:webhook", "plugins", "-p", "no:eventlog") == {"webhook", "eventlog"}
 
 
-def test_usage_errors_carry_one_prefix(tmp_path):
+def test_usage_errors_carry_one_prefix(tmp_path, main_in):
     for args in (("run",), ("nosuch",), ("run", "x.yaml", "--max-parallel", "0"), ("resume", "nope")):
-        out = cli(*args, cwd=tmp_path)
+        out = main_in(*args, cwd=tmp_path)
         assert out.returncode == 2
         line = out.stderr.strip()
         assert line.startswith("storyloom: error: ") and line.count("error:") == 1, line
@@ -379,10 +381,10 @@ items:
 """
 
 
-def test_validate_reports_every_problem_in_a_file(tmp_path):
+def test_validate_reports_every_problem_in_a_file(tmp_path, main_in):
     project(tmp_path)
     (tmp_path / "bad.yaml").write_text(BAD_JOB)
-    out = cli("validate", "bad.yaml", cwd=tmp_path)
+    out = main_in("validate", "bad.yaml", cwd=tmp_path)
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert [line.split(": ")[2] for line in lines] == [
@@ -390,7 +392,7 @@ def test_validate_reports_every_problem_in_a_file(tmp_path):
     assert all(line.startswith("storyloom: error: ") for line in lines)
     assert "'priorty'; did you mean 'priority'" in lines[0] and "items[0].modle" in lines[3]
     # run shows the first and says how many more there are.
-    ran = cli("run", "bad.yaml", cwd=tmp_path)
+    ran = main_in("run", "bad.yaml", cwd=tmp_path)
     assert ran.returncode == 2 and len(ran.stderr.strip().splitlines()) == 1
     assert "bad.yaml:3:1" in ran.stderr and "(and 3 more: `storyloom validate bad.yaml` lists them)" in ran.stderr
     assert nothing_written(tmp_path)
@@ -408,14 +410,14 @@ def test_validate_caps_the_problems_it_lists(tmp_path, capsys):
     assert "more problems not shown (the first 20 are)" in err[-1]
 
 
-def test_validate_reports_each_bad_item_entry(tmp_path):
+def test_validate_reports_each_bad_item_entry(tmp_path, main_in):
     project(tmp_path)
     (tmp_path / "items.yaml").write_text(
         "job_id: items\njob_type: chapter_writing\nmodels: [sim]\nitems:\n"
         "  - {item_id: a, project_id: p, chapter_num: 1, model: nope}\n"
         "  - {item_id: b, project_id: p, chapter_num: 2}\n"
         "  - {item_id: b, project_id: p, chapter_num: 3}\n")
-    out = cli("validate", "items.yaml", cwd=tmp_path)
+    out = main_in("validate", "items.yaml", cwd=tmp_path)
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2 and len(lines) == 2, out.stderr
     assert "items.yaml:5" in lines[0] and "unknown model 'nope'" in lines[0]
@@ -438,20 +440,20 @@ def test_run_json_is_one_object_and_plain_run_says_where_outputs_went(tmp_path):
         f"outputs: storyloom-out{os.sep}plain{os.sep} (reports: report.html, report.json, report.md)")
 
 
-def test_resume_json_of_a_job_with_nothing_left(tmp_path):
+def test_resume_json_of_a_job_with_nothing_left(tmp_path, main_in):
     project(tmp_path, n=2)
-    assert cli("run", "jobs/cli-job.yaml", "-q", cwd=tmp_path).returncode == 0
-    out = cli("resume", "cli-job", "--json", cwd=tmp_path)
+    assert main_in("run", "jobs/cli-job.yaml", "-q", cwd=tmp_path).returncode == 0
+    out = main_in("resume", "cli-job", "--json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert data["idle"] is True and data["reason"].startswith("nothing to resume")
 
 
-def test_nothing_is_created_by_reading_commands_in_a_subfolder(tmp_path):
+def test_nothing_is_created_by_reading_commands_in_a_subfolder(tmp_path, main_in):
     studio(tmp_path)
     with pytest.raises(StoreNotFound):
         read_store(tmp_path, lambda store: store.list_jobs())
-    out = cli("status", cwd=tmp_path / "jobs")
+    out = main_in("status", cwd=tmp_path / "jobs")
     assert out.returncode == 2 and f"no store in {tmp_path / '.storyloom'}" in out.stderr
     assert nothing_written(tmp_path) and nothing_written(tmp_path / "jobs")
 
@@ -470,7 +472,7 @@ def test_a_sample_takes_each_project_and_pinned_model_in_turn():
     assert len(pick_sample(job, 100)) == 10 and "a-done" not in pick_sample(job, 100)
 
 
-def test_a_sample_of_a_job_with_nothing_to_run_just_ends(tmp_path):
+def test_a_sample_of_a_job_with_nothing_to_run_just_ends(tmp_path):  # a subprocess: a hang here ends at 60 s
     studio(tmp_path)
     job = tmp_path / "jobs" / "two.yaml"
     job.write_text(job.read_text().replace("genre: fantasy}", "genre: fantasy, status: skipped}"))

@@ -45,11 +45,28 @@ def epubcheck_command() -> list[str] | None:
     pytest.skip(f"epubcheck needs java and {EPUBCHECK} (Debian package epubcheck)")
 
 
+def start_epubcheck(paths) -> dict:
+    """epubcheck started on each of ``paths`` (it checks one file per run), in
+    parallel: one JVM start each is most of the time, so a test starts them
+    as soon as its books exist and collects them with finish_epubcheck."""
+    command = epubcheck_command()
+    return {path: subprocess.Popen([*command, str(path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for path in paths}
+
+
+def finish_epubcheck(running: dict) -> dict:
+    """{path: (exit code, output)} of what start_epubcheck started."""
+    results = {}
+    for path, process in running.items():
+        out, _ = process.communicate(timeout=300)
+        results[path] = (process.returncode, out)
+    return results
+
+
 @pytest.fixture(scope="module")
 def epubcheck_results(tmp_path_factory):
     """epubcheck's (exit code, output) for the Thai, the English and a broken
     book, run in parallel: one JVM start each is most of the time."""
-    command = epubcheck_command()
     folder = tmp_path_factory.mktemp("books")
     books = {"thai": write_epub(folder / "thai.epub", **THAI), "english": write_epub(folder / "english.epub", **ENGLISH)}
     broken = folder / "broken.epub"
@@ -60,13 +77,8 @@ def epubcheck_results(tmp_path_factory):
                 data = data.replace(b"</p>", b"", 1)  # not well-formed any more
             bad.writestr(info.filename, data, compress_type=zipfile.ZIP_DEFLATED)  # mimetype compressed too
     books["broken"] = broken
-    running = {name: subprocess.Popen([*command, str(path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True) for name, path in books.items()}
-    results = {}
-    for name, process in running.items():
-        out, _ = process.communicate(timeout=300)
-        results[name] = (process.returncode, out)
-    return results
+    results = finish_epubcheck(start_epubcheck(books.values()))
+    return {name: results[path] for name, path in books.items()}
 
 
 @pytest.mark.slow

@@ -155,7 +155,7 @@ def test_a_report_that_cannot_be_written_ends_6_and_the_result_files_are_kept(lo
     assert (loom.out_dir / "book" / "report.json").exists()
 
 
-def test_the_cli_says_in_one_line_which_path_failed_and_what_to_do(loom):
+def test_the_cli_says_in_one_line_which_path_failed_and_what_to_do(loom, main_in):
     loom.write("storyloom.yaml", SETTINGS)
     loom.write("job.yaml", CHAPTERS.format(job_id="blocked", n=3))
     out_dir = _blocked_out_dir(loom)
@@ -168,26 +168,26 @@ def test_the_cli_says_in_one_line_which_path_failed_and_what_to_do(loom):
     assert "storyloom outputs blocked --rebuild" in errors[0]
     assert "3/3 completed" in proc.stdout and "6 output(s) NOT written" in proc.stdout
     # What the operator is told to do works: here, another output folder.
-    proc = cli("outputs", "blocked", "--rebuild", "--out-dir", "elsewhere", cwd=loom.path)
+    proc = main_in("outputs", "blocked", "--rebuild", "--out-dir", "elsewhere", cwd=loom.path)
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (loom.path / "elsewhere" / "blocked").iterdir()) == [
         "rain-ch1.md", "rain-ch2.md", "rain-ch3.md", "report.html", "report.json", "report.md"]
 
 
-def test_work_ends_6_when_a_job_could_not_write_its_outputs(loom):
+def test_work_ends_6_when_a_job_could_not_write_its_outputs(loom, main_in):
     loom.write("storyloom.yaml", SETTINGS)
     loom.write("job.yaml", CHAPTERS.format(job_id="queued", n=2))
-    assert cli("submit", "job.yaml", cwd=loom.path).returncode == 0
+    assert main_in("submit", "job.yaml", cwd=loom.path).returncode == 0  # set-up: in-process
     proc = cli("work", "--burst", "-q", "--out-dir", str(_blocked_out_dir(loom)), cwd=loom.path)
     assert proc.returncode == 6, proc.stderr
     assert "Traceback" not in proc.stderr and "storyloom outputs queued --rebuild" in proc.stderr
 
 
-def test_outputs_exits_6_while_an_output_is_missing(loom):
+def test_outputs_exits_6_while_an_output_is_missing(loom, main_in):
     loom.write("storyloom.yaml", SETTINGS)
     loom.write("job.yaml", CHAPTERS.format(job_id="book", n=2))
-    assert cli("run", "job.yaml", "-q", cwd=loom.path).returncode == 0
-    assert cli("outputs", "book", cwd=loom.path).returncode == 0
+    assert main_in("run", "job.yaml", "-q", cwd=loom.path).returncode == 0  # in-process; the exit 6 below is a process's
+    assert main_in("outputs", "book", cwd=loom.path).returncode == 0
     (loom.out_dir / "book" / "rain-ch1.md").unlink()
     proc = cli("outputs", "book", cwd=loom.path)
     assert proc.returncode == 6
@@ -196,7 +196,7 @@ def test_outputs_exits_6_while_an_output_is_missing(loom):
 
 
 @pytest.mark.slow
-def test_a_full_output_disk_ends_6_and_a_rebuild_after_freeing_space_completes(loom):
+def test_a_full_output_disk_ends_6_and_a_rebuild_after_freeing_space_completes(loom, main_in):
     """A real ENOSPC: a tiny tmpfs as the output folder (needs mount rights)."""
     mount = loom.path / "small"
     mount.mkdir()
@@ -214,9 +214,9 @@ def test_a_full_output_disk_ends_6_and_a_rebuild_after_freeing_space_completes(l
         assert "Traceback" not in proc.stderr
         assert "No space left on device (ENOSPC)" in proc.stderr and "free space" in proc.stderr
         assert "12/12 completed" in proc.stdout  # the store holds every item
-        assert cli("outputs", "full", "--out-dir", str(mount), cwd=loom.path).returncode == 6
+        assert main_in("outputs", "full", "--out-dir", str(mount), cwd=loom.path).returncode == 6
         filler.unlink()
-        proc = cli("outputs", "full", "--rebuild", "--out-dir", str(mount), cwd=loom.path)
+        proc = main_in("outputs", "full", "--rebuild", "--out-dir", str(mount), cwd=loom.path)
         assert proc.returncode == 0, proc.stderr
         assert len(files(mount / "full")) == 12
         assert not [p for p in (mount / "full").iterdir() if ".storyloom-tmp-" in p.name]
@@ -232,8 +232,8 @@ def test_a_full_output_disk_ends_6_and_a_rebuild_after_freeing_space_completes(l
 def test_files_a_kill_lost_come_back_byte_identical(loom, tmp_path_factory, how):
     job = CHAPTERS.format(job_id="killed", n=12)
     normal = tmp_path_factory.mktemp("normal")
-    for folder in (normal, loom.path):
-        (folder / "storyloom.yaml").write_text(SETTINGS, encoding="utf-8")
+    for folder in (normal, loom.path):  # a 2 s lease: resume gets the killed run's items back in ~2.7 s, not 40 s
+        (folder / "storyloom.yaml").write_text(SETTINGS + "queue: {lease: 2s}\n", encoding="utf-8")
         (folder / "job.yaml").write_text(job, encoding="utf-8")
     assert cli("run", "job.yaml", "-q", cwd=normal).returncode == 0
     expected = files(normal / "storyloom-out" / "killed")

@@ -272,6 +272,7 @@ models:
   s1: {provider: scripted, latency: 0.05, script: {}}
   s2: {provider: scripted, latency: 0.05, script: {}}
 default_models: [s1]
+queue: {lease: 2s}  # the killed run's items are back within 2s + 2s/3, not 30s + 10s
 """
 
 

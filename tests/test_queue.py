@@ -15,7 +15,7 @@ import trio
 from hypothesis import HealthCheck, assume, given, settings as hsettings, strategies as st
 
 from sample_plugins import scripted
-from storyloom import hookimpl
+from storyloom import hookimpl, kernel
 from storyloom.api import submit_job, work
 from storyloom.cli import main
 from storyloom.testing import Loom
@@ -175,7 +175,11 @@ def work_meanwhile(loom: Loom, plugins: tuple, ready, action) -> dict:
             async with loom.store() as store:
                 await action(store)
 
-    trio.run(main)
+    # The worker notices another process's pause or cancel at its next poll:
+    # every 0.1 s here, not every second.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(kernel, "POLL_INTERVAL", 0.1)
+        trio.run(main)
     return result
 
 
@@ -344,9 +348,12 @@ def test_a_critical_item_submitted_while_normal_items_wait_starts_before_them(tm
             await trio.sleep(after)
             await submit_job(urgent, options=loom.options())
             submitted["at"] = trio.current_time()
-            with trio.fail_after(10):
-                while {await job_state(loom, j) for j in ("normal", "urgent")} != {"completed"}:
-                    await trio.sleep(0.01)
+            # one store of its own for the whole wait: opening one per poll (a config and
+            # plugin manager each) cost more than the jobs
+            async with loom.store() as store:
+                with trio.fail_after(10):
+                    while {(await store.get_job(j)).state for j in ("normal", "urgent")} != {"completed"}:
+                        await trio.sleep(0.01)
             nursery.cancel_scope.cancel()
 
     trio.run(main)

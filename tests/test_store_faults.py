@@ -23,7 +23,9 @@ import time
 from pathlib import Path
 
 import pytest
+import trio
 
+from storyloom import api
 from storyloom.plugins.stores.sqlite import DB_NAME, SQLiteStore
 from storyloom.store import StoreUnavailable
 from storyloom.testing import Loom
@@ -76,29 +78,39 @@ def states(folder: Path, job_id: str, **overrides) -> tuple[str | None, dict[str
     return Loom(folder).read(read, **overrides)
 
 
-def shown(folder: Path, job_id: str, *state: str) -> tuple[str, str | None]:
-    """The state and reason ``storyloom status JOB --json`` shows; it must write nothing."""
+def shown(folder: Path, job_id: str, *state: str, run=cli) -> tuple[str, str | None]:
+    """The state and reason ``storyloom status JOB --json`` shows (``run``: ``cli`` or
+    ``main_in``); it must write nothing."""
     db = Path(state[1]) if state else folder / ".storyloom"
     before = {p.name: p.read_bytes() for p in db.glob(f"{DB_NAME}*")}
-    out = cli("status", job_id, "--json", *state, cwd=folder)
+    out = run("status", job_id, "--json", *state, cwd=folder)
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
     assert {p.name: p.read_bytes() for p in db.glob(f"{DB_NAME}*")} == before
     data = json.loads(out.stdout)
     return data["state"], data["reason"]
 
 
-def assert_shown_interrupted(folder: Path, job_id: str, *state: str) -> None:
+def assert_shown_interrupted(folder: Path, job_id: str, *state: str, run=cli) -> None:
     """A job its worker left (stored as interrupted, or left running by a
     process that is gone) is shown as interrupted, with how to continue: at
     once if stored so, else once its heartbeat and leases are older than its
     lease (2s in these tests)."""
-    deadline = time.monotonic() + 30
-    while (seen := shown(folder, job_id, *state))[0] != "interrupted" and time.monotonic() < deadline:
-        time.sleep(0.2)
-    shown_state, reason = seen
+    wait_until_interrupted(folder, job_id, *state)
+    shown_state, reason = shown(folder, job_id, *state, run=run)
     assert shown_state == "interrupted", (shown_state, reason)
     assert reason.startswith("the store failed: ") or (
         "is gone; storyloom resume" in reason and reason.endswith(f"resume {job_id} continues")), reason
+
+
+def wait_until_interrupted(folder: Path, job_id: str, *state: str) -> None:
+    """Poll the status in-process (a CLI per poll costs ~0.5 s) until the job
+    shows as interrupted, at most 30 s; the caller then asks the CLI once."""
+    options = Loom(folder).options(**({"state_dir": state[1]} if state else {}))
+    deadline = time.monotonic() + 30
+    while trio.run(lambda: api.job_status(job_id, options=options))["state"] != "interrupted":
+        if time.monotonic() > deadline:
+            return  # the CLI's answer, asserted by the caller, says what it is
+        time.sleep(0.1)
 
 
 def _stored_jobs(folder: Path, state_dir: Path) -> list[str]:
@@ -114,26 +126,26 @@ def _stored_jobs(folder: Path, state_dir: Path) -> list[str]:
 @pytest.mark.parametrize("command", [("status",), ("status", "cli-job"), ("run", "jobs/cli-job.yaml"),
                                      ("submit", "jobs/cli-job.yaml"), ("resume", "cli-job"), ("queue",),
                                      ("report", "cli-job")])
-def test_a_garbage_database_is_exit_5_and_left_as_it_was(tmp_path, command):
+def test_a_garbage_database_is_exit_5_and_left_as_it_was(tmp_path, command, main_in):
     project(tmp_path)
     db = tmp_path / ".storyloom" / DB_NAME
     db.parent.mkdir()
     db.write_bytes(b"not a database, just some bytes\n" * 200)
     before = db.read_bytes()
-    out = cli(*command, cwd=tmp_path)
+    out = main_in(*command, cwd=tmp_path)  # a process's exit 5: the truncated and locked tests
     assert_store_fault(out, Path(".storyloom") / DB_NAME, "not a storyloom database", "backup")
     assert db.read_bytes() == before
     assert sorted(p.name for p in db.parent.iterdir()) == [DB_NAME]
 
 
 @pytest.mark.slow
-def test_a_truncated_database_is_exit_5(tmp_path):
+def test_a_truncated_database_is_exit_5(tmp_path, main_in):
     project(tmp_path, n=40)
-    assert cli("run", "jobs/cli-job.yaml", cwd=tmp_path).returncode == 0
+    assert main_in("run", "jobs/cli-job.yaml", cwd=tmp_path).returncode == 0
     db = tmp_path / ".storyloom" / DB_NAME
     os.truncate(db, db.stat().st_size // 2)
     for command in (("status", "cli-job"), ("report", "cli-job")):
-        assert_store_fault(cli(*command, cwd=tmp_path), Path(".storyloom") / DB_NAME, "damaged")
+        assert_store_fault(main_in(*command, cwd=tmp_path), Path(".storyloom") / DB_NAME, "damaged")
 
 
 def test_the_backend_raises_store_unavailable_with_path_reason_and_hint(tmp_path):
@@ -155,9 +167,9 @@ def hold_write_lock(db: Path) -> sqlite3.Connection:
 
 
 @pytest.mark.slow
-def test_a_locked_database_is_exit_5_and_nothing_is_stored(tmp_path):
+def test_a_locked_database_is_exit_5_and_nothing_is_stored(tmp_path, main_in):
     project(tmp_path, job_id="first")
-    assert cli("run", "jobs/first.yaml", cwd=tmp_path).returncode == 0
+    assert main_in("run", "jobs/first.yaml", cwd=tmp_path).returncode == 0  # set-up: in-process
     project(tmp_path, job_id="second")
     lock = hold_write_lock(tmp_path / ".storyloom" / DB_NAME)
     try:
@@ -165,24 +177,24 @@ def test_a_locked_database_is_exit_5_and_nothing_is_stored(tmp_path):
             out = cli(*command, cwd=tmp_path, env=FAST_LOCK)
             assert_store_fault(out, Path(".storyloom") / DB_NAME, "locked by another process", "0.3s")
         # Readers are never blocked: status still answers.
-        assert cli("status", cwd=tmp_path, env=FAST_LOCK).returncode == 0
+        assert main_in("status", cwd=tmp_path, env=FAST_LOCK).returncode == 0
     finally:
         lock.close()
     assert _stored_jobs(tmp_path, tmp_path / ".storyloom") == ["first"]
-    assert cli("run", "jobs/second.yaml", cwd=tmp_path).returncode == 0
+    assert main_in("run", "jobs/second.yaml", cwd=tmp_path).returncode == 0
 
 
 @pytest.mark.parametrize("value", ["soon", "inf", "1e300", "86401"])
-def test_a_bad_busy_timeout_is_a_usage_error(tmp_path, value):
+def test_a_bad_busy_timeout_is_a_usage_error(tmp_path, value, main_in):
     project(tmp_path)
-    out = cli("run", "jobs/cli-job.yaml", "-q", cwd=tmp_path, env={"STORYLOOM_SQLITE_BUSY_TIMEOUT": value})
+    out = main_in("run", "jobs/cli-job.yaml", "-q", cwd=tmp_path, env={"STORYLOOM_SQLITE_BUSY_TIMEOUT": value})
     assert out.returncode == 2 and "STORYLOOM_SQLITE_BUSY_TIMEOUT" in out.stderr and "Traceback" not in out.stderr
     assert "<= 86400" in out.stderr, out.stderr
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("then", ["resume", "work"])
-def test_a_lock_taken_mid_run_leaves_a_job_that_resume_or_work_completes(tmp_path, then):
+def test_a_lock_taken_mid_run_leaves_a_job_that_resume_or_work_completes(tmp_path, then, main_in):
     """Every write fails, the last state write too: the job is left running,
     its items held by a process that is gone, and the next command takes it up."""
     project(tmp_path, n=60, latency=40, parallel=2)
@@ -205,13 +217,12 @@ def test_a_lock_taken_mid_run_leaves_a_job_that_resume_or_work_completes(tmp_pat
     state, counts = states(tmp_path, "cli-job")
     assert state == "running" and counts["completed"] < 60  # the final state write failed too
     # but status tells the truth, once the worker's heartbeat and leases are older than its lease (2s)
-    deadline = time.monotonic() + 30
-    while (seen := shown(tmp_path, "cli-job"))[0] != "interrupted" and time.monotonic() < deadline:
-        time.sleep(0.2)
-    shown_state, reason = seen
+    # what follows the fault needs no process of its own: in-process
+    wait_until_interrupted(tmp_path, "cli-job")
+    shown_state, reason = shown(tmp_path, "cli-job", run=main_in)
     assert shown_state == "interrupted" and f":{proc.pid}) is gone; storyloom resume cli-job continues" in reason
     args = ("resume", "cli-job") if then == "resume" else ("work", "--burst")
-    out = cli(*args, "-q", cwd=tmp_path)
+    out = main_in(*args, "-q", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     state, counts = states(tmp_path, "cli-job")
     assert state == "completed" and counts["completed"] == 60
@@ -222,17 +233,17 @@ def test_a_lock_taken_mid_run_leaves_a_job_that_resume_or_work_completes(tmp_pat
 
 
 @pytest.mark.slow
-def test_a_full_state_disk_is_exit_5_and_resume_completes_the_job(tmp_path):
+def test_a_full_state_disk_is_exit_5_and_resume_completes_the_job(tmp_path, main_in):
     project(tmp_path, n=400, parallel=4)
-    assert cli("submit", "jobs/cli-job.yaml", cwd=tmp_path).returncode == 0
+    assert main_in("submit", "jobs/cli-job.yaml", cwd=tmp_path).returncode == 0  # set-up: in-process
     out = cli("resume", "cli-job", "-q", cwd=tmp_path, limit=400_000)  # the WAL cannot grow past it
     assert_store_fault(out, Path(".storyloom") / DB_NAME, "free space")
     state, counts = states(tmp_path, "cli-job")
     # Stored as interrupted when the last write still fits in the WAL; else left
     # running, held by a process that is gone (the lock test pins that case).
     assert state in ("interrupted", "running") and 0 < counts["completed"] < 400
-    assert_shown_interrupted(tmp_path, "cli-job")
-    out = cli("resume", "cli-job", "-q", cwd=tmp_path)
+    assert_shown_interrupted(tmp_path, "cli-job", run=main_in)
+    out = main_in("resume", "cli-job", "-q", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     state, counts = states(tmp_path, "cli-job")
     assert state == "completed" and counts["completed"] == 400
@@ -264,17 +275,17 @@ def remount(mount: Path, options: str) -> None:
 
 
 @pytest.mark.slow
-def test_a_full_tmpfs_state_folder_is_exit_5_and_resume_completes_once_there_is_room(tmp_path, tmpfs):
+def test_a_full_tmpfs_state_folder_is_exit_5_and_resume_completes_once_there_is_room(tmp_path, tmpfs, main_in):
     project(tmp_path, n=300)
     state = ("--state-dir", str(tmpfs / "state"))
-    assert cli("submit", "jobs/cli-job.yaml", *state, cwd=tmp_path).returncode == 0
+    assert main_in("submit", "jobs/cli-job.yaml", *state, cwd=tmp_path).returncode == 0  # set-up: in-process
     out = cli("resume", "cli-job", "-q", *state, cwd=tmp_path)
     assert_store_fault(out, tmpfs / "state" / DB_NAME, "disk is full", "free space")
     job_state, counts = states(tmp_path, "cli-job", state_dir=state[1])
     assert job_state in ("interrupted", "running") and counts["completed"] < 300
-    assert_shown_interrupted(tmp_path, "cli-job", *state)
+    assert_shown_interrupted(tmp_path, "cli-job", *state, run=main_in)
     remount(tmpfs, "size=64m")
-    out = cli("resume", "cli-job", "-q", *state, cwd=tmp_path)
+    out = main_in("resume", "cli-job", "-q", *state, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert states(tmp_path, "cli-job", state_dir=state[1]) == (
         "completed", {"pending": 0, "running": 0, "completed": 300, "failed": 0, "skipped": 0})
@@ -285,15 +296,15 @@ def test_a_full_tmpfs_state_folder_is_exit_5_and_resume_completes_once_there_is_
 
 
 @pytest.mark.slow
-def test_a_read_only_tmpfs_state_folder_is_exit_5(tmp_path, tmpfs):
+def test_a_read_only_tmpfs_state_folder_is_exit_5(tmp_path, tmpfs, main_in):
     project(tmp_path, job_id="first")
     state = tmpfs / "state"
-    assert cli("run", "jobs/first.yaml", "-q", "--state-dir", str(state), cwd=tmp_path).returncode == 0
+    assert main_in("run", "jobs/first.yaml", "-q", "--state-dir", str(state), cwd=tmp_path).returncode == 0
     project(tmp_path, job_id="second")
     remount(tmpfs, "ro")
     out = cli("run", "jobs/second.yaml", "-q", "--state-dir", str(state), cwd=tmp_path)
     assert_store_fault(out, state / DB_NAME, "read-only", "--state-dir")
-    out = cli("run", "jobs/second.yaml", "-q", "--state-dir", str(tmpfs / "new"), cwd=tmp_path)
+    out = main_in("run", "jobs/second.yaml", "-q", "--state-dir", str(tmpfs / "new"), cwd=tmp_path)
     assert_store_fault(out, tmpfs / "new", "cannot create the state folder", "read-only")
     remount(tmpfs, "rw")
     assert _stored_jobs(tmp_path, state) == ["first"]
