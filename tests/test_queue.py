@@ -15,7 +15,7 @@ import trio
 from hypothesis import HealthCheck, assume, given, settings as hsettings, strategies as st
 
 from sample_plugins import scripted
-from storyloom import hookimpl, kernel
+from storyloom import hookimpl
 from storyloom.api import submit_job, work
 from storyloom.cli import main
 from storyloom.testing import Loom
@@ -175,11 +175,11 @@ def work_meanwhile(loom: Loom, plugins: tuple, ready, action) -> dict:
             async with loom.store() as store:
                 await action(store)
 
-    # The worker notices another process's pause or cancel at its next poll:
-    # every 0.1 s here, not every second.
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(kernel, "POLL_INTERVAL", 0.1)
-        trio.run(main)
+    # The worker notices another process's pause or cancel at its next poll
+    # (or at once, by a PostgreSQL wake-up): every 0.1 s here, not every second.
+    settings = loom.path / "storyloom.yaml"
+    settings.write_text(settings.read_text() + "queue: {poll: 0.1s}\n")
+    trio.run(main)
     return result
 
 
