@@ -51,6 +51,11 @@ def _terms(budget: "_Budget | None", units: float) -> tuple[float, float]:
     return units * budget.interval, slack
 
 
+def _room(budget: "_Budget | None") -> float:
+    """Units one take may ask for and send at once: a full bucket less its headroom."""
+    return math.inf if budget is None else budget.capacity - budget.headroom / budget.interval
+
+
 class _Turn:
     """One request waiting in :meth:`SharedRate.acquire`: its tokens, then
     what its batch's take gave it (its send time) or the take's error."""
@@ -180,14 +185,7 @@ class SharedRate:
         """The head of the queue that one take may ask for: never more than
         a bucket holds less its headroom (so the batch may go at once at its
         send time), and always at least one request."""
-        room_requests = room_tokens = math.inf
-        for budget, name in ((self.limiter._requests, "requests"), (self.limiter._tokens, "tokens")):
-            if budget is not None:
-                room = budget.capacity - budget.headroom / budget.interval
-                if name == "requests":
-                    room_requests = room
-                else:
-                    room_tokens = room
+        room_requests, room_tokens = _room(self.limiter._requests), _room(self.limiter._tokens)
         batch = [self._queue.popleft()]
         count, total = 1, batch[0].tokens
         while self._queue and count + 1 <= room_requests and total + self._queue[0].tokens <= room_tokens:
