@@ -186,6 +186,30 @@ def test_requests_that_wait_together_share_takes_and_keep_the_bucket(tmp_path):
     trio.run(main)
 
 
+def test_a_batch_taken_during_a_cool_down_waits_for_its_end(tmp_path):
+    # Spread back from the batch's send time, the earlier requests would fall
+    # inside the cool-down: they are held to its end, not taken twice.
+    async def main():
+        async with two_workers(tmp_path, rpm=1200) as (nursery, (a, b)):
+            a.exhausted(0.3)
+            await trio.sleep(0.05)  # the cool-down's write, in the background
+            start = trio.current_time()
+            sent: list[float] = []
+
+            async def send():
+                await b.acquire(0)
+                sent.append(trio.current_time() - start)
+
+            async with trio.open_nursery() as inner:
+                for _ in range(10):
+                    inner.start_soon(send)
+            assert min(sent) >= 0.2, sent
+            assert b.shared.requests_taken == 10  # each taken once
+            assert b.shared.trips <= 2, b.shared.trips
+
+    trio.run(main)
+
+
 def test_cancelled_requests_take_nothing_or_give_their_tokens_back(tmp_path):
     """A taker cancelled before its take, a request cancelled in the queue and
     one cancelled while waiting for its send time leave the taker usable."""
