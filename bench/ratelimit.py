@@ -2,13 +2,15 @@
 
     .venv/bin/python bench/ratelimit.py            # every scenario
     .venv/bin/python bench/ratelimit.py english    # one (english, thai, faults, three, rpm12k)
+    .venv/bin/python bench/ratelimit.py --local rpm12k   # limits kept in this process, not in the store
 
 The fake provider (``tests/fakeprovider.py``, real HTTP on 127.0.0.1, in
 this process) enforces per-model RPM and TPM the way providers do: a bucket
 holding one second's worth, refilled continuously; a request costs its
 prompt estimate plus ``max_tokens``, and nothing is refunded. storyloom runs
 a ``prompts`` job (a Batch API input file) through ``storyloom.api.run_job``
-with the openai provider and the durable SQLite store.
+with the openai provider and the durable SQLite store, which shares rate
+limits (``docs/scale-out.md``); ``--local`` keeps them in the process instead.
 
 Scenarios (300 requests each, 200 ms latency):
 
@@ -203,6 +205,11 @@ def verdict(r: dict, s: Scenario) -> str:
 
 def main() -> None:
     names = sys.argv[1:] or list(SCENARIOS)
+    if "--local" in names:  # the in-process limiter, for comparison with the store's shared one
+        names.remove("--local")
+        import storyloom.kernel
+
+        storyloom.kernel.shares_limits = lambda store: False
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         sys.exit(f"usage: bench/ratelimit.py [{' | '.join(SCENARIOS)} ...]; unknown: {', '.join(unknown)}")

@@ -8,7 +8,8 @@ figure is the limiter's own time.
 
 A ``postgresql`` URL gets a fresh schema (``schema=`` added), dropped after.
 Prints, for 1 and 16 concurrent tasks, the mean and p99 wall time of one
-acquire in microseconds, and takes per second. The machine is shared: give
+acquire in microseconds, acquires per second and, shared, the store takes
+made (concurrent acquires share takes: ``SharedRate`` coalesces them). The machine is shared: give
 the load average (``uptime``) with any figure.
 """
 
@@ -50,11 +51,12 @@ async def measure(limiter: RateLimiter, n: int, tasks: int) -> list[float]:
     return times
 
 
-def line(label: str, tasks: int, times: list[float], wall: float) -> str:
+def line(label: str, tasks: int, times: list[float], wall: float, trips: int | None = None) -> str:
     times = sorted(times)
     p99 = times[int(len(times) * 0.99) - 1]
+    takes = "" if trips is None else f"  {trips} takes ({trips / wall:.0f}/s)"
     return (f"{label:<10} tasks={tasks:<3} n={len(times):<6} mean={statistics.mean(times) * 1e6:8.1f} us  "
-            f"p99={p99 * 1e6:8.1f} us  {len(times) / wall:9.0f} acquires/s")
+            f"p99={p99 * 1e6:8.1f} us  {len(times) / wall:9.0f} acquires/s{takes}")
 
 
 async def main(url: str | None, n: int) -> None:
@@ -75,10 +77,11 @@ async def main(url: str | None, n: int) -> None:
                 times = await measure(local, n, tasks)
                 print(line("local", tasks, times, time.perf_counter() - t0))
                 shared = RateLimiter(HUGE, HUGE)
-                shared.share(SharedRate(store, f"m-{tasks}", shared, nursery.start_soon))
+                link = SharedRate(store, f"m-{tasks}", shared, nursery.start_soon)
+                shared.share(link)
                 t0 = time.perf_counter()
                 times = await measure(shared, n, tasks)
-                print(line("shared", tasks, times, time.perf_counter() - t0))
+                print(line("shared", tasks, times, time.perf_counter() - t0, link.trips))
     finally:
         await store.aclose()
         if schema is not None:

@@ -143,7 +143,7 @@ class RateLimiter:
             self._queued_requests += 1
             self._queued_tokens += tokens
             try:
-                await self.shared.acquire(tokens)  # one store round trip, then the wait it gives
+                await self.shared.acquire(tokens)  # a (coalesced) store take, then the wait it gives
             finally:
                 self._queued_requests -= 1
                 self._queued_tokens -= tokens
@@ -237,8 +237,8 @@ class RateLimiter:
 
     def _free_at(self, tokens: int, now: float, more_requests: int = 0, more_tokens: int = 0) -> float:
         ready = self._cool_until
-        # Shared: the waiters' turns are in the mirrored TATs already.
-        local_requests, local_tokens = (0, 0) if self.shared is not None else (
+        # Shared: the taken waiters' turns are in the mirrored TATs; add the untaken.
+        local_requests, local_tokens = self.shared.untaken if self.shared is not None else (
             self._queued_requests, self._queued_tokens)
         if self._requests is not None:
             ahead = self._requests.tat

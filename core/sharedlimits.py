@@ -6,8 +6,11 @@ tables, so N workers on M machines stay under one provider limit and one
 ``budget_usd`` together (docs/scale-out.md, "Shared rate limits and budgets").
 
 :class:`SharedRate` links one model's :class:`~storyloom.ratelimit.RateLimiter`
-to the store: each request is one ``rate_take`` (one store round trip) that
-hands out its send time on the store's clock; the limiter sleeps until then.
+to the store: a ``rate_take`` (one store round trip) hands out send times on
+the store's clock; the limiter sleeps until then. Takes are coalesced: while
+one is in flight the requests that arrive queue, and the next take asks for
+all of them at once, so a process makes at most one take per round trip,
+however many requests a second it sends.
 The limiter's own state becomes a local mirror, refreshed by each take, that
 routing reads (``next_free_at``, ``wait_after``, ``requests_per_second``).
 Usage reconciled after a reply rides on the next take; a 429's cool-down is
@@ -21,6 +24,7 @@ conditional update, each settle one more.
 from __future__ import annotations
 
 import math
+from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
 import trio
@@ -47,9 +51,32 @@ def _terms(budget: "_Budget | None", units: float) -> tuple[float, float]:
     return units * budget.interval, slack
 
 
+def _room(budget: "_Budget | None") -> float:
+    """Units one take may ask for and send at once: a full bucket less its headroom."""
+    return math.inf if budget is None else budget.capacity - budget.headroom / budget.interval
+
+
+class _Turn:
+    """One request waiting in :meth:`SharedRate.acquire`: its tokens, then
+    what its batch's take gave it (its send time) or the take's error."""
+
+    __slots__ = ("tokens", "send_at", "taken", "error")
+
+    def __init__(self, tokens: int) -> None:
+        self.tokens = tokens
+        self.send_at = 0.0  # on the store's clock
+        self.taken: RateTaken | None = None
+        self.error: BaseException | None = None
+
+
 class SharedRate:
     """The store's side of one model's limiter. ``spawn`` starts a background
-    task (the worker's nursery): a cool-down is written without waiting."""
+    task (the worker's nursery): a cool-down is written without waiting.
+
+    Takes are coalesced: one request at a time takes from the store (the
+    *taker*); the requests that queue meanwhile go in the next take, all at
+    once (:meth:`_take`), so the store sees at most one take per round trip
+    however fast requests come."""
 
     def __init__(self, store: Any, model: str, limiter: "RateLimiter",
                  spawn: Callable[..., Any]) -> None:
@@ -60,35 +87,133 @@ class SharedRate:
         #: Seconds to charge (+) or refund (-) on the tokens GCRA with the next take.
         self.adjust = 0.0
         self._seen = -math.inf  # store time of the newest take mirrored
-        #: Store round trips made (takes and cool-downs), for benches.
+        #: Store round trips made (takes and cool-downs), for benches and tests.
         self.trips = 0
+        #: Requests taken (each request of a batch counts), for benches and tests.
+        self.requests_taken = 0
+        self._queue: deque[_Turn] = deque()  # FIFO: waiting for a take
+        self._taking = False
+        self._served = trio.Event()  # set when a take ends (served, failed or given up)
+
+    @property
+    def untaken(self) -> tuple[int, int]:
+        """(requests, tokens) queued for the next take: not in the mirrored TATs yet."""
+        return len(self._queue), sum(turn.tokens for turn in self._queue)
 
     async def acquire(self, tokens: int) -> None:
         """Take one request of ``tokens`` from the shared state and wait for its turn.
 
         A cool-down learnt while waiting (this worker's 429, or another's seen
-        by a take) holds the request; it then takes again, after the cool-down."""
+        by a take) holds the request; it then takes again, after the cool-down.
+        Cancelled before its take, a request takes nothing; cancelled after,
+        its tokens are refunded with the next take (its request stays taken:
+        a take cannot give one back)."""
         limiter = self.limiter
         while True:
-            request_cost, request_slack = _terms(limiter._requests, 1)
-            token_cost, token_slack = _terms(limiter._tokens, tokens)
-            adjust, self.adjust = self.adjust, 0.0
-            take = RateTake(self.model, request_cost, request_slack, token_cost, token_slack, adjust)
+            turn = _Turn(tokens)
+            self._queue.append(turn)
             try:
-                taken = await self.store.rate_take(take)
+                while turn.taken is None and turn.error is None:
+                    if self._taking:
+                        await self._served.wait()
+                    else:
+                        await self._take()
             except BaseException:
-                self.adjust += adjust  # not applied: the next take carries it
+                if turn.taken is None:
+                    try:
+                        self._queue.remove(turn)
+                    except ValueError:
+                        pass  # in a take that failed: nothing was taken
+                else:
+                    self._refund(turn)
                 raise
-            self.trips += 1
+            if turn.error is not None:
+                raise turn.error
+            taken = turn.taken
             # Store time + offset = this process's trio time, as if the store
             # read its clock as the answer arrived: late, never early, so a
             # request never leaves before its turn on the store's clock.
             offset = limiter._clock() - taken.now
             self._mirror(taken, offset)
-            await trio.sleep_until(taken.send_at + offset)
+            try:
+                await trio.sleep_until(turn.send_at + offset)
+            except BaseException:
+                self._refund(turn)
+                raise
             if limiter.cooling_until <= limiter._clock() + _EPSILON:
                 return
             await trio.sleep_until(limiter.cooling_until)
+
+    def _refund(self, turn: _Turn) -> None:
+        self.charge(-turn.tokens)
+
+    async def _take(self) -> None:
+        """Be the taker: one take for the head of the queue (at most a bucket
+        less its headroom), then wake every waiter."""
+        limiter = self.limiter
+        self._taking = True
+        batch: list[_Turn] = []
+        adjust = 0.0
+        try:
+            await trio.lowlevel.checkpoint()  # requests ready now join this take
+            batch = self._batch()
+            count = len(batch)
+            total = sum(turn.tokens for turn in batch)
+            request_cost, request_slack = _terms(limiter._requests, count)
+            token_cost, token_slack = _terms(limiter._tokens, total)
+            adjust, self.adjust = self.adjust, 0.0
+            take = RateTake(self.model, request_cost, request_slack, token_cost, token_slack, adjust)
+            try:
+                taken = await self.store.rate_take(take)
+            except BaseException as exc:
+                self.adjust += adjust  # not applied: the next take carries it
+                if isinstance(exc, Exception):
+                    for turn in batch:
+                        turn.error = exc
+                else:  # cancelled before the store was asked: the others take again
+                    self._queue.extendleft(reversed(batch))
+                raise
+            self.trips += 1
+            self.requests_taken += count
+            self._spread(batch, taken)
+        finally:
+            self._taking = False
+            self._served.set()
+            self._served = trio.Event()
+
+    def _batch(self) -> list[_Turn]:
+        """The head of the queue that one take may ask for: never more than
+        a bucket holds less its headroom (so the batch may go at once at its
+        send time), and always at least one request."""
+        room_requests, room_tokens = _room(self.limiter._requests), _room(self.limiter._tokens)
+        batch = [self._queue.popleft()]
+        count, total = 1, batch[0].tokens
+        while self._queue and count + 1 <= room_requests and total + self._queue[0].tokens <= room_tokens:
+            turn = self._queue.popleft()
+            batch.append(turn)
+            count += 1
+            total += turn.tokens
+        return batch
+
+    def _spread(self, batch: list[_Turn], taken: RateTaken) -> None:
+        """Each request's send time: the last goes at the batch's, each earlier
+        one earlier by the cost of the requests after it (the binding one of
+        the two GCRAs), never before the store's now or cool-down end: the
+        times one take each would have given, in a bucket that held the batch."""
+        requests, tokens = self.limiter._requests, self.limiter._tokens
+        floor = max(taken.now, taken.cool_until)
+        after_requests = 0.0  # seconds of requests GCRA after this turn's
+        after_tokens = 0.0
+        for turn in reversed(batch):
+            ahead = math.inf
+            if requests is not None:
+                ahead = after_requests
+                after_requests += requests.interval
+            if tokens is not None:
+                ahead = min(ahead, after_tokens)
+                after_tokens += turn.tokens * tokens.interval
+            turn.send_at = taken.send_at if ahead == math.inf else max(floor, taken.send_at - ahead)
+            turn.taken = taken
 
     def _mirror(self, taken: RateTaken, offset: float) -> None:
         limiter = self.limiter

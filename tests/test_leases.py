@@ -255,7 +255,10 @@ def stop_outside_a_transaction(proc: subprocess.Popen, store_url: str) -> None:
     with psycopg.connect(parse_url(store_url).conninfo, autocommit=True) as probe:
         for _ in range(100):
             proc.send_signal(signal.SIGSTOP)
-            time.sleep(0.3)
+            # A statement the server was running when the process stopped ends
+            # within milliseconds and leaves its session idle in transaction: by
+            # the probe, well past the 0.25 s that tells it from live workers' ones.
+            time.sleep(0.6)
             (idle,) = probe.execute(
                 "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = 'storyloom' AND pid <> "
                 "pg_backend_pid() AND state LIKE 'idle in transaction%%' "

@@ -24,6 +24,7 @@ from storyloom.plugins import studio, support
 
 #: Modules under ``storyloom.plugins`` that plugins may import: helpers, not plugins.
 HELPERS = ("storyloom.plugins.providers.http", "storyloom.plugins.providers.transport", "storyloom.plugins.studio",
+           "storyloom.plugins.stores.pg_listen",
            *(f"storyloom.plugins.support.{m.name}" for m in pkgutil.iter_modules(support.__path__)),
            *(f"storyloom.plugins.studio.{m.name}" for m in pkgutil.iter_modules(studio.__path__)))
 PLUGIN_MODULES = set(DEFAULT_PLUGINS.values())

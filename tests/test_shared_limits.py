@@ -148,6 +148,151 @@ def test_a_take_the_store_refuses_stops_the_request(tmp_path):
 
     trio.run(main)
 
+# -- coalesced takes: one taker per model, the queue goes in the next take
+
+
+def test_requests_that_wait_together_share_takes_and_keep_the_bucket(tmp_path):
+    # 1,200 RPM: a bucket of 20 less 0.1 s of headroom, so a take asks for at
+    # most 18. Thirty at once: 18 go at once, then one per 0.05 s, as thirty
+    # takes of one each would send them, in a few takes.
+    async def main():
+        store = SQLiteStore.open(tmp_path)
+        try:
+            async with trio.open_nursery() as nursery:
+                limiter = RateLimiter(1200, None)
+                shared = SharedRate(store, "m1", limiter, nursery.start_soon)
+                limiter.share(shared)
+                start = trio.current_time()
+                sent: list[float] = []
+
+                async def send():
+                    await limiter.acquire(0)
+                    sent.append(trio.current_time() - start)
+
+                for _ in range(30):
+                    nursery.start_soon(send)
+            assert shared.requests_taken == 30
+            assert shared.trips <= 4, shared.trips  # 18 + 12
+            sent.sort()
+            assert sent[17] < 0.1, sent
+            assert sent[-1] >= 0.59, sent  # (30 - 18) x 0.05 s: never early
+            gaps = [y - x for x, y in zip(sent[18:], sent[19:])]
+            assert min(gaps) > 0.035, gaps  # spread at the interval, not in bursts
+            row = await store.rate_take(RateTake("m1"))  # the store counted all thirty: 1.5 s from the start
+            assert row.requests_tat - row.now + (trio.current_time() - start) == pytest.approx(1.5, abs=0.05)
+        finally:
+            store.close()
+
+    trio.run(main)
+
+
+def test_a_batch_taken_during_a_cool_down_waits_for_its_end(tmp_path):
+    # Spread back from the batch's send time, the earlier requests would fall
+    # inside the cool-down: they are held to its end, not taken twice.
+    async def main():
+        async with two_workers(tmp_path, rpm=1200) as (nursery, (a, b)):
+            a.exhausted(0.3)
+            await trio.sleep(0.05)  # the cool-down's write, in the background
+            start = trio.current_time()
+            sent: list[float] = []
+
+            async def send():
+                await b.acquire(0)
+                sent.append(trio.current_time() - start)
+
+            async with trio.open_nursery() as inner:
+                for _ in range(10):
+                    inner.start_soon(send)
+            assert min(sent) >= 0.2, sent
+            assert b.shared.requests_taken == 10  # each taken once
+            assert b.shared.trips <= 2, b.shared.trips
+
+    trio.run(main)
+
+
+def test_cancelled_requests_take_nothing_or_give_their_tokens_back(tmp_path):
+    """A taker cancelled before its take, a request cancelled in the queue and
+    one cancelled while waiting for its send time leave the taker usable."""
+    async def main():
+        store = SQLiteStore.open(tmp_path)
+        try:
+            async with trio.open_nursery() as nursery:
+                limiter = RateLimiter(None, 6000)  # 100 tokens a second, 90 at once
+                shared = SharedRate(store, "m1", limiter, nursery.start_soon)
+                limiter.share(shared)
+                done: list[str] = []
+
+                async def send(name, tokens, cancelled):
+                    with trio.CancelScope() as scope:
+                        if cancelled:
+                            scope.cancel()
+                        await limiter.acquire(tokens)
+                        done.append(name)
+
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(send, "taker", 50, True)  # the first: the taker, cancelled at once
+                    inner.start_soon(send, "queued", 50, True)
+                    inner.start_soon(send, "sent", 40, False)
+                assert done == ["sent"] and shared.requests_taken == 1
+                assert limiter.waiting == 0 and shared.untaken == (0, 0)
+                tat = (await store.rate_take(RateTake("m1"))).tokens_tat
+                with trio.move_on_after(0.1):
+                    await limiter.acquire(90)  # taken: its turn is about 0.4 s away
+                assert (await store.rate_take(RateTake("m1"))).tokens_tat == pytest.approx(tat + 0.9, abs=0.01)
+                assert shared.adjust == pytest.approx(-0.9)  # never sent: refunded with the next take
+                await limiter.acquire(0)
+                after = await store.rate_take(RateTake("m1"))
+                assert after.tokens_tat == pytest.approx(max(tat, after.now), abs=0.01)
+                assert shared.requests_taken == 3
+        finally:
+            store.close()
+
+    trio.run(main)
+
+
+@pytest.mark.slow
+def test_two_limiters_on_postgresql_coalesce_and_keep_one_rate(pg_url):
+    # 1,200 RPM: a bucket of 20 (18 at once), then one per 50 ms for both
+    # limiters together; 60 requests need at least (60 - 18) x 0.05 = 2.1 s.
+    from storyloom.registry import collect
+    from storyloom.pluginmanager import make_plugin_manager
+    from storyloom.settings import Settings
+    from storyloom.store import open_store_url
+
+    async def main():
+        stores = [await open_store_url(pg_url, stores=collect(make_plugin_manager()).stores, state_dir=".",
+                                       settings=Settings(), create=True) for _ in range(2)]
+        sent: list[float] = []
+        try:
+            async with trio.open_nursery() as nursery:
+                limiters = []
+                for store in stores:
+                    limiter = RateLimiter(1200, None)
+                    limiter.share(SharedRate(store, "m1", limiter, nursery.start_soon))
+                    limiters.append(limiter)
+                start = trio.current_time()
+
+                async def send(limiter):
+                    await limiter.acquire(0)
+                    sent.append(trio.current_time() - start)
+
+                for _ in range(30):
+                    for limiter in limiters:
+                        nursery.start_soon(send, limiter)
+        finally:
+            for store in stores:
+                await store.aclose()
+        trips = sum(limiter.shared.trips for limiter in limiters)
+        assert sum(limiter.shared.requests_taken for limiter in limiters) == 60
+        assert trips < 30, trips  # fewer round trips than requests
+        sent.sort()
+        assert sent[-1] >= 2.0, sent
+        for i, t in enumerate(sent):  # any 0.5 s holds at most the bucket's 18 and 10 of refill
+            assert sum(1 for u in sent[i:] if u < t + 0.5) <= 28, sent
+
+    trio.run(main)
+
+
 def run_workers(folder: Path, env: dict[str, str], n: int = WORKERS, timeout: float = 120) -> None:
     """``storyloom work --burst`` in ``n`` processes at once, until each is done."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("STORYLOOM_")}

@@ -636,15 +636,16 @@ class Store(Protocol):
 
 @dataclass(frozen=True)
 class RateTake:
-    """One request's take of a model's shared rate limits (:meth:`SharedLimits.rate_take`).
+    """One take of a model's shared rate limits (:meth:`SharedLimits.rate_take`),
+    for one request or a batch of them taken together (their costs summed).
 
     The store keeps, per model, the theoretical arrival time (TAT) of its
     requests GCRA and of its tokens GCRA, and a cool-down end, all on the
     store's clock. The caller turns its limits into seconds (so the store
-    needs no rpm, tpm or burst of its own): ``*_cost`` is what this request
+    needs no rpm, tpm or burst of its own): ``*_cost`` is what the take
     adds to each TAT (units x 60 / per-minute rate; 0 without that limit),
     ``*_slack`` how far ahead of the TAT it may still go (a full bucket less
-    the request and the headroom; ``inf``, the default, for a budget with no
+    the units taken and the headroom; ``inf``, the default, for a budget with no
     limit, which then never holds a request). ``token_adjust`` (seconds) is charged
     (positive) or refunded (negative, never making the bucket fuller than
     full) on the tokens TAT first: earlier requests' reconciled usage."""
