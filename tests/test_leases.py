@@ -274,10 +274,12 @@ def stop_outside_a_transaction(proc: subprocess.Popen, store_url: str) -> None:
 def test_four_workers_drain_the_queue_exactly_once_through_a_kill_and_a_stop(tmp_path, store_url):
     """The issue's test: on PostgreSQL 2,000 items, many in flight per
     worker; on SQLite (one host) 300, fewer at once."""
-    lease = 2.0
+    # 3 s: the stopped worker's items must still be leased when they are read
+    # after the stop, which takes a probe or a few (see stop_outside_a_transaction).
+    lease = 3.0
     store = f"store: '{store_url}'\n" if store_url else ""
     n, parallel, latency = (1000, 16, 100) if store_url else (150, 2, 400)
-    (tmp_path / "storyloom.yaml").write_text(settings(lease="2s", latency=latency) + store)
+    (tmp_path / "storyloom.yaml").write_text(settings(lease="3s", latency=latency) + store)
     submit(tmp_path, "m1", n, parallel)
     submit(tmp_path, "m2", n, parallel)
     jobs = ("m1", "m2")
@@ -293,14 +295,21 @@ def test_four_workers_drain_the_queue_exactly_once_through_a_kill_and_a_stop(tmp
         wait_for(both_hold, what="items held by the doomed and the stopped worker")
         queue = json.loads(cli("queue", "--json", cwd=tmp_path).stdout)
         assert len(queue["workers"]) >= 3 and any(w["holding"] for w in queue["workers"])
+        # Stop one first, at a moment it holds items (it may be between claims:
+        # then let it go on and stop it again), then kill the other.
+        for _ in range(50):
+            if store_url:
+                stop_outside_a_transaction(sleeper, store_url)
+            else:
+                stop_outside_a_write(sleeper, tmp_path / ".storyloom" / DB_NAME)
+            stopped_at = time.monotonic()
+            held = read_store(tmp_path, lambda store: holding(store, jobs))
+            if held.get(owner_of(held, sleeper.pid)) and owner_of(held, doomed.pid):
+                break
+            sleeper.send_signal(signal.SIGCONT)
+            time.sleep(0.05)
         doomed.kill()  # SIGKILL: no cleanup at all
         doomed.wait(timeout=10)
-        if store_url:
-            stop_outside_a_transaction(sleeper, store_url)
-        else:
-            stop_outside_a_write(sleeper, tmp_path / ".storyloom" / DB_NAME)
-        stopped_at = time.monotonic()
-        held = read_store(tmp_path, lambda store: holding(store, jobs))
         stopped_owner, killed_owner = owner_of(held, sleeper.pid), owner_of(held, doomed.pid)
         # Both are frozen now: what each had sent stays as it is until reaped.
         lost = read_store(tmp_path, lambda store: sent_by(store, jobs, stopped_owner))
