@@ -16,6 +16,7 @@ pytest-trio), so a backend whose connection belongs to a trio run fits.
 
 from __future__ import annotations
 
+import inspect
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -94,25 +95,36 @@ def store_backend(request, tmp_path) -> Backend:
     return Backend(request.param, url, tmp_path)
 
 
-def trio_test(fn: Callable[[Any], Awaitable[None]]) -> Callable[[Any], None]:
-    """Turn ``async def test_x(store)`` into a sync pytest test that opens a
-    fresh store of each backend and closes it after."""
+def conformance_test(listing: list[str]) -> Callable[[Callable[..., Awaitable[None]]], Callable[[Any], None]]:
+    """A decorator turning ``async def test_x(store)`` into a sync pytest test
+    that opens a fresh store of each backend and closes it after, and lists it
+    in ``listing`` (its module's ``__all__``: only the tests leave with
+    ``import *``). A body that takes ``backend`` too may open a second
+    connection to the store (another worker's) with ``await backend.open()``."""
 
-    def test(store_backend: Backend) -> None:
-        async def main() -> None:
-            store = await store_backend.open()
-            try:
-                await fn(store)
-            finally:
-                await store.aclose()
+    def decorate(fn: Callable[..., Awaitable[None]]) -> Callable[[Any], None]:
+        wants_backend = "backend" in inspect.signature(fn).parameters
 
-        trio.run(main)
+        def test(store_backend: Backend) -> None:
+            async def main() -> None:
+                store = await store_backend.open()
+                try:
+                    await (fn(store, store_backend) if wants_backend else fn(store))
+                finally:
+                    await store.aclose()
 
-    test.__name__ = test.__qualname__ = fn.__name__
-    test.__doc__ = fn.__doc__
-    test.__module__ = fn.__module__
-    __all__.append(fn.__name__)
-    return test
+            trio.run(main)
+
+        test.__name__ = test.__qualname__ = fn.__name__
+        test.__doc__ = fn.__doc__
+        test.__module__ = fn.__module__
+        listing.append(fn.__name__)
+        return test
+
+    return decorate
+
+
+trio_test = conformance_test(__all__)
 
 
 # -- builders

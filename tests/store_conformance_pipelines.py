@@ -9,35 +9,18 @@ fixture, same builders).
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import pytest
-import trio
 
 from storyloom.artifacts import Artifact
 from storyloom.store.protocol import GateRow, NewItem
-from store_conformance import JOB, NOW, OTHER, OWNER, THAI, Backend, claim_ids, job_row, next_ids, rec
+from store_conformance import conformance_test, JOB, NOW, OTHER, OWNER, THAI, claim_ids, job_row, next_ids, rec
 
 __all__: list[str] = []
 
 
-def test(fn: Callable[[Any], Awaitable[None]]) -> Callable[[Any], None]:
-    """As ``store_conformance.trio_test``, listed in this module's ``__all__``."""
-
-    def wrapped(store_backend: Backend) -> None:
-        async def main() -> None:
-            store = await store_backend.open()
-            try:
-                await fn(store)
-            finally:
-                await store.aclose()
-
-        trio.run(main)
-
-    wrapped.__name__ = wrapped.__qualname__ = fn.__name__
-    wrapped.__doc__ = fn.__doc__
-    __all__.append(fn.__name__)
-    return wrapped
+test = conformance_test(__all__)  # as store_conformance.trio_test, listed in this module's __all__
 
 
 def item(item_id: str, *, after: tuple[str, ...] = (), gate: str | None = None, job_type: str | None = None,

@@ -4,14 +4,13 @@ a store (:class:`storyloom.store.SharedLimits`). Collected by
 
 from __future__ import annotations
 
-import inspect
 import math
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import trio
 
 from storyloom.store import RateTake, WorkerInfo, shares_limits
-from store_conformance import JOB, NOW, OTHER, OWNER, Backend, add
+from store_conformance import conformance_test, JOB, NOW, OTHER, OWNER, add
 
 __all__: list[str] = []
 
@@ -23,26 +22,7 @@ EPS = 1e-6
 NOW_EPS = 0.01
 
 
-def _test(fn: Callable[..., Awaitable[None]]) -> Callable[[Any], None]:
-    """As ``store_conformance.trio_test``, listed in this module's ``__all__``;
-    a body that takes ``backend`` too may open a second connection to the
-    store (another worker's) with ``await backend.open()``."""
-    wants_backend = "backend" in inspect.signature(fn).parameters
-
-    def wrapped(store_backend: Backend) -> None:
-        async def main() -> None:
-            store = await store_backend.open()
-            try:
-                await (fn(store, store_backend) if wants_backend else fn(store))
-            finally:
-                await store.aclose()
-
-        trio.run(main)
-
-    wrapped.__name__ = wrapped.__qualname__ = fn.__name__
-    wrapped.__doc__ = fn.__doc__
-    __all__.append(fn.__name__)
-    return wrapped
+_test = conformance_test(__all__)  # as store_conformance.trio_test, listed in this module's __all__
 
 
 async def shares_after_migration(store: Any, job_id: str) -> None:

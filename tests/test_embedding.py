@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from fakedist import install_plugin
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "embedding.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), re.S)
@@ -29,13 +30,7 @@ def loom_register_renderers(register):
 
 @pytest.fixture
 def installed_plugin(tmp_path_factory, monkeypatch):
-    site = tmp_path_factory.mktemp("site")
-    (site / "loom_shout.py").write_text(PLUGIN)
-    info = site / "loom_shout-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: loom-shout\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[storyloom]\nshout = loom_shout\n")
-    monkeypatch.syspath_prepend(str(site))
+    install_plugin(tmp_path_factory.mktemp("site"), monkeypatch, "loom_shout", PLUGIN, "shout")
     yield "shout"
     sys.modules.pop("loom_shout", None)
 

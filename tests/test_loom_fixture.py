@@ -4,9 +4,11 @@ a store URL (a real PostgreSQL), and trio's MockClock (no real waiting)."""
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import pytest
+from fakedist import install_plugin
 import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -45,13 +47,9 @@ ROUTED = """
 def installed_plugin(tmp_path_factory, monkeypatch):
     """A distribution on sys.path that declares an entry point in group ``storyloom``."""
     site = tmp_path_factory.mktemp("site")
-    (site / "loom_kit_last.py").write_text(PLUGIN)
-    info = site / "loom_kit_last-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: loom-kit-last\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[storyloom]\nkit-last = loom_kit_last\n")
-    monkeypatch.syspath_prepend(str(site))
-    return site
+    install_plugin(site, monkeypatch, "loom_kit_last", PLUGIN, "kit-last")
+    yield site
+    sys.modules.pop("loom_kit_last", None)
 
 
 def test_autoload_runs_with_the_installed_plugins(loom, installed_plugin):
