@@ -168,3 +168,54 @@ def test_eta_is_the_same_for_the_same_events():
     feed_until(first, events, now)
     feed_until(second, events, now)
     assert first.eta(now) == second.eta(now) == first.eta(now)  # drawn with a fixed seed: no flicker
+
+
+
+def simulate_retries(n: int, parallel: int, share: float, seed: int) -> tuple[list[Event], float]:
+    """As ``simulate``, with each attempt (0.1-0.3 s) retried at ``share``
+    after a 0.1 s delay, the slot free meanwhile, as the kernel does it."""
+    rng = random.Random(seed)
+    events = [started(n, parallel)]
+    slots = [T0] * parallel
+    ready = [(T0, i, 1) for i in range(n)]  # (ready at, item, attempt)
+    heapq.heapify(ready)
+    end = T0
+    while ready:
+        at, i, attempt = heapq.heappop(ready)
+        slot = min(range(parallel), key=lambda k: slots[k])
+        start = max(slots[slot], at)
+        took = rng.uniform(0.1, 0.3)
+        slots[slot] = start + took
+        events.append(item_started(f"it-{i}", start, attempt=attempt))
+        if rng.random() < share and attempt < 4:
+            data = {"state": "retrying", "attempt": attempt, "model": "m", "elapsed": took, "input_tokens": 1,
+                    "output_tokens": 1, "cost_usd": 0.0, "error_kind": "TIMEOUT", "error": "slow",
+                    "retry_delay": 0.1}
+            events.append(Event("item_finished", "job", f"it-{i}", data, time=start + took))
+            heapq.heappush(ready, (start + took + 0.1, i, attempt + 1))
+        else:
+            events.append(item_finished(f"it-{i}", start + took, elapsed=took, attempt=attempt))
+            end = max(end, start + took)
+    events.sort(key=lambda e: (e.time, e.kind != "item_finished"))
+    return events, end
+
+
+def test_eta_in_batches_with_retries_is_not_biased_from_a_quarter_done():
+    """Over 40 batches in which 15% of attempts are retried, the ETA's mean
+    error stays within 15% of the truth at 25%, 50%, 75% and 90% done. One
+    batch may end on an item retried twice that no estimate foresees; on
+    average the estimate must not run short. The finished items are the short
+    ones (a retried item finishes last), so once attempts have been retried
+    the tail is drawn as attempts retried at the observed share (the
+    estimator before that ran 19% short at 25% done here)."""
+    errors: dict[float, list[float]] = {point: [] for point in (0.25, 0.5, 0.75, 0.9)}
+    for seed in range(40):
+        events, end = simulate_retries(200, 8, 0.15, seed)
+        finishes = [e.time for e in events if e.kind == "item_finished" and e.data["state"] == "completed"]
+        for point, found in errors.items():
+            now = finishes[int(point * len(finishes)) - 1]
+            tracker = ProgressTracker()
+            feed_until(tracker, events, now)
+            found.append((tracker.eta(now) - (end - now)) / (end - now))
+    for point, found in errors.items():
+        assert abs(sum(found) / len(found)) <= 0.15, (point, sum(found) / len(found))

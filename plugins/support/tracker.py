@@ -12,6 +12,7 @@ import random
 from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass
+from typing import Callable
 
 from storyloom.events import Event
 
@@ -22,6 +23,8 @@ THROUGHPUT_SAMPLE = 60
 ETA_TRIALS = 24
 #: At most about this many draws an ETA (it is asked four times a second).
 ETA_DRAWS = 6_000
+#: A drawn item is retried at most this often (the share is a guess at first).
+MAX_DRAWN_RETRIES = 5
 #: Recent notify / escalate messages kept for display.
 MESSAGES_KEPT = 3
 
@@ -51,6 +54,8 @@ class ProgressTracker:
         self.reason: str | None = None
         self.completed = self.failed = self.skipped = 0
         self.retries = 0  # outcomes that sent an item back for another attempt
+        self.attempts = 0  # outcomes of any kind
+        self._delays = 0.0  # the retry delays of those retries, summed
         self.cost_usd = 0.0
         self.input_tokens = self.output_tokens = 0
         self.running: dict[str, RunningItem] = {}
@@ -103,10 +108,12 @@ class ProgressTracker:
         self.output_tokens += data.get("output_tokens", 0)
         self.cost_usd += data.get("cost_usd", 0.0)
         self._durations.append(data.get("elapsed", 0.0))
+        self.attempts += 1
         state = data.get("state")
         spent = self._spent.pop(item_id, 0.0) + data.get("elapsed", 0.0)
         if state == "retrying":
             self.retries += 1
+            self._delays += data.get("retry_delay") or 0.0
             self.retrying.add(item_id)
             self._tokens[item_id] = self._tokens.get(item_id, 0) + tokens
             self._spent[item_id] = spent + (data.get("retry_delay") or 0.0)
@@ -183,6 +190,28 @@ class ProgressTracker:
         """The recent attempts' average duration."""
         return sum(self._durations) / len(self._durations) if self._durations else 0.0
 
+    def _item_draw(self, pool: list[float]) -> "Callable[[random.Random], float]":
+        """How a waiting item's length is drawn: from ``pool`` (recent items),
+        or, once attempts have been retried, as attempts of recent lengths,
+        each retried (after the mean retry delay) at the observed share. The
+        recent items seldom hold the rare item retried twice or more, which
+        is the one a batch ends waiting for."""
+        if not self.retries or self.attempts <= self.retries:
+            return lambda rng: rng.choice(pool)
+        share = self.retries / self.attempts
+        delay = self._delays / self.retries
+        attempts = list(self._durations)
+
+        def draw(rng: random.Random) -> float:
+            length = rng.choice(attempts)
+            for _ in range(MAX_DRAWN_RETRIES):
+                if rng.random() >= share:
+                    break
+                length += delay + rng.choice(attempts)
+            return length
+
+        return draw
+
     def eta(self, now: float) -> float | None:
         """Seconds until every item is done, or None if it cannot be told yet.
 
@@ -224,6 +253,7 @@ class ProgressTracker:
         drawn = waiting - rounds * slots
         ahead = rounds * per_item * scale
         rng = random.Random(0)
+        draw = self._item_draw(pool)
         trials = max(2, min(ETA_TRIALS, ETA_DRAWS // (drawn + slots)))  # a wide batch: fewer, bigger trials
         total = 0.0
         for _ in range(trials):
@@ -232,6 +262,6 @@ class ProgressTracker:
             free += [ahead] * (slots - len(free))
             heapq.heapify(free)
             for _ in range(drawn):
-                heapq.heappush(free, heapq.heappop(free) + rng.choice(pool) * scale)
+                heapq.heappush(free, heapq.heappop(free) + draw(rng) * scale)
             total += max(free)
         return total / trials
