@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from storyloom.ratelimit import RateLimiter
 from storyloom.sharedlimits import SharedRate
@@ -212,7 +213,13 @@ def test_a_batch_taken_during_a_cool_down_waits_for_its_end(tmp_path):
 
 def test_cancelled_requests_take_nothing_or_give_their_tokens_back(tmp_path):
     """A taker cancelled before its take, a request cancelled in the queue and
-    one cancelled while waiting for its send time leave the taker usable."""
+    one cancelled while waiting for its send time leave the taker usable.
+
+    The two cancelled first are done before the one that is sent starts: a
+    cancel reaches a waiting task only at the scheduler's next pass, so a
+    request queued behind a live taker may yet be in its batch (then taken,
+    its tokens refunded), which trio's random scheduling order would make
+    this test's counts depend on."""
     async def main():
         store = SQLiteStore.open(tmp_path)
         try:
@@ -232,6 +239,7 @@ def test_cancelled_requests_take_nothing_or_give_their_tokens_back(tmp_path):
                 async with trio.open_nursery() as inner:
                     inner.start_soon(send, "taker", 50, True)  # the first: the taker, cancelled at once
                     inner.start_soon(send, "queued", 50, True)
+                    await trio.testing.wait_all_tasks_blocked()
                     inner.start_soon(send, "sent", 40, False)
                 assert done == ["sent"] and shared.requests_taken == 1
                 assert limiter.waiting == 0 and shared.untaken == (0, 0)
