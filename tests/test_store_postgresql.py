@@ -10,7 +10,10 @@ if none answers, unless ``STORYLOOM_REQUIRE_POSTGRES=1``).
 
 from __future__ import annotations
 
+import random
+import secrets
 import socket
+import time
 import subprocess
 import sys
 import textwrap
@@ -314,25 +317,149 @@ def test_a_batch_of_starts_and_outcomes_fences_each_row(pg_url):
 # -- faults while open
 
 
-def test_a_connection_the_server_drops_is_unavailable_then_the_pool_reconnects(pg_url, postgres_database):
+def terminate_store_sessions(database: str) -> int:
+    """End every storyloom session of ``database`` (as a server restart or an operator would)."""
+    with psycopg.connect(database, autocommit=True) as admin:
+        return len(admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND application_name = 'storyloom'").fetchall())
+
+
+def test_a_connection_the_server_drops_is_replaced_and_the_call_runs_again(pg_url, postgres_database):
+    """Lost before its COMMIT, nothing of a transaction was written: it runs
+    again on a new connection, once, and lands once."""
     async def scenario():
         store = await open_url(pg_url)
         try:
             await store.add_job(job_row(), new_items("a"))
-            with psycopg.connect(postgres_database, autocommit=True) as admin:
-                killed = admin.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND pid <> pg_backend_pid() "
-                    "AND application_name = 'storyloom'").fetchall()
-            assert killed
-            with pytest.raises(StoreUnavailable) as info:
-                await store.get_job(JOB)
-            assert "connection" in info.value.reason or "stopped" in info.value.reason
-            # the broken connection left the pool: the next call has a new one
+            assert terminate_store_sessions(postgres_database)
             assert (await store.get_job(JOB)).job_id == JOB
+            assert terminate_store_sessions(postgres_database)
+            [claimed] = await store.claim(JOB, 1, NOW, OWNER)
+            assert await store.record([rec("a", fence=claimed.fence, result_text="once")], OWNER) == [True]
+            assert [(r.item_id, r.state) for r in await store.attempts(JOB)] == [("a", "completed")]
         finally:
             await store.aclose()
 
+    trio.run(scenario)
+
+
+@pytest.mark.slow
+def test_a_server_that_takes_no_new_connection_is_unavailable(pg_admin, postgres_database):
+    """The call runs again once after a lost connection, then gives up: a
+    StoreUnavailable within seconds, not a hang."""
+    name = f"storyloom_closed_{secrets.token_hex(4)}"
+    pg_admin.execute(f'CREATE DATABASE "{name}"')
+    database = postgres_database.rsplit("/", 1)[0] + "/" + name
+
+    async def scenario():
+        store = await open_url(pg_store_url(database))
+        try:
+            await store.add_job(job_row(), new_items("a"))
+            pg_admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            with psycopg.connect(postgres_database, autocommit=True) as admin:  # its sessions: from outside it
+                assert admin.execute("SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                     "WHERE datname = %s", (name,)).fetchone()[0]
+            with pytest.raises(StoreUnavailable) as info:
+                await store.get_job(JOB)
+            assert "connection" in info.value.reason
+        finally:
+            await store.aclose()
+
+    try:
+        trio.run(scenario)
+    finally:
+        pg_admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def deadlocks(database: str) -> int:
+    """Deadlocks PostgreSQL has broken in ``database`` so far (its sessions
+    flush their counts when they end)."""
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        return conn.execute("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+                            ).fetchone()[0]
+
+
+def test_renewals_and_records_of_one_worker_at_once_never_deadlock(pg_url, postgres_database):
+    """A worker renews all it holds while it records starts of some: each
+    takes the item rows in the one order, so neither waits for the other in a
+    cycle (one that did would stall 1 s, then be aborted and run again)."""
+    ids = [f"i{n:03d}" for n in range(60)]
+    before = deadlocks(postgres_database)
+
+    async def scenario():
+        store = await open_url(pg_url)
+        try:
+            await store.add_job(job_row(), new_items(*ids))
+            claimed = await store.claim(JOB, len(ids), NOW, OWNER, lease_s=60.0)
+            rng = random.Random(7)
+
+            async def renew_often():
+                for _ in range(40):
+                    held = [(JOB, c.item_id, c.fence) for c in claimed]
+                    rng.shuffle(held)
+                    assert len(await store.renew(OWNER, held, 60.0)) == len(ids)
+
+            async def start_often():
+                for _ in range(40):
+                    some = rng.sample(claimed, 20)
+                    starts = [StartRecord(JOB, c.item_id, "m1", NOW, attempt=0, fence=c.fence) for c in some]
+                    assert await store.record([], OWNER, started=starts) == [True] * 20
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(2):
+                    nursery.start_soon(renew_often)
+                    nursery.start_soon(start_often)
+        finally:
+            await store.aclose()
+
+    trio.run(scenario)
+    time.sleep(0.5)  # the closed sessions' counts reach the statistics
+    assert deadlocks(postgres_database) == before
+
+
+@pytest.mark.slow
+def test_a_worker_frozen_inside_a_transaction_loses_its_locks_before_its_lease(pg_url):
+    """A worker stopped mid-transaction (SIGSTOP, a paused VM) holds its rows
+    locked, and a reap skips locked rows. The server ends that session after
+    lease/3, so its items are reaped once the lease runs out; the frozen
+    transaction, when it wakes, runs again on a new connection."""
+    lease = 3.0
+    woke = trio.Event()
+    runs: list[str] = []
+
+    def frozen_touch(cur, item_id: str) -> None:
+        runs.append("run")
+        cur.execute("UPDATE items SET started_at = 1 WHERE item_id = %s", (item_id,))  # its row: locked
+        if len(runs) == 1:
+            time.sleep(lease + 1.5)  # frozen for longer than the lease
+
+    async def scenario():
+        frozen = await open_store_url(pg_url, stores=STORES, state_dir=".", settings=Settings(lease=lease))
+        reaper = await open_url(pg_url)
+        try:
+            await frozen.add_job(job_row(), new_items("a"))
+            await frozen.claim(JOB, 1, NOW, OWNER, lease_s=lease)
+
+            async def freeze():
+                await frozen._run(frozen_touch, "a")
+                woke.set()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(freeze)
+                reaped = 0
+                while not reaped and not woke.is_set():
+                    await trio.sleep(0.1)
+                    reaped = await reaper.reap()
+                assert reaped == 1 and not woke.is_set()  # reaped while the frozen one still slept
+            assert runs == ["run", "run"]  # its transaction was ended, and ran again once it woke
+        finally:
+            await frozen.aclose()
+            await reaper.aclose()
+
+    assert pg.idle_timeout(lease) == 1.0
     trio.run(scenario)
 
 

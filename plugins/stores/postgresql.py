@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import select
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Collection, Sequence
@@ -31,6 +32,7 @@ from storyloom import hookimpl
 from storyloom.artifacts import Artifact, check_artifact
 from storyloom.errors import UsageError
 from storyloom.job import CRITICAL_WITHIN_S, HIGH_WITHIN_S
+from storyloom.settings import Settings
 from storyloom.store.opening import mask_url
 from storyloom.plugins.stores.pg_listen import NOTIFY_SQL, Listener
 from storyloom.store.protocol import (
@@ -78,9 +80,17 @@ MAX_POOL_SIZE = 64
 CONNECT_TIMEOUT_S = 10
 #: Seconds a call waits for a free pooled connection (or a lost one to come back).
 POOL_TIMEOUT_S = 30.0
-#: Times a transaction is run again after PostgreSQL aborted it for a deadlock
-#: or a serialization failure: nothing of it was written, so again is safe.
+#: Times a transaction is run again after PostgreSQL aborted it for a deadlock,
+#: a serialization failure or sitting idle too long: nothing of it was
+#: written, so again is safe.
 RETRIES = 5
+#: The shortest ``idle_in_transaction_session_timeout`` a store sets (see
+#: :func:`idle_timeout`): well above any pause between two statements of one
+#: of its transactions, which are back to back in a thread.
+MIN_IDLE_IN_TRANSACTION_S = 1.0
+#: Seconds to wait for a new connection to run again a transaction whose
+#: connection was lost before its COMMIT.
+LOST_RETRY_WAIT_S = 5.0
 RECORD_STATES = ("completed", "failed", "pending", "skipped")
 NEW_ITEM_STATES = ("pending", "skipped")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -412,6 +422,15 @@ UPDATE items SET state = 'pending', owner = NULL, lease_until = NULL
 FROM unnest(%s::text[], %s::integer[]) AS given (item_id, fence)
 WHERE items.job_id = %s AND items.item_id = given.item_id AND items.state = 'running' AND items.owner = %s
     AND (given.fence IS NULL OR items.fence = given.fence)
+"""
+# Every transaction that may wait for several item rows takes them in one
+# order first (renew, record, release): two taking them in the order their
+# statements meet them can each wait for the other, a deadlock PostgreSQL
+# breaks only after deadlock_timeout (1 s) by aborting one. ORDER BY runs
+# before FOR UPDATE, so the rows are locked in that order.
+_LOCK_ITEMS = """
+SELECT 1 FROM items JOIN unnest(%s::text[], %s::text[]) AS k (job_id, item_id) USING (job_id, item_id)
+ORDER BY items.job_id, items.item_id FOR UPDATE OF items
 """
 _RENEW = f"""
 UPDATE items SET lease_until = {_DB_NOW} + %(lease_s)s
@@ -935,14 +954,22 @@ def _op_release_owners(cur: "psycopg.Cursor", job_id: str, owners: Sequence[str]
     return count
 
 
+def _lock_items(cur: "psycopg.Cursor", keys: Collection[tuple[str, str]]) -> None:
+    """Lock the item rows ``keys`` (job_id, item_id) in the one order (see _LOCK_ITEMS)."""
+    if len(keys) > 1:  # one row: no order to keep
+        cur.execute(_LOCK_ITEMS, ([job_id for job_id, _ in keys], [item_id for _, item_id in keys]))
+
+
 def _op_release_items(cur: "psycopg.Cursor", job_id: str, owner: str, item_ids: Sequence[str],
                       fences: Sequence[int | None]) -> int:
+    _lock_items(cur, {(job_id, item_id) for item_id in item_ids})
     cur.execute(_RELEASE_ITEMS, (list(item_ids), list(fences), job_id, owner))
     return cur.rowcount
 
 
 def _op_renew(cur: "psycopg.Cursor", owner: str, held: Sequence[tuple[str, str, int]],
               lease_s: float) -> set[tuple[str, str, int]]:
+    _lock_items(cur, {(job_id, item_id) for job_id, item_id, _ in held})
     cur.execute(_RENEW, {"owner": owner, "lease_s": lease_s, "job_id": [h[0] for h in held],
                          "item_id": [h[1] for h in held], "fence": [h[2] for h in held]})
     return {(job_id, item_id, fence) for job_id, item_id, fence in cur.fetchall()}
@@ -1091,6 +1118,7 @@ def _op_record(cur: "psycopg.Cursor", records: Sequence[AttemptRecord], owner: s
         "result_text": _text(rec.result_text if rec.result_text is not None else ""),
         "result_data": _dumps(rec.result_data), "now": now, "fence": rec.fence,
     } for rec in records]
+    _lock_items(cur, {(row["job_id"], row["item_id"]) for row in starts + outcomes})
     # Starts first, as one group: an outcome in the same batch is a later moment.
     starts_applied = _applied(cur, _RECORD_START, _BATCH_START, starts, owner)
     applied = _applied(cur, _RECORD_OUTCOME, _BATCH_OUTCOME, outcomes, owner)
@@ -1367,6 +1395,20 @@ _MIGRATE_LOCK = 0x5354_4C4D_0002  # "STLM" 2: creating or migrating a schema
 _ARTIFACT_LOCK = 0x5354_4C4D
 
 
+class _LostBeforeCommit(Exception):
+    """A transaction's connection was lost before its COMMIT: run it again."""
+
+
+def _server_spoke(conn: "psycopg.Connection") -> bool:
+    """Whether the server sent anything unasked while ``conn`` sat inside a
+    transaction with every result read: only a session it ended (idle too
+    long: a FATAL, then EOF) does that. Read before the COMMIT is sent, for
+    once the COMMIT meets the closed socket, the reset can lose that FATAL,
+    and a COMMIT without an answer may have landed."""
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    return bool(readable)
+
+
 class PostgresStore:
     """A :class:`~storyloom.store.protocol.Store` in one schema of a PostgreSQL database.
 
@@ -1397,18 +1439,42 @@ class PostgresStore:
         import psycopg
         from psycopg import errors
 
-        for attempt in range(RETRIES + 1):
+        aborted = lost = 0  # times run again: aborted by the server; connection lost before its COMMIT
+        while True:
             try:
-                with self._pool.connection() as conn:  # commits at the end, rolls back on an exception
-                    with conn.cursor() as cur:
-                        return op(cur, *args)
-            except (errors.DeadlockDetected, errors.SerializationFailure) as exc:
-                if attempt == RETRIES:
+                # After a lost connection, a short wait for a new one: a server
+                # that is down is a StoreUnavailable soon, as it is at once.
+                with self._pool.connection(timeout=LOST_RETRY_WAIT_S if lost else None) as conn:
+                    try:
+                        with conn.cursor() as cur:
+                            result = op(cur, *args)
+                        if _server_spoke(conn):
+                            raise _LostBeforeCommit  # rolled back here, if the server has not already
+                    except psycopg.OperationalError as exc:
+                        # Lost before the COMMIT was sent: nothing of it was
+                        # written (a restart, or the server ended an idle
+                        # transaction and the reset lost its message). Lost
+                        # during the COMMIT is not this: it may have landed.
+                        if conn.broken:
+                            raise _LostBeforeCommit from exc
+                        raise
+                    return result  # the pool commits it
+            except _LostBeforeCommit as exc:
+                # Each time the pool drops the dead connection; a restart ends them all.
+                lost += 1
+                if lost > self.pool_size:
+                    cause = exc.__cause__ or exc
+                    raise _unavailable_from(cause, self.location, self._secret) or cause from None
+            # Idle too long (the thread stalled mid-transaction): the server
+            # rolled it back and closed the connection, which the pool replaces.
+            except (errors.DeadlockDetected, errors.SerializationFailure,
+                    errors.IdleInTransactionSessionTimeout) as exc:
+                aborted += 1
+                if aborted > RETRIES:
                     raise _unavailable_from(exc, self.location, self._secret) or exc from None
-                time.sleep(0.01 * (attempt + 1))  # in the worker thread: the other transaction finishes
-            except psycopg.Error as exc:
+                time.sleep(0.01 * aborted)  # in the worker thread: the other transaction finishes
+            except psycopg.Error as exc:  # psycopg_pool.PoolTimeout too
                 raise _unavailable_from(exc, self.location, self._secret) or exc from None
-        raise AssertionError("unreachable")
 
     # -- jobs
 
@@ -1804,13 +1870,25 @@ def _check_version(version: int | None, target: _Target) -> None:
             f"storyloom only knows version {SCHEMA_VERSION}: upgrade storyloom (or use another schema)")
 
 
-def _make_pool(target: _Target) -> Any:
+def idle_timeout(lease_s: float) -> float:
+    """Seconds a store connection may sit idle inside a transaction before the
+    server ends it: lease/3 (the renewal interval), at least
+    MIN_IDLE_IN_TRANSACTION_S. A worker frozen mid-transaction (SIGSTOP, a
+    paused VM, a partition) would otherwise keep its item rows locked, and a
+    reap skips locked rows: its items would stay lost for as long as it is
+    frozen. Ended within lease/3, its locks are gone before its lease is."""
+    return max(MIN_IDLE_IN_TRANSACTION_S, lease_s / 3.0)
+
+
+def _make_pool(target: _Target, idle_s: float) -> Any:
     from psycopg_pool import ConnectionPool
 
     search_path = f"SET search_path TO {_quote(target.schema)}"
+    idle = f"SET idle_in_transaction_session_timeout = {round(idle_s * 1000)}"
 
     def configure(conn: "psycopg.Connection") -> None:
         conn.execute(search_path)
+        conn.execute(idle)
         conn.commit()
 
     pool = ConnectionPool(target.conninfo, min_size=1, max_size=target.pool_size, open=False,
@@ -1844,7 +1922,8 @@ async def open_postgres(url: str, *, state_dir: Any, settings: Any, create: bool
     target = parse_url(url)
     _quiet_pool_logs()
     await trio.to_thread.run_sync(_prepare, target, create)
-    pool = await trio.to_thread.run_sync(_make_pool, target)
+    lease_s = settings.lease if settings is not None else Settings.lease  # None: a bare store, as in bench/
+    pool = await trio.to_thread.run_sync(_make_pool, target, idle_timeout(lease_s))
     listener = Listener(target.conninfo, target.schema, target.location, target.secret) if target.listen else None
     return PostgresStore(pool, target.location, target.schema, target.pool_size, target.secret, listener)
 
