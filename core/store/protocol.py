@@ -69,7 +69,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Collection, NamedTuple, Protocol, Sequence, runtime_checkable
 
-from ..artifacts import Artifact
+from ..artifacts import Artifact, check_artifact
 from ..errors import UsageError
 
 if TYPE_CHECKING:
@@ -169,6 +169,32 @@ class NewItem:
     takes_over: str | None = None
     #: A gate name: blocked until :meth:`Store.open_gate` (at once if it is open).
     gate: str | None = None
+
+
+#: The states an item is added in (add_job, follow-ups).
+NEW_ITEM_STATES = ("pending", "skipped")
+
+
+def check_new_items(items: Sequence[NewItem]) -> None:
+    """What every backend refuses in items it is given to add, before it
+    writes anything: a state other than NEW_ITEM_STATES, an item waiting on itself.
+
+    :raises ValueError: naming the item.
+    """
+    for item in items:
+        if item.state not in NEW_ITEM_STATES:
+            raise ValueError(f"item {item.item_id!r}: state must be pending or skipped, not {item.state!r}")
+        if item.item_id in item.after:
+            raise ValueError(f"item {item.item_id!r} waits on itself")
+
+
+def item_artifact_json(item_id: str, artifact: Artifact) -> str:
+    """:func:`storyloom.artifacts.check_artifact` for a backend writing the
+    artifact of item ``item_id``; the ValueError names the item."""
+    try:
+        return check_artifact(artifact)
+    except ValueError as exc:
+        raise ValueError(f"item {item_id!r}: {exc}") from None
 
 
 @dataclass(frozen=True)

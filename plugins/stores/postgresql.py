@@ -29,10 +29,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import trio
 
 from storyloom import hookimpl
-from storyloom.artifacts import Artifact, check_artifact
+from storyloom.artifacts import Artifact
 from storyloom.errors import UsageError
 from storyloom.job import CRITICAL_WITHIN_S, HIGH_WITHIN_S
-from storyloom.settings import Settings
 from storyloom.store.opening import mask_url
 from storyloom.plugins.stores.pg_listen import NOTIFY_SQL, Listener
 from storyloom.store.protocol import (
@@ -62,6 +61,8 @@ from storyloom.store.protocol import (
     StoreNotFound,
     StoreUnavailable,
     StoreVersionError,
+    check_new_items,
+    item_artifact_json,
 )
 
 if TYPE_CHECKING:
@@ -92,7 +93,6 @@ MIN_IDLE_IN_TRANSACTION_S = 1.0
 #: connection was lost before its COMMIT.
 LOST_RETRY_WAIT_S = 5.0
 RECORD_STATES = ("completed", "failed", "pending", "skipped")
-NEW_ITEM_STATES = ("pending", "skipped")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 #: Query keys this backend reads itself; every other one goes to libpq.
 _OWN_KEYS = ("schema", "pool_size", "listen")
@@ -1255,21 +1255,6 @@ def _op_artifacts(cur: "psycopg.Cursor", project_id: str, kinds: list[str] | Non
 # -- pipelines, inside the caller's transaction
 
 
-def _check_new_items(items: Sequence[NewItem]) -> None:
-    for item in items:
-        if item.state not in NEW_ITEM_STATES:
-            raise ValueError(f"item {item.item_id!r}: state must be pending or skipped, not {item.state!r}")
-        if item.item_id in item.after:
-            raise ValueError(f"item {item.item_id!r} waits on itself")
-
-
-def _artifact_json(item_id: str, artifact: Artifact) -> str:
-    try:
-        return check_artifact(artifact)
-    except ValueError as exc:
-        raise ValueError(f"item {item_id!r}: {exc}") from None
-
-
 def _link(cur: "psycopg.Cursor", job_id: str, items: Sequence[NewItem]) -> None:
     """Store the dependencies and gates of items just inserted, and skip
     those that wait on an item already failed or skipped.
@@ -1340,7 +1325,7 @@ def _pipeline_steps(cur: "psycopg.Cursor", records: Sequence[AttemptRecord]) -> 
                             (_ARTIFACT_LOCK, _encode([artifact.project_id, artifact.kind, artifact.key])))
                 cur.execute(_INSERT_ARTIFACT, {
                     "project_id": artifact.project_id, "kind": artifact.kind, "key": artifact.key,
-                    "content": _artifact_json(rec.item_id, artifact), "job_id": rec.job_id,
+                    "content": item_artifact_json(rec.item_id, artifact), "job_id": rec.job_id,
                     "item_id": rec.item_id, "attempt": rec.attempt, "model": rec.model,
                     "created_at": rec.finished_at})
             completed.append(rec)
@@ -1485,7 +1470,7 @@ class PostgresStore:
 
         if job.state not in JOB_STATES:
             raise ValueError(f"unknown job state {job.state!r}")
-        _check_new_items(items)
+        check_new_items(items)
         try:
             await self._run(_op_add_job, job, list(items))
         except errors.UniqueViolation as exc:
@@ -1622,9 +1607,9 @@ class PostgresStore:
                 raise ValueError(f"item {rec.item_id!r}: cannot record state {rec.state!r}")
             if (rec.follow_ups or rec.artifacts) and rec.state != "completed":
                 raise ValueError(f"item {rec.item_id!r}: follow-ups and artifacts come only with a completion")
-            _check_new_items(rec.follow_ups)
+            check_new_items(rec.follow_ups)
             for artifact in rec.artifacts:
-                _artifact_json(rec.item_id, artifact)  # a bad one: ValueError before anything is written
+                item_artifact_json(rec.item_id, artifact)  # a bad one: ValueError before anything is written
         return await self._run(_op_record, list(records), owner, list(started))
 
     # -- reading
@@ -1922,7 +1907,7 @@ async def open_postgres(url: str, *, state_dir: Any, settings: Any, create: bool
     target = parse_url(url)
     _quiet_pool_logs()
     await trio.to_thread.run_sync(_prepare, target, create)
-    lease_s = settings.lease if settings is not None else Settings.lease  # None: a bare store, as in bench/
+    lease_s = settings.lease if settings is not None else DEFAULT_LEASE_S  # None: a bare store, as in bench/
     pool = await trio.to_thread.run_sync(_make_pool, target, idle_timeout(lease_s))
     listener = Listener(target.conninfo, target.schema, target.location, target.secret) if target.listen else None
     return PostgresStore(pool, target.location, target.schema, target.pool_size, target.secret, listener)

@@ -27,7 +27,7 @@ from urllib.parse import unquote
 import trio
 
 from storyloom import hookimpl
-from storyloom.artifacts import Artifact, check_artifact
+from storyloom.artifacts import Artifact
 from storyloom.job import CRITICAL_WITHIN_S, HIGH_WITHIN_S
 from storyloom.store.protocol import (
     HELD_JOB_STATES,
@@ -56,6 +56,8 @@ from storyloom.store.protocol import (
     StoreNotFound,
     StoreUnavailable,
     StoreVersionError,
+    check_new_items,
+    item_artifact_json,
 )
 from storyloom.errors import UsageError
 from storyloom.store.opening import mask_url
@@ -72,7 +74,6 @@ SYNCHRONOUS_MODES = ("NORMAL", "FULL")
 #: States an AttemptRecord may move an item to.
 RECORD_STATES = ("completed", "failed", "pending", "skipped")
 #: States an item may start in.
-NEW_ITEM_STATES = ("pending", "skipped")
 
 
 # Version 2's columns of items. They come last, with the defaults that ALTER
@@ -632,7 +633,7 @@ class SQLiteStore:
         either way nothing is written."""
         if job.state not in JOB_STATES:
             raise ValueError(f"unknown job state {job.state!r}")
-        _check_new_items(items)
+        check_new_items(items)
         job_id = job.job_id
         with self._write() as cur:
             if cur.execute("SELECT 1 FROM jobs WHERE job_id = ?", (job_id,)).fetchone():
@@ -946,9 +947,9 @@ class SQLiteStore:
                 raise ValueError(f"item {rec.item_id!r}: cannot record state {rec.state!r}")
             if (rec.follow_ups or rec.artifacts) and rec.state != "completed":
                 raise ValueError(f"item {rec.item_id!r}: follow-ups and artifacts come only with a completion")
-            _check_new_items(rec.follow_ups)
+            check_new_items(rec.follow_ups)
             if rec.artifacts:
-                contents[index] = [_artifact_json(rec.item_id, a) for a in rec.artifacts]
+                contents[index] = [item_artifact_json(rec.item_id, a) for a in rec.artifacts]
         applied: list[bool] = []
         starts_applied: list[bool] = []
         attempt_rows = []
@@ -1390,21 +1391,6 @@ def _reclaim_holds(cur: sqlite3.Cursor) -> None:
         gone[job_id] = gone.get(job_id, 0.0) + amount
     for job_id, amount in gone.items():
         cur.execute(_BUDGET_CHARGE, {"actual": amount, "amount": amount, "job_id": job_id})
-
-
-def _check_new_items(items: Sequence[NewItem]) -> None:
-    for item in items:
-        if item.state not in NEW_ITEM_STATES:
-            raise ValueError(f"item {item.item_id!r}: state must be pending or skipped, not {item.state!r}")
-        if item.item_id in item.after:
-            raise ValueError(f"item {item.item_id!r} waits on itself")
-
-
-def _artifact_json(item_id: str, artifact: Artifact) -> str:
-    try:
-        return check_artifact(artifact)
-    except ValueError as exc:
-        raise ValueError(f"item {item_id!r}: {exc}") from None
 
 
 def _link(cur: sqlite3.Cursor, job_id: str, items: Sequence[NewItem], job_held: int) -> None:
