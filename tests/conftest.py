@@ -6,11 +6,13 @@ fresh one per hypothesis example) come from storyloom's own pytest plugin,
 127.0.0.1 speaking the OpenAI, Anthropic and Gemini formats) from
 ``tests/fakeprovider.py``; ``postgres_database`` and ``pg_url`` (a fresh
 database per session on a real PostgreSQL server, an empty store per test)
-from ``tests/pgserver.py``; ``store_url`` and ``loom_each_store`` run a test
+from ``tests/pgserver.py``; ``pgbouncer_url`` (that store through a
+PgBouncer in transaction mode) from ``tests/pgbouncer.py``; ``store_url`` and ``loom_each_store`` run a test
 on each bundled backend.
 """
 
 from fakeprovider import fake_provider  # noqa: F401
+from pgbouncer import pgbouncer_port, pgbouncer_url  # noqa: F401
 from pgserver import pg_admin, pg_url, postgres_database  # noqa: F401
 
 import os

@@ -264,6 +264,11 @@ def pg_sessions(store_url: str, owner: str | None = None) -> str:
     return "\n".join(" | ".join(str(v) for v in row) for row in rows + held) + "\n" + sockets
 
 
+#: Seconds for the server to finish what a stopped or killed worker had sent
+#: it (a COMMIT still in the socket lands after the signal).
+SETTLE = 0.5
+
+
 @pytest.mark.slow
 def test_four_workers_drain_the_queue_exactly_once_through_a_kill_and_a_stop(tmp_path, store_url):
     """The issue's test: on PostgreSQL 2,000 items, many in flight per
@@ -296,9 +301,11 @@ def test_four_workers_drain_the_queue_exactly_once_through_a_kill_and_a_stop(tmp
         for _ in range(50):
             if store_url:
                 sleeper.send_signal(signal.SIGSTOP)
+                stopped_at = time.monotonic()
+                time.sleep(SETTLE)
             else:
                 stop_outside_a_write(sleeper, tmp_path / ".storyloom" / DB_NAME)
-            stopped_at = time.monotonic()
+                stopped_at = time.monotonic()
             held = read_store(tmp_path, lambda store: holding(store, jobs))
             stopped_owner, killed_owner = owner_of(held, sleeper.pid), owner_of(held, doomed.pid)
             # What the stopped one has sent stays as it is until reaped.
@@ -309,6 +316,7 @@ def test_four_workers_drain_the_queue_exactly_once_through_a_kill_and_a_stop(tmp
             time.sleep(0.05)
         doomed.kill()  # SIGKILL: no cleanup at all
         doomed.wait(timeout=10)
+        time.sleep(SETTLE)
         # Read once it is dead: until then it may finish what it had sent.
         lost |= read_store(tmp_path, lambda store: sent_by(store, jobs, killed_owner)) if killed_owner else set()
         stopped_items = held.get(stopped_owner, set())

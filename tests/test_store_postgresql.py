@@ -74,12 +74,23 @@ def test_url_forms(url, schema, pool_size):
     ("postgresql://u@h/db?no_such_option=1", "no_such_option"),
     ("postgresql://u@h/db#frag", "no fragment"),
     ("postgresql:db", "postgresql://user@host"),
+    ("postgresql://u@h/db?pool_mode=statement", "pool_mode must be session or transaction"),
+    ("postgresql://u@h/db?pool_mode=transaction&listen=on", "listen=on needs a session of its own"),
 ])
 def test_malformed_urls_are_usage_errors_without_the_password(url, message):
     url = url.replace("u@h", "u:s3cr3t@h")
     with pytest.raises(UsageError, match=message) as info:
         pg.parse_url(url)
     assert "s3cr3t" not in str(info.value)
+
+
+def test_pool_mode_transaction_turns_wake_ups_off():
+    assert (pg.parse_url("postgresql://u@h/db").listen, pg.parse_url("postgresql://u@h/db").pool_mode) == (
+        True, "session")
+    behind = pg.parse_url("postgresql://u@h/db?pool_mode=transaction&listen=off")
+    assert (behind.listen, behind.pool_mode) == (False, "transaction")
+    assert pg.parse_url("postgresql://u@h/db?pool_mode=transaction").listen is False
+    assert "pool_mode" not in behind.conninfo  # ours, not libpq's
 
 
 def test_a_password_in_the_query_is_masked_in_the_location():

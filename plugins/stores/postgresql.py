@@ -95,9 +95,14 @@ LOST_RETRY_WAIT_S = 5.0
 RECORD_STATES = ("completed", "failed", "pending", "skipped")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 #: Query keys this backend reads itself; every other one goes to libpq.
-_OWN_KEYS = ("schema", "pool_size", "listen")
+_OWN_KEYS = ("schema", "pool_size", "listen", "pool_mode")
 #: ``listen=`` values: wake workers with LISTEN/NOTIFY (default), or only poll.
 _LISTEN_VALUES = {"on": True, "off": False}
+#: ``pool_mode=`` values: what sits between the workers and the server.
+#: ``session``: the server itself, or a pooler that gives each client one
+#: server connection (session settings hold). ``transaction``: a pooler that
+#: shares server connections per transaction (PgBouncer's transaction mode).
+POOL_MODES = ("session", "transaction")
 
 # -- the schema, version 1
 
@@ -1402,8 +1407,10 @@ class PostgresStore:
     """
 
     def __init__(self, pool: Any, location: str, schema: str, pool_size: int, secret: str | None,
-                 listener: Listener | None = None) -> None:
+                 listener: Listener | None = None, begin: str | None = None) -> None:
         self._pool = pool
+        #: Run first in every transaction (``pool_mode=transaction``: its SET LOCALs), else None.
+        self._begin = begin
         #: Wake-ups (LISTEN/NOTIFY); None with ``listen=off``: polling only.
         self.listener = listener
         #: The URL, password masked (``Store.location``).
@@ -1432,6 +1439,8 @@ class PostgresStore:
                 with self._pool.connection(timeout=LOST_RETRY_WAIT_S if lost else None) as conn:
                     try:
                         with conn.cursor() as cur:
+                            if self._begin:
+                                cur.execute(self._begin)
                             result = op(cur, *args)
                         if _server_spoke(conn):
                             raise _LostBeforeCommit  # rolled back here, if the server has not already
@@ -1729,9 +1738,9 @@ class _Target:
     """What a store URL names: libpq's connection string, the schema, the pool size."""
 
     def __init__(self, conninfo: str, schema: str, pool_size: int, location: str, secret: str | None,
-                 listen: bool = True) -> None:
+                 listen: bool = True, pool_mode: str = "session") -> None:
         self.conninfo, self.schema, self.pool_size = conninfo, schema, pool_size
-        self.location, self.secret, self.listen = location, secret, listen
+        self.location, self.secret, self.listen, self.pool_mode = location, secret, listen, pool_mode
 
 
 def parse_url(url: str) -> _Target:
@@ -1742,7 +1751,10 @@ def parse_url(url: str) -> _Target:
     tables, created if missing; ``pool_size`` (default 4, 1 to 64) how many
     connections the store keeps; ``listen`` (``on``, the default, or ``off``)
     whether a waiting worker also holds a LISTEN connection for wake-ups
-    (``off`` behind PgBouncer in transaction mode: it only polls). Every other query parameter is libpq's
+    (``off``: it only polls); ``pool_mode`` (``session``, the default, or
+    ``transaction``, behind PgBouncer in transaction mode: no LISTEN, no
+    prepared statements, and each transaction sets its own search path and
+    idle timeout). Every other query parameter is libpq's
     (``sslmode``, ``connect_timeout``, ``application_name``, ...). A bare
     ``postgresql`` uses libpq's defaults (``PGHOST``, ``PGDATABASE``, ...).
     A malformed URL is a UsageError that shows no password.
@@ -1772,9 +1784,16 @@ def parse_url(url: str) -> _Target:
     if not pool_text.isdigit() or not 1 <= int(pool_text) <= MAX_POOL_SIZE:
         raise UsageError(f"store URL {shown!r}: pool_size must be a whole number from 1 to {MAX_POOL_SIZE}, "
                          f"not {pool_text!r}")
-    listen_text = own.get("listen", "on")
+    pool_mode = own.get("pool_mode", "session")
+    if pool_mode not in POOL_MODES:
+        raise UsageError(f"store URL {shown!r}: pool_mode must be session or transaction, not {pool_mode!r}")
+    # A pooler per transaction passes no LISTEN: wake-ups are off unless asked for (an error).
+    listen_text = own.get("listen", "on" if pool_mode == "session" else "off")
     if listen_text not in _LISTEN_VALUES:
         raise UsageError(f"store URL {shown!r}: listen must be on or off, not {listen_text!r}")
+    if pool_mode == "transaction" and _LISTEN_VALUES[listen_text]:
+        raise UsageError(f"store URL {shown!r}: listen=on needs a session of its own, which pool_mode=transaction "
+                         "does not keep; leave listen out (workers poll)")
     libpq = [(key, value) for key, value in pairs if key not in _OWN_KEYS]
     for key, default in (("connect_timeout", str(CONNECT_TIMEOUT_S)), ("application_name", "storyloom")):
         if not any(given == key for given, _ in libpq):
@@ -1786,7 +1805,8 @@ def parse_url(url: str) -> _Target:
         conninfo_to_dict(conninfo)  # libpq's own check of its parameters
     except Exception as exc:  # psycopg.ProgrammingError: an unknown parameter, say
         raise UsageError(f"store URL {shown!r}: {_scrub(str(exc), secret)}") from None
-    return _Target(conninfo, schema, int(pool_text), shown, secret or None, _LISTEN_VALUES[listen_text])
+    return _Target(conninfo, schema, int(pool_text), shown, secret or None, _LISTEN_VALUES[listen_text],
+                   pool_mode)
 
 
 def _connect(target: _Target) -> "psycopg.Connection":
@@ -1865,15 +1885,28 @@ def idle_timeout(lease_s: float) -> float:
     return max(MIN_IDLE_IN_TRANSACTION_S, lease_s / 3.0)
 
 
+def session_settings(schema: str, idle_s: float, *, local: bool = False) -> str:
+    """The settings every store transaction runs under: its schema first on
+    the search path, and idle_timeout (see there); ``local``: for this
+    transaction only (SET LOCAL)."""
+    set_ = "SET LOCAL" if local else "SET"
+    return (f"{set_} search_path TO {_quote(schema)}; "
+            f"{set_} idle_in_transaction_session_timeout = {round(idle_s * 1000)}")
+
+
 def _make_pool(target: _Target, idle_s: float) -> Any:
     from psycopg_pool import ConnectionPool
 
-    search_path = f"SET search_path TO {_quote(target.schema)}"
-    idle = f"SET idle_in_transaction_session_timeout = {round(idle_s * 1000)}"
+    settings = session_settings(target.schema, idle_s)
 
     def configure(conn: "psycopg.Connection") -> None:
-        conn.execute(search_path)
-        conn.execute(idle)
+        if target.pool_mode == "transaction":
+            # Each transaction sets them itself (SET LOCAL; a session SET here
+            # would stay on a server connection other clients then share), and
+            # a statement prepared on one server connection is unknown on the next.
+            conn.prepare_threshold = None
+            return
+        conn.execute(settings)
         conn.commit()
 
     pool = ConnectionPool(target.conninfo, min_size=1, max_size=target.pool_size, open=False,
@@ -1910,7 +1943,9 @@ async def open_postgres(url: str, *, state_dir: Any, settings: Any, create: bool
     lease_s = settings.lease if settings is not None else DEFAULT_LEASE_S  # None: a bare store, as in bench/
     pool = await trio.to_thread.run_sync(_make_pool, target, idle_timeout(lease_s))
     listener = Listener(target.conninfo, target.schema, target.location, target.secret) if target.listen else None
-    return PostgresStore(pool, target.location, target.schema, target.pool_size, target.secret, listener)
+    begin = session_settings(target.schema, idle_timeout(lease_s), local=True) \
+        if target.pool_mode == "transaction" else None
+    return PostgresStore(pool, target.location, target.schema, target.pool_size, target.secret, listener, begin)
 
 
 @hookimpl
