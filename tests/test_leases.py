@@ -350,6 +350,12 @@ def test_four_workers_drain_the_queue_exactly_once_through_a_kill_and_a_stop(tmp
                 proc.kill()
                 proc.wait(timeout=10)
     per_item = read_store(tmp_path, completed_attempts)
+    if len(per_item) != 2 * n:  # say which, and what their attempts are
+        async def missing(store):
+            return [(job, item.item_id, item.state, [(r.attempt, r.state, r.error_kind) for r in await store.attempts(job)
+                                                     if r.item_id == item.item_id])
+                    for job in jobs for item in await store.items(job) if (job, item.item_id) not in per_item]
+        print("stopped", stopped_owner, "killed", killed_owner, read_store(tmp_path, missing))
     assert len(per_item) == 2 * n and set(per_item.values()) == {1}  # every item completed exactly once
     assert read_store(tmp_path, lambda store: stored_results(store, jobs)) == 2 * n
 

@@ -16,7 +16,7 @@ from storyloom.store.owner import make_owner, owner_alive
 from store_conformance import *  # noqa: F403 - the tests, collected here once per backend
 from store_conformance_pipelines import *  # noqa: F403 - part two: pipelines
 from store_conformance_shared import *  # noqa: F403 - part three: shared rate limits and budgets
-from store_conformance import BACKENDS, JOB, add, claim_ids, store_backend, trio_test  # noqa: F401 - the fixture
+from store_conformance import BACKENDS, JOB, add, claim_ids, conformance_test, store_backend  # noqa: F401 - the fixture
 
 
 def test_the_bundled_backends_are_registered():
@@ -27,7 +27,7 @@ def test_the_bundled_backends_are_registered():
 # -- every backend, with real owner strings
 
 
-@trio_test
+@conformance_test([])  # this module's own: not in store_conformance's listing, which others import
 async def test_recover_with_real_owner_strings(store):
     live = make_owner()
     dead = f"{socket.gethostname()}:{dead_pid()}:{'0' * 16}"

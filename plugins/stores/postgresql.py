@@ -542,9 +542,8 @@ SELECT worker_id, host, pid, started_at, beat_at, lease_s, beat_at + lease_s >= 
 FROM workers ORDER BY started_at, worker_id
 """
 _HOLDING = "SELECT owner, job_id, COUNT(*) FROM items WHERE state = 'running' GROUP BY owner, job_id"
-# record() sends one statement per start and one per outcome, all at once
-# (psycopg's executemany pipelines them: one round trip for a whole group
-# commit). Each statement does every step of its start or outcome in
+# The per-row statements of record(): one per start and one per outcome, for
+# a single row or a batch naming an item twice (see _applied). Each statement does every step of its start or outcome in
 # data-modifying CTEs, which see the table as it was before the statement
 # but each other's RETURNING; the next statement sees this one's changes, so
 # two outcomes of one item in a batch apply in order (the second is refused).
@@ -720,7 +719,10 @@ WHERE job_id = %s AND state = 'failed' AND (%s::text[] IS NULL OR error_kind = A
 _DEPENDENCIES = """
 SELECT item_id, state, error FROM items WHERE job_id = %s AND item_id = ANY (%s::text[]) ORDER BY item_id FOR SHARE
 """
-_INSERT_DEP = "INSERT INTO deps (job_id, after_id, item_id) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING"
+_INSERT_DEPS = """
+INSERT INTO deps (job_id, after_id, item_id) SELECT %s, after_id, %s FROM unnest(%s::text[]) AS t (after_id)
+ON CONFLICT DO NOTHING
+"""
 _ADD_GATE = "INSERT INTO gates (name, opened_at) VALUES (%s, NULL) ON CONFLICT DO NOTHING"
 _GATE_OPENED = "SELECT opened_at FROM gates WHERE name = %s FOR SHARE"
 _BLOCK = "UPDATE items SET waiting = %s, gate = %s WHERE job_id = %s AND item_id = %s"
@@ -1147,7 +1149,7 @@ def _settle_refused(cur: "psycopg.Cursor", outcome: dict[str, Any]) -> None:
 
 
 #: A batch at least this long goes as arrays in one statement; a single row
-#: (and a batch naming an item twice) by the per-row statements, pipelined.
+#: (and a batch naming an item twice) by the per-row statements, one by one.
 BATCH_MIN = 2
 
 
@@ -1160,12 +1162,13 @@ def _applied(cur: "psycopg.Cursor", per_row: str, batch: str, rows: list[dict[st
         cur.execute(batch, {**columns, "owner": owner, "now": rows[0].get("now")})
         done = {ord_ for (ord_,) in cur.fetchall()}
         return [n in done for n in range(1, len(rows) + 1)]
-    cur.executemany(per_row, rows, returning=True)
+    # One at a time, not executemany: its pipeline leaves the server waiting
+    # for the client's Sync in state "active", where a client frozen there
+    # keeps its locks (idle_in_transaction_session_timeout does not apply).
     applied = []
-    while True:
+    for row in rows:
+        cur.execute(per_row, row)
         applied.append(cur.fetchone()[0] == 1)
-        if not cur.nextset():
-            break
     return applied
 
 
@@ -1279,7 +1282,7 @@ def _link(cur: "psycopg.Cursor", job_id: str, items: Sequence[NewItem]) -> None:
         states = {found_id: state for found_id, state, _error in found}
         waits_on = [a for a in after if states.get(a) != "completed"]
         if waits_on:
-            cur.executemany(_INSERT_DEP, [(job_id, a, item.item_id) for a in waits_on])
+            cur.execute(_INSERT_DEPS, (job_id, item.item_id, waits_on))
         gate = None
         if item.gate is not None:
             cur.execute(_ADD_GATE, (item.gate,))
