@@ -543,11 +543,12 @@ FROM workers ORDER BY started_at, worker_id
 """
 _HOLDING = "SELECT owner, job_id, COUNT(*) FROM items WHERE state = 'running' GROUP BY owner, job_id"
 # The per-row statements of record(): one per start and one per outcome, for
-# a single row or a batch naming an item twice (see _applied). Each statement does every step of its start or outcome in
-# data-modifying CTEs, which see the table as it was before the statement
-# but each other's RETURNING; the next statement sees this one's changes, so
-# two outcomes of one item in a batch apply in order (the second is refused).
-# Each returns how many items it applied to: 1 or 0.
+# a single row or a batch naming an item twice (see _applied). Each statement
+# does every step of its start or outcome in data-modifying CTEs, which see
+# the table as it was before the statement but each other's RETURNING; the
+# next statement sees this one's changes, so two outcomes of one item in a
+# batch apply in order (the second is refused). Each returns how many items
+# it applied to: 1 or 0.
 _RECORD_START = """
 WITH started AS (
     UPDATE items SET last_model = %(model)s, started_at = %(started_at)s
@@ -1906,7 +1907,7 @@ def _make_pool(target: _Target, idle_s: float) -> Any:
         if target.pool_mode == "transaction":
             # Each transaction sets them itself (SET LOCAL; a session SET here
             # would stay on a server connection other clients then share), and
-            # a statement prepared on one server connection is unknown on the next.
+            # nothing is prepared: two clients' "_pg3_0" clash on a shared one.
             conn.prepare_threshold = None
             return
         conn.execute(settings)
