@@ -386,13 +386,18 @@ class Worker:
 
     async def leased_elsewhere(self, job_ids: list[str]) -> float | None:
         """Seconds until the soonest lease runs out among the running items
-        of ``job_ids`` that another worker holds (0 if one already has);
-        None if no other worker holds any."""
+        of ``job_ids`` that no live claim of this worker holds (0 if one
+        already has); None if there are none. This worker's own rows count
+        too once their claim is lost here: a lease that ran out while it was
+        stopped or slow leaves its items running in the store until a reap,
+        and a burst that ended then would leave them pending with no one left."""
         soonest: float | None = None
+        held = self.leases.held
         for job_id in job_ids:
             for row in await self.store.running(job_id):
-                if row.owner == self.owner:
-                    continue
+                mine = held.get((job_id, row.item_id)) if row.owner == self.owner else None
+                if mine is not None and not mine.lost and mine.fence == row.fence:
+                    continue  # a live claim here: it ends here
                 left = 0.0 if row.lease_left is None else max(0.0, row.lease_left)
                 soonest = left if soonest is None else min(soonest, left)
         return soonest

@@ -65,7 +65,7 @@ class RunWorker(Protocol):
 
     async def leased_elsewhere(self, job_ids: list[str]) -> float | None:
         """Seconds until the soonest lease runs out among running items of
-        ``job_ids`` that another worker holds; None if none is held elsewhere."""
+        ``job_ids`` that no live claim of this worker holds; None if none."""
 
 
 class AttemptBatch(Protocol):
