@@ -164,7 +164,12 @@ class JobRun:
             return False
         # `run` / `resume` ends with its job: it waits for items other workers
         # hold (their outcome, or their lease running out) rather than stop.
-        return self.worker.only is not self or await self.worker.leased_elsewhere([self.job_id]) is None
+        if self.worker.only is self:
+            return await self.worker.leased_elsewhere([self.job_id]) is None
+        # Over the queue other workers' items end there, but items under this
+        # worker's own name end only here, once reaped (finish would put them
+        # back pending and call the job blocked).
+        return not await self.worker.orphaned(self.job_id)
 
     async def finish(self, store: Store, owner: str) -> Summary | None:
         """Store how the job ended, write its reports and tell plugins.

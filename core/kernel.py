@@ -51,7 +51,7 @@ from .pool import ModelPool
 from .provider import check_provider
 from .artifacts import Artifact
 from .leases import LeaseKeeper
-from .store import AttemptRecord, ClaimedItem, NewItem, Store, StoreUnavailable, shares_limits
+from .store import AttemptRecord, ClaimedItem, NewItem, RunningRow, Store, StoreUnavailable, shares_limits
 from .store.owner import make_owner
 from .summary import Summary
 
@@ -392,15 +392,25 @@ class Worker:
         stopped or slow leaves its items running in the store until a reap,
         and a burst that ended then would leave them pending with no one left."""
         soonest: float | None = None
-        held = self.leases.held
         for job_id in job_ids:
             for row in await self.store.running(job_id):
-                mine = held.get((job_id, row.item_id)) if row.owner == self.owner else None
-                if mine is not None and not mine.lost and mine.fence == row.fence:
-                    continue  # a live claim here: it ends here
+                if self._held_here(job_id, row):
+                    continue  # it ends here
                 left = 0.0 if row.lease_left is None else max(0.0, row.lease_left)
                 soonest = left if soonest is None else min(soonest, left)
         return soonest
+
+    async def orphaned(self, job_id: str) -> bool:
+        """Whether items of ``job_id`` run in the store under this worker's
+        name with no live claim here: a claim whose answer never came back
+        (the connection died during its COMMIT), or one lost while stopped.
+        They end only by their lease running out and a reap."""
+        return any(row.owner == self.owner and not self._held_here(job_id, row)
+                   for row in await self.store.running(job_id))
+
+    def _held_here(self, job_id: str, row: RunningRow) -> bool:
+        mine = self.leases.held.get((job_id, row.item_id)) if row.owner == self.owner else None
+        return mine is not None and not mine.lost and mine.fence == row.fence
 
     async def _drained(self) -> bool:
         """Over the whole queue in a burst: nothing is in flight (a job in

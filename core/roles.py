@@ -67,6 +67,10 @@ class RunWorker(Protocol):
         """Seconds until the soonest lease runs out among running items of
         ``job_ids`` that no live claim of this worker holds; None if none."""
 
+    async def orphaned(self, job_id: str) -> bool:
+        """Whether items of ``job_id`` run in the store under this worker's
+        name that no live claim of it holds."""
+
 
 class AttemptBatch(Protocol):
     """What :func:`storyloom.attempt.run_attempt` needs from its job run."""

@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import trio
@@ -145,6 +146,32 @@ def test_when_renewals_fail_the_attempt_is_cancelled_once_its_lease_may_have_run
     assert sorted(r.state for r in rows) == ["completed", "stale"]
 
 
+def test_a_burst_does_not_end_while_its_own_items_run_in_the_store_without_a_claim_here(loom_each_store, monkeypatch):
+    """A claim the store committed but whose answer never reached the worker
+    (its connection died during COMMIT) leaves an item running under the
+    worker's own name that it does not know it holds. A burst that took
+    "mine" for "ending here" would exit and leave it for no one; instead it
+    waits out the lease, reaps it and runs it."""
+    import storyloom.kernel
+
+    loom = loom_each_store
+    me = "this-host:1:feedface"
+    monkeypatch.setattr(storyloom.kernel, "make_owner", lambda: me)
+    loom.write("storyloom.yaml", settings(lease="1s"))
+    loom.submit(ONE.replace("  - {item_id: a}", "  - {item_id: a}\n  - {item_id: b}"))
+
+    async def orphan(store):
+        return await store.claim("L", 1, time.time(), me, lease_s=1.0)
+
+    [orphaned] = loom.read(orphan)
+    result = loom.work()
+    assert result.summaries["L"].status == "completed"
+    rows = loom.read(lambda store: store.attempts("L"))
+    assert sorted((r.item_id, r.state) for r in rows if r.state == "completed") == [("a", "completed"),
+                                                                                     ("b", "completed")]
+    assert orphaned.item_id == "a" and loom.items("L")["a"].state == "completed"
+
+
 async def _sent_in(store, job_id: str, at_least: int) -> bool:
     return (await store.costs(job_id)).unknown_attempts >= at_least
 
@@ -269,6 +296,34 @@ def pg_sessions(store_url: str, owner: str | None = None) -> str:
 SETTLE = 0.5
 
 
+def server_ports(pid: int, port: int) -> set[int]:
+    """The local ports of ``pid``'s connections to the server at ``port``."""
+    lines = subprocess.run(["ss", "-tnpH", "state", "established", f"( dport = :{port} )"],
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    return {int(line.split()[2].rsplit(":", 1)[1]) for line in lines if f"pid={pid}," in line}
+
+
+def settle(store_url: str, ports: set[int], timeout: float = 15.0) -> None:
+    """Wait until the server runs nothing for these client ports: a statement
+    the worker sent before it stopped or died (a COMMIT under load, a statement
+    waiting on a lock) may land well after the signal. What is left is idle,
+    and uncommitted work there is rolled back, never applied later."""
+    import psycopg
+
+    from storyloom.plugins.stores.postgresql import parse_url
+
+    target = parse_url(store_url)
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(target.conninfo, autocommit=True) as probe:
+        while True:
+            active = probe.execute("SELECT count(*) FROM pg_stat_activity WHERE client_port = ANY(%s) "
+                                   "AND state = 'active'", (list(ports),)).fetchone()[0]
+            if not active:
+                return
+            assert time.monotonic() < deadline, f"{active} statements still running after {timeout}s"
+            time.sleep(0.05)
+
+
 @pytest.mark.slow
 def test_four_workers_drain_the_queue_exactly_once_through_a_kill_and_a_stop(tmp_path, store_url):
     """The issue's test: on PostgreSQL 2,000 items, many in flight per
@@ -279,6 +334,7 @@ def test_four_workers_drain_the_queue_exactly_once_through_a_kill_and_a_stop(tmp
     lease = 3.0
     store = f"store: '{store_url}'\n" if store_url else ""
     n, parallel, latency = (1000, 16, 100) if store_url else (150, 2, 400)
+    pg_port = (urlsplit(store_url).port or 5432) if store_url else None
     (tmp_path / "storyloom.yaml").write_text(settings(lease="3s", latency=latency) + store)
     submit(tmp_path, "m1", n, parallel)
     submit(tmp_path, "m2", n, parallel)
@@ -298,11 +354,14 @@ def test_four_workers_drain_the_queue_exactly_once_through_a_kill_and_a_stop(tmp
         # Stop one first, at a moment it holds items (it may be between claims:
         # then let it go on and stop it again), then kill the other. On
         # PostgreSQL at any moment, inside a transaction too.
+        tries = []  # (held by the stopped one, sent of those, the other holds some, seconds stopped)
         for _ in range(50):
             if store_url:
+                ports = server_ports(sleeper.pid, pg_port)
                 sleeper.send_signal(signal.SIGSTOP)
                 stopped_at = time.monotonic()
                 time.sleep(SETTLE)
+                settle(store_url, ports | server_ports(sleeper.pid, pg_port))
             else:
                 stop_outside_a_write(sleeper, tmp_path / ".storyloom" / DB_NAME)
                 stopped_at = time.monotonic()
@@ -312,16 +371,21 @@ def test_four_workers_drain_the_queue_exactly_once_through_a_kill_and_a_stop(tmp
             lost = read_store(tmp_path, lambda store: sent_by(store, jobs, stopped_owner)) if stopped_owner else set()
             if held.get(stopped_owner) and killed_owner and lost:
                 break
+            tries.append((len(held.get(stopped_owner, ())), len(lost), bool(killed_owner),
+                          round(time.monotonic() - stopped_at, 2)))
             sleeper.send_signal(signal.SIGCONT)
             time.sleep(0.05)
+        doomed_ports = server_ports(doomed.pid, pg_port) if store_url else set()
         doomed.kill()  # SIGKILL: no cleanup at all
         doomed.wait(timeout=10)
         time.sleep(SETTLE)
+        if store_url:
+            settle(store_url, doomed_ports)
         # Read once it is dead: until then it may finish what it had sent.
         killed_sent = read_store(tmp_path, lambda store: sent_by(store, jobs, killed_owner)) if killed_owner else set()
         lost |= killed_sent
         stopped_items = held.get(stopped_owner, set())
-        assert stopped_items and lost
+        assert stopped_items and lost, tries
 
         def stopped_lost_all():
             now = read_store(tmp_path, lambda store: holding(store, jobs))
@@ -340,8 +404,9 @@ def test_four_workers_drain_the_queue_exactly_once_through_a_kill_and_a_stop(tmp
         assert back_after <= lease + lease / 3 + 3.0, back_after
         time.sleep(max(0.0, lease + 1.0 - (time.monotonic() - stopped_at)))  # stopped longer than the lease
         sleeper.send_signal(signal.SIGCONT)
+        errs = {}
         for proc in procs[1:]:
-            _out, err = proc.communicate(timeout=120)
+            _out, errs[proc.pid] = err = proc.communicate(timeout=120)
             assert proc.returncode == 0, err
             assert "Traceback" not in err
     finally:
@@ -357,6 +422,8 @@ def test_four_workers_drain_the_queue_exactly_once_through_a_kill_and_a_stop(tmp
                                                      if r.item_id == item.item_id])
                     for job in jobs for item in await store.items(job) if (job, item.item_id) not in per_item]
         print("stopped", stopped_owner, "killed", killed_owner, read_store(tmp_path, missing))
+        print([(row.job_id, row.state, row.reason) for row in read_store(tmp_path, lambda store: store.list_jobs())])
+        print("\n".join(f"worker {pid}: {err}" for pid, err in errs.items()))
     assert len(per_item) == 2 * n and set(per_item.values()) == {1}  # every item completed exactly once
     assert read_store(tmp_path, lambda store: stored_results(store, jobs)) == 2 * n
 
