@@ -174,7 +174,8 @@ class JobRun:
     async def finish(self, store: Store, owner: str) -> Summary | None:
         """Store how the job ended, write its reports and tell plugins.
 
-        None when other live workers still run some of the job's items: the
+        None when other live workers still run some of the job's items, or
+        (over the queue) some are pending and ready: the worker that ends the
         last of them ends the job."""
         job_id = self.job_id
         with trio.CancelScope(shield=True):
@@ -187,10 +188,14 @@ class JobRun:
                 row = await store.get_job(job_id)
                 if row is not None:
                     self.stopped_elsewhere(row.state, row.reason)
-            if self.status is None and counts["running"]:
+            over_queue = self.worker.only is not self
+            # Over the queue another worker may reap items between done() and
+            # these counts: pending and ready, they are the queue's, not blocked.
+            if self.status is None and (counts["running"] or over_queue and counts["pending"]
+                                        and await store.next_ready_at(job_id) is not None):
                 for channel in self._sinks:
                     channel.close()
-                if self.worker.only is not self:
+                if over_queue:
                     _report_problems(job_id, take_problems(self.config, job_id))
                     return None
                 self.status = "interrupted"  # not stored: the job goes on elsewhere

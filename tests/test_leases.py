@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 import pytest
 import trio
 
+import storyloom
+
 from storyloom import ConfigError
 from storyloom.api import run_job
 from storyloom.plugins.stores.sqlite import DB_NAME
@@ -170,6 +172,56 @@ def test_a_burst_does_not_end_while_its_own_items_run_in_the_store_without_a_cla
     assert sorted((r.item_id, r.state) for r in rows if r.state == "completed") == [("a", "completed"),
                                                                                      ("b", "completed")]
     assert orphaned.item_id == "a" and loom.items("L")["a"].state == "completed"
+
+
+class ReapedMeanwhile:
+    """The SQLite store, with another worker's reap landing at the worst
+    moment: after a job run over the queue found nothing of its job pending
+    (the far-away worker's item still leased), just before it counts what is
+    left. Stood in for at the store seam, since no timing can aim at it."""
+
+    def __init__(self, inner, state_dir: Path) -> None:
+        self.inner = inner
+        self.location = inner.location
+        self.db = state_dir / DB_NAME
+        self.armed = True
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    async def release(self, job_id, owner, item_ids=None, fences=None):
+        if item_ids is None and self.armed:  # the finishing run lets go of what it holds
+            self.armed = False
+            db = sqlite3.connect(self.db, isolation_level=None)
+            db.execute("UPDATE items SET lease_until = 0 WHERE job_id = 'L' AND owner = ?", (OTHER,))
+            db.close()
+            assert await self.inner.reap() == 1
+        return await self.inner.release(job_id, owner, item_ids, fences)
+
+
+def test_an_item_reaped_while_the_job_run_finishes_is_run_not_called_blocked(loom):
+    """Over the queue a run finishes once nothing of its job is pending here,
+    leaving items other workers hold to them. One of those reaped between
+    that look and the final counts is pending and ready: the job goes on in
+    the queue (here, in this same burst), rather than end paused as blocked."""
+    from storyloom.plugins.stores.sqlite import open_sqlite
+
+    class Plugin:
+        @storyloom.hookimpl
+        def loom_register_stores(self, register):
+            async def opener(url, *, state_dir, settings, create):
+                inner = await open_sqlite("sqlite", state_dir=state_dir, settings=settings, create=create)
+                return ReapedMeanwhile(inner, Path(state_dir))
+
+            register("reaped-meanwhile", opener)
+
+    loom.write("storyloom.yaml", settings())
+    loom.submit(ONE.replace("  - {item_id: a}", "  - {item_id: a}\n  - {item_id: b}"))
+    [taken] = loom.read(lambda store: store.claim("L", 1, time.time(), OTHER, lease_s=60.0))
+    assert taken.item_id == "a"
+    result = loom.work(plugins=(Plugin(),), store="reaped-meanwhile")
+    assert result.summaries["L"].status == "completed"
+    assert {item_id: row.state for item_id, row in loom.items("L").items()} == {"a": "completed", "b": "completed"}
 
 
 async def _sent_in(store, job_id: str, at_least: int) -> bool:
