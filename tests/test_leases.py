@@ -385,7 +385,8 @@ def test_four_workers_drain_the_queue_exactly_once_through_a_kill_and_a_stop(tmp
     # reap can have them only after that; it must be well inside the lease.
     lease = 3.0
     store = f"store: '{store_url}'\n" if store_url else ""
-    n, parallel, latency = (1000, 16, 100) if store_url else (150, 2, 400)
+    # 250 ms: the queue lasts long enough that both workers hold items when signalled.
+    n, parallel, latency = (1000, 16, 250) if store_url else (150, 2, 400)
     pg_port = (urlsplit(store_url).port or 5432) if store_url else None
     (tmp_path / "storyloom.yaml").write_text(settings(lease="3s", latency=latency) + store)
     submit(tmp_path, "m1", n, parallel)
