@@ -42,6 +42,7 @@ config: {max_parallel: 1, max_retries: 0, timeout_per_item: 10m}
 items:
   - {item_id: a}
 """
+TWO = ONE + "  - {item_id: b}\n"
 OTHER = "far-away:1:0badc0de"  # pid 1 on another host: a pid check could tell nothing
 
 
@@ -160,7 +161,7 @@ def test_a_burst_does_not_end_while_its_own_items_run_in_the_store_without_a_cla
     me = "this-host:1:feedface"
     monkeypatch.setattr(storyloom.kernel, "make_owner", lambda: me)
     loom.write("storyloom.yaml", settings(lease="1s"))
-    loom.submit(ONE.replace("  - {item_id: a}", "  - {item_id: a}\n  - {item_id: b}"))
+    loom.submit(TWO)
 
     async def orphan(store):
         return await store.claim("L", 1, time.time(), me, lease_s=1.0)
@@ -216,7 +217,7 @@ def test_an_item_reaped_while_the_job_run_finishes_is_run_not_called_blocked(loo
             register("reaped-meanwhile", opener)
 
     loom.write("storyloom.yaml", settings())
-    loom.submit(ONE.replace("  - {item_id: a}", "  - {item_id: a}\n  - {item_id: b}"))
+    loom.submit(TWO)
     [taken] = loom.read(lambda store: store.claim("L", 1, time.time(), OTHER, lease_s=60.0))
     assert taken.item_id == "a"
     result = loom.work(plugins=(Plugin(),), store="reaped-meanwhile")
